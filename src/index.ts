@@ -1,0 +1,38 @@
+export { TaskManager, TaskAdder, type TaskManagerOptions } from './manager.js';
+export { TaskScheduler, TaskBatch, type TaskHandle, type TaskPhase } from './scheduler.js';
+export { getTaskContext, taskLog } from './context.js';
+export type { TaskOptions, ResolvedTaskOptions } from './options.js';
+export { MemoryStore, type MemoryStoreOptions } from './stores/memory.js';
+export { InMemoryObserver } from './observers/memory.js';
+export { filterObserver, type ObserverFilter } from './observers/filter.js';
+export { pinoObserver } from './observers/pino.js';
+export { spanEventObserver } from './observers/span-events.js';
+export {
+  TaskflowError,
+  TaskTimeoutError,
+  TaskInterruptedError,
+  TaskCancelledError,
+  TaskManagerClosedError,
+  TaskNotFoundError,
+} from './errors.js';
+export { REDACTED } from './redact.js';
+export * as semconv from './otel-names.js';
+export type {
+  TaskStatus,
+  LogLevel,
+  Tags,
+  TaskFunction,
+  TaskErrorInfo,
+  LogEntry,
+  TaskRecord,
+  TaskFilter,
+  TaskMetrics,
+  NameMetrics,
+  LogEvent,
+  LifecycleEvent,
+  TaskEvent,
+  TaskObserver,
+  TaskContext,
+  TaskStore,
+  TaskLogger,
+} from './types.js';

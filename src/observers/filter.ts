@@ -1,0 +1,52 @@
+import { checkTags } from '../options.js';
+import { LOG_LEVELS, TASK_STATUSES, type LifecycleEvent, type LogEvent, type LogLevel, type TaskObserver, type TaskStatus, type Tags } from '../types.js';
+
+export interface ObserverFilter {
+  /** Every given tag must be present on the task with this value. */
+  tags?: Record<string, string>;
+  /** Task names to pass. */
+  names?: string[];
+  /** Log events below this level are dropped (lifecycle events are not affected). */
+  minLevel?: LogLevel;
+  /** Lifecycle statuses to pass (log events are not affected). */
+  statuses?: TaskStatus[];
+}
+
+const WHERE = 'filterObserver';
+
+/** Passes to `inner` only the events that match every given criterion. */
+export function filterObserver(filter: ObserverFilter, inner: TaskObserver): TaskObserver {
+  if (filter === null || typeof filter !== 'object') throw new TypeError(`${WHERE}: filter must be an object`);
+  if (inner === null || typeof inner !== 'object') throw new TypeError(`${WHERE}: the second argument must be an observer object`);
+  checkTags(WHERE, filter.tags);
+  if (filter.names !== undefined && (!Array.isArray(filter.names) || filter.names.some((n) => typeof n !== 'string'))) {
+    throw new TypeError(`${WHERE}: option "names" must be an array of strings`);
+  }
+  if (filter.minLevel !== undefined && !LOG_LEVELS.includes(filter.minLevel)) {
+    throw new RangeError(`${WHERE}: option "minLevel" must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(filter.minLevel)}`);
+  }
+  if (filter.statuses !== undefined && (!Array.isArray(filter.statuses) || filter.statuses.some((s) => !TASK_STATUSES.includes(s)))) {
+    throw new RangeError(`${WHERE}: option "statuses" must be an array of ${TASK_STATUSES.join(', ')}`);
+  }
+  const tagEntries = Object.entries(filter.tags ?? {});
+  const names = filter.names && new Set(filter.names);
+  const minRank = filter.minLevel === undefined ? 0 : LOG_LEVELS.indexOf(filter.minLevel);
+  const statuses = filter.statuses && new Set(filter.statuses);
+  const matchesTask = (name: string, tags: Tags): boolean =>
+    (names === undefined || names.has(name)) && tagEntries.every(([key, value]) => tags[key] === value);
+
+  const observer: TaskObserver = {};
+  if (inner.onLog) {
+    observer.onLog = (event: LogEvent) => {
+      if (matchesTask(event.name, event.tags) && LOG_LEVELS.indexOf(event.level) >= minRank) return inner.onLog!(event);
+    };
+  }
+  if (inner.onLifecycle) {
+    observer.onLifecycle = (event: LifecycleEvent) => {
+      if (matchesTask(event.name, event.tags) && (statuses === undefined || statuses.has(event.status))) return inner.onLifecycle!(event);
+    };
+  }
+  if (inner.startup) observer.startup = () => inner.startup!();
+  if (inner.close) observer.close = () => inner.close!();
+  return observer;
+}

@@ -1,0 +1,31 @@
+import type { LifecycleEvent, LogEvent, TaskEvent, TaskObserver } from '../types.js';
+
+/** Keeps every event it sees, in order. Meant for tests and debugging. */
+export class InMemoryObserver implements TaskObserver {
+  readonly events: TaskEvent[] = [];
+
+  onLog(event: LogEvent): void {
+    this.events.push(event);
+  }
+
+  onLifecycle(event: LifecycleEvent): void {
+    this.events.push(event);
+  }
+
+  get logs(): LogEvent[] {
+    return this.events.filter((e): e is LogEvent => e.type === 'log');
+  }
+
+  get lifecycle(): LifecycleEvent[] {
+    return this.events.filter((e): e is LifecycleEvent => e.type === 'lifecycle');
+  }
+
+  /** Events of one task, in order. */
+  forTask(taskId: string): TaskEvent[] {
+    return this.events.filter((e) => e.taskId === taskId);
+  }
+
+  clear(): void {
+    this.events.length = 0;
+  }
+}

@@ -1,0 +1,54 @@
+import { INVALID_TRACEID } from '@opentelemetry/api';
+import { formatTraceFlags } from '../otel.js';
+import type { LifecycleEvent, LogEvent, LogLevel, TaskLogger, TaskObserver, TaskStatus } from '../types.js';
+
+const LIFECYCLE_LEVEL: Record<TaskStatus, LogLevel> = {
+  pending: 'debug',
+  running: 'debug',
+  success: 'info',
+  failed: 'error',
+  interrupted: 'warn',
+  cancelled: 'warn',
+};
+
+/**
+ * Writes task logs and lifecycle changes as pino lines carrying `trace_id`, `span_id`, `trace_flags`
+ * (the names @opentelemetry/instrumentation-pino uses, so Grafana's derived fields work for both),
+ * `task { id, name, attempt }` and `tags`.
+ */
+export function pinoObserver(logger: TaskLogger): TaskObserver {
+  if (logger === null || typeof logger !== 'object' || typeof logger.info !== 'function') {
+    throw new TypeError('pinoObserver: "logger" must be a pino logger (an object with info/warn/error… methods)');
+  }
+  return {
+    onLog(event: LogEvent): void {
+      const line: Record<string, unknown> = { ...event.fields };
+      if (event.traceId !== INVALID_TRACEID && event.traceId !== '') {
+        line.trace_id = event.traceId;
+        line.span_id = event.spanId;
+        line.trace_flags = formatTraceFlags(event.traceFlags ?? 0);
+      }
+      line.task = { id: event.taskId, name: event.name, attempt: event.attempt };
+      line.tags = event.tags;
+      logger[event.level](line, event.message);
+    },
+    onLifecycle(event: LifecycleEvent): void {
+      // A failed attempt that will be retried returns to `pending` with its error: worth a warning.
+      const level = event.status === 'pending' && event.error ? 'warn' : LIFECYCLE_LEVEL[event.status];
+      const line: Record<string, unknown> = {};
+      if (event.traceId !== undefined) {
+        line.trace_id = event.traceId;
+        line.span_id = event.spanId;
+      }
+      line.task = { id: event.taskId, name: event.name, attempt: event.attempt };
+      line.tags = event.tags;
+      line.status = event.status;
+      if (event.previousStatus !== undefined) line.previous_status = event.previousStatus;
+      if (event.durationMs !== undefined) line.duration_ms = event.durationMs;
+      if (event.reason !== undefined) line.reason = event.reason;
+      if (event.error !== undefined) line.error = event.error;
+      const verb = event.status === 'pending' && event.error ? 'attempt failed, retrying' : event.status;
+      logger[level](line, `task ${event.name} ${verb}`);
+    },
+  };
+}

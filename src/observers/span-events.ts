@@ -1,0 +1,52 @@
+import type { AttributeValue, Attributes } from '@opentelemetry/api';
+import { attemptStorage } from '../context.js';
+import { ATTR_LOG_LEVEL, ATTR_LOG_MESSAGE, EVENT_TASK_LOG } from '../otel.js';
+import type { LogEvent, TaskObserver } from '../types.js';
+
+function toAttributeValue(value: unknown): AttributeValue | undefined {
+  switch (typeof value) {
+    case 'string':
+    case 'number':
+    case 'boolean':
+      return value;
+    case 'undefined':
+    case 'function':
+    case 'symbol':
+      return undefined;
+    case 'bigint':
+      return value.toString();
+    default:
+      if (value === null) return undefined;
+      if (Array.isArray(value) && value.every((v) => typeof v === 'string')) return value as string[];
+      if (Array.isArray(value) && value.every((v) => typeof v === 'number')) return value as number[];
+      if (value instanceof Error) return `${value.name}: ${value.message}`;
+      try {
+        return JSON.stringify(value);
+      } catch {
+        return String(value);
+      }
+  }
+}
+
+/** Log fields as span attributes: scalars as they are, objects as JSON. */
+export function fieldsToAttributes(fields: Record<string, unknown>, into: Attributes = {}): Attributes {
+  for (const key in fields) {
+    const value = toAttributeValue(fields[key]);
+    if (value !== undefined) into[key] = value;
+  }
+  return into;
+}
+
+/** Each `taskLog()` becomes a `task.log` event on the attempt's span. First in the built-in chain. */
+export function spanEventObserver(): TaskObserver {
+  return {
+    onLog(event: LogEvent): void {
+      const attempt = attemptStorage.getStore();
+      // Called synchronously from taskLog(), so the store is the logging attempt; the id check guards
+      // against an observer chain a user invokes by hand elsewhere.
+      if (attempt === undefined || attempt.id !== event.taskId || !attempt.span.isRecording()) return;
+      const attributes = fieldsToAttributes(event.fields, { [ATTR_LOG_MESSAGE]: event.message, [ATTR_LOG_LEVEL]: event.level });
+      attempt.span.addEvent(EVENT_TASK_LOG, attributes, event.time);
+    },
+  };
+}

@@ -1,0 +1,183 @@
+import type { TaskRecord } from './types.js';
+
+/**
+ * Per-task configuration. Levels merge `defaults < task() < with()`: a later level's value wins
+ * unless it is `undefined`; `tags` are merged key by key instead of replaced.
+ */
+export interface TaskOptions {
+  /** Name in spans, logs and records. Default: the registered name, else the function's name. */
+  name?: string;
+  /** Extra attempts after a failure. Default 0. */
+  retries?: number;
+  /** Milliseconds to wait before the first retry. Default 0. */
+  delay?: number;
+  /** Multiplier of the wait per retry: `delay * backoff^(n-1)`. Default 1. */
+  backoff?: number;
+  /** Upper bound of a retry wait in ms. Default none. */
+  maxDelay?: number;
+  /** Full jitter: each wait is uniformly random in `[0, computed wait]`. Default false. */
+  jitter?: boolean;
+  /** Milliseconds per attempt; on expiry the attempt's signal aborts and it fails with `TaskTimeoutError`. */
+  timeout?: number;
+  /** Integer 1–10, higher first through the process-wide queue. Unset ranks as 5. */
+  priority?: number;
+  /** `addTask` starts the task now instead of after the response. Not combinable with `priority`. */
+  eager?: boolean;
+  /** Not aborted at shutdown; shutdown waits for it to end. */
+  shield?: boolean;
+  /** String labels; on the record, every event, span and log line. */
+  tags?: Record<string, string>;
+  /** A second task with this key (while the first has not failed) returns the first one's id. */
+  idempotencyKey?: string;
+  /** Write the record to a durable store before the response is sent. Default true with a durable store. */
+  persist?: boolean;
+  /** A task interrupted by shutdown or crash runs again on the next start instead of ending `interrupted`. */
+  requeueOnInterrupt?: boolean;
+  /** Run after-route/after-response tasks even when the request failed. */
+  runOnError?: boolean;
+  /** Called once when the task has finally failed (after its last retry). */
+  onError?: (error: unknown, record: TaskRecord) => void | Promise<void>;
+}
+
+/** Options with every default filled in: what a task actually runs with. */
+export interface ResolvedTaskOptions {
+  name: string;
+  retries: number;
+  delay: number;
+  backoff: number;
+  maxDelay: number | undefined;
+  jitter: boolean;
+  timeout: number | undefined;
+  priority: number | undefined;
+  eager: boolean;
+  shield: boolean;
+  tags: Record<string, string>;
+  idempotencyKey: string | undefined;
+  persist: boolean | undefined;
+  requeueOnInterrupt: boolean;
+  runOnError: boolean;
+  onError: TaskOptions['onError'];
+}
+
+const KNOWN_OPTIONS = new Set<string>([
+  'name', 'retries', 'delay', 'backoff', 'maxDelay', 'jitter', 'timeout', 'priority', 'eager', 'shield', 'tags',
+  'idempotencyKey', 'persist', 'requeueOnInterrupt', 'runOnError', 'onError',
+]);
+
+const BOOLEAN_OPTIONS = ['jitter', 'eager', 'shield', 'persist', 'requeueOnInterrupt', 'runOnError'] as const;
+
+function describe(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'function') return 'a function';
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
+export function optionError(where: string, option: string, expected: string, value: unknown, Kind: typeof TypeError | typeof RangeError = TypeError): Error {
+  return new Kind(`${where}: option "${option}" must be ${expected}, got ${describe(value)}`);
+}
+
+function checkNumber(where: string, option: string, value: unknown, { min = 0, integer = false, max = Infinity } = {}): void {
+  if (value === undefined) return;
+  if (typeof value !== 'number' || Number.isNaN(value)) throw optionError(where, option, 'a number', value);
+  const expected = `${integer ? 'an integer' : 'a number'} ${max === Infinity ? `>= ${min}` : `from ${min} to ${max}`}`;
+  if (!Number.isFinite(value) || (integer && !Number.isInteger(value)) || value < min || value > max) {
+    throw optionError(where, option, expected, value, RangeError);
+  }
+}
+
+/** Tag maps are checked wherever they enter: keys non-empty, values strings. */
+export function checkTags(where: string, tags: unknown, option = 'tags'): void {
+  if (tags === undefined) return;
+  if (tags === null || typeof tags !== 'object' || Array.isArray(tags)) throw optionError(where, option, 'an object of string values', tags);
+  for (const [key, value] of Object.entries(tags)) {
+    if (key === '') throw optionError(where, option, 'an object whose keys are non-empty', tags);
+    if (typeof value !== 'string') throw optionError(where, `${option}.${key}`, 'a string', value);
+  }
+}
+
+/** Throws a TypeError/RangeError naming the first bad option. */
+export function validateTaskOptions(where: string, options: unknown): asserts options is TaskOptions {
+  if (options === undefined) return;
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw new TypeError(`${where}: options must be an object, got ${describe(options)}`);
+  }
+  const o = options as Record<string, unknown>;
+  for (const key of Object.keys(o)) {
+    if (!KNOWN_OPTIONS.has(key)) throw new TypeError(`${where}: unknown option "${key}"; known options are ${[...KNOWN_OPTIONS].join(', ')}`);
+  }
+  if (o.name !== undefined && (typeof o.name !== 'string' || o.name.trim() === '')) throw optionError(where, 'name', 'a non-empty string', o.name);
+  checkNumber(where, 'retries', o.retries, { integer: true });
+  checkNumber(where, 'delay', o.delay);
+  checkNumber(where, 'backoff', o.backoff, { min: 1 });
+  checkNumber(where, 'maxDelay', o.maxDelay);
+  checkNumber(where, 'timeout', o.timeout, { min: 1 });
+  checkNumber(where, 'priority', o.priority, { min: 1, max: 10, integer: true });
+  for (const key of BOOLEAN_OPTIONS) {
+    if (o[key] !== undefined && typeof o[key] !== 'boolean') throw optionError(where, key, 'a boolean', o[key]);
+  }
+  checkTags(where, o.tags);
+  if (o.idempotencyKey !== undefined && (typeof o.idempotencyKey !== 'string' || o.idempotencyKey === '')) {
+    throw optionError(where, 'idempotencyKey', 'a non-empty string', o.idempotencyKey);
+  }
+  if (o.onError !== undefined && typeof o.onError !== 'function') throw optionError(where, 'onError', 'a function', o.onError);
+  checkEagerPriority(where, o as TaskOptions);
+}
+
+function checkEagerPriority(where: string, o: Pick<TaskOptions, 'eager' | 'priority'>): void {
+  if (o.eager === true && o.priority !== undefined) {
+    throw new TypeError(`${where}: options "eager" and "priority" cannot be combined: a prioritised task waits its turn in the queue, an eager one starts at once`);
+  }
+}
+
+/** `base` overlaid with the defined values of `over`; tags merged. Returns `base` itself when `over` adds nothing. */
+export function mergeOptions(base: TaskOptions, over: TaskOptions | undefined): TaskOptions {
+  if (over === undefined) return base;
+  const merged: TaskOptions = { ...base };
+  let changed = false;
+  for (const key of Object.keys(over) as (keyof TaskOptions)[]) {
+    const value = over[key];
+    if (value === undefined) continue;
+    changed = true;
+    if (key === 'tags') merged.tags = base.tags ? { ...base.tags, ...(value as Record<string, string>) } : (value as Record<string, string>);
+    else (merged as Record<string, unknown>)[key] = value;
+  }
+  return changed ? merged : base;
+}
+
+/** Fill in defaults. `fallbackName` is the registered or function name. */
+export function resolveOptions(where: string, options: TaskOptions, fallbackName: string): ResolvedTaskOptions {
+  checkEagerPriority(where, options);
+  return {
+    name: options.name ?? fallbackName,
+    retries: options.retries ?? 0,
+    delay: options.delay ?? 0,
+    backoff: options.backoff ?? 1,
+    maxDelay: options.maxDelay,
+    jitter: options.jitter ?? false,
+    timeout: options.timeout,
+    priority: options.priority,
+    eager: options.eager ?? false,
+    shield: options.shield ?? false,
+    tags: options.tags ?? {},
+    idempotencyKey: options.idempotencyKey,
+    persist: options.persist,
+    requeueOnInterrupt: options.requeueOnInterrupt ?? false,
+    runOnError: options.runOnError ?? false,
+    onError: options.onError,
+  };
+}
+
+/**
+ * Wait before retry number `retry` (1 = the first retry): `delay * backoff^(retry-1)`, capped by `maxDelay`,
+ * then with full jitter a uniform draw in `[0, wait]`.
+ */
+export function retryDelay(options: Pick<ResolvedTaskOptions, 'delay' | 'backoff' | 'maxDelay' | 'jitter'>, retry: number, random: () => number = Math.random): number {
+  let wait = options.delay * options.backoff ** (retry - 1);
+  if (options.maxDelay !== undefined && wait > options.maxDelay) wait = options.maxDelay;
+  if (options.jitter) wait = random() * wait;
+  return wait;
+}

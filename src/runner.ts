@@ -1,0 +1,186 @@
+import type { ObserverChain } from './observers/chain.js';
+import type { TaskTelemetry } from './otel.js';
+import type { Redactor } from './redact.js';
+import { TaskInterruptedError } from './errors.js';
+import type { TaskRun } from './task-run.js';
+import type { TaskRecord, TaskStore } from './types.js';
+
+/** Unset priority ranks in the middle, so 1–4 means "after ordinary work" and 6–10 "before it". */
+export const DEFAULT_PRIORITY = 5;
+
+/** FIFO per priority level; higher levels first. O(1) push and shift. */
+class PriorityQueue<T> {
+  readonly #levels: T[][] = Array.from({ length: 11 }, () => []);
+  readonly #heads = new Array<number>(11).fill(0);
+  size = 0;
+
+  push(item: T, priority: number): void {
+    this.#levels[priority].push(item);
+    this.size++;
+  }
+
+  shift(): T | undefined {
+    for (let p = 10; p >= 0; p--) {
+      const level = this.#levels[p];
+      const head = this.#heads[p];
+      if (head === level.length) continue;
+      const item = level[head];
+      this.size--;
+      if (head + 1 === level.length) {
+        level.length = 0;
+        this.#heads[p] = 0;
+      } else {
+        this.#heads[p] = head + 1;
+      }
+      return item;
+    }
+    return undefined;
+  }
+}
+
+export interface RunnerDeps {
+  concurrency: number;
+  telemetry: TaskTelemetry;
+  chain: ObserverChain;
+  store: TaskStore;
+  /** The store keeps the live record objects (MemoryStore): status changes need no write. */
+  storeHoldsLiveRecords: boolean;
+  redact: Redactor;
+  report(stage: string, error: unknown): void;
+}
+
+/**
+ * The process-wide executor: one priority queue, a concurrency cap, retry timers, and the set of every
+ * accepted task that has not ended (what `drain()` and `shutdown()` wait for).
+ */
+export class Runner {
+  readonly telemetry: TaskTelemetry;
+  readonly chain: ObserverChain;
+  readonly redact: Redactor;
+  readonly #deps: RunnerDeps;
+  readonly #queue = new PriorityQueue<TaskRun>();
+  readonly #running = new Set<TaskRun>();
+  readonly #live = new Map<string, TaskRun>();
+  #idleWaiters: (() => void)[] = [];
+  /** Set once shutdown stops waiting: no more retries, nothing new starts but shielded tasks. */
+  stopping = false;
+
+  constructor(deps: RunnerDeps) {
+    this.#deps = deps;
+    this.telemetry = deps.telemetry;
+    this.chain = deps.chain;
+    this.redact = deps.redact;
+  }
+
+  get queued(): number {
+    return this.#queue.size;
+  }
+
+  get running(): number {
+    return this.#running.size;
+  }
+
+  /** Accepted tasks that have not ended, wherever they wait. */
+  get unfinished(): number {
+    return this.#live.size;
+  }
+
+  /** The unfinished task with this id, if it lives in this process. */
+  live(id: string): TaskRun | undefined {
+    return this.#live.get(id);
+  }
+
+  report(stage: string, error: unknown): void {
+    this.#deps.report(stage, error);
+  }
+
+  /** A task was accepted: it counts until it ends. */
+  accept(run: TaskRun): void {
+    this.#live.set(run.id, run);
+    run.announce();
+  }
+
+  /** Queue a task for its next attempt; it starts as soon as a slot is free and nothing ranks before it. */
+  submit(run: TaskRun): void {
+    if (run.isFinal) return;
+    if (this.#running.size < this.#deps.concurrency && this.#queue.size === 0) this.#start(run);
+    else this.#queue.push(run, run.options.priority ?? DEFAULT_PRIORITY);
+  }
+
+  retryLater(run: TaskRun, waitMs: number): void {
+    run.retryTimer = setTimeout(() => {
+      run.retryTimer = undefined;
+      this.submit(run);
+    }, waitMs);
+  }
+
+  finished(run: TaskRun): void {
+    if (run.retryTimer !== undefined) {
+      clearTimeout(run.retryTimer);
+      run.retryTimer = undefined;
+    }
+    this.#live.delete(run.id);
+    run.sequence?.ended(run);
+    if (this.#live.size === 0 && this.#idleWaiters.length > 0) {
+      const waiters = this.#idleWaiters;
+      this.#idleWaiters = [];
+      for (const resolve of waiters) resolve();
+    }
+  }
+
+  recordChanged(record: TaskRecord): void {
+    if (this.#deps.storeHoldsLiveRecords) return;
+    this.#deps.store.save([record]).catch((error: unknown) => this.report(`store write of task ${record.id}`, error));
+  }
+
+  /** A copy safe to hand out: args redacted, arrays not shared with the live record. */
+  snapshot(record: TaskRecord): TaskRecord {
+    return { ...record, args: this.redact(record.args), tags: { ...record.tags }, logs: record.logs.slice() };
+  }
+
+  /** Resolves when no accepted task is left unfinished. */
+  whenIdle(): Promise<void> {
+    if (this.#live.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  /**
+   * Wait for everything up to `timeoutMs`; then abort running unshielded attempts, end every unshielded
+   * task still waiting, and wait for the shielded ones to finish.
+   */
+  async stop(timeoutMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([
+      this.whenIdle().then(() => false),
+      new Promise<boolean>((resolve) => (timer = setTimeout(resolve, timeoutMs, true))),
+    ]);
+    clearTimeout(timer);
+    if (!timedOut) return;
+    this.stopping = true;
+    for (const run of [...this.#live.values()]) {
+      if (run.options.shield) continue;
+      if (run.current !== undefined) run.current.abort(new TaskInterruptedError('shutdown'));
+      else run.cancel(run.record.attempts === 0 ? 'cancelled' : 'interrupted', 'shutdown');
+    }
+    await this.whenIdle();
+  }
+
+  #start(run: TaskRun): void {
+    this.#running.add(run);
+    run.runAttempt().then(
+      () => this.#settled(run),
+      (error: unknown) => {
+        this.report(`task ${run.name}`, error);
+        this.#settled(run);
+      },
+    );
+  }
+
+  #settled(run: TaskRun): void {
+    this.#running.delete(run);
+    while (this.#running.size < this.#deps.concurrency && this.#queue.size > 0) {
+      const next = this.#queue.shift()!;
+      if (!next.isFinal) this.#start(next);
+    }
+  }
+}

@@ -1,0 +1,220 @@
+import type { ServerResponse } from 'node:http';
+import { validateTaskOptions, mergeOptions, type ResolvedTaskOptions, type TaskOptions } from './options.js';
+import type { Runner } from './runner.js';
+import type { TaskRun } from './task-run.js';
+import type { TaskRecord } from './types.js';
+
+/** When a task added through `ctx.tasks` runs. */
+export type TaskPhase = 'now' | 'afterRoute' | 'afterResponse';
+
+export interface TaskHandle<A extends unknown[] = unknown[]> {
+  readonly id: string;
+  readonly name: string;
+  readonly options: Readonly<ResolvedTaskOptions>;
+  readonly args: A;
+  /** Resolves when the first attempt starts; rejects with `TaskCancelledError` if the task never starts. */
+  readonly started: Promise<void>;
+  /** Resolves with the final record (`success`, `failed`, `cancelled`, `interrupted`). Never rejects. */
+  readonly done: Promise<TaskRecord>;
+}
+
+/** What the scheduler needs from its TaskManager. */
+export interface TaskEnqueuer {
+  readonly runner: Runner;
+  enqueue(where: string, fn: unknown, args: unknown[], overrides: TaskOptions | undefined, phase: TaskPhase, request: RequestTasks | undefined): TaskRun | string;
+  handle(runOrId: TaskRun | string, args: unknown[]): TaskHandle;
+  persist(records: TaskRecord[]): Promise<void>;
+}
+
+/**
+ * A request's after-response tasks, run one after another in the order added, starting when the
+ * response has been sent (`finish`) or the client has gone (`close`), whichever comes first.
+ */
+class ResponseSequence {
+  readonly #runs: TaskRun[] = [];
+  #cursor = 0;
+  #started = false;
+  #inFlight: TaskRun | undefined;
+
+  constructor(
+    readonly runner: Runner,
+    res: ServerResponse,
+  ) {
+    if (res.writableFinished || res.destroyed) {
+      this.#started = true;
+      return;
+    }
+    const start = (): void => {
+      res.off('finish', start);
+      res.off('close', start);
+      this.#started = true;
+      this.#pump();
+    };
+    res.once('finish', start);
+    res.once('close', start);
+  }
+
+  push(run: TaskRun): void {
+    run.sequence = this;
+    this.#runs.push(run);
+    if (this.#started) this.#pump();
+  }
+
+  ended(run: TaskRun): void {
+    if (run === this.#inFlight) this.#inFlight = undefined;
+    if (this.#started) this.#pump();
+  }
+
+  #pump(): void {
+    if (this.#inFlight !== undefined) return;
+    while (this.#cursor < this.#runs.length) {
+      const run = this.#runs[this.#cursor];
+      if (run.isFinal) {
+        this.#cursor++;
+        continue;
+      }
+      this.#inFlight = run;
+      this.runner.submit(run);
+      return;
+    }
+  }
+
+  cancelUnlessRunOnError(reason: string): void {
+    for (const run of this.#runs) if (!run.options.runOnError) run.cancel('cancelled', reason);
+  }
+}
+
+/** The tasks of one request: its after-route list, its after-response sequence and its unsaved records. */
+export class RequestTasks {
+  #afterRoute: TaskRun[] | undefined;
+  #sequence: ResponseSequence | undefined;
+  #routeDone = false;
+  #unsaved: TaskRecord[] | undefined;
+
+  constructor(
+    readonly manager: TaskEnqueuer,
+    readonly res: ServerResponse,
+  ) {}
+
+  add(run: TaskRun, phase: TaskPhase): void {
+    if (phase === 'afterResponse') {
+      (this.#sequence ??= new ResponseSequence(this.manager.runner, this.res)).push(run);
+    } else if (phase === 'afterRoute' && !this.#routeDone) {
+      (this.#afterRoute ??= []).push(run);
+    } else {
+      this.manager.runner.submit(run);
+    }
+  }
+
+  /** Records to write in the request's single batch before the response goes out. */
+  unsaved(record: TaskRecord): void {
+    (this.#unsaved ??= []).push(record);
+  }
+
+  /** The downstream middleware returned: after-route tasks start, fire-and-forget. */
+  routeDone(): void {
+    this.#routeDone = true;
+    const runs = this.#afterRoute;
+    this.#afterRoute = undefined;
+    if (runs !== undefined) for (const run of runs) this.manager.runner.submit(run);
+  }
+
+  /** The downstream middleware threw: tasks waiting for the route or the response are cancelled unless `runOnError`. */
+  routeFailed(): void {
+    const runs = this.#afterRoute;
+    this.#afterRoute = undefined;
+    this.#routeDone = true;
+    if (runs !== undefined) {
+      for (const run of runs) {
+        if (run.options.runOnError) this.manager.runner.submit(run);
+        else run.cancel('cancelled', 'request_failed');
+      }
+    }
+    this.#sequence?.cancelUnlessRunOnError('request_failed');
+  }
+
+  /** Write this request's new records in one batch. */
+  async flush(): Promise<void> {
+    const records = this.#unsaved;
+    if (records === undefined) return;
+    this.#unsaved = undefined;
+    await this.manager.persist(records);
+  }
+}
+
+/** The phase-bound scheduler behind `ctx.tasks.afterRoute` and `ctx.tasks.afterResponse`. */
+export class TaskBatch {
+  readonly #request: RequestTasks;
+  readonly #phase: TaskPhase;
+  readonly #overrides: TaskOptions | undefined;
+
+  constructor(request: RequestTasks, phase: TaskPhase, overrides: TaskOptions | undefined) {
+    this.#request = request;
+    this.#phase = phase;
+    this.#overrides = overrides;
+  }
+
+  /** Add `fn(...args)` to run in this phase; returns its handle. */
+  schedule<A extends unknown[]>(fn: (...args: A) => unknown, ...args: NoInfer<A>): TaskHandle<A> {
+    return scheduleIn(this.#request, `ctx.tasks.${this.#phase}.schedule`, fn, args, this.#overrides, this.#phase) as TaskHandle<A>;
+  }
+
+  /** The same phase with `options` merged over this one's. */
+  with(options: TaskOptions): TaskBatch {
+    return new TaskBatch(this.#request, this.#phase, withOptions(`ctx.tasks.${this.#phase}.with`, this.#overrides, options));
+  }
+}
+
+function withOptions(where: string, current: TaskOptions | undefined, options: TaskOptions): TaskOptions {
+  validateTaskOptions(where, options);
+  if (options === undefined) throw new TypeError(`${where}: options must be an object, got undefined`);
+  return current === undefined ? options : mergeOptions(current, options);
+}
+
+function scheduleIn(request: RequestTasks, where: string, fn: unknown, args: unknown[], overrides: TaskOptions | undefined, phase: TaskPhase): TaskHandle {
+  const result = request.manager.enqueue(where, fn, args, overrides, phase, request);
+  return request.manager.handle(result, args);
+}
+
+/**
+ * `ctx.tasks`: the per-request scheduler. Costs one small object per request; nothing else happens
+ * until a task is added.
+ */
+export class TaskScheduler {
+  readonly #request: RequestTasks;
+  readonly #overrides: TaskOptions | undefined;
+
+  constructor(request: RequestTasks, overrides: TaskOptions | undefined) {
+    this.#request = request;
+    this.#overrides = overrides;
+  }
+
+  /**
+   * Run `fn(...args)` after the response has been sent, after this request's earlier after-response tasks
+   * (FastAPI's `add_task`). With `eager: true` it starts now. Returns the task id.
+   */
+  addTask<A extends unknown[]>(fn: (...args: A) => unknown, ...args: NoInfer<A>): string {
+    const result = this.#request.manager.enqueue('ctx.tasks.addTask', fn, args, this.#overrides, 'afterResponse', this.#request);
+    return typeof result === 'string' ? result : result.id;
+  }
+
+  /** Run `fn(...args)` now, concurrently with the handler. */
+  schedule<A extends unknown[]>(fn: (...args: A) => unknown, ...args: NoInfer<A>): TaskHandle<A> {
+    return scheduleIn(this.#request, 'ctx.tasks.schedule', fn, args, this.#overrides, 'now') as TaskHandle<A>;
+  }
+
+  /** Tasks that start when the downstream middleware has returned, before the response is written. */
+  get afterRoute(): TaskBatch {
+    return new TaskBatch(this.#request, 'afterRoute', this.#overrides);
+  }
+
+  /** Tasks that start once the response has been sent, one after another in the order added. */
+  get afterResponse(): TaskBatch {
+    return new TaskBatch(this.#request, 'afterResponse', this.#overrides);
+  }
+
+  /** A scheduler with `options` merged over this one's (`tags` merge key by key). */
+  with(options: TaskOptions): TaskScheduler {
+    return new TaskScheduler(this.#request, withOptions('ctx.tasks.with', this.#overrides, options));
+  }
+}

@@ -1,0 +1,220 @@
+import type { SpanContext } from '@opentelemetry/api';
+import { Attempt, type AttemptOwner } from './attempt.js';
+import { TaskCancelledError, TaskInterruptedError, toErrorInfo } from './errors.js';
+import { retryDelay, type ResolvedTaskOptions } from './options.js';
+import type { Runner } from './runner.js';
+import type { LifecycleEvent, LogEntry, LogLevel, TaskRecord, TaskStatus, TaskFunction } from './types.js';
+
+/** Log entries kept on a record; older ones are dropped first (events and pino lines still get them all). */
+export const MAX_LOGS_PER_RECORD = 100;
+
+/** Resolvers of a TaskHandle's promises, made only when someone asked for a handle. */
+interface HandleSignals {
+  started: Promise<void>;
+  done: Promise<TaskRecord>;
+  resolveStarted(): void;
+  rejectStarted(error: unknown): void;
+  resolveDone(record: TaskRecord): void;
+}
+
+/**
+ * One accepted task, from `pending` to a final status, across its attempts. The runner decides when it
+ * runs; this decides what an attempt's outcome means (retry, fail, interrupt).
+ */
+export class TaskRun implements AttemptOwner {
+  readonly id: string;
+  readonly name: string;
+  readonly tags: Readonly<Record<string, string>>;
+  readonly maxAttempts: number;
+  /** Set for after-response tasks: the request's sequence, told when this task has ended. */
+  sequence: { ended(run: TaskRun): void } | undefined;
+  current: Attempt | undefined;
+  retryTimer: NodeJS.Timeout | undefined;
+  #previousSpan: SpanContext | undefined;
+  #signals: HandleSignals | undefined;
+
+  constructor(
+    readonly runner: Runner,
+    readonly record: TaskRecord,
+    readonly fn: TaskFunction,
+    readonly args: readonly unknown[],
+    readonly options: ResolvedTaskOptions,
+    readonly requestLink: SpanContext | undefined,
+  ) {
+    this.id = record.id;
+    this.name = record.name;
+    this.tags = record.tags;
+    this.maxAttempts = record.maxAttempts;
+  }
+
+  get isFinal(): boolean {
+    return this.#final;
+  }
+  #final = false;
+
+  /** Promises for a TaskHandle; created on first request. */
+  signals(): HandleSignals {
+    if (this.#signals !== undefined) return this.#signals;
+    let resolveStarted!: () => void;
+    let rejectStarted!: (error: unknown) => void;
+    let resolveDone!: (record: TaskRecord) => void;
+    const started = new Promise<void>((resolve, reject) => {
+      resolveStarted = resolve;
+      rejectStarted = reject;
+    });
+    // A handle's `started` rejects for a task that never starts; nobody has to listen to it.
+    started.catch(() => {});
+    const done = new Promise<TaskRecord>((resolve) => (resolveDone = resolve));
+    this.#signals = { started, done, resolveStarted, rejectStarted, resolveDone };
+    if (this.record.attempts > 0) resolveStarted();
+    if (this.#final) resolveDone(this.runner.snapshot(this.record));
+    return this.#signals;
+  }
+
+  /** Run one attempt. Never rejects: every outcome is recorded. */
+  async runAttempt(): Promise<void> {
+    const record = this.record;
+    const attemptNo = ++record.attempts;
+    const startedAt = Date.now();
+    record.startedAt ??= startedAt;
+    const span = this.runner.telemetry.startAttempt({
+      id: this.id,
+      name: this.name,
+      attempt: attemptNo,
+      maxAttempts: this.maxAttempts,
+      priority: record.priority,
+      idempotencyKey: record.idempotencyKey,
+      tags: this.tags,
+      requestLink: this.requestLink,
+      previousAttempt: this.#previousSpan,
+    });
+    const spanContext = span.spanContext();
+    if (spanContext.traceFlags !== 0 || span.isRecording()) {
+      record.traceId = spanContext.traceId;
+      record.spanId = spanContext.spanId;
+      this.#previousSpan = spanContext;
+    }
+    const attempt = new Attempt(this, attemptNo, span);
+    this.current = attempt;
+    this.#transition('running', undefined);
+    this.#signals?.resolveStarted();
+
+    let error: unknown;
+    let failed = false;
+    try {
+      await attempt.execute(this.fn as (...a: unknown[]) => unknown, this.args, this.options.timeout, !this.options.shield);
+    } catch (caught) {
+      failed = true;
+      error = caught ?? new Error('task threw a nullish value');
+    }
+    this.current = undefined;
+    const durationMs = Date.now() - startedAt;
+    this.runner.telemetry.endAttempt(span, this.name, durationMs, failed ? error : undefined);
+
+    if (!failed) return this.#finish('success', undefined, undefined, durationMs);
+    if (attempt.aborted && attempt.abortReason instanceof TaskInterruptedError) {
+      return this.#finish('interrupted', error, 'shutdown', durationMs);
+    }
+    if (attemptNo < this.maxAttempts && !this.runner.stopping) {
+      const wait = retryDelay(this.options, attemptNo);
+      record.error = toErrorInfo(error);
+      this.#transition('pending', durationMs);
+      this.runner.retryLater(this, wait);
+      return;
+    }
+    this.#finish('failed', error, undefined, durationMs);
+    const onError = this.options.onError;
+    if (onError !== undefined) {
+      try {
+        Promise.resolve(onError(error, this.runner.snapshot(record))).catch((e: unknown) => this.runner.report(`onError of task ${this.name}`, e));
+      } catch (e) {
+        this.runner.report(`onError of task ${this.name}`, e);
+      }
+    }
+  }
+
+  /** End a task that never got to run (or is waiting for a retry) without running it. */
+  cancel(status: 'cancelled' | 'interrupted', reason: string): void {
+    if (this.#final) return;
+    const error = status === 'cancelled' ? new TaskCancelledError(reason) : new TaskInterruptedError(reason);
+    this.#finish(status, error, reason, undefined);
+    this.#signals?.rejectStarted(error);
+  }
+
+  log(attempt: Attempt, level: LogLevel, message: string, fields: Record<string, unknown> | undefined): void {
+    const runner = this.runner;
+    const safeFields = fields === undefined ? undefined : runner.redact(fields);
+    const time = Date.now();
+    const entry: LogEntry = { time, level, message, attempt: attempt.attempt };
+    if (safeFields !== undefined) entry.fields = safeFields;
+    const logs = this.record.logs;
+    if (logs.length >= MAX_LOGS_PER_RECORD) logs.shift();
+    logs.push(entry);
+    if (!runner.chain.hasLog) return;
+    const spanContext = attempt.span.spanContext();
+    runner.chain.emitLog({
+      type: 'log',
+      taskId: this.id,
+      name: this.name,
+      attempt: attempt.attempt,
+      level,
+      message,
+      fields: safeFields ?? {},
+      tags: this.tags,
+      time,
+      traceId: spanContext.traceId,
+      spanId: spanContext.spanId,
+      traceFlags: spanContext.traceFlags,
+    });
+  }
+
+  #finish(status: TaskStatus, error: unknown, reason: string | undefined, lastAttemptMs: number | undefined): void {
+    const record = this.record;
+    this.#final = true;
+    const endedAt = Date.now();
+    record.endedAt = endedAt;
+    if (record.startedAt !== undefined) record.durationMs = endedAt - record.startedAt;
+    if (error !== undefined) record.error = toErrorInfo(error);
+    else delete record.error;
+    if (reason !== undefined) record.reason = reason;
+    this.#transition(status, record.durationMs ?? lastAttemptMs);
+    this.#signals?.resolveDone(this.runner.snapshot(record));
+    this.runner.finished(this);
+  }
+
+  /** The first lifecycle event: the task was accepted as `pending`. */
+  announce(): void {
+    this.#emit('pending', undefined, undefined);
+  }
+
+  #transition(status: TaskStatus, durationMs: number | undefined): void {
+    const record = this.record;
+    const previousStatus = record.status;
+    record.status = status;
+    this.runner.recordChanged(record);
+    this.#emit(status, previousStatus, durationMs);
+  }
+
+  #emit(status: TaskStatus, previousStatus: TaskStatus | undefined, durationMs: number | undefined): void {
+    if (!this.runner.chain.hasLifecycle) return;
+    const record = this.record;
+    const event: LifecycleEvent = {
+      type: 'lifecycle',
+      taskId: this.id,
+      name: this.name,
+      attempt: record.attempts,
+      status,
+      tags: this.tags,
+      time: Date.now(),
+    };
+    if (previousStatus !== undefined) event.previousStatus = previousStatus;
+    if (durationMs !== undefined) event.durationMs = durationMs;
+    if (record.error !== undefined && status !== 'running' && status !== 'success') event.error = record.error;
+    if (record.reason !== undefined) event.reason = record.reason;
+    if (record.traceId !== undefined) {
+      event.traceId = record.traceId;
+      event.spanId = record.spanId;
+    }
+    this.runner.chain.emitLifecycle(event);
+  }
+}

@@ -1,0 +1,171 @@
+import type { Span } from '@opentelemetry/api';
+
+/** Where a task is in its life. `pending` also covers "waiting for the next retry". */
+export type TaskStatus = 'pending' | 'running' | 'success' | 'failed' | 'interrupted' | 'cancelled';
+
+export const TASK_STATUSES: readonly TaskStatus[] = ['pending', 'running', 'success', 'failed', 'interrupted', 'cancelled'];
+
+/** Final statuses: a task in one of these never runs again (a retry creates a new task). */
+export const FINAL_STATUSES: ReadonlySet<TaskStatus> = new Set(['success', 'failed', 'interrupted', 'cancelled']);
+
+export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
+
+export const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'];
+
+export type Tags = Readonly<Record<string, string>>;
+
+/** Any function a task can run: sync or async, any parameters. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type TaskFunction<A extends unknown[] = any[], R = unknown> = (...args: A) => R;
+
+export interface TaskErrorInfo {
+  type: string;
+  message: string;
+  stack?: string;
+}
+
+export interface LogEntry {
+  /** Epoch milliseconds. */
+  time: number;
+  level: LogLevel;
+  message: string;
+  attempt: number;
+  fields?: Record<string, unknown>;
+}
+
+/**
+ * The stored state of one task. Times are epoch milliseconds, like pino's `time`.
+ */
+export interface TaskRecord {
+  id: string;
+  name: string;
+  status: TaskStatus;
+  args: unknown[];
+  tags: Record<string, string>;
+  /** Attempts started so far. */
+  attempts: number;
+  maxAttempts: number;
+  priority?: number;
+  idempotencyKey?: string;
+  createdAt: number;
+  startedAt?: number;
+  endedAt?: number;
+  durationMs?: number;
+  error?: TaskErrorInfo;
+  /** Why a task ended `cancelled` or `interrupted`: `request_failed`, `shutdown`, `aborted`. */
+  reason?: string;
+  logs: LogEntry[];
+  /** Trace of the latest attempt's span. */
+  traceId?: string;
+  spanId?: string;
+  /** The span that was active when the task was added (usually the request's server span). */
+  requestTraceId?: string;
+  requestSpanId?: string;
+  /** For a task created by `retry(id)`: the id it retries. */
+  retryOf?: string;
+}
+
+export interface TaskFilter {
+  status?: TaskStatus | TaskStatus[];
+  name?: string;
+  /** Every given tag must match. */
+  tags?: Record<string, string>;
+  /** At most this many records, newest first. */
+  limit?: number;
+  /** Only records created at or after this time (Date or epoch ms). */
+  since?: Date | number;
+}
+
+export interface NameMetrics {
+  total: number;
+  byStatus: Record<TaskStatus, number>;
+  /** success / (success + failed + interrupted); `null` when none has finished. */
+  successRate: number | null;
+  avgDurationMs: number | null;
+  p95DurationMs: number | null;
+}
+
+export interface TaskMetrics extends NameMetrics {
+  byName: Record<string, NameMetrics>;
+}
+
+/** Emitted for every `taskLog()` call inside a task. */
+export interface LogEvent {
+  type: 'log';
+  taskId: string;
+  name: string;
+  attempt: number;
+  level: LogLevel;
+  message: string;
+  fields: Record<string, unknown>;
+  tags: Tags;
+  time: number;
+  /** All zeros when no OpenTelemetry SDK is registered. */
+  traceId: string;
+  spanId: string;
+  traceFlags?: number;
+}
+
+/** Emitted for every status change of a task. */
+export interface LifecycleEvent {
+  type: 'lifecycle';
+  taskId: string;
+  name: string;
+  attempt: number;
+  status: TaskStatus;
+  previousStatus?: TaskStatus;
+  tags: Tags;
+  time: number;
+  durationMs?: number;
+  error?: TaskErrorInfo;
+  reason?: string;
+  traceId?: string;
+  spanId?: string;
+}
+
+export type TaskEvent = LogEvent | LifecycleEvent;
+
+export interface TaskObserver {
+  onLog?(event: LogEvent): void | Promise<void>;
+  onLifecycle?(event: LifecycleEvent): void | Promise<void>;
+  startup?(): void | Promise<void>;
+  close?(): void | Promise<void>;
+}
+
+/** What `getTaskContext()` returns inside a task. */
+export interface TaskContext {
+  readonly id: string;
+  readonly name: string;
+  /** 1-based. */
+  readonly attempt: number;
+  readonly maxAttempts: number;
+  readonly tags: Tags;
+  /** Aborts on timeout or when shutdown gives up waiting. */
+  readonly signal: AbortSignal;
+  /** The attempt's span (a non-recording span when no OpenTelemetry SDK is registered). */
+  readonly span: Span;
+}
+
+export interface TaskStore {
+  /** Insert or replace records. One request's tasks arrive in one call. */
+  save(records: TaskRecord[]): Promise<void>;
+  get(id: string): Promise<TaskRecord | undefined>;
+  list(filter?: TaskFilter): Promise<TaskRecord[]>;
+  /** Atomically claim an idempotency key; returns the id holding it if taken by a task that has not failed. */
+  claimKey(key: string, id: string): Promise<string | undefined>;
+  /** Take ownership of tasks left pending/running by a process that is gone. */
+  claimOrphans(ownerId: string, leaseMs: number): Promise<TaskRecord[]>;
+  close(): Promise<void>;
+  /** True when records survive the process (enables `persist` and requeue on start). */
+  readonly durable?: boolean;
+}
+
+/** Minimal shape of a pino logger we rely on (pino's `Logger` satisfies it). */
+export interface TaskLogger {
+  trace(obj: object, msg?: string): void;
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+  fatal(obj: object, msg?: string): void;
+}
