@@ -211,6 +211,15 @@ export class TaskManager implements TaskEnqueuer {
     return new TaskAdder(this, undefined).with(options);
   }
 
+  /**
+   * Add an observer after construction (appended to the chain, same isolation rules); returns a function
+   * that removes it. `startup`/`close` of an observer added this way are not called.
+   */
+  subscribe(observer: TaskObserver): () => void {
+    if (observer === null || typeof observer !== 'object') throw new TypeError('subscribe: argument "observer" must be an observer object');
+    return this.#chain.subscribe(observer);
+  }
+
   /** Start observers and the store. Idempotent. */
   start(): Promise<void> {
     this.#started ??= (async () => {

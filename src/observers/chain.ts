@@ -7,16 +7,36 @@ type Report = (observer: TaskObserver, stage: string, error: unknown) => void;
  * cannot delay a task, another observer or a response. Each observer's first failure is reported once.
  */
 export class ObserverChain {
-  readonly #logObservers: TaskObserver[];
-  readonly #lifecycleObservers: TaskObserver[];
+  #observers: readonly TaskObserver[];
+  #logObservers: TaskObserver[] = [];
+  #lifecycleObservers: TaskObserver[] = [];
   readonly #reported = new WeakSet<TaskObserver>();
   /** False when nobody handles log events: callers skip building them. */
-  readonly hasLog: boolean;
-  readonly hasLifecycle: boolean;
+  hasLog = false;
+  hasLifecycle = false;
 
-  constructor(readonly observers: readonly TaskObserver[], readonly report: Report) {
-    this.#logObservers = observers.filter((o) => typeof o.onLog === 'function');
-    this.#lifecycleObservers = observers.filter((o) => typeof o.onLifecycle === 'function');
+  constructor(observers: readonly TaskObserver[], readonly report: Report) {
+    this.#observers = observers;
+    this.#index();
+  }
+
+  get observers(): readonly TaskObserver[] {
+    return this.#observers;
+  }
+
+  /** Append an observer at run time (the admin's event stream does); returns its removal. */
+  subscribe(observer: TaskObserver): () => void {
+    this.#observers = [...this.#observers, observer];
+    this.#index();
+    return () => {
+      this.#observers = this.#observers.filter((o) => o !== observer);
+      this.#index();
+    };
+  }
+
+  #index(): void {
+    this.#logObservers = this.#observers.filter((o) => typeof o.onLog === 'function');
+    this.#lifecycleObservers = this.#observers.filter((o) => typeof o.onLifecycle === 'function');
     this.hasLog = this.#logObservers.length > 0;
     this.hasLifecycle = this.#lifecycleObservers.length > 0;
   }
