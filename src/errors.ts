@@ -30,6 +30,9 @@ export class TaskCancelledError extends TaskflowError {
 /** The manager is shutting down or shut down and takes no new work. */
 export class TaskManagerClosedError extends TaskflowError {
   override name = 'TaskManagerClosedError';
+  /** Koa answers a request that hits this with 503 Service Unavailable. */
+  readonly status = 503;
+  readonly expose = true;
   constructor() {
     super('the TaskManager is shutting down and accepts no new tasks; add tasks before calling shutdown()');
   }

@@ -149,6 +149,7 @@ export class TaskManager implements TaskEnqueuer {
       chain: this.#chain,
       store: this.store,
       storeHoldsLiveRecords: this.#memoryStore !== undefined,
+      onTaskEnded: this.#memoryStore && (() => this.#memoryStore!.trim()),
       redact,
       report: (stage, error) => this.#report(stage, error),
     });

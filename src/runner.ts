@@ -45,6 +45,8 @@ export interface RunnerDeps {
   store: TaskStore;
   /** The store keeps the live record objects (MemoryStore): status changes need no write. */
   storeHoldsLiveRecords: boolean;
+  /** Told when a task has ended, so a bounded in-memory store can drop old records. */
+  onTaskEnded?(): void;
   redact: Redactor;
   report(stage: string, error: unknown): void;
 }
@@ -120,6 +122,7 @@ export class Runner {
       run.retryTimer = undefined;
     }
     this.#live.delete(run.id);
+    this.#deps.onTaskEnded?.();
     run.sequence?.ended(run);
     if (this.#live.size === 0 && this.#idleWaiters.length > 0) {
       const waiters = this.#idleWaiters;
@@ -135,7 +138,8 @@ export class Runner {
 
   /** A copy safe to hand out: args redacted, arrays not shared with the live record. */
   snapshot(record: TaskRecord): TaskRecord {
-    return { ...record, args: this.redact(record.args), tags: { ...record.tags }, logs: record.logs.slice() };
+    const args = this.redact(record.args);
+    return { ...record, args: args === record.args ? args.slice() : args, tags: { ...record.tags }, logs: record.logs.slice() };
   }
 
   /** Resolves when no accepted task is left unfinished. */

@@ -31,6 +31,11 @@ export class MemoryStore implements TaskStore {
   /** Synchronous `save`, used by the manager to make a record visible the moment its task is accepted. */
   saveNow(records: TaskRecord[]): void {
     for (const record of records) this.#records.set(record.id, record);
+    this.trim();
+  }
+
+  /** Enforce `maxRecords` (called on save and when a task ends, since only finished records can go). */
+  trim(): void {
     if (this.#records.size > this.maxRecords) this.#evict();
   }
 

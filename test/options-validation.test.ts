@@ -1,0 +1,212 @@
+import { describe, expect, it } from 'vitest';
+import { getTaskContext, TaskManager, filterObserver, MemoryStore, type TaskOptions } from 'koa-taskflow';
+import { mergeOptions } from '../src/options.js';
+import { createManager, startApp } from './helpers/server.js';
+
+describe('mergeOptions', () => {
+  it('lets later defined values win and keeps earlier ones where the later is undefined', () => {
+    const onError = () => {};
+    expect(mergeOptions({ retries: 1, delay: 5, shield: true }, { retries: 3, delay: undefined, onError })).toEqual({
+      retries: 3,
+      delay: 5,
+      shield: true,
+      onError,
+    });
+  });
+
+  it('merges tags key by key', () => {
+    expect(mergeOptions({ tags: { a: '1', b: '1' } }, { tags: { b: '2', c: '3' } }).tags).toEqual({ a: '1', b: '2', c: '3' });
+  });
+
+  it('returns the base itself when nothing is overridden', () => {
+    const base = { retries: 2 };
+    expect(mergeOptions(base, {})).toBe(base);
+    expect(mergeOptions(base, { retries: undefined })).toBe(base);
+  });
+});
+
+describe('option levels: defaults < task() < with()', () => {
+  it('apply in that order, with tags merged across all three, on record and context', async () => {
+    let seen: { tags: Record<string, string>; maxAttempts: number } | undefined;
+    const { url, manager } = await startApp(
+      (app, manager) => {
+        const job = manager.task(
+          async function job() {
+            const ctx = getTaskContext()!;
+            seen = { tags: { ...ctx.tags }, maxAttempts: ctx.maxAttempts };
+          },
+          { retries: 2, tags: { team: 'mail', level: 'task' } },
+        );
+        app.use(async (ctx) => {
+          ctx.body = { id: ctx.tasks.with({ tags: { tenant: 'acme', level: 'with' } }).with({ retries: 4 }).addTask(job) };
+        });
+      },
+      { defaults: { retries: 1, tags: { service: 'api', level: 'defaults' } } },
+    );
+    const { id } = (await (await fetch(url)).json()) as { id: string };
+    await manager.drain();
+    const expectedTags = { service: 'api', team: 'mail', tenant: 'acme', level: 'with' };
+    expect(seen).toEqual({ tags: expectedTags, maxAttempts: 5 });
+    expect(await manager.get(id)).toMatchObject({ tags: expectedTags, maxAttempts: 5 });
+  });
+
+  it('use the registered name unless with() names the task', async () => {
+    const manager = createManager();
+    const fn = manager.task(() => {}, { name: 'registered-name' });
+    const a = manager.add(fn);
+    const b = manager.with({ name: 'renamed' }).add(fn);
+    await manager.drain();
+    expect((await manager.get(a))!.name).toBe('registered-name');
+    expect((await manager.get(b))!.name).toBe('renamed');
+  });
+});
+
+describe('task()', () => {
+  it('returns the same function, still directly callable', () => {
+    const manager = createManager();
+    const add = (a: number, b: number) => a + b;
+    expect(manager.task(add)).toBe(add);
+    expect(add(2, 3)).toBe(5);
+  });
+
+  it('throws when two different functions claim one name', () => {
+    const manager = createManager();
+    manager.task(function send() {});
+    expect(() => manager.task(function send() {})).toThrow(/"send" is already registered/);
+  });
+
+  it('needs a name', () => {
+    const manager = createManager();
+    expect(() => manager.task(() => {})).toThrow(/needs a name/);
+  });
+});
+
+// Every bad value throws at the call that received it, naming the option.
+const badTaskOptions: [string, TaskOptions, RegExp, ErrorConstructor][] = [
+  ['negative retries', { retries: -1 }, /"retries"/, RangeError],
+  ['fractional retries', { retries: 1.5 }, /"retries"/, RangeError],
+  ['string retries', { retries: '2' as unknown as number }, /"retries"/, TypeError],
+  ['negative delay', { delay: -5 }, /"delay"/, RangeError],
+  ['backoff below 1', { backoff: 0.5 }, /"backoff"/, RangeError],
+  ['negative maxDelay', { maxDelay: -1 }, /"maxDelay"/, RangeError],
+  ['non-boolean jitter', { jitter: 'yes' as unknown as boolean }, /"jitter"/, TypeError],
+  ['zero timeout', { timeout: 0 }, /"timeout"/, RangeError],
+  ['infinite timeout', { timeout: Infinity }, /"timeout"/, RangeError],
+  ['priority 11', { priority: 11 }, /"priority"/, RangeError],
+  ['priority 0', { priority: 0 }, /"priority"/, RangeError],
+  ['fractional priority', { priority: 2.5 }, /"priority"/, RangeError],
+  ['eager with priority', { eager: true, priority: 3 }, /"eager" and "priority"/, TypeError],
+  ['non-boolean shield', { shield: 1 as unknown as boolean }, /"shield"/, TypeError],
+  ['non-string tag value', { tags: { tenant: 42 as unknown as string } }, /"tags\.tenant"/, TypeError],
+  ['tags not an object', { tags: 'a=b' as unknown as Record<string, string> }, /"tags"/, TypeError],
+  ['empty idempotencyKey', { idempotencyKey: '' }, /"idempotencyKey"/, TypeError],
+  ['non-function onError', { onError: 'log' as unknown as () => void }, /"onError"/, TypeError],
+  ['non-boolean runOnError', { runOnError: 'true' as unknown as boolean }, /"runOnError"/, TypeError],
+  ['non-boolean persist', { persist: 0 as unknown as boolean }, /"persist"/, TypeError],
+  ['non-boolean requeueOnInterrupt', { requeueOnInterrupt: 'no' as unknown as boolean }, /"requeueOnInterrupt"/, TypeError],
+  ['empty name', { name: ' ' }, /"name"/, TypeError],
+  ['unknown option', { retires: 3 } as unknown as TaskOptions, /unknown option "retires"/, TypeError],
+];
+
+describe.each(badTaskOptions)('bad task option: %s', (_label, options, message, Kind) => {
+  it('throws from task()', () => {
+    const manager = createManager();
+    expect(() => manager.task(function named() {}, options)).toThrow(Kind);
+    expect(() => manager.task(function named() {}, options)).toThrow(message);
+  });
+
+  it('throws from manager.with()', () => {
+    const manager = createManager();
+    expect(() => manager.with(options)).toThrow(Kind);
+    expect(() => manager.with(options)).toThrow(message);
+  });
+
+  it('throws from ctx.tasks.with() inside a request, as a 500 the handler can catch', async () => {
+    let caught: unknown;
+    const { url } = await startApp((app) => {
+      app.use(async (ctx) => {
+        try {
+          ctx.tasks.with(options);
+        } catch (error) {
+          caught = error;
+        }
+        ctx.status = 204;
+      });
+    });
+    await fetch(url);
+    expect(caught).toBeInstanceOf(Kind);
+    expect((caught as Error).message).toMatch(message);
+  });
+
+  it('throws from new TaskManager({ defaults })', () => {
+    expect(() => new TaskManager({ defaults: options })).toThrow(message);
+  });
+});
+
+describe('eager and priority across levels', () => {
+  it('throw at enqueue when the merged options combine them', () => {
+    const manager = createManager();
+    const fn = manager.task(function urgent() {}, { priority: 8 });
+    expect(() => manager.with({ eager: true }).add(fn)).toThrow(/"eager" and "priority"/);
+    expect(manager.runner.unfinished).toBe(0);
+  });
+});
+
+describe('bad arguments', () => {
+  it('a non-function task throws a TypeError naming "fn" at every entry point', async () => {
+    const manager = createManager();
+    const notFn = 'sendMail' as unknown as () => void;
+    expect(() => manager.add(notFn)).toThrow(/manager\.add: argument "fn" must be a function, got string/);
+    expect(() => manager.task(notFn)).toThrow(/argument "fn" must be a function/);
+    const errors: string[] = [];
+    const { url } = await startApp((app) => {
+      app.use(async (ctx) => {
+        for (const call of [
+          () => ctx.tasks.addTask(notFn),
+          () => ctx.tasks.schedule(notFn),
+          () => ctx.tasks.afterRoute.schedule(notFn),
+          () => ctx.tasks.afterResponse.schedule(notFn),
+        ]) {
+          try {
+            call();
+          } catch (error) {
+            errors.push((error as Error).message);
+          }
+        }
+        ctx.status = 204;
+      });
+    });
+    await fetch(url);
+    expect(errors).toEqual([
+      expect.stringMatching(/ctx\.tasks\.addTask: argument "fn"/),
+      expect.stringMatching(/ctx\.tasks\.schedule: argument "fn"/),
+      expect.stringMatching(/ctx\.tasks\.afterRoute\.schedule: argument "fn"/),
+      expect.stringMatching(/ctx\.tasks\.afterResponse\.schedule: argument "fn"/),
+    ]);
+  });
+
+  it('bad manager options throw at construction, naming the option', () => {
+    expect(() => new TaskManager({ concurrency: 0 })).toThrow(/"concurrency"/);
+    expect(() => new TaskManager({ concurrency: 2.5 })).toThrow(RangeError);
+    expect(() => new TaskManager({ shutdownTimeoutMs: -1 })).toThrow(/"shutdownTimeoutMs"/);
+    expect(() => new TaskManager({ logger: console.log as never })).toThrow(/"logger"/);
+    expect(() => new TaskManager({ store: {} as never })).toThrow(/"store"/);
+    expect(() => new TaskManager({ observers: [null as never] })).toThrow(/"observers"/);
+    expect(() => new TaskManager({ redact: 'password' as never })).toThrow(/"redact"/);
+    expect(() => new TaskManager({ encryptionKey: Buffer.alloc(16) })).toThrow(/"encryptionKey"/);
+    expect(() => new TaskManager({ encryptionKey: Buffer.alloc(32) })).toThrow(/durable store/);
+    expect(() => new TaskManager({ concurency: 2 } as never)).toThrow(/unknown option "concurency"/);
+    expect(() => new MemoryStore({ maxRecords: 0 })).toThrow(/"maxRecords"/);
+  });
+
+  it('bad filters and list options throw naming the option', async () => {
+    const manager = createManager();
+    expect(() => filterObserver({ minLevel: 'loud' as never }, {})).toThrow(/"minLevel"/);
+    expect(() => filterObserver({ statuses: ['done' as never] }, {})).toThrow(/"statuses"/);
+    expect(() => filterObserver({ tags: { a: 1 as never } }, {})).toThrow(/"tags\.a"/);
+    expect(() => filterObserver({ names: 'x' as never }, {})).toThrow(/"names"/);
+    await expect(manager.list({ limit: -1 })).rejects.toThrow(/"limit"/);
+    await expect(manager.list({ since: 'yesterday' as never })).rejects.toThrow(/"since"/);
+    expect(() => manager.shutdown({ timeoutMs: -5 })).toThrow(/"timeoutMs"/);
+  });
+});

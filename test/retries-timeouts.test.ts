@@ -1,0 +1,160 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { getTaskContext, InMemoryObserver, TaskTimeoutError, type TaskRecord } from 'koa-taskflow';
+import { createManager } from './helpers/server.js';
+import { retryDelay } from '../src/options.js';
+
+describe('retryDelay', () => {
+  const base = { delay: 100, backoff: 2, maxDelay: undefined, jitter: false };
+
+  it('grows as delay * backoff^(n-1)', () => {
+    expect([1, 2, 3, 4].map((n) => retryDelay(base, n))).toEqual([100, 200, 400, 800]);
+  });
+
+  it('is capped by maxDelay', () => {
+    expect([1, 2, 3, 4].map((n) => retryDelay({ ...base, maxDelay: 250 }, n))).toEqual([100, 200, 250, 250]);
+  });
+
+  it('with full jitter draws uniformly below the computed wait', () => {
+    expect(retryDelay({ ...base, jitter: true }, 3, () => 0.5)).toBe(200);
+    expect(retryDelay({ ...base, jitter: true }, 3, () => 0)).toBe(0);
+  });
+
+  it('is constant with the default backoff of 1', () => {
+    expect([1, 2, 3].map((n) => retryDelay({ ...base, backoff: 1 }, n))).toEqual([100, 100, 100]);
+  });
+});
+
+describe('retries', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('wait delay * backoff^(n-1) between attempts and stop at the first success', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+    const manager = createManager();
+    const attemptsAt: number[] = [];
+    const start = Date.now();
+    const flaky = manager.task(
+      async function flaky() {
+        attemptsAt.push(Date.now() - start);
+        if (attemptsAt.length < 3) throw new Error(`failure ${attemptsAt.length}`);
+      },
+      { retries: 5, delay: 100, backoff: 3 },
+    );
+    const id = manager.add(flaky);
+    await vi.advanceTimersByTimeAsync(2_000);
+    expect(attemptsAt).toEqual([0, 100, 400]);
+    const record = await manager.get(id);
+    expect(record).toMatchObject({ status: 'success', attempts: 3, maxAttempts: 6 });
+    expect(record!.error).toBeUndefined();
+  });
+
+  it('end failed after the last attempt, with the last error, and call onError once', async () => {
+    const manager = createManager();
+    const onError = vi.fn();
+    const always = manager.task(
+      async function always(n: number) {
+        throw new RangeError(`bad ${n} at attempt ${getTaskContext()!.attempt}`);
+      },
+      { retries: 2, onError },
+    );
+    const id = manager.add(always, 1);
+    await manager.drain();
+    const record = await manager.get(id);
+    expect(record).toMatchObject({ status: 'failed', attempts: 3, error: { type: 'RangeError', message: 'bad 1 at attempt 3' } });
+    expect(onError).toHaveBeenCalledTimes(1);
+    expect(onError.mock.calls[0][0]).toBeInstanceOf(RangeError);
+    expect((onError.mock.calls[0][1] as TaskRecord).status).toBe('failed');
+  });
+
+  it('report each failed attempt as running → pending with its error', async () => {
+    const observer = new InMemoryObserver();
+    const manager = createManager({ observers: [observer] });
+    const twice = manager.task(
+      function twice() {
+        if (getTaskContext()!.attempt === 1) throw new Error('first');
+      },
+      { retries: 1 },
+    );
+    const id = manager.add(twice);
+    await manager.drain();
+    const statuses = observer.lifecycle.filter((e) => e.taskId === id).map((e) => [e.previousStatus, e.status, e.attempt, e.error?.message]);
+    expect(statuses).toEqual([
+      [undefined, 'pending', 0, undefined],
+      ['pending', 'running', 1, undefined],
+      ['running', 'pending', 1, 'first'],
+      ['pending', 'running', 2, undefined],
+      ['running', 'success', 2, undefined],
+    ]);
+  });
+
+  it('a rejecting onError never becomes an unhandled rejection', async () => {
+    const manager = createManager();
+    const id = manager.with({
+      onError: async () => {
+        throw new Error('handler broke');
+      },
+    }).add(() => {
+      throw new Error('task broke');
+    });
+    await manager.drain();
+    expect((await manager.get(id))!.status).toBe('failed');
+    // test/setup.ts fails the file on any unhandled rejection.
+    await new Promise((r) => setTimeout(r, 10));
+  });
+});
+
+describe('timeout', () => {
+  it('aborts the attempt signal and fails the attempt with TaskTimeoutError', async () => {
+    const manager = createManager();
+    let reason: unknown;
+    const hangs = manager.task(
+      async function hangs() {
+        const { signal } = getTaskContext()!;
+        await new Promise((_, reject) => {
+          signal.addEventListener('abort', () => {
+            reason = signal.reason;
+            reject(signal.reason);
+          });
+        });
+      },
+      { timeout: 20 },
+    );
+    const id = manager.add(hangs);
+    await manager.drain();
+    expect(reason).toBeInstanceOf(TaskTimeoutError);
+    expect(await manager.get(id)).toMatchObject({ status: 'failed', error: { type: 'TaskTimeoutError' } });
+  });
+
+  it('fails the attempt on time even when the task ignores its signal, and retries it', async () => {
+    const manager = createManager();
+    let attempts = 0;
+    const stubborn = manager.task(
+      async function stubborn() {
+        attempts++;
+        if (attempts === 1) await new Promise((r) => setTimeout(r, 60_000).unref());
+      },
+      { timeout: 20, retries: 1 },
+    );
+    const id = manager.add(stubborn);
+    await manager.drain();
+    expect(attempts).toBe(2);
+    expect(await manager.get(id)).toMatchObject({ status: 'success', attempts: 2 });
+  });
+
+  it('each attempt gets a fresh, unaborted signal', async () => {
+    const manager = createManager();
+    const abortedAtStart: boolean[] = [];
+    const fn = manager.task(
+      async function freshSignal() {
+        const { signal, attempt } = getTaskContext()!;
+        abortedAtStart.push(signal.aborted);
+        if (attempt === 1) await new Promise((r) => signal.addEventListener('abort', r));
+      },
+      { timeout: 15, retries: 1 },
+    );
+    manager.add(fn);
+    await manager.drain();
+    expect(abortedAtStart).toEqual([false, false]);
+  });
+});

@@ -1,0 +1,127 @@
+import { describe, expect, it, vi } from 'vitest';
+import { getTaskContext, InMemoryObserver, taskLog, TaskManager, type TaskContext } from 'koa-taskflow';
+import { createManager, startApp } from './helpers/server.js';
+
+describe('getTaskContext()', () => {
+  it('is undefined outside a task', () => {
+    expect(getTaskContext()).toBeUndefined();
+  });
+
+  it('follows the task through awaits, timers, immediates and nested calls', async () => {
+    const manager = createManager();
+    const seen: (string | undefined)[] = [];
+    const nested = () => getTaskContext()?.id;
+    const id = manager.with({ tags: { tenant: 'acme' } }).add(async function traced() {
+      seen.push(getTaskContext()?.id);
+      await Promise.resolve();
+      seen.push(nested());
+      await new Promise((r) => setTimeout(r, 1));
+      seen.push(getTaskContext()?.id);
+      await new Promise<void>((resolve) =>
+        setImmediate(() => {
+          seen.push(getTaskContext()?.id);
+          resolve();
+        }),
+      );
+      await new Promise<void>((resolve) =>
+        queueMicrotask(() => {
+          seen.push(getTaskContext()?.id);
+          resolve();
+        }),
+      );
+    });
+    await manager.drain();
+    expect(seen).toEqual([id, id, id, id, id]);
+  });
+
+  it('carries id, name, attempt, maxAttempts, tags, signal and span', async () => {
+    const manager = createManager();
+    let ctx: TaskContext | undefined;
+    const job = manager.task(
+      function job() {
+        ctx = getTaskContext();
+      },
+      { retries: 2, tags: { a: 'b' } },
+    );
+    const id = manager.add(job);
+    await manager.drain();
+    expect(ctx).toMatchObject({ id, name: 'job', attempt: 1, maxAttempts: 3, tags: { a: 'b' } });
+    expect(ctx!.signal).toBeInstanceOf(AbortSignal);
+    expect(typeof ctx!.span.spanContext).toBe('function');
+  });
+
+  it('keeps concurrent tasks apart', async () => {
+    const manager = createManager({ concurrency: 10 });
+    const mismatches: string[] = [];
+    const ids = Array.from({ length: 10 }, (_, i) =>
+      manager.add(async () => {
+        const own = getTaskContext()!.id;
+        await new Promise((r) => setTimeout(r, 10 - i));
+        if (getTaskContext()!.id !== own) mismatches.push(own);
+      }),
+    );
+    await manager.drain();
+    expect(ids).toHaveLength(10);
+    expect(mismatches).toEqual([]);
+  });
+
+  it('is not visible to the request handler that scheduled the task', async () => {
+    let inHandler: TaskContext | undefined = {} as TaskContext;
+    const { url, manager } = await startApp((app) => {
+      app.use(async (ctx) => {
+        const handle = ctx.tasks.schedule(async () => {});
+        await handle.done;
+        inHandler = getTaskContext();
+        ctx.status = 204;
+      });
+    });
+    await fetch(url);
+    await manager.drain();
+    expect(inHandler).toBeUndefined();
+  });
+});
+
+describe('taskLog()', () => {
+  it('inside a task: one LogEvent with level, fields, tags and attempt; a record log entry', async () => {
+    const observer = new InMemoryObserver();
+    const manager = createManager({ observers: [observer] });
+    const id = manager.with({ tags: { tenant: 'acme' } }).add(function logs() {
+      taskLog('plain');
+      taskLog('detailed', { level: 'warn', orderId: 42 });
+    });
+    await manager.drain();
+    expect(observer.logs.map(({ level, message, fields, tags, attempt, taskId, name }) => ({ level, message, fields, tags, attempt, taskId, name }))).toEqual([
+      { level: 'info', message: 'plain', fields: {}, tags: { tenant: 'acme' }, attempt: 1, taskId: id, name: 'logs' },
+      { level: 'warn', message: 'detailed', fields: { orderId: 42 }, tags: { tenant: 'acme' }, attempt: 1, taskId: id, name: 'logs' },
+    ]);
+    const record = await manager.get(id);
+    expect(record!.logs.map((l) => [l.level, l.message, l.fields])).toEqual([
+      ['info', 'plain', undefined],
+      ['warn', 'detailed', { orderId: 42 }],
+    ]);
+  });
+
+  it('outside a task: goes to the latest manager logger and never throws', () => {
+    const lines: [object, string | undefined][] = [];
+    const sink = (obj: object, msg?: string) => void lines.push([obj, msg]);
+    const logger = { trace: sink, debug: sink, info: sink, warn: sink, error: sink, fatal: sink };
+    const manager = new TaskManager({ logger });
+    taskLog('from a script', { level: 'error', job: 'nightly' });
+    taskLog('bad level', { level: 'loud' as never });
+    expect(() => taskLog(undefined as never, null as never)).not.toThrow();
+    expect(lines.slice(0, 2)).toEqual([
+      [{ job: 'nightly' }, 'from a script'],
+      [{}, 'bad level'],
+    ]);
+    void manager.shutdown();
+  });
+
+  it('outside a task with no logger anywhere: writes to the console', async () => {
+    vi.resetModules();
+    const fresh = await import('../src/context.js');
+    const spy = vi.spyOn(console, 'warn').mockImplementation(() => {});
+    fresh.taskLog('careful', { level: 'warn', n: 1 });
+    expect(spy).toHaveBeenCalledWith('careful', { n: 1 });
+    spy.mockRestore();
+  });
+});
