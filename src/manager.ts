@@ -11,7 +11,7 @@ import { mergeOptions, optionError, resolveOptions, validateTaskOptions, type Re
 import { TaskTelemetry } from './otel.js';
 import { createRedactor, type RedactOption } from './redact.js';
 import { Runner } from './runner.js';
-import { RequestTasks, TaskScheduler, type TaskEnqueuer, type TaskHandle, type TaskPhase } from './scheduler.js';
+import { enqueueForId, RequestTasks, TaskScheduler, withOptions, type TaskEnqueuer, type TaskHandle, type TaskPhase } from './scheduler.js';
 import { MemoryStore } from './stores/memory.js';
 import { TaskRun } from './task-run.js';
 import type { TaskFilter, TaskFunction, TaskLogger, TaskMetrics, TaskObserver, TaskRecord, TaskStore } from './types.js';
@@ -52,24 +52,18 @@ interface Registration {
 
 /** `manager.add` / `manager.with(...).add`: enqueue outside a request. */
 export class TaskAdder {
-  readonly #manager: TaskManager;
-  readonly #overrides: TaskOptions | undefined;
-
-  constructor(manager: TaskManager, overrides: TaskOptions | undefined) {
-    this.#manager = manager;
-    this.#overrides = overrides;
-  }
+  constructor(
+    private readonly manager: TaskManager,
+    private readonly overrides: TaskOptions | undefined,
+  ) {}
 
   /** Start `fn(...args)` as soon as a slot is free; returns the task id. */
   add<A extends unknown[]>(fn: (...args: A) => unknown, ...args: NoInfer<A>): string {
-    const result = this.#manager.enqueue('manager.add', fn, args, this.#overrides, 'now', undefined);
-    return typeof result === 'string' ? result : result.id;
+    return enqueueForId(this.manager, 'manager.add', fn, args, this.overrides, 'now', undefined);
   }
 
   with(options: TaskOptions): TaskAdder {
-    validateTaskOptions('manager.with', options);
-    if (options === undefined) throw new TypeError('manager.with: options must be an object, got undefined');
-    return new TaskAdder(this.#manager, this.#overrides === undefined ? options : mergeOptions(this.#overrides, options));
+    return new TaskAdder(this.manager, withOptions('manager.with', this.overrides, options));
   }
 }
 

@@ -165,10 +165,17 @@ export class TaskBatch {
   }
 }
 
-function withOptions(where: string, current: TaskOptions | undefined, options: TaskOptions): TaskOptions {
+/** Validate `options` given to a `with()` and merge them over the current overrides. */
+export function withOptions(where: string, current: TaskOptions | undefined, options: TaskOptions): TaskOptions {
   validateTaskOptions(where, options);
   if (options === undefined) throw new TypeError(`${where}: options must be an object, got undefined`);
   return current === undefined ? options : mergeOptions(current, options);
+}
+
+/** Enqueue and answer with the id: the task's own, or the holder's on an idempotency-key hit. */
+export function enqueueForId(manager: TaskEnqueuer, where: string, fn: unknown, args: unknown[], overrides: TaskOptions | undefined, phase: TaskPhase, request: RequestTasks | undefined): string {
+  const result = manager.enqueue(where, fn, args, overrides, phase, request);
+  return typeof result === 'string' ? result : result.id;
 }
 
 function scheduleIn(request: RequestTasks, where: string, fn: unknown, args: unknown[], overrides: TaskOptions | undefined, phase: TaskPhase): TaskHandle {
@@ -181,40 +188,36 @@ function scheduleIn(request: RequestTasks, where: string, fn: unknown, args: unk
  * until a task is added.
  */
 export class TaskScheduler {
-  readonly #request: RequestTasks;
-  readonly #overrides: TaskOptions | undefined;
-
-  constructor(request: RequestTasks, overrides: TaskOptions | undefined) {
-    this.#request = request;
-    this.#overrides = overrides;
-  }
+  constructor(
+    private readonly request: RequestTasks,
+    private readonly overrides: TaskOptions | undefined,
+  ) {}
 
   /**
    * Run `fn(...args)` after the response has been sent, after this request's earlier after-response tasks
    * (FastAPI's `add_task`). With `eager: true` it starts now. Returns the task id.
    */
   addTask<A extends unknown[]>(fn: (...args: A) => unknown, ...args: NoInfer<A>): string {
-    const result = this.#request.manager.enqueue('ctx.tasks.addTask', fn, args, this.#overrides, 'afterResponse', this.#request);
-    return typeof result === 'string' ? result : result.id;
+    return enqueueForId(this.request.manager, 'ctx.tasks.addTask', fn, args, this.overrides, 'afterResponse', this.request);
   }
 
   /** Run `fn(...args)` now, concurrently with the handler. */
   schedule<A extends unknown[]>(fn: (...args: A) => unknown, ...args: NoInfer<A>): TaskHandle<A> {
-    return scheduleIn(this.#request, 'ctx.tasks.schedule', fn, args, this.#overrides, 'now') as TaskHandle<A>;
+    return scheduleIn(this.request, 'ctx.tasks.schedule', fn, args, this.overrides, 'now') as TaskHandle<A>;
   }
 
   /** Tasks that start when the downstream middleware has returned, before the response is written. */
   get afterRoute(): TaskBatch {
-    return new TaskBatch(this.#request, 'afterRoute', this.#overrides);
+    return new TaskBatch(this.request, 'afterRoute', this.overrides);
   }
 
   /** Tasks that start once the response has been sent, one after another in the order added. */
   get afterResponse(): TaskBatch {
-    return new TaskBatch(this.#request, 'afterResponse', this.#overrides);
+    return new TaskBatch(this.request, 'afterResponse', this.overrides);
   }
 
   /** A scheduler with `options` merged over this one's (`tags` merge key by key). */
   with(options: TaskOptions): TaskScheduler {
-    return new TaskScheduler(this.#request, withOptions('ctx.tasks.with', this.#overrides, options));
+    return new TaskScheduler(this.request, withOptions('ctx.tasks.with', this.overrides, options));
   }
 }
