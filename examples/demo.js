@@ -7,6 +7,7 @@ import { createServer } from 'node:http';
 import { SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
 import { BatchSpanProcessor, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { resourceFromAttributes } from '@opentelemetry/resources';
 import pino from 'pino';
 import { createSignupApp } from './signup-app.js';
 
@@ -34,7 +35,8 @@ if (process.env.OTEL_EXPORTER_OTLP_ENDPOINT) {
   const { OTLPTraceExporter } = await import('@opentelemetry/exporter-trace-otlp-http');
   spanProcessors.push(new BatchSpanProcessor(new OTLPTraceExporter()));
 }
-const provider = new NodeTracerProvider({ spanProcessors });
+const resource = resourceFromAttributes({ 'service.name': process.env.OTEL_SERVICE_NAME ?? 'koa-taskflow-demo' });
+const provider = new NodeTracerProvider({ resource, spanProcessors });
 provider.register();
 const tracer = trace.getTracer('koa-taskflow-demo');
 
