@@ -143,7 +143,7 @@ export class TaskManager implements TaskEnqueuer {
       chain: this.#chain,
       store: this.store,
       storeHoldsLiveRecords: this.#memoryStore !== undefined,
-      onTaskEnded: this.#memoryStore && (() => this.#memoryStore!.trim()),
+      onTaskEnded: this.#memoryStore && ((record) => this.#memoryStore!.ended(record)),
       redact,
       report: (stage, error) => this.#report(stage, error),
     });

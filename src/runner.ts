@@ -46,7 +46,7 @@ export interface RunnerDeps {
   /** The store keeps the live record objects (MemoryStore): status changes need no write. */
   storeHoldsLiveRecords: boolean;
   /** Told when a task has ended, so a bounded in-memory store can drop old records. */
-  onTaskEnded?(): void;
+  onTaskEnded?(record: TaskRecord): void;
   redact: Redactor;
   report(stage: string, error: unknown): void;
 }
@@ -122,7 +122,7 @@ export class Runner {
       run.retryTimer = undefined;
     }
     this.#live.delete(run.id);
-    this.#deps.onTaskEnded?.();
+    this.#deps.onTaskEnded?.(run.record);
     run.sequence?.ended(run);
     if (this.#live.size === 0 && this.#idleWaiters.length > 0) {
       const waiters = this.#idleWaiters;

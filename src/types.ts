@@ -168,4 +168,6 @@ export interface TaskLogger {
   warn(obj: object, msg?: string): void;
   error(obj: object, msg?: string): void;
   fatal(obj: object, msg?: string): void;
+  /** pino's: lets us skip building lines below the logger's level. */
+  isLevelEnabled?(level: string): boolean;
 }

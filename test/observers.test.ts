@@ -121,7 +121,7 @@ describe('pinoObserver', () => {
     expect(lifecycle).toEqual([
       [20, 'pending', 'task report pending'],
       [20, 'running', 'task report running'],
-      [30, 'success', 'task report success'],
+      [20, 'success', 'task report success'],
     ]);
   });
 

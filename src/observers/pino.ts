@@ -2,10 +2,12 @@ import { INVALID_TRACEID } from '@opentelemetry/api';
 import { formatTraceFlags } from '../otel.js';
 import type { LifecycleEvent, LogEvent, LogLevel, TaskLogger, TaskObserver, TaskStatus } from '../types.js';
 
+// Successes are `debug`: the span and the metrics already count them, and at `info` a line per task would
+// double the log volume of a task that logs once. Problems are `warn`/`error`.
 const LIFECYCLE_LEVEL: Record<TaskStatus, LogLevel> = {
   pending: 'debug',
   running: 'debug',
-  success: 'info',
+  success: 'debug',
   failed: 'error',
   interrupted: 'warn',
   cancelled: 'warn',
@@ -20,8 +22,11 @@ export function pinoObserver(logger: TaskLogger): TaskObserver {
   if (logger === null || typeof logger !== 'object' || typeof logger.info !== 'function') {
     throw new TypeError('pinoObserver: "logger" must be a pino logger (an object with info/warn/error… methods)');
   }
+  // pino's own check: a line below the logger's level is not even built.
+  const enabled = typeof logger.isLevelEnabled === 'function' ? (level: LogLevel) => logger.isLevelEnabled!(level) : () => true;
   return {
     onLog(event: LogEvent): void {
+      if (!enabled(event.level)) return;
       const line: Record<string, unknown> = { ...event.fields };
       if (event.traceId !== INVALID_TRACEID && event.traceId !== '') {
         line.trace_id = event.traceId;
@@ -35,6 +40,7 @@ export function pinoObserver(logger: TaskLogger): TaskObserver {
     onLifecycle(event: LifecycleEvent): void {
       // A failed attempt that will be retried returns to `pending` with its error: worth a warning.
       const level = event.status === 'pending' && event.error ? 'warn' : LIFECYCLE_LEVEL[event.status];
+      if (!enabled(level)) return;
       const line: Record<string, unknown> = {};
       if (event.traceId !== undefined) {
         line.trace_id = event.traceId;

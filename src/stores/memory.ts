@@ -15,6 +15,9 @@ export class MemoryStore implements TaskStore {
   readonly maxRecords: number;
   readonly #records = new Map<string, TaskRecord>();
   readonly #keys = new Map<string, string>();
+  // Ids in the order their tasks ended: eviction takes from the front, so it never scans unfinished records.
+  #ended: string[] = [];
+  #endedHead = 0;
 
   constructor(options: MemoryStoreOptions = {}) {
     const maxRecords = options.maxRecords ?? 10_000;
@@ -30,13 +33,17 @@ export class MemoryStore implements TaskStore {
 
   /** Synchronous `save`, used by the manager to make a record visible the moment its task is accepted. */
   saveNow(records: TaskRecord[]): void {
-    for (const record of records) this.#records.set(record.id, record);
-    this.trim();
+    for (const record of records) {
+      this.#records.set(record.id, record);
+      if (FINAL_STATUSES.has(record.status)) this.#ended.push(record.id);
+    }
+    this.#trim();
   }
 
-  /** Enforce `maxRecords` (called on save and when a task ends, since only finished records can go). */
-  trim(): void {
-    if (this.#records.size > this.maxRecords) this.#evict();
+  /** The task of a live record has ended: it may now be dropped to keep within `maxRecords`. */
+  ended(record: TaskRecord): void {
+    this.#ended.push(record.id);
+    this.#trim();
   }
 
   async get(id: string): Promise<TaskRecord | undefined> {
@@ -76,14 +83,18 @@ export class MemoryStore implements TaskStore {
 
   async close(): Promise<void> {}
 
-  // Drop the oldest finished records down to 90% of the bound, so eviction runs once per many saves.
-  #evict(): void {
-    const target = Math.floor(this.maxRecords * 0.9);
-    for (const [id, record] of this.#records) {
-      if (this.#records.size <= target) break;
-      if (!FINAL_STATUSES.has(record.status)) continue;
+  #trim(): void {
+    const ended = this.#ended;
+    while (this.#records.size > this.maxRecords && this.#endedHead < ended.length) {
+      const id = ended[this.#endedHead++];
+      const record = this.#records.get(id);
+      if (record === undefined || !FINAL_STATUSES.has(record.status)) continue;
       this.#records.delete(id);
       if (record.idempotencyKey !== undefined && this.#keys.get(record.idempotencyKey) === id) this.#keys.delete(record.idempotencyKey);
+    }
+    if (this.#endedHead > 1024 && this.#endedHead * 2 > ended.length) {
+      this.#ended = ended.slice(this.#endedHead);
+      this.#endedHead = 0;
     }
   }
 }

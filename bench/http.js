@@ -1,0 +1,99 @@
+// HTTP benchmark: every variant in one run, interleaved, median of ROUNDS rounds. For each: req/s and
+// latency (autocannon, loopback, fixed request count) and the server's CPU time per request *including the
+// background work the request caused* (process.cpuUsage() of the server before/after, read after draining).
+// Capacity ratio = baseline CPU per request ÷ variant CPU per request (≥ 1 means as cheap or cheaper).
+import autocannon from 'autocannon';
+import { fmt, median, startRedis, startServer } from './lib.js';
+
+const ROUNDS = Number(process.env.ROUNDS ?? 3);
+const SECONDS = Number(process.env.SECONDS ?? 4);
+const CONNECTIONS = Number(process.env.CONNECTIONS ?? 10);
+const WARMUP = Number(process.env.WARMUP ?? 1);
+
+/** variant → the baseline its capacity ratio is measured against, and the goal. */
+export const VARIANTS = [
+  { name: 'bare', label: 'bare Koa' },
+  { name: 'mounted', label: 'koa-taskflow mounted, no task', baseline: 'bare', goal: 0.97 },
+  { name: 'untraced', label: '1 untraced task/request', baseline: 'bare', goal: 0.9, tasks: true },
+  { name: 'handrolled', label: "hand-rolled: res.on('finish') + setImmediate", baseline: 'bare', tasks: true },
+  { name: 'p-queue', label: 'p-queue on finish', baseline: 'bare', tasks: true },
+  { name: 'koa-span', label: 'Koa + request span, no task' },
+  { name: 'traced', label: '1 traced task/request (span + link + taskLog → event + pino)', baseline: 'koa-span', goal: 0.85, tasks: true },
+  { name: 'handrolled-otel', label: 'hand-rolled finish + setImmediate + span + event + pino', baseline: 'koa-span', tasks: true },
+  { name: 'bullmq', label: 'BullMQ (real redis-server) on finish', baseline: 'bare', tasks: true, needsRedis: true },
+];
+
+async function get(url) {
+  const response = await fetch(url);
+  return response.json();
+}
+
+async function measure(variant, redisPort) {
+  const server = await startServer(new URL('./server.js', import.meta.url).pathname, [variant.name, String(redisPort ?? 0)]);
+  try {
+    await autocannon({ url: server.url, connections: CONNECTIONS, duration: WARMUP });
+    const before = await get(`${server.url}/__stats`);
+    const result = await autocannon({ url: server.url, connections: CONNECTIONS, duration: SECONDS });
+    const after = await get(`${server.url}/__stats`);
+    const done = result.requests.total;
+    return {
+      rps: done / SECONDS,
+      p50: result.latency.p50,
+      p99: result.latency.p99,
+      cpuPerRequest: (after.cpuMicros - before.cpuMicros) / done,
+      allTasksRan: variant.tasks ? after.ran - before.ran === done : true,
+      errors: result.errors + result.non2xx,
+    };
+  } finally {
+    await server.stop();
+  }
+}
+
+export async function runHttpBench(log = console.log) {
+  const redis = await startRedis();
+  const variants = VARIANTS.filter((v) => !v.needsRedis || redis);
+  if (!redis) log('redis-server not found: BullMQ variant skipped');
+  const samples = new Map(variants.map((v) => [v.name, []]));
+  try {
+    for (let round = 0; round < ROUNDS; round++) {
+      // Rotate the order each round so no variant always runs first (or last) on a warming machine.
+      const order = variants.map((_, i) => variants[(i + round) % variants.length]);
+      for (const variant of order) {
+        const sample = await measure(variant, redis?.port);
+        samples.get(variant.name).push(sample);
+        log(`round ${round + 1}/${ROUNDS} ${variant.name.padEnd(16)} ${fmt(sample.rps, 0).padStart(7)} req/s  ${fmt(sample.cpuPerRequest)} µs CPU/req  p99 ${sample.p99} ms${sample.allTasksRan ? '' : '  BACKLOG'}`);
+      }
+    }
+  } finally {
+    await redis?.stop();
+  }
+  const rows = variants.map((v) => {
+    const s = samples.get(v.name);
+    return {
+      ...v,
+      rps: median(s.map((x) => x.rps)),
+      p50: median(s.map((x) => x.p50)),
+      p99: median(s.map((x) => x.p99)),
+      cpuPerRequest: median(s.map((x) => x.cpuPerRequest)),
+      allTasksRan: s.every((x) => x.allTasksRan),
+      errors: s.reduce((a, x) => a + x.errors, 0),
+    };
+  });
+  const byName = new Map(rows.map((r) => [r.name, r]));
+  for (const row of rows) {
+    const base = byName.get(row.baseline ?? 'bare');
+    row.rpsRatio = row.rps / byName.get('bare').rps;
+    row.capacityRatio = base.cpuPerRequest / row.cpuPerRequest;
+  }
+  // We must never be slower than doing it by hand while doing more.
+  const traced = byName.get('traced');
+  const handmade = byName.get('handrolled-otel');
+  const extra = { tracedVsHandrolled: handmade.cpuPerRequest / traced.cpuPerRequest };
+  return { rows, extra, config: { ROUNDS, SECONDS, CONNECTIONS, WARMUP } };
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const { rows, extra } = await runHttpBench();
+  console.table(rows.map((r) => ({ variant: r.name, 'req/s': fmt(r.rps, 0), 'µs CPU/req': fmt(r.cpuPerRequest), capacity: fmt(r.capacityRatio, 2), goal: r.goal ?? '' })));
+  console.log(`traced ÷ hand-rolled (capacity): ${fmt(extra.tracedVsHandrolled, 2)}`);
+}
