@@ -1,4 +1,4 @@
-import { context, isSpanContextValid, trace, type Span } from '@opentelemetry/api';
+import { context, isSpanContextValid, ROOT_CONTEXT, trace, type Span } from '@opentelemetry/api';
 import { attemptStorage, kLog, type ActiveAttempt } from './context.js';
 import { TaskTimeoutError } from './errors.js';
 import type { LogLevel, Tags } from './types.js';
@@ -88,8 +88,12 @@ export class Attempt implements ActiveAttempt {
 
   #call(fn: (...args: unknown[]) => unknown, args: readonly unknown[]): unknown {
     // Only a real span context needs the OpenTelemetry context: with no SDK the extra ALS entry is skipped.
+    // The base is ROOT_CONTEXT, not the context that happened to start the attempt (the request's, a
+    // response `finish` listener's, a retry timer's): the task sees the same fresh context with only its
+    // attempt span in it, whatever the phase, and nothing of the request (its span, baggage,
+    // instrumentation state) leaks into work that outlives it.
     if (isSpanContextValid(this.span.spanContext())) {
-      return context.with(trace.setSpan(context.active(), this.span), () => attemptStorage.run(this, fn, ...args));
+      return context.with(trace.setSpan(ROOT_CONTEXT, this.span), () => attemptStorage.run(this, fn, ...args));
     }
     return attemptStorage.run(this, fn, ...args);
   }

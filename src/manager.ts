@@ -240,6 +240,7 @@ export class TaskManager implements TaskEnqueuer {
     this.#shutdown ??= (async () => {
       this.#closing = true;
       await this.runner.stop(timeoutMs);
+      this.#telemetry.close();
       await this.#chain.close(Math.min(timeoutMs, 5_000) || 1);
       await this.store.close();
     })();

@@ -12,6 +12,8 @@ import {
   type Link,
   type Meter,
   type MeterProvider,
+  type ObservableCallback,
+  type ObservableGauge,
   type Span,
   type SpanContext,
   type Tracer,
@@ -19,6 +21,7 @@ import {
   type UpDownCounter,
 } from '@opentelemetry/api';
 import { ATTR_ERROR_TYPE } from '@opentelemetry/semantic-conventions';
+import { TaskInterruptedError, toErrorInfo } from './errors.js';
 
 /** Every attribute, span, event and metric name koa-taskflow emits, in one place. */
 export const INSTRUMENTATION_NAME = 'koa-taskflow';
@@ -75,19 +78,39 @@ export interface AttemptSpanInput {
   previousAttempt?: SpanContext;
 }
 
+/** How an attempt ended, as the `task.status` of the metrics. */
+export type AttemptOutcome = 'success' | 'failed' | 'interrupted';
+
+/**
+ * Bucket bounds for `task.duration`, in seconds. The SDK's default bounds (0, 5, 10, 25 … 10 000) suit
+ * milliseconds and would put almost every task into the first bucket; these follow the HTTP duration
+ * conventions at the short end and stretch to minutes for slow jobs.
+ */
+export const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
+
+/** The metric attribute sets of one task name, built once: the hot path allocates none. */
+interface NameAttributes {
+  active: Attributes;
+  outcome: Record<AttemptOutcome, Attributes>;
+}
+
 /** The tracer and instruments of one TaskManager. */
 export class TaskTelemetry {
   readonly tracer: Tracer;
-  #meter!: Meter;
+  #meter: Meter | undefined;
   #duration!: Histogram;
   #attempts!: Counter;
   #active!: UpDownCounter;
+  #queueDepth: ObservableGauge | undefined;
+  readonly #observeQueueDepth: ObservableCallback;
   readonly #ownMeterProvider: MeterProvider | undefined;
+  readonly #nameAttributes = new Map<string, NameAttributes>();
 
-  constructor(tracerProvider: TracerProvider | undefined, meterProvider: MeterProvider | undefined, readonly queueDepth: () => number) {
+  constructor(tracerProvider: TracerProvider | undefined, meterProvider: MeterProvider | undefined, queueDepth: () => number) {
     // The global tracer provider is a proxy, so a tracer taken now follows an SDK registered later.
     this.tracer = (tracerProvider ?? trace.getTracerProvider()).getTracer(INSTRUMENTATION_NAME);
     this.#ownMeterProvider = meterProvider;
+    this.#observeQueueDepth = (result) => result.observe(queueDepth());
     this.bindMeter();
   }
 
@@ -98,13 +121,23 @@ export class TaskTelemetry {
   bindMeter(): void {
     const meter = (this.#ownMeterProvider ?? metrics.getMeterProvider()).getMeter(INSTRUMENTATION_NAME);
     if (meter === this.#meter) return;
+    this.#queueDepth?.removeCallback(this.#observeQueueDepth);
     this.#meter = meter;
-    this.#duration = meter.createHistogram(METRIC_DURATION, { unit: 's', description: 'Duration of task attempts' });
-    this.#attempts = meter.createCounter(METRIC_ATTEMPTS, { description: 'Task attempts, by final status of the attempt' });
-    this.#active = meter.createUpDownCounter(METRIC_ACTIVE, { description: 'Task attempts running now' });
-    meter
-      .createObservableGauge(METRIC_QUEUE_DEPTH, { description: 'Tasks waiting for a free slot' })
-      .addCallback((result) => result.observe(this.queueDepth()));
+    this.#duration = meter.createHistogram(METRIC_DURATION, {
+      unit: 's',
+      description: 'Duration of task attempts',
+      advice: { explicitBucketBoundaries: DURATION_BUCKETS },
+    });
+    this.#attempts = meter.createCounter(METRIC_ATTEMPTS, { unit: '{attempt}', description: 'Task attempts, by how the attempt ended' });
+    this.#active = meter.createUpDownCounter(METRIC_ACTIVE, { unit: '{attempt}', description: 'Task attempts running now' });
+    this.#queueDepth = meter.createObservableGauge(METRIC_QUEUE_DEPTH, { unit: '{task}', description: 'Tasks waiting for a free slot' });
+    this.#queueDepth.addCallback(this.#observeQueueDepth);
+  }
+
+  /** Stop reporting this manager's queue depth (the meter outlives the manager when it is the global one). */
+  close(): void {
+    this.#queueDepth?.removeCallback(this.#observeQueueDepth);
+    this.#queueDepth = undefined;
   }
 
   /**
@@ -128,27 +161,41 @@ export class TaskTelemetry {
     const span = this.tracer.startSpan(spanName(input.name), { kind: SpanKind.CONSUMER, links }, ROOT_CONTEXT);
     // Attributes are built only for a span that records: with no SDK this costs nothing.
     if (span.isRecording()) span.setAttributes(attemptAttributes(input));
-    this.#active.add(1, { [ATTR_TASK_NAME]: input.name });
+    this.#active.add(1, this.#attributesFor(input.name).active);
     return span;
   }
 
   endAttempt(span: Span, taskName: string, durationMs: number, error: unknown): void {
-    const status = error === undefined ? 'success' : 'failed';
+    let outcome: AttemptOutcome = 'success';
+    if (error !== undefined) outcome = error instanceof TaskInterruptedError ? 'interrupted' : 'failed';
     if (span.isRecording()) {
       if (error === undefined) {
         span.setStatus({ code: SpanStatusCode.OK });
       } else {
-        const err = error instanceof Error ? error : new Error(String(error));
-        span.recordException(err);
-        span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
-        span.setAttribute(ATTR_ERROR_TYPE, err.name || 'Error');
+        // The same type name as the record's `error.type`, so a span and its record agree (a thrown
+        // string is `string`, not a made-up `Error`).
+        const info = toErrorInfo(error);
+        span.recordException(error instanceof Error ? error : { name: info.type, message: info.message });
+        span.setStatus({ code: SpanStatusCode.ERROR, message: info.message });
+        span.setAttribute(ATTR_ERROR_TYPE, info.type);
       }
     }
     span.end();
-    const attributes = { [ATTR_TASK_NAME]: taskName, [ATTR_TASK_STATUS]: status };
-    this.#active.add(-1, { [ATTR_TASK_NAME]: taskName });
-    this.#duration.record(durationMs / 1000, attributes);
-    this.#attempts.add(1, attributes);
+    const attributes = this.#attributesFor(taskName);
+    this.#active.add(-1, attributes.active);
+    this.#duration.record(durationMs / 1000, attributes.outcome[outcome]);
+    this.#attempts.add(1, attributes.outcome[outcome]);
+  }
+
+  #attributesFor(taskName: string): NameAttributes {
+    let attributes = this.#nameAttributes.get(taskName);
+    if (attributes === undefined) {
+      const outcome = (status: AttemptOutcome): Attributes => ({ [ATTR_TASK_NAME]: taskName, [ATTR_TASK_STATUS]: status });
+      attributes = { active: { [ATTR_TASK_NAME]: taskName }, outcome: { success: outcome('success'), failed: outcome('failed'), interrupted: outcome('interrupted') } };
+      // Task names are few (registered functions); the bound only guards against names built per call.
+      if (this.#nameAttributes.size < 1_000) this.#nameAttributes.set(taskName, attributes);
+    }
+    return attributes;
   }
 }
 
