@@ -27,8 +27,8 @@ export interface TaskEnqueuer {
 }
 
 /**
- * A request's after-response tasks, run one after another in the order added, starting when the
- * response has been sent (`finish`) or the client has gone (`close`), whichever comes first.
+ * A request's after-response tasks, run one after another in the order added, starting once the
+ * response has been sent or the client has gone.
  */
 class ResponseSequence {
   readonly #runs: TaskRun[] = [];
@@ -44,14 +44,12 @@ class ResponseSequence {
       this.#started = true;
       return;
     }
-    const start = (): void => {
-      res.off('finish', start);
-      res.off('close', start);
+    // One listener: a response emits `close` right after `finish` (next tick), and also when the client
+    // went away before it finished, where the tasks must still run.
+    res.on('close', () => {
       this.#started = true;
       this.#pump();
-    };
-    res.once('finish', start);
-    res.once('close', start);
+    });
   }
 
   push(run: TaskRun): void {

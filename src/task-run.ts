@@ -174,8 +174,8 @@ export class TaskRun implements AttemptOwner {
     const endedAt = Date.now();
     record.endedAt = endedAt;
     if (record.startedAt !== undefined) record.durationMs = endedAt - record.startedAt;
-    if (error !== undefined) record.error = toErrorInfo(error);
-    else delete record.error;
+    // Assigned, never deleted: records keep one shape (a deleted property turns V8 objects into slow dictionaries).
+    record.error = error === undefined ? undefined : toErrorInfo(error);
     if (reason !== undefined) record.reason = reason;
     this.#transition(status, record.durationMs ?? lastAttemptMs);
     this.#signals?.resolveDone(this.runner.snapshot(record));

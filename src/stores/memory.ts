@@ -33,17 +33,19 @@ export class MemoryStore implements TaskStore {
 
   /** Synchronous `save`, used by the manager to make a record visible the moment its task is accepted. */
   saveNow(records: TaskRecord[]): void {
-    for (const record of records) {
-      this.#records.set(record.id, record);
-      if (FINAL_STATUSES.has(record.status)) this.#ended.push(record.id);
-    }
-    this.#trim();
+    for (const record of records) this.saveOne(record);
+  }
+
+  saveOne(record: TaskRecord): void {
+    this.#records.set(record.id, record);
+    if (FINAL_STATUSES.has(record.status)) this.#ended.push(record.id);
+    if (this.#records.size > this.maxRecords) this.#trim();
   }
 
   /** The task of a live record has ended: it may now be dropped to keep within `maxRecords`. */
   ended(record: TaskRecord): void {
     this.#ended.push(record.id);
-    this.#trim();
+    if (this.#records.size > this.maxRecords) this.#trim();
   }
 
   async get(id: string): Promise<TaskRecord | undefined> {
