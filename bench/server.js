@@ -9,6 +9,7 @@ import { ROOT_CONTEXT, SpanKind, context, trace } from '@opentelemetry/api';
 const variant = process.argv[2];
 const redisPort = Number(process.argv[3] ?? 0);
 let ran = 0;
+let served = 0;
 let drain = async () => {};
 const app = new Koa();
 app.silent = true;
@@ -51,7 +52,7 @@ switch (variant) {
   case 'untraced':
   case 'traced': {
     const { TaskManager, taskLog } = await import('koa-taskflow');
-    const manager = new TaskManager({ logger, store: process.env.BENCH_MAX_RECORDS ? new (await import('koa-taskflow')).MemoryStore({ maxRecords: Number(process.env.BENCH_MAX_RECORDS) }) : undefined });
+    const manager = new TaskManager({ logger });
     const task = manager.task(
       variant === 'traced'
         ? async function work(n) {
@@ -144,9 +145,10 @@ const server = createServer(async (req, res) => {
     await new Promise((r) => setTimeout(r, 30));
     await drain();
     const cpu = process.cpuUsage();
-    res.end(JSON.stringify({ cpuMicros: cpu.user + cpu.system, ran, rss: process.memoryUsage().rss }));
+    res.end(JSON.stringify({ cpuMicros: cpu.user + cpu.system, ran, served, rss: process.memoryUsage().rss }));
     return;
   }
+  served++;
   handle(req, res);
 });
 server.keepAliveTimeout = 60_000;

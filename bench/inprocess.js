@@ -1,0 +1,103 @@
+// In-process measurements, printed as one JSON line (run by bench/run.js with --expose-gc):
+//  - no-op tasks/s through manager.add, untraced and traced, against p-queue (tinybench, batches of 1 000);
+//  - after-response start latency: response `finish` → first line of the task, over real HTTP requests;
+//  - memory per queued task with 100 000 tasks waiting behind a blocker (heap and RSS).
+import { once } from 'node:events';
+import { performance } from 'node:perf_hooks';
+import { Bench } from 'tinybench';
+import Koa from 'koa';
+import PQueue from 'p-queue';
+import { context, trace } from '@opentelemetry/api';
+import { BasicTracerProvider, BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import { MemoryStore, TaskManager, taskLog } from 'koa-taskflow';
+import { percentile } from './lib.js';
+
+const BATCH = 1_000;
+const QUEUED = Number(process.env.QUEUED ?? 100_000);
+const results = {};
+
+// ── throughput ──
+const dropping = { export: (_spans, done) => done({ code: 0 }), shutdown: async () => {} };
+const tracerProvider = new BasicTracerProvider({ spanProcessors: [new BatchSpanProcessor(dropping, { maxQueueSize: 65_536 })] });
+context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+
+const untraced = new TaskManager({ concurrency: 16, store: new MemoryStore({ maxRecords: 2_000 }) });
+const traced = new TaskManager({ concurrency: 16, tracerProvider, store: new MemoryStore({ maxRecords: 2_000 }) });
+const noopUntraced = untraced.task(async function noop() {});
+const noopTraced = traced.task(async function noop() {
+  taskLog('tick');
+});
+const pqueue = new PQueue({ concurrency: 16 });
+const noop = async () => {};
+
+const bench = new Bench({ time: Number(process.env.BENCH_MS ?? 2_000), warmupTime: 500 });
+bench
+  .add('p-queue (no-op)', async () => {
+    for (let i = 0; i < BATCH; i++) void pqueue.add(noop);
+    await pqueue.onIdle();
+  })
+  .add('koa-taskflow untraced (no-op)', async () => {
+    for (let i = 0; i < BATCH; i++) untraced.add(noopUntraced);
+    await untraced.drain();
+  })
+  .add('koa-taskflow traced (span + taskLog event)', async () => {
+    for (let i = 0; i < BATCH; i++) traced.add(noopTraced);
+    await traced.drain();
+  });
+await bench.run();
+results.throughput = bench.tasks.map((t) => {
+  const mean = t.result.latency?.mean ?? t.result.mean;
+  return { name: t.name, tasksPerSecond: (BATCH * 1000) / mean };
+});
+await untraced.shutdown();
+await traced.shutdown();
+await tracerProvider.shutdown();
+
+// ── after-response start latency ──
+{
+  const manager = new TaskManager();
+  const delays = [];
+  const app = new Koa();
+  app.use(manager.middleware());
+  app.use((ctx) => {
+    let finishedAt = 0;
+    // Registered before the task is added, so it runs before koa-taskflow's own listener.
+    ctx.res.once('finish', () => (finishedAt = performance.now()));
+    ctx.tasks.addTask(() => void delays.push(performance.now() - finishedAt));
+    ctx.body = 'ok';
+  });
+  const server = app.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const url = `http://127.0.0.1:${server.address().port}/`;
+  for (let i = 0; i < 3_000; i++) await (await fetch(url)).text();
+  await manager.drain();
+  server.close();
+  await manager.shutdown();
+  const sample = delays.slice(500);
+  results.startLatencyMs = { p50: percentile(sample, 50), p99: percentile(sample, 99), samples: sample.length };
+}
+
+// ── memory per queued task ──
+{
+  const manager = new TaskManager({ concurrency: 1, store: new MemoryStore({ maxRecords: QUEUED + 10 }) });
+  let release;
+  const gate = new Promise((resolve) => (release = resolve));
+  const queued = manager.task(async function queued(_n) {});
+  manager.add(() => gate);
+  globalThis.gc();
+  const before = process.memoryUsage();
+  for (let i = 0; i < QUEUED; i++) manager.add(queued, i);
+  globalThis.gc();
+  const after = process.memoryUsage();
+  results.memoryPerQueuedTask = {
+    tasks: QUEUED,
+    heapBytes: (after.heapUsed - before.heapUsed) / QUEUED,
+    rssBytes: (after.rss - before.rss) / QUEUED,
+  };
+  release();
+  await manager.drain();
+  await manager.shutdown();
+}
+
+console.log(JSON.stringify(results));
