@@ -1,0 +1,239 @@
+// End to end, as a user runs it: `node --import koa-taskflow/instrumentation app.js` in a child process, the
+// real OTLP/HTTP exporter posting JSON to a real receiver on 127.0.0.1, real HTTP requests to the app, and the
+// app's pino lines read from its stdout.
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { onCleanup, waitFor } from './helpers/server.js';
+import { refusedPort, startOtlpReceiver, type ReceivedSpan } from './helpers/otlp-receiver.js';
+
+const repo = fileURLToPath(new URL('..', import.meta.url));
+const appScript = fileURLToPath(new URL('./fixtures/otel-app.js', import.meta.url));
+
+interface PinoLine {
+  level: number;
+  msg: string;
+  trace_id?: string;
+  span_id?: string;
+  trace_flags?: string;
+  task?: { id: string; name: string; attempt: number };
+  tags?: Record<string, string>;
+  status?: string;
+  port?: number;
+  [field: string]: unknown;
+}
+
+interface App {
+  url: string;
+  lines: PinoLine[];
+  stderr: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  kill(signal: NodeJS.Signals): void;
+}
+
+/** Start the fixture app under the instrumentation entry; resolves once it listens. Killed after the test. */
+async function startInstrumentedApp(env: Record<string, string>): Promise<App> {
+  // Only the OTEL_* variables the test sets: none leak in from the environment running the tests.
+  const base = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('OTEL_')));
+  const child = spawn(process.execPath, ['--import', 'koa-taskflow/instrumentation', appScript], {
+    cwd: repo,
+    env: { ...base, OTEL_SERVICE_NAME: 'otel-e2e', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: PinoLine[] = [];
+  let buffer = '';
+  child.stdout.on('data', (chunk: Buffer) => {
+    buffer += chunk.toString();
+    const parts = buffer.split('\n');
+    buffer = parts.pop()!;
+    for (const part of parts) if (part.trim() !== '') lines.push(JSON.parse(part) as PinoLine);
+  });
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  onCleanup(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  await waitFor(() => lines.some((l) => l.msg === 'listening') || child.exitCode !== null, 15_000, `the app to listen; stderr: ${stderr}`);
+  const port = lines.find((l) => l.msg === 'listening')?.port;
+  if (port === undefined) throw new Error(`the app did not start: ${stderr}`);
+  return { url: `http://127.0.0.1:${port}`, lines, stderr: () => stderr, exited, kill: (signal) => child.kill(signal) };
+}
+
+const taskEnded = (lines: PinoLine[], id: string) => lines.some((l) => l.task?.id === id && (l.status === 'success' || l.status === 'failed'));
+
+describe('node --import koa-taskflow/instrumentation', () => {
+  it('exports request and task spans linked both ways, with events, metrics, and pino lines carrying the same ids', async () => {
+    const receiver = await startOtlpReceiver();
+    const app = await startInstrumentedApp({
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+      // Nothing is exported before shutdown: what arrives was flushed by the SIGTERM handling.
+      OTEL_BSP_SCHEDULE_DELAY: '600000',
+      OTEL_METRIC_EXPORT_INTERVAL: '600000',
+      OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: 'http/json',
+    });
+    const response = await fetch(`${app.url}/signup`);
+    expect(response.status).toBe(202);
+    const { welcome, charge } = (await response.json()) as { welcome: string; charge: string };
+    await waitFor(() => taskEnded(app.lines, welcome) && taskEnded(app.lines, charge), 10_000, 'both tasks to end');
+    expect(receiver.spans).toEqual([]);
+
+    // The app has no SIGTERM handler: the entry flushes, then lets the signal end the process.
+    app.kill('SIGTERM');
+    expect(await app.exited).toEqual({ code: null, signal: 'SIGTERM' });
+    expect(app.stderr()).toBe('');
+    const spans = receiver.spans;
+    expect(new Set(spans.map((s) => s.service))).toEqual(new Set(['otel-e2e']));
+    const byId = new Map(spans.map((s) => [s.spanId, s]));
+
+    // The request: pino instrumentation stamped the handler's log line with the span the handler ran in.
+    const requestLine = app.lines.find((l) => l.msg === 'signup received')!;
+    expect(requestLine.trace_id).toMatch(/^[0-9a-f]{32}$/);
+    const handlerSpan = byId.get(requestLine.span_id!)!;
+    expect(handlerSpan.traceId).toBe(requestLine.trace_id);
+    // …which sits under the HTTP server span of the request.
+    const ancestors: ReceivedSpan[] = [];
+    for (let s: ReceivedSpan | undefined = handlerSpan; s !== undefined; s = s.parentSpanId ? byId.get(s.parentSpanId) : undefined) ancestors.push(s);
+    expect(ancestors.at(-1)).toMatchObject({ kind: 2, scope: '@opentelemetry/instrumentation-http', parentSpanId: undefined });
+    expect(ancestors.some((s) => s.scope === '@opentelemetry/instrumentation-koa')).toBe(true);
+    // Request → tasks: one `task.enqueued` event per task.
+    expect(handlerSpan.events.filter((e) => e.name === 'task.enqueued')).toEqual([
+      { name: 'task.enqueued', attributes: { 'task.id': welcome, 'task.name': 'sendWelcome' } },
+      { name: 'task.enqueued', attributes: { 'task.id': charge, 'task.name': 'chargeCard' } },
+    ]);
+
+    // Tasks → request: each attempt is a CONSUMER span in a trace of its own, linked to the handler's span.
+    const requestLink = { traceId: handlerSpan.traceId, spanId: handlerSpan.spanId };
+    const attempts = spans.filter((s) => s.scope === 'koa-taskflow');
+    expect(attempts.map((s) => s.name).sort()).toEqual(['task chargeCard', 'task chargeCard', 'task sendWelcome']);
+    for (const attempt of attempts) {
+      expect(attempt).toMatchObject({ kind: 5, parentSpanId: undefined });
+      expect(attempt.traceId).not.toBe(handlerSpan.traceId);
+      expect(attempt.links[0]).toEqual(requestLink);
+      expect(attempt.attributes).toMatchObject({ 'task.tag.tenant': 'acme', 'messaging.system': 'koa-taskflow', 'messaging.operation.type': 'process' });
+    }
+    const sendWelcome = attempts.find((s) => s.name === 'task sendWelcome')!;
+    expect(sendWelcome.attributes).toMatchObject({ 'task.id': welcome, 'messaging.message.id': welcome, 'task.attempt': 1, 'task.max_attempts': 1 });
+    expect(sendWelcome.status.code).toBe(1);
+    expect(sendWelcome.events).toEqual([
+      { name: 'task.log', attributes: { 'log.message': 'sending welcome mail', 'log.level': 'info', email: 'a@b.c' } },
+      { name: 'task.log', attributes: { 'log.message': 'welcome mail sent', 'log.level': 'info', email: 'a@b.c', provider: 'smtp' } },
+    ]);
+    // The HTTP call the task made is a child of its attempt span.
+    const call = spans.find((s) => s.kind === 3 && s.parentSpanId === sendWelcome.spanId);
+    expect(call?.traceId).toBe(sendWelcome.traceId);
+
+    const [first, second] = attempts.filter((s) => s.name === 'task chargeCard').sort((a, b) => Number(a.attributes['task.attempt']) - Number(b.attributes['task.attempt']));
+    expect(first.attributes).toMatchObject({ 'task.id': charge, 'task.attempt': 1, 'task.max_attempts': 3, 'error.type': 'Error' });
+    expect(first.status).toEqual({ code: 2, message: 'card processor timed out' });
+    expect(first.events.map((e) => e.name)).toEqual(['task.log', 'exception']);
+    expect(first.events[1].attributes).toMatchObject({ 'exception.type': 'Error', 'exception.message': 'card processor timed out' });
+    expect(second.attributes['task.attempt']).toBe(2);
+    expect(second.status.code).toBe(1);
+    expect(second.links).toEqual([requestLink, { traceId: first.traceId, spanId: first.spanId }]);
+
+    // pino lines written by taskLog carry the ids of the attempt span that logged them.
+    const logLines = app.lines.filter((l) => l.task !== undefined && l.status === undefined);
+    expect(logLines.map((l) => l.msg)).toEqual(['sending welcome mail', 'welcome mail sent', 'charging card', 'charging card']);
+    for (const line of logLines) {
+      const span = attempts.find((s) => s.attributes['task.id'] === line.task!.id && s.attributes['task.attempt'] === line.task!.attempt)!;
+      expect(line).toMatchObject({ trace_id: span.traceId, span_id: span.spanId, trace_flags: '01', tags: { tenant: 'acme' } });
+      expect(line.task!.name).toBe(span.attributes['task.name']);
+    }
+    expect(logLines.filter((l) => l.msg === 'charging card').map((l) => [l.level, l.cents])).toEqual([
+      [40, 1900],
+      [40, 1900],
+    ]);
+
+    // Metrics were flushed at shutdown too.
+    const attemptsMetric = receiver.metrics.filter((m) => m.name === 'task.attempts' && m.scope === 'koa-taskflow');
+    const counted = Object.fromEntries(attemptsMetric.flatMap((m) => m.points).map((p) => [`${p.attributes['task.name']}/${p.attributes['task.status']}`, p.value]));
+    expect(counted).toEqual({ 'sendWelcome/success': 1, 'chargeCard/failed': 1, 'chargeCard/success': 1 });
+  });
+
+  it("leaves shutdown to an app with its own SIGTERM handler and exports the spans of tasks that end during it", async () => {
+    const receiver = await startOtlpReceiver();
+    const app = await startInstrumentedApp({
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+      OTEL_BSP_SCHEDULE_DELAY: '600000',
+      OTEL_METRICS_EXPORTER: 'none',
+      APP_HANDLES_SIGNALS: '1',
+    });
+    const { report } = (await (await fetch(`${app.url}/report`)).json()) as { report: string };
+    await waitFor(() => app.lines.some((l) => l.msg === 'report started'), 10_000, 'the report task to start');
+    app.kill('SIGTERM');
+    expect(await app.exited).toEqual({ code: 0, signal: null });
+    expect(app.stderr()).toBe('');
+    expect(app.lines.at(-1)?.msg).toBe('app shut down');
+    const span = receiver.spans.find((s) => s.attributes['task.id'] === report);
+    expect(span?.status.code).toBe(1);
+    expect(span?.events.map((e) => e.attributes['log.message'])).toEqual(['report started', 'report finished during shutdown']);
+  });
+
+  it('with the OTLP endpoint refusing connections, requests and tasks behave the same and the process ends cleanly', async () => {
+    const port = await refusedPort();
+    const app = await startInstrumentedApp({
+      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+      // Export early and often, so failures happen while requests and tasks run.
+      OTEL_BSP_SCHEDULE_DELAY: '20',
+      OTEL_METRIC_EXPORT_INTERVAL: '50',
+      OTEL_METRIC_EXPORT_TIMEOUT: '40',
+    });
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const response = await fetch(`${app.url}/signup`);
+      expect(response.status).toBe(202);
+      const body = (await response.json()) as { welcome: string; charge: string };
+      ids.push(body.welcome, body.charge);
+    }
+    await waitFor(() => ids.every((id) => taskEnded(app.lines, id)), 10_000, 'every task to end');
+    const outcomes = ids.map((id) => app.lines.find((l) => l.task?.id === id && l.status !== undefined && ['success', 'failed'].includes(l.status))!.status);
+    // chargeCard fails its very first attempt only (then retries): every task ends in success.
+    expect(outcomes).toEqual(ids.map(() => 'success'));
+    // Tracing still stamps the lines even though nothing can be exported.
+    expect(app.lines.filter((l) => l.msg === 'sending welcome mail').every((l) => /^[0-9a-f]{32}$/.test(l.trace_id ?? ''))).toBe(true);
+    app.kill('SIGTERM');
+    // No unhandled rejection (Node would exit with code 1 and print it), no hang, nothing on stderr.
+    expect(await app.exited).toEqual({ code: null, signal: 'SIGTERM' });
+    expect(app.stderr()).toBe('');
+  });
+
+  it('with a collector that drops every connection, the exports are tried, fail, and the app does not notice', async () => {
+    const receiver = await startOtlpReceiver();
+    const { createServer } = await import('node:http');
+    let dropped = 0;
+    const broken = createServer((req) => {
+      dropped++;
+      req.socket.destroy();
+    });
+    await new Promise<void>((resolve) => broken.listen(0, '127.0.0.1', resolve));
+    onCleanup(() => new Promise<void>((resolve) => broken.close(() => resolve())));
+    const app = await startInstrumentedApp({
+      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${(broken.address() as { port: number }).port}`,
+      OTEL_BSP_SCHEDULE_DELAY: '20',
+      // Give up on each export (retries included) after a second, rather than the default ten.
+      OTEL_EXPORTER_OTLP_TIMEOUT: '1000',
+      OTEL_METRICS_EXPORTER: 'none',
+    });
+    const { welcome, charge } = (await (await fetch(`${app.url}/signup`)).json()) as { welcome: string; charge: string };
+    await waitFor(() => taskEnded(app.lines, welcome) && taskEnded(app.lines, charge), 10_000, 'both tasks to end');
+    await waitFor(() => dropped > 0, 10_000, 'an export attempt');
+    const health = await fetch(`${app.url}/health`);
+    expect(await health.text()).toBe('ok');
+    app.kill('SIGTERM');
+    expect(await app.exited).toEqual({ code: null, signal: 'SIGTERM' });
+    expect(app.stderr()).toBe('');
+    expect(receiver.requests).toEqual([]);
+  });
+
+  it('does nothing with OTEL_SDK_DISABLED=true: no export, no ids on log lines, the default signal behaviour', async () => {
+    const receiver = await startOtlpReceiver();
+    const app = await startInstrumentedApp({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_SDK_DISABLED: 'true', OTEL_BSP_SCHEDULE_DELAY: '20' });
+    const { welcome } = (await (await fetch(`${app.url}/signup`)).json()) as { welcome: string };
+    await waitFor(() => taskEnded(app.lines, welcome), 10_000, 'the task to end');
+    expect(app.lines.filter((l) => l.trace_id !== undefined)).toEqual([]);
+    app.kill('SIGTERM');
+    expect(await app.exited).toEqual({ code: null, signal: 'SIGTERM' });
+    expect(receiver.requests).toEqual([]);
+  });
+});
