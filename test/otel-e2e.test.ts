@@ -4,7 +4,11 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { onCleanup, waitFor } from './helpers/server.js';
+import { loggingErrorHandler, setGlobalErrorHandler } from '@opentelemetry/core';
+import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
+import { BasicTracerProvider, BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { taskLog } from 'koa-taskflow';
+import { onCleanup, startApp, waitFor } from './helpers/server.js';
 import { refusedPort, startOtlpReceiver, type ReceivedSpan } from './helpers/otlp-receiver.js';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));
@@ -235,5 +239,45 @@ describe('node --import koa-taskflow/instrumentation', () => {
     app.kill('SIGTERM');
     expect(await app.exited).toEqual({ code: null, signal: 'SIGTERM' });
     expect(receiver.requests).toEqual([]);
+  });
+});
+
+describe('the real OTLP exporter in process, endpoint refusing connections', () => {
+  it('leaves requests and tasks as they are, and its failures never become unhandled rejections', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    onCleanup(() => process.off('unhandledRejection', onUnhandled));
+    // Export failures go to OpenTelemetry's global error handler: collect them to see the exporter did try.
+    const exportErrors: unknown[] = [];
+    setGlobalErrorHandler((error) => exportErrors.push(error));
+    onCleanup(() => setGlobalErrorHandler(loggingErrorHandler()));
+
+    const port = await refusedPort();
+    const exporter = new OTLPTraceExporter({ url: `http://127.0.0.1:${port}/v1/traces`, timeoutMillis: 1_000 });
+    const provider = new BasicTracerProvider({ spanProcessors: [new BatchSpanProcessor(exporter, { scheduledDelayMillis: 10 })] });
+    const { url, manager } = await startApp(
+      (app, manager) => {
+        const notify = manager.task(function notify(n: number) {
+          taskLog('notifying', { n });
+        });
+        app.use((ctx) => {
+          ctx.body = ctx.tasks.addTask(notify, Number(ctx.query.n));
+        });
+      },
+      { tracerProvider: provider },
+    );
+    const ids: string[] = [];
+    for (let n = 0; n < 5; n++) {
+      const response = await fetch(`${url}/?n=${n}`);
+      expect(response.status).toBe(200);
+      ids.push(await response.text());
+    }
+    await manager.drain();
+    for (const id of ids) expect(await manager.get(id)).toMatchObject({ status: 'success', traceId: expect.stringMatching(/^[0-9a-f]{32}$/) });
+    await waitFor(() => exportErrors.length > 0, 10_000, 'a failed export');
+    // An explicit flush or shutdown may report the failure to its caller (the instrumentation entry catches it).
+    await provider.shutdown().catch(() => {});
+    expect(unhandled).toEqual([]);
   });
 });
