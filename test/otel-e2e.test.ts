@@ -247,7 +247,9 @@ describe('the real OTLP exporter in process, endpoint refusing connections', () 
     const unhandled: unknown[] = [];
     const onUnhandled = (reason: unknown) => unhandled.push(reason);
     process.on('unhandledRejection', onUnhandled);
-    onCleanup(() => process.off('unhandledRejection', onUnhandled));
+    onCleanup(() => {
+      process.off('unhandledRejection', onUnhandled);
+    });
     // Export failures go to OpenTelemetry's global error handler: collect them to see the exporter did try.
     const exportErrors: unknown[] = [];
     setGlobalErrorHandler((error) => exportErrors.push(error));
