@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { metrics as metricsApi } from '@opentelemetry/api';
 import { AggregationTemporality, DataPointType, MeterProvider, MetricReader, type MetricData, type ResourceMetrics } from '@opentelemetry/sdk-metrics';
 import { TaskManager } from 'koa-taskflow';
+import { interruptEndlessTask } from './helpers/interrupt.js';
 import { createManager, deferred } from './helpers/server.js';
 
 class PullReader extends MetricReader {
@@ -78,13 +79,7 @@ describe('metrics on the `koa-taskflow` meter', () => {
   it('count an attempt cut short by shutdown as `interrupted`', async () => {
     const { meterProvider, read } = meterWithReader();
     const manager = createManager({ meterProvider });
-    const running = deferred();
-    manager.add(async function endless() {
-      running.resolve();
-      await new Promise(() => {});
-    });
-    await running.promise;
-    await manager.shutdown({ timeoutMs: 0 });
+    await interruptEndlessTask(manager);
     expect(points((await read()).get('task.attempts'))).toEqual({ 'endless/interrupted': 1 });
   });
 

@@ -13,7 +13,8 @@ import {
 } from '@opentelemetry/semantic-conventions/incubating';
 import type Koa from 'koa';
 import { getTaskContext, semconv, taskLog, type TaskManager, type TaskManagerOptions } from 'koa-taskflow';
-import { createManager, deferred, startApp, waitFor } from './helpers/server.js';
+import { interruptEndlessTask } from './helpers/interrupt.js';
+import { createManager, startApp, waitFor } from './helpers/server.js';
 
 const exporter = new InMemorySpanExporter();
 const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
@@ -225,13 +226,7 @@ describe('status', () => {
 
   it('shows an attempt cut short by shutdown as TaskInterruptedError', async () => {
     const manager = createManager({ tracerProvider: provider });
-    const running = deferred();
-    manager.add(async function endless() {
-      running.resolve();
-      await new Promise(() => {});
-    });
-    await running.promise;
-    await manager.shutdown({ timeoutMs: 0 });
+    await interruptEndlessTask(manager);
     const attempt = only('task endless');
     expect(attempt.status.code).toBe(SpanStatusCode.ERROR);
     expect(attempt.attributes['error.type']).toBe('TaskInterruptedError');
