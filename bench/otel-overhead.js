@@ -81,12 +81,12 @@ for (const name of names) {
 
 // The calls one task's telemetry makes (enqueue, start, end), alone, on the no-SDK path.
 const telemetry = new TaskManager().runner.telemetry;
-const input = { id: '3f1c9a52-7d0e-4c1b-9a55-2b1a4f1e8c11', name: 'work', attempt: 1, maxAttempts: 1, tags: { tenant: 'acme' } };
+const input = { id: '3f1c9a52-7d0e-4c1b-9a55-2b1a4f1e8c11', name: 'work', maxAttempts: 1, tags: { tenant: 'acme' } };
 function telemetryLoop(calls) {
   const start = process.hrtime.bigint();
   for (let i = 0; i < calls; i++) {
     telemetry.enqueuedFrom(input.id, input.name);
-    telemetry.endAttempt(telemetry.startAttempt(input), input.name, 1, undefined);
+    telemetry.endAttempt(telemetry.startAttempt(input, 1), input.name, 1, undefined);
   }
   return Number(process.hrtime.bigint() - start) / calls;
 }

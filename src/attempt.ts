@@ -10,6 +10,8 @@ export interface AttemptOwner {
   readonly tags: Tags;
   readonly maxAttempts: number;
   log(attempt: Attempt, level: LogLevel, message: string, fields: Record<string, unknown> | undefined): void;
+  /** Called when the attempt is aborted while nothing races its promise (no timeout). */
+  abandon(attempt: Attempt, reason: unknown): void;
 }
 
 /**
@@ -57,7 +59,8 @@ export class Attempt implements ActiveAttempt {
     if (this.#abortReason !== undefined) return;
     this.#abortReason = reason;
     this.#controller?.abort(reason);
-    this.#rejectRunning?.(reason);
+    if (this.#rejectRunning !== undefined) this.#rejectRunning(reason);
+    else this.owner.abandon(this, reason);
   }
 
   [kLog](level: LogLevel, message: string, fields: Record<string, unknown> | undefined): void {
@@ -66,15 +69,16 @@ export class Attempt implements ActiveAttempt {
 
   /**
    * Run `fn(...args)` as this attempt: inside our context, with the span active when tracing is on.
-   * `abortable` is false for shielded tasks: nothing may cut them short.
    */
-  async execute(fn: (...args: unknown[]) => unknown, args: readonly unknown[], timeoutMs: number | undefined, abortable: boolean): Promise<unknown> {
+  async execute(fn: (...args: unknown[]) => unknown, args: readonly unknown[], timeoutMs: number | undefined): Promise<unknown> {
     let timer: NodeJS.Timeout | undefined;
     if (timeoutMs !== undefined) timer = setTimeout(() => this.abort(new TaskTimeoutError(timeoutMs)), timeoutMs);
     try {
       const result = this.#call(fn, args);
       if (result === null || typeof result !== 'object' || typeof (result as PromiseLike<unknown>).then !== 'function') return result;
-      if (!abortable && timeoutMs === undefined) return await result;
+      // Only a timeout races the task's promise; shutdown abandons an attempt instead (see abort()), so
+      // the common case allocates no extra promise.
+      if (timeoutMs === undefined) return await result;
       if (this.#abortReason !== undefined) throw this.#abortReason;
       return await new Promise((resolve, reject) => {
         this.#rejectRunning = reject;

@@ -13,7 +13,7 @@ import { createRedactor, type RedactOption } from './redact.js';
 import { Runner } from './runner.js';
 import { enqueueForId, RequestTasks, TaskScheduler, withOptions, type TaskEnqueuer, type TaskHandle, type TaskPhase } from './scheduler.js';
 import { MemoryStore } from './stores/memory.js';
-import { TaskRun } from './task-run.js';
+import { NO_LOGS, TaskRun } from './task-run.js';
 import type { TaskFilter, TaskFunction, TaskLogger, TaskMetrics, TaskObserver, TaskRecord, TaskStore } from './types.js';
 
 export interface TaskManagerOptions {
@@ -306,7 +306,7 @@ export class TaskManager implements TaskEnqueuer {
       durationMs: undefined,
       error: undefined,
       reason: undefined,
-      logs: [],
+      logs: NO_LOGS,
       traceId: undefined,
       spanId: undefined,
       requestTraceId: requestLink?.traceId,

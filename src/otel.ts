@@ -1,7 +1,9 @@
 import {
   context,
+  INVALID_SPAN_CONTEXT,
   isSpanContextValid,
   metrics,
+  ProxyTracerProvider,
   ROOT_CONTEXT,
   SpanKind,
   SpanStatusCode,
@@ -67,16 +69,20 @@ export function tagAttribute(key: string): string {
 
 /** What an attempt's span needs to know about its task. */
 export interface AttemptSpanInput {
-  id: string;
-  name: string;
-  attempt: number;
-  maxAttempts: number;
-  priority?: number;
-  idempotencyKey?: string;
-  tags: Readonly<Record<string, string>>;
-  requestLink?: SpanContext;
-  previousAttempt?: SpanContext;
+  readonly id: string;
+  readonly name: string;
+  readonly maxAttempts: number;
+  readonly priority?: number;
+  readonly idempotencyKey?: string;
+  readonly tags: Readonly<Record<string, string>>;
+  readonly requestLink?: SpanContext;
+  readonly previousAttempt?: SpanContext;
 }
+
+// What the API's global proxy delegates to while no SDK is registered, and the one span that stands for
+// every attempt then: nothing is allocated per attempt when tracing is off.
+const NOOP_TRACER_PROVIDER = new ProxyTracerProvider().getDelegate();
+const NON_RECORDING_SPAN = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
 
 /** How an attempt ended, as the `task.status` of the metrics. */
 export type AttemptOutcome = 'success' | 'failed' | 'interrupted';
@@ -97,6 +103,7 @@ interface NameAttributes {
 /** The tracer and instruments of one TaskManager. */
 export class TaskTelemetry {
   readonly tracer: Tracer;
+  readonly #tracerProvider: TracerProvider;
   #meter: Meter | undefined;
   #duration!: Histogram;
   #attempts!: Counter;
@@ -108,7 +115,8 @@ export class TaskTelemetry {
 
   constructor(tracerProvider: TracerProvider | undefined, meterProvider: MeterProvider | undefined, queueDepth: () => number) {
     // The global tracer provider is a proxy, so a tracer taken now follows an SDK registered later.
-    this.tracer = (tracerProvider ?? trace.getTracerProvider()).getTracer(INSTRUMENTATION_NAME);
+    this.#tracerProvider = tracerProvider ?? trace.getTracerProvider();
+    this.tracer = this.#tracerProvider.getTracer(INSTRUMENTATION_NAME);
     this.#ownMeterProvider = meterProvider;
     this.#observeQueueDepth = (result) => result.observe(queueDepth());
     this.bindMeter();
@@ -153,15 +161,22 @@ export class TaskTelemetry {
     return spanContext;
   }
 
-  startAttempt(input: AttemptSpanInput): Span {
+  /** True while the tracer is the API's no-op one (no SDK registered, no provider given). */
+  get tracingOff(): boolean {
+    const provider = this.#tracerProvider;
+    return provider instanceof ProxyTracerProvider && provider.getDelegate() === NOOP_TRACER_PROVIDER;
+  }
+
+  startAttempt(input: AttemptSpanInput, attempt: number): Span {
+    this.#active.add(1, this.#attributesFor(input.name).active);
+    if (this.tracingOff) return NON_RECORDING_SPAN;
     let links: Link[] | undefined;
     if (input.requestLink !== undefined) links = [{ context: input.requestLink }];
     if (input.previousAttempt !== undefined) (links ??= []).push({ context: input.previousAttempt });
     // ROOT_CONTEXT: every attempt starts its own trace; the request is reached through the link.
     const span = this.tracer.startSpan(spanName(input.name), { kind: SpanKind.CONSUMER, links }, ROOT_CONTEXT);
     // Attributes are built only for a span that records: with no SDK this costs nothing.
-    if (span.isRecording()) span.setAttributes(attemptAttributes(input));
-    this.#active.add(1, this.#attributesFor(input.name).active);
+    if (span.isRecording()) span.setAttributes(attemptAttributes(input, attempt));
     return span;
   }
 
@@ -199,11 +214,11 @@ export class TaskTelemetry {
   }
 }
 
-function attemptAttributes(input: AttemptSpanInput): Attributes {
+function attemptAttributes(input: AttemptSpanInput, attempt: number): Attributes {
   const attributes: Attributes = {
     [ATTR_TASK_ID]: input.id,
     [ATTR_TASK_NAME]: input.name,
-    [ATTR_TASK_ATTEMPT]: input.attempt,
+    [ATTR_TASK_ATTEMPT]: attempt,
     [ATTR_TASK_MAX_ATTEMPTS]: input.maxAttempts,
     [ATTR_MESSAGING_SYSTEM]: MESSAGING_SYSTEM,
     [ATTR_MESSAGING_OPERATION_TYPE]: 'process',

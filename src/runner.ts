@@ -62,7 +62,9 @@ export class Runner {
   readonly #deps: RunnerDeps;
   readonly #queue = new PriorityQueue<TaskRun>();
   readonly #running = new Set<TaskRun>();
-  readonly #live = new Map<string, TaskRun>();
+  // A Set of runs, not a map by id: identity hashing is cheaper and a queued task smaller; looking a run
+  // up by id is only needed for an idempotency hit that asks for a handle.
+  readonly #live = new Set<TaskRun>();
   #idleWaiters: (() => void)[] = [];
   /** Set once shutdown stops waiting: no more retries, nothing new starts but shielded tasks. */
   stopping = false;
@@ -89,7 +91,8 @@ export class Runner {
 
   /** The unfinished task with this id, if it lives in this process. */
   live(id: string): TaskRun | undefined {
-    return this.#live.get(id);
+    for (const run of this.#live) if (run.id === id) return run;
+    return undefined;
   }
 
   report(stage: string, error: unknown): void {
@@ -98,7 +101,7 @@ export class Runner {
 
   /** A task was accepted: it counts until it ends. */
   accept(run: TaskRun): void {
-    this.#live.set(run.id, run);
+    this.#live.add(run);
     run.announce();
   }
 
@@ -121,7 +124,7 @@ export class Runner {
       clearTimeout(run.retryTimer);
       run.retryTimer = undefined;
     }
-    this.#live.delete(run.id);
+    this.#live.delete(run);
     this.#deps.onTaskEnded?.(run.record);
     run.sequence?.ended(run);
     if (this.#live.size === 0 && this.#idleWaiters.length > 0) {
@@ -161,26 +164,22 @@ export class Runner {
     clearTimeout(timer);
     if (!timedOut) return;
     this.stopping = true;
-    for (const run of [...this.#live.values()]) {
-      if (run.options.shield) continue;
-      if (run.current !== undefined) run.current.abort(new TaskInterruptedError('shutdown'));
-      else run.cancel(run.record.attempts === 0 ? 'cancelled' : 'interrupted', 'shutdown');
+    // Waiting tasks first, so a slot freed by an abort below cannot start one of them.
+    const unshielded = [...this.#live].filter((run) => !run.options.shield);
+    for (const run of unshielded) {
+      if (run.current === undefined) run.cancel(run.record.attempts === 0 ? 'cancelled' : 'interrupted', 'shutdown');
     }
+    for (const run of unshielded) run.current?.abort(new TaskInterruptedError('shutdown'));
     await this.whenIdle();
   }
 
   #start(run: TaskRun): void {
     this.#running.add(run);
-    run.runAttempt().then(
-      () => this.#settled(run),
-      (error: unknown) => {
-        this.report(`task ${run.name}`, error);
-        this.#settled(run);
-      },
-    );
+    void run.runAttempt();
   }
 
-  #settled(run: TaskRun): void {
+  /** An attempt has ended (or was abandoned): its slot goes to the next queued task. */
+  settled(run: TaskRun): void {
     this.#running.delete(run);
     while (this.#running.size < this.#deps.concurrency && this.#queue.size > 0) {
       const next = this.#queue.shift()!;

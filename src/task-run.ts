@@ -1,12 +1,16 @@
-import type { SpanContext } from '@opentelemetry/api';
+import type { Span, SpanContext } from '@opentelemetry/api';
 import { Attempt, type AttemptOwner } from './attempt.js';
 import { TaskCancelledError, TaskInterruptedError, toErrorInfo } from './errors.js';
 import { retryDelay, type ResolvedTaskOptions } from './options.js';
 import type { Runner } from './runner.js';
+import type { AttemptSpanInput } from './otel.js';
 import type { LifecycleEvent, LogEntry, LogLevel, TaskRecord, TaskStatus, TaskFunction } from './types.js';
 
 /** Log entries kept on a record; older ones are dropped first (events and pino lines still get them all). */
 export const MAX_LOGS_PER_RECORD = 100;
+
+/** The `logs` of every record that has none yet: shared, frozen, replaced by a real array on the first log. */
+export const NO_LOGS: LogEntry[] = Object.freeze([]) as unknown as LogEntry[];
 
 /** Resolvers of a TaskHandle's promises, made only when someone asked for a handle. */
 interface HandleSignals {
@@ -21,16 +25,13 @@ interface HandleSignals {
  * One accepted task, from `pending` to a final status, across its attempts. The runner decides when it
  * runs; this decides what an attempt's outcome means (retry, fail, interrupt).
  */
-export class TaskRun implements AttemptOwner {
-  readonly id: string;
-  readonly name: string;
-  readonly tags: Readonly<Record<string, string>>;
-  readonly maxAttempts: number;
+export class TaskRun implements AttemptOwner, AttemptSpanInput {
   /** Set for after-response tasks: the request's sequence, told when this task has ended. */
   sequence: { ended(run: TaskRun): void } | undefined;
   current: Attempt | undefined;
   retryTimer: NodeJS.Timeout | undefined;
-  #previousSpan: SpanContext | undefined;
+  /** The span context of the latest recorded attempt: the next attempt links to it. */
+  previousAttempt: SpanContext | undefined;
   #signals: HandleSignals | undefined;
 
   constructor(
@@ -40,17 +41,37 @@ export class TaskRun implements AttemptOwner {
     readonly args: readonly unknown[],
     readonly options: ResolvedTaskOptions,
     readonly requestLink: SpanContext | undefined,
-  ) {
-    this.id = record.id;
-    this.name = record.name;
-    this.tags = record.tags;
-    this.maxAttempts = record.maxAttempts;
+  ) {}
+
+  // Read through from the record rather than copied: a queued task should cost as little memory as possible.
+  get id(): string {
+    return this.record.id;
+  }
+
+  get name(): string {
+    return this.record.name;
+  }
+
+  get tags(): Readonly<Record<string, string>> {
+    return this.record.tags;
+  }
+
+  get maxAttempts(): number {
+    return this.record.maxAttempts;
   }
 
   get isFinal(): boolean {
     return this.#final;
   }
   #final = false;
+
+  get priority(): number | undefined {
+    return this.record.priority;
+  }
+
+  get idempotencyKey(): string | undefined {
+    return this.record.idempotencyKey;
+  }
 
   /** Promises for a TaskHandle; created on first request. */
   signals(): HandleSignals {
@@ -71,52 +92,68 @@ export class TaskRun implements AttemptOwner {
     return this.#signals;
   }
 
-  /** Run one attempt. Never rejects: every outcome is recorded. */
+  /**
+   * Run one attempt, then tell the runner its slot is free. Never rejects: every outcome is recorded.
+   * (The runner does not chain on the returned promise: one reaction less per attempt.)
+   */
   async runAttempt(): Promise<void> {
     const record = this.record;
     const attemptNo = ++record.attempts;
     const startedAt = Date.now();
     record.startedAt ??= startedAt;
-    const span = this.runner.telemetry.startAttempt({
-      id: this.id,
-      name: this.name,
-      attempt: attemptNo,
-      maxAttempts: this.maxAttempts,
-      priority: record.priority,
-      idempotencyKey: record.idempotencyKey,
-      tags: this.tags,
-      requestLink: this.requestLink,
-      previousAttempt: this.#previousSpan,
-    });
+    const span = this.runner.telemetry.startAttempt(this, attemptNo);
     const spanContext = span.spanContext();
     if (spanContext.traceFlags !== 0 || span.isRecording()) {
       record.traceId = spanContext.traceId;
       record.spanId = spanContext.spanId;
-      this.#previousSpan = spanContext;
+      this.previousAttempt = spanContext;
     }
     const attempt = new Attempt(this, attemptNo, span);
     this.current = attempt;
-    this.#transition('running', undefined);
-    this.#signals?.resolveStarted();
-
     let error: unknown;
     let failed = false;
     try {
-      await attempt.execute(this.fn as (...a: unknown[]) => unknown, this.args, this.options.timeout, !this.options.shield);
+      this.#transition('running', undefined);
+      this.#signals?.resolveStarted();
+      await attempt.execute(this.fn as (...a: unknown[]) => unknown, this.args, this.options.timeout);
     } catch (caught) {
       failed = true;
       error = caught ?? new Error('task threw a nullish value');
     }
+    // Abandoned by shutdown while it ran: already recorded, its slot already released.
+    if (this.current !== attempt) return;
     this.current = undefined;
+    try {
+      this.#settle(attempt, span, startedAt, failed, error);
+    } catch (unexpected) {
+      this.runner.report(`task ${this.name}`, unexpected);
+    }
+    this.runner.settled(this);
+  }
+
+  /**
+   * Shutdown gave up on a running attempt that has no timeout race to cut it short: record it
+   * `interrupted` now and free its slot; whatever the task still does later is ignored.
+   */
+  abandon(attempt: Attempt, reason: unknown): void {
+    if (this.current !== attempt || this.#final) return;
+    this.current = undefined;
+    const durationMs = Date.now() - (this.record.startedAt ?? Date.now());
+    this.runner.telemetry.endAttempt(attempt.span, this.name, durationMs, reason);
+    this.#finish('interrupted', reason, 'shutdown', durationMs);
+    this.runner.settled(this);
+  }
+
+  #settle(attempt: Attempt, span: Span, startedAt: number, failed: boolean, error: unknown): void {
+    const record = this.record;
     const durationMs = Date.now() - startedAt;
     this.runner.telemetry.endAttempt(span, this.name, durationMs, failed ? error : undefined);
-
     if (!failed) return this.#finish('success', undefined, undefined, durationMs);
     if (attempt.aborted && attempt.abortReason instanceof TaskInterruptedError) {
       return this.#finish('interrupted', error, 'shutdown', durationMs);
     }
-    if (attemptNo < this.maxAttempts && !this.runner.stopping) {
-      const wait = retryDelay(this.options, attemptNo);
+    if (attempt.attempt < this.maxAttempts && !this.runner.stopping) {
+      const wait = retryDelay(this.options, attempt.attempt);
       record.error = toErrorInfo(error);
       this.#transition('pending', durationMs);
       this.runner.retryLater(this, wait);
@@ -147,8 +184,9 @@ export class TaskRun implements AttemptOwner {
     const time = Date.now();
     const entry: LogEntry = { time, level, message, attempt: attempt.attempt };
     if (safeFields !== undefined) entry.fields = safeFields;
-    const logs = this.record.logs;
-    if (logs.length >= MAX_LOGS_PER_RECORD) logs.shift();
+    let logs = this.record.logs;
+    if (logs === NO_LOGS) this.record.logs = logs = [];
+    else if (logs.length >= MAX_LOGS_PER_RECORD) logs.shift();
     logs.push(entry);
     if (!runner.chain.hasLog) return;
     const spanContext = attempt.span.spanContext();

@@ -137,6 +137,17 @@ describe('shutdown', () => {
     expect(await manager.get(queued)).toMatchObject({ status: 'cancelled', reason: 'shutdown', attempts: 0 });
   });
 
+  it('does not hang on a task that ignores its signal: it ends interrupted and its slot is freed', async () => {
+    const manager = new TaskManager({ concurrency: 1 });
+    const deaf = manager.add(() => new Promise<void>(() => {}));
+    const shieldedAfter = manager.with({ shield: true }).add(() => {});
+    await waitFor(() => manager.runner.running === 1, 5_000, 'the deaf task running');
+    await manager.shutdown({ timeoutMs: 20 });
+    expect(await manager.get(deaf)).toMatchObject({ status: 'interrupted', reason: 'shutdown', attempts: 1 });
+    // The shielded task queued behind it still ran, in the slot the abandoned attempt gave back.
+    expect(await manager.get(shieldedAfter)).toMatchObject({ status: 'success' });
+  });
+
   it('ends a task waiting for its retry as interrupted', async () => {
     const manager = new TaskManager();
     const id = manager.with({ retries: 3, delay: 60_000 }).add(() => {
