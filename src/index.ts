@@ -34,5 +34,8 @@ export type {
   TaskObserver,
   TaskContext,
   TaskStore,
+  SaveResult,
+  StoreLease,
+  PersistedTaskOptions,
   TaskLogger,
 } from './types.js';

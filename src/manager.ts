@@ -9,12 +9,14 @@ import { pinoObserver } from './observers/pino.js';
 import { spanEventObserver } from './observers/span-events.js';
 import { mergeOptions, optionError, resolveOptions, validateTaskOptions, type ResolvedTaskOptions, type TaskOptions } from './options.js';
 import { TaskTelemetry } from './otel.js';
+import { assertPersistable, DEFAULT_LEASE_MS, persistedOptions } from './durable.js';
 import { createRedactor, type RedactOption } from './redact.js';
 import { Runner } from './runner.js';
 import { enqueueForId, RequestTasks, TaskScheduler, withOptions, type TaskEnqueuer, type TaskHandle, type TaskPhase } from './scheduler.js';
 import { MemoryStore } from './stores/memory.js';
 import { NO_LOGS, TaskRun } from './task-run.js';
-import type { TaskFilter, TaskFunction, TaskLogger, TaskMetrics, TaskObserver, TaskRecord, TaskStore } from './types.js';
+import { FINAL_STATUSES, type SaveResult, type TaskFilter, type TaskFunction, type TaskLogger, type TaskMetrics, type TaskObserver, type TaskRecord, type TaskStore } from './types.js';
+import { TraceFlags, type SpanContext } from '@opentelemetry/api';
 
 export interface TaskManagerOptions {
   /** A pino logger: every task log and lifecycle change is also written through it. */
@@ -33,8 +35,16 @@ export interface TaskManagerOptions {
   meterProvider?: MeterProvider;
   /** How long `shutdown()` waits for running tasks. Default 10 000 ms. */
   shutdownTimeoutMs?: number;
-  /** On `start()`, resume work a previous process left behind (durable stores). Default true. */
+  /** On `start()` and periodically, resume work a previous process left behind (durable stores). Default true. */
   requeuePending?: boolean;
+  /**
+   * Durable stores: how long this process's claim on its unfinished tasks lasts without a renewal
+   * (renewed every `leaseMs / 3`). After a crash, its tasks are taken over once the lease has expired.
+   * Default 30 000 ms.
+   */
+  leaseMs?: number;
+  /** Durable stores: how often to look for tasks whose owner's lease has expired. Default 15 000 ms. */
+  orphanCheckMs?: number;
   /** Extra key names or dotted paths to mask in args and log fields, or `false` to mask nothing. */
   redact?: RedactOption;
   /** 32-byte key for AES-256-GCM encryption of args at rest (durable stores). */
@@ -69,7 +79,7 @@ export class TaskAdder {
 
 const MANAGER_OPTIONS = new Set([
   'logger', 'store', 'observers', 'concurrency', 'defaults', 'tracerProvider', 'meterProvider', 'shutdownTimeoutMs',
-  'requeuePending', 'redact', 'encryptionKey',
+  'requeuePending', 'redact', 'encryptionKey', 'leaseMs', 'orphanCheckMs',
 ]);
 
 function validateManagerOptions(options: TaskManagerOptions): void {
@@ -79,6 +89,11 @@ function validateManagerOptions(options: TaskManagerOptions): void {
     if (!MANAGER_OPTIONS.has(key)) throw new TypeError(`${where}: unknown option "${key}"; known options are ${[...MANAGER_OPTIONS].join(', ')}`);
   }
   const { concurrency, shutdownTimeoutMs, logger, store, observers, encryptionKey } = options;
+  for (const key of ['leaseMs', 'orphanCheckMs'] as const) {
+    const value = options[key];
+    if (value !== undefined && (!Number.isInteger(value) || value < 10)) throw optionError(where, key, 'an integer >= 10 (milliseconds)', value, typeof value === 'number' ? RangeError : TypeError);
+  }
+  if (options.requeuePending !== undefined && typeof options.requeuePending !== 'boolean') throw optionError(where, 'requeuePending', 'a boolean', options.requeuePending);
   if (concurrency !== undefined && (!Number.isInteger(concurrency) || concurrency < 1)) {
     throw optionError(where, 'concurrency', 'an integer >= 1', concurrency, typeof concurrency === 'number' ? RangeError : TypeError);
   }
@@ -122,6 +137,17 @@ export class TaskManager implements TaskEnqueuer {
   #started: Promise<void> | undefined;
   #shutdown: Promise<void> | undefined;
   #closing = false;
+  /** This process's identity as the owner of durable tasks (leases, orphan claims). */
+  readonly instanceId = randomUUID();
+  readonly #durable: boolean;
+  readonly #requeuePending: boolean;
+  readonly #leaseMs: number;
+  readonly #orphanCheckMs: number;
+  #recovering: Promise<void> | undefined;
+  #leaseTimer: NodeJS.Timeout | undefined;
+  #maintenanceFailed = false;
+  // Durable stores: idempotency keys held by live tasks of this process, answered without a store round trip.
+  readonly #localKeys = new Map<string, string>();
 
   constructor(options: TaskManagerOptions = {}) {
     validateManagerOptions(options);
@@ -130,6 +156,11 @@ export class TaskManager implements TaskEnqueuer {
     this.#memoryStore = this.store instanceof MemoryStore ? this.store : undefined;
     this.#defaults = options.defaults ?? {};
     this.#shutdownTimeoutMs = options.shutdownTimeoutMs ?? 10_000;
+    this.#durable = this.store.durable === true;
+    this.#requeuePending = options.requeuePending ?? true;
+    this.#leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
+    this.#orphanCheckMs = options.orphanCheckMs ?? Math.round(this.#leaseMs / 2);
+    if (this.#durable) this.store.attach?.({ ownerId: this.instanceId, leaseMs: this.#leaseMs });
     const redact = createRedactor(options.redact);
     const builtIn: TaskObserver[] = [spanEventObserver()];
     if (options.logger !== undefined) builtIn.push(pinoObserver(options.logger));
@@ -143,7 +174,7 @@ export class TaskManager implements TaskEnqueuer {
       chain: this.#chain,
       store: this.store,
       storeHoldsLiveRecords: this.#memoryStore !== undefined,
-      onTaskEnded: this.#memoryStore && ((record) => this.#memoryStore!.ended(record)),
+      onTaskEnded: this.#memoryStore ? (record) => this.#memoryStore!.ended(record) : (record) => this.#forgetKey(record.idempotencyKey, record.id),
       redact,
       report: (stage, error) => this.#report(stage, error),
     });
@@ -215,18 +246,127 @@ export class TaskManager implements TaskEnqueuer {
     return this.#chain.subscribe(observer);
   }
 
-  /** Start observers and the store. Idempotent. */
+  /**
+   * Start observers and, with a durable store, recovery: tasks left by a process that is gone are claimed
+   * and resumed now and every `orphanCheckMs`, and this process's lease is kept alive. Idempotent; when the
+   * store is unreachable it rejects with a TaskflowError and may be called again.
+   */
   start(): Promise<void> {
     this.#started ??= (async () => {
       this.#telemetry.bindMeter();
       await this.#chain.startup(this.#shutdownTimeoutMs);
     })();
-    return this.#started;
+    if (!this.#durable) return this.#started;
+    this.#recovering ??= this.#started
+      .then(() => this.#startRecovery())
+      .catch((error: unknown) => {
+        this.#recovering = undefined;
+        throw error;
+      });
+    return this.#recovering;
   }
 
-  /** Resolves when no accepted task is queued, waiting or running. */
+  async #startRecovery(): Promise<void> {
+    try {
+      if (this.#requeuePending) await this.#claimOrphans();
+      else await this.store.renewLease?.();
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      throw new TaskflowError(
+        `start: the task store is unreachable (${message}); nothing was resumed. Requests that add persisted tasks are answered 503 until it is back; call start() again to resume left-behind work`,
+        { cause: error },
+      );
+    }
+    if (this.#closing || this.#leaseTimer !== undefined) return;
+    // One timer: the lease is renewed every leaseMs/3; orphans are looked for every orphanCheckMs.
+    const tick = Math.min(Math.round(this.#leaseMs / 3), this.#orphanCheckMs);
+    let sinceCheck = 0;
+    this.#leaseTimer = setInterval(() => {
+      sinceCheck += tick;
+      const check = this.#requeuePending && sinceCheck >= this.#orphanCheckMs;
+      if (check) sinceCheck = 0;
+      void this.#maintain(check);
+    }, tick).unref();
+  }
+
+  async #maintain(checkOrphans: boolean): Promise<void> {
+    try {
+      if (checkOrphans) await this.#claimOrphans();
+      else await this.store.renewLease?.();
+      this.#maintenanceFailed = false;
+    } catch (error) {
+      if (this.#closing) return;
+      // Once per outage: the timer keeps trying.
+      if (!this.#maintenanceFailed) this.#report('store lease renewal / orphan check (retrying)', error);
+      this.#maintenanceFailed = true;
+    }
+  }
+
+  async #claimOrphans(): Promise<void> {
+    const records = await this.store.claimOrphans(this.instanceId, this.#leaseMs);
+    for (const record of records) {
+      if (this.#closing) break;
+      // Our own lease ran out while we were alive (a long stall): the task still lives here.
+      if (this.runner.live(record.id) !== undefined) continue;
+      try {
+        this.#resume(record);
+      } catch (error) {
+        this.#report(`resuming task ${record.id}`, error);
+      }
+    }
+  }
+
+  /**
+   * Take over a task from the store: run it again from its stored state (attempts, next retry time), or
+   * end it `interrupted` when it had started and is not `requeueOnInterrupt`, or when nothing in this
+   * process is registered under its name.
+   */
+  #resume(record: TaskRecord): void {
+    const registration = this.#registry.get(record.name);
+    let options: ResolvedTaskOptions;
+    let fn: TaskFunction;
+    let reason: string | undefined;
+    if (registration === undefined) {
+      options = resolveOptions('recovery', { tags: record.tags }, record.name);
+      fn = () => {};
+      reason = 'unregistered';
+    } else {
+      const overrides: TaskOptions = {
+        ...record.options,
+        tags: record.tags,
+        priority: record.priority,
+        idempotencyKey: record.idempotencyKey,
+        retries: Math.max(0, record.maxAttempts - 1),
+      };
+      options = resolveOptions('recovery', mergeOptions(registration.options, overrides), registration.name);
+      fn = registration.fn;
+      if (record.status === 'running') {
+        if (options.requeueOnInterrupt) record.attempts = Math.max(0, record.attempts - 1);
+        else reason = 'crash';
+      }
+    }
+    record.status = 'pending';
+    if (record.logs.length === 0) record.logs = NO_LOGS;
+    const link: SpanContext | undefined =
+      record.requestTraceId !== undefined && record.requestSpanId !== undefined
+        ? { traceId: record.requestTraceId, spanId: record.requestSpanId, traceFlags: TraceFlags.SAMPLED, isRemote: true }
+        : undefined;
+    const run = new TaskRun(this.runner, record, fn, record.args, options, link);
+    run.recoverable = registration !== undefined;
+    this.runner.accept(run);
+    if (reason !== undefined) return run.cancel('interrupted', reason);
+    if (record.idempotencyKey !== undefined) this.#localKeys.set(record.idempotencyKey, record.id);
+    this.runner.recordChanged(record);
+    const wait = (record.runAt ?? 0) - Date.now();
+    if (wait > 0) this.runner.retryLater(run, wait);
+    else this.runner.submit(run);
+  }
+
+  /** Resolves when no accepted task is queued, waiting or running (and, with a durable store, their records are written). */
   drain(): Promise<void> {
-    return this.runner.whenIdle();
+    if (!this.#durable) return this.runner.whenIdle();
+    // An empty save joins the pending group commit: it resolves once the last status writes are committed.
+    return this.runner.whenIdle().then(() => this.store.save([]).then(() => undefined, () => undefined));
   }
 
   /**
@@ -239,7 +379,10 @@ export class TaskManager implements TaskEnqueuer {
     if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0)) throw optionError('shutdown', 'timeoutMs', 'a number >= 0', timeoutMs, RangeError);
     this.#shutdown ??= (async () => {
       this.#closing = true;
+      clearInterval(this.#leaseTimer);
       await this.runner.stop(timeoutMs);
+      // Status writes that failed while the store was away get one last chance before it closes.
+      await this.runner.resync(true);
       this.#telemetry.close();
       await this.#chain.close(Math.min(timeoutMs, 5_000) || 1);
       await this.store.close();
@@ -249,7 +392,8 @@ export class TaskManager implements TaskEnqueuer {
 
   async get(id: string): Promise<TaskRecord | undefined> {
     if (typeof id !== 'string') throw new TypeError(`get: "id" must be a string, got ${typeof id}`);
-    const record = await this.store.get(id);
+    // A durable store lags the live record by up to one group commit: a task of this process answers first.
+    const record = (this.#memoryStore === undefined ? this.runner.live(id)?.record : undefined) ?? (await this.store.get(id));
     return record && this.runner.snapshot(record);
   }
 
@@ -283,10 +427,17 @@ export class TaskManager implements TaskEnqueuer {
     if (this.#closing) throw new TaskManagerClosedError();
     if (typeof fn !== 'function') throw new TypeError(`${where}: argument "fn" must be a function, got ${fn === null ? 'null' : typeof fn}`);
     const options = this.#optionsFor(where, fn as TaskFunction, overrides);
+    const recoverable = this.#durable && this.#checkPersist(where, fn as TaskFunction, options, args);
     const id = randomUUID();
-    if (options.idempotencyKey !== undefined && this.#memoryStore !== undefined) {
-      const holder = this.#memoryStore.claimKeyNow(options.idempotencyKey, id);
-      if (holder !== undefined) return holder;
+    const key = options.idempotencyKey;
+    if (key !== undefined) {
+      if (this.#memoryStore !== undefined) {
+        const holder = this.#memoryStore.claimKeyNow(key, id);
+        if (holder !== undefined) return holder;
+      } else {
+        const holder = this.#localKeys.get(key);
+        if (holder !== undefined) return holder;
+      }
     }
     const requestLink = this.#telemetry.enqueuedFrom(id, options.name);
     // Every field is declared up front, so all records share one hidden class (cheaper to keep thousands).
@@ -312,13 +463,30 @@ export class TaskManager implements TaskEnqueuer {
       requestTraceId: requestLink?.traceId,
       requestSpanId: requestLink?.spanId,
       retryOf,
+      runAt: undefined,
+      options: recoverable ? persistedOptions(overrides) : undefined,
     };
     const run = new TaskRun(this.runner, record, fn as TaskFunction, args, options, requestLink);
-    if (this.#memoryStore !== undefined) this.#memoryStore.saveOne(record);
-    else if (request !== undefined) request.unsaved(record);
-    else this.persist([record]).catch((error: unknown) => this.#report(`store write of task ${id}`, error));
-    this.runner.accept(run);
     const effectivePhase = options.eager ? 'now' : phase;
+    if (this.#memoryStore !== undefined) {
+      this.#memoryStore.saveOne(record);
+    } else {
+      run.recoverable = recoverable;
+      if (key !== undefined) {
+        // The key is claimed by the record's write (atomically, across instances): until then the task
+        // does not start, and later adds in this process get this id without asking the store.
+        this.#localKeys.set(key, id);
+        run.awaitingClaim = true;
+      }
+      if (request !== undefined && (recoverable || !this.#durable)) {
+        // Acknowledged with the request: written in its batch before the response (a 503 if that fails).
+        request.unsaved(run);
+        if (key !== undefined && effectivePhase === 'now') request.writeNow();
+      } else {
+        this.#persistRuns([run], false).catch((error: unknown) => this.#report(`store write of task ${id}`, error));
+      }
+    }
+    this.runner.accept(run);
     if (request !== undefined) request.add(run, effectivePhase);
     else this.runner.submit(run);
     return run;
@@ -337,9 +505,77 @@ export class TaskManager implements TaskEnqueuer {
     return { id: runOrId, name: '', options: resolveOptions('handle', {}, ''), args, started: Promise.resolve(), done };
   }
 
-  /** @internal */
-  persist(records: TaskRecord[]): Promise<void> {
-    return this.store.save(records);
+  /** @internal A request's batch: when the write fails, its tasks are not acknowledged and do not run. */
+  persist(runs: TaskRun[]): Promise<void> {
+    return this.#persistRuns(runs, true);
+  }
+
+  async #persistRuns(runs: TaskRun[], acknowledged: boolean): Promise<void> {
+    let result: SaveResult;
+    try {
+      result = await this.store.save(runs.length === 1 ? [runs[0].record] : runs.map((run) => run.record));
+    } catch (error) {
+      for (const run of runs) {
+        run.awaitingClaim = false;
+        if (acknowledged) {
+          // The client gets a 503: the task was never accepted, so it must not run nor be written later.
+          run.stored = false;
+          run.cancel('cancelled', 'store_unavailable');
+        } else if (run.submitAfterClaim) {
+          // Added outside a request: nobody can be told, so it still runs here (without the store's dedupe).
+          this.runner.submit(run);
+        }
+      }
+      throw error;
+    }
+    for (const run of runs) {
+      if (!run.awaitingClaim) continue;
+      run.awaitingClaim = false;
+      const holder = result?.get(run.id);
+      if (holder !== undefined) {
+        this.#forgetKey(run.record.idempotencyKey, run.id);
+        run.duplicateOf(holder, () => this.#follow(holder, run.record));
+      } else if (run.submitAfterClaim) {
+        this.runner.submit(run);
+      }
+    }
+  }
+
+  /** The final record of task `id`, wherever it runs: live here, or polled from the shared store. */
+  async #follow(id: string, fallback: TaskRecord): Promise<TaskRecord> {
+    const live = this.runner.live(id);
+    if (live !== undefined) return live.signals().done;
+    let last: TaskRecord | undefined;
+    for (let wait = 25; ; wait = Math.min(wait * 2, 1_000)) {
+      last = (await this.store.get(id).catch(() => undefined)) ?? last;
+      if (last !== undefined && FINAL_STATUSES.has(last.status)) return this.runner.snapshot(last);
+      if (this.#closing) return this.runner.snapshot(last ?? fallback);
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
+
+  #forgetKey(key: string | undefined, id: string): void {
+    if (key !== undefined && this.#localKeys.get(key) === id) this.#localKeys.delete(key);
+  }
+
+  /**
+   * `persist` (default true with a durable store) needs what a restarted process needs: a task it can find
+   * again by name and args it can read back. Returns whether the task is persisted.
+   */
+  #checkPersist(where: string, fn: TaskFunction, options: ResolvedTaskOptions, args: unknown[]): boolean {
+    if (options.persist === false) return false;
+    const registration = this.#byFunction.get(fn);
+    if (registration === undefined) {
+      throw new TypeError(
+        `${where}: option "persist" (on by default with a durable store) needs a registered task, and "${options.name}" is not registered: ` +
+          'register it with manager.task(fn) so a restarted process can find it by name, or pass option "persist: false"',
+      );
+    }
+    if (options.name !== registration.name) {
+      throw new TypeError(`${where}: option "name" cannot rename persisted task "${registration.name}": a restarted process finds it by its registered name`);
+    }
+    assertPersistable(where, options.name, args);
+    return true;
   }
 
   #optionsFor(where: string, fn: TaskFunction, overrides: TaskOptions | undefined): ResolvedTaskOptions {

@@ -108,6 +108,11 @@ export class Runner {
   /** Queue a task for its next attempt; it starts as soon as a slot is free and nothing ranks before it. */
   submit(run: TaskRun): void {
     if (run.isFinal) return;
+    // Its idempotency key is being claimed in a shared store: it starts (or is dropped) once that is known.
+    if (run.awaitingClaim) {
+      run.submitAfterClaim = true;
+      return;
+    }
     if (this.#running.size < this.#deps.concurrency && this.#queue.size === 0) this.#start(run);
     else this.#queue.push(run, run.options.priority ?? DEFAULT_PRIORITY);
   }
@@ -136,7 +141,44 @@ export class Runner {
 
   recordChanged(record: TaskRecord): void {
     if (this.#deps.storeHoldsLiveRecords) return;
-    this.#deps.store.save([record]).catch((error: unknown) => this.report(`store write of task ${record.id}`, error));
+    this.#deps.store.save([record]).catch((error: unknown) => this.#writeFailed([record], error));
+  }
+
+  // Status writes that failed (store down) are retried until they land: a record left `running` under
+  // an owner that is alive and renewing its lease would otherwise never end, nor be taken over.
+  readonly #unsynced = new Set<TaskRecord>();
+  #resyncTimer: NodeJS.Timeout | undefined;
+
+  #writeFailed(records: TaskRecord[], error: unknown): void {
+    // Reported once per outage, not once per record.
+    if (this.#unsynced.size === 0 && this.#resyncTimer === undefined) this.report(`store write of task ${records[0].id} (retried every second until it succeeds)`, error);
+    for (const record of records) this.#unsynced.add(record);
+    this.#resyncTimer ??= setTimeout(() => void this.resync(), 1_000).unref();
+  }
+
+  /** Write the records whose last write failed, in one batch; `last` at shutdown: no more retries. */
+  async resync(last = false): Promise<void> {
+    clearTimeout(this.#resyncTimer);
+    this.#resyncTimer = undefined;
+    if (this.#unsynced.size === 0) return;
+    const records = [...this.#unsynced];
+    this.#unsynced.clear();
+    try {
+      await this.#deps.store.save(records);
+    } catch (error) {
+      for (const record of records) this.#unsynced.add(record);
+      if (!last) this.#resyncTimer ??= setTimeout(() => void this.resync(), 1_000).unref();
+      else this.report(`store write of ${records.length} task record(s) at shutdown`, error);
+    }
+  }
+
+  /** Hand an unstarted (or interrupted) durable task back to the store for the next start; it ends here. */
+  release(run: TaskRun): void {
+    const release = this.#deps.store.release;
+    if (release !== undefined) {
+      release.call(this.#deps.store, [run.record]).catch((error: unknown) => this.report(`store release of task ${run.id} (it is resumed once its lease expires)`, error));
+    }
+    this.finished(run);
   }
 
   /** A copy safe to hand out: args redacted, arrays not shared with the live record. */
@@ -156,6 +198,9 @@ export class Runner {
    * task still waiting, and wait for the shielded ones to finish.
    */
   async stop(timeoutMs: number): Promise<void> {
+    // Durable tasks that are not running go back to the store at once instead of running in the
+    // shutdown window: the next start (or another instance) resumes them without waiting for a lease.
+    for (const run of [...this.#live]) if (run.recoverable && run.current === undefined) run.release();
     let timer: NodeJS.Timeout | undefined;
     const timedOut = await Promise.race([
       this.whenIdle().then(() => false),

@@ -23,7 +23,8 @@ export interface TaskEnqueuer {
   readonly runner: Runner;
   enqueue(where: string, fn: unknown, args: unknown[], overrides: TaskOptions | undefined, phase: TaskPhase, request: RequestTasks | undefined): TaskRun | string;
   handle(runOrId: TaskRun | string, args: unknown[]): TaskHandle;
-  persist(records: TaskRecord[]): Promise<void>;
+  /** Write the records of these tasks (one batch); rejects when the store could not take them. */
+  persist(runs: TaskRun[]): Promise<void>;
 }
 
 /**
@@ -87,7 +88,9 @@ export class RequestTasks {
   #afterRoute: TaskRun[] | undefined;
   #sequence: ResponseSequence | undefined;
   #routeDone = false;
-  #unsaved: TaskRecord[] | undefined;
+  #unsaved: TaskRun[] | undefined;
+  // Batches written before the response was ready (see writeNow); the final flush waits for them too.
+  #written: Promise<void>[] | undefined;
 
   constructor(
     readonly manager: TaskEnqueuer,
@@ -105,8 +108,8 @@ export class RequestTasks {
   }
 
   /** Records to write in the request's single batch before the response goes out. */
-  unsaved(record: TaskRecord): void {
-    (this.#unsaved ??= []).push(record);
+  unsaved(run: TaskRun): void {
+    (this.#unsaved ??= []).push(run);
   }
 
   /** The downstream middleware returned: after-route tasks start, fire-and-forget. */
@@ -131,12 +134,32 @@ export class RequestTasks {
     this.#sequence?.cancelUnlessRunOnError('request_failed');
   }
 
-  /** Write this request's new records in one batch. */
-  async flush(): Promise<void> {
-    const records = this.#unsaved;
-    if (records === undefined) return;
+  /**
+   * Write the records added so far now instead of with the response: a task that starts before the
+   * response (idempotency key, `schedule()`) waits for its key to be claimed, which happens in this write.
+   */
+  writeNow(): void {
+    const runs = this.#unsaved;
+    if (runs === undefined) return;
     this.#unsaved = undefined;
-    await this.manager.persist(records);
+    const written = this.manager.persist(runs);
+    // Awaited by flush(); until then a failure must not count as unhandled.
+    written.catch(() => {});
+    (this.#written ??= []).push(written);
+  }
+
+  /** Write this request's new records in one batch (and wait for any written early). */
+  async flush(): Promise<void> {
+    if (this.#written === undefined) {
+      const runs = this.#unsaved;
+      if (runs === undefined) return;
+      this.#unsaved = undefined;
+      return this.manager.persist(runs);
+    }
+    this.writeNow();
+    const written = this.#written;
+    this.#written = undefined;
+    await Promise.all(written);
   }
 }
 

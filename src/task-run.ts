@@ -32,6 +32,13 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   retryTimer: NodeJS.Timeout | undefined;
   /** The span context of the latest recorded attempt: the next attempt links to it. */
   previousAttempt: SpanContext | undefined;
+  /** Status changes are written to the store (false once the store refused the task or gave its key to another). */
+  stored = true;
+  /** Its record is in a durable store and it is registered: shutdown may hand it back, another process resume it. */
+  recoverable = false;
+  /** Its idempotency key is being claimed in a shared store: the runner holds it until the claim is known. */
+  awaitingClaim = false;
+  submitAfterClaim = false;
   #signals: HandleSignals | undefined;
 
   constructor(
@@ -100,6 +107,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     const record = this.record;
     const attemptNo = ++record.attempts;
     const startedAt = Date.now();
+    if (record.runAt !== undefined) record.runAt = undefined;
     record.startedAt ??= startedAt;
     const span = this.runner.telemetry.startAttempt(this, attemptNo);
     const spanContext = span.spanContext();
@@ -140,7 +148,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     this.current = undefined;
     const durationMs = Date.now() - (this.record.startedAt ?? Date.now());
     this.runner.telemetry.endAttempt(attempt.span, this.name, durationMs, reason);
-    this.#finish('interrupted', reason, 'shutdown', durationMs);
+    if (this.#requeuesInterrupted()) this.release();
+    else this.#finish('interrupted', reason, 'shutdown', durationMs);
     this.runner.settled(this);
   }
 
@@ -150,11 +159,14 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     this.runner.telemetry.endAttempt(span, this.name, durationMs, failed ? error : undefined);
     if (!failed) return this.#finish('success', undefined, undefined, durationMs);
     if (attempt.aborted && attempt.abortReason instanceof TaskInterruptedError) {
+      if (this.#requeuesInterrupted()) return this.release();
       return this.#finish('interrupted', error, 'shutdown', durationMs);
     }
     if (attempt.attempt < this.maxAttempts && !this.runner.stopping) {
       const wait = retryDelay(this.options, attempt.attempt);
       record.error = toErrorInfo(error);
+      // Stored with the record, so a restarted process keeps the retry's schedule.
+      record.runAt = Date.now() + wait;
       this.#transition('pending', durationMs);
       this.runner.retryLater(this, wait);
       return;
@@ -167,6 +179,49 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       } catch (e) {
         this.runner.report(`onError of task ${this.name}`, e);
       }
+    }
+  }
+
+  /** `requeueOnInterrupt` with a durable store: the cut-short attempt is handed back, to run again, not counted. */
+  #requeuesInterrupted(): boolean {
+    if (!this.recoverable || !this.options.requeueOnInterrupt) return false;
+    this.record.attempts--;
+    return true;
+  }
+
+  /**
+   * Hand the task back to the durable store as unowned `pending` work (shutdown): the next start, here or
+   * in another process, runs it. It ends in this process; a handle's `done` gets the pending record.
+   */
+  release(): void {
+    if (this.#final) return;
+    this.#final = true;
+    const record = this.record;
+    const previous = record.status;
+    record.status = 'pending';
+    if (previous !== 'pending') this.#emit('pending', previous, undefined);
+    this.runner.release(this);
+    if (record.attempts === 0) this.#signals?.rejectStarted(new TaskCancelledError('released to the store at shutdown'));
+    this.#signals?.resolveDone(this.runner.snapshot(record));
+  }
+
+  /**
+   * The shared store gave this task's idempotency key to task `holder` (another request or instance got
+   * there first): this one never runs. It ends `cancelled` (reason `duplicate`) here; a handle taken
+   * before this was known follows the holder instead (`follow` resolves with its final record).
+   */
+  duplicateOf(holder: string, follow: () => Promise<TaskRecord>): void {
+    if (this.#final) return;
+    this.stored = false;
+    const signals = this.#signals;
+    this.#signals = undefined;
+    this.#finish('cancelled', new TaskCancelledError(`duplicate of ${holder}`), 'duplicate', undefined);
+    if (signals !== undefined) {
+      follow().then((record) => {
+        if (record.attempts > 0) signals.resolveStarted();
+        else signals.rejectStarted(new TaskCancelledError(record.reason ?? 'duplicate'));
+        signals.resolveDone(record);
+      });
     }
   }
 
@@ -229,7 +284,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     const record = this.record;
     const previousStatus = record.status;
     record.status = status;
-    this.runner.recordChanged(record);
+    if (this.stored) this.runner.recordChanged(record);
     this.#emit(status, previousStatus, durationMs);
   }
 

@@ -63,6 +63,25 @@ export interface TaskRecord {
   requestSpanId?: string;
   /** For a task created by `retry(id)`: the id it retries. */
   retryOf?: string;
+  /** While waiting for a retry: the earliest time (epoch ms) of the next attempt. Stored, so retries survive restarts. */
+  runAt?: number;
+  /**
+   * Durable stores: the options given through `with()` that a restarted process needs to run the task the
+   * same way (timeouts, retry waits, `requeueOnInterrupt`…). Functions (`onError`) are not kept.
+   */
+  options?: PersistedTaskOptions;
+}
+
+/** The per-task options a durable store keeps with a record (everything else is on the record or the registration). */
+export interface PersistedTaskOptions {
+  delay?: number;
+  backoff?: number;
+  maxDelay?: number;
+  jitter?: boolean;
+  timeout?: number;
+  shield?: boolean;
+  persist?: boolean;
+  requeueOnInterrupt?: boolean;
 }
 
 export interface TaskFilter {
@@ -146,9 +165,25 @@ export interface TaskContext {
   readonly span: Span;
 }
 
+/**
+ * What `save()` may answer: for records whose idempotency key was already held by a task that has not
+ * failed, their id → the holder's id. Such records are not stored as tasks (a durable store keeps them as
+ * aliases of the holder, so `get(id)` follows it).
+ */
+export type SaveResult = void | ReadonlyMap<string, string>;
+
+/** Who owns the unfinished records a durable store writes, and for how long without a renewal. */
+export interface StoreLease {
+  ownerId: string;
+  leaseMs: number;
+}
+
 export interface TaskStore {
-  /** Insert or replace records. One request's tasks arrive in one call. */
-  save(records: TaskRecord[]): Promise<void>;
+  /**
+   * Insert or replace records. One request's tasks arrive in one call. Durable stores claim the
+   * idempotency key of a record they insert in the same atomic step and report the records that lost.
+   */
+  save(records: TaskRecord[]): Promise<SaveResult>;
   get(id: string): Promise<TaskRecord | undefined>;
   list(filter?: TaskFilter): Promise<TaskRecord[]>;
   /** Atomically claim an idempotency key; returns the id holding it if taken by a task that has not failed. */
@@ -158,6 +193,16 @@ export interface TaskStore {
   close(): Promise<void>;
   /** True when records survive the process (enables `persist` and requeue on start). */
   readonly durable?: boolean;
+  /**
+   * Durable stores: called once by the TaskManager when it is created. Unfinished records written from
+   * then on belong to `lease.ownerId`, whose lease must be renewed (`renewLease`) within `leaseMs` or
+   * another process may claim them.
+   */
+  attach?(lease: StoreLease): void;
+  /** Extend the attached owner's lease. One write, however many tasks it owns. */
+  renewLease?(): Promise<void>;
+  /** Hand records back as unowned `pending` work (clean shutdown): the next `claimOrphans` takes them at once. */
+  release?(records: TaskRecord[]): Promise<void>;
 }
 
 /** Minimal shape of a pino logger we rely on (pino's `Logger` satisfies it). */

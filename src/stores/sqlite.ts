@@ -1,8 +1,323 @@
+import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
+import { DEFAULT_LEASE_MS } from '../durable.js';
 import { TaskflowError } from '../errors.js';
+import type { SaveResult, StoreLease, TaskFilter, TaskRecord, TaskStore } from '../types.js';
+import { compileFilter } from './filter.js';
+import { GroupCommit, type WriteBatch } from './group-commit.js';
+import { parseRecord, serialiseRecord, retentionCutoff, validateRetentionDays } from './records.js';
 
-/** Placeholder until the durable-store work lands: importing works, constructing says what to use instead. */
-export class SqliteStore {
-  constructor(_options?: { path: string }) {
-    throw new TaskflowError('SqliteStore is not implemented yet in this version of koa-taskflow; use the default MemoryStore for now');
+export interface SqliteStoreOptions {
+  /** The database file (created when missing). Several processes on one host may share it. */
+  path: string;
+  /**
+   * `'NORMAL'` (default): in WAL mode a commit survives a crash or kill of the process; a power loss or OS
+   * crash may lose the last commits. `'FULL'`: every commit is fsynced before it is acknowledged, at the
+   * cost of one disk flush per group commit.
+   */
+  synchronous?: 'NORMAL' | 'FULL';
+  /** Days finished records (and their idempotency keys) are kept. Default 7. */
+  retentionDays?: number;
+  /** How long a write waits for another process holding the database lock. Default 5 000 ms. */
+  busyTimeoutMs?: number;
+}
+
+/**
+ * Each entry migrates the schema from version `index` to `index + 1` (PRAGMA user_version). Append, never
+ * edit: a database opened by a newer version is refused instead of being misread.
+ */
+const MIGRATIONS: string[] = [
+  `CREATE TABLE taskflow_tasks (
+     id TEXT PRIMARY KEY,
+     name TEXT NOT NULL,
+     status TEXT NOT NULL,
+     created_at INTEGER NOT NULL,
+     ended_at INTEGER,
+     owner TEXT,
+     idempotency_key TEXT,
+     record TEXT NOT NULL
+   );
+   CREATE INDEX taskflow_tasks_created ON taskflow_tasks (created_at);
+   CREATE INDEX taskflow_tasks_status ON taskflow_tasks (status, created_at);
+   CREATE INDEX taskflow_tasks_name ON taskflow_tasks (name, created_at);
+   CREATE INDEX taskflow_tasks_ended ON taskflow_tasks (ended_at) WHERE ended_at IS NOT NULL;
+   CREATE TABLE taskflow_tags (
+     task_id TEXT NOT NULL,
+     key TEXT NOT NULL,
+     value TEXT NOT NULL,
+     PRIMARY KEY (task_id, key)
+   ) WITHOUT ROWID;
+   CREATE INDEX taskflow_tags_value ON taskflow_tags (key, value);
+   CREATE TABLE taskflow_keys (key TEXT PRIMARY KEY, task_id TEXT NOT NULL) WITHOUT ROWID;
+   CREATE TABLE taskflow_aliases (id TEXT PRIMARY KEY, task_id TEXT NOT NULL, created_at INTEGER NOT NULL) WITHOUT ROWID;
+   CREATE TABLE taskflow_owners (id TEXT PRIMARY KEY, lease_until INTEGER NOT NULL) WITHOUT ROWID;`,
+];
+
+export const SQLITE_SCHEMA_VERSION = MIGRATIONS.length;
+
+/** Retention cleanup runs at most this often (with the periodic orphan check) and at open. */
+const CLEANUP_EVERY_MS = 60_000;
+
+/**
+ * A durable store in one SQLite file on the built-in `node:sqlite` (no native addon). WAL mode; the
+ * writes of one event-loop turn share one transaction (group commit); records are JSON with the columns
+ * that filters and recovery need beside them, indexed.
+ */
+export class SqliteStore implements TaskStore {
+  readonly durable = true;
+  readonly path: string;
+  readonly retentionDays: number;
+  /** The `synchronous` level the connection runs with, as read back from SQLite. */
+  readonly synchronous: 'NORMAL' | 'FULL';
+  readonly #db: DatabaseSync;
+  readonly #commit = new GroupCommit((batch) => this.#write(batch));
+  readonly #statements = new Map<string, StatementSync>();
+  // Ids of unfinished tasks whose tags are stored: tags never change, so they are written once.
+  readonly #tagged = new Set<string>();
+  #ownerId: string | undefined;
+  #leaseMs = DEFAULT_LEASE_MS;
+  #leaseRenewedAt = -Infinity;
+  #cleanedAt = -Infinity;
+  #closed: Promise<void> | undefined;
+
+  constructor(options: SqliteStoreOptions) {
+    const where = 'SqliteStore';
+    if (options === null || typeof options !== 'object') throw new TypeError(`${where}: options must be an object with a "path"`);
+    const { path, synchronous = 'NORMAL', busyTimeoutMs = 5_000 } = options;
+    if (typeof path !== 'string' || path === '') throw new TypeError(`${where}: option "path" must be a non-empty file path, got ${JSON.stringify(path)}`);
+    if (synchronous !== 'NORMAL' && synchronous !== 'FULL') throw new TypeError(`${where}: option "synchronous" must be "NORMAL" or "FULL", got ${JSON.stringify(synchronous)}`);
+    if (!Number.isInteger(busyTimeoutMs) || busyTimeoutMs < 0) throw new RangeError(`${where}: option "busyTimeoutMs" must be an integer >= 0, got ${JSON.stringify(busyTimeoutMs)}`);
+    this.retentionDays = validateRetentionDays(where, options.retentionDays);
+    this.path = path;
+    let db: DatabaseSync | undefined;
+    try {
+      db = new DatabaseSync(path);
+      db.exec(`PRAGMA busy_timeout = ${busyTimeoutMs}`);
+      const mode = db.prepare('PRAGMA journal_mode = WAL').get() as { journal_mode: string };
+      if (mode.journal_mode !== 'wal' && path !== ':memory:') throw new Error(`could not switch to WAL mode (got ${mode.journal_mode})`);
+      db.exec(`PRAGMA synchronous = ${synchronous}`);
+      const level = (db.prepare('PRAGMA synchronous').get() as { synchronous: number }).synchronous;
+      this.synchronous = level === 2 ? 'FULL' : 'NORMAL';
+      migrate(db);
+    } catch (error) {
+      try {
+        db?.close();
+      } catch {
+        // already unusable; the open error below is the one worth reporting
+      }
+      const message = error instanceof Error ? error.message : String(error);
+      throw new TaskflowError(
+        `SqliteStore: cannot open "${path}" as a task database: ${message}. If the file is corrupt or is not a koa-taskflow database, move it away (it was not modified) or choose another "path"`,
+        { cause: error },
+      );
+    }
+    this.#db = db;
+    this.#cleanup(Date.now());
+  }
+
+  attach(lease: StoreLease): void {
+    this.#ownerId = lease.ownerId;
+    this.#leaseMs = lease.leaseMs;
+  }
+
+  save(records: TaskRecord[]): Promise<SaveResult> {
+    if (this.#closed !== undefined) return Promise.reject(new TaskflowError('SqliteStore: the store is closed'));
+    return this.#commit.add(records);
+  }
+
+  release(records: TaskRecord[]): Promise<void> {
+    return this.#commit.add(records, true).then(() => undefined);
+  }
+
+  async get(id: string): Promise<TaskRecord | undefined> {
+    const row = this.#statement('SELECT record FROM taskflow_tasks WHERE id = ?').get(id) as { record: string } | undefined;
+    if (row !== undefined) return parseRecord(row.record);
+    // An id that lost an idempotency claim follows the task holding the key.
+    const alias = this.#statement('SELECT t.record FROM taskflow_aliases a JOIN taskflow_tasks t ON t.id = a.task_id WHERE a.id = ?').get(id) as { record: string } | undefined;
+    return alias && parseRecord(alias.record);
+  }
+
+  async list(filter?: TaskFilter): Promise<TaskRecord[]> {
+    const f = compileFilter(filter);
+    if (f.limit === 0) return [];
+    const where: string[] = [];
+    const params: SQLInputValue[] = [];
+    if (f.statuses !== undefined) {
+      where.push(`status IN (${[...f.statuses].map(() => '?').join(', ')})`);
+      params.push(...f.statuses);
+    }
+    if (f.name !== undefined) {
+      where.push('name = ?');
+      params.push(f.name);
+    }
+    if (f.since !== undefined) {
+      where.push('created_at >= ?');
+      params.push(f.since);
+    }
+    for (const [key, value] of f.tags) {
+      where.push('id IN (SELECT task_id FROM taskflow_tags WHERE key = ? AND value = ?)');
+      params.push(key, value);
+    }
+    let sql = 'SELECT record FROM taskflow_tasks';
+    if (where.length > 0) sql += ` WHERE ${where.join(' AND ')}`;
+    // rowid breaks ties between records created in the same millisecond: insertion order.
+    sql += ' ORDER BY created_at DESC, rowid DESC';
+    if (f.limit !== Infinity) {
+      sql += ' LIMIT ?';
+      params.push(f.limit);
+    }
+    const rows = this.#statement(sql).all(...params) as { record: string }[];
+    return rows.map((row) => parseRecord(row.record));
+  }
+
+  async claimKey(key: string, id: string): Promise<string | undefined> {
+    return this.#transaction(() => this.#claimKeyIn(key, id));
+  }
+
+  async claimOrphans(ownerId: string, leaseMs: number): Promise<TaskRecord[]> {
+    await this.#commit.flush();
+    const now = Date.now();
+    const rows = this.#transaction(() => {
+      this.#renew(ownerId, now + leaseMs);
+      this.#statement('DELETE FROM taskflow_owners WHERE lease_until < ?').run(now);
+      // Served by the status index: only unfinished rows are visited, however many finished ones are kept.
+      return this.#statement(
+        `UPDATE taskflow_tasks SET owner = ?
+           WHERE status IN ('pending', 'running') AND (owner IS NULL OR owner NOT IN (SELECT id FROM taskflow_owners))
+           RETURNING record`,
+      ).all(ownerId) as { record: string }[];
+    });
+    if (ownerId === this.#ownerId) this.#leaseRenewedAt = now;
+    if (now - this.#cleanedAt >= CLEANUP_EVERY_MS) this.#cleanup(now);
+    return rows.map((row) => parseRecord(row.record));
+  }
+
+  async renewLease(): Promise<void> {
+    if (this.#ownerId === undefined || this.#closed !== undefined) return;
+    const now = Date.now();
+    this.#renew(this.#ownerId, now + this.#leaseMs);
+    this.#leaseRenewedAt = now;
+  }
+
+  /** Writes what is queued, gives up this process's lease (its unfinished tasks become claimable at once), closes the file. */
+  close(): Promise<void> {
+    this.#closed ??= (async () => {
+      await this.#commit.flush();
+      if (this.#ownerId !== undefined) this.#statement('DELETE FROM taskflow_owners WHERE id = ?').run(this.#ownerId);
+      this.#statements.clear();
+      this.#db.close();
+    })();
+    return this.#closed;
+  }
+
+  #write({ records, released }: WriteBatch): SaveResult {
+    let duplicates: Map<string, string> | undefined;
+    const now = Date.now();
+    const upsert = this.#statement(
+      `INSERT INTO taskflow_tasks (id, name, status, created_at, ended_at, owner, idempotency_key, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at, owner = excluded.owner, record = excluded.record`,
+    );
+    const insertTag = this.#statement('INSERT OR IGNORE INTO taskflow_tags (task_id, key, value) VALUES (?, ?, ?)');
+    const exists = this.#statement('SELECT 1 AS found FROM taskflow_tasks WHERE id = ?');
+    const insertAlias = this.#statement('INSERT OR REPLACE INTO taskflow_aliases (id, task_id, created_at) VALUES (?, ?, ?)');
+    this.#transaction(() => {
+      // The owner's lease travels with its writes, so tasks are covered from their first write on.
+      if (this.#ownerId !== undefined && now - this.#leaseRenewedAt >= this.#leaseMs / 3) {
+        this.#renew(this.#ownerId, now + this.#leaseMs);
+        this.#leaseRenewedAt = now;
+      }
+      for (const record of records) {
+        const key = record.idempotencyKey;
+        if (key !== undefined && exists.get(record.id) === undefined) {
+          const holder = this.#claimKeyIn(key, record.id);
+          if (holder !== undefined) {
+            insertAlias.run(record.id, holder, now);
+            (duplicates ??= new Map()).set(record.id, holder);
+            continue;
+          }
+        }
+        const unfinished = record.status === 'pending' || record.status === 'running';
+        const owner = unfinished && !released.has(record.id) ? (this.#ownerId ?? null) : null;
+        upsert.run(record.id, record.name, record.status, record.createdAt, record.endedAt ?? null, owner, key ?? null, serialiseRecord(record));
+        if (!this.#tagged.has(record.id)) {
+          for (const tag in record.tags) insertTag.run(record.id, tag, record.tags[tag]);
+          if (unfinished) this.#tagged.add(record.id);
+        } else if (!unfinished) {
+          this.#tagged.delete(record.id);
+        }
+      }
+    });
+    return duplicates;
+  }
+
+  /** Inside a transaction: the holder's id if `key` is held by another task that has not failed, else take it. */
+  #claimKeyIn(key: string, id: string): string | undefined {
+    const row = this.#statement('SELECT k.task_id AS holder, t.status AS status FROM taskflow_keys k LEFT JOIN taskflow_tasks t ON t.id = k.task_id WHERE k.key = ?').get(key) as
+      | { holder: string; status: string | null }
+      | undefined;
+    if (row !== undefined && row.holder !== id && row.status !== null && row.status !== 'failed') return row.holder;
+    this.#statement('INSERT INTO taskflow_keys (key, task_id) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET task_id = excluded.task_id').run(key, id);
+    return undefined;
+  }
+
+  #renew(ownerId: string, until: number): void {
+    this.#statement('INSERT INTO taskflow_owners (id, lease_until) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until').run(ownerId, until);
+  }
+
+  #cleanup(now: number): void {
+    this.#cleanedAt = now;
+    const cutoff = retentionCutoff(now, this.retentionDays);
+    this.#transaction(() => {
+      const ended = 'SELECT id FROM taskflow_tasks WHERE ended_at < ?';
+      this.#statement(`DELETE FROM taskflow_tags WHERE task_id IN (${ended})`).run(cutoff);
+      this.#statement(`DELETE FROM taskflow_keys WHERE task_id IN (${ended})`).run(cutoff);
+      this.#statement('DELETE FROM taskflow_aliases WHERE created_at < ?').run(cutoff);
+      this.#statement('DELETE FROM taskflow_tasks WHERE ended_at < ?').run(cutoff);
+    });
+  }
+
+  #transaction<T>(body: () => T): T {
+    // IMMEDIATE takes the write lock up front: two processes never both read, then both try to upgrade.
+    this.#db.exec('BEGIN IMMEDIATE');
+    try {
+      const result = body();
+      this.#db.exec('COMMIT');
+      return result;
+    } catch (error) {
+      if (this.#db.isTransaction) this.#db.exec('ROLLBACK');
+      throw error;
+    }
+  }
+
+  #statement(sql: string): StatementSync {
+    let statement = this.#statements.get(sql);
+    if (statement === undefined) {
+      statement = this.#db.prepare(sql);
+      // Filters build a few shapes of SQL; a bound keeps a misuse from growing the cache forever.
+      if (this.#statements.size < 256) this.#statements.set(sql, statement);
+    }
+    return statement;
+  }
+}
+
+function migrate(db: DatabaseSync): void {
+  // The version is read inside the write transaction: two processes opening a new file at once do not
+  // both create the schema.
+  db.exec('BEGIN IMMEDIATE');
+  try {
+    const { user_version: version } = db.prepare('PRAGMA user_version').get() as { user_version: number };
+    if (version > MIGRATIONS.length) {
+      throw new Error(`its schema version ${version} is newer than this koa-taskflow's (${MIGRATIONS.length}); upgrade koa-taskflow`);
+    }
+    if (version === 0) {
+      // A fresh file, or someone else's database: ours must not clash with tables already there.
+      const clash = db.prepare("SELECT name FROM sqlite_master WHERE name LIKE 'taskflow\\_%' ESCAPE '\\'").get() as { name: string } | undefined;
+      if (clash !== undefined) throw new Error(`it has a table "${clash.name}" but no koa-taskflow schema version`);
+    }
+    for (let v = version; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v]);
+    if (version < MIGRATIONS.length) db.exec(`PRAGMA user_version = ${MIGRATIONS.length}`);
+    db.exec('COMMIT');
+  } catch (error) {
+    if (db.isTransaction) db.exec('ROLLBACK');
+    throw error;
   }
 }
