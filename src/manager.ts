@@ -472,16 +472,16 @@ export class TaskManager implements TaskEnqueuer {
       this.#memoryStore.saveOne(record);
     } else {
       run.recoverable = recoverable;
-      if (key !== undefined) {
-        // The key is claimed by the record's write (atomically, across instances): until then the task
-        // does not start, and later adds in this process get this id without asking the store.
-        this.#localKeys.set(key, id);
-        run.awaitingClaim = true;
-      }
+      // Write-ahead: a durable task starts only once its record is committed, so a task whose write failed
+      // (503) never runs, and its idempotency key, claimed by that same write, is known before it runs.
+      if (recoverable || (key !== undefined && this.#durable)) run.awaitingWrite = true;
+      // Later adds with this key in this process get this id without asking the store.
+      if (key !== undefined) this.#localKeys.set(key, id);
       if (request !== undefined && (recoverable || !this.#durable)) {
         // Acknowledged with the request: written in its batch before the response (a 503 if that fails).
+        // A task that starts before the response cannot wait for the batch: its write goes out now.
         request.unsaved(run);
-        if (key !== undefined && effectivePhase === 'now') request.writeNow();
+        if (run.awaitingWrite && effectivePhase === 'now') request.writeNow();
       } else {
         this.#persistRuns([run], false).catch((error: unknown) => this.#report(`store write of task ${id}`, error));
       }
@@ -516,12 +516,13 @@ export class TaskManager implements TaskEnqueuer {
       result = await this.store.save(runs.length === 1 ? [runs[0].record] : runs.map((run) => run.record));
     } catch (error) {
       for (const run of runs) {
-        run.awaitingClaim = false;
+        if (!run.awaitingWrite) continue;
+        run.awaitingWrite = false;
         if (acknowledged) {
           // The client gets a 503: the task was never accepted, so it must not run nor be written later.
           run.stored = false;
           run.cancel('cancelled', 'store_unavailable');
-        } else if (run.submitAfterClaim) {
+        } else if (run.submitAfterWrite) {
           // Added outside a request: nobody can be told, so it still runs here (without the store's dedupe).
           this.runner.submit(run);
         }
@@ -529,13 +530,13 @@ export class TaskManager implements TaskEnqueuer {
       throw error;
     }
     for (const run of runs) {
-      if (!run.awaitingClaim) continue;
-      run.awaitingClaim = false;
+      if (!run.awaitingWrite) continue;
+      run.awaitingWrite = false;
       const holder = result?.get(run.id);
       if (holder !== undefined) {
         this.#forgetKey(run.record.idempotencyKey, run.id);
         run.duplicateOf(holder, () => this.#follow(holder, run.record));
-      } else if (run.submitAfterClaim) {
+      } else if (run.submitAfterWrite) {
         this.runner.submit(run);
       }
     }

@@ -108,9 +108,10 @@ export class Runner {
   /** Queue a task for its next attempt; it starts as soon as a slot is free and nothing ranks before it. */
   submit(run: TaskRun): void {
     if (run.isFinal) return;
-    // Its idempotency key is being claimed in a shared store: it starts (or is dropped) once that is known.
-    if (run.awaitingClaim) {
-      run.submitAfterClaim = true;
+    // Its record is still being written (and its idempotency key claimed): it starts, or is dropped as a
+    // duplicate or an unacknowledged task, once the write has settled.
+    if (run.awaitingWrite) {
+      run.submitAfterWrite = true;
       return;
     }
     if (this.#running.size < this.#deps.concurrency && this.#queue.size === 0) this.#start(run);

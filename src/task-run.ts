@@ -36,9 +36,12 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   stored = true;
   /** Its record is in a durable store and it is registered: shutdown may hand it back, another process resume it. */
   recoverable = false;
-  /** Its idempotency key is being claimed in a shared store: the runner holds it until the claim is known. */
-  awaitingClaim = false;
-  submitAfterClaim = false;
+  /**
+   * Its record is being written to a durable store: the runner holds it until the write is committed (a
+   * durable task never runs before it is stored, and its idempotency key is claimed by that write).
+   */
+  awaitingWrite = false;
+  submitAfterWrite = false;
   #signals: HandleSignals | undefined;
 
   constructor(

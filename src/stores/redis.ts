@@ -1,8 +1,340 @@
+import { createHash } from 'node:crypto';
+import { Redis, type RedisOptions } from 'ioredis';
+import { DEFAULT_LEASE_MS } from '../durable.js';
 import { TaskflowError } from '../errors.js';
+import type { SaveResult, StoreLease, TaskFilter, TaskRecord, TaskStore } from '../types.js';
+import { compileFilter, matchesFilter } from './filter.js';
+import { GroupCommit, type WriteBatch } from './group-commit.js';
+import { parseRecord, retentionCutoff, serialiseRecord, validateRetentionDays } from './records.js';
 
-/** Placeholder until the durable-store work lands: importing works, constructing says what to use instead. */
-export class RedisStore {
-  constructor(_connection?: unknown, _options?: { prefix?: string }) {
-    throw new TaskflowError('RedisStore is not implemented yet in this version of koa-taskflow; use the default MemoryStore for now');
+/** How to reach Redis: a URL (the store makes and closes its own client) or a client you own. */
+export type RedisConnection = ({ url: string } & RedisOptions) | { client: Redis };
+
+export interface RedisStoreOptions {
+  /** Prefix of every key. Default `taskflow`. Instances sharing work must use the same prefix. */
+  prefix?: string;
+  /** Days finished records (and their idempotency keys) are kept. Default 7. */
+  retentionDays?: number;
+}
+
+// Keys (all under the prefix `p`):
+//   p:t:<id>        hash: status, owner (unfinished only), record (JSON)
+//   p:created       zset of every id by createdAt; p:s:<status>, p:n:<name>, p:g:<len>:<key>=<value> the same per filter
+//   p:ended         zset of finished ids by endedAt (retention)
+//   p:k:<key>       the id holding an idempotency key;  p:a:<id>  alias of an id that lost a claim (expires)
+//   p:o:<owner>     an owner's lease (expires unless renewed); p:owners  set of owners; p:u:<owner> their unfinished ids
+//                   (p:u: with no owner: work handed back at shutdown)
+// Every write is one Lua script: Redis runs it atomically, so claims of keys and orphans never interleave.
+
+const SAVE = `
+local p, me, lease, aliasTtl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if me ~= '' then
+  redis.call('SET', p .. ':o:' .. me, '1', 'PX', lease)
+  redis.call('SADD', p .. ':owners', me)
+end
+local dups = {}
+local i = 5
+while i <= #ARGV do
+  local id, status, created, ended, name, ikey, tags, released, json =
+    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
+  i = i + 9
+  local tk = p .. ':t:' .. id
+  local prev = redis.call('HMGET', tk, 'status', 'owner')
+  local prevStatus, prevOwner = prev[1], prev[2]
+  local skip = false
+  if not prevStatus then
+    if ikey ~= '' then
+      local kk = p .. ':k:' .. ikey
+      local holder = redis.call('GET', kk)
+      if holder and holder ~= id then
+        local held = redis.call('HGET', p .. ':t:' .. holder, 'status')
+        if held and held ~= 'failed' then
+          redis.call('SET', p .. ':a:' .. id, holder, 'PX', aliasTtl)
+          dups[#dups + 1] = id
+          dups[#dups + 1] = holder
+          skip = true
+        end
+      end
+      if not skip then redis.call('SET', kk, id) end
+    end
+    if not skip then
+      redis.call('ZADD', p .. ':created', created, id)
+      redis.call('ZADD', p .. ':n:' .. name, created, id)
+      for k, v in pairs(cjson.decode(tags)) do
+        redis.call('ZADD', p .. ':g:' .. string.len(k) .. ':' .. k .. '=' .. v, created, id)
+      end
+    end
+  end
+  if not skip then
+    if prevStatus ~= status then
+      if prevStatus then redis.call('ZREM', p .. ':s:' .. prevStatus, id) end
+      redis.call('ZADD', p .. ':s:' .. status, created, id)
+    end
+    if status == 'pending' or status == 'running' then
+      local owner = me
+      if released == '1' then owner = '' end
+      if prevOwner ~= owner then
+        if prevOwner then redis.call('SREM', p .. ':u:' .. prevOwner, id) end
+        redis.call('SADD', p .. ':u:' .. owner, id)
+      end
+      redis.call('HSET', tk, 'status', status, 'owner', owner, 'record', json)
+    else
+      if prevOwner then
+        redis.call('SREM', p .. ':u:' .. prevOwner, id)
+        redis.call('HDEL', tk, 'owner')
+      end
+      redis.call('HSET', tk, 'status', status, 'record', json)
+      if ended ~= '' then redis.call('ZADD', p .. ':ended', ended, id) end
+    end
+  end
+end
+return dups
+`;
+
+const CLAIM_KEY = `
+local p, key, id = ARGV[1], ARGV[2], ARGV[3]
+local kk = p .. ':k:' .. key
+local holder = redis.call('GET', kk)
+if holder and holder ~= id then
+  local held = redis.call('HGET', p .. ':t:' .. holder, 'status')
+  if held and held ~= 'failed' then return holder end
+end
+redis.call('SET', kk, id)
+return false
+`;
+
+const CLAIM_ORPHANS = `
+local p, me, lease = ARGV[1], ARGV[2], ARGV[3]
+redis.call('SET', p .. ':o:' .. me, '1', 'PX', lease)
+redis.call('SADD', p .. ':owners', me)
+local claimed = {}
+local owners = redis.call('SMEMBERS', p .. ':owners')
+owners[#owners + 1] = ''
+for _, owner in ipairs(owners) do
+  if owner == '' or (owner ~= me and redis.call('EXISTS', p .. ':o:' .. owner) == 0) then
+    local set = p .. ':u:' .. owner
+    for _, id in ipairs(redis.call('SMEMBERS', set)) do
+      local tk = p .. ':t:' .. id
+      local status = redis.call('HGET', tk, 'status')
+      if status == 'pending' or status == 'running' then
+        redis.call('HSET', tk, 'owner', me)
+        redis.call('SADD', p .. ':u:' .. me, id)
+        claimed[#claimed + 1] = redis.call('HGET', tk, 'record')
+      end
+    end
+    redis.call('DEL', set)
+    if owner ~= '' then redis.call('SREM', p .. ':owners', owner) end
+  end
+end
+return claimed
+`;
+
+const GET = `
+local p, id = ARGV[1], ARGV[2]
+local record = redis.call('HGET', p .. ':t:' .. id, 'record')
+if record then return record end
+local holder = redis.call('GET', p .. ':a:' .. id)
+if holder then return redis.call('HGET', p .. ':t:' .. holder, 'record') end
+return false
+`;
+
+const CLEANUP = `
+local p, cutoff = ARGV[1], ARGV[2]
+local ids = redis.call('ZRANGEBYSCORE', p .. ':ended', '-inf', cutoff, 'LIMIT', 0, 500)
+for _, id in ipairs(ids) do
+  local tk = p .. ':t:' .. id
+  local json = redis.call('HGET', tk, 'record')
+  if json then
+    local r = cjson.decode(json)
+    redis.call('ZREM', p .. ':created', id)
+    redis.call('ZREM', p .. ':s:' .. r.status, id)
+    redis.call('ZREM', p .. ':n:' .. r.name, id)
+    if type(r.tags) == 'table' then
+      for k, v in pairs(r.tags) do redis.call('ZREM', p .. ':g:' .. string.len(k) .. ':' .. k .. '=' .. v, id) end
+    end
+    if type(r.idempotencyKey) == 'string' and redis.call('GET', p .. ':k:' .. r.idempotencyKey) == id then
+      redis.call('DEL', p .. ':k:' .. r.idempotencyKey)
+    end
+    redis.call('DEL', tk)
+  end
+  redis.call('ZREM', p .. ':ended', id)
+end
+return #ids
+`;
+
+class Script {
+  readonly sha: string;
+  constructor(readonly source: string) {
+    this.sha = createHash('sha1').update(source).digest('hex');
   }
+}
+
+const scripts = {
+  save: new Script(SAVE),
+  claimKey: new Script(CLAIM_KEY),
+  claimOrphans: new Script(CLAIM_ORPHANS),
+  get: new Script(GET),
+  cleanup: new Script(CLEANUP),
+};
+
+const CLEANUP_EVERY_MS = 60_000;
+const DAY_MS = 86_400_000;
+
+/**
+ * A durable store shared by many instances through one Redis (not Redis Cluster). Records are JSON in a
+ * hash per task, with sorted sets by creation time per status, name and tag for `list()`; idempotency
+ * claims and orphan claims are Lua scripts, atomic across instances. Writes are group-committed: one
+ * script call per event-loop turn.
+ */
+export class RedisStore implements TaskStore {
+  readonly durable = true;
+  readonly prefix: string;
+  readonly retentionDays: number;
+  readonly client: Redis;
+  readonly #ownsClient: boolean;
+  readonly #commit = new GroupCommit((batch) => this.#write(batch));
+  #ownerId = '';
+  #leaseMs = DEFAULT_LEASE_MS;
+  #cleanedAt = -Infinity;
+  #closed: Promise<void> | undefined;
+
+  constructor(connection: RedisConnection, options: RedisStoreOptions = {}) {
+    const where = 'RedisStore';
+    if (connection === null || typeof connection !== 'object') throw new TypeError(`${where}: the first argument must be { url } or { client }`);
+    if (options === null || typeof options !== 'object') throw new TypeError(`${where}: options must be an object`);
+    const { prefix = 'taskflow' } = options;
+    if (typeof prefix !== 'string' || prefix === '') throw new TypeError(`${where}: option "prefix" must be a non-empty string, got ${JSON.stringify(prefix)}`);
+    this.prefix = prefix;
+    this.retentionDays = validateRetentionDays(where, options.retentionDays);
+    if ('client' in connection) {
+      if (connection.client === null || typeof connection.client !== 'object' || typeof connection.client.evalsha !== 'function') {
+        throw new TypeError(`${where}: option "client" must be an ioredis client`);
+      }
+      this.client = connection.client;
+      this.#ownsClient = false;
+    } else {
+      const { url, ...redisOptions } = connection;
+      if (typeof url !== 'string' || url === '') throw new TypeError(`${where}: option "url" must be a redis:// URL, got ${JSON.stringify(url)}`);
+      // Fail commands fast while Redis is unreachable (a request is answered 503 rather than hanging),
+      // and keep reconnecting in the background.
+      this.client = new Redis(url, {
+        maxRetriesPerRequest: 1,
+        connectTimeout: 5_000,
+        retryStrategy: (times) => Math.min(times * 200, 2_000),
+        ...redisOptions,
+      });
+      this.#ownsClient = true;
+      // Connection errors surface as failed commands (reported by the TaskManager); an 'error' event
+      // with no listener would only add noise on stderr.
+      this.client.on('error', () => {});
+    }
+  }
+
+  attach(lease: StoreLease): void {
+    this.#ownerId = lease.ownerId;
+    this.#leaseMs = lease.leaseMs;
+  }
+
+  save(records: TaskRecord[]): Promise<SaveResult> {
+    if (this.#closed !== undefined) return Promise.reject(new TaskflowError('RedisStore: the store is closed'));
+    return this.#commit.add(records);
+  }
+
+  release(records: TaskRecord[]): Promise<void> {
+    return this.#commit.add(records, true).then(() => undefined);
+  }
+
+  async get(id: string): Promise<TaskRecord | undefined> {
+    const json = (await this.#run(scripts.get, [this.prefix, id])) as string | null;
+    return json ? parseRecord(json) : undefined;
+  }
+
+  async list(filter?: TaskFilter): Promise<TaskRecord[]> {
+    const f = compileFilter(filter);
+    if (f.limit === 0) return [];
+    const p = this.prefix;
+    // Walk the most selective sorted set newest first; whatever it does not decide is checked per record.
+    let index = `${p}:created`;
+    if (f.statuses?.size === 1) index = `${p}:s:${[...f.statuses][0]}`;
+    else if (f.name !== undefined) index = `${p}:n:${f.name}`;
+    else if (f.tags.length > 0) index = tagKey(p, f.tags[0][0], f.tags[0][1]);
+    const min = f.since ?? '-inf';
+    const chunk = Math.min(Math.max(f.limit === Infinity ? 500 : f.limit * 2, 50), 1_000);
+    const out: TaskRecord[] = [];
+    for (let offset = 0; out.length < f.limit; offset += chunk) {
+      const ids = await this.client.zrevrangebyscore(index, '+inf', min, 'LIMIT', offset, chunk);
+      if (ids.length === 0) break;
+      const pipeline = this.client.pipeline();
+      for (const id of ids) pipeline.hget(`${p}:t:${id}`, 'record');
+      const results = (await pipeline.exec()) ?? [];
+      for (const [error, json] of results) {
+        if (error !== null || typeof json !== 'string') continue;
+        const record = parseRecord(json);
+        if (matchesFilter(record, f)) out.push(record);
+        if (out.length === f.limit) break;
+      }
+      if (ids.length < chunk) break;
+    }
+    return out;
+  }
+
+  async claimKey(key: string, id: string): Promise<string | undefined> {
+    return ((await this.#run(scripts.claimKey, [this.prefix, key, id])) as string | null) ?? undefined;
+  }
+
+  async claimOrphans(ownerId: string, leaseMs: number): Promise<TaskRecord[]> {
+    await this.#commit.flush();
+    const claimed = (await this.#run(scripts.claimOrphans, [this.prefix, ownerId, leaseMs])) as string[];
+    const now = Date.now();
+    if (now - this.#cleanedAt >= CLEANUP_EVERY_MS) {
+      this.#cleanedAt = now;
+      await this.#run(scripts.cleanup, [this.prefix, retentionCutoff(now, this.retentionDays)]);
+    }
+    return claimed.map(parseRecord);
+  }
+
+  async renewLease(): Promise<void> {
+    if (this.#ownerId === '' || this.#closed !== undefined) return;
+    await this.client.set(`${this.prefix}:o:${this.#ownerId}`, '1', 'PX', this.#leaseMs);
+  }
+
+  /** Writes what is queued, gives up this process's lease (its unfinished tasks become claimable at once), closes its own client. */
+  close(): Promise<void> {
+    this.#closed ??= (async () => {
+      try {
+        await this.#commit.flush();
+        if (this.#ownerId !== '' && this.client.status === 'ready') await this.client.del(`${this.prefix}:o:${this.#ownerId}`);
+      } finally {
+        if (this.#ownsClient) await this.client.quit().catch(() => this.client.disconnect());
+      }
+    })();
+    return this.#closed;
+  }
+
+  async #write({ records, released }: WriteBatch): Promise<SaveResult> {
+    const args: (string | number)[] = [this.prefix, this.#ownerId, this.#leaseMs, this.retentionDays * DAY_MS];
+    for (const r of records) {
+      args.push(r.id, r.status, r.createdAt, r.endedAt ?? '', r.name, r.idempotencyKey ?? '', JSON.stringify(r.tags), released.has(r.id) ? '1' : '0', serialiseRecord(r));
+    }
+    const dups = (await this.#run(scripts.save, args)) as string[];
+    if (dups.length === 0) return undefined;
+    const map = new Map<string, string>();
+    for (let i = 0; i < dups.length; i += 2) map.set(dups[i], dups[i + 1]);
+    return map;
+  }
+
+  async #run(script: Script, args: (string | number)[]): Promise<unknown> {
+    try {
+      return await this.client.evalsha(script.sha, 0, ...args);
+    } catch (error) {
+      // First use on this server (or after SCRIPT FLUSH): send the source once; Redis caches it by sha.
+      if (error instanceof Error && error.message.startsWith('NOSCRIPT')) return this.client.eval(script.source, 0, ...args);
+      throw error;
+    }
+  }
+}
+
+/** The tag index key; the key's length (in UTF-8 bytes, as Lua's string.len counts) keeps `a=b=c` unambiguous. */
+function tagKey(prefix: string, key: string, value: string): string {
+  return `${prefix}:g:${Buffer.byteLength(key)}:${key}=${value}`;
 }
