@@ -1,12 +1,11 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { TaskflowError, type TaskManager, type TaskRecord } from 'koa-taskflow';
+import { TaskflowError, type TaskRecord } from 'koa-taskflow';
 import { RedisStore } from 'koa-taskflow/redis';
-import type Koa from 'koa';
-import { countBy, readTaskLog, startDurableApp } from './helpers/durable-app.js';
+import { countBy, expectOneExecutionAcrossInstances, readTaskLog, startDurableApp } from './helpers/durable-app.js';
 import { tempDir } from './helpers/files.js';
 import { startRedisServer, type RedisServer } from './helpers/redis.js';
-import { createManager, deferred, onCleanup, startApp, waitFor } from './helpers/server.js';
+import { createManager, deferred, listen, mountApp, onCleanup, startApp, waitFor } from './helpers/server.js';
 
 function openStore(redis: RedisServer, prefix = 'test'): RedisStore {
   const store = new RedisStore({ url: redis.url }, { prefix });
@@ -89,34 +88,7 @@ describe('RedisStore', () => {
 describe('many instances on one Redis', () => {
   it('100 concurrent adds with one idempotency key across two TaskManagers: exactly one execution', async () => {
     const redis = await startRedisServer();
-    let runs = 0;
-    const gate = deferred();
-    const setup = (app: Koa, m: TaskManager) => {
-      const charge = m.task(async function charge(order: number) {
-        runs++;
-        await gate.promise;
-        return order;
-      });
-      app.use(async (ctx) => {
-        ctx.body = { id: ctx.tasks.with({ idempotencyKey: 'order-42' }).addTask(charge, 42) };
-      });
-    };
-    const one = await startApp(setup, { store: openStore(redis) });
-    const two = await startApp(setup, { store: openStore(redis) });
-    const ids = await Promise.all(
-      Array.from({ length: 100 }, async (_, i) => {
-        const response = await fetch(i % 2 ? one.url : two.url);
-        expect(response.status).toBe(200);
-        return ((await response.json()) as { id: string }).id;
-      }),
-    );
-    await waitFor(() => runs === 1, 5_000, 'the task to start');
-    gate.resolve();
-    await Promise.all([one.manager.drain(), two.manager.drain()]);
-    expect(runs).toBe(1);
-    const records = await Promise.all(ids.map((id) => two.manager.get(id)));
-    expect(new Set(records.map((r) => r?.id)).size).toBe(1);
-    expect(records[0]?.status).toBe('success');
+    await expectOneExecutionAcrossInstances([openStore(redis), openStore(redis)], 100);
   });
 
   it('when an instance is killed, the survivor claims its tasks once the lease expires and runs them', async () => {
@@ -143,25 +115,6 @@ describe('many instances on one Redis', () => {
   });
 });
 
-/** Serve `manager.middleware()` + `route` on a loopback port without calling start() (it may fail). */
-async function serve(manager: TaskManager, route: Koa.Middleware): Promise<string> {
-  const { default: KoaApp } = await import('koa');
-  const app = new KoaApp();
-  app.silent = true;
-  app.use(manager.middleware());
-  app.use(route);
-  const server = app.listen(0, '127.0.0.1');
-  await new Promise<void>((resolve) => server.once('listening', resolve));
-  onCleanup(
-    () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  );
-  return `http://127.0.0.1:${(server.address() as { port: number }).port}`;
-}
-
 describe('Redis unavailable', () => {
   it('down at start: start() rejects with a clear error, requests get 503, and start() again resumes left-behind work', async () => {
     const redis = await startRedisServer();
@@ -184,9 +137,13 @@ describe('Redis unavailable', () => {
     }, { requeueOnInterrupt: true });
     await expect(manager.start()).rejects.toThrow(TaskflowError);
     await expect(manager.start()).rejects.toThrow(/start: the task store is unreachable \(.+\); nothing was resumed/);
-    const url = await serve(manager, (ctx) => {
-      ctx.body = { id: ctx.tasks.addTask(work, Number(ctx.query.n)) };
-    });
+    const { url } = await listen(
+      mountApp(manager, (app) =>
+        app.use((ctx) => {
+          ctx.body = { id: ctx.tasks.addTask(work, Number(ctx.query.n)) };
+        }),
+      ),
+    );
     expect((await fetch(`${url}/?n=2`)).status).toBe(503);
 
     await redis.start();

@@ -4,6 +4,7 @@ import { DatabaseSync } from 'node:sqlite';
 import { describe, expect, it } from 'vitest';
 import { getTaskContext, TaskflowError, type TaskRecord } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
+import { expectOneExecutionAcrossInstances } from './helpers/durable-app.js';
 import { tempDir } from './helpers/files.js';
 import { createManager, deferred, onCleanup, startApp, waitFor } from './helpers/server.js';
 
@@ -180,31 +181,7 @@ describe('persist checks at enqueue', () => {
 describe('idempotency keys in a SQLite file', () => {
   it('one task for 30 concurrent requests with one key, across two managers on the same file', async () => {
     const path = join(tempDir(), 'tasks.db');
-    let runs = 0;
-    const gate = deferred();
-    const setup = (app: import('koa'), m: import('koa-taskflow').TaskManager) => {
-      const charge = m.task(async function charge(order: number) {
-        runs++;
-        await gate.promise;
-        return order;
-      });
-      app.use(async (ctx) => {
-        ctx.body = { id: ctx.tasks.with({ idempotencyKey: 'order-7' }).addTask(charge, 7) };
-      });
-    };
-    const one = await startApp(setup, { store: openStore(path) });
-    const two = await startApp(setup, { store: openStore(path) });
-    const ids = await Promise.all(
-      Array.from({ length: 30 }, async (_, i) => ((await (await fetch(i % 2 ? one.url : two.url)).json()) as { id: string }).id),
-    );
-    await waitFor(() => runs === 1, 5_000, 'the task to start');
-    gate.resolve();
-    await Promise.all([one.manager.drain(), two.manager.drain()]);
-    expect(runs).toBe(1);
-    // Every id handed out leads to the one task that ran.
-    const records = await Promise.all(ids.map((id) => one.manager.get(id)));
-    expect(new Set(records.map((r) => r?.id)).size).toBe(1);
-    expect(records[0]?.status).toBe('success');
+    await expectOneExecutionAcrossInstances([openStore(path), openStore(path)], 30);
   });
 
   it('a handle taken for a duplicate follows the task that holds the key', async () => {

@@ -1,10 +1,9 @@
 import { createHash } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
-import { DEFAULT_LEASE_MS } from '../durable.js';
-import { TaskflowError } from '../errors.js';
-import type { SaveResult, StoreLease, TaskFilter, TaskRecord, TaskStore } from '../types.js';
+import type { SaveResult, TaskFilter, TaskRecord, TaskStore } from '../types.js';
 import { compileFilter, matchesFilter } from './filter.js';
-import { GroupCommit, type WriteBatch } from './group-commit.js';
+import { GroupCommittedStore } from './durable-store.js';
+import type { WriteBatch } from './group-commit.js';
 import { parseRecord, retentionCutoff, serialiseRecord, validateRetentionDays } from './records.js';
 
 /** How to reach Redis: a URL (the store makes and closes its own client) or a client you own. */
@@ -186,19 +185,15 @@ const DAY_MS = 86_400_000;
  * claims and orphan claims are Lua scripts, atomic across instances. Writes are group-committed: one
  * script call per event-loop turn.
  */
-export class RedisStore implements TaskStore {
-  readonly durable = true;
+export class RedisStore extends GroupCommittedStore implements TaskStore {
   readonly prefix: string;
   readonly retentionDays: number;
   readonly client: Redis;
   readonly #ownsClient: boolean;
-  readonly #commit = new GroupCommit((batch) => this.#write(batch));
-  #ownerId = '';
-  #leaseMs = DEFAULT_LEASE_MS;
   #cleanedAt = -Infinity;
-  #closed: Promise<void> | undefined;
 
   constructor(connection: RedisConnection, options: RedisStoreOptions = {}) {
+    super();
     const where = 'RedisStore';
     if (connection === null || typeof connection !== 'object') throw new TypeError(`${where}: the first argument must be { url } or { client }`);
     if (options === null || typeof options !== 'object') throw new TypeError(`${where}: options must be an object`);
@@ -228,20 +223,6 @@ export class RedisStore implements TaskStore {
       // with no listener would only add noise on stderr.
       this.client.on('error', () => {});
     }
-  }
-
-  attach(lease: StoreLease): void {
-    this.#ownerId = lease.ownerId;
-    this.#leaseMs = lease.leaseMs;
-  }
-
-  save(records: TaskRecord[]): Promise<SaveResult> {
-    if (this.#closed !== undefined) return Promise.reject(new TaskflowError('RedisStore: the store is closed'));
-    return this.#commit.add(records);
-  }
-
-  release(records: TaskRecord[]): Promise<void> {
-    return this.#commit.add(records, true).then(() => undefined);
   }
 
   async get(id: string): Promise<TaskRecord | undefined> {
@@ -283,7 +264,7 @@ export class RedisStore implements TaskStore {
   }
 
   async claimOrphans(ownerId: string, leaseMs: number): Promise<TaskRecord[]> {
-    await this.#commit.flush();
+    await this.commit.flush();
     const claimed = (await this.#run(scripts.claimOrphans, [this.prefix, ownerId, leaseMs])) as string[];
     const now = Date.now();
     if (now - this.#cleanedAt >= CLEANUP_EVERY_MS) {
@@ -294,25 +275,25 @@ export class RedisStore implements TaskStore {
   }
 
   async renewLease(): Promise<void> {
-    if (this.#ownerId === '' || this.#closed !== undefined) return;
-    await this.client.set(`${this.prefix}:o:${this.#ownerId}`, '1', 'PX', this.#leaseMs);
+    if (this.ownerId === '' || this.closed !== undefined) return;
+    await this.client.set(`${this.prefix}:o:${this.ownerId}`, '1', 'PX', this.leaseMs);
   }
 
   /** Writes what is queued, gives up this process's lease (its unfinished tasks become claimable at once), closes its own client. */
   close(): Promise<void> {
-    this.#closed ??= (async () => {
+    this.closed ??= (async () => {
       try {
-        await this.#commit.flush();
-        if (this.#ownerId !== '' && this.client.status === 'ready') await this.client.del(`${this.prefix}:o:${this.#ownerId}`);
+        await this.commit.flush();
+        if (this.ownerId !== '' && this.client.status === 'ready') await this.client.del(`${this.prefix}:o:${this.ownerId}`);
       } finally {
         if (this.#ownsClient) await this.client.quit().catch(() => this.client.disconnect());
       }
     })();
-    return this.#closed;
+    return this.closed;
   }
 
-  async #write({ records, released }: WriteBatch): Promise<SaveResult> {
-    const args: (string | number)[] = [this.prefix, this.#ownerId, this.#leaseMs, this.retentionDays * DAY_MS];
+  protected async write({ records, released }: WriteBatch): Promise<SaveResult> {
+    const args: (string | number)[] = [this.prefix, this.ownerId, this.leaseMs, this.retentionDays * DAY_MS];
     for (const r of records) {
       args.push(r.id, r.status, r.createdAt, r.endedAt ?? '', r.name, r.idempotencyKey ?? '', JSON.stringify(r.tags), released.has(r.id) ? '1' : '0', serialiseRecord(r));
     }

@@ -1,9 +1,9 @@
 import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
-import { DEFAULT_LEASE_MS } from '../durable.js';
 import { TaskflowError } from '../errors.js';
-import type { SaveResult, StoreLease, TaskFilter, TaskRecord, TaskStore } from '../types.js';
+import type { SaveResult, TaskFilter, TaskRecord, TaskStore } from '../types.js';
 import { compileFilter } from './filter.js';
-import { GroupCommit, type WriteBatch } from './group-commit.js';
+import { GroupCommittedStore } from './durable-store.js';
+import type { WriteBatch } from './group-commit.js';
 import { parseRecord, serialiseRecord, retentionCutoff, validateRetentionDays } from './records.js';
 
 export interface SqliteStoreOptions {
@@ -62,24 +62,20 @@ const CLEANUP_EVERY_MS = 60_000;
  * writes of one event-loop turn share one transaction (group commit); records are JSON with the columns
  * that filters and recovery need beside them, indexed.
  */
-export class SqliteStore implements TaskStore {
-  readonly durable = true;
+export class SqliteStore extends GroupCommittedStore implements TaskStore {
   readonly path: string;
   readonly retentionDays: number;
   /** The `synchronous` level the connection runs with, as read back from SQLite. */
   readonly synchronous: 'NORMAL' | 'FULL';
   readonly #db: DatabaseSync;
-  readonly #commit = new GroupCommit((batch) => this.#write(batch));
   readonly #statements = new Map<string, StatementSync>();
   // Ids of unfinished tasks whose tags are stored: tags never change, so they are written once.
   readonly #tagged = new Set<string>();
-  #ownerId: string | undefined;
-  #leaseMs = DEFAULT_LEASE_MS;
   #leaseRenewedAt = -Infinity;
   #cleanedAt = -Infinity;
-  #closed: Promise<void> | undefined;
 
   constructor(options: SqliteStoreOptions) {
+    super();
     const where = 'SqliteStore';
     if (options === null || typeof options !== 'object') throw new TypeError(`${where}: options must be an object with a "path"`);
     const { path, synchronous = 'NORMAL', busyTimeoutMs = 5_000 } = options;
@@ -112,20 +108,6 @@ export class SqliteStore implements TaskStore {
     }
     this.#db = db;
     this.#cleanup(Date.now());
-  }
-
-  attach(lease: StoreLease): void {
-    this.#ownerId = lease.ownerId;
-    this.#leaseMs = lease.leaseMs;
-  }
-
-  save(records: TaskRecord[]): Promise<SaveResult> {
-    if (this.#closed !== undefined) return Promise.reject(new TaskflowError('SqliteStore: the store is closed'));
-    return this.#commit.add(records);
-  }
-
-  release(records: TaskRecord[]): Promise<void> {
-    return this.#commit.add(records, true).then(() => undefined);
   }
 
   async get(id: string): Promise<TaskRecord | undefined> {
@@ -174,7 +156,7 @@ export class SqliteStore implements TaskStore {
   }
 
   async claimOrphans(ownerId: string, leaseMs: number): Promise<TaskRecord[]> {
-    await this.#commit.flush();
+    await this.commit.flush();
     const now = Date.now();
     const rows = this.#transaction(() => {
       this.#renew(ownerId, now + leaseMs);
@@ -186,30 +168,30 @@ export class SqliteStore implements TaskStore {
            RETURNING record`,
       ).all(ownerId) as { record: string }[];
     });
-    if (ownerId === this.#ownerId) this.#leaseRenewedAt = now;
+    if (ownerId === this.ownerId) this.#leaseRenewedAt = now;
     if (now - this.#cleanedAt >= CLEANUP_EVERY_MS) this.#cleanup(now);
     return rows.map((row) => parseRecord(row.record));
   }
 
   async renewLease(): Promise<void> {
-    if (this.#ownerId === undefined || this.#closed !== undefined) return;
+    if (this.ownerId === '' || this.closed !== undefined) return;
     const now = Date.now();
-    this.#renew(this.#ownerId, now + this.#leaseMs);
+    this.#renew(this.ownerId, now + this.leaseMs);
     this.#leaseRenewedAt = now;
   }
 
   /** Writes what is queued, gives up this process's lease (its unfinished tasks become claimable at once), closes the file. */
   close(): Promise<void> {
-    this.#closed ??= (async () => {
-      await this.#commit.flush();
-      if (this.#ownerId !== undefined) this.#statement('DELETE FROM taskflow_owners WHERE id = ?').run(this.#ownerId);
+    this.closed ??= (async () => {
+      await this.commit.flush();
+      if (this.ownerId !== '') this.#statement('DELETE FROM taskflow_owners WHERE id = ?').run(this.ownerId);
       this.#statements.clear();
       this.#db.close();
     })();
-    return this.#closed;
+    return this.closed;
   }
 
-  #write({ records, released }: WriteBatch): SaveResult {
+  protected write({ records, released }: WriteBatch): SaveResult {
     let duplicates: Map<string, string> | undefined;
     const now = Date.now();
     const upsert = this.#statement(
@@ -221,8 +203,8 @@ export class SqliteStore implements TaskStore {
     const insertAlias = this.#statement('INSERT OR REPLACE INTO taskflow_aliases (id, task_id, created_at) VALUES (?, ?, ?)');
     this.#transaction(() => {
       // The owner's lease travels with its writes, so tasks are covered from their first write on.
-      if (this.#ownerId !== undefined && now - this.#leaseRenewedAt >= this.#leaseMs / 3) {
-        this.#renew(this.#ownerId, now + this.#leaseMs);
+      if (this.ownerId !== '' && now - this.#leaseRenewedAt >= this.leaseMs / 3) {
+        this.#renew(this.ownerId, now + this.leaseMs);
         this.#leaseRenewedAt = now;
       }
       for (const record of records) {
@@ -236,7 +218,7 @@ export class SqliteStore implements TaskStore {
           }
         }
         const unfinished = record.status === 'pending' || record.status === 'running';
-        const owner = unfinished && !released.has(record.id) ? (this.#ownerId ?? null) : null;
+        const owner = unfinished && !released.has(record.id) ? (this.ownerId || null) : null;
         upsert.run(record.id, record.name, record.status, record.createdAt, record.endedAt ?? null, owner, key ?? null, serialiseRecord(record));
         if (!this.#tagged.has(record.id)) {
           for (const tag in record.tags) insertTag.run(record.id, tag, record.tags[tag]);

@@ -1,6 +1,10 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import type Koa from 'koa';
+import { expect } from 'vitest';
+import type { TaskManager, TaskStore } from 'koa-taskflow';
 import { startNode, type Child } from './child.js';
+import { deferred, startApp, waitFor } from './server.js';
 
 const script = fileURLToPath(new URL('../fixtures/durable-app.js', import.meta.url));
 
@@ -44,4 +48,43 @@ export function countBy(path: string, event: string): Map<string, number> {
   const counts = new Map<string, number>();
   for (const entry of readTaskLog(path)) if (entry.event === event) counts.set(entry.id, (counts.get(entry.id) ?? 0) + 1);
   return counts;
+}
+
+/**
+ * Two TaskManagers on `stores` (sharing one database), `count` concurrent requests split between them,
+ * each adding the same task with one idempotency key (held until every request has been answered):
+ * every request is acknowledged, the task runs once, and every id handed out leads to it.
+ */
+export async function expectOneExecutionAcrossInstances(stores: [TaskStore, TaskStore], count: number): Promise<void> {
+  let runs = 0;
+  const gate = deferred();
+  const setup = (app: Koa, m: TaskManager) => {
+    const charge = m.task(async function charge(order: number) {
+      runs++;
+      await gate.promise;
+      return order;
+    });
+    app.use(async (ctx) => {
+      ctx.body = { id: ctx.tasks.with({ idempotencyKey: 'order-42' }).addTask(charge, 42) };
+    });
+  };
+  const one = await startApp(setup, { store: stores[0] });
+  const two = await startApp(setup, { store: stores[1] });
+  const statuses: number[] = [];
+  const ids = await Promise.all(
+    Array.from({ length: count }, async (_, i) => {
+      const response = await fetch(i % 2 ? one.url : two.url);
+      statuses.push(response.status);
+      return ((await response.json()) as { id: string }).id;
+    }),
+  );
+  await waitFor(() => runs > 0, 5_000, 'the task to start');
+  gate.resolve();
+  await Promise.all([one.manager.drain(), two.manager.drain()]);
+  const resolved = await Promise.all(ids.map((id) => two.manager.get(id)));
+  expect(runs).toBe(1);
+  expect(new Set(statuses)).toEqual(new Set([200]));
+  // Every id handed out leads to the one task that ran.
+  expect(new Set(resolved.map((r) => r?.id)).size).toBe(1);
+  expect(resolved[0]?.status).toBe('success');
 }

@@ -37,11 +37,22 @@ export function createManager(options?: TaskManagerOptions): TaskManager {
  */
 export async function startApp(setup: (app: Koa, manager: TaskManager) => void, options?: TaskManagerOptions | TaskManager): Promise<Harness> {
   const manager = options instanceof TaskManager ? options : createManager(options);
+  const app = mountApp(manager, setup);
+  await manager.start();
+  return { manager, app, ...(await listen(app)) };
+}
+
+/** A Koa app with the manager's middleware mounted first and `setup`'s routes; `manager.start()` is not called. */
+export function mountApp(manager: TaskManager, setup: (app: Koa, manager: TaskManager) => void): Koa {
   const app = new Koa();
   app.silent = true;
   app.use(manager.middleware());
   setup(app, manager);
-  await manager.start();
+  return app;
+}
+
+/** Serve `app` on a loopback port; closed after the test. */
+export async function listen(app: Koa): Promise<{ server: Server; url: string }> {
   const server = app.listen(0, '127.0.0.1');
   await new Promise<void>((resolve) => server.once('listening', resolve));
   onCleanup(
@@ -52,7 +63,7 @@ export async function startApp(setup: (app: Koa, manager: TaskManager) => void, 
       }),
   );
   const { port } = server.address() as AddressInfo;
-  return { manager, app, server, url: `http://127.0.0.1:${port}` };
+  return { server, url: `http://127.0.0.1:${port}` };
 }
 
 /** A promise with its resolve exposed: lets a test hold a task until it decides. */

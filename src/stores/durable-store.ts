@@ -1,0 +1,31 @@
+import { DEFAULT_LEASE_MS } from '../durable.js';
+import { TaskflowError } from '../errors.js';
+import type { SaveResult, StoreLease, TaskRecord } from '../types.js';
+import { GroupCommit, type WriteBatch } from './group-commit.js';
+
+/** What SqliteStore and RedisStore share: the owner they write for, and group-committed writes. */
+export abstract class GroupCommittedStore {
+  readonly durable = true;
+  protected readonly commit = new GroupCommit((batch) => this.write(batch));
+  /** The TaskManager owning the unfinished records this store writes ('' until attached). */
+  protected ownerId = '';
+  protected leaseMs = DEFAULT_LEASE_MS;
+  protected closed: Promise<void> | undefined;
+
+  attach(lease: StoreLease): void {
+    this.ownerId = lease.ownerId;
+    this.leaseMs = lease.leaseMs;
+  }
+
+  save(records: TaskRecord[]): Promise<SaveResult> {
+    if (this.closed !== undefined) return Promise.reject(new TaskflowError(`${this.constructor.name}: the store is closed`));
+    return this.commit.add(records);
+  }
+
+  release(records: TaskRecord[]): Promise<void> {
+    return this.commit.add(records, true).then(() => undefined);
+  }
+
+  /** Write one group commit's records (unfinished ones owned by `ownerId`, `released` ones by nobody). */
+  protected abstract write(batch: WriteBatch): SaveResult | Promise<SaveResult>;
+}
