@@ -1,4 +1,5 @@
 export { TaskManager, TaskAdder, type TaskManagerOptions } from './manager.js';
+export type { AdminOptions, AdminAuth, AdminMiddleware } from './admin/index.js';
 export { TaskScheduler, TaskBatch, type TaskHandle, type TaskPhase } from './scheduler.js';
 export { getTaskContext, taskLog } from './context.js';
 export type { TaskOptions, ResolvedTaskOptions } from './options.js';

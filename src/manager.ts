@@ -10,6 +10,7 @@ import { spanEventObserver } from './observers/span-events.js';
 import { mergeOptions, optionError, resolveOptions, validateTaskOptions, type ResolvedTaskOptions, type TaskOptions } from './options.js';
 import { TaskTelemetry } from './otel.js';
 import { assertPersistable, DEFAULT_LEASE_MS, persistedOptions } from './durable.js';
+import { createAdmin, type AdminMiddleware, type AdminOptions } from './admin/index.js';
 import { createRedactor, type RedactOption } from './redact.js';
 import { Runner } from './runner.js';
 import { enqueueForId, RequestTasks, TaskScheduler, withOptions, type TaskEnqueuer, type TaskHandle, type TaskPhase } from './scheduler.js';
@@ -420,6 +421,14 @@ export class TaskManager implements TaskEnqueuer {
 
   async metrics(): Promise<TaskMetrics> {
     return computeMetrics(await this.store.list());
+  }
+
+  /**
+   * Koa middleware serving the admin API, the live event stream and the dashboard under `prefix`
+   * (default `/tasks`). `auth` is required (see `AdminAuth`); the README's Admin section has the endpoints.
+   */
+  admin(options: AdminOptions): AdminMiddleware {
+    return createAdmin(this, options);
   }
 
   /** @internal Accept a task: the one path every add goes through. Returns the run, or the id holding its idempotency key. */

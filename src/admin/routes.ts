@@ -1,0 +1,234 @@
+import type { Context } from 'koa';
+import { TaskflowError, TaskManagerClosedError, TaskNotFoundError } from '../errors.js';
+import type { TaskManager } from '../manager.js';
+import { TASK_STATUSES, type TaskFilter, type TaskRecord, type TaskStatus } from '../types.js';
+import type { EventFilter } from './events.js';
+import { safeJson } from './events.js';
+
+/** An error whose message is safe to show the client as `{ error }` with this HTTP status. */
+export class AdminHttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly extra?: Record<string, unknown>,
+  ) {
+    super(message);
+  }
+}
+
+export interface ListLimits {
+  defaultLimit: number;
+  maxLimit: number;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const STATUSES = new Set<string>(TASK_STATUSES);
+
+export function sendJson(ctx: Context, status: number, value: unknown): void {
+  ctx.status = status;
+  ctx.type = 'application/json; charset=utf-8';
+  // Task records are live data, and may hold what the app considers private: never cached on the way.
+  ctx.set('Cache-Control', 'no-store');
+  ctx.set('X-Content-Type-Options', 'nosniff');
+  ctx.body = safeJson(value);
+}
+
+export function taskId(raw: string): string {
+  if (!UUID.test(raw)) throw new AdminHttpError(400, `malformed task id ${JSON.stringify(raw.slice(0, 80))}: expected a UUID`);
+  return raw.toLowerCase();
+}
+
+type Query = Record<string, string | string[] | undefined>;
+
+function single(query: Query, key: string): string | undefined {
+  const value = query[key];
+  if (Array.isArray(value)) throw new AdminHttpError(400, `query parameter "${key}" given more than once`);
+  return value;
+}
+
+/** `name` and `tag.<key>=<value>`: the part of a filter the list, retry-failed and the event stream share. */
+function parseSelection(query: Query, allowed: ReadonlySet<string>): EventFilter {
+  const tags: [string, string][] = [];
+  for (const key of Object.keys(query)) {
+    if (key.startsWith('tag.')) {
+      const tag = key.slice(4);
+      if (tag === '') throw new AdminHttpError(400, 'query parameter "tag.": the tag name is missing (use tag.<key>=<value>)');
+      tags.push([tag, single(query, key) ?? '']);
+    } else if (!allowed.has(key)) {
+      throw new AdminHttpError(400, `unknown query parameter "${key.slice(0, 80)}"; known: ${[...allowed, 'tag.<key>'].join(', ')}`);
+    }
+  }
+  const name = single(query, 'name');
+  if (name === '') throw new AdminHttpError(400, 'query parameter "name" is empty');
+  return { name, tags };
+}
+
+function parseLimit(raw: string | undefined, limits: ListLimits): number {
+  if (raw === undefined) return limits.defaultLimit;
+  const limit = /^\d{1,9}$/.test(raw) ? Number(raw) : NaN;
+  if (!(limit >= 1 && limit <= limits.maxLimit)) {
+    throw new AdminHttpError(400, `query parameter "limit" must be an integer from 1 to ${limits.maxLimit}, got ${JSON.stringify(raw.slice(0, 40))}`);
+  }
+  return limit;
+}
+
+const EVENT_KEYS = new Set(['name']);
+export function parseEventQuery(query: Query): EventFilter {
+  return parseSelection(query, EVENT_KEYS);
+}
+
+/** Where the previous page ended: the last record's creation time and id, and how many records came before. */
+interface Cursor {
+  createdAt: number;
+  id: string;
+  offset: number;
+}
+
+function encodeCursor(record: TaskRecord, offset: number): string {
+  return Buffer.from(JSON.stringify([record.createdAt, record.id, offset])).toString('base64url');
+}
+
+function decodeCursor(raw: string): Cursor {
+  try {
+    const [createdAt, id, offset] = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8')) as unknown[];
+    if (typeof createdAt === 'number' && typeof id === 'string' && UUID.test(id) && Number.isInteger(offset) && (offset as number) >= 0) {
+      return { createdAt, id, offset: offset as number };
+    }
+  } catch {
+    // fall through: a cursor we did not make
+  }
+  throw new AdminHttpError(400, 'query parameter "cursor" is not a cursor from a previous page (use "nextCursor" as it was returned)');
+}
+
+const LIST_KEYS = new Set(['status', 'name', 'limit', 'cursor', 'since']);
+
+export interface ListQuery {
+  filter: TaskFilter;
+  limit: number;
+  cursor: Cursor | undefined;
+}
+
+export function parseListQuery(query: Query, limits: ListLimits): ListQuery {
+  const { name, tags } = parseSelection(query, LIST_KEYS);
+  const filter: TaskFilter = {};
+  if (name !== undefined) filter.name = name;
+  if (tags.length > 0) filter.tags = Object.fromEntries(tags);
+  // `status=failed,interrupted` or `status=failed&status=interrupted`.
+  const rawStatus = query.status;
+  if (rawStatus !== undefined) {
+    const statuses = (Array.isArray(rawStatus) ? rawStatus : [rawStatus]).flatMap((s) => s.split(','));
+    for (const status of statuses) {
+      if (!STATUSES.has(status)) throw new AdminHttpError(400, `query parameter "status": unknown status ${JSON.stringify(status.slice(0, 40))}; one of ${TASK_STATUSES.join(', ')}`);
+    }
+    filter.status = statuses as TaskStatus[];
+  }
+  const since = single(query, 'since');
+  if (since !== undefined) {
+    const time = /^\d{1,16}$/.test(since) ? Number(since) : Date.parse(since);
+    if (Number.isNaN(time)) throw new AdminHttpError(400, 'query parameter "since" must be epoch milliseconds or an ISO 8601 date');
+    filter.since = time;
+  }
+  const cursor = single(query, 'cursor');
+  return { filter, limit: parseLimit(single(query, 'limit'), limits), cursor: cursor === undefined ? undefined : decodeCursor(cursor) };
+}
+
+/**
+ * One page of `list`, newest first. Stores only take a `limit`, so a page after a cursor is read from a
+ * window that starts at the newest record: the cursor's own record is found in it by id (records added
+ * since the previous page only push it further down, so pages neither repeat nor skip records), and the
+ * window grows until it holds the whole next page or the store has no more.
+ */
+export async function listPage(manager: TaskManager, query: ListQuery): Promise<{ tasks: TaskRecord[]; nextCursor: string | null }> {
+  const { filter, limit, cursor } = query;
+  let window = (cursor?.offset ?? 0) + limit + 1;
+  for (;;) {
+    const rows = await manager.list({ ...filter, limit: window });
+    const exhausted = rows.length < window;
+    let start = 0;
+    if (cursor !== undefined) {
+      const at = rows.findIndex((r) => r.id === cursor.id);
+      // The cursor's record may have been evicted since: continue with what is older than it.
+      start = at >= 0 ? at + 1 : rows.findIndex((r) => r.createdAt < cursor.createdAt);
+      if (start < 0) start = exhausted ? rows.length : -1;
+    }
+    if (start >= 0 && (exhausted || rows.length > start + limit)) {
+      const tasks = rows.slice(start, start + limit);
+      const more = rows.length > start + limit;
+      return { tasks, nextCursor: more ? encodeCursor(tasks[tasks.length - 1], start + tasks.length) : null };
+    }
+    window *= 2;
+  }
+}
+
+/**
+ * Retries go through here so a double-click or two admins at once do not create two retries of one task:
+ * a failed task that already has a retry is refused with 409, naming the retry.
+ */
+export class Retrier {
+  readonly #inFlight = new Set<string>();
+
+  constructor(private readonly manager: TaskManager) {}
+
+  async retry(id: string): Promise<string> {
+    if (this.#inFlight.has(id)) throw new AdminHttpError(409, `task ${id} is being retried by another request`);
+    this.#inFlight.add(id);
+    try {
+      const record = await this.manager.get(id);
+      if (record === undefined) throw new AdminHttpError(404, `no task with id ${id}`);
+      const existing = await this.#retriesOf([record]);
+      const retriedAs = existing.get(id);
+      if (retriedAs !== undefined) throw new AdminHttpError(409, `task ${id} was already retried as ${retriedAs}; retry that one if it failed too`, { retriedAs });
+      return await this.manager.retry(id);
+    } catch (error) {
+      throw toHttpError(error);
+    } finally {
+      this.#inFlight.delete(id);
+    }
+  }
+
+  /** Retry every failed task matching `selection` that has no retry yet (at most `limit`). */
+  async retryFailed(query: Query, limits: ListLimits): Promise<{ retried: { id: string; newId: string }[]; errors: { id: string; error: string }[] }> {
+    const { name, tags } = parseSelection(query, new Set(['name', 'limit']));
+    const limit = parseLimit(single(query, 'limit'), { defaultLimit: limits.maxLimit, maxLimit: limits.maxLimit });
+    const failed = await this.manager.list({ status: 'failed', name, tags: Object.fromEntries(tags), limit });
+    const existing = await this.#retriesOf(failed);
+    const retried: { id: string; newId: string }[] = [];
+    const errors: { id: string; error: string }[] = [];
+    // Oldest first: the retries are created in the order the failures happened.
+    for (const record of failed.reverse()) {
+      if (existing.has(record.id) || this.#inFlight.has(record.id)) continue;
+      this.#inFlight.add(record.id);
+      try {
+        retried.push({ id: record.id, newId: await this.manager.retry(record.id) });
+      } catch (error) {
+        const http = toHttpError(error);
+        if (http.status >= 500) throw http;
+        errors.push({ id: record.id, error: http.message });
+      } finally {
+        this.#inFlight.delete(record.id);
+      }
+    }
+    return { retried, errors };
+  }
+
+  /** original id → id of its retry, for the given records (a retry is always created after its original). */
+  async #retriesOf(records: readonly TaskRecord[]): Promise<Map<string, string>> {
+    const found = new Map<string, string>();
+    if (records.length === 0) return found;
+    const wanted = new Set(records.map((r) => r.id));
+    const since = Math.min(...records.map((r) => r.createdAt));
+    for (const r of await this.manager.list({ since })) {
+      if (r.retryOf !== undefined && wanted.has(r.retryOf) && !found.has(r.retryOf)) found.set(r.retryOf, r.id);
+    }
+    return found;
+  }
+}
+
+/** Our own errors carry messages written for the user; anything else is rethrown (answered as a bare 500). */
+function toHttpError(error: unknown): AdminHttpError {
+  if (error instanceof AdminHttpError) return error;
+  if (error instanceof TaskNotFoundError) return new AdminHttpError(404, error.message);
+  if (error instanceof TaskManagerClosedError) return new AdminHttpError(503, error.message);
+  if (error instanceof TaskflowError) return new AdminHttpError(409, error.message);
+  throw error;
+}
