@@ -71,6 +71,9 @@ th { font-size:12px; color:var(--muted); font-weight:500; background:#fafbfc; }
 #detail dl { display:grid; grid-template-columns:max-content 1fr; gap:4px 14px; margin:0; }
 #detail dt { color:var(--muted); } #detail dd { margin:0; word-break:break-all; }
 pre { background:#f3f4f7; border-radius:6px; padding:8px 10px; overflow:auto; max-height:260px; margin:0; font-size:12px; }
+#detail pre { white-space:pre-wrap; overflow-wrap:anywhere; }
+#detail table { table-layout:fixed; }
+#detail table th:nth-child(1) { width:88px; } #detail table th:nth-child(2) { width:64px; } #detail table th:nth-child(3) { width:56px; }
 .error-box { background:var(--failed-bg); color:var(--failed); border-radius:6px; padding:8px 10px; }
 #detail .actions { margin-top:12px; display:flex; gap:8px; }
 a { color:var(--accent); }
@@ -301,6 +304,7 @@ a { color:var(--accent); }
     field(dl, 'started', task.startedAt && fullTime(task.startedAt));
     field(dl, 'ended', task.endedAt && fullTime(task.endedAt));
     field(dl, 'duration', duration(task.durationMs));
+    if (task.status === 'pending' && task.runAt) field(dl, 'next attempt', fullTime(task.runAt));
     field(dl, 'priority', task.priority);
     field(dl, 'idempotency key', task.idempotencyKey);
     field(dl, 'reason', task.reason);

@@ -1,0 +1,135 @@
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { BasicTracerProvider } from '@opentelemetry/sdk-trace-base';
+import { chromium, type Browser } from 'playwright-core';
+import { describe, expect, it } from 'vitest';
+import { getTaskContext, REDACTED, taskLog, type TaskRecord } from 'koa-taskflow';
+import { expectJson, startAdmin } from './helpers/admin.js';
+import { createManager, deferred, onCleanup, waitFor } from './helpers/server.js';
+
+// Debian's chromium (CI installs it: .ci/run SYSTEM_PACKAGES); the machine is offline, so nothing may
+// phone home.
+const CHROMIUM = '/usr/bin/chromium';
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const USER = { username: 'ops', password: 'dashboard-pw' };
+// `DASHBOARD_SCREENSHOT=1 npx vitest run test/admin-dashboard.test.ts` refreshes the README's picture.
+const SCREENSHOT = process.env.DASHBOARD_SCREENSHOT ? fileURLToPath(new URL('../docs/dashboard.png', import.meta.url)) : undefined;
+
+async function launch(): Promise<Browser> {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (bash .ci/run installs it)`);
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
+  onCleanup(() => browser.close());
+  return browser;
+}
+
+describe('admin: the dashboard in a real Chromium', () => {
+  it('loads without console errors, shows tasks added later live, filters by tag, shows a redacted detail with its trace link, retries', async () => {
+    const manager = createManager({ tracerProvider: new BasicTracerProvider(), redact: ['card.number'] });
+    let declines = true;
+    const sendWelcome = manager.task(async function sendWelcome(email: string) {
+      taskLog('rendering template', { template: 'welcome-v2' });
+      taskLog('mail queued', { email, provider: 'smtp' });
+    });
+    const chargeCard = manager.task(async function chargeCard(order: { amount: number; card: { number: string; expiry: string } }) {
+      taskLog('charging card', { amount: order.amount, card: order.card });
+      if (declines) throw new Error('card declined by issuer (code 51)');
+      taskLog('charged', { amount: order.amount });
+    });
+    const hold = deferred();
+    const resizeImage = manager.task(async function resizeImage(_key: string) {
+      taskLog('resizing', { attempt: getTaskContext()!.attempt });
+      await hold.promise;
+    });
+    const syncCrm = manager.task(
+      async function syncCrm(_account: string) {
+        throw new Error('CRM unavailable (503)');
+      },
+      { retries: 2, delay: 60_000 },
+    );
+    onCleanup(() => hold.resolve());
+
+    const { base, url, api } = await startAdmin({ auth: { users: { [USER.username]: USER.password } }, traceUrl: 'http://localhost:16686/trace/{traceId}' }, manager);
+    const asUser = { authorization: `Basic ${Buffer.from(`${USER.username}:${USER.password}`).toString('base64')}` };
+    const acme = manager.with({ tags: { tenant: 'acme' } });
+    const globex = manager.with({ tags: { tenant: 'globex', plan: 'pro' } });
+    acme.add(sendWelcome, 'ana@acme.test');
+    globex.add(sendWelcome, 'bo@globex.test');
+    const failedId = acme.add(chargeCard, { amount: 4200, card: { number: '4111111111111111', expiry: '12/29' } });
+    globex.add(sendWelcome, 'cy@globex.test');
+    acme.add(syncCrm, 'acct-17');
+    globex.add(resizeImage, 'avatars/bo.png');
+    // Not drain(): resizeImage is held and syncCrm waits a minute for its retry.
+    await waitFor(async () => {
+      const metrics = await manager.metrics();
+      return metrics.byStatus.success === 3 && metrics.byStatus.failed === 1 && metrics.byStatus.running === 1 && (await manager.list({ name: 'syncCrm' }))[0]?.attempts === 1;
+    }, 5_000, 'the seeded tasks to settle');
+    const seeded = (await expectJson<{ tasks: TaskRecord[] }>(await api('', { headers: asUser }), 200)).tasks;
+    expect(seeded).toHaveLength(6);
+
+    const browser = await launch();
+    // Without credentials the page is not served (headless Chromium answers the Basic challenge with nothing).
+    const anonymous = await browser.newPage();
+    await expect(anonymous.goto(`${base}/dashboard`)).rejects.toThrow(/ERR_INVALID_AUTH_CREDENTIALS/);
+    await anonymous.close();
+
+    const context = await browser.newContext({ httpCredentials: USER, viewport: { width: 1360, height: 860 } });
+    const page = await context.newPage();
+    const problems: string[] = [];
+    page.on('console', (message) => {
+      if (message.type() === 'error' || message.type() === 'warning') problems.push(`${message.type()}: ${message.text()}`);
+    });
+    page.on('pageerror', (error) => problems.push(`pageerror: ${error.message}`));
+    const response = await page.goto(`${base}/dashboard`);
+    expect(response?.status()).toBe(200);
+    await page.waitForSelector('#conn.live');
+    await page.waitForFunction((n) => document.querySelectorAll('#tasks tbody tr[data-id]').length === n, seeded.length);
+    expect(await page.textContent('#count-failed')).toBe('1');
+    expect(await page.textContent('#count-running')).toBe('1');
+
+    // Live: a task added after the page opened appears, and reaches success, without a reload.
+    const lateId = manager.with({ tags: { tenant: 'initech' } }).add(sendWelcome, 'late@initech.test');
+    await page.waitForSelector(`#tasks tr[data-id="${lateId}"][data-status="success"]`);
+    await page.waitForFunction(() => document.querySelector('#count-success')?.textContent === '4');
+
+    // Filter by tag: only globex rows remain.
+    await page.fill('#f-tag', 'tenant=globex');
+    const globexIds = seeded.filter((t) => t.tags.tenant === 'globex').map((t) => t.id);
+    await page.waitForFunction(
+      (ids) => {
+        const rows = [...document.querySelectorAll<HTMLElement>('#tasks tbody tr[data-id]')].map((r) => r.dataset.id);
+        return rows.length === ids.length && ids.every((id) => rows.includes(id));
+      },
+      globexIds,
+    );
+    expect(await page.locator(`#tasks tr[data-id="${lateId}"]`).count()).toBe(0);
+    await page.fill('#f-tag', '');
+    await page.waitForSelector(`#tasks tr[data-id="${failedId}"]`);
+
+    // Detail of the failed task: error, logs, redacted args, link to its trace.
+    await page.click(`#tasks tr[data-id="${failedId}"]`);
+    await page.waitForSelector(`#detail[data-id="${failedId}"]`);
+    const detail = (await page.textContent('#detail')) ?? '';
+    expect(detail).toContain('card declined by issuer (code 51)');
+    expect(detail).toContain('charging card');
+    expect(detail).toContain(REDACTED);
+    expect(detail).toContain('12/29');
+    expect(detail).not.toContain('4111111111111111');
+    const failed = await expectJson<TaskRecord>(await api(`/${failedId}`, { headers: asUser }), 200);
+    expect(failed.traceId).toMatch(/^[0-9a-f]{32}$/);
+    expect(await page.getAttribute('#detail a[target="_blank"]', 'href')).toBe(`http://localhost:16686/trace/${failed.traceId}`);
+    if (SCREENSHOT) await page.screenshot({ path: SCREENSHOT, fullPage: true });
+
+    // Retry from the page: a new task, which now succeeds, is selected.
+    declines = false;
+    await page.click('#retry');
+    await page.waitForFunction((id) => {
+      const shown = document.querySelector<HTMLElement>('#detail')?.dataset.id;
+      return shown !== undefined && shown !== id && document.querySelector('#detail .badge')?.textContent === 'success';
+    }, failedId);
+    const retryId = await page.getAttribute('#detail', 'data-id');
+    expect(await expectJson<TaskRecord>(await api(`/${retryId}`, { headers: asUser }), 200)).toMatchObject({ status: 'success', retryOf: failedId });
+
+    expect(problems).toEqual([]);
+    expect(new URL(page.url()).origin).toBe(url);
+  });
+});
