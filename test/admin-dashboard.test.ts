@@ -96,7 +96,7 @@ describe('admin: the dashboard in a real Chromium', () => {
     const globexIds = seeded.filter((t) => t.tags.tenant === 'globex').map((t) => t.id);
     await page.waitForFunction(
       (ids) => {
-        const rows = [...document.querySelectorAll<HTMLElement>('#tasks tbody tr[data-id]')].map((r) => r.dataset.id);
+        const rows = Array.from(document.querySelectorAll<HTMLElement>('#tasks tbody tr[data-id]'), (r) => r.dataset.id);
         return rows.length === ids.length && ids.every((id) => rows.includes(id));
       },
       globexIds,

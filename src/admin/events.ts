@@ -63,7 +63,7 @@ export class EventHub {
     if (this.#unsubscribe === undefined) this.#start();
     // The client going away (tab closed, fetch aborted) is seen as the response closing.
     res.once('close', client.close);
-    res.once('error', client.close);
+    res.on('error', client.close);
     ctx.req.socket.setNoDelay(true);
     // We write the response ourselves: given a stream body, Koa would report every client that goes away
     // as an application error (ERR_STREAM_PREMATURE_CLOSE), and leaving is how an event stream ends.

@@ -49,9 +49,12 @@ export async function openSse(url: string, headers: Record<string, string> = {})
   const ended = (async () => {
     if (response.body === null || !response.headers.get('content-type')?.startsWith('text/event-stream')) return;
     const decoder = new TextDecoder();
+    const reader = response.body.getReader();
     try {
-      for await (const chunk of response.body) {
-        const text = decoder.decode(chunk, { stream: true });
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        const text = decoder.decode(value, { stream: true });
         raw += text;
         buffer += text;
         let newline: number;
