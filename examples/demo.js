@@ -2,6 +2,7 @@
 // its own requests. Each request is printed as a tree once its tasks have ended: the request span, then
 // every task attempt span linked to it, with its log events. `--once` exits after the burst.
 // With OTEL_EXPORTER_OTLP_ENDPOINT set, spans are also exported over OTLP/HTTP (e.g. to the compose stack).
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, createWriteStream, readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
@@ -53,7 +54,9 @@ const observer = {
     if (record?.requestSpanId) setImmediate(() => void printRequest(record.requestSpanId));
   },
 };
-const { app, manager } = createSignupApp({ logger, observers: [observer] });
+// The dashboard is behind Basic auth even here: a fresh password per run, printed below.
+const adminPassword = process.env.ADMIN_PASSWORD ?? randomBytes(9).toString('base64url');
+const { app, manager, admin } = createSignupApp({ logger, observers: [observer], adminAuth: { users: { admin: adminPassword } } });
 
 // The request span: what @opentelemetry/instrumentation-http makes for you under `--import koa-taskflow/instrumentation`.
 const handle = app.callback();
@@ -72,6 +75,7 @@ await manager.start();
 await new Promise((resolve) => server.listen(Number(process.env.PORT ?? 0), '127.0.0.1', resolve));
 const url = `http://127.0.0.1:${server.address().port}`;
 console.log(bold(`koa-taskflow demo on ${url}`) + dim(`  (pino lines: ${logPath})`));
+console.log(`dashboard: ${url}/tasks/dashboard  (user admin, password ${adminPassword})`);
 
 async function printRequest(requestSpanId) {
   if (printed.has(requestSpanId)) return;
@@ -136,6 +140,7 @@ const sample = readFileSync(logPath, 'utf8')
 if (sample) console.log(bold('a pino line from a task ') + dim('(same trace_id as its attempt span):\n') + JSON.stringify(sample));
 
 async function stop() {
+  admin.close();
   server.close();
   await manager.shutdown({ timeoutMs: 5_000 });
   await provider.shutdown();

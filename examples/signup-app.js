@@ -3,7 +3,7 @@ import Koa from 'koa';
 import { TaskManager, getTaskContext, taskLog } from 'koa-taskflow';
 
 /** Build the app. `fail` decides which card charges fail (so the demo shows retries). */
-export function createSignupApp({ logger, observers = [], fail = (attempt) => attempt === 1 } = {}) {
+export function createSignupApp({ logger, observers = [], fail = (attempt) => attempt === 1, adminAuth } = {}) {
   const manager = new TaskManager({ logger, observers, concurrency: 4 });
 
   const sendWelcome = manager.task(async function sendWelcome(email) {
@@ -32,6 +32,9 @@ export function createSignupApp({ logger, observers = [], fail = (attempt) => at
   );
 
   const app = new Koa();
+  // The admin API and dashboard under /tasks, when credentials are given.
+  const admin = adminAuth ? manager.admin({ auth: adminAuth, traceUrl: 'http://localhost:16686/trace/{traceId}' }) : undefined;
+  if (admin) app.use(admin);
   app.use(manager.middleware());
   app.use(async (ctx) => {
     if (ctx.path !== '/signup') ctx.throw(404);
@@ -43,7 +46,7 @@ export function createSignupApp({ logger, observers = [], fail = (attempt) => at
     ctx.status = 202;
     ctx.body = { ok: true, tasks: ids };
   });
-  return { app, manager };
+  return { app, manager, admin };
 }
 
 function sleep(ms, signal) {

@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { startNode } from './helpers/child.js';
 
 const run = promisify(execFile);
 
@@ -22,5 +23,21 @@ describe('npm run demo', () => {
     const pinoLine = JSON.parse(stdout.trim().split('\n').at(-1)!) as Record<string, unknown>;
     expect(pinoLine).toMatchObject({ msg: 'welcome mail sent', trace_flags: '01', task: { name: 'sendWelcome', attempt: 1 } });
     expect(pinoLine.trace_id).toMatch(/^[0-9a-f]{32}$/);
+  });
+});
+
+describe('npm run demo (interactive)', () => {
+  it('keeps serving with the dashboard behind the printed credentials, and Ctrl-C shuts it down gracefully', async () => {
+    const demo = startNode('examples/demo.js', [], { NO_COLOR: '1', DEMO_REQUESTS: '2', OTEL_EXPORTER_OTLP_ENDPOINT: '' });
+    const line = await demo.waitForLine(/^dashboard: /);
+    const [, url, password] = /^dashboard: (\S+) {2}\(user admin, password (\S+)\)$/.exec(line)!;
+    await demo.waitForLine(/^serving on /, 20_000);
+    expect((await fetch(url)).status).toBe(401);
+    const page = await fetch(url, { headers: { authorization: `Basic ${Buffer.from(`admin:${password}`).toString('base64')}` } });
+    expect(page.status).toBe(200);
+    expect(await page.text()).toContain('<html');
+    demo.process.kill('SIGINT');
+    expect(await demo.exited).toBe(0);
+    expect(demo.lines.some((l) => l.includes('shutting down'))).toBe(true);
   });
 });
