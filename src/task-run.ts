@@ -292,8 +292,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   }
 
   #emit(status: TaskStatus, previousStatus: TaskStatus | undefined, durationMs: number | undefined): void {
-    if (!this.runner.chain.hasLifecycle) return;
     const record = this.record;
+    if (!this.runner.chain.hasLifecycle || !this.runner.chain.wantsLifecycle(status, status === 'pending' && record.error !== undefined)) return;
     const event: LifecycleEvent = {
       type: 'lifecycle',
       taskId: this.id,

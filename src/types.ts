@@ -147,6 +147,11 @@ export type TaskEvent = LogEvent | LifecycleEvent;
 export interface TaskObserver {
   onLog?(event: LogEvent): void | Promise<void>;
   onLifecycle?(event: LifecycleEvent): void | Promise<void>;
+  /**
+   * Optional hint: return false when `onLifecycle` would ignore an event with this status (`retrying`: a
+   * failed attempt going back to `pending`). When every observer says so, the event is not even built.
+   */
+  wantsLifecycle?(status: TaskStatus, retrying: boolean): boolean;
   startup?(): void | Promise<void>;
   close?(): void | Promise<void>;
 }

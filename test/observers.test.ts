@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { filterObserver, InMemoryObserver, pinoObserver, taskLog, type LifecycleEvent, type LogEvent, type TaskObserver } from 'koa-taskflow';
 import { createManager, startApp, waitFor } from './helpers/server.js';
 
-function capturePino(): { logger: pino.Logger; lines: Record<string, unknown>[] } {
+function capturePino(level = 'trace'): { logger: pino.Logger; lines: Record<string, unknown>[] } {
   const lines: Record<string, unknown>[] = [];
   const stream = new Writable({
     write(chunk: Buffer, _enc, callback) {
@@ -12,7 +12,7 @@ function capturePino(): { logger: pino.Logger; lines: Record<string, unknown>[] 
       callback();
     },
   });
-  return { logger: pino({ level: 'trace' }, stream), lines };
+  return { logger: pino({ level }, stream), lines };
 }
 
 describe('the observer chain', () => {
@@ -66,6 +66,46 @@ describe('the observer chain', () => {
     const reports = lines.filter((l) => String(l.msg).includes('observer'));
     expect(reports.map((l) => l.level)).toEqual([50, 50]);
     expect(reports.map((l) => (l.err as { message: string }).message).sort()).toEqual(['observer rejected', 'observer threw']);
+  });
+
+  it('does not build lifecycle events every observer declines through wantsLifecycle', async () => {
+    const seen: string[] = [];
+    const asked: string[] = [];
+    const manager = createManager({
+      observers: [
+        {
+          wantsLifecycle: (status, retrying) => (asked.push(`${status}${retrying ? ' (retrying)' : ''}`), status !== 'running'),
+          onLifecycle: (e) => void seen.push(e.status),
+        },
+      ],
+    });
+    manager.with({ retries: 1 }).add(() => {
+      if (asked.filter((a) => a === 'running').length === 1) throw new Error('again');
+    });
+    await manager.drain();
+    expect(asked).toEqual(['pending', 'running', 'pending (retrying)', 'running', 'success']);
+    expect(seen).toEqual(['pending', 'pending', 'success']);
+  });
+
+  it('treats a throwing wantsLifecycle as "wants it", reported once', async () => {
+    // At `error` the built-in pino observer declines these statuses, so the user observer's hint is asked.
+    const { logger, lines } = capturePino('error');
+    const seen: string[] = [];
+    const manager = createManager({
+      logger,
+      observers: [
+        {
+          wantsLifecycle: () => {
+            throw new Error('hint broke');
+          },
+          onLifecycle: (e) => void seen.push(e.status),
+        },
+      ],
+    });
+    manager.add(() => {});
+    await manager.drain();
+    expect(seen).toEqual(['pending', 'running', 'success']);
+    expect(lines.filter((l) => String(l.msg).includes('wantsLifecycle'))).toHaveLength(1);
   });
 
   it('subscribe() adds an observer at run time and its removal stops delivery', async () => {

@@ -1,4 +1,4 @@
-import type { LifecycleEvent, LogEvent, TaskObserver } from '../types.js';
+import type { LifecycleEvent, LogEvent, TaskObserver, TaskStatus } from '../types.js';
 
 type Report = (observer: TaskObserver, stage: string, error: unknown) => void;
 
@@ -43,6 +43,20 @@ export class ObserverChain {
 
   emitLog(event: LogEvent): void {
     for (const observer of this.#logObservers) this.#call(observer, 'onLog', () => observer.onLog!(event));
+  }
+
+  /** Whether some observer would use a lifecycle event with this status: callers skip building it otherwise. */
+  wantsLifecycle(status: TaskStatus, retrying: boolean): boolean {
+    for (const observer of this.#lifecycleObservers) {
+      if (typeof observer.wantsLifecycle !== 'function') return true;
+      try {
+        if (observer.wantsLifecycle(status, retrying)) return true;
+      } catch (error) {
+        this.#fail(observer, 'wantsLifecycle', error);
+        return true;
+      }
+    }
+    return false;
   }
 
   emitLifecycle(event: LifecycleEvent): void {

@@ -46,6 +46,10 @@ export function filterObserver(filter: ObserverFilter, inner: TaskObserver): Tas
       if (matchesTask(event.name, event.tags) && (statuses === undefined || statuses.has(event.status))) return inner.onLifecycle!(event);
     };
   }
+  if (inner.onLifecycle) {
+    observer.wantsLifecycle = (status, retrying) =>
+      (statuses === undefined || statuses.has(status)) && (typeof inner.wantsLifecycle !== 'function' || inner.wantsLifecycle(status, retrying));
+  }
   if (inner.startup) observer.startup = () => inner.startup!();
   if (inner.close) observer.close = () => inner.close!();
   return observer;

@@ -37,6 +37,9 @@ export function pinoObserver(logger: TaskLogger): TaskObserver {
       line.tags = event.tags;
       logger[event.level](line, event.message);
     },
+    wantsLifecycle(status: TaskStatus, retrying: boolean): boolean {
+      return enabled(retrying ? 'warn' : LIFECYCLE_LEVEL[status]);
+    },
     onLifecycle(event: LifecycleEvent): void {
       // A failed attempt that will be retried returns to `pending` with its error: worth a warning.
       const level = event.status === 'pending' && event.error ? 'warn' : LIFECYCLE_LEVEL[event.status];
