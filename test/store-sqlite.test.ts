@@ -297,6 +297,21 @@ describe('group commit', () => {
     expect(batches).toEqual([['a:running', 'b:pending'], ['c:pending']]);
   });
 
+  it('holds lazy writes (status changes) for one larger batch; add([]) writes everything queued at once', async () => {
+    const { GroupCommit } = await import('../src/stores/group-commit.js');
+    const batches: string[][] = [];
+    const commit = new GroupCommit(({ records }) => {
+      batches.push(records.map((r) => r.id));
+    });
+    const lazyWritten = commit.add([record('started')], { lazy: true });
+    await commit.add([record('accepted')]);
+    expect(batches).toEqual([['accepted']]);
+    commit.add([record('ended')], { lazy: true });
+    await commit.add([]);
+    await lazyWritten;
+    expect(batches).toEqual([['accepted'], ['started', 'ended']]);
+  });
+
   it('rejects every caller of a failed write, and later turns write again', async () => {
     const { GroupCommit } = await import('../src/stores/group-commit.js');
     let fail = true;

@@ -17,13 +17,18 @@ export abstract class GroupCommittedStore {
     this.leaseMs = lease.leaseMs;
   }
 
+  /**
+   * Acceptances (a `pending` record not yet run: a response may wait for it) are committed at the end of
+   * this event-loop turn; later status changes are batched lazily (see GroupCommit). `save([])` resolves
+   * once everything saved before it is committed.
+   */
   save(records: TaskRecord[]): Promise<SaveResult> {
     if (this.closed !== undefined) return Promise.reject(new TaskflowError(`${this.constructor.name}: the store is closed`));
-    return this.commit.add(records);
+    return this.commit.add(records, { lazy: records.every((r) => r.attempts > 0 || r.status !== 'pending') });
   }
 
   release(records: TaskRecord[]): Promise<void> {
-    return this.commit.add(records, true).then(() => undefined);
+    return this.commit.add(records, { release: true }).then(() => undefined);
   }
 
   /** Write one group commit's records (unfinished ones owned by `ownerId`, `released` ones by nobody). */
