@@ -1,5 +1,5 @@
 import { context, isSpanContextValid, ROOT_CONTEXT, trace, type Span } from '@opentelemetry/api';
-import { attemptStorage, kLog, type ActiveAttempt } from './context.js';
+import { ATTEMPT_KEY, attemptStorage, kLog, kSeq, type ActiveAttempt } from './context.js';
 import { TaskTimeoutError } from './errors.js';
 import type { LogLevel, Tags } from './types.js';
 
@@ -18,7 +18,10 @@ export interface AttemptOwner {
  * One try of a task: its context (what `getTaskContext()` returns), its span, its timeout and its abort.
  * The AbortController is made only when the task reads `signal`, since most tasks never do.
  */
+let attemptsStarted = 0;
+
 export class Attempt implements ActiveAttempt {
+  readonly [kSeq] = ++attemptsStarted;
   readonly id: string;
   readonly name: string;
   readonly tags: Tags;
@@ -97,7 +100,10 @@ export class Attempt implements ActiveAttempt {
     // attempt span in it, whatever the phase, and nothing of the request (its span, baggage,
     // instrumentation state) leaks into work that outlives it.
     if (isSpanContextValid(this.span.spanContext())) {
-      return context.with(trace.setSpan(ROOT_CONTEXT, this.span), () => attemptStorage.run(this, fn, ...args));
+      const attemptContext = trace.setSpan(ROOT_CONTEXT, this.span).setValue(ATTEMPT_KEY, this);
+      // With a working context manager (the SDK's) the OpenTelemetry context alone carries the attempt; a
+      // no-op manager does not even hold it for this call, so our own storage takes over.
+      return context.with(attemptContext, () => (context.active() === attemptContext ? fn(...args) : attemptStorage.run(this, fn, ...args)));
     }
     return attemptStorage.run(this, fn, ...args);
   }

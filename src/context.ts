@@ -1,19 +1,39 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
+import { context, createContextKey } from '@opentelemetry/api';
 import { LOG_LEVELS, type LogLevel, type TaskContext, type TaskLogger } from './types.js';
 
 export const kLog = Symbol('koa-taskflow.log');
+export const kSeq = Symbol('koa-taskflow.seq');
 
 /** The context of a running attempt, plus the hook `taskLog()` writes through. */
 export interface ActiveAttempt extends TaskContext {
+  /** Increases with every attempt started in this process: the later of two candidates is the inner one. */
+  readonly [kSeq]: number;
   [kLog](level: LogLevel, message: string, fields: Record<string, unknown> | undefined): void;
 }
 
-/** One entry per attempt: our context; the OpenTelemetry span rides along as `span`. */
+/**
+ * Where a running attempt is found. An untraced attempt is one entry in our own AsyncLocalStorage. A traced
+ * attempt must make its span active in the OpenTelemetry context anyway, so it rides in that context under
+ * ATTEMPT_KEY instead: one context entry per attempt either way.
+ */
 export const attemptStorage = new AsyncLocalStorage<ActiveAttempt>();
+export const ATTEMPT_KEY = createContextKey('koa-taskflow attempt');
+
+/** The innermost running attempt of the current async context, whichever way it was entered. */
+export function currentAttempt(): ActiveAttempt | undefined {
+  const own = attemptStorage.getStore();
+  const traced = context.active().getValue(ATTEMPT_KEY) as ActiveAttempt | undefined;
+  if (traced === undefined) return own;
+  // An attempt started inside another's async context (a task adding a task, the next task starting where
+  // the previous ended) inherits the outer one in the other carrier: the later-started is the current.
+  if (own === undefined || traced[kSeq] > own[kSeq]) return traced;
+  return own;
+}
 
 /** The current task's context; `undefined` outside a task. Survives awaits, timers and nested calls. */
 export function getTaskContext(): TaskContext | undefined {
-  return attemptStorage.getStore();
+  return currentAttempt();
 }
 
 let fallbackLogger: TaskLogger | undefined;
@@ -48,7 +68,7 @@ export function splitLevel(fields: Record<string, unknown> | undefined): [LogLev
 export function taskLog(message: string, fields?: Record<string, unknown> & { level?: LogLevel }): void {
   try {
     const text = typeof message === 'string' ? message : String(message);
-    const attempt = attemptStorage.getStore();
+    const attempt = currentAttempt();
     if (attempt !== undefined) {
       const [level, rest] = splitLevel(fields);
       attempt[kLog](level, text, rest);

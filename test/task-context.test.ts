@@ -125,3 +125,49 @@ describe('taskLog()', () => {
     spy.mockRestore();
   });
 });
+
+describe('getTaskContext() with tracing on', () => {
+  it('finds the right task when traced and untraced tasks start inside each other', async () => {
+    const { AsyncLocalStorageContextManager } = await import('@opentelemetry/context-async-hooks');
+    const { BasicTracerProvider } = await import('@opentelemetry/sdk-trace-base');
+    const { context } = await import('@opentelemetry/api');
+    const contextManager = new AsyncLocalStorageContextManager().enable();
+    context.setGlobalContextManager(contextManager);
+    try {
+      const traced = createManager({ tracerProvider: new BasicTracerProvider() });
+      const untraced = createManager();
+      const seen: Record<string, (string | undefined)[]> = {};
+      const note = (label: string) => (seen[label] ??= []).push(getTaskContext()?.name);
+      const inner = async (label: string) => {
+        note(label);
+        await new Promise((r) => setTimeout(r, 1));
+        note(label);
+      };
+      traced.add(async function outerTraced() {
+        note('outerTraced');
+        untraced.add(async function innerUntraced() {
+          await inner('innerUntraced');
+        });
+        await new Promise((r) => setTimeout(r, 5));
+        note('outerTraced');
+      });
+      untraced.add(async function outerUntraced() {
+        traced.add(async function innerTraced() {
+          await inner('innerTraced');
+        });
+        await new Promise((r) => setTimeout(r, 5));
+        note('outerUntraced');
+      });
+      await Promise.all([traced.drain(), untraced.drain()]);
+      await Promise.all([traced.drain(), untraced.drain()]);
+      expect(seen).toEqual({
+        outerTraced: ['outerTraced', 'outerTraced'],
+        innerUntraced: ['innerUntraced', 'innerUntraced'],
+        innerTraced: ['innerTraced', 'innerTraced'],
+        outerUntraced: ['outerUntraced'],
+      });
+    } finally {
+      context.disable();
+    }
+  });
+});

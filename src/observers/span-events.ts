@@ -1,5 +1,5 @@
 import type { AttributeValue, Attributes } from '@opentelemetry/api';
-import { attemptStorage } from '../context.js';
+import { currentAttempt } from '../context.js';
 import { ATTR_LOG_LEVEL, ATTR_LOG_MESSAGE, EVENT_TASK_LOG } from '../otel.js';
 import type { LogEvent, TaskObserver } from '../types.js';
 
@@ -41,8 +41,8 @@ export function fieldsToAttributes(fields: Record<string, unknown>, into: Attrib
 export function spanEventObserver(): TaskObserver {
   return {
     onLog(event: LogEvent): void {
-      const attempt = attemptStorage.getStore();
-      // Called synchronously from taskLog(), so the store is the logging attempt; the id check guards
+      const attempt = currentAttempt();
+      // Called synchronously from taskLog(), so this is the logging attempt; the id check guards
       // against an observer chain a user invokes by hand elsewhere.
       if (attempt === undefined || attempt.id !== event.taskId || !attempt.span.isRecording()) return;
       const attributes = fieldsToAttributes(event.fields, { [ATTR_LOG_MESSAGE]: event.message, [ATTR_LOG_LEVEL]: event.level });
