@@ -1,16 +1,15 @@
 // One server of the durable-store benchmark: `node bench/durable-server.js <variant> [redisPort]`, prints
 // `ready <port>`. `GET /__stats` waits until every task has run and its record is written, then answers with
 // the process's CPU time so far, so each request is charged with all the work it caused.
-import { createServer } from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Koa from 'koa';
+import { serveBenchApp } from './lib.js';
 
 const variant = process.argv[2];
 const redisPort = Number(process.argv[3] ?? 0);
 let ran = 0;
-let served = 0;
 let drain = async () => {};
 let close = async () => {};
 const app = new Koa();
@@ -52,19 +51,7 @@ app.use((ctx) => {
   ctx.body = 'ok';
 });
 
-const handle = app.callback();
-const server = createServer(async (req, res) => {
-  if (req.url === '/__stats') {
-    await drain();
-    const cpu = process.cpuUsage();
-    res.end(JSON.stringify({ cpuMicros: cpu.user + cpu.system, ran, served }));
-    return;
-  }
-  served++;
-  handle(req, res);
-});
-server.keepAliveTimeout = 60_000;
-server.listen(0, '127.0.0.1', () => console.log(`ready ${server.address().port}`));
+const server = serveBenchApp(app, () => drain(), () => ({ ran }));
 process.on('SIGTERM', async () => {
   server.closeAllConnections();
   await close();

@@ -6,7 +6,7 @@
 import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import autocannon from 'autocannon';
-import { fmt, median, startRedis, startServer } from './lib.js';
+import { fmt, interleavedRounds, median, startRedis, startServer } from './lib.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const SECONDS = Number(process.env.SECONDS ?? 4);
@@ -47,16 +47,11 @@ async function measure(variant, redisPort) {
 const redis = await startRedis();
 const variants = VARIANTS.filter((v) => !v.needsRedis || redis);
 if (!redis) console.log('redis-server not found: the Redis variant is skipped');
-const samples = new Map(variants.map((v) => [v.name, []]));
+let samples;
 try {
-  for (let round = 0; round < ROUNDS; round++) {
-    const order = variants.map((_, i) => variants[(i + round) % variants.length]);
-    for (const variant of order) {
-      const sample = await measure(variant, redis?.port);
-      samples.get(variant.name).push(sample);
-      console.log(`round ${round + 1}/${ROUNDS} ${variant.name.padEnd(12)} ${fmt(sample.rps, 0).padStart(7)} req/s  ${fmt(sample.cpuPerRequest)} µs CPU/req  p99 ${sample.p99} ms${sample.allTasksRan ? '' : '  TASKS MISSING'}${sample.errors ? `  ${sample.errors} errors` : ''}`);
-    }
-  }
+  samples = await interleavedRounds(variants, ROUNDS, (variant) => measure(variant, redis?.port), (line, sample) =>
+    console.log(`${line}${sample.allTasksRan ? '' : '  TASKS MISSING'}${sample.errors ? `  ${sample.errors} errors` : ''}`),
+  );
 } finally {
   await redis?.stop();
 }

@@ -3,7 +3,7 @@
 // background work the request caused* (process.cpuUsage() of the server before/after, read after draining).
 // Capacity ratio = baseline CPU per request ÷ variant CPU per request (≥ 1 means as cheap or cheaper).
 import autocannon from 'autocannon';
-import { fmt, median, startRedis, startServer } from './lib.js';
+import { fmt, interleavedRounds, median, startRedis, startServer } from './lib.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const SECONDS = Number(process.env.SECONDS ?? 4);
@@ -54,17 +54,9 @@ export async function runHttpBench(log = console.log) {
   const redis = await startRedis();
   const variants = VARIANTS.filter((v) => !v.needsRedis || redis);
   if (!redis) log('redis-server not found: BullMQ variant skipped');
-  const samples = new Map(variants.map((v) => [v.name, []]));
+  let samples;
   try {
-    for (let round = 0; round < ROUNDS; round++) {
-      // Rotate the order each round so no variant always runs first (or last) on a warming machine.
-      const order = variants.map((_, i) => variants[(i + round) % variants.length]);
-      for (const variant of order) {
-        const sample = await measure(variant, redis?.port);
-        samples.get(variant.name).push(sample);
-        log(`round ${round + 1}/${ROUNDS} ${variant.name.padEnd(16)} ${fmt(sample.rps, 0).padStart(7)} req/s  ${fmt(sample.cpuPerRequest)} µs CPU/req  p99 ${sample.p99} ms${sample.allTasksRan ? '' : '  BACKLOG'}`);
-      }
-    }
+    samples = await interleavedRounds(variants, ROUNDS, (variant) => measure(variant, redis?.port), (line, sample) => log(`${line}${sample.allTasksRan ? '' : '  BACKLOG'}`));
   } finally {
     await redis?.stop();
   }

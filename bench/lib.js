@@ -1,6 +1,7 @@
 // Shared pieces of the benchmark scripts: child servers, a throwaway redis-server, medians, formatting.
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -66,3 +67,46 @@ export async function startRedis() {
 }
 
 export const fmt = (value, digits = 1) => (value === undefined || Number.isNaN(value) ? 'n/a' : value.toFixed(digits));
+
+/**
+ * Run `measure(variant)` for every variant, `rounds` times, rotating the order each round so no variant
+ * always runs first (or last) on a warming machine. Returns the samples by variant name.
+ */
+export async function interleavedRounds(variants, rounds, measure, describe) {
+  const samples = new Map(variants.map((v) => [v.name, []]));
+  for (let round = 0; round < rounds; round++) {
+    const order = variants.map((_, i) => variants[(i + round) % variants.length]);
+    for (const variant of order) {
+      const sample = await measure(variant);
+      samples.get(variant.name).push(sample);
+      describe(`round ${round + 1}/${rounds} ${variant.name.padEnd(16)} ${fmt(sample.rps, 0).padStart(7)} req/s  ${fmt(sample.cpuPerRequest)} µs CPU/req  p99 ${sample.p99} ms`, sample);
+    }
+  }
+  return samples;
+}
+
+/**
+ * Serve a benchmark app on a loopback port and print `ready <port>`. `GET /__stats` waits until `drain()`
+ * says the background work is done, then answers with the process's CPU time so far, the requests served
+ * and `extra()`, so the driver can charge every request with the work it caused.
+ */
+export function serveBenchApp(app, drain, extra = () => ({})) {
+  let served = 0;
+  const handle = app.callback();
+  const server = createHttpServer(async (req, res) => {
+    if (req.url === '/__stats') {
+      await drain();
+      // Let setImmediate/after-finish work of the last requests settle before reading the clock.
+      await new Promise((r) => setTimeout(r, 30));
+      await drain();
+      const cpu = process.cpuUsage();
+      res.end(JSON.stringify({ cpuMicros: cpu.user + cpu.system, served, rss: process.memoryUsage().rss, ...extra() }));
+      return;
+    }
+    served++;
+    handle(req, res);
+  });
+  server.keepAliveTimeout = 60_000;
+  server.listen(0, '127.0.0.1', () => console.log(`ready ${server.address().port}`));
+  return server;
+}

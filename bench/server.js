@@ -1,15 +1,14 @@
 // One benchmark server process: `node bench/server.js <variant> [redisPort]`. Prints `ready <port>`.
 // `GET /__stats` waits until the variant's background work has drained, then answers with the process's CPU
 // time so far and how many tasks ran, so the driver can charge every request with the work it caused.
-import { createServer } from 'node:http';
 import Koa from 'koa';
 import pino from 'pino';
 import { ROOT_CONTEXT, SpanKind, context, trace } from '@opentelemetry/api';
+import { serveBenchApp } from './lib.js';
 
 const variant = process.argv[2];
 const redisPort = Number(process.argv[3] ?? 0);
 let ran = 0;
-let served = 0;
 let drain = async () => {};
 const app = new Koa();
 app.silent = true;
@@ -137,20 +136,5 @@ app.use((ctx) => {
   ctx.body = 'ok';
 });
 
-const handle = app.callback();
-const server = createServer(async (req, res) => {
-  if (req.url === '/__stats') {
-    await drain();
-    // Let setImmediate/after-finish work of the last requests settle before reading the clock.
-    await new Promise((r) => setTimeout(r, 30));
-    await drain();
-    const cpu = process.cpuUsage();
-    res.end(JSON.stringify({ cpuMicros: cpu.user + cpu.system, ran, served, rss: process.memoryUsage().rss }));
-    return;
-  }
-  served++;
-  handle(req, res);
-});
-server.keepAliveTimeout = 60_000;
-server.listen(0, '127.0.0.1', () => console.log(`ready ${server.address().port}`));
+serveBenchApp(app, () => drain(), () => ({ ran }));
 process.on('SIGTERM', () => process.exit(0));
