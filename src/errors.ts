@@ -46,6 +46,21 @@ export class TaskNotFoundError extends TaskflowError {
   }
 }
 
+/**
+ * A stored record's args could not be decrypted: no `encryptionKey`, another key, an altered ciphertext,
+ * or an unknown format. The record is not returned (get/list) or not run (recovery); its args stay stored.
+ */
+export class TaskArgsDecryptionError extends TaskflowError {
+  override name = 'TaskArgsDecryptionError';
+  constructor(
+    readonly taskId: string,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(`the args of task ${taskId} ${message}`, options);
+  }
+}
+
 export function toErrorInfo(error: unknown): { type: string; message: string; stack?: string } {
   if (error instanceof Error) {
     return { type: error.name || error.constructor?.name || 'Error', message: error.message, stack: error.stack };

@@ -15,6 +15,7 @@ export {
   TaskCancelledError,
   TaskManagerClosedError,
   TaskNotFoundError,
+  TaskArgsDecryptionError,
 } from './errors.js';
 export { REDACTED } from './redact.js';
 export * as semconv from './otel-names.js';
@@ -37,6 +38,7 @@ export type {
   TaskStore,
   SaveResult,
   StoreLease,
+  ArgsCipher,
   PersistedTaskOptions,
   TaskLogger,
 } from './types.js';

@@ -14,7 +14,9 @@ import { createAdmin, type AdminMiddleware, type AdminOptions } from './admin/in
 import { createRedactor, type RedactOption } from './redact.js';
 import { Runner } from './runner.js';
 import { enqueueForId, RequestTasks, TaskScheduler, withOptions, type TaskEnqueuer, type TaskHandle, type TaskPhase } from './scheduler.js';
+import { AesGcmArgsCipher } from './stores/args-cipher.js';
 import { MemoryStore } from './stores/memory.js';
+import { unreadableArgs } from './stores/records.js';
 import { NO_LOGS, TaskRun } from './task-run.js';
 import { FINAL_STATUSES, type SaveResult, type TaskFilter, type TaskFunction, type TaskLogger, type TaskMetrics, type TaskObserver, type TaskRecord, type TaskStore } from './types.js';
 import { TraceFlags, type SpanContext } from '@opentelemetry/api';
@@ -115,6 +117,9 @@ function validateManagerOptions(options: TaskManagerOptions): void {
       throw optionError(where, 'encryptionKey', 'a 32-byte Buffer/Uint8Array', encryptionKey instanceof Uint8Array ? `${encryptionKey.length} bytes` : encryptionKey, RangeError);
     }
     if (!store?.durable) throw new TypeError(`${where}: option "encryptionKey" protects args at rest and needs a durable store (SqliteStore or RedisStore)`);
+    if (store.encryptsArgs !== true || typeof store.attach !== 'function') {
+      throw new TypeError(`${where}: option "encryptionKey" needs a store that encrypts args (SqliteStore, RedisStore, or a store with "encryptsArgs = true" honouring attach({ argsCipher }))`);
+    }
   }
   validateTaskOptions(`${where}: defaults`, options.defaults);
 }
@@ -161,7 +166,10 @@ export class TaskManager implements TaskEnqueuer {
     this.#requeuePending = options.requeuePending ?? true;
     this.#leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
     this.#orphanCheckMs = options.orphanCheckMs ?? Math.round(this.#leaseMs / 2);
-    if (this.#durable) this.store.attach?.({ ownerId: this.instanceId, leaseMs: this.#leaseMs });
+    if (this.#durable) {
+      const argsCipher = options.encryptionKey === undefined ? undefined : new AesGcmArgsCipher(options.encryptionKey);
+      this.store.attach?.({ ownerId: this.instanceId, leaseMs: this.#leaseMs, argsCipher });
+    }
     const redact = createRedactor(options.redact);
     const builtIn: TaskObserver[] = [spanEventObserver()];
     if (options.logger !== undefined) builtIn.push(pinoObserver(options.logger));
@@ -319,14 +327,17 @@ export class TaskManager implements TaskEnqueuer {
 
   /**
    * Take over a task from the store: run it again from its stored state (attempts, next retry time), or
-   * end it `interrupted` when it had started and is not `requeueOnInterrupt`, or when nothing in this
-   * process is registered under its name.
+   * end it `interrupted` when it had started and is not `requeueOnInterrupt`, when nothing in this
+   * process is registered under its name, or when its args cannot be decrypted here.
    */
   #resume(record: TaskRecord): void {
     const registration = this.#registry.get(record.name);
     let options: ResolvedTaskOptions;
     let fn: TaskFunction;
     let reason: string | undefined;
+    // Args this process cannot decrypt (no or another encryptionKey, altered ciphertext): the task cannot
+    // run here; it ends interrupted with that error, its sealed args kept, and retry(id) runs it once the key is right.
+    const unreadable = unreadableArgs(record);
     if (registration === undefined) {
       options = resolveOptions('recovery', { tags: record.tags }, record.name);
       fn = () => {};
@@ -341,10 +352,14 @@ export class TaskManager implements TaskEnqueuer {
       };
       options = resolveOptions('recovery', mergeOptions(registration.options, overrides), registration.name);
       fn = registration.fn;
-      if (record.status === 'running') {
+      if (record.status === 'running' && unreadable === undefined) {
         if (options.requeueOnInterrupt) record.attempts = Math.max(0, record.attempts - 1);
         else reason = 'crash';
       }
+    }
+    if (unreadable !== undefined) {
+      reason = 'encryption_key';
+      this.#report(`recovering task ${record.id} (ended interrupted; retry(id) once "encryptionKey" is right)`, unreadable);
     }
     record.status = 'pending';
     if (record.logs.length === 0) record.logs = NO_LOGS;
@@ -355,7 +370,7 @@ export class TaskManager implements TaskEnqueuer {
     const run = new TaskRun(this.runner, record, fn, record.args, options, link);
     run.recoverable = registration !== undefined;
     this.runner.accept(run);
-    if (reason !== undefined) return run.cancel('interrupted', reason);
+    if (reason !== undefined) return run.cancel('interrupted', reason, unreadable);
     if (record.idempotencyKey !== undefined) this.#localKeys.set(record.idempotencyKey, record.id);
     this.runner.recordChanged(record);
     const wait = (record.runAt ?? 0) - Date.now();

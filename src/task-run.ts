@@ -229,9 +229,9 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   }
 
   /** End a task that never got to run (or is waiting for a retry) without running it. */
-  cancel(status: 'cancelled' | 'interrupted', reason: string): void {
+  cancel(status: 'cancelled' | 'interrupted', reason: string, cause?: Error): void {
     if (this.#final) return;
-    const error = status === 'cancelled' ? new TaskCancelledError(reason) : new TaskInterruptedError(reason);
+    const error = cause ?? (status === 'cancelled' ? new TaskCancelledError(reason) : new TaskInterruptedError(reason));
     this.#finish(status, error, reason, undefined);
     this.#signals?.rejectStarted(error);
   }

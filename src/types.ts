@@ -181,6 +181,19 @@ export type SaveResult = void | ReadonlyMap<string, string>;
 export interface StoreLease {
   ownerId: string;
   leaseMs: number;
+  /**
+   * Set when the TaskManager has an `encryptionKey`: the store writes every record's args through
+   * `seal` and reads them back through `open` (stores that do so say `encryptsArgs = true`).
+   */
+  argsCipher?: ArgsCipher;
+}
+
+/** AES-256-GCM for a record's args, bound to its task id (see the README, "Encrypting args at rest"). */
+export interface ArgsCipher {
+  /** The args (as JSON) sealed into one string to store in their place: format version, key id, IV, auth tag, ciphertext. */
+  seal(taskId: string, argsJson: string): string;
+  /** The args JSON back; throws a TaskArgsDecryptionError (naming `encryptionKey`) when it cannot be. */
+  open(taskId: string, sealed: string): string;
 }
 
 export interface TaskStore {
@@ -198,6 +211,8 @@ export interface TaskStore {
   close(): Promise<void>;
   /** True when records survive the process (enables `persist` and requeue on start). */
   readonly durable?: boolean;
+  /** True when `attach()` honours `lease.argsCipher` (required by the TaskManager's `encryptionKey`). */
+  readonly encryptsArgs?: boolean;
   /**
    * Durable stores: called once by the TaskManager when it is created. Unfinished records written from
    * then on belong to `lease.ownerId`, whose lease must be renewed (`renewLease`) within `leaseMs` or

@@ -1,20 +1,24 @@
 import { DEFAULT_LEASE_MS } from '../durable.js';
 import { TaskflowError } from '../errors.js';
-import type { SaveResult, StoreLease, TaskRecord } from '../types.js';
+import type { ArgsCipher, SaveResult, StoreLease, TaskRecord } from '../types.js';
 import { GroupCommit, type WriteBatch } from './group-commit.js';
 
 /** What SqliteStore and RedisStore share: the owner they write for, and group-committed writes. */
 export abstract class GroupCommittedStore {
   readonly durable = true;
+  readonly encryptsArgs = true;
   protected readonly commit = new GroupCommit((batch) => this.write(batch));
   /** The TaskManager owning the unfinished records this store writes ('' until attached). */
   protected ownerId = '';
   protected leaseMs = DEFAULT_LEASE_MS;
   protected closed: Promise<void> | undefined;
+  /** Seals args on write and opens them on read when the TaskManager has an `encryptionKey`. */
+  protected argsCipher: ArgsCipher | undefined;
 
   attach(lease: StoreLease): void {
     this.ownerId = lease.ownerId;
     this.leaseMs = lease.leaseMs;
+    this.argsCipher = lease.argsCipher;
   }
 
   /**

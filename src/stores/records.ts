@@ -1,4 +1,6 @@
-import type { TaskRecord } from '../types.js';
+import { TaskArgsDecryptionError } from '../errors.js';
+import type { ArgsCipher, TaskRecord } from '../types.js';
+import { openWithoutKey } from './args-cipher.js';
 
 const DAY_MS = 86_400_000;
 
@@ -18,27 +20,73 @@ export function retentionCutoff(now: number, retentionDays: number): number {
 /**
  * A record as stored. Args were checked at enqueue, but log fields (and the args of `persist: false`
  * tasks) can hold anything: a value JSON cannot write must not fail the whole group commit, so the slow
- * path writes a readable stand-in for it.
+ * path writes a readable stand-in for it. With a `cipher` the args are stored sealed (see args-cipher.ts).
  */
-export function serialiseRecord(record: TaskRecord): string {
+export function serialiseRecord(record: TaskRecord, cipher?: ArgsCipher): string {
+  const sealed = sealedArgs(record, cipher);
+  return toJson(sealed === undefined ? record : { ...record, args: sealed });
+}
+
+function toJson(value: unknown): string {
   try {
-    return JSON.stringify(record);
+    return JSON.stringify(value);
   } catch {
     const seen = new WeakSet<object>();
-    return JSON.stringify(record, (_key, value: unknown) => {
-      if (typeof value === 'bigint') return value.toString();
-      if (value !== null && typeof value === 'object') {
-        if (seen.has(value)) return '[circular]';
-        seen.add(value);
+    return JSON.stringify(value, (_key, inner: unknown) => {
+      if (typeof inner === 'bigint') return inner.toString();
+      if (inner !== null && typeof inner === 'object') {
+        if (seen.has(inner)) return '[circular]';
+        seen.add(inner);
       }
-      return value;
+      return inner;
     });
   }
 }
 
-/** A stored record back as a TaskRecord with every field present (records keep one shape). */
-export function parseRecord(text: string): TaskRecord {
-  const stored = JSON.parse(text) as TaskRecord;
+/**
+ * The sealed form of a record's args, kept per record: a record is written several times (accepted,
+ * running, ended) but its args never change, so they are encrypted once. `readable: false` marks args
+ * that could not be opened: they are written back exactly as they were read, whatever the key.
+ */
+const sealedByRecord = new WeakMap<TaskRecord, { args: unknown[]; sealed: string; cipher: ArgsCipher | undefined; error?: TaskArgsDecryptionError }>();
+
+function sealedArgs(record: TaskRecord, cipher: ArgsCipher | undefined): string | undefined {
+  const known = sealedByRecord.get(record);
+  if (known !== undefined && known.args === record.args && (known.error !== undefined || known.cipher === cipher)) return known.sealed;
+  if (cipher === undefined) return undefined;
+  const sealed = cipher.seal(record.id, toJson(record.args));
+  sealedByRecord.set(record, { args: record.args, sealed, cipher });
+  return sealed;
+}
+
+/**
+ * A stored record back as a TaskRecord. Sealed args are opened with `cipher`; when they cannot be, this
+ * throws a TaskArgsDecryptionError (naming `encryptionKey`), unless `keepUnreadable`: then the record
+ * comes back with no args and the error is answered by `unreadableArgs(record)` (recovery ends such a
+ * task instead of failing every other claim with it).
+ */
+export function parseRecord(text: string, cipher?: ArgsCipher, keepUnreadable = false): TaskRecord {
+  const record = toRecord(JSON.parse(text) as TaskRecord);
+  const stored: unknown = record.args;
+  if (typeof stored !== 'string') return record;
+  try {
+    record.args = JSON.parse(cipher === undefined ? openWithoutKey(record.id, stored) : cipher.open(record.id, stored)) as unknown[];
+    sealedByRecord.set(record, { args: record.args, sealed: stored, cipher });
+  } catch (error) {
+    if (!keepUnreadable || !(error instanceof TaskArgsDecryptionError)) throw error;
+    record.args = [];
+    sealedByRecord.set(record, { args: record.args, sealed: stored, cipher, error });
+  }
+  return record;
+}
+
+/** Why a record read with `keepUnreadable` has no args, if it could not open them. */
+export function unreadableArgs(record: TaskRecord): TaskArgsDecryptionError | undefined {
+  return sealedByRecord.get(record)?.error;
+}
+
+/** Every field present: records keep one shape. */
+function toRecord(stored: TaskRecord): TaskRecord {
   return {
     id: stored.id,
     name: stored.name,

@@ -227,7 +227,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
 
   async get(id: string): Promise<TaskRecord | undefined> {
     const json = (await this.#run(scripts.get, [this.prefix, id])) as string | null;
-    return json ? parseRecord(json) : undefined;
+    return json ? parseRecord(json, this.argsCipher) : undefined;
   }
 
   async list(filter?: TaskFilter): Promise<TaskRecord[]> {
@@ -250,7 +250,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
       const results = (await pipeline.exec()) ?? [];
       for (const [error, json] of results) {
         if (error !== null || typeof json !== 'string') continue;
-        const record = parseRecord(json);
+        const record = parseRecord(json, this.argsCipher);
         if (matchesFilter(record, f)) out.push(record);
         if (out.length === f.limit) break;
       }
@@ -271,7 +271,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
       this.#cleanedAt = now;
       await this.#run(scripts.cleanup, [this.prefix, retentionCutoff(now, this.retentionDays)]);
     }
-    return claimed.map(parseRecord);
+    return claimed.map((json) => parseRecord(json, this.argsCipher, true));
   }
 
   async renewLease(): Promise<void> {
@@ -295,7 +295,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   protected async write({ records, released }: WriteBatch): Promise<SaveResult> {
     const args: (string | number)[] = [this.prefix, this.ownerId, this.leaseMs, this.retentionDays * DAY_MS];
     for (const r of records) {
-      args.push(r.id, r.status, r.createdAt, r.endedAt ?? '', r.name, r.idempotencyKey ?? '', JSON.stringify(r.tags), released.has(r.id) ? '1' : '0', serialiseRecord(r));
+      args.push(r.id, r.status, r.createdAt, r.endedAt ?? '', r.name, r.idempotencyKey ?? '', JSON.stringify(r.tags), released.has(r.id) ? '1' : '0', serialiseRecord(r, this.argsCipher));
     }
     const dups = (await this.#run(scripts.save, args)) as string[];
     if (dups.length === 0) return undefined;

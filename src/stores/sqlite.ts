@@ -111,10 +111,10 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
 
   async get(id: string): Promise<TaskRecord | undefined> {
     const row = this.#statement('SELECT record FROM taskflow_tasks WHERE id = ?').get(id) as { record: string } | undefined;
-    if (row !== undefined) return parseRecord(row.record);
+    if (row !== undefined) return parseRecord(row.record, this.argsCipher);
     // An id that lost an idempotency claim follows the task holding the key.
     const alias = this.#statement('SELECT t.record FROM taskflow_aliases a JOIN taskflow_tasks t ON t.id = a.task_id WHERE a.id = ?').get(id) as { record: string } | undefined;
-    return alias && parseRecord(alias.record);
+    return alias && parseRecord(alias.record, this.argsCipher);
   }
 
   async list(filter?: TaskFilter): Promise<TaskRecord[]> {
@@ -147,7 +147,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
       params.push(f.limit);
     }
     const rows = this.#statement(sql).all(...params) as { record: string }[];
-    return rows.map((row) => parseRecord(row.record));
+    return rows.map((row) => parseRecord(row.record, this.argsCipher));
   }
 
   async claimKey(key: string, id: string): Promise<string | undefined> {
@@ -169,7 +169,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     });
     if (ownerId === this.ownerId) this.#leaseRenewedAt = now;
     if (now - this.#cleanedAt >= CLEANUP_EVERY_MS) this.#cleanup(now);
-    return rows.map((row) => parseRecord(row.record));
+    return rows.map((row) => parseRecord(row.record, this.argsCipher, true));
   }
 
   async renewLease(): Promise<void> {
@@ -218,7 +218,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
         }
         const unfinished = record.status === 'pending' || record.status === 'running';
         const owner = unfinished && !released.has(record.id) ? (this.ownerId || null) : null;
-        upsert.run(record.id, record.name, record.status, record.createdAt, record.endedAt ?? null, owner, key ?? null, serialiseRecord(record));
+        upsert.run(record.id, record.name, record.status, record.createdAt, record.endedAt ?? null, owner, key ?? null, serialiseRecord(record, this.argsCipher));
         if (!this.#tagged.has(record.id)) {
           for (const tag in record.tags) insertTag.run(record.id, tag, record.tags[tag]);
           if (unfinished) this.#tagged.add(record.id);
