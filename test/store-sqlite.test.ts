@@ -132,6 +132,33 @@ describe('SqliteStore', () => {
     expect(await reopened.claimKey('k', 'someone-else')).toBeUndefined();
   });
 
+  it('acceptances go to an append-only log that readers, claims and other processes fold into the indexed table', async () => {
+    const path = join(tempDir(), 'tasks.db');
+    const a = openStore(path);
+    const b = openStore(path);
+    a.attach({ ownerId: 'owner-a', leaseMs: 60_000 });
+    b.attach({ ownerId: 'owner-b', leaseMs: 60_000 });
+    const x = record('x', { tags: { tenant: 'acme' } });
+    await a.save([x]);
+    const db = new DatabaseSync(path, { readOnly: true });
+    onCleanup(() => db.close());
+    const count = (table: string) => (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
+    expect([count('taskflow_log'), count('taskflow_tasks')]).toEqual([1, 0]);
+    // Another process reads: the log is folded (with tags), then a fresh log reuses sequence numbers.
+    expect((await b.list({ tags: { tenant: 'acme' } })).map((r) => r.id)).toEqual(['x']);
+    await b.save([record('y')]);
+    expect(count('taskflow_log')).toBe(1);
+    // a's later write of x must not take y's log row for its own old one.
+    x.status = 'success';
+    x.attempts = 1;
+    x.endedAt = Date.now();
+    await a.save([x]);
+    await a.save([]);
+    expect(await a.get('x')).toMatchObject({ status: 'success' });
+    expect(await a.get('y')).toMatchObject({ status: 'pending' });
+    expect(count('taskflow_log')).toBe(0);
+  });
+
   it('answers 503 and runs nothing when the batch write fails', async () => {
     const path = join(tempDir(), 'tasks.db');
     const store = openStore(path);

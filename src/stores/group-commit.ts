@@ -4,6 +4,8 @@ import type { SaveResult, TaskRecord } from '../types.js';
 export interface WriteBatch {
   records: TaskRecord[];
   released: ReadonlySet<string>;
+  /** Status changes after acceptance (nobody waits for them), as opposed to acceptances a response waits for. */
+  lazy: boolean;
 }
 
 /** How long status changes after acceptance may wait to be written together. */
@@ -14,10 +16,12 @@ class PendingBatch {
   readonly records = new Map<string, TaskRecord>();
   readonly released = new Set<string>();
   readonly promise: Promise<SaveResult>;
+  readonly lazy: boolean;
   settle!: { resolve(result: SaveResult): void; reject(error: unknown): void };
   timer: NodeJS.Immediate | NodeJS.Timeout | undefined;
 
-  constructor() {
+  constructor(lazy: boolean) {
+    this.lazy = lazy;
     this.promise = new Promise<SaveResult>((resolve, reject) => (this.settle = { resolve, reject }));
     // Callers attach their own handlers; this keeps a write nobody awaits from being an unhandled rejection.
     this.promise.catch(() => {});
@@ -72,7 +76,7 @@ export class GroupCommit {
   }
 
   #open(lazy: boolean): PendingBatch {
-    const batch = new PendingBatch();
+    const batch = new PendingBatch(lazy);
     batch.timer = lazy ? setTimeout(() => void this.#flush(this.#take(true)!), LAZY_WRITE_MS) : setImmediate(() => void this.#flush(this.#take(false)!));
     return batch;
   }
@@ -90,7 +94,7 @@ export class GroupCommit {
   async #flush(batch: PendingBatch): Promise<void> {
     let done: Promise<SaveResult> | undefined;
     try {
-      const result = this.write({ records: [...batch.records.values()], released: batch.released });
+      const result = this.write({ records: [...batch.records.values()], released: batch.released, lazy: batch.lazy });
       if (!(result instanceof Promise)) return batch.settle.resolve(result);
       done = result;
       this.#inFlight.add(done);

@@ -23,7 +23,7 @@ export interface SqliteStoreOptions {
 
 /**
  * Each entry migrates the schema from version `index` to `index + 1` (PRAGMA user_version). Append, never
- * edit: a database opened by a newer version is refused instead of being misread.
+ * edit once released: a database opened by a newer version is refused instead of being misread.
  */
 const MIGRATIONS: string[] = [
   `CREATE TABLE taskflow_tasks (
@@ -48,7 +48,17 @@ const MIGRATIONS: string[] = [
    CREATE INDEX taskflow_tags_value ON taskflow_tags (key, value);
    CREATE TABLE taskflow_keys (key TEXT PRIMARY KEY, task_id TEXT NOT NULL) WITHOUT ROWID;
    CREATE TABLE taskflow_aliases (id TEXT PRIMARY KEY, task_id TEXT NOT NULL, created_at INTEGER NOT NULL) WITHOUT ROWID;
-   CREATE TABLE taskflow_owners (id TEXT PRIMARY KEY, lease_until INTEGER NOT NULL) WITHOUT ROWID;`,
+   CREATE TABLE taskflow_owners (id TEXT PRIMARY KEY, lease_until INTEGER NOT NULL) WITHOUT ROWID;
+   CREATE TABLE taskflow_log (
+     seq INTEGER PRIMARY KEY,
+     id TEXT NOT NULL,
+     name TEXT NOT NULL,
+     status TEXT NOT NULL,
+     created_at INTEGER NOT NULL,
+     ended_at INTEGER,
+     owner TEXT,
+     record TEXT NOT NULL
+   );`,
 ];
 
 export const SQLITE_SCHEMA_VERSION = MIGRATIONS.length;
@@ -60,6 +70,13 @@ const CLEANUP_EVERY_MS = 60_000;
  * A durable store in one SQLite file on the built-in `node:sqlite` (no native addon). WAL mode; the
  * writes of one event-loop turn share one transaction (group commit); records are JSON with the columns
  * that filters and recovery need beside them, indexed.
+ *
+ * Acceptances (the writes a response waits for) are appended to `taskflow_log`, a table with no index but
+ * its rowid: a commit then writes one or two pages, where an insert into `taskflow_tasks` dirties a page of
+ * the id index at a random place per record (ids are random UUIDs), each a 4 KiB WAL frame. The log is
+ * folded into `taskflow_tasks` by the next lazy write (within 50 ms, by then usually with the task's end,
+ * so most tasks are indexed once, as finished), and by anything that reads or claims: every transaction
+ * that writes `taskflow_tasks` folds the log first, so a logged row is always newer than the indexed one.
  */
 export class SqliteStore extends GroupCommittedStore implements TaskStore {
   readonly path: string;
@@ -70,6 +87,9 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   readonly #statements = new Map<string, StatementSync>();
   // Ids of unfinished tasks whose tags are stored: tags never change, so they are written once.
   readonly #tagged = new Set<string>();
+  // This process's rows in taskflow_log by task id: a lazy write of the same task deletes its logged row
+  // (the record it writes is newer) instead of indexing the task twice, once pending and once ended.
+  readonly #logged = new Map<string, number | bigint>();
   #leaseRenewedAt = -Infinity;
   #cleanedAt = -Infinity;
 
@@ -110,6 +130,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   }
 
   async get(id: string): Promise<TaskRecord | undefined> {
+    this.#foldLogIfAny();
     const row = this.#statement('SELECT record FROM taskflow_tasks WHERE id = ?').get(id) as { record: string } | undefined;
     if (row !== undefined) return parseRecord(row.record, this.argsCipher);
     // An id that lost an idempotency claim follows the task holding the key.
@@ -120,6 +141,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   async list(filter?: TaskFilter): Promise<TaskRecord[]> {
     const f = compileFilter(filter);
     if (f.limit === 0) return [];
+    this.#foldLogIfAny();
     const where: string[] = [];
     const params: SQLInputValue[] = [];
     if (f.statuses !== undefined) {
@@ -151,13 +173,18 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   }
 
   async claimKey(key: string, id: string): Promise<string | undefined> {
-    return this.#transaction(() => this.#claimKeyIn(key, id));
+    return this.#transaction(() => {
+      this.#foldLog();
+      return this.#claimKeyIn(key, id);
+    });
   }
 
   async claimOrphans(ownerId: string, leaseMs: number): Promise<TaskRecord[]> {
     await this.commit.flush();
     const now = Date.now();
     const rows = this.#transaction(() => {
+      // Acceptances of a process that died before its log was folded are found like any other orphan.
+      this.#foldLog();
       this.#renew(ownerId, now + leaseMs);
       this.#statement('DELETE FROM taskflow_owners WHERE lease_until < ?').run(now);
       // Served by the status index: only unfinished rows are visited, however many finished ones are kept.
@@ -183,6 +210,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   close(): Promise<void> {
     this.closed ??= (async () => {
       await this.commit.flush();
+      this.#foldLogIfAny();
       if (this.ownerId !== '') this.#statement('DELETE FROM taskflow_owners WHERE id = ?').run(this.ownerId);
       this.#statements.clear();
       this.#db.close();
@@ -190,7 +218,9 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     return this.closed;
   }
 
-  protected write({ records, released }: WriteBatch): SaveResult {
+  protected write({ records, released, lazy }: WriteBatch): SaveResult {
+    // An idempotency claim looks up its holder in taskflow_tasks: a batch with keys is indexed at once.
+    if (!lazy && !records.some((r) => r.idempotencyKey !== undefined)) return this.#append(records, released);
     let duplicates: Map<string, string> | undefined;
     const now = Date.now();
     const upsert = this.#statement(
@@ -201,11 +231,16 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     const exists = this.#statement('SELECT 1 AS found FROM taskflow_tasks WHERE id = ?');
     const insertAlias = this.#statement('INSERT OR REPLACE INTO taskflow_aliases (id, task_id, created_at) VALUES (?, ?, ?)');
     this.#transaction(() => {
-      // The owner's lease travels with its writes, so tasks are covered from their first write on.
-      if (this.ownerId !== '' && now - this.#leaseRenewedAt >= this.leaseMs / 3) {
-        this.#renew(this.ownerId, now + this.leaseMs);
-        this.#leaseRenewedAt = now;
+      this.#renewWithWrite(now);
+      if (this.#logged.size > 0) {
+        // The id too: another process folding the log empties it, and seq numbers then start again.
+        const unlog = this.#statement('DELETE FROM taskflow_log WHERE seq = ? AND id = ?');
+        for (const record of records) {
+          const seq = this.#logged.get(record.id);
+          if (seq !== undefined) unlog.run(seq, record.id);
+        }
       }
+      this.#foldLog();
       for (const record of records) {
         const key = record.idempotencyKey;
         if (key !== undefined && exists.get(record.id) === undefined) {
@@ -228,6 +263,52 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
       }
     });
     return duplicates;
+  }
+
+  /** Acceptances: appended to the log in one transaction (see the class comment). */
+  #append(records: TaskRecord[], released: ReadonlySet<string>): SaveResult {
+    const now = Date.now();
+    const append = this.#statement('INSERT INTO taskflow_log (id, name, status, created_at, ended_at, owner, record) VALUES (?, ?, ?, ?, ?, ?, ?)');
+    this.#transaction(() => {
+      this.#renewWithWrite(now);
+      for (const record of records) {
+        const unfinished = record.status === 'pending' || record.status === 'running';
+        const owner = unfinished && !released.has(record.id) ? (this.ownerId || null) : null;
+        const { lastInsertRowid } = append.run(record.id, record.name, record.status, record.createdAt, record.endedAt ?? null, owner, serialiseRecord(record, this.argsCipher));
+        this.#logged.set(record.id, lastInsertRowid);
+      }
+    });
+    return undefined;
+  }
+
+  /**
+   * Inside a transaction: move every logged row (any process's) into taskflow_tasks, in the order they were
+   * written, with their tags.
+   */
+  #foldLog(): void {
+    this.#statement(
+      `INSERT INTO taskflow_tasks (id, name, status, created_at, ended_at, owner, record)
+         SELECT id, name, status, created_at, ended_at, owner, record FROM taskflow_log WHERE true ORDER BY seq
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at, owner = excluded.owner, record = excluded.record`,
+    ).run();
+    this.#statement(
+      "INSERT OR IGNORE INTO taskflow_tags (task_id, key, value) SELECT l.id, t.key, t.value FROM taskflow_log l, json_each(l.record, '$.tags') t",
+    ).run();
+    this.#statement('DELETE FROM taskflow_log').run();
+    this.#logged.clear();
+  }
+
+  /** Readers fold first (a write, so only when there is something to fold): they see what was acknowledged. */
+  #foldLogIfAny(): void {
+    if (this.#statement('SELECT 1 AS found FROM taskflow_log LIMIT 1').get() !== undefined) this.#transaction(() => this.#foldLog());
+  }
+
+  /** Inside a transaction: the owner's lease travels with its writes, so tasks are covered from their first write on. */
+  #renewWithWrite(now: number): void {
+    if (this.ownerId !== '' && now - this.#leaseRenewedAt >= this.leaseMs / 3) {
+      this.#renew(this.ownerId, now + this.leaseMs);
+      this.#leaseRenewedAt = now;
+    }
   }
 
   /** Inside a transaction: the holder's id if `key` is held by another task that has not failed, else take it. */
