@@ -23,6 +23,9 @@ if (variant !== 'bare') {
     const dir = mkdtempSync(join(tmpdir(), 'bench-sqlite-'));
     store = new SqliteStore({ path: join(dir, 'tasks.db'), synchronous: variant === 'sqlite-full' ? 'FULL' : 'NORMAL' });
     close = async () => rmSync(dir, { recursive: true, force: true });
+  } else if (variant === 'null-durable') {
+    // A durable store that writes nothing: the cost of the durable path (write-ahead, batching) without I/O.
+    store = { durable: true, save: async () => undefined, get: async () => undefined, list: async () => [], claimKey: async () => undefined, claimOrphans: async () => [], close: async () => {} };
   } else if (variant === 'redis') {
     const { RedisStore } = await import('koa-taskflow/redis');
     store = new RedisStore({ url: `redis://127.0.0.1:${redisPort}` }, { prefix: `bench-${process.pid}` });

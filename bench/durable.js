@@ -15,6 +15,7 @@ const CONNECTIONS = Number(process.env.CONNECTIONS ?? 10);
 
 const VARIANTS = [
   { name: 'bare', label: 'bare Koa' },
+  { name: 'null-durable', label: 'a durable store that writes nothing (the floor of the durable path), 1 task/request' },
   { name: 'sqlite', label: 'SqliteStore (WAL, synchronous=NORMAL), 1 durable task/request', goal: 0.6 },
   { name: 'sqlite-full', label: 'SqliteStore (WAL, synchronous=FULL), 1 durable task/request' },
   { name: 'redis', label: 'RedisStore (local redis-server), 1 durable task/request', needsRedis: true },
