@@ -15,6 +15,7 @@ import { createRedactor, type RedactOption } from './redact.js';
 import { Runner } from './runner.js';
 import { enqueueForId, RequestTasks, TaskScheduler, withOptions, type TaskEnqueuer, type TaskHandle, type TaskPhase } from './scheduler.js';
 import { AesGcmArgsCipher } from './stores/args-cipher.js';
+import { GroupCommittedStore } from './stores/durable-store.js';
 import { MemoryStore } from './stores/memory.js';
 import { unreadableArgs } from './stores/records.js';
 import { NO_LOGS, TaskRun } from './task-run.js';
@@ -536,15 +537,26 @@ export class TaskManager implements TaskEnqueuer {
 
   async #persistRuns(runs: TaskRun[], acknowledged: boolean): Promise<void> {
     let result: SaveResult;
+    let saved = false;
+    let claimedHere = false;
     try {
       result = await this.store.save(runs.length === 1 ? [runs[0].record] : runs.map((run) => run.record));
+      saved = true;
+      // SqliteStore and RedisStore claim keys inside save(). A store that answers nothing may not (API.md's
+      // save() returns void): its keys are claimed now, after the write (a claim weighs the holder by its
+      // stored record), before the runs may start.
+      if (result === undefined && !(this.store instanceof GroupCommittedStore)) {
+        claimedHere = true;
+        result = await this.#claimKeys(runs);
+      }
     } catch (error) {
       for (const run of runs) {
         if (!run.awaitingWrite) continue;
         run.awaitingWrite = false;
         if (acknowledged) {
-          // The client gets a 503: the task was never accepted, so it must not run nor be written later.
-          run.stored = false;
+          // The client gets a 503: the task was never accepted, so it must not run. Not written later,
+          // unless the write went through and only the key claim failed: then it is stored cancelled.
+          run.stored = saved;
           run.cancel('cancelled', 'store_unavailable');
         } else if (run.submitAfterWrite) {
           // Added outside a request: nobody can be told, so it still runs here (without the store's dedupe).
@@ -553,6 +565,7 @@ export class TaskManager implements TaskEnqueuer {
       }
       throw error;
     }
+    let losers: TaskRecord[] | undefined;
     for (const run of runs) {
       if (!run.awaitingWrite) continue;
       run.awaitingWrite = false;
@@ -560,10 +573,30 @@ export class TaskManager implements TaskEnqueuer {
       if (holder !== undefined) {
         this.#forgetKey(run.record.idempotencyKey, run.id);
         run.duplicateOf(holder, () => this.#follow(holder, run.record));
+        if (claimedHere) (losers ??= []).push(run.record);
       } else if (run.submitAfterWrite) {
         this.runner.submit(run);
       }
     }
+    // Stored pending before the claim, a loser is stored again as a cancelled duplicate: never resumed.
+    if (losers !== undefined) await this.store.save(losers).catch((error: unknown) => this.#report('store write of duplicate tasks', error));
+  }
+
+  /** Claims the idempotency keys of the runs waiting for their write; answers the ones that lost → the holder's id. */
+  async #claimKeys(runs: TaskRun[]): Promise<Map<string, string> | undefined> {
+    let lost: Map<string, string> | undefined;
+    const claims: Promise<void>[] = [];
+    for (const run of runs) {
+      const key = run.record.idempotencyKey;
+      if (!run.awaitingWrite || key === undefined) continue;
+      claims.push(
+        this.store.claimKey(key, run.id).then((holder) => {
+          if (holder !== undefined && holder !== run.id) (lost ??= new Map()).set(run.id, holder);
+        }),
+      );
+    }
+    await Promise.all(claims);
+    return lost;
   }
 
   /** The final record of task `id`, wherever it runs: live here, or polled from the shared store. */

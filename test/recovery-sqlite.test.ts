@@ -2,10 +2,11 @@
 // and a new process on the same file runs every one of them.
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { getTaskContext, type TaskRecord } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { countBy, readTaskLog, startDurableApp } from './helpers/durable-app.js';
 import { tempDir } from './helpers/files.js';
-import { onCleanup, waitFor } from './helpers/server.js';
+import { createManager, onCleanup, waitFor } from './helpers/server.js';
 
 const N = 12;
 const CONCURRENCY = 3;
@@ -15,9 +16,14 @@ function setup() {
   return { db: join(dir, 'tasks.db'), log: join(dir, 'tasks.log') };
 }
 
-async function statuses(db: string, ids: string[]): Promise<string[]> {
+function openStore(db: string): SqliteStore {
   const store = new SqliteStore({ path: db });
   onCleanup(() => store.close());
+  return store;
+}
+
+async function statuses(db: string, ids: string[]): Promise<string[]> {
+  const store = openStore(db);
   return Promise.all(ids.map(async (id) => (await store.get(id))?.status ?? 'missing'));
 }
 
@@ -68,5 +74,85 @@ describe('SQLite crash recovery', () => {
       expect(done.get(id), `completions of ${id}`).toBe(1);
     }
     expect(await statuses(db, acknowledged)).toEqual(acknowledged.map(() => 'success'));
+  });
+
+  it('SIGKILL without requeueOnInterrupt: the next process ends the tasks that had started interrupted (reason crash) and runs the others', async () => {
+    const { db, log } = setup();
+    const env = { DB: db, TASK_LOG: log, REQUEUE_ON_INTERRUPT: '0', LEASE_MS: '600', ORPHAN_MS: '100' };
+    const first = await startDurableApp({ ...env, MODE: 'hold', CONCURRENCY: String(CONCURRENCY) });
+    const acknowledged = await Promise.all(Array.from({ length: N }, (_, n) => first.add(n)));
+    // `running` is a lazy write: until it is committed, a kill leaves the task pending (and it simply runs again).
+    const reader = openStore(db);
+    await waitFor(async () => (await reader.list({ status: 'running' })).length === CONCURRENCY, 5_000, 'the running tasks to be committed as running');
+    first.child.process.kill('SIGKILL');
+    await first.child.exited;
+    const startedAtKill = readTaskLog(log).map((e) => e.id);
+    expect(startedAtKill.sort()).toEqual((await reader.list({ status: 'running' })).map((r) => r.id).sort());
+
+    const second = await startDurableApp({ ...env, MODE: 'fast', CONCURRENCY: '16' });
+    const ended = new Map<string, TaskRecord>();
+    await waitFor(
+      async () => {
+        for (const id of acknowledged) {
+          const record = await second.record(id);
+          if ('status' in record && record.status !== 'pending' && record.status !== 'running') ended.set(id, record);
+        }
+        return ended.size === N;
+      },
+      10_000,
+      'every acknowledged task to end',
+    );
+    for (const id of acknowledged) {
+      const expected = startedAtKill.includes(id)
+        ? { status: 'interrupted', reason: 'crash', attempts: 1, error: { type: 'TaskInterruptedError' } }
+        : { status: 'success', attempts: 1 };
+      expect(ended.get(id), `task ${id}`).toMatchObject(expected);
+    }
+    // The interrupted ones were not started again; every other one ran once, in the second process.
+    const starts = countBy(log, 'start');
+    for (const id of acknowledged) expect(starts.get(id), `starts of ${id}`).toBe(1);
+    expect([...countBy(log, 'done').keys()].sort()).toEqual(acknowledged.filter((id) => !startedAtKill.includes(id)).sort());
+    second.child.process.kill('SIGTERM');
+    await second.child.exited;
+    expect(await statuses(db, acknowledged)).toEqual(acknowledged.map((id) => (startedAtKill.includes(id) ? 'interrupted' : 'success')));
+  });
+});
+
+describe('SQLite leases', () => {
+  it('a live owner renewing its lease keeps its long task from another instance on the file, which takes it once the owner is killed', async () => {
+    const { db, log } = setup();
+    const leaseMs = 150;
+    const owner = await startDurableApp({ DB: db, TASK_LOG: log, MODE: 'hold', CONCURRENCY: '1', LEASE_MS: String(leaseMs), ORPHAN_MS: '50' });
+    const id = await owner.add(7);
+    await waitFor(() => readTaskLog(log).length === 1, 5_000, 'the task to be running in the owner');
+
+    const store = new SqliteStore({ path: db });
+    let orphanChecks = 0;
+    const claimOrphans = store.claimOrphans.bind(store);
+    store.claimOrphans = (ownerId, ms) => {
+      orphanChecks++;
+      return claimOrphans(ownerId, ms);
+    };
+    const ranHere: string[] = [];
+    const other = createManager({ store, leaseMs, orphanCheckMs: 50 });
+    other.task(async function work(_n: number) {
+      ranHere.push(getTaskContext()!.id);
+    }, { requeueOnInterrupt: true });
+    await other.start();
+    const since = Date.now();
+    // Without renewals the task would be taken after one lease; the other instance looks for orphans every
+    // 50 ms through six of them.
+    await waitFor(() => orphanChecks >= 12 && Date.now() - since >= 6 * leaseMs, 10_000, 'six leases of orphan checks');
+    expect(ranHere).toEqual([]);
+    expect(countBy(log, 'start').get(id)).toBe(1);
+
+    owner.child.process.kill('SIGKILL');
+    await owner.child.exited;
+    await waitFor(() => ranHere.length === 1, 5_000, 'the other instance to take the task over');
+    expect(ranHere).toEqual([id]);
+    await other.drain();
+    expect((await other.get(id))?.status).toBe('success');
+    // Run once by the owner while it lived, once by the other instance after it died.
+    expect(countBy(log, 'start').get(id)).toBe(1);
   });
 });
