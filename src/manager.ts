@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { MeterProvider, TracerProvider } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import { setFallbackLogger } from './context.js';
-import { TaskflowError, TaskManagerClosedError, TaskNotFoundError } from './errors.js';
+import { TaskCancelledError, TaskflowError, TaskManagerClosedError, TaskNotFoundError } from './errors.js';
 import { computeMetrics } from './metrics.js';
 import { ObserverChain } from './observers/chain.js';
 import { pinoObserver } from './observers/pino.js';
@@ -15,6 +15,7 @@ import { createRedactor, type RedactOption } from './redact.js';
 import { Runner } from './runner.js';
 import { enqueueForId, RequestTasks, TaskScheduler, withOptions, type TaskEnqueuer, type TaskHandle, type TaskPhase } from './scheduler.js';
 import { AesGcmArgsCipher } from './stores/args-cipher.js';
+import { compileFilter } from './stores/filter.js';
 import { GroupCommittedStore } from './stores/durable-store.js';
 import { MemoryStore } from './stores/memory.js';
 import { unreadableArgs } from './stores/records.js';
@@ -112,6 +113,14 @@ function validateManagerOptions(options: TaskManagerOptions): void {
   }
   if (observers !== undefined && (!Array.isArray(observers) || observers.some((o) => o === null || typeof o !== 'object'))) {
     throw optionError(where, 'observers', 'an array of observer objects', observers);
+  }
+  // Checked here: a non-provider would otherwise fail later, inside getTracer/getMeter, with no option named.
+  const { tracerProvider, meterProvider } = options;
+  if (tracerProvider !== undefined && (tracerProvider === null || typeof tracerProvider !== 'object' || typeof tracerProvider.getTracer !== 'function')) {
+    throw optionError(where, 'tracerProvider', 'an OpenTelemetry TracerProvider (an object with getTracer())', tracerProvider);
+  }
+  if (meterProvider !== undefined && (meterProvider === null || typeof meterProvider !== 'object' || typeof meterProvider.getMeter !== 'function')) {
+    throw optionError(where, 'meterProvider', 'an OpenTelemetry MeterProvider (an object with getMeter())', meterProvider);
   }
   if (encryptionKey !== undefined) {
     if (!(encryptionKey instanceof Uint8Array) || encryptionKey.length !== 32) {
@@ -392,8 +401,9 @@ export class TaskManager implements TaskEnqueuer {
    * Safe to call more than once: later calls return the first call's promise.
    */
   shutdown(options: { timeoutMs?: number } = {}): Promise<void> {
+    if (options === null || typeof options !== 'object') throw new TypeError(`shutdown: argument "options" must be an object, got ${options === null ? 'null' : typeof options}`);
     const timeoutMs = options.timeoutMs ?? this.#shutdownTimeoutMs;
-    if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0)) throw optionError('shutdown', 'timeoutMs', 'a number >= 0', timeoutMs, RangeError);
+    if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0)) throw optionError('shutdown', 'timeoutMs', 'a number >= 0', timeoutMs, typeof timeoutMs === 'number' ? RangeError : TypeError);
     this.#shutdown ??= (async () => {
       this.#closing = true;
       clearInterval(this.#leaseTimer);
@@ -415,6 +425,8 @@ export class TaskManager implements TaskEnqueuer {
   }
 
   async list(filter?: TaskFilter): Promise<TaskRecord[]> {
+    // Checked here too, so a bad filter names its option whatever the store (a custom one may not check).
+    compileFilter(filter);
     const records = await this.store.list(filter);
     return records.map((r) => this.runner.snapshot(r));
   }
@@ -524,10 +536,49 @@ export class TaskManager implements TaskEnqueuer {
       return { id: runOrId.id, name: runOrId.name, options: runOrId.options, args, started, done };
     }
     // An idempotency-key hit: the handle follows the task that holds the key.
-    const live = this.runner.live(runOrId);
+    const id = runOrId;
+    const live = this.runner.live(id);
     if (live !== undefined) return this.handle(live, args);
-    const done = this.get(runOrId).then((record) => record!);
-    return { id: runOrId, name: '', options: resolveOptions('handle', {}, ''), args, started: Promise.resolve(), done };
+    // The holder ended here, or lives in another process sharing the store: its record answers. Stores answer
+    // asynchronously, so `name` and `options` are the holder's once its record is read (before that: '' and defaults).
+    let name = '';
+    let options = resolveOptions('handle', {}, '');
+    const first = this.get(id).then(
+      (record) => {
+        if (record === undefined) return undefined;
+        name = record.name;
+        const overrides: TaskOptions = { ...record.options, tags: record.tags, priority: record.priority, idempotencyKey: record.idempotencyKey, retries: Math.max(0, record.maxAttempts - 1) };
+        options = resolveOptions('handle', overrides, record.name);
+        return record;
+      },
+      () => undefined,
+    );
+    // The record is gone (evicted, past retention, store unreachable): `done` still gets a final record, never undefined.
+    const gone = (): TaskRecord => {
+      const now = Date.now();
+      const message = `duplicate of task ${id}, whose record is no longer in the store`;
+      return { id, name, status: 'cancelled', args, tags: {}, attempts: 0, maxAttempts: 1, createdAt: now, endedAt: now, error: { type: 'TaskCancelledError', message }, reason: 'duplicate', logs: NO_LOGS };
+    };
+    const done = first.then((record) => (record === undefined ? gone() : this.#follow(id, record)));
+    // Resolves once the holder is known to have started; rejects like any handle's when it never did.
+    const started = first.then(async (record) => {
+      if (record !== undefined && record.attempts > 0) return;
+      const final = await done;
+      if (final.attempts === 0) throw new TaskCancelledError(final.reason ?? 'duplicate');
+    });
+    started.catch(() => {});
+    return {
+      id,
+      args,
+      started,
+      done,
+      get name() {
+        return name;
+      },
+      get options() {
+        return options;
+      },
+    };
   }
 
   /** @internal A request's batch: when the write fails, its tasks are not acknowledged and do not run. */

@@ -97,9 +97,12 @@ const badTaskOptions: [string, TaskOptions, RegExp, ErrorConstructor][] = [
   ['fractional priority', { priority: 2.5 }, /"priority"/, RangeError],
   ['eager with priority', { eager: true, priority: 3 }, /"eager" and "priority"/, TypeError],
   ['non-boolean shield', { shield: 1 as unknown as boolean }, /"shield"/, TypeError],
+  ['non-boolean eager', { eager: 'x' as unknown as boolean }, /"eager"/, TypeError],
   ['non-string tag value', { tags: { tenant: 42 as unknown as string } }, /"tags\.tenant"/, TypeError],
   ['tags not an object', { tags: 'a=b' as unknown as Record<string, string> }, /"tags"/, TypeError],
   ['empty idempotencyKey', { idempotencyKey: '' }, /"idempotencyKey"/, TypeError],
+  ['non-string idempotencyKey', { idempotencyKey: 42 as unknown as string }, /"idempotencyKey"/, TypeError],
+  ['empty tag key', { tags: { '': 'x' } }, /"tags"/, TypeError],
   ['non-function onError', { onError: 'log' as unknown as () => void }, /"onError"/, TypeError],
   ['non-boolean runOnError', { runOnError: 'true' as unknown as boolean }, /"runOnError"/, TypeError],
   ['non-boolean persist', { persist: 0 as unknown as boolean }, /"persist"/, TypeError],
@@ -197,6 +200,58 @@ describe('bad arguments', () => {
     expect(() => new TaskManager({ encryptionKey: Buffer.alloc(32) })).toThrow(/durable store/);
     expect(() => new TaskManager({ concurency: 2 } as never)).toThrow(/unknown option "concurency"/);
     expect(() => new MemoryStore({ maxRecords: 0 })).toThrow(/"maxRecords"/);
+  });
+
+  it.each<[string, Record<string, unknown>, RegExp, ErrorConstructor]>([
+    ['tracerProvider {}', { tracerProvider: {} }, /"tracerProvider"/, TypeError],
+    ['tracerProvider 42', { tracerProvider: 42 }, /"tracerProvider"/, TypeError],
+    ['meterProvider {}', { meterProvider: {} }, /"meterProvider"/, TypeError],
+    ['meterProvider 42', { meterProvider: 42 }, /"meterProvider"/, TypeError],
+    ['non-boolean requeuePending', { requeuePending: 'yes' }, /"requeuePending"/, TypeError],
+    ['leaseMs below 10', { leaseMs: 5 }, /"leaseMs"/, RangeError],
+    ['string leaseMs', { leaseMs: '30s' }, /"leaseMs"/, TypeError],
+    ['fractional orphanCheckMs', { orphanCheckMs: 100.5 }, /"orphanCheckMs"/, RangeError],
+    ['string orphanCheckMs', { orphanCheckMs: '1m' }, /"orphanCheckMs"/, TypeError],
+  ])('bad manager option %s throws at construction, naming it', (_label, options, message, Kind) => {
+    expect(() => new TaskManager(options as never)).toThrow(Kind);
+    expect(() => new TaskManager(options as never)).toThrow(message);
+  });
+
+  it('real OpenTelemetry providers pass the check', async () => {
+    const { BasicTracerProvider } = await import('@opentelemetry/sdk-trace-base');
+    const { MeterProvider } = await import('@opentelemetry/sdk-metrics');
+    expect(() => createManager({ tracerProvider: new BasicTracerProvider(), meterProvider: new MeterProvider() })).not.toThrow();
+  });
+
+  it.each<[string, unknown, RegExp, ErrorConstructor]>([
+    ['unknown status', { status: 'done' }, /"status"/, RangeError],
+    ['unknown status in an array', { status: ['failed', 'broken'] }, /"status"/, RangeError],
+    ['non-string status', { status: [1] }, /"status"/, TypeError],
+    ['non-string name', { name: 42 }, /"name"/, TypeError],
+    ['tags not an object', { tags: 'tenant=acme' }, /"tags"/, TypeError],
+    ['non-string tag value', { tags: { tenant: 1 } }, /"tags\.tenant"/, TypeError],
+    ['fractional limit', { limit: 1.5 }, /"limit"/, RangeError],
+    ['negative limit', { limit: -1 }, /"limit"/, RangeError],
+    ['string limit', { limit: '10' }, /"limit"/, TypeError],
+    ['string since', { since: 'yesterday' }, /"since"/, TypeError],
+    ['invalid Date since', { since: new Date('not a date') }, /"since"/, RangeError],
+    ['a string filter', 'failed', /filter must be an object/, TypeError],
+  ])('list() with %s rejects, naming the option', async (_label, filter, message, Kind) => {
+    const manager = createManager();
+    await expect(manager.list(filter as never)).rejects.toThrow(Kind);
+    await expect(manager.list(filter as never)).rejects.toThrow(message);
+  });
+
+  it('bad arguments to shutdown, get and subscribe throw naming them', async () => {
+    const manager = createManager();
+    expect(() => manager.shutdown(null as never)).toThrow(TypeError);
+    expect(() => manager.shutdown(null as never)).toThrow(/"options"/);
+    expect(() => manager.shutdown({ timeoutMs: '5' as never })).toThrow(TypeError);
+    expect(() => manager.shutdown({ timeoutMs: '5' as never })).toThrow(/"timeoutMs"/);
+    await expect(manager.get(123 as never)).rejects.toThrow(TypeError);
+    await expect(manager.get(123 as never)).rejects.toThrow(/"id"/);
+    expect(() => manager.subscribe(null as never)).toThrow(TypeError);
+    expect(() => manager.subscribe(null as never)).toThrow(/"observer"/);
   });
 
   it('bad filters and list options throw naming the option', async () => {

@@ -1,5 +1,7 @@
+import { randomUUID } from 'node:crypto';
+import type Koa from 'koa';
 import { describe, expect, it } from 'vitest';
-import { MemoryStore, TaskflowError, TaskNotFoundError, getTaskContext, REDACTED } from 'koa-taskflow';
+import { MemoryStore, TaskCancelledError, TaskflowError, TaskNotFoundError, getTaskContext, REDACTED, type TaskManager } from 'koa-taskflow';
 import { createManager, deferred, startApp, waitFor } from './helpers/server.js';
 
 describe('idempotency keys', () => {
@@ -56,6 +58,63 @@ describe('idempotency keys', () => {
     await waitFor(() => manager.runner.running === 1, 5_000, 'the original task running');
     gate.resolve();
     expect(await waiting).toEqual({ id: first.id, status: 'success' });
+  });
+});
+
+describe('a handle for a key whose holder is not live in this process', () => {
+  /** GET / schedules a task under key "k" and answers with what its handle reports once the holder is done. */
+  function reportHandle(app: Koa, onHandle = () => {}): void {
+    app.use(async (ctx) => {
+      if (ctx.path === '/fail') {
+        ctx.tasks.with({ idempotencyKey: 'k' }).addTask(function invoice() {});
+        throw new Error('the route failed');
+      }
+      const handle = ctx.tasks.with({ idempotencyKey: 'k' }).schedule(function duplicate() {});
+      onHandle();
+      const started = await handle.started.then(
+        () => 'started',
+        (error: unknown) => (error instanceof TaskCancelledError ? 'TaskCancelledError' : String(error)),
+      );
+      const record = await handle.done;
+      ctx.body = { id: handle.id, name: handle.name, tags: handle.options.tags, started, status: record.status, recordName: record.name };
+    });
+  }
+
+  it('ended here: name, options and final record are the holder\'s', async () => {
+    const { url, manager } = await startApp((app) => reportHandle(app));
+    const holder = manager.with({ idempotencyKey: 'k', tags: { team: 'billing' } }).add(function invoice() {});
+    await manager.drain();
+    expect(await (await fetch(url)).json()).toEqual({ id: holder, name: 'invoice', tags: { team: 'billing' }, started: 'started', status: 'success', recordName: 'invoice' });
+  });
+
+  it('never started (its request failed): started rejects with TaskCancelledError, done is its cancelled record', async () => {
+    const { url } = await startApp((app) => reportHandle(app));
+    expect((await fetch(`${url}/fail`)).status).toBe(500);
+    expect(await (await fetch(url)).json()).toMatchObject({ name: 'invoice', started: 'TaskCancelledError', status: 'cancelled', recordName: 'invoice' });
+  });
+
+  it('running in another manager sharing the store: done follows it until it is final', async () => {
+    const store = new MemoryStore();
+    const elsewhere = createManager({ store });
+    const gate = deferred();
+    const holder = elsewhere.with({ idempotencyKey: 'k' }).add(function invoice() {
+      return gate.promise;
+    });
+    await waitFor(() => elsewhere.runner.running === 1, 5_000, 'the holder running in the other manager');
+    let handed = false;
+    const { url } = await startApp((app) => reportHandle(app, () => (handed = true)), { store });
+    const answer = fetch(url).then((r) => r.json());
+    await waitFor(() => handed, 5_000, 'the duplicate handle');
+    gate.resolve();
+    expect(await answer).toEqual({ id: holder, name: 'invoice', tags: {}, started: 'started', status: 'success', recordName: 'invoice' });
+  });
+
+  it('whose record is gone: done still resolves with a final record, never undefined', async () => {
+    const manager: TaskManager = createManager();
+    const id = randomUUID();
+    const handle = manager.handle(id, []);
+    await expect(handle.started).rejects.toBeInstanceOf(TaskCancelledError);
+    expect(await handle.done).toMatchObject({ id, status: 'cancelled', reason: 'duplicate', attempts: 0 });
   });
 });
 
