@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { getTaskContext, InMemoryObserver, TaskTimeoutError, type TaskRecord } from 'koa-taskflow';
-import { createManager } from './helpers/server.js';
+import { getTaskContext, InMemoryObserver, TaskTimeoutError, type TaskHandle, type TaskOptions, type TaskRecord } from 'koa-taskflow';
+import { createManager, deferred, startApp, waitFor } from './helpers/server.js';
 import { retryDelay } from '../src/options.js';
 
 describe('retryDelay', () => {
@@ -101,6 +101,100 @@ describe('retries', () => {
     expect((await manager.get(id))!.status).toBe('failed');
     // test/setup.ts fails the file on any unhandled rejection.
     await new Promise((r) => setTimeout(r, 10));
+  });
+});
+
+describe('retry waits end to end (fake clock)', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+    vi.restoreAllMocks();
+  });
+
+  /** Waits between the attempts of a task that always fails: delay 100, backoff 3, maxDelay 500 unless overridden. */
+  async function retryWaits(options: TaskOptions): Promise<number[]> {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+    const manager = createManager();
+    const attemptsAt: number[] = [];
+    const id = manager.with({ retries: 4, delay: 100, backoff: 3, maxDelay: 500, ...options }).add(function alwaysDown() {
+      attemptsAt.push(Date.now());
+      throw new Error('down');
+    });
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(await manager.get(id)).toMatchObject({ status: 'failed', attempts: 5 });
+    return attemptsAt.slice(1).map((at, i) => at - attemptsAt[i]);
+  }
+
+  // Uncapped the waits would be 100, 300, 900, 2700.
+  const capped = [100, 300, 500, 500];
+
+  it('are capped by maxDelay', async () => {
+    expect(await retryWaits({})).toEqual(capped);
+  });
+
+  it('with jitter stay within [0, capped wait], drawn per retry', async () => {
+    const waits = await retryWaits({ jitter: true });
+    waits.forEach((wait, i) => {
+      expect(wait).toBeGreaterThanOrEqual(0);
+      expect(wait).toBeLessThanOrEqual(capped[i]);
+    });
+    vi.spyOn(Math, 'random').mockReturnValue(0.5);
+    expect(await retryWaits({ jitter: true })).toEqual(capped.map((wait) => wait / 2));
+  });
+});
+
+describe('retries and timeouts of tasks added through ctx.tasks', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('an after-response task fails twice, waits delay * backoff^(n-1), succeeds on attempt 3; the response went out first', async () => {
+    const gate = deferred();
+    const attemptsAt: number[] = [];
+    const { url, manager } = await startApp((app, manager) => {
+      const charge = manager.task(async function charge(orderId: string) {
+        await gate.promise;
+        attemptsAt.push(Date.now());
+        if (attemptsAt.length < 3) throw new Error(`card declined for ${orderId}`);
+      });
+      app.use(async (ctx) => {
+        ctx.body = { id: ctx.tasks.with({ retries: 4, delay: 100, backoff: 3 }).addTask(charge, 'o-7') };
+      });
+    });
+    const response = await fetch(url);
+    expect(response.status).toBe(200);
+    const { id } = (await response.json()) as { id: string };
+    await waitFor(() => manager.runner.running === 1, 5_000, 'the first attempt started after the response');
+    // HTTP ran on real timers; the retry waits run on a fake clock from here.
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+    gate.resolve();
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(attemptsAt.map((at) => at - attemptsAt[0])).toEqual([0, 100, 400]);
+    expect(await manager.get(id)).toMatchObject({ status: 'success', attempts: 3, maxAttempts: 5, args: ['o-7'], error: undefined });
+  });
+
+  it('a scheduled task whose attempt times out sees its signal abort with TaskTimeoutError, and its retry succeeds', async () => {
+    const abortReasons: unknown[] = [];
+    let handle: TaskHandle | undefined;
+    const { url } = await startApp((app) => {
+      app.use(async (ctx) => {
+        handle = ctx.tasks.with({ timeout: 20, retries: 1 }).schedule(async function lookup() {
+          const { signal, attempt } = getTaskContext()!;
+          if (attempt > 1) return;
+          await new Promise((_, reject) =>
+            signal.addEventListener('abort', () => {
+              abortReasons.push(signal.reason);
+              reject(signal.reason);
+            }),
+          );
+        });
+        ctx.body = { id: handle.id };
+      });
+    });
+    const { id } = (await (await fetch(url)).json()) as { id: string };
+    const record = await handle!.done;
+    expect(abortReasons).toHaveLength(1);
+    expect(abortReasons[0]).toBeInstanceOf(TaskTimeoutError);
+    expect(record).toMatchObject({ id, name: 'lookup', status: 'success', attempts: 2 });
   });
 });
 

@@ -66,6 +66,34 @@ describe('concurrency', () => {
     expect(done).toBe(20);
   });
 
+  it('caps the after-response tasks of concurrent requests at `concurrency`, and runs them all', async () => {
+    const gate = deferred();
+    let running = 0;
+    let peak = 0;
+    let finished = 0;
+    const { url, manager } = await startApp(
+      (app) => {
+        app.use(async (ctx) => {
+          ctx.tasks.addTask(async function sendReceipt() {
+            peak = Math.max(peak, ++running);
+            await gate.promise;
+            running--;
+            finished++;
+          });
+          ctx.status = 204;
+        });
+      },
+      { concurrency: 2 },
+    );
+    const responses = await Promise.all(Array.from({ length: 6 }, () => fetch(url)));
+    expect(responses.map((r) => r.status)).toEqual([204, 204, 204, 204, 204, 204]);
+    await waitFor(() => manager.runner.running === 2 && manager.runner.queued === 4, 5_000, 'two running, four queued');
+    gate.resolve();
+    await manager.drain();
+    expect(peak).toBe(2);
+    expect(finished).toBe(6);
+  });
+
   it('releases the slot while a task waits for its retry', async () => {
     const manager = createManager({ concurrency: 1 });
     const order: string[] = [];
@@ -135,6 +163,53 @@ describe('shutdown', () => {
     expect(await manager.get(stuck)).toMatchObject({ status: 'interrupted', reason: 'shutdown', error: { type: 'TaskInterruptedError' } });
     expect(await manager.get(shielded)).toMatchObject({ status: 'success' });
     expect(await manager.get(queued)).toMatchObject({ status: 'cancelled', reason: 'shutdown', attempts: 0 });
+  });
+
+  it('during requests: the unshielded after-response task ends interrupted after the timeout, the shielded one completes', async () => {
+    const shieldGate = deferred();
+    let sawAbort: unknown;
+    let shieldedFinished = false;
+    const { url, manager } = await startApp((app) => {
+      app.use(async (ctx) => {
+        if (ctx.path === '/export') {
+          ctx.body = {
+            id: ctx.tasks.addTask(async function exportReport() {
+              const { signal } = getTaskContext()!;
+              await new Promise((resolve) => signal.addEventListener('abort', resolve));
+              sawAbort = signal.reason;
+            }),
+          };
+        } else {
+          ctx.body = {
+            id: ctx.tasks.with({ shield: true }).addTask(async function capturePayment() {
+              await shieldGate.promise;
+              shieldedFinished = true;
+            }),
+          };
+        }
+      });
+    });
+    // Both responses are delivered before shutdown; their tasks run after them.
+    const [unshielded, shielded] = await Promise.all(
+      ['/export', '/pay'].map(async (path) => {
+        const response = await fetch(url + path);
+        expect(response.status).toBe(200);
+        return ((await response.json()) as { id: string }).id;
+      }),
+    );
+    await waitFor(() => manager.runner.running === 2, 5_000, 'both after-response tasks running');
+
+    const stopping = manager.shutdown({ timeoutMs: 30 });
+    await waitFor(async () => (await manager.get(unshielded))!.status === 'interrupted', 5_000, 'interruption');
+    expect(shieldedFinished).toBe(false);
+    expect((await manager.get(shielded))!.status).toBe('running');
+    shieldGate.resolve();
+    await stopping;
+
+    expect((sawAbort as Error).name).toBe('TaskInterruptedError');
+    expect(await manager.get(unshielded)).toMatchObject({ name: 'exportReport', status: 'interrupted', reason: 'shutdown', attempts: 1 });
+    expect(await manager.get(shielded)).toMatchObject({ name: 'capturePayment', status: 'success' });
+    expect(shieldedFinished).toBe(true);
   });
 
   it('does not hang on a task that ignores its signal: it ends interrupted and its slot is freed', async () => {

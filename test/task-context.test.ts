@@ -65,6 +65,32 @@ describe('getTaskContext()', () => {
     expect(mismatches).toEqual([]);
   });
 
+  it('reaches tasks added through ctx.tasks by concurrent requests: own id and tags from with(), per attempt, across awaits and timers', async () => {
+    const seen: string[] = [];
+    const { url, manager } = await startApp((app, manager) => {
+      const notify = manager.task(
+        async function notify(user: string) {
+          const before = getTaskContext()!;
+          await new Promise((r) => setTimeout(r, 1));
+          const { id, tags, attempt, maxAttempts, signal } = getTaskContext()!;
+          seen.push(`${id === before.id ? id : 'switched'} ${tags.tenant} ${user} ${attempt}/${maxAttempts} aborted=${signal.aborted}`);
+          if (attempt === 1) throw new Error('once more');
+        },
+        { retries: 1 },
+      );
+      app.use(async (ctx) => {
+        ctx.body = { id: ctx.tasks.with({ tags: { tenant: String(ctx.query.tenant) } }).addTask(notify, String(ctx.query.user)) };
+      });
+    });
+    const ids = await Promise.all(
+      [['acme', 'ann'], ['globex', 'bob']].map(async ([tenant, user]) => ((await (await fetch(`${url}/?tenant=${tenant}&user=${user}`)).json()) as { id: string }).id),
+    );
+    await manager.drain();
+    expect(seen.sort()).toEqual(
+      [`${ids[0]} acme ann 1/2 aborted=false`, `${ids[0]} acme ann 2/2 aborted=false`, `${ids[1]} globex bob 1/2 aborted=false`, `${ids[1]} globex bob 2/2 aborted=false`].sort(),
+    );
+  });
+
   it('is not visible to the request handler that scheduled the task', async () => {
     let inHandler: TaskContext | undefined = {} as TaskContext;
     const { url, manager } = await startApp((app) => {
