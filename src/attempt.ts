@@ -1,6 +1,7 @@
-import { context, isSpanContextValid, ROOT_CONTEXT, trace, type Span } from '@opentelemetry/api';
+import { context, ROOT_CONTEXT, trace, type Context, type Span } from '@opentelemetry/api';
 import { ATTEMPT_KEY, attemptStorage, kLog, kSeq, type ActiveAttempt } from './context.js';
 import { TaskTimeoutError } from './errors.js';
+import { hasSpanIds } from './otel.js';
 import type { LogLevel, Tags } from './types.js';
 
 /** What an attempt reports back to its task while it runs. */
@@ -12,6 +13,45 @@ export interface AttemptOwner {
   log(attempt: Attempt, level: LogLevel, message: string, fields: Record<string, unknown> | undefined): void;
   /** Called when the attempt is aborted while nothing races its promise (no timeout). */
   abandon(attempt: Attempt, reason: unknown): void;
+}
+
+// The API keeps a context's span under this key (its createContextKey is Symbol.for); verified at load below.
+const SPAN_KEY = Symbol.for('OpenTelemetry Context Key SPAN');
+
+/**
+ * The OpenTelemetry context an attempt runs in: its span and the attempt, nothing else. One small object
+ * instead of the two copied maps `trace.setSpan(ROOT_CONTEXT, span).setValue(...)` builds; a context derived
+ * from it (a child span's, baggage) is an ordinary one.
+ */
+class AttemptContext implements Context {
+  constructor(readonly attempt: Pick<Attempt, 'span'>) {}
+
+  getValue(key: symbol): unknown {
+    if (key === SPAN_KEY) return this.attempt.span;
+    if (key === ATTEMPT_KEY) return this.attempt;
+    return undefined;
+  }
+
+  setValue(key: symbol, value: unknown): Context {
+    return this.#expanded().setValue(key, value);
+  }
+
+  deleteValue(key: symbol): Context {
+    return this.#expanded().deleteValue(key);
+  }
+
+  #expanded(): Context {
+    return trace.setSpan(ROOT_CONTEXT, this.attempt.span).setValue(ATTEMPT_KEY, this.attempt);
+  }
+}
+
+const probe = trace.wrapSpanContext({ traceId: '1'.repeat(32), spanId: '1'.repeat(16), traceFlags: 1 });
+/** False if an API version keys spans differently: attempts then build their context the API's way. */
+const attemptContextWorks = trace.getSpan(new AttemptContext({ span: probe })) === probe;
+
+/** Runs `fn` inside `attemptContext`, or in our own storage when no context manager holds it (no SDK's). */
+function runIn(this: Attempt, attemptContext: Context, fn: (...args: unknown[]) => unknown, args: readonly unknown[]): unknown {
+  return context.active() === attemptContext ? fn(...args) : attemptStorage.run(this, fn, ...args);
 }
 
 /**
@@ -99,11 +139,11 @@ export class Attempt implements ActiveAttempt {
     // response `finish` listener's, a retry timer's): the task sees the same fresh context with only its
     // attempt span in it, whatever the phase, and nothing of the request (its span, baggage,
     // instrumentation state) leaks into work that outlives it.
-    if (isSpanContextValid(this.span.spanContext())) {
-      const attemptContext = trace.setSpan(ROOT_CONTEXT, this.span).setValue(ATTEMPT_KEY, this);
+    if (hasSpanIds(this.span.spanContext())) {
+      const attemptContext = attemptContextWorks ? new AttemptContext(this) : trace.setSpan(ROOT_CONTEXT, this.span).setValue(ATTEMPT_KEY, this);
       // With a working context manager (the SDK's) the OpenTelemetry context alone carries the attempt; a
       // no-op manager does not even hold it for this call, so our own storage takes over.
-      return context.with(attemptContext, () => (context.active() === attemptContext ? fn(...args) : attemptStorage.run(this, fn, ...args)));
+      return context.with(attemptContext, runIn, this, attemptContext, fn, args);
     }
     return attemptStorage.run(this, fn, ...args);
   }

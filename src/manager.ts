@@ -233,12 +233,14 @@ export class TaskManager implements TaskEnqueuer {
         await next();
       } catch (error) {
         request.routeFailed();
-        await request.flush().catch((e: unknown) => manager.#report('store write of a failed request', e));
+        await request.flush()?.catch((e: unknown) => manager.#report('store write of a failed request', e));
         throw error;
       }
       request.routeDone();
+      const written = request.flush();
+      if (written === undefined) return;
       try {
-        await request.flush();
+        await written;
       } catch (error) {
         manager.#report('store write before the response', error);
         ctx.throw(503, 'the task store is unavailable; the request was not acknowledged');

@@ -1,7 +1,9 @@
 import {
   context,
+  createNoopMeter,
   INVALID_SPAN_CONTEXT,
-  isSpanContextValid,
+  INVALID_SPANID,
+  INVALID_TRACEID,
   metrics,
   ProxyTracerProvider,
   ROOT_CONTEXT,
@@ -109,6 +111,8 @@ export class TaskTelemetry {
   #attempts!: Counter;
   #active!: UpDownCounter;
   #queueDepth: ObservableGauge | undefined;
+  /** False while the meter is the API's no-op one: the per-attempt instrument calls are skipped. */
+  #metricsOn = false;
   readonly #observeQueueDepth: ObservableCallback;
   readonly #ownMeterProvider: MeterProvider | undefined;
   readonly #nameAttributes = new Map<string, NameAttributes>();
@@ -131,6 +135,7 @@ export class TaskTelemetry {
     if (meter === this.#meter) return;
     this.#queueDepth?.removeCallback(this.#observeQueueDepth);
     this.#meter = meter;
+    this.#metricsOn = meter !== createNoopMeter();
     this.#duration = meter.createHistogram(METRIC_DURATION, {
       unit: 's',
       description: 'Duration of task attempts',
@@ -156,7 +161,7 @@ export class TaskTelemetry {
     const span = trace.getSpan(context.active());
     if (span === undefined) return undefined;
     const spanContext = span.spanContext();
-    if (!isSpanContextValid(spanContext)) return undefined;
+    if (!hasSpanIds(spanContext)) return undefined;
     if (span.isRecording()) span.addEvent(EVENT_TASK_ENQUEUED, { [ATTR_TASK_ID]: taskId, [ATTR_TASK_NAME]: taskName });
     return spanContext;
   }
@@ -168,7 +173,7 @@ export class TaskTelemetry {
   }
 
   startAttempt(input: AttemptSpanInput, attempt: number): Span {
-    this.#active.add(1, this.#attributesFor(input.name).active);
+    if (this.#metricsOn) this.#active.add(1, this.#attributesFor(input.name).active);
     if (this.tracingOff) return NON_RECORDING_SPAN;
     let links: Link[] | undefined;
     if (input.requestLink !== undefined) links = [{ context: input.requestLink }];
@@ -196,6 +201,7 @@ export class TaskTelemetry {
       }
     }
     span.end();
+    if (!this.#metricsOn) return;
     const attributes = this.#attributesFor(taskName);
     this.#active.add(-1, attributes.active);
     this.#duration.record(durationMs / 1000, attributes.outcome[outcome]);
@@ -228,6 +234,15 @@ function attemptAttributes(input: AttemptSpanInput, attempt: number): Attributes
   if (input.idempotencyKey !== undefined) attributes[ATTR_TASK_IDEMPOTENCY_KEY] = input.idempotencyKey;
   for (const key in input.tags) attributes[tagAttribute(key)] = input.tags[key];
   return attributes;
+}
+
+/**
+ * Whether a span context names a real span (what links and an active attempt need). The API's
+ * isSpanContextValid runs two regular expressions per call; spans from an SDK, and remote contexts that
+ * passed a propagator, are already well-formed, so only the all-zero ids of the non-recording span remain.
+ */
+export function hasSpanIds(spanContext: SpanContext): boolean {
+  return spanContext.traceId !== INVALID_TRACEID && spanContext.spanId !== INVALID_SPANID;
 }
 
 /** pino / instrumentation-pino render trace flags as two hex digits. */

@@ -25,7 +25,17 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
     if (entry.includes('.')) paths.push(entry.split('.'));
     else names.add(entry.toLowerCase());
   }
-  const secretKey = (key: string): boolean => DEFAULT_SECRET_KEY.test(key) || names.has(key.toLowerCase());
+  // Log fields and args use the same few key names over and over: each name is judged once (the regular
+  // expression and the lower-casing are the cost of a log call otherwise), up to a bound against made-up keys.
+  const judged = new Map<string, boolean>();
+  const secretKey = (key: string): boolean => {
+    let secret = judged.get(key);
+    if (secret === undefined) {
+      secret = DEFAULT_SECRET_KEY.test(key) || names.has(key.toLowerCase());
+      if (judged.size < 4_096) judged.set(key, secret);
+    }
+    return secret;
+  };
 
   function walk(value: unknown, depth: number, pathsHere: string[][]): unknown {
     if (value === null || typeof value !== 'object' || depth > 32) return value;

@@ -148,18 +148,21 @@ export class RequestTasks {
     (this.#written ??= []).push(written);
   }
 
-  /** Write this request's new records in one batch (and wait for any written early). */
-  async flush(): Promise<void> {
+  /**
+   * Write this request's new records in one batch (and wait for any written early). `undefined` when there
+   * is nothing to write, the common case: the middleware then awaits nothing (no promise, no extra tick).
+   */
+  flush(): Promise<void> | undefined {
     if (this.#written === undefined) {
       const runs = this.#unsaved;
-      if (runs === undefined) return;
+      if (runs === undefined) return undefined;
       this.#unsaved = undefined;
       return this.manager.persist(runs);
     }
     this.writeNow();
     const written = this.#written;
     this.#written = undefined;
-    await Promise.all(written);
+    return Promise.all(written).then(() => undefined);
   }
 }
 
