@@ -345,6 +345,30 @@ describe('inside a task', () => {
     expect(nested.parentSpanContext?.spanId).toBe(db.spanContext().spanId);
   });
 
+  it('a context the task derives (baggage, a value of its own) keeps the attempt span and the task context', async () => {
+    const manager = createManager({ tracerProvider: provider });
+    const seen: { span: unknown; attempt: unknown; baggage: unknown; value: unknown; after: unknown }[] = [];
+    manager.add(async function derives() {
+      const key = Symbol.for('test.derived');
+      const withBaggage = propagation.setBaggage(context.active(), propagation.createBaggage({ 'tenant.id': { value: 'acme' } }));
+      await context.with(withBaggage.setValue(key, 'mine'), async () => {
+        await sleep(1);
+        seen.push({
+          span: trace.getActiveSpan(),
+          attempt: getTaskContext()?.id,
+          baggage: propagation.getBaggage(context.active())?.getEntry('tenant.id')?.value,
+          value: context.active().getValue(key),
+          after: context.active().deleteValue(key).getValue(key),
+        });
+      });
+    });
+    await manager.drain();
+    const [record] = await manager.list({ name: 'derives' });
+    expect(seen).toHaveLength(1);
+    expect((seen[0].span as { spanContext(): { spanId: string } }).spanContext().spanId).toBe(only('task derives').spanContext().spanId);
+    expect(seen[0]).toMatchObject({ attempt: record.id, baggage: 'acme', value: 'mine', after: undefined });
+  });
+
   it('the context holds only the attempt span: nothing of the request (span, baggage) leaks in', async () => {
     const inTask: { baggage: unknown; span: string | undefined }[] = [];
     const { url, manager } = await traced((app) => {
