@@ -7,7 +7,7 @@ import { performance } from 'node:perf_hooks';
 import { Bench } from 'tinybench';
 import Koa from 'koa';
 import PQueue from 'p-queue';
-import { context, trace } from '@opentelemetry/api';
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, trace } from '@opentelemetry/api';
 import { BasicTracerProvider, BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { MemoryStore, TaskManager, taskLog } from 'koa-taskflow';
@@ -21,6 +21,7 @@ const results = {};
 const dropping = { export: (_spans, done) => done({ code: 0 }), shutdown: async () => {} };
 const tracerProvider = new BasicTracerProvider({ spanProcessors: [new BatchSpanProcessor(dropping, { maxQueueSize: 65_536 })] });
 context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+const sdkTracer = tracerProvider.getTracer('bench');
 
 const untraced = new TaskManager({ concurrency: 16, store: new MemoryStore({ maxRecords: 2_000 }) });
 const traced = new TaskManager({ concurrency: 16, tracerProvider, store: new MemoryStore({ maxRecords: 2_000 }) });
@@ -40,6 +41,18 @@ bench
   .add('koa-taskflow untraced (no-op)', async () => {
     for (let i = 0; i < BATCH; i++) untraced.add(noopUntraced);
     await untraced.drain();
+  })
+  // The floor of any traced task: the SDK's own work for one attempt span with its attributes and one event,
+  // with no queue, record or context around it.
+  .add('OpenTelemetry SDK alone (span + 7 attributes + event + end, no task)', async () => {
+    for (let i = 0; i < BATCH; i++) {
+      const span = sdkTracer.startSpan('task noop', { kind: SpanKind.CONSUMER }, ROOT_CONTEXT);
+      span.setAttributes({ 'task.id': 'id', 'task.name': 'noop', 'task.attempt': 1, 'task.max_attempts': 1, 'messaging.system': 'koa-taskflow', 'messaging.operation.type': 'process', 'messaging.message.id': 'id' });
+      span.addEvent('task.log', { 'log.message': 'tick', 'log.level': 'info' });
+      span.setStatus({ code: SpanStatusCode.OK });
+      span.end();
+    }
+    await Promise.resolve();
   })
   .add('koa-taskflow traced (span + taskLog event)', async () => {
     for (let i = 0; i < BATCH; i++) traced.add(noopTraced);

@@ -3,7 +3,8 @@
 // time so far and how many tasks ran, so the driver can charge every request with the work it caused.
 import Koa from 'koa';
 import pino from 'pino';
-import { ROOT_CONTEXT, SpanKind, context, trace } from '@opentelemetry/api';
+import { randomUUID } from 'node:crypto';
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, trace } from '@opentelemetry/api';
 import { serveBenchApp } from './lib.js';
 
 const variant = process.argv[2];
@@ -15,7 +16,7 @@ app.silent = true;
 
 // ── tracing for the traced variants: a real SDK with a batch processor whose exporter drops everything ──
 let tracer;
-const traced = ['traced', 'koa-span', 'handrolled-otel'].includes(variant);
+const traced = ['traced', 'koa-span', 'handrolled-otel', 'handrolled-contract'].includes(variant);
 if (traced) {
   const { BasicTracerProvider, BatchSpanProcessor } = await import('@opentelemetry/sdk-trace-base');
   const { AsyncLocalStorageContextManager } = await import('@opentelemetry/context-async-hooks');
@@ -49,9 +50,12 @@ switch (variant) {
     break;
   }
   case 'untraced':
+  case 'untraced-short-history':
   case 'traced': {
-    const { TaskManager, taskLog } = await import('koa-taskflow');
-    const manager = new TaskManager({ logger });
+    const { TaskManager, taskLog, MemoryStore } = await import('koa-taskflow');
+    // The short-history variant: the same task with a store that keeps only the last 100 records, to show
+    // what keeping 10 000 finished records in the heap costs (the garbage collector copies each one).
+    const manager = new TaskManager({ logger, store: variant === 'untraced-short-history' ? new MemoryStore({ maxRecords: 100 }) : undefined });
     const task = manager.task(
       variant === 'traced'
         ? async function work(n) {
@@ -90,6 +94,34 @@ switch (variant) {
           const sc = span.spanContext();
           logger.info({ trace_id: sc.traceId, span_id: sc.spanId, trace_flags: '01', task: { name: 'work', attempt: 1 }, n: 1 }, 'did the work');
           ran++;
+          span.end();
+        }),
+      );
+      await next();
+    });
+    break;
+  }
+  case 'handrolled-contract': {
+    // By hand, what the contract asks of one traced task beyond a span, an event and a log line: a task id, the
+    // `task.enqueued` event on the request span, the attempt's attributes, the span active while the work runs
+    // (so its own spans are children), an OK status, and `task`/`tags` on the line. No record, no retries.
+    const tags = {};
+    app.use(async (ctx, next) => {
+      const id = randomUUID();
+      const requestSpan = trace.getActiveSpan();
+      const request = requestSpan?.spanContext();
+      requestSpan?.addEvent('task.enqueued', { 'task.id': id, 'task.name': 'work' });
+      ctx.res.once('finish', () =>
+        setImmediate(() => {
+          const span = tracer.startSpan('task work', { kind: SpanKind.CONSUMER, links: request ? [{ context: request }] : [] }, ROOT_CONTEXT);
+          span.setAttributes({ 'task.id': id, 'task.name': 'work', 'task.attempt': 1, 'task.max_attempts': 1, 'messaging.system': 'koa-taskflow', 'messaging.operation.type': 'process', 'messaging.message.id': id });
+          context.with(trace.setSpan(ROOT_CONTEXT, span), () => {
+            span.addEvent('task.log', { 'log.message': 'did the work', 'log.level': 'info', n: 1 });
+            const sc = span.spanContext();
+            logger.info({ n: 1, trace_id: sc.traceId, span_id: sc.spanId, trace_flags: '01', task: { id, name: 'work', attempt: 1 }, tags }, 'did the work');
+            ran++;
+          });
+          span.setStatus({ code: SpanStatusCode.OK });
           span.end();
         }),
       );
