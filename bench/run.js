@@ -55,7 +55,9 @@ ${http.config.WARMUP} s of warm-up, every variant in one run, order rotated each
 ${http.config.ROUNDS} rounds**. Each variant runs in its own server process; *µs CPU/request* is that
 process's \`process.cpuUsage()\` (all threads: GC and libuv included) over the measured requests, read
 after the background work they caused has drained, divided by the request count. *Capacity ratio* =
-baseline CPU/request ÷ variant CPU/request: 1.00 costs the same as the baseline, 0.50 twice as much.
+baseline CPU/request ÷ variant CPU/request, taken within each round, then the median of the rounds (the shared
+VM's speed drifts between rounds): 1.00 costs the same as the baseline, 0.50 twice as much. The µs and req/s
+columns are medians over the rounds, so they need not give the ratio exactly.
 CPU per request is the steadier of the two numbers on a shared 2-core machine; req/s is shown too.
 
 ## HTTP
