@@ -310,6 +310,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     if (record.traceId !== undefined) {
       event.traceId = record.traceId;
       event.spanId = record.spanId;
+      // Unknown for a task resumed from a store before its first attempt here.
+      if (this.previousAttempt !== undefined) event.traceFlags = this.previousAttempt.traceFlags;
     }
     this.runner.chain.emitLifecycle(event);
   }

@@ -138,8 +138,10 @@ export interface LifecycleEvent {
   durationMs?: number;
   error?: TaskErrorInfo;
   reason?: string;
+  /** Of the task's latest attempt span, when there was one. */
   traceId?: string;
   spanId?: string;
+  traceFlags?: number;
 }
 
 export type TaskEvent = LogEvent | LifecycleEvent;

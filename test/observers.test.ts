@@ -1,19 +1,7 @@
-import { Writable } from 'node:stream';
-import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { filterObserver, InMemoryObserver, pinoObserver, taskLog, type LifecycleEvent, type LogEvent, type TaskObserver } from 'koa-taskflow';
+import { capturePino } from './helpers/pino.js';
 import { createManager, startApp, waitFor } from './helpers/server.js';
-
-function capturePino(level = 'trace'): { logger: pino.Logger; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, callback) {
-      for (const line of chunk.toString().split('\n')) if (line) lines.push(JSON.parse(line) as Record<string, unknown>);
-      callback();
-    },
-  });
-  return { logger: pino({ level }, stream), lines };
-}
 
 describe('the observer chain', () => {
   it('calls built-ins first, then user observers in order, for every event', async () => {

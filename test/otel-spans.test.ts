@@ -14,6 +14,7 @@ import {
 import type Koa from 'koa';
 import { getTaskContext, semconv, taskLog, type TaskManager, type TaskManagerOptions } from 'koa-taskflow';
 import { interruptEndlessTask } from './helpers/interrupt.js';
+import { capturePino } from './helpers/pino.js';
 import { createManager, startApp, waitFor } from './helpers/server.js';
 
 const exporter = new InMemorySpanExporter();
@@ -319,6 +320,27 @@ describe('taskLog', () => {
       const logs = span.events.filter((e) => e.name === 'task.log');
       expect(logs.map((e) => e.attributes?.attempt)).toEqual([span.attributes['task.attempt']]);
     }
+  });
+});
+
+describe('pino lines', () => {
+  it('lifecycle lines carry the trace_id, span_id and trace_flags of the latest attempt span', async () => {
+    const { logger, lines } = capturePino('debug');
+    const manager = createManager({ tracerProvider: provider, logger });
+    const id = manager.with({ retries: 1 }).add(function flaky() {
+      if (getTaskContext()!.attempt === 1) throw new Error('once');
+    });
+    await manager.drain();
+    const [first, second] = named('task flaky').map((s) => s.spanContext());
+    const lifecycle = lines.filter((l) => (l.task as { id?: string } | undefined)?.id === id && l.status !== undefined);
+    const ids = (l: Record<string, unknown>) => [l.status, l.trace_id, l.span_id, l.trace_flags];
+    expect(lifecycle.map(ids)).toEqual([
+      ['pending', undefined, undefined, undefined],
+      ['running', first.traceId, first.spanId, '01'],
+      ['pending', first.traceId, first.spanId, '01'],
+      ['running', second.traceId, second.spanId, '01'],
+      ['success', second.traceId, second.spanId, '01'],
+    ]);
   });
 });
 

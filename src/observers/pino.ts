@@ -48,6 +48,7 @@ export function pinoObserver(logger: TaskLogger): TaskObserver {
       if (event.traceId !== undefined) {
         line.trace_id = event.traceId;
         line.span_id = event.spanId;
+        if (event.traceFlags !== undefined) line.trace_flags = formatTraceFlags(event.traceFlags);
       }
       line.task = { id: event.taskId, name: event.name, attempt: event.attempt };
       line.tags = event.tags;
