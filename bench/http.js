@@ -1,9 +1,10 @@
-// HTTP benchmark: every variant in one run, interleaved, median of ROUNDS rounds. For each: req/s and
+// HTTP benchmark: every variant in one run, each compared with its baseline in back-to-back pairs, median
+// of ROUNDS rounds (see comparisons() below). For each: req/s and
 // latency (autocannon, loopback, fixed request count) and the server's CPU time per request *including the
 // background work the request caused* (process.cpuUsage() of the server before/after, read after draining).
 // Capacity ratio = baseline CPU per request ÷ variant CPU per request (≥ 1 means as cheap or cheaper).
 import autocannon from 'autocannon';
-import { fmt, interleavedRounds, median, startRedis, startServer } from './lib.js';
+import { fmt, median, startRedis, startServer } from './lib.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const SECONDS = Number(process.env.SECONDS ?? 4);
@@ -58,45 +59,73 @@ async function measure(variant, redisPort) {
   }
 }
 
+/**
+ * Every comparison is measured as a pair, back to back, the order within the pair alternating by round:
+ * this shared VM's speed drifts from one minute to the next by more than the differences being measured,
+ * so a ratio is only trusted between two runs a few seconds apart. A variant's ratio is the median over
+ * the rounds of its paired ratios; its µs and req/s columns are the medians of all its runs.
+ */
+function comparisons(variants) {
+  const names = new Set(variants.map((v) => v.name));
+  const pairs = variants.filter((v) => v.baseline && names.has(v.baseline)).map((v) => [v.baseline, v.name]);
+  // We must never be slower than doing it by hand while doing more: traced against the hand-rolled ones.
+  for (const handmade of ['handrolled-otel', 'handrolled-contract']) if (names.has(handmade) && names.has('traced')) pairs.push([handmade, 'traced']);
+  return pairs;
+}
+
 export async function runHttpBench(log = console.log) {
   const redis = await startRedis();
   // ONLY=bare,untraced runs a subset (while profiling); the report needs them all.
   const only = process.env.ONLY?.split(',');
   const variants = VARIANTS.filter((v) => (!v.needsRedis || redis) && (only === undefined || only.includes(v.name)));
-  if (!redis) log('redis-server not found: BullMQ variant skipped');
-  let samples;
+  if (!redis) log('redis-server not found: BullMQ and Redis variants skipped');
+  const byName = new Map(variants.map((v) => [v.name, v]));
+  const pairs = comparisons(variants);
+  const samples = new Map(variants.map((v) => [v.name, []]));
+  const paired = new Map(pairs.map(([base, name]) => [`${base}/${name}`, { rps: [], cpu: [] }]));
+  const run = async (name, round) => {
+    const sample = await measure(byName.get(name), redis?.port);
+    samples.get(name).push(sample);
+    log(`round ${round + 1}/${ROUNDS} ${name.padEnd(22)} ${fmt(sample.rps, 0).padStart(7)} req/s  ${fmt(sample.cpuPerRequest)} µs CPU/req  p99 ${sample.p99} ms${sample.allTasksRan ? '' : '  BACKLOG'}`);
+    return sample;
+  };
   try {
-    samples = await interleavedRounds(variants, ROUNDS, (variant) => measure(variant, redis?.port), (line, sample) => log(`${line}${sample.allTasksRan ? '' : '  BACKLOG'}`));
+    for (let round = 0; round < ROUNDS; round++) {
+      for (let i = 0; i < pairs.length; i++) {
+        const [base, name] = pairs[(i + round) % pairs.length];
+        const first = round % 2 === 0 ? base : name;
+        const a = await run(first, round);
+        const b = await run(first === base ? name : base, round);
+        const [baseSample, sample] = first === base ? [a, b] : [b, a];
+        const ratios = paired.get(`${base}/${name}`);
+        ratios.cpu.push(baseSample.cpuPerRequest / sample.cpuPerRequest);
+        ratios.rps.push(sample.rps / baseSample.rps);
+      }
+    }
   } finally {
     await redis?.stop();
   }
-  const rows = variants.map((v) => {
-    const s = samples.get(v.name);
-    return {
-      ...v,
-      rps: median(s.map((x) => x.rps)),
-      p50: median(s.map((x) => x.p50)),
-      p99: median(s.map((x) => x.p99)),
-      cpuPerRequest: median(s.map((x) => x.cpuPerRequest)),
-      allTasksRan: s.every((x) => x.allTasksRan),
-      errors: s.reduce((a, x) => a + x.errors, 0),
-    };
-  });
-  const byName = new Map(rows.map((r) => [r.name, r]));
-  // A ratio is taken within each round (the variant against its baseline of the same round), then the median
-  // of those: this shared VM's speed drifts between rounds by more than the differences being measured.
-  const pairedRatio = (baseline, variant) => {
-    const b = samples.get(baseline);
-    const v = samples.get(variant);
-    return b && v ? median(v.map((x, round) => b[round].cpuPerRequest / x.cpuPerRequest)) : NaN;
-  };
-  for (const row of rows) {
-    const bare = samples.get('bare');
-    row.rpsRatio = bare ? median(samples.get(row.name).map((x, round) => x.rps / bare[round].rps)) : NaN;
-    row.capacityRatio = pairedRatio(row.baseline ?? 'bare', row.name);
-  }
-  // We must never be slower than doing it by hand while doing more.
-  const extra = { tracedVsHandrolled: pairedRatio('handrolled-otel', 'traced'), tracedVsContract: pairedRatio('handrolled-contract', 'traced') };
+  const rows = variants
+    .filter((v) => samples.get(v.name).length > 0)
+    .map((v) => {
+      const s = samples.get(v.name);
+      const own = paired.get(`${v.baseline}/${v.name}`);
+      return {
+        ...v,
+        rps: median(s.map((x) => x.rps)),
+        p50: median(s.map((x) => x.p50)),
+        p99: median(s.map((x) => x.p99)),
+        cpuPerRequest: median(s.map((x) => x.cpuPerRequest)),
+        allTasksRan: s.every((x) => x.allTasksRan),
+        errors: s.reduce((a, x) => a + x.errors, 0),
+        capacityRatio: own ? median(own.cpu) : NaN,
+        baselineRpsRatio: own ? median(own.rps) : NaN,
+      };
+    });
+  const bare = rows.find((r) => r.name === 'bare');
+  for (const row of rows) row.rpsRatio = bare ? row.rps / bare.rps : NaN;
+  const ratio = (base, name) => (paired.has(`${base}/${name}`) ? median(paired.get(`${base}/${name}`).cpu) : NaN);
+  const extra = { tracedVsHandrolled: ratio('handrolled-otel', 'traced'), tracedVsContract: ratio('handrolled-contract', 'traced') };
   return { rows, extra, config: { ROUNDS, SECONDS, CONNECTIONS, WARMUP } };
 }
 
