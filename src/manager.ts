@@ -450,6 +450,7 @@ export class TaskManager implements TaskEnqueuer {
   }
 
   async metrics(): Promise<TaskMetrics> {
+    if (typeof this.store.metrics === 'function') return this.store.metrics();
     return computeMetrics(await this.store.list());
   }
 

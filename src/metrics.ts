@@ -1,21 +1,24 @@
 import { TASK_STATUSES, type NameMetrics, type TaskMetrics, type TaskRecord, type TaskStatus } from './types.js';
 
+/** How many tasks of one name have one status: what a store can count without loading the records. */
+export interface StatusCount {
+  name: string;
+  status: TaskStatus;
+  count: number;
+}
+
 function emptyCounts(): Record<TaskStatus, number> {
   return Object.fromEntries(TASK_STATUSES.map((s) => [s, 0])) as Record<TaskStatus, number>;
 }
 
-function summarise(records: readonly TaskRecord[]): NameMetrics {
-  const byStatus = emptyCounts();
-  const durations: number[] = [];
-  for (const record of records) {
-    byStatus[record.status]++;
-    if (record.durationMs !== undefined && record.status === 'success') durations.push(record.durationMs);
-  }
+function summarise(byStatus: Record<TaskStatus, number>, durations: number[]): NameMetrics {
+  let total = 0;
+  for (const status of TASK_STATUSES) total += byStatus[status];
   const ended = byStatus.success + byStatus.failed + byStatus.interrupted;
   durations.sort((a, b) => a - b);
   const sum = durations.reduce((a, b) => a + b, 0);
   return {
-    total: records.length,
+    total,
     byStatus,
     successRate: ended === 0 ? null : byStatus.success / ended,
     avgDurationMs: durations.length === 0 ? null : sum / durations.length,
@@ -24,15 +27,38 @@ function summarise(records: readonly TaskRecord[]): NameMetrics {
   };
 }
 
-/** Counts per status and per name, success rate, mean and p95 duration of successful tasks. */
-export function computeMetrics(records: readonly TaskRecord[]): TaskMetrics {
-  const groups = new Map<string, TaskRecord[]>();
-  for (const record of records) {
-    let group = groups.get(record.name);
-    if (group === undefined) groups.set(record.name, (group = []));
-    group.push(record);
+/**
+ * Counts per status and per name, success rate, mean and p95 duration of successful tasks, from status
+ * counts and the durations of successful tasks by name.
+ */
+export function metricsFrom(counts: Iterable<StatusCount>, successDurations: ReadonlyMap<string, number[]>): TaskMetrics {
+  const all = emptyCounts();
+  const byNameCounts = new Map<string, Record<TaskStatus, number>>();
+  for (const { name, status, count } of counts) {
+    let named = byNameCounts.get(name);
+    if (named === undefined) byNameCounts.set(name, (named = emptyCounts()));
+    named[status] += count;
+    all[status] += count;
   }
   const byName: Record<string, NameMetrics> = {};
-  for (const [name, group] of groups) byName[name] = summarise(group);
-  return { ...summarise(records), byName };
+  for (const [name, named] of byNameCounts) byName[name] = summarise(named, [...(successDurations.get(name) ?? [])]);
+  return { ...summarise(all, [...successDurations.values()].flat()), byName };
+}
+
+/** The same from the records themselves (stores that cannot count on their own). */
+export function computeMetrics(records: readonly TaskRecord[]): TaskMetrics {
+  const counts = new Map<string, StatusCount>();
+  const durations = new Map<string, number[]>();
+  for (const record of records) {
+    const key = `${record.status}\u0000${record.name}`;
+    const known = counts.get(key);
+    if (known === undefined) counts.set(key, { name: record.name, status: record.status, count: 1 });
+    else known.count++;
+    if (record.durationMs !== undefined && record.status === 'success') {
+      let named = durations.get(record.name);
+      if (named === undefined) durations.set(record.name, (named = []));
+      named.push(record.durationMs);
+    }
+  }
+  return metricsFrom(counts.values(), durations);
 }

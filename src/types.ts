@@ -211,6 +211,11 @@ export interface TaskStore {
   /** Take ownership of tasks left pending/running by a process that is gone. */
   claimOrphans(ownerId: string, leaseMs: number): Promise<TaskRecord[]>;
   close(): Promise<void>;
+  /**
+   * Optional: the numbers of `manager.metrics()` computed where the records are (SQL counts, say). Without
+   * it the manager loads every record through `list()`, which a store holding days of tasks should avoid.
+   */
+  metrics?(): Promise<TaskMetrics>;
   /** True when records survive the process (enables `persist` and requeue on start). */
   readonly durable?: boolean;
   /** True when `attach()` honours `lease.argsCipher` (required by the TaskManager's `encryptionKey`). */

@@ -2,7 +2,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { describe, expect, it } from 'vitest';
-import { getTaskContext, TaskflowError, type TaskRecord } from 'koa-taskflow';
+import { getTaskContext, TaskflowError, type TaskRecord, type TaskStore } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { expectOneExecutionAcrossInstances } from './helpers/durable-app.js';
 import { tempDir } from './helpers/files.js';
@@ -40,6 +40,41 @@ describe('SqliteStore', () => {
     const other = openStore(path);
     await waitFor(async () => (await other.get(id))?.status === 'success', 5_000, 'the success to be committed');
     expect(await other.get(id)).toMatchObject({ id, name: 'sendWelcome', args: ['a@b.c'], tags: { tenant: 'acme' }, attempts: 1, status: 'success' });
+  });
+
+  it('computes metrics() in SQL: counts by status and name, success rate, mean and p95 of successful durations', async () => {
+    const store = openStore(join(tempDir(), 'tasks.db'));
+    const ended = (id: string, name: string, status: TaskRecord['status'], durationMs?: number) =>
+      record(id, { name, status, durationMs, attempts: status === 'cancelled' ? 0 : 1, endedAt: Date.now() });
+    // 20 successful mails taking 1..20 ms: mean 10.5, nearest-rank p95 19.
+    const mails = Array.from({ length: 20 }, (_, i) => ended(`m${i}`, 'mail', 'success', i + 1));
+    await store.save([...mails, ended('f1', 'mail', 'failed', 3), ended('s1', 'sms', 'success', 100), ended('s2', 'sms', 'interrupted'), ended('s3', 'sms', 'cancelled')]);
+    await store.save([record('p1', { name: 'sms' })]);
+    const manager = createManager({ store });
+    const metrics = await manager.metrics();
+    expect(await store.metrics()).toEqual(metrics);
+    expect(metrics).toMatchObject({ total: 25, byStatus: { success: 21, failed: 1, interrupted: 1, cancelled: 1, pending: 1, running: 0 }, successRate: 21 / 23 });
+    expect(metrics.byName.mail).toEqual({
+      total: 21,
+      byStatus: { pending: 0, running: 0, success: 20, failed: 1, interrupted: 0, cancelled: 0 },
+      successRate: 20 / 21,
+      avgDurationMs: 10.5,
+      p95DurationMs: 19,
+    });
+    expect(metrics.byName.sms).toMatchObject({ total: 4, successRate: 0.5, avgDurationMs: 100, p95DurationMs: 100 });
+    // The whole set's durations: 1..20 and 100, so the p95 (rank 20 of 21) is 20.
+    expect(metrics.p95DurationMs).toBe(20);
+    // The same numbers as the manager computes from the records themselves.
+    const listOnly: TaskStore = {
+      save: async () => undefined,
+      get: (id) => store.get(id),
+      list: (filter) => store.list(filter),
+      claimKey: async () => undefined,
+      claimOrphans: async () => [],
+      close: async () => {},
+    };
+    const viaList = await createManager({ store: listOnly }).metrics();
+    expect(viaList).toEqual(metrics);
   });
 
   it('serves list() filters from SQL with indexes: status, name, tags, since, limit, newest first', async () => {

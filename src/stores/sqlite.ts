@@ -1,6 +1,7 @@
 import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
 import { TaskflowError } from '../errors.js';
-import type { SaveResult, TaskFilter, TaskRecord, TaskStore } from '../types.js';
+import { metricsFrom, type StatusCount } from '../metrics.js';
+import type { SaveResult, TaskFilter, TaskMetrics, TaskRecord, TaskStore } from '../types.js';
 import { compileFilter } from './filter.js';
 import { GroupCommittedStore } from './durable-store.js';
 import type { WriteBatch } from './group-commit.js';
@@ -170,6 +171,22 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     }
     const rows = this.#statement(sql).all(...params) as { record: string }[];
     return rows.map((row) => parseRecord(row.record, this.argsCipher));
+  }
+
+  /** Counted by SQLite: only the status counts and the durations of successful tasks leave the database. */
+  async metrics(): Promise<TaskMetrics> {
+    this.#foldLogIfAny();
+    const counts = this.#statement('SELECT name, status, COUNT(*) AS count FROM taskflow_tasks GROUP BY name, status').all() as unknown as StatusCount[];
+    const rows = this.#statement(
+      "SELECT name, json_extract(record, '$.durationMs') AS duration FROM taskflow_tasks WHERE status = 'success' AND json_extract(record, '$.durationMs') IS NOT NULL",
+    ).all() as { name: string; duration: number }[];
+    const durations = new Map<string, number[]>();
+    for (const { name, duration } of rows) {
+      let named = durations.get(name);
+      if (named === undefined) durations.set(name, (named = []));
+      named.push(duration);
+    }
+    return metricsFrom(counts, durations);
   }
 
   async claimKey(key: string, id: string): Promise<string | undefined> {
