@@ -121,7 +121,9 @@ describe('SQLite crash recovery', () => {
 describe('SQLite leases', () => {
   it('a live owner renewing its lease keeps its long task from another instance on the file, which takes it once the owner is killed', async () => {
     const { db, log } = setup();
-    const leaseMs = 150;
+    // Renewed every leaseMs / 3: the owner would have to stall for two thirds of a lease to lose it. Long
+    // enough that a loaded CI machine does not, short enough to watch several leases go by.
+    const leaseMs = 450;
     const owner = await startDurableApp({ DB: db, TASK_LOG: log, MODE: 'hold', CONCURRENCY: '1', LEASE_MS: String(leaseMs), ORPHAN_MS: '50' });
     const id = await owner.add(7);
     await waitFor(() => readTaskLog(log).length === 1, 5_000, 'the task to be running in the owner');
@@ -141,8 +143,8 @@ describe('SQLite leases', () => {
     await other.start();
     const since = Date.now();
     // Without renewals the task would be taken after one lease; the other instance looks for orphans every
-    // 50 ms through six of them.
-    await waitFor(() => orphanChecks >= 12 && Date.now() - since >= 6 * leaseMs, 10_000, 'six leases of orphan checks');
+    // 50 ms through five of them.
+    await waitFor(() => orphanChecks >= 12 && Date.now() - since >= 5 * leaseMs, 10_000, 'five leases of orphan checks');
     expect(ranHere).toEqual([]);
     expect(countBy(log, 'start').get(id)).toBe(1);
 
