@@ -111,24 +111,28 @@ export class Attempt implements ActiveAttempt {
   }
 
   /**
-   * Run `fn(...args)` as this attempt: inside our context, with the span active when tracing is on.
+   * Run `fn(...args)` as this attempt: inside our context, with the span active when tracing is on. Answers
+   * the task's own result (a value, or its promise, which the caller awaits) or throws what it threw.
    */
-  async execute(fn: (...args: unknown[]) => unknown, args: readonly unknown[], timeoutMs: number | undefined): Promise<unknown> {
-    let timer: NodeJS.Timeout | undefined;
-    if (timeoutMs !== undefined) timer = setTimeout(() => this.abort(new TaskTimeoutError(timeoutMs)), timeoutMs);
+  execute(fn: (...args: unknown[]) => unknown, args: readonly unknown[], timeoutMs: number | undefined): unknown {
+    // Only a timeout races the task's promise; shutdown abandons an attempt instead (see abort()), so the
+    // common case adds no promise of its own.
+    if (timeoutMs === undefined) return this.#call(fn, args);
+    return this.#executeWithTimeout(fn, args, timeoutMs);
+  }
+
+  async #executeWithTimeout(fn: (...args: unknown[]) => unknown, args: readonly unknown[], timeoutMs: number): Promise<unknown> {
+    const timer = setTimeout(() => this.abort(new TaskTimeoutError(timeoutMs)), timeoutMs);
     try {
       const result = this.#call(fn, args);
       if (result === null || typeof result !== 'object' || typeof (result as PromiseLike<unknown>).then !== 'function') return result;
-      // Only a timeout races the task's promise; shutdown abandons an attempt instead (see abort()), so
-      // the common case allocates no extra promise.
-      if (timeoutMs === undefined) return await result;
       if (this.#abortReason !== undefined) throw this.#abortReason;
       return await new Promise((resolve, reject) => {
         this.#rejectRunning = reject;
         (result as PromiseLike<unknown>).then(resolve, reject);
       });
     } finally {
-      if (timer !== undefined) clearTimeout(timer);
+      clearTimeout(timer);
       this.#rejectRunning = undefined;
     }
   }
