@@ -82,6 +82,17 @@ export class TaskAdder {
   }
 }
 
+/** The options a record carries: what it was added with, as far as a record (or another process) can tell. */
+function recordedOptions(record: TaskRecord): TaskOptions {
+  return {
+    ...record.options,
+    tags: record.tags,
+    priority: record.priority,
+    idempotencyKey: record.idempotencyKey,
+    retries: Math.max(0, record.maxAttempts - 1),
+  };
+}
+
 const MANAGER_OPTIONS = new Set([
   'logger', 'store', 'observers', 'concurrency', 'defaults', 'tracerProvider', 'meterProvider', 'shutdownTimeoutMs',
   'requeuePending', 'redact', 'encryptionKey', 'leaseMs', 'orphanCheckMs',
@@ -355,14 +366,7 @@ export class TaskManager implements TaskEnqueuer {
       fn = () => {};
       reason = 'unregistered';
     } else {
-      const overrides: TaskOptions = {
-        ...record.options,
-        tags: record.tags,
-        priority: record.priority,
-        idempotencyKey: record.idempotencyKey,
-        retries: Math.max(0, record.maxAttempts - 1),
-      };
-      options = resolveOptions('recovery', mergeOptions(registration.options, overrides), registration.name);
+      options = resolveOptions('recovery', mergeOptions(registration.options, recordedOptions(record)), registration.name);
       fn = registration.fn;
       if (record.status === 'running' && unreadable === undefined) {
         if (options.requeueOnInterrupt) record.attempts = Math.max(0, record.attempts - 1);
@@ -550,8 +554,7 @@ export class TaskManager implements TaskEnqueuer {
       (record) => {
         if (record === undefined) return undefined;
         name = record.name;
-        const overrides: TaskOptions = { ...record.options, tags: record.tags, priority: record.priority, idempotencyKey: record.idempotencyKey, retries: Math.max(0, record.maxAttempts - 1) };
-        options = resolveOptions('handle', overrides, record.name);
+        options = resolveOptions('handle', recordedOptions(record), record.name);
         return record;
       },
       () => undefined,
