@@ -12,6 +12,7 @@ import {
   ATTR_MESSAGING_SYSTEM as SEMCONV_MESSAGING_SYSTEM,
 } from '@opentelemetry/semantic-conventions/incubating';
 import type Koa from 'koa';
+import pino from 'pino';
 import { getTaskContext, semconv, taskLog, type TaskManager, type TaskManagerOptions } from 'koa-taskflow';
 import { interruptEndlessTask } from './helpers/interrupt.js';
 import { capturePino } from './helpers/pino.js';
@@ -324,6 +325,23 @@ describe('taskLog', () => {
 });
 
 describe('pino lines', () => {
+  it('a taskLog is a span event before it is a pino line (span events first in the chain)', async () => {
+    const eventsWhenWritten: string[][] = [];
+    const logger = pino({ level: 'info' }, {
+      write() {
+        // pino writes synchronously inside taskLog(): the attempt span as it is at that moment.
+        eventsWhenWritten.push((getTaskContext()!.span as unknown as ReadableSpan).events.map((e) => e.name));
+      },
+    });
+    const manager = createManager({ tracerProvider: provider, logger });
+    manager.add(function logsTwice() {
+      taskLog('one');
+      taskLog('two');
+    });
+    await manager.drain();
+    expect(eventsWhenWritten).toEqual([['task.log'], ['task.log', 'task.log']]);
+  });
+
   it('lifecycle lines carry the trace_id, span_id and trace_flags of the latest attempt span', async () => {
     const { logger, lines } = capturePino('debug');
     const manager = createManager({ tracerProvider: provider, logger });
