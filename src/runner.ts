@@ -25,6 +25,8 @@ class PriorityQueue<T> {
       const head = this.#heads[p];
       if (head === level.length) continue;
       const item = level[head];
+      // A queue that never quite drains must not keep what it handed out reachable (see MemoryStore#trim).
+      level[head] = undefined as unknown as T;
       this.size--;
       if (head + 1 === level.length) {
         level.length = 0;

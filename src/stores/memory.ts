@@ -88,7 +88,10 @@ export class MemoryStore implements TaskStore {
   #trim(): void {
     const ended = this.#ended;
     while (this.#records.size > this.maxRecords && this.#endedHead < ended.length) {
-      const id = ended[this.#endedHead++];
+      const id = ended[this.#endedHead];
+      // Cleared, not just passed: a consumed slot would keep the id alive until the next compaction, and the
+      // garbage collector then copies and promotes a young id referenced from this old array, task after task.
+      ended[this.#endedHead++] = undefined as unknown as string;
       const record = this.#records.get(id);
       if (record === undefined || !FINAL_STATUSES.has(record.status)) continue;
       this.#records.delete(id);
