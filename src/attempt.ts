@@ -41,8 +41,13 @@ class AttemptContext implements Context {
   }
 
   #expanded(): Context {
-    return trace.setSpan(ROOT_CONTEXT, this.attempt.span).setValue(ATTEMPT_KEY, this.attempt);
+    return expandedContext(this.attempt);
   }
+}
+
+/** The attempt's context built the API's way: two copied maps, what AttemptContext stands in for. */
+function expandedContext(attempt: Pick<Attempt, 'span'>): Context {
+  return trace.setSpan(ROOT_CONTEXT, attempt.span).setValue(ATTEMPT_KEY, attempt);
 }
 
 const probe = trace.wrapSpanContext({ traceId: '1'.repeat(32), spanId: '1'.repeat(16), traceFlags: 1 });
@@ -144,7 +149,7 @@ export class Attempt implements ActiveAttempt {
     // attempt span in it, whatever the phase, and nothing of the request (its span, baggage,
     // instrumentation state) leaks into work that outlives it.
     if (hasSpanIds(this.span.spanContext())) {
-      const attemptContext = attemptContextWorks ? new AttemptContext(this) : trace.setSpan(ROOT_CONTEXT, this.span).setValue(ATTEMPT_KEY, this);
+      const attemptContext = attemptContextWorks ? new AttemptContext(this) : expandedContext(this);
       // With a working context manager (the SDK's) the OpenTelemetry context alone carries the attempt; a
       // no-op manager does not even hold it for this call, so our own storage takes over.
       return context.with(attemptContext, runIn, this, attemptContext, fn, args);

@@ -27,11 +27,17 @@ function summarise(byStatus: Record<TaskStatus, number>, durations: number[]): N
   };
 }
 
+/** The duration of one successful task. */
+export interface SuccessDuration {
+  name: string;
+  duration: number;
+}
+
 /**
  * Counts per status and per name, success rate, mean and p95 duration of successful tasks, from status
- * counts and the durations of successful tasks by name.
+ * counts and the durations of the successful tasks.
  */
-export function metricsFrom(counts: Iterable<StatusCount>, successDurations: ReadonlyMap<string, number[]>): TaskMetrics {
+export function metricsFrom(counts: Iterable<StatusCount>, successDurations: Iterable<SuccessDuration>): TaskMetrics {
   const all = emptyCounts();
   const byNameCounts = new Map<string, Record<TaskStatus, number>>();
   for (const { name, status, count } of counts) {
@@ -40,25 +46,29 @@ export function metricsFrom(counts: Iterable<StatusCount>, successDurations: Rea
     named[status] += count;
     all[status] += count;
   }
+  const allDurations: number[] = [];
+  const byNameDurations = new Map<string, number[]>();
+  for (const { name, duration } of successDurations) {
+    allDurations.push(duration);
+    let named = byNameDurations.get(name);
+    if (named === undefined) byNameDurations.set(name, (named = []));
+    named.push(duration);
+  }
   const byName: Record<string, NameMetrics> = {};
-  for (const [name, named] of byNameCounts) byName[name] = summarise(named, [...(successDurations.get(name) ?? [])]);
-  return { ...summarise(all, [...successDurations.values()].flat()), byName };
+  for (const [name, named] of byNameCounts) byName[name] = summarise(named, byNameDurations.get(name) ?? []);
+  return { ...summarise(all, allDurations), byName };
 }
 
 /** The same from the records themselves (stores that cannot count on their own). */
 export function computeMetrics(records: readonly TaskRecord[]): TaskMetrics {
   const counts = new Map<string, StatusCount>();
-  const durations = new Map<string, number[]>();
+  const durations: SuccessDuration[] = [];
   for (const record of records) {
     const key = `${record.status}\u0000${record.name}`;
     const known = counts.get(key);
     if (known === undefined) counts.set(key, { name: record.name, status: record.status, count: 1 });
     else known.count++;
-    if (record.durationMs !== undefined && record.status === 'success') {
-      let named = durations.get(record.name);
-      if (named === undefined) durations.set(record.name, (named = []));
-      named.push(record.durationMs);
-    }
+    if (record.durationMs !== undefined && record.status === 'success') durations.push({ name: record.name, duration: record.durationMs });
   }
   return metricsFrom(counts.values(), durations);
 }
