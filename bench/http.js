@@ -82,7 +82,7 @@ export async function runHttpBench(log = console.log) {
   const byName = new Map(variants.map((v) => [v.name, v]));
   const pairs = comparisons(variants);
   const samples = new Map(variants.map((v) => [v.name, []]));
-  const paired = new Map(pairs.map(([base, name]) => [`${base}/${name}`, { rps: [], cpu: [] }]));
+  const paired = new Map(pairs.map(([base, name]) => [`${base}/${name}`, { cpu: [] }]));
   const run = async (name, round) => {
     const sample = await measure(byName.get(name), redis?.port);
     samples.get(name).push(sample);
@@ -99,7 +99,6 @@ export async function runHttpBench(log = console.log) {
         const [baseSample, sample] = first === base ? [a, b] : [b, a];
         const ratios = paired.get(`${base}/${name}`);
         ratios.cpu.push(baseSample.cpuPerRequest / sample.cpuPerRequest);
-        ratios.rps.push(sample.rps / baseSample.rps);
       }
     }
   } finally {
@@ -119,7 +118,6 @@ export async function runHttpBench(log = console.log) {
         allTasksRan: s.every((x) => x.allTasksRan),
         errors: s.reduce((a, x) => a + x.errors, 0),
         capacityRatio: own ? median(own.cpu) : NaN,
-        baselineRpsRatio: own ? median(own.rps) : NaN,
       };
     });
   const bare = rows.find((r) => r.name === 'bare');
