@@ -63,10 +63,13 @@ export class Runner {
   readonly redact: Redactor;
   readonly #deps: RunnerDeps;
   readonly #queue = new PriorityQueue<TaskRun>();
-  readonly #running = new Set<TaskRun>();
-  // A Set of runs, not a map by id: identity hashing is cheaper and a queued task smaller; looking a run
-  // up by id is only needed for an idempotency hit that asks for a handle.
-  readonly #live = new Set<TaskRun>();
+  /** Attempts holding a slot. A count, not a set: a run knows whether it holds one (`inSlot`). */
+  #running = 0;
+  // Every unfinished run, as a doubly linked list through the runs themselves: joining and leaving it are
+  // two pointer writes, where a Set hashes each run and grows a table that the garbage collector walks.
+  // Looking a run up by id (an idempotency hit asking for a handle, recovery) walks it.
+  #liveHead: TaskRun | undefined;
+  #liveCount = 0;
   #idleWaiters: (() => void)[] = [];
   /** Set once shutdown stops waiting: no more retries, nothing new starts but shielded tasks. */
   stopping = false;
@@ -83,18 +86,25 @@ export class Runner {
   }
 
   get running(): number {
-    return this.#running.size;
+    return this.#running;
   }
 
   /** Accepted tasks that have not ended, wherever they wait. */
   get unfinished(): number {
-    return this.#live.size;
+    return this.#liveCount;
   }
 
   /** The unfinished task with this id, if it lives in this process. */
   live(id: string): TaskRun | undefined {
-    for (const run of this.#live) if (run.id === id) return run;
+    for (let run = this.#liveHead; run !== undefined; run = run.liveNext) if (run.id === id) return run;
     return undefined;
+  }
+
+  /** The unfinished runs, oldest last (a copy: ending one while iterating is safe). */
+  #liveRuns(): TaskRun[] {
+    const runs: TaskRun[] = [];
+    for (let run = this.#liveHead; run !== undefined; run = run.liveNext) runs.push(run);
+    return runs;
   }
 
   report(stage: string, error: unknown): void {
@@ -103,7 +113,12 @@ export class Runner {
 
   /** A task was accepted: it counts until it ends. */
   accept(run: TaskRun): void {
-    this.#live.add(run);
+    if (run.isLive) return;
+    run.isLive = true;
+    run.liveNext = this.#liveHead;
+    if (this.#liveHead !== undefined) this.#liveHead.livePrev = run;
+    this.#liveHead = run;
+    this.#liveCount++;
     run.announce();
   }
 
@@ -116,7 +131,7 @@ export class Runner {
       run.submitAfterWrite = true;
       return;
     }
-    if (this.#running.size < this.#deps.concurrency && this.#queue.size === 0) this.#start(run);
+    if (this.#running < this.#deps.concurrency && this.#queue.size === 0) this.#start(run);
     else this.#queue.push(run, run.options.priority ?? DEFAULT_PRIORITY);
   }
 
@@ -132,14 +147,25 @@ export class Runner {
       clearTimeout(run.retryTimer);
       run.retryTimer = undefined;
     }
-    this.#live.delete(run);
+    this.#leave(run);
     this.#deps.onTaskEnded?.(run.record);
     run.sequence?.ended(run);
-    if (this.#live.size === 0 && this.#idleWaiters.length > 0) {
+    if (this.#liveCount === 0 && this.#idleWaiters.length > 0) {
       const waiters = this.#idleWaiters;
       this.#idleWaiters = [];
       for (const resolve of waiters) resolve();
     }
+  }
+
+  #leave(run: TaskRun): void {
+    if (!run.isLive) return;
+    run.isLive = false;
+    const { livePrev, liveNext } = run;
+    if (livePrev === undefined) this.#liveHead = liveNext;
+    else livePrev.liveNext = liveNext;
+    if (liveNext !== undefined) liveNext.livePrev = livePrev;
+    run.livePrev = run.liveNext = undefined;
+    this.#liveCount--;
   }
 
   recordChanged(record: TaskRecord): void {
@@ -192,7 +218,7 @@ export class Runner {
 
   /** Resolves when no accepted task is left unfinished. */
   whenIdle(): Promise<void> {
-    if (this.#live.size === 0) return Promise.resolve();
+    if (this.#liveCount === 0) return Promise.resolve();
     return new Promise((resolve) => this.#idleWaiters.push(resolve));
   }
 
@@ -203,7 +229,7 @@ export class Runner {
   async stop(timeoutMs: number): Promise<void> {
     // Durable tasks that are not running go back to the store at once instead of running in the
     // shutdown window: the next start (or another instance) resumes them without waiting for a lease.
-    for (const run of [...this.#live]) if (run.recoverable && run.current === undefined) run.release();
+    for (const run of this.#liveRuns()) if (run.recoverable && run.current === undefined) run.release();
     let timer: NodeJS.Timeout | undefined;
     const timedOut = await Promise.race([
       this.whenIdle().then(() => false),
@@ -213,7 +239,7 @@ export class Runner {
     if (!timedOut) return;
     this.stopping = true;
     // Waiting tasks first, so a slot freed by an abort below cannot start one of them.
-    const unshielded = [...this.#live].filter((run) => !run.options.shield);
+    const unshielded = this.#liveRuns().filter((run) => !run.options.shield);
     for (const run of unshielded) {
       if (run.current === undefined) run.cancel(run.record.attempts === 0 ? 'cancelled' : 'interrupted', 'shutdown');
     }
@@ -222,14 +248,18 @@ export class Runner {
   }
 
   #start(run: TaskRun): void {
-    this.#running.add(run);
+    this.#running++;
+    run.inSlot = true;
     void run.runAttempt();
   }
 
   /** An attempt has ended (or was abandoned): its slot goes to the next queued task. */
   settled(run: TaskRun): void {
-    this.#running.delete(run);
-    while (this.#running.size < this.#deps.concurrency && this.#queue.size > 0) {
+    if (run.inSlot) {
+      run.inSlot = false;
+      this.#running--;
+    }
+    while (this.#running < this.#deps.concurrency && this.#queue.size > 0) {
       const next = this.#queue.shift()!;
       if (!next.isFinal) this.#start(next);
     }

@@ -30,6 +30,11 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   sequence: { ended(run: TaskRun): void } | undefined;
   current: Attempt | undefined;
   retryTimer: NodeJS.Timeout | undefined;
+  /** The runner's bookkeeping: its list of unfinished runs, and whether an attempt of this run holds a slot. */
+  isLive = false;
+  livePrev: TaskRun | undefined;
+  liveNext: TaskRun | undefined;
+  inSlot = false;
   /** The span context of the latest recorded attempt: the next attempt links to it. */
   previousAttempt: SpanContext | undefined;
   /** Status changes are written to the store (false once the store refused the task or gave its key to another). */
