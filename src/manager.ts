@@ -22,6 +22,7 @@ import { unreadableArgs } from './stores/records.js';
 import { NO_LOGS, TaskRun } from './task-run.js';
 import { FINAL_STATUSES, type SaveResult, type TaskFilter, type TaskFunction, type TaskLogger, type TaskMetrics, type TaskObserver, type TaskRecord, type TaskStore } from './types.js';
 import { TraceFlags, type SpanContext } from '@opentelemetry/api';
+import { newTaskId } from './ids.js';
 
 export interface TaskManagerOptions {
   /** A pino logger: every task log and lifecycle change is also written through it. */
@@ -472,7 +473,7 @@ export class TaskManager implements TaskEnqueuer {
     if (typeof fn !== 'function') throw new TypeError(`${where}: argument "fn" must be a function, got ${fn === null ? 'null' : typeof fn}`);
     const options = this.#optionsFor(where, fn as TaskFunction, overrides);
     const recoverable = this.#durable && this.#checkPersist(where, fn as TaskFunction, options, args);
-    const id = randomUUID();
+    const id = newTaskId();
     const key = options.idempotencyKey;
     if (key !== undefined) {
       if (this.#memoryStore !== undefined) {

@@ -247,10 +247,15 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     const time = Date.now();
     const entry: LogEntry = { time, level, message, attempt: attempt.attempt };
     if (safeFields !== undefined) entry.fields = safeFields;
-    let logs = this.record.logs;
-    if (logs === NO_LOGS) this.record.logs = logs = [];
-    else if (logs.length >= MAX_LOGS_PER_RECORD) logs.shift();
-    logs.push(entry);
+    const logs = this.record.logs;
+    // The first entry makes an array of exactly one (a push onto `[]` reserves 17 slots, kept by every
+    // finished record in the history); later pushes grow it as usual.
+    if (logs === NO_LOGS) {
+      this.record.logs = [entry];
+    } else {
+      if (logs.length >= MAX_LOGS_PER_RECORD) logs.shift();
+      logs.push(entry);
+    }
     if (!runner.chain.hasLog) return;
     const spanContext = attempt.span.spanContext();
     runner.chain.emitLog({

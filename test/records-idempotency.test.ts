@@ -119,6 +119,20 @@ describe('a handle for a key whose holder is not live in this process', () => {
 });
 
 describe('records', () => {
+  it('task ids are distinct version 4 UUIDs, past the 256 ids one batch of random bytes makes', async () => {
+    const manager = createManager();
+    const ids = Array.from({ length: 1_000 }, () => manager.add(function tick() {}));
+    await manager.drain();
+    expect(new Set(ids).size).toBe(1_000);
+    for (const id of ids) expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    // Both halves of each byte vary: no digit position is stuck at one value across the ids.
+    for (let position = 0; position < 36; position++) {
+      if ([8, 13, 14, 18, 23].includes(position)) continue;
+      expect(new Set(ids.map((id) => id[position])).size).toBeGreaterThan(3);
+    }
+    expect((await manager.get(ids[999]))?.status).toBe('success');
+  });
+
   it('list() filters by status, name, tags (all must match), since and limit, newest first', async () => {
     const manager = createManager();
     const t0 = Date.now();
