@@ -1,0 +1,68 @@
+// `npm run bench` takes a quarter of an hour, so it is not run here; this checks that every server it
+// compares still starts, serves, and accounts for its background work, so a broken variant is caught now and
+// not in the middle of a benchmark run.
+import { describe, expect, it } from 'vitest';
+import { startRedisServer } from './helpers/redis.js';
+
+interface Variant {
+  name: string;
+  baseline?: string;
+  tasks?: boolean;
+  needsRedis?: boolean;
+  script?: string;
+}
+interface BenchServer {
+  url: string;
+  stop(): Promise<void>;
+}
+interface Stats {
+  served: number;
+  ran?: number;
+  cpuMicros: number;
+}
+
+// Plain JavaScript modules outside the typed sources: imported by a computed path, typed here.
+const { VARIANTS } = (await import(new URL('../bench/http.js', import.meta.url).href)) as { VARIANTS: Variant[] };
+const { startServer } = (await import(new URL('../bench/lib.js', import.meta.url).href)) as {
+  startServer(script: string, args: string[]): Promise<BenchServer>;
+};
+
+const REQUESTS = 40;
+
+async function exercise(variant: Variant, redisPort: number): Promise<{ before: Stats; after: Stats }> {
+  const script = new URL(`../bench/${variant.script ?? 'server.js'}`, import.meta.url).pathname;
+  const server = await startServer(script, [variant.name, String(redisPort)]);
+  try {
+    const stats = async (): Promise<Stats> => (await (await fetch(`${server.url}/__stats`)).json()) as Stats;
+    const before = await stats();
+    for (let i = 0; i < REQUESTS; i++) {
+      const response = await fetch(server.url);
+      expect(response.status, variant.name).toBe(200);
+      expect(await response.text(), variant.name).toBe('ok');
+    }
+    return { before, after: await stats() };
+  } finally {
+    await server.stop();
+  }
+}
+
+describe('the benchmark variants (bench/server.js, bench/durable-server.js)', () => {
+  it('every variant serves its requests and, once drained, has run one task per request', { timeout: 120_000 }, async () => {
+    const redis = await startRedisServer();
+    const names = new Set(VARIANTS.map((v) => v.name));
+    // Each comparison's baseline is a variant too.
+    for (const variant of VARIANTS) if (variant.baseline) expect(names.has(variant.baseline), variant.baseline).toBe(true);
+    // Two at a time: each is its own process.
+    const queue = [...VARIANTS];
+    const worker = async (): Promise<void> => {
+      for (let variant = queue.shift(); variant !== undefined; variant = queue.shift()) {
+        const { before, after } = await exercise(variant, redis.port);
+        expect(after.served - before.served, variant.name).toBe(REQUESTS);
+        expect(after.cpuMicros, variant.name).toBeGreaterThan(before.cpuMicros);
+        // A variant with tasks must have run all of them by the time /__stats answers (it drains first).
+        if (variant.tasks) expect(after.ran! - before.ran!, variant.name).toBe(REQUESTS);
+      }
+    };
+    await Promise.all([worker(), worker()]);
+  });
+});
