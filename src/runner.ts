@@ -65,10 +65,11 @@ export class Runner {
   readonly #queue = new PriorityQueue<TaskRun>();
   /** Attempts holding a slot. A count, not a set: a run knows whether it holds one (`inSlot`). */
   #running = 0;
-  // Every unfinished run, as a doubly linked list through the runs themselves: joining and leaving it are
-  // two pointer writes, where a Set hashes each run and grows a table that the garbage collector walks.
-  // Looking a run up by id (an idempotency hit asking for a handle, recovery) walks it.
+  // Every unfinished run in the order accepted, as a doubly linked list through the runs themselves: joining
+  // and leaving it are a few pointer writes, where a Set hashes each run and grows a table that the garbage
+  // collector walks. Looking a run up by id (an idempotency hit asking for a handle, recovery) walks it.
   #liveHead: TaskRun | undefined;
+  #liveTail: TaskRun | undefined;
   #liveCount = 0;
   #idleWaiters: (() => void)[] = [];
   /** Set once shutdown stops waiting: no more retries, nothing new starts but shielded tasks. */
@@ -100,7 +101,7 @@ export class Runner {
     return undefined;
   }
 
-  /** The unfinished runs, oldest last (a copy: ending one while iterating is safe). */
+  /** The unfinished runs, oldest first (a copy: ending one while iterating is safe). */
   #liveRuns(): TaskRun[] {
     const runs: TaskRun[] = [];
     for (let run = this.#liveHead; run !== undefined; run = run.liveNext) runs.push(run);
@@ -113,11 +114,11 @@ export class Runner {
 
   /** A task was accepted: it counts until it ends. */
   accept(run: TaskRun): void {
-    if (run.isLive) return;
-    run.isLive = true;
-    run.liveNext = this.#liveHead;
-    if (this.#liveHead !== undefined) this.#liveHead.livePrev = run;
-    this.#liveHead = run;
+    if (this.#isLive(run)) return;
+    run.livePrev = this.#liveTail;
+    if (this.#liveTail === undefined) this.#liveHead = run;
+    else this.#liveTail.liveNext = run;
+    this.#liveTail = run;
     this.#liveCount++;
     run.announce();
   }
@@ -157,13 +158,17 @@ export class Runner {
     }
   }
 
+  #isLive(run: TaskRun): boolean {
+    return run.livePrev !== undefined || this.#liveHead === run;
+  }
+
   #leave(run: TaskRun): void {
-    if (!run.isLive) return;
-    run.isLive = false;
+    if (!this.#isLive(run)) return;
     const { livePrev, liveNext } = run;
     if (livePrev === undefined) this.#liveHead = liveNext;
     else livePrev.liveNext = liveNext;
-    if (liveNext !== undefined) liveNext.livePrev = livePrev;
+    if (liveNext === undefined) this.#liveTail = livePrev;
+    else liveNext.livePrev = livePrev;
     run.livePrev = run.liveNext = undefined;
     this.#liveCount--;
   }

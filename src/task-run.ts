@@ -31,7 +31,6 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   current: Attempt | undefined;
   retryTimer: NodeJS.Timeout | undefined;
   /** The runner's bookkeeping: its list of unfinished runs, and whether an attempt of this run holds a slot. */
-  isLive = false;
   livePrev: TaskRun | undefined;
   liveNext: TaskRun | undefined;
   inSlot = false;
