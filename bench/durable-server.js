@@ -32,7 +32,7 @@ if (variant === 'sqlite-by-hand') {
     const id = randomUUID();
     insert.run(id, JSON.stringify([1]), Date.now());
     running++;
-    ctx.res.once('close', async () => {
+    ctx.res.once('close', () => {
       ran++;
       finish.run(Date.now(), id);
       if (--running === 0) idle?.();
