@@ -6,7 +6,7 @@
 import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import autocannon from 'autocannon';
-import { fmt, interleavedRounds, median, startRedis, startServer } from './lib.js';
+import { burst, fmt, interleavedRounds, median, startRedis, startServer } from './lib.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const SECONDS = Number(process.env.SECONDS ?? 4);
@@ -21,25 +21,12 @@ const VARIANTS = [
   { name: 'redis', label: 'RedisStore (local redis-server), 1 durable task/request', needsRedis: true },
 ];
 
-async function stats(url) {
-  return (await fetch(`${url}/__stats`)).json();
-}
-
 async function measure(variant, redisPort) {
   const server = await startServer(new URL('./durable-server.js', import.meta.url).pathname, [variant.name, String(redisPort ?? 0)]);
   try {
     await autocannon({ url: server.url, connections: CONNECTIONS, duration: WARMUP });
-    const before = await stats(server.url);
-    const result = await autocannon({ url: server.url, connections: CONNECTIONS, duration: SECONDS });
-    const after = await stats(server.url);
-    const served = after.served - before.served;
-    return {
-      rps: result.requests.total / SECONDS,
-      p99: result.latency.p99,
-      cpuPerRequest: (after.cpuMicros - before.cpuMicros) / served,
-      allTasksRan: variant.name === 'bare' || after.ran - before.ran === served,
-      errors: result.errors + result.non2xx,
-    };
+    const sample = await burst(server, SECONDS, CONNECTIONS);
+    return { ...sample, allTasksRan: variant.name === 'bare' || sample.ran === sample.served };
   } finally {
     await server.stop();
   }

@@ -4,7 +4,7 @@
 // background work the request caused* (process.cpuUsage() of the server before/after, read after draining).
 // Capacity ratio = baseline CPU per request ÷ variant CPU per request (≥ 1 means as cheap or cheaper).
 import autocannon from 'autocannon';
-import { fmt, median, percentile, startRedis, startServer } from './lib.js';
+import { burst, fmt, median, percentile, startRedis, startServer } from './lib.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const BURSTS = Number(process.env.BURSTS ?? 3);
@@ -44,28 +44,12 @@ function serve(variant, redisPort) {
   return startServer(new URL(variant.script ?? './server.js', import.meta.url).pathname, [variant.name, String(redisPort ?? 0)]);
 }
 
-async function get(url) {
-  const response = await fetch(url);
-  return response.json();
-}
-
-/** One burst of requests against a warm server: what it served, at what latency, for how much CPU. */
-async function burst(variant, server) {
-  const before = await get(`${server.url}/__stats`);
-  const result = await autocannon({ url: server.url, connections: CONNECTIONS, duration: SECONDS });
-  const after = await get(`${server.url}/__stats`);
-  // Counted by the server: requests cut off when autocannon stops were still served (and cost CPU).
-  const served = after.served - before.served;
-  return {
-    rps: result.requests.total / SECONDS,
-    p50: result.latency.p50,
-    p99: result.latency.p99,
-    cpuPerRequest: (after.cpuMicros - before.cpuMicros) / served,
-    // A request cut off when autocannon stopped (at most one per connection) may never have finished, and
-    // a task started on `finish` then never runs: that is not a backlog. More missing tasks are.
-    allTasksRan: variant.tasks ? served - (after.ran - before.ran) <= CONNECTIONS : true,
-    errors: result.errors + result.non2xx,
-  };
+/** One burst against a warm server, and whether every task its requests caused has run. */
+async function measure(variant, server) {
+  const sample = await burst(server, SECONDS, CONNECTIONS);
+  // A request cut off when autocannon stopped (at most one per connection) may never have finished, and a
+  // task started on `finish` then never runs: that is not a backlog. More missing tasks are.
+  return { ...sample, allTasksRan: variant.tasks ? sample.served - sample.ran <= CONNECTIONS : true };
 }
 
 /**
@@ -82,7 +66,7 @@ async function measurePair(base, variant, redisPort) {
     const bursts = [];
     for (let i = 0; i < BURSTS; i++) {
       const pair = [];
-      for (const side of i % 2 === 0 ? [0, 1] : [1, 0]) pair[side] = await burst(side === 0 ? base : variant, servers[side]);
+      for (const side of i % 2 === 0 ? [0, 1] : [1, 0]) pair[side] = await measure(side === 0 ? base : variant, servers[side]);
       bursts.push(pair);
     }
     return bursts;

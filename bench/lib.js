@@ -1,5 +1,6 @@
 // Shared pieces of the benchmark scripts: child servers, a throwaway redis-server, medians, formatting.
 import { spawn, spawnSync } from 'node:child_process';
+import autocannon from 'autocannon';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
@@ -63,6 +64,28 @@ export async function startRedis() {
       await stopChild(child);
       rmSync(dir, { recursive: true, force: true });
     },
+  };
+}
+
+/**
+ * One burst of requests against a running bench server: `GET /__stats` before and after (it answers once the
+ * server's background work has drained), so the CPU time of the work each request caused is charged to it.
+ * `served`/`ran` are counted by the server: requests cut off when autocannon stops were still served.
+ */
+export async function burst(server, seconds, connections) {
+  const stats = async () => (await fetch(`${server.url}/__stats`)).json();
+  const before = await stats();
+  const result = await autocannon({ url: server.url, connections, duration: seconds });
+  const after = await stats();
+  const served = after.served - before.served;
+  return {
+    rps: result.requests.total / seconds,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    cpuPerRequest: (after.cpuMicros - before.cpuMicros) / served,
+    served,
+    ran: after.ran - before.ran,
+    errors: result.errors + result.non2xx,
   };
 }
 
