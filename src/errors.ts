@@ -1,11 +1,20 @@
-/** Base class of the errors koa-taskflow throws itself. */
+/**
+ * Base class of the errors koa-taskflow throws itself. `code` is stable across releases (match on it, not on
+ * the message); the table of codes is in docs/errors.md.
+ */
 export class TaskflowError extends Error {
   override name = 'TaskflowError';
+  readonly code: string = 'ERR_TASKFLOW';
+  constructor(message?: string, options?: ErrorOptions & { code?: string }) {
+    super(message, options);
+    if (options?.code !== undefined) this.code = options.code;
+  }
 }
 
 /** An attempt ran longer than its `timeout`; its `signal` was aborted with this error. */
 export class TaskTimeoutError extends TaskflowError {
   override name = 'TaskTimeoutError';
+  override readonly code = 'ERR_TASK_TIMEOUT';
   constructor(readonly timeoutMs: number) {
     super(`task attempt exceeded its timeout of ${timeoutMs} ms; raise the "timeout" option or make the task honour its AbortSignal sooner`);
   }
@@ -14,6 +23,7 @@ export class TaskTimeoutError extends TaskflowError {
 /** A running task was aborted because `shutdown()` stopped waiting for it. */
 export class TaskInterruptedError extends TaskflowError {
   override name = 'TaskInterruptedError';
+  override readonly code = 'ERR_TASK_INTERRUPTED';
   constructor(reason = 'shutdown') {
     super(`task interrupted (${reason}); mark it "shield: true" to let shutdown wait for it, or "requeueOnInterrupt: true" with a durable store to run it again on the next start`);
   }
@@ -22,6 +32,7 @@ export class TaskInterruptedError extends TaskflowError {
 /** A task that never started because its request failed or the manager shut down. */
 export class TaskCancelledError extends TaskflowError {
   override name = 'TaskCancelledError';
+  override readonly code = 'ERR_TASK_CANCELLED';
   constructor(readonly reason: string) {
     super(`task cancelled before it started (${reason})`);
   }
@@ -30,6 +41,7 @@ export class TaskCancelledError extends TaskflowError {
 /** The manager is shutting down or shut down and takes no new work. */
 export class TaskManagerClosedError extends TaskflowError {
   override name = 'TaskManagerClosedError';
+  override readonly code = 'ERR_MANAGER_CLOSED';
   /** Koa answers a request that hits this with 503 Service Unavailable. */
   readonly status = 503;
   readonly expose = true;
@@ -41,6 +53,7 @@ export class TaskManagerClosedError extends TaskflowError {
 /** No task has this id. */
 export class TaskNotFoundError extends TaskflowError {
   override name = 'TaskNotFoundError';
+  override readonly code = 'ERR_TASK_NOT_FOUND';
   constructor(readonly id: string) {
     super(`no task with id ${JSON.stringify(id)}`);
   }
@@ -52,12 +65,62 @@ export class TaskNotFoundError extends TaskflowError {
  */
 export class TaskArgsDecryptionError extends TaskflowError {
   override name = 'TaskArgsDecryptionError';
+  override readonly code = 'ERR_ARGS_DECRYPTION';
   constructor(
     readonly taskId: string,
     message: string,
     options?: ErrorOptions,
   ) {
     super(`the args of task ${taskId} ${message}`, options);
+  }
+}
+
+/**
+ * A task's process died while it ran more often than its `maxStalls` allows: it is not run again, it ends
+ * `failed` with this error (the task itself probably kills its process: memory, a native crash, an exit).
+ */
+export class TaskStalledError extends TaskflowError {
+  override name = 'TaskStalledError';
+  override readonly code = 'ERR_TASK_STALLED';
+  constructor(readonly stalls: number, readonly maxStalls: number) {
+    super(
+      `the process running this task died ${stalls} time(s), more than its "maxStalls" (${maxStalls}) allows; it is not run again. Find what ends the process (memory, a native crash, process.exit) or raise "maxStalls"`,
+    );
+  }
+}
+
+/**
+ * This process already holds `maxQueued` tasks waiting for a slot: the task was not accepted (nothing was
+ * recorded). Inside the middleware the request is answered 503 with `Retry-After`.
+ */
+export class TaskQueueFullError extends TaskflowError {
+  override name = 'TaskQueueFullError';
+  override readonly code = 'ERR_QUEUE_FULL';
+  /** Koa answers a request that hits this with 503 Service Unavailable. */
+  readonly status = 503;
+  readonly expose = true;
+  constructor(readonly maxQueued: number, readonly retryAfterSeconds = 1) {
+    super(`the task queue is full (${maxQueued} tasks waiting, the "maxQueued" option); the task was not accepted: retry later or raise "maxQueued"/"concurrency"`);
+  }
+}
+
+/** The task store could not be reached or did not answer (Redis down, a closed store, a disk error). */
+export class TaskStoreUnavailableError extends TaskflowError {
+  override name = 'TaskStoreUnavailableError';
+  override readonly code: string = 'ERR_STORE_UNAVAILABLE';
+  /** Koa answers a request that hits this with 503 Service Unavailable. */
+  readonly status = 503;
+  readonly expose = true;
+}
+
+/**
+ * A store's file or data cannot be used as it is: `code` says why (`ERR_STORE_UNREADABLE`,
+ * `ERR_STORE_READ_ONLY`, `ERR_STORE_SCHEMA`, `ERR_STORE_NEWER_SCHEMA`). The data was not modified.
+ */
+export class TaskStoreError extends TaskflowError {
+  override name = 'TaskStoreError';
+  constructor(message: string, code: 'ERR_STORE_UNREADABLE' | 'ERR_STORE_READ_ONLY' | 'ERR_STORE_SCHEMA' | 'ERR_STORE_NEWER_SCHEMA', options?: ErrorOptions) {
+    super(message, { ...options, code });
   }
 }
 

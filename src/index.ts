@@ -16,6 +16,10 @@ export {
   TaskManagerClosedError,
   TaskNotFoundError,
   TaskArgsDecryptionError,
+  TaskStalledError,
+  TaskQueueFullError,
+  TaskStoreUnavailableError,
+  TaskStoreError,
 } from './errors.js';
 export { REDACTED } from './redact.js';
 export * as semconv from './otel-names.js';
