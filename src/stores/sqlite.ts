@@ -1,4 +1,5 @@
-import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
+import type { DatabaseSync, SQLInputValue, StatementSync } from 'node:sqlite';
+import { DatabaseSync as Database } from './node-sqlite.js';
 import { TaskflowError } from '../errors.js';
 import { metricsFrom, type StatusCount, type SuccessDuration } from '../metrics.js';
 import type { SaveResult, TaskFilter, TaskMetrics, TaskRecord, TaskStore } from '../types.js';
@@ -106,7 +107,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     this.path = path;
     let db: DatabaseSync | undefined;
     try {
-      db = new DatabaseSync(path);
+      db = new Database(path);
       db.exec(`PRAGMA busy_timeout = ${busyTimeoutMs}`);
       const mode = db.prepare('PRAGMA journal_mode = WAL').get() as { journal_mode: string };
       if (mode.journal_mode !== 'wal' && path !== ':memory:') throw new Error(`could not switch to WAL mode (got ${mode.journal_mode})`);

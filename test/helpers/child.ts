@@ -10,9 +10,16 @@ export interface Child {
   exited: Promise<number | null>;
 }
 
-/** Start `node <script>` on this Node (the project's Node 24); killed after the test if still running. */
-export function startNode(script: string, args: string[] = [], env: Record<string, string> = {}): Child {
-  const child = spawn(process.execPath, [script, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Start `node <script>` on this Node (the project's Node 24); killed after the test if still running.
+ * `nodeArgs` go before the script (`--import …`); `cwd` is where bare specifiers in them resolve from.
+ */
+export function startNode(script: string, args: string[] = [], env: Record<string, string> = {}, options: { nodeArgs?: string[]; cwd?: string } = {}): Child {
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), script, ...args], {
+    cwd: options.cwd,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const lines: string[] = [];
   const listeners = new Set<() => void>();
   let buffer = '';
