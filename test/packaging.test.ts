@@ -94,4 +94,14 @@ console.log(JSON.stringify(entries));
     expect(span).toMatchObject({ name: 'task sendWelcome', service: 'packed-quickstart', status: { code: 1 } });
     expect(span!.links).toHaveLength(1);
   });
+
+  it('koa-taskflow/sqlite on a Node without node:sqlite says which Node it needs', async () => {
+    // --no-experimental-sqlite takes node:sqlite away from this Node 24, as an older Node lacks it.
+    const probe = `import('${pkg.name}/sqlite').then(() => console.log('loaded'), (e) => console.log(JSON.stringify({ name: e.name, code: e.code, message: e.message })))`;
+    const { stdout } = await run(process.execPath, ['--no-experimental-sqlite', '--input-type=module', '-e', probe]);
+    const error = JSON.parse(stdout) as { name: string; code: string; message: string };
+    expect(error).toMatchObject({ name: 'TaskflowError', code: 'ERR_NODE_SQLITE_UNAVAILABLE' });
+    expect(error.message).toContain('needs Node.js >= 22.15');
+    expect(error.message).toContain(process.version);
+  });
 });
