@@ -195,7 +195,9 @@ export class TaskTelemetry {
         // The same type name as the record's `error.type`, so a span and its record agree (a thrown
         // string is `string`, not a made-up `Error`).
         const info = toErrorInfo(error);
-        span.recordException(error instanceof Error ? error : { name: info.type, message: info.message });
+        // Recorded from the info, not the error: the SDK would name an Error with a `code` (ours all have one)
+        // by that code, and the exception event must say the same type as error.type and the record.
+        span.recordException({ name: info.type, message: info.message, stack: info.stack });
         span.setStatus({ code: SpanStatusCode.ERROR, message: info.message });
         span.setAttribute(ATTR_ERROR_TYPE, info.type);
       }
