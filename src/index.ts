@@ -2,7 +2,7 @@ export { TaskManager, TaskAdder, type TaskManagerOptions } from './manager.js';
 export type { AdminOptions, AdminAuth, AdminMiddleware } from './admin/index.js';
 export { TaskScheduler, TaskBatch, type TaskHandle, type TaskPhase } from './scheduler.js';
 export { getTaskContext, taskLog } from './context.js';
-export type { TaskOptions, ResolvedTaskOptions } from './options.js';
+export type { TaskOptions, ResolvedTaskOptions, TraceMode } from './options.js';
 export { MemoryStore, type MemoryStoreOptions } from './stores/memory.js';
 export { InMemoryObserver } from './observers/memory.js';
 export { filterObserver, type ObserverFilter } from './observers/filter.js';
@@ -22,6 +22,7 @@ export {
   TaskStoreError,
 } from './errors.js';
 export { REDACTED } from './redact.js';
+export { taskSampler, type TaskSamplerDelegate, type TaskSamplingResult } from './sampling.js';
 export * as semconv from './otel-names.js';
 export type {
   TaskStatus,

@@ -25,7 +25,8 @@ import { createRequire, register } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { isMainThread } from 'node:worker_threads';
 import { diag, metrics, trace, type ProxyTracerProvider } from '@opentelemetry/api';
-import type { NodeSDK } from '@opentelemetry/sdk-node';
+import type { NodeSDK, tracing } from '@opentelemetry/sdk-node';
+import { taskSampler } from './sampling.js';
 
 /** What the entry needs installed next to koa-taskflow. */
 const SDK_PACKAGES = [
@@ -119,6 +120,37 @@ function registerEsmHook(): () => Promise<void> {
   return waitForAllMessagesAcknowledged;
 }
 
+/**
+ * The sampler OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG name, built as the SDK builds it (the SDK's own
+ * builder is not exported, and a sampler passed to NodeSDK replaces the environment's): the standard values;
+ * anything else falls back to the default, parentbased_always_on, with a diagnostic, as the SDK does.
+ */
+function samplerFromEnv(sdk: typeof tracing): tracing.Sampler {
+  const name = (process.env.OTEL_TRACES_SAMPLER ?? '').trim().toLowerCase() || 'parentbased_always_on';
+  const ratio = (): number => {
+    const arg = process.env.OTEL_TRACES_SAMPLER_ARG?.trim();
+    const value = arg ? Number(arg) : 1;
+    if (Number.isFinite(value) && value >= 0 && value <= 1) return value;
+    diag.error(`koa-taskflow/instrumentation: OTEL_TRACES_SAMPLER_ARG "${arg}" is not a ratio from 0 to 1; using 1`);
+    return 1;
+  };
+  switch (name) {
+    case 'always_on':
+      return new sdk.AlwaysOnSampler();
+    case 'always_off':
+      return new sdk.AlwaysOffSampler();
+    case 'traceidratio':
+      return new sdk.TraceIdRatioBasedSampler(ratio());
+    case 'parentbased_always_off':
+      return new sdk.ParentBasedSampler({ root: new sdk.AlwaysOffSampler() });
+    case 'parentbased_traceidratio':
+      return new sdk.ParentBasedSampler({ root: new sdk.TraceIdRatioBasedSampler(ratio()) });
+    default:
+      if (name !== 'parentbased_always_on') diag.error(`koa-taskflow/instrumentation: OTEL_TRACES_SAMPLER "${name}" is not supported here; using parentbased_always_on`);
+      return new sdk.ParentBasedSampler({ root: new sdk.AlwaysOnSampler() });
+  }
+}
+
 /** Export what has ended so far without stopping anything (the app is still shutting down). */
 function flushNow(): void {
   const providers: unknown[] = [(trace.getTracerProvider() as ProxyTracerProvider).getDelegate(), metrics.getMeterProvider()];
@@ -134,6 +166,8 @@ async function start(): Promise<void> {
   const env = process.env;
   const exporterFromEnv = Boolean(env.OTEL_TRACES_EXPORTER || env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL || env.OTEL_EXPORTER_OTLP_PROTOCOL);
   sdk = new packages.sdkNode.NodeSDK({
+    // The environment's sampler, wrapped so that a request's decision governs its tasks' attempts.
+    sampler: taskSampler(samplerFromEnv(packages.sdkNode.tracing)),
     traceExporter: exporterFromEnv ? undefined : new packages.exporter.OTLPTraceExporter(),
     instrumentations: [
       new packages.http.HttpInstrumentation(),

@@ -198,7 +198,7 @@ export class TaskManager implements TaskEnqueuer {
     this.#chain = new ObserverChain([...builtIn, ...(options.observers ?? [])], (observer, stage, error) =>
       this.#report(`observer ${observer.constructor?.name ?? 'Object'}.${stage} failed (reported once per observer)`, error),
     );
-    this.#telemetry = new TaskTelemetry(options.tracerProvider, options.meterProvider, () => this.runner.queued);
+    this.#telemetry = new TaskTelemetry(options.tracerProvider, options.meterProvider, () => this.runner.queued, (message) => this.#warn(message));
     this.runner = new Runner({
       concurrency: options.concurrency ?? 16,
       telemetry: this.#telemetry,
@@ -382,7 +382,7 @@ export class TaskManager implements TaskEnqueuer {
     if (record.logs.length === 0) record.logs = NO_LOGS;
     const link: SpanContext | undefined =
       record.requestTraceId !== undefined && record.requestSpanId !== undefined
-        ? { traceId: record.requestTraceId, spanId: record.requestSpanId, traceFlags: TraceFlags.SAMPLED, isRemote: true }
+        ? { traceId: record.requestTraceId, spanId: record.requestSpanId, traceFlags: record.requestTraceFlags ?? TraceFlags.SAMPLED, isRemote: true }
         : undefined;
     const run = new TaskRun(this.runner, record, fn, record.args, options, link);
     run.recoverable = registration !== undefined;
@@ -507,6 +507,7 @@ export class TaskManager implements TaskEnqueuer {
       spanId: undefined,
       requestTraceId: requestLink?.traceId,
       requestSpanId: requestLink?.spanId,
+      requestTraceFlags: requestLink?.traceFlags,
       retryOf,
       runAt: undefined,
       options: recoverable ? persistedOptions(overrides) : undefined,
@@ -711,6 +712,11 @@ export class TaskManager implements TaskEnqueuer {
       return resolved;
     }
     return resolveOptions(where, mergeOptions(this.#defaults, overrides), fallbackName);
+  }
+
+  #warn(message: string): void {
+    if (this.logger !== undefined) this.logger.warn({}, `koa-taskflow: ${message}`);
+    else console.warn(`koa-taskflow: ${message}`);
   }
 
   #report(stage: string, error: unknown): void {

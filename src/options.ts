@@ -35,9 +35,17 @@ export interface TaskOptions {
   requeueOnInterrupt?: boolean;
   /** Run after-route/after-response tasks even when the request failed. */
   runOnError?: boolean;
+  /**
+   * How an attempt's span relates to the span active where the task was added (the request's). `'link'`
+   * (default): each attempt starts its own trace, linked to it (bounded traces, tail sampling per task).
+   * `'child'`: each attempt is a child of it, in the request's trace (one waterfall).
+   */
+  trace?: TraceMode;
   /** Called once when the task has finally failed (after its last retry). */
   onError?: (error: unknown, record: TaskRecord) => void | Promise<void>;
 }
+
+export type TraceMode = 'link' | 'child';
 
 /** Options with every default filled in: what a task actually runs with. */
 export interface ResolvedTaskOptions {
@@ -56,12 +64,13 @@ export interface ResolvedTaskOptions {
   persist: boolean | undefined;
   requeueOnInterrupt: boolean;
   runOnError: boolean;
+  trace: TraceMode;
   onError: TaskOptions['onError'];
 }
 
 const KNOWN_OPTIONS = new Set<string>([
   'name', 'retries', 'delay', 'backoff', 'maxDelay', 'jitter', 'timeout', 'priority', 'eager', 'shield', 'tags',
-  'idempotencyKey', 'persist', 'requeueOnInterrupt', 'runOnError', 'onError',
+  'idempotencyKey', 'persist', 'requeueOnInterrupt', 'runOnError', 'trace', 'onError',
 ]);
 
 const BOOLEAN_OPTIONS = ['jitter', 'eager', 'shield', 'persist', 'requeueOnInterrupt', 'runOnError'] as const;
@@ -123,6 +132,7 @@ export function validateTaskOptions(where: string, options: unknown): asserts op
   if (o.idempotencyKey !== undefined && (typeof o.idempotencyKey !== 'string' || o.idempotencyKey === '')) {
     throw optionError(where, 'idempotencyKey', 'a non-empty string', o.idempotencyKey);
   }
+  if (o.trace !== undefined && o.trace !== 'link' && o.trace !== 'child') throw optionError(where, 'trace', '"link" or "child"', o.trace);
   if (o.onError !== undefined && typeof o.onError !== 'function') throw optionError(where, 'onError', 'a function', o.onError);
   checkEagerPriority(where, o as TaskOptions);
 }
@@ -167,6 +177,7 @@ export function resolveOptions(where: string, options: TaskOptions, fallbackName
     persist: options.persist,
     requeueOnInterrupt: options.requeueOnInterrupt ?? false,
     runOnError: options.runOnError ?? false,
+    trace: options.trace ?? 'link',
     onError: options.onError,
   };
 }

@@ -10,6 +10,7 @@ import {
   SpanKind,
   SpanStatusCode,
   trace,
+  TraceFlags,
   type Attributes,
   type Counter,
   type Histogram,
@@ -37,6 +38,9 @@ export const ATTR_TASK_PRIORITY = 'task.priority';
 export const ATTR_TASK_IDEMPOTENCY_KEY = 'task.idempotency_key';
 export const ATTR_TASK_STATUS = 'task.status';
 export const ATTR_TASK_TAG_PREFIX = 'task.tag.';
+/** On every attempt span of a task added under a span: that span's ids (a Jaeger tag search finds them). */
+export const ATTR_TASK_REQUEST_TRACE_ID = 'task.request.trace_id';
+export const ATTR_TASK_REQUEST_SPAN_ID = 'task.request.span_id';
 // The messaging conventions are still "development" status, so the semantic-conventions package only ships
 // them from its unstable `incubating` entry point; its README asks libraries to copy such names instead.
 export const ATTR_MESSAGING_SYSTEM = 'messaging.system';
@@ -79,6 +83,8 @@ export interface AttemptSpanInput {
   readonly tags: Readonly<Record<string, string>>;
   readonly requestLink?: SpanContext;
   readonly previousAttempt?: SpanContext;
+  /** `'child'`: the attempt's parent is `requestLink` instead of a link to it. */
+  readonly traceMode: 'link' | 'child';
 }
 
 // What the API's global proxy delegates to while no SDK is registered, and the one span that stands for
@@ -117,7 +123,17 @@ export class TaskTelemetry {
   readonly #ownMeterProvider: MeterProvider | undefined;
   readonly #nameAttributes = new Map<string, NameAttributes>();
 
-  constructor(tracerProvider: TracerProvider | undefined, meterProvider: MeterProvider | undefined, queueDepth: () => number) {
+  /** Told once when an attempt's sampling decision differs from its request's (see taskSampler). */
+  readonly #onIncoherentSampling: (message: string) => void;
+  #warnedIncoherent = false;
+
+  constructor(
+    tracerProvider: TracerProvider | undefined,
+    meterProvider: MeterProvider | undefined,
+    queueDepth: () => number,
+    onIncoherentSampling: (message: string) => void = () => {},
+  ) {
+    this.#onIncoherentSampling = onIncoherentSampling;
     // The global tracer provider is a proxy, so a tracer taken now follows an SDK registered later.
     this.#tracerProvider = tracerProvider ?? trace.getTracerProvider();
     this.tracer = this.#tracerProvider.getTracer(INSTRUMENTATION_NAME);
@@ -175,14 +191,35 @@ export class TaskTelemetry {
   startAttempt(input: AttemptSpanInput, attempt: number): Span {
     if (this.#metricsOn) this.#active.add(1, this.#attributesFor(input.name).active);
     if (this.tracingOff) return NON_RECORDING_SPAN;
+    const request = input.requestLink;
+    const child = request !== undefined && input.traceMode === 'child';
+    // Link mode: the request is the first link (taskSampler reads its sampled flag there), the previous
+    // attempt the second. Child mode: the request is the parent, and later attempts link to the previous.
     let links: Link[] | undefined;
-    if (input.requestLink !== undefined) links = [{ context: input.requestLink }];
+    if (request !== undefined && !child) links = [{ context: request }];
     if (input.previousAttempt !== undefined) (links ??= []).push({ context: input.previousAttempt });
-    // ROOT_CONTEXT: every attempt starts its own trace; the request is reached through the link.
-    const span = this.tracer.startSpan(spanName(input.name), { kind: SpanKind.CONSUMER, links }, ROOT_CONTEXT);
-    // Attributes are built only for a span that records: with no SDK this costs nothing.
-    if (span.isRecording()) span.setAttributes(attemptAttributes(input, attempt));
+    // The attributes go in at the start so that a sampler sees them (taskSampler knows an attempt by task.id).
+    const parent = child ? trace.setSpanContext(ROOT_CONTEXT, request) : ROOT_CONTEXT;
+    const span = this.tracer.startSpan(spanName(input.name), { kind: SpanKind.CONSUMER, links, attributes: attemptAttributes(input, attempt) }, parent);
+    if (request !== undefined && !this.#warnedIncoherent) this.#checkSampling(request, span);
     return span;
+  }
+
+  /**
+   * A sampled request whose attempt was dropped (or the reverse) breaks the way from one to the other: the
+   * app's sampler decides for each attempt's new trace afresh. Said once, with the fix.
+   */
+  #checkSampling(request: SpanContext, span: Span): void {
+    const requestSampled = (request.traceFlags & TraceFlags.SAMPLED) !== 0;
+    const attemptSampled = (span.spanContext().traceFlags & TraceFlags.SAMPLED) !== 0;
+    if (requestSampled === attemptSampled) return;
+    this.#warnedIncoherent = true;
+    this.#onIncoherentSampling(
+      `a ${requestSampled ? 'sampled' : 'dropped'} request added a task whose attempt span was ${attemptSampled ? 'sampled' : 'dropped'}: ` +
+        `the tracer's sampler decides for each attempt on its own, so requests and their tasks are kept or dropped apart. ` +
+        `Wrap the SDK's sampler with taskSampler() from koa-taskflow (new NodeSDK({ sampler: taskSampler(yourSampler) })); ` +
+        `the koa-taskflow/instrumentation entry does this for you`,
+    );
   }
 
   endAttempt(span: Span, taskName: string, durationMs: number, error: unknown): void {
@@ -232,6 +269,10 @@ function attemptAttributes(input: AttemptSpanInput, attempt: number): Attributes
     [ATTR_MESSAGING_OPERATION_TYPE]: 'process',
     [ATTR_MESSAGING_MESSAGE_ID]: input.id,
   };
+  if (input.requestLink !== undefined) {
+    attributes[ATTR_TASK_REQUEST_TRACE_ID] = input.requestLink.traceId;
+    attributes[ATTR_TASK_REQUEST_SPAN_ID] = input.requestLink.spanId;
+  }
   if (input.priority !== undefined) attributes[ATTR_TASK_PRIORITY] = input.priority;
   if (input.idempotencyKey !== undefined) attributes[ATTR_TASK_IDEMPOTENCY_KEY] = input.idempotencyKey;
   for (const key in input.tags) attributes[tagAttribute(key)] = input.tags[key];

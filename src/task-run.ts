@@ -1,4 +1,4 @@
-import type { Span, SpanContext } from '@opentelemetry/api';
+import { INVALID_TRACEID, type Span, type SpanContext } from '@opentelemetry/api';
 import { Attempt, type AttemptOwner } from './attempt.js';
 import { TaskCancelledError, TaskInterruptedError, toErrorInfo } from './errors.js';
 import { retryDelay, type ResolvedTaskOptions } from './options.js';
@@ -87,6 +87,10 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     return this.record.idempotencyKey;
   }
 
+  get traceMode(): 'link' | 'child' {
+    return this.options.trace;
+  }
+
   /** Promises for a TaskHandle; created on first request. */
   signals(): HandleSignals {
     if (this.#signals !== undefined) return this.#signals;
@@ -121,6 +125,10 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     if (spanContext.traceFlags !== 0 || span.isRecording()) {
       record.traceId = spanContext.traceId;
       record.spanId = spanContext.spanId;
+      this.previousAttempt = spanContext;
+    } else if (spanContext.traceId !== INVALID_TRACEID) {
+      // A dropped attempt under an SDK: the next one still links to it, so that taskSampler keeps the first
+      // attempt's decision for a task that has no request to follow.
       this.previousAttempt = spanContext;
     }
     const attempt = new Attempt(this, attemptNo, span);
@@ -270,6 +278,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       traceId: spanContext.traceId,
       spanId: spanContext.spanId,
       traceFlags: spanContext.traceFlags,
+      requestTraceId: this.record.requestTraceId,
+      requestSpanId: this.record.requestSpanId,
     });
   }
 
@@ -321,6 +331,10 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       event.spanId = record.spanId;
       // Unknown for a task resumed from a store before its first attempt here.
       if (this.previousAttempt !== undefined) event.traceFlags = this.previousAttempt.traceFlags;
+    }
+    if (record.requestTraceId !== undefined) {
+      event.requestTraceId = record.requestTraceId;
+      event.requestSpanId = record.requestSpanId;
     }
     this.runner.chain.emitLifecycle(event);
   }

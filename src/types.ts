@@ -61,6 +61,11 @@ export interface TaskRecord {
   /** The span that was active when the task was added (usually the request's server span). */
   requestTraceId?: string;
   requestSpanId?: string;
+  /**
+   * That span's trace flags (bit 1: sampled). The request's sampling decision travels with the task: a
+   * retry minutes later, or another process recovering it, records its attempts iff the request was sampled.
+   */
+  requestTraceFlags?: number;
   /** For a task created by `retry(id)`: the id it retries. */
   retryOf?: string;
   /** While waiting for a retry: the earliest time (epoch ms) of the next attempt. Stored, so retries survive restarts. */
@@ -82,6 +87,7 @@ export interface PersistedTaskOptions {
   shield?: boolean;
   persist?: boolean;
   requeueOnInterrupt?: boolean;
+  trace?: 'link' | 'child';
 }
 
 export interface TaskFilter {
@@ -123,6 +129,9 @@ export interface LogEvent {
   traceId: string;
   spanId: string;
   traceFlags?: number;
+  /** The span that was active where the task was added (the request's), when there was one. */
+  requestTraceId?: string;
+  requestSpanId?: string;
 }
 
 /** Emitted for every status change of a task. */
@@ -142,6 +151,9 @@ export interface LifecycleEvent {
   traceId?: string;
   spanId?: string;
   traceFlags?: number;
+  /** The span that was active where the task was added (the request's), when there was one. */
+  requestTraceId?: string;
+  requestSpanId?: string;
 }
 
 export type TaskEvent = LogEvent | LifecycleEvent;

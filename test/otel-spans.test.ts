@@ -105,6 +105,9 @@ describe('an attempt span', () => {
       'messaging.system': 'koa-taskflow',
       'messaging.operation.type': 'process',
       'messaging.message.id': id,
+      // What a Jaeger tag search finds a request's tasks by (Jaeger shows links only on the span holding them).
+      'task.request.trace_id': request.spanContext().traceId,
+      'task.request.span_id': request.spanContext().spanId,
     });
 
     // From the task to the request and back.
@@ -114,6 +117,7 @@ describe('an attempt span', () => {
       spanId: attempt.spanContext().spanId,
       requestTraceId: request.spanContext().traceId,
       requestSpanId: request.spanContext().spanId,
+      requestTraceFlags: request.spanContext().traceFlags,
     });
   });
 

@@ -33,6 +33,10 @@ export function pinoObserver(logger: TaskLogger): TaskObserver {
         line.span_id = event.spanId;
         line.trace_flags = formatTraceFlags(event.traceFlags ?? 0);
       }
+      if (event.requestTraceId !== undefined) {
+        line.request_trace_id = event.requestTraceId;
+        line.request_span_id = event.requestSpanId;
+      }
       line.task = { id: event.taskId, name: event.name, attempt: event.attempt };
       line.tags = event.tags;
       logger[event.level](line, event.message);
@@ -49,6 +53,10 @@ export function pinoObserver(logger: TaskLogger): TaskObserver {
         line.trace_id = event.traceId;
         line.span_id = event.spanId;
         if (event.traceFlags !== undefined) line.trace_flags = formatTraceFlags(event.traceFlags);
+      }
+      if (event.requestTraceId !== undefined) {
+        line.request_trace_id = event.requestTraceId;
+        line.request_span_id = event.requestSpanId;
       }
       line.task = { id: event.taskId, name: event.name, attempt: event.attempt };
       line.tags = event.tags;

@@ -108,6 +108,7 @@ function toRecord(stored: TaskRecord): TaskRecord {
     spanId: stored.spanId,
     requestTraceId: stored.requestTraceId,
     requestSpanId: stored.requestSpanId,
+    requestTraceFlags: stored.requestTraceFlags,
     retryOf: stored.retryOf,
     runAt: stored.runAt,
     options: stored.options,
