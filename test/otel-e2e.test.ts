@@ -2,6 +2,8 @@
 // real OTLP/HTTP exporter posting JSON to a real receiver on 127.0.0.1, real HTTP requests to the app, and the
 // app's pino lines read from its stdout.
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { loggingErrorHandler, setGlobalErrorHandler } from '@opentelemetry/core';
@@ -9,10 +11,14 @@ import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { BasicTracerProvider, BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { taskLog } from 'koa-taskflow';
 import { onCleanup, startApp, waitFor } from './helpers/server.js';
+import { startNode } from './helpers/child.js';
+import { countBy, readTaskLog } from './helpers/durable-app.js';
+import { tempDir } from './helpers/files.js';
 import { refusedPort, startOtlpReceiver, type ReceivedSpan } from './helpers/otlp-receiver.js';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));
 const appScript = fileURLToPath(new URL('./fixtures/otel-app.js', import.meta.url));
+const durableScript = fileURLToPath(new URL('./fixtures/durable-app.js', import.meta.url));
 
 interface PinoLine {
   level: number;
@@ -35,11 +41,14 @@ interface App {
   kill(signal: NodeJS.Signals): void;
 }
 
-/** Start the fixture app under the instrumentation entry; resolves once it listens. Killed after the test. */
-async function startInstrumentedApp(env: Record<string, string>): Promise<App> {
+/**
+ * Start the fixture app under the instrumentation entry (or another `--import` entry: an app's own SDK
+ * setup); resolves once it listens. Killed after the test.
+ */
+async function startInstrumentedApp(env: Record<string, string>, entry = 'koa-taskflow/instrumentation'): Promise<App> {
   // Only the OTEL_* variables the test sets: none leak in from the environment running the tests.
   const base = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('OTEL_')));
-  const child = spawn(process.execPath, ['--import', 'koa-taskflow/instrumentation', appScript], {
+  const child = spawn(process.execPath, ['--import', entry, appScript], {
     cwd: repo,
     env: { ...base, OTEL_SERVICE_NAME: 'otel-e2e', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -282,5 +291,86 @@ describe('the real OTLP exporter in process, endpoint refusing connections', () 
     // An explicit flush or shutdown may report the failure to its caller (the instrumentation entry catches it).
     await provider.shutdown().catch(() => {});
     expect(unhandled).toEqual([]);
+  });
+});
+
+describe('sampling a request and its tasks together, end to end', () => {
+  /**
+   * 60 requests to /work (every even one's task fails once and is retried), then SIGTERM: per request,
+   * whether its server span reached the receiver, and how many of its task's attempts did.
+   */
+  async function requestsAndAttempts(env: Record<string, string>, entry?: string) {
+    const receiver = await startOtlpReceiver();
+    const app = await startInstrumentedApp({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_BSP_SCHEDULE_DELAY: '50', OTEL_METRICS_EXPORTER: 'none', ...env }, entry);
+    const requests: { id: string; traceId: string; n: number }[] = [];
+    for (let n = 0; n < 60; n++) requests.push({ ...((await (await fetch(`${app.url}/work?n=${n}`)).json()) as { id: string; traceId: string }), n });
+    await waitFor(() => requests.every((r) => taskEnded(app.lines, r.id)), 15_000, 'every task to end');
+    app.kill('SIGTERM');
+    await app.exited;
+    const servers = new Set(receiver.spans.filter((s) => s.kind === 2).map((s) => s.traceId));
+    return requests.map((r) => ({
+      n: r.n,
+      requestKept: servers.has(r.traceId),
+      attempts: receiver.spans.filter((s) => s.attributes['task.id'] === r.id).length,
+      attemptsRun: r.n % 2 === 0 ? 2 : 1,
+    }));
+  }
+
+  const expectTogether = (results: Awaited<ReturnType<typeof requestsAndAttempts>>) => {
+    for (const r of results) expect({ n: r.n, attempts: r.attempts }).toEqual({ n: r.n, attempts: r.requestKept ? r.attemptsRun : 0 });
+    expect(results.some((r) => r.requestKept)).toBe(true);
+    expect(results.some((r) => !r.requestKept)).toBe(true);
+  };
+
+  it('under OTEL_TRACES_SAMPLER=parentbased_traceidratio at 0.5 with the instrumentation entry: every request and its attempts, retries included', async () => {
+    expectTogether(await requestsAndAttempts({ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.5' }));
+  });
+
+  it("with an app's own NodeSDK whose 50% sampler is wrapped in taskSampler", async () => {
+    expectTogether(await requestsAndAttempts({}, fileURLToPath(new URL('./fixtures/own-sdk.js', import.meta.url))));
+  });
+
+  it('for tasks recovered by a second process after the first was SIGKILLed, the request decision travels in the record', async () => {
+    const receiver = await startOtlpReceiver();
+    const dir = tempDir();
+    const env = {
+      STORE: 'sqlite',
+      DB: join(dir, 'tasks.db'),
+      TASK_LOG: join(dir, 'tasks.log'),
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+      OTEL_TRACES_SAMPLER: 'parentbased_traceidratio',
+      OTEL_TRACES_SAMPLER_ARG: '0.5',
+      OTEL_BSP_SCHEDULE_DELAY: '20',
+      OTEL_METRICS_EXPORTER: 'none',
+      LEASE_MS: '600',
+      ORPHAN_MS: '200',
+    };
+    const instrumented = { nodeArgs: ['--import', 'koa-taskflow/instrumentation'], cwd: repo };
+    const first = startNode(durableScript, [], { ...env, MODE: 'hold' }, instrumented);
+    const firstUrl = `http://127.0.0.1:${(JSON.parse(await first.waitForLine(/"listening"/, 15_000)) as { listening: number }).listening}`;
+    // The callers' own trace context decides each request (parent-based): half sampled, half not.
+    const added: { id: string; traceId: string; sampled: boolean }[] = [];
+    for (let i = 0; i < 16; i++) {
+      const traceId = randomBytes(16).toString('hex');
+      const sampled = i % 2 === 0;
+      const response = await fetch(`${firstUrl}/add?n=${i}`, { headers: { traceparent: `00-${traceId}-${randomBytes(8).toString('hex')}-${sampled ? '01' : '00'}` } });
+      added.push({ id: ((await response.json()) as { id: string }).id, traceId, sampled });
+    }
+    await waitFor(() => countBy(env.TASK_LOG, 'start').size >= 4, 10_000, 'tasks to start in the first process');
+    first.process.kill('SIGKILL');
+    await first.exited;
+
+    const second = startNode(durableScript, [], { ...env, MODE: 'fast' }, instrumented);
+    await second.waitForLine(/"listening"/, 15_000);
+    await waitFor(() => added.every((a) => readTaskLog(env.TASK_LOG).some((l) => l.id === a.id && l.event === 'done')), 20_000, 'every task to run');
+    const attemptsOf = (id: string) => receiver.spans.filter((s) => s.attributes['task.id'] === id);
+    await waitFor(() => added.filter((a) => a.sampled).every((a) => attemptsOf(a.id).length > 0), 10_000, 'the sampled tasks to be exported');
+    second.process.kill('SIGTERM');
+    await second.exited;
+    for (const task of added) {
+      const attempts = attemptsOf(task.id);
+      if (!task.sampled) expect({ id: task.id, attempts }).toEqual({ id: task.id, attempts: [] });
+      for (const attempt of attempts) expect(attempt.links.map((l) => l.traceId)).toContain(task.traceId);
+    }
   });
 });
