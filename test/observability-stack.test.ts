@@ -7,6 +7,8 @@ import { Writable } from 'node:stream';
 import { createRequire } from 'node:module';
 import { Ajv2019 } from 'ajv/dist/2019.js';
 import { parser as traceqlParser } from '@grafana/lezer-traceql';
+import { context } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { parser as logqlParser } from '@grafana/lezer-logql';
 import { DataPointType, MeterProvider, MetricReader, type ResourceMetrics } from '@opentelemetry/sdk-metrics';
 import { BasicTracerProvider } from '@opentelemetry/sdk-trace-base';
@@ -14,7 +16,7 @@ import pino from 'pino';
 import { parse as parseYaml } from 'yaml';
 import { describe, expect, it } from 'vitest';
 import { taskLog } from 'koa-taskflow';
-import { createManager } from './helpers/server.js';
+import { createManager, onCleanup } from './helpers/server.js';
 
 const require = createRequire(import.meta.url);
 const readYaml = <T>(path: string): T => parseYaml(readFileSync(path, 'utf8')) as T;
@@ -34,7 +36,7 @@ interface Datasource {
   url: string;
   jsonData?: {
     tracesToLogsV2?: { datasourceUid: string; query: string };
-    derivedFields?: { datasourceUid: string; matcherRegex: string }[];
+    derivedFields?: { name: string; datasourceUid: string; matcherRegex: string }[];
     tracesToMetrics?: { datasourceUid: string };
     lokiSearch?: { datasourceUid: string };
   };
@@ -64,6 +66,7 @@ function substitute(query: string): string {
     .replaceAll('$__rate_interval', '1m')
     .replaceAll('$__range', '1h')
     .replaceAll('$tenant', 'acme')
+    .replaceAll('$request', '0af7651916cd43dd8448eb211c80319c')
     .replaceAll('$task', 'sendWelcome');
 }
 
@@ -177,19 +180,33 @@ describe('Grafana provisioning', () => {
     expect(byUid.get(tempo.jsonData!.tracesToMetrics!.datasourceUid)?.type).toBe('prometheus');
   });
 
-  it("links logs to traces (Loki → Tempo): the derived field's regex finds the trace id of a real pino line", async () => {
-    const [field] = loki.jsonData!.derivedFields!;
-    expect(byUid.get(field.datasourceUid)?.type).toBe('tempo');
+  it("links logs to traces (Loki → Tempo): the derived fields find a task line's trace and its request's trace", async () => {
+    const fields = new Map(loki.jsonData!.derivedFields!.map((f) => [f.name, f]));
+    for (const field of fields.values()) expect(byUid.get(field.datasourceUid)?.type).toBe('tempo');
     const lines: string[] = [];
     const logger = pino(new Writable({ write: (chunk: Buffer, _e, cb) => (lines.push(chunk.toString()), cb()) }));
     const tracerProvider = new BasicTracerProvider();
     const manager = createManager({ logger, tracerProvider });
-    const id = manager.add(() => taskLog('charging card', { cents: 1900 }));
+    // What an SDK does at start: without a context manager no span can be active where the task is added.
+    context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+    onCleanup(() => context.disable());
+    const id = tracerProvider.getTracer('http').startActiveSpan('GET /checkout', (request) => {
+      const taskId = manager.add(() => taskLog('charging card', { cents: 1900 }));
+      request.end();
+      return taskId;
+    });
     await manager.drain();
     const line = lines.find((l) => l.includes('charging card'))!;
-    const traceId = (await manager.get(id))!.traceId!;
-    expect(traceId).toMatch(/^[0-9a-f]{32}$/);
-    expect(new RegExp(field.matcherRegex).exec(line)?.[1]).toBe(traceId);
+    const record = (await manager.get(id))!;
+    expect(record.traceId).toMatch(/^[0-9a-f]{32}$/);
+    expect(record.requestTraceId).toMatch(/^[0-9a-f]{32}$/);
+    expect(record.requestTraceId).not.toBe(record.traceId);
+    expect(new RegExp(fields.get('trace_id')!.matcherRegex).exec(line)?.[1]).toBe(record.traceId);
+    expect(new RegExp(fields.get('request_trace_id')!.matcherRegex).exec(line)?.[1]).toBe(record.requestTraceId);
+  });
+
+  it("from a request's span, the logs link also finds the lines of the tasks it added", () => {
+    expect(tempo.jsonData!.tracesToLogsV2!.query).toMatch(/request_trace_id="\$\$\{__span\.traceId\}"/);
   });
 });
 
@@ -213,6 +230,13 @@ describe('the dashboard', () => {
     expect(exprs).toMatch(/task_queue_depth/);
     expect(targets.some((t) => t.target.queryType === 'traceql')).toBe(true);
     expect(dashboard.panels.some((p) => p.datasource.uid === 'loki')).toBe(true);
+  });
+
+  it("has a 'tasks of this request' panel and the logs of a request with its tasks, both driven by the request's trace id", () => {
+    expect(dashboard.templating.list.map((v) => v.name)).toContain('request');
+    const queries = targets.map((t) => t.target.query ?? t.target.expr ?? '');
+    expect(queries).toContain('{ span.task.request.trace_id = "$request" }');
+    expect(queries).toContain('{service_name="koa-taskflow-app"} | json | trace_id="$request" or request_trace_id="$request"');
   });
 
   it('every TraceQL and LogQL query of the dashboard and the docs parses with Grafana’s grammars', () => {

@@ -3,6 +3,7 @@
 // app's pino lines read from its stdout.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -326,8 +327,9 @@ describe('sampling a request and its tasks together, end to end', () => {
     expectTogether(await requestsAndAttempts({ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.5' }));
   });
 
-  it("with an app's own NodeSDK whose 50% sampler is wrapped in taskSampler", async () => {
-    expectTogether(await requestsAndAttempts({}, fileURLToPath(new URL('./fixtures/own-sdk.js', import.meta.url))));
+  it("with an app's own NodeSDK whose 50% sampler is wrapped in taskSampler (examples/own-sdk-tracing.js, as the README shows it)", async () => {
+    expect(readFileSync(join(repo, 'README.md'), 'utf8')).toContain('```js\n' + readFileSync(join(repo, 'examples/own-sdk-tracing.js'), 'utf8') + '```');
+    expectTogether(await requestsAndAttempts({}, fileURLToPath(new URL('../examples/own-sdk-tracing.js', import.meta.url))));
   });
 
   it('for tasks recovered by a second process after the first was SIGKILLed, the request decision travels in the record', async () => {
