@@ -99,8 +99,11 @@ export class TaskQueueFullError extends TaskflowError {
   /** Koa answers a request that hits this with 503 Service Unavailable. */
   readonly status = 503;
   readonly expose = true;
+  /** Koa's default error handler sets these on the 503 (the middleware sets them too, for other handlers). */
+  readonly headers: Record<string, string>;
   constructor(readonly maxQueued: number, readonly retryAfterSeconds = 1) {
     super(`the task queue is full (${maxQueued} tasks waiting, the "maxQueued" option); the task was not accepted: retry later or raise "maxQueued"/"concurrency"`);
+    this.headers = { 'Retry-After': String(retryAfterSeconds) };
   }
 }
 

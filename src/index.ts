@@ -34,6 +34,8 @@ export type {
   TaskRecord,
   TaskFilter,
   TaskMetrics,
+  StoreMetrics,
+  ObserverMetrics,
   NameMetrics,
   LogEvent,
   LifecycleEvent,

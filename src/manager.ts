@@ -2,9 +2,9 @@ import { randomUUID } from 'node:crypto';
 import type { MeterProvider, TracerProvider } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import { setFallbackLogger } from './context.js';
-import { TaskCancelledError, TaskflowError, TaskManagerClosedError, TaskNotFoundError } from './errors.js';
+import { TaskCancelledError, TaskflowError, TaskManagerClosedError, TaskNotFoundError, TaskQueueFullError } from './errors.js';
 import { computeMetrics } from './metrics.js';
-import { ObserverChain } from './observers/chain.js';
+import { DEFAULT_OBSERVER_TIMEOUT_MS, MAX_TIMER_MS, ObserverChain } from './observers/chain.js';
 import { pinoObserver } from './observers/pino.js';
 import { spanEventObserver } from './observers/span-events.js';
 import { mergeOptions, optionError, resolveOptions, validateTaskOptions, type ResolvedTaskOptions, type TaskOptions } from './options.js';
@@ -55,7 +55,23 @@ export interface TaskManagerOptions {
   redact?: RedactOption;
   /** 32-byte key for AES-256-GCM encryption of args at rest (durable stores). */
   encryptionKey?: Uint8Array;
+  /**
+   * How many accepted tasks this process may hold without running them (waiting for a slot, for their
+   * request's response, for their store write, for a retry: `manager.queued`). Past it, adding a task throws
+   * `TaskQueueFullError` and a request answers 503 with `Retry-After`. Default 10 000; `Infinity` for no bound.
+   */
+  maxQueued?: number;
+  /**
+   * An observer call that returned a promise and has not settled after this long counts as dropped (and
+   * shutdown waits at most this long for observers' `close()`). Default 5 000 ms.
+   */
+  observerTimeoutMs?: number;
+  /** Calls of one observer whose promises have not settled; past it, events for that observer are dropped. Default 1 000. */
+  observerMaxInFlight?: number;
 }
+
+/** Default `maxQueued`: ~6 MB of queued tasks in the SDK itself (~570 B each, see the README's Backpressure). */
+export const DEFAULT_MAX_QUEUED = 10_000;
 
 export type { TaskHandle };
 
@@ -96,8 +112,14 @@ function recordedOptions(record: TaskRecord): TaskOptions {
 
 const MANAGER_OPTIONS = new Set([
   'logger', 'store', 'observers', 'concurrency', 'defaults', 'tracerProvider', 'meterProvider', 'shutdownTimeoutMs',
-  'requeuePending', 'redact', 'encryptionKey', 'leaseMs', 'orphanCheckMs',
+  'requeuePending', 'redact', 'encryptionKey', 'leaseMs', 'orphanCheckMs', 'maxQueued', 'observerTimeoutMs', 'observerMaxInFlight',
 ]);
+
+/** A count option: a positive integer, or `Infinity` for no bound. */
+function checkBound(where: string, key: string, value: unknown): void {
+  if (value === undefined || value === Infinity || (Number.isInteger(value) && (value as number) >= 1)) return;
+  throw optionError(where, key, 'a positive integer or Infinity', value, typeof value === 'number' ? RangeError : TypeError);
+}
 
 function validateManagerOptions(options: TaskManagerOptions): void {
   const where = 'new TaskManager';
@@ -109,6 +131,12 @@ function validateManagerOptions(options: TaskManagerOptions): void {
   for (const key of ['leaseMs', 'orphanCheckMs'] as const) {
     const value = options[key];
     if (value !== undefined && (!Number.isInteger(value) || value < 10)) throw optionError(where, key, 'an integer >= 10 (milliseconds)', value, typeof value === 'number' ? RangeError : TypeError);
+  }
+  checkBound(where, 'maxQueued', options.maxQueued);
+  checkBound(where, 'observerMaxInFlight', options.observerMaxInFlight);
+  const { observerTimeoutMs } = options;
+  if (observerTimeoutMs !== undefined && (!Number.isInteger(observerTimeoutMs) || observerTimeoutMs < 1 || observerTimeoutMs > MAX_TIMER_MS)) {
+    throw optionError(where, 'observerTimeoutMs', `an integer from 1 to ${MAX_TIMER_MS} (milliseconds)`, observerTimeoutMs, typeof observerTimeoutMs === 'number' ? RangeError : TypeError);
   }
   if (options.requeuePending !== undefined && typeof options.requeuePending !== 'boolean') throw optionError(where, 'requeuePending', 'a boolean', options.requeuePending);
   if (concurrency !== undefined && (!Number.isInteger(concurrency) || concurrency < 1)) {
@@ -162,6 +190,8 @@ export class TaskManager implements TaskEnqueuer {
   readonly #telemetry: TaskTelemetry;
   readonly #memoryStore: MemoryStore | undefined;
   readonly #shutdownTimeoutMs: number;
+  readonly #maxQueued: number;
+  readonly #observerTimeoutMs: number;
   #started: Promise<void> | undefined;
   #shutdown: Promise<void> | undefined;
   #closing = false;
@@ -184,6 +214,8 @@ export class TaskManager implements TaskEnqueuer {
     this.#memoryStore = this.store instanceof MemoryStore ? this.store : undefined;
     this.#defaults = options.defaults ?? {};
     this.#shutdownTimeoutMs = options.shutdownTimeoutMs ?? 10_000;
+    this.#maxQueued = options.maxQueued ?? DEFAULT_MAX_QUEUED;
+    this.#observerTimeoutMs = options.observerTimeoutMs ?? DEFAULT_OBSERVER_TIMEOUT_MS;
     this.#durable = this.store.durable === true;
     this.#requeuePending = options.requeuePending ?? true;
     this.#leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
@@ -195,8 +227,11 @@ export class TaskManager implements TaskEnqueuer {
     const redact = createRedactor(options.redact);
     const builtIn: TaskObserver[] = [spanEventObserver()];
     if (options.logger !== undefined) builtIn.push(pinoObserver(options.logger));
-    this.#chain = new ObserverChain([...builtIn, ...(options.observers ?? [])], (observer, stage, error) =>
-      this.#report(`observer ${observer.constructor?.name ?? 'Object'}.${stage} failed (reported once per observer)`, error),
+    this.#chain = new ObserverChain(
+      [...builtIn, ...(options.observers ?? [])],
+      (observer, stage, error) => this.#report(`observer ${observer.constructor?.name ?? 'Object'}.${stage} failed (reported once per observer)`, error),
+      (label, why) => this.#warn({ observer: label }, `koa-taskflow: observer ${label} is dropping events: ${why}; counted in metrics().observers (reported once per observer)`),
+      { timeoutMs: this.#observerTimeoutMs, maxInFlight: options.observerMaxInFlight },
     );
     this.#telemetry = new TaskTelemetry(options.tracerProvider, options.meterProvider, () => this.runner.queued, (message) => this.#warn(message));
     this.runner = new Runner({
@@ -244,9 +279,15 @@ export class TaskManager implements TaskEnqueuer {
       try {
         await next();
       } catch (error) {
-        request.routeFailed();
-        await request.flush()?.catch((e: unknown) => manager.#report('store write of a failed request', e));
+        await manager.#requestFailed(ctx, request);
         throw error;
+      }
+      // The handler caught a TaskQueueFullError and answered anyway: the request still fails, so the client
+      // is not told its work was accepted when part of it was refused.
+      const queueFull = request.queueFull;
+      if (queueFull !== undefined) {
+        await manager.#requestFailed(ctx, request);
+        throw queueFull;
       }
       request.routeDone();
       const written = request.flush();
@@ -258,6 +299,17 @@ export class TaskManager implements TaskEnqueuer {
         ctx.throw(503, 'the task store is unavailable; the request was not acknowledged');
       }
     };
+  }
+
+  /**
+   * The request failed (or hit `maxQueued`): its tasks waiting for the route or the response end
+   * `cancelled` (reason `request_failed`) unless `runOnError`, and their records are written.
+   */
+  async #requestFailed(ctx: { set(field: string, value: string): void }, request: RequestTasks): Promise<void> {
+    request.routeFailed();
+    await request.flush()?.catch((e: unknown) => this.#report('store write of a failed request', e));
+    // Set here as well as on the error: an error-handling middleware of the app's may not copy err.headers.
+    if (request.queueFull !== undefined) ctx.set('Retry-After', request.queueFull.headers['Retry-After']);
   }
 
   /** Enqueue outside a request (startup hooks, scripts): starts as soon as a slot is free. */
@@ -418,7 +470,7 @@ export class TaskManager implements TaskEnqueuer {
       // Status writes that failed while the store was away get one last chance before it closes.
       await this.runner.resync(true);
       this.#telemetry.close();
-      await this.#chain.close(Math.min(timeoutMs, 5_000) || 1);
+      await this.#chain.close(Math.min(timeoutMs, this.#observerTimeoutMs) || 1);
       await this.store.close();
     })();
     return this.#shutdown;
@@ -455,8 +507,21 @@ export class TaskManager implements TaskEnqueuer {
   }
 
   async metrics(): Promise<TaskMetrics> {
-    if (typeof this.store.metrics === 'function') return this.store.metrics();
-    return computeMetrics(await this.store.list());
+    const counted = typeof this.store.metrics === 'function' ? await this.store.metrics() : computeMetrics(await this.store.list());
+    return { ...counted, observers: this.#chain.metrics() };
+  }
+
+  /**
+   * Tasks accepted and not running in this process: waiting for a slot, for their request's route or
+   * response, for their store write, or for a retry. What `maxQueued` bounds.
+   */
+  get queued(): number {
+    return this.runner.waiting;
+  }
+
+  /** Attempts running now in this process (at most `concurrency`, plus shielded ones during shutdown). */
+  get running(): number {
+    return this.runner.running;
   }
 
   /**
@@ -473,6 +538,13 @@ export class TaskManager implements TaskEnqueuer {
     if (typeof fn !== 'function') throw new TypeError(`${where}: argument "fn" must be a function, got ${fn === null ? 'null' : typeof fn}`);
     const options = this.#optionsFor(where, fn as TaskFunction, overrides);
     const recoverable = this.#durable && this.#checkPersist(where, fn as TaskFunction, options, args);
+    // Checked before anything is recorded or claimed: a refused task leaves no trace. (So a duplicate
+    // idempotency key is refused too while the queue is full.)
+    if (this.runner.waiting >= this.#maxQueued) {
+      const error = new TaskQueueFullError(this.#maxQueued);
+      if (request !== undefined) request.queueFull = error;
+      throw error;
+    }
     const id = newTaskId();
     const key = options.idempotencyKey;
     if (key !== undefined) {
@@ -722,6 +794,11 @@ export class TaskManager implements TaskEnqueuer {
   #report(stage: string, error: unknown): void {
     if (this.logger !== undefined) this.logger.error({ err: error }, `koa-taskflow: ${stage}`);
     else console.error(`koa-taskflow: ${stage}:`, error);
+  }
+
+  #warn(fields: object, message: string): void {
+    if (this.logger !== undefined) this.logger.warn(fields, message);
+    else console.warn(message, fields);
   }
 }
 

@@ -1,4 +1,4 @@
-import { TASK_STATUSES, type NameMetrics, type TaskMetrics, type TaskRecord, type TaskStatus } from './types.js';
+import { TASK_STATUSES, type NameMetrics, type StoreMetrics, type TaskRecord, type TaskStatus } from './types.js';
 
 /** How many tasks of one name have one status: what a store can count without loading the records. */
 export interface StatusCount {
@@ -37,7 +37,7 @@ export interface SuccessDuration {
  * Counts per status and per name, success rate, mean and p95 duration of successful tasks, from status
  * counts and the durations of the successful tasks.
  */
-export function metricsFrom(counts: Iterable<StatusCount>, successDurations: Iterable<SuccessDuration>): TaskMetrics {
+export function metricsFrom(counts: Iterable<StatusCount>, successDurations: Iterable<SuccessDuration>): StoreMetrics {
   const all = emptyCounts();
   const byNameCounts = new Map<string, Record<TaskStatus, number>>();
   for (const { name, status, count } of counts) {
@@ -60,7 +60,7 @@ export function metricsFrom(counts: Iterable<StatusCount>, successDurations: Ite
 }
 
 /** The same from the records themselves (stores that cannot count on their own). */
-export function computeMetrics(records: readonly TaskRecord[]): TaskMetrics {
+export function computeMetrics(records: readonly TaskRecord[]): StoreMetrics {
   const counts = new Map<string, StatusCount>();
   const durations: SuccessDuration[] = [];
   for (const record of records) {

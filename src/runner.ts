@@ -95,6 +95,14 @@ export class Runner {
     return this.#liveCount;
   }
 
+  /**
+   * Accepted tasks not running now: waiting for a slot, for their request's route or response, for their
+   * store write, or for a retry. What `maxQueued` bounds: each holds its record and arguments in memory.
+   */
+  get waiting(): number {
+    return this.#liveCount - this.#running;
+  }
+
   /** The unfinished task with this id, if it lives in this process. */
   live(id: string): TaskRun | undefined {
     for (let run = this.#liveHead; run !== undefined; run = run.liveNext) if (run.id === id) return run;

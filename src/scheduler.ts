@@ -1,4 +1,5 @@
 import type { ServerResponse } from 'node:http';
+import type { TaskQueueFullError } from './errors.js';
 import { validateTaskOptions, mergeOptions, type ResolvedTaskOptions, type TaskOptions } from './options.js';
 import type { Runner } from './runner.js';
 import type { TaskRun } from './task-run.js';
@@ -91,6 +92,8 @@ export class RequestTasks {
   #unsaved: TaskRun[] | undefined;
   // Batches written before the response was ready (see writeNow); the final flush waits for them too.
   #written: Promise<void>[] | undefined;
+  /** Set when an add of this request was refused by `maxQueued`: the request answers 503 whatever its handler does. */
+  queueFull: TaskQueueFullError | undefined = undefined;
 
   constructor(
     readonly manager: TaskEnqueuer,

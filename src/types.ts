@@ -110,8 +110,21 @@ export interface NameMetrics {
   p95DurationMs: number | null;
 }
 
-export interface TaskMetrics extends NameMetrics {
+/** What a store counts for `metrics()`: the records it holds, by status and by name. */
+export interface StoreMetrics extends NameMetrics {
   byName: Record<string, NameMetrics>;
+}
+
+/** Events the observer chain did not deliver, since the manager was made (see `observerMaxInFlight`, `observerTimeoutMs`). */
+export interface ObserverMetrics {
+  /** Events not handed to an observer that had `observerMaxInFlight` calls unsettled, plus calls unsettled after `observerTimeoutMs`. */
+  dropped: number;
+  /** The same per observer, by its `name` (else its class name, else `anonymous`); only observers that dropped some. */
+  byObserver: Record<string, number>;
+}
+
+export interface TaskMetrics extends StoreMetrics {
+  observers: ObserverMetrics;
 }
 
 /** Emitted for every `taskLog()` call inside a task. */
@@ -159,6 +172,8 @@ export interface LifecycleEvent {
 export type TaskEvent = LogEvent | LifecycleEvent;
 
 export interface TaskObserver {
+  /** How `metrics().observers` and reports name this observer. Default: its class name. */
+  name?: string;
   onLog?(event: LogEvent): void | Promise<void>;
   onLifecycle?(event: LifecycleEvent): void | Promise<void>;
   /**
@@ -227,7 +242,7 @@ export interface TaskStore {
    * Optional: the numbers of `manager.metrics()` computed where the records are (SQL counts, say). Without
    * it the manager loads every record through `list()`, which a store holding days of tasks should avoid.
    */
-  metrics?(): Promise<TaskMetrics>;
+  metrics?(): Promise<StoreMetrics>;
   /** True when records survive the process (enables `persist` and requeue on start). */
   readonly durable?: boolean;
   /** True when `attach()` honours `lease.argsCipher` (required by the TaskManager's `encryptionKey`). */

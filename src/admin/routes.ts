@@ -1,5 +1,5 @@
 import type { Context } from 'koa';
-import { TaskflowError, TaskManagerClosedError, TaskNotFoundError } from '../errors.js';
+import { TaskflowError, TaskManagerClosedError, TaskNotFoundError, TaskQueueFullError } from '../errors.js';
 import type { TaskManager } from '../manager.js';
 import { TASK_STATUSES, type TaskFilter, type TaskRecord, type TaskStatus } from '../types.js';
 import type { EventFilter } from './events.js';
@@ -228,7 +228,7 @@ export class Retrier {
 function toHttpError(error: unknown): AdminHttpError {
   if (error instanceof AdminHttpError) return error;
   if (error instanceof TaskNotFoundError) return new AdminHttpError(404, error.message);
-  if (error instanceof TaskManagerClosedError) return new AdminHttpError(503, error.message);
+  if (error instanceof TaskManagerClosedError || error instanceof TaskQueueFullError) return new AdminHttpError(503, error.message);
   if (error instanceof TaskflowError) return new AdminHttpError(409, error.message);
   throw error;
 }

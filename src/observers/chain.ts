@@ -1,22 +1,68 @@
-import type { LifecycleEvent, LogEvent, TaskObserver, TaskStatus } from '../types.js';
+import type { LifecycleEvent, LogEvent, ObserverMetrics, TaskObserver, TaskStatus } from '../types.js';
 
 type Report = (observer: TaskObserver, stage: string, error: unknown) => void;
+/** Told once per observer, at its first dropped event. */
+type ReportDrop = (label: string, why: string) => void;
+
+/** The largest delay a Node timer honours (a larger one fires after 1 ms). */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+export const DEFAULT_OBSERVER_TIMEOUT_MS = 5_000;
+export const DEFAULT_OBSERVER_MAX_IN_FLIGHT = 1_000;
+
+export interface ObserverLimits {
+  /** A call whose promise has not settled after this long counts as a dropped event. */
+  timeoutMs: number;
+  /** Calls of one observer whose promises have not settled; past it, its events are dropped. */
+  maxInFlight: number;
+}
+
+/** An observer in the chain, with what is known of its asynchronous calls. */
+interface Entry {
+  readonly observer: TaskObserver;
+  readonly label: string;
+  /** Calls that returned a promise not settled yet. Synchronous observers stay at 0 and pay nothing more. */
+  inFlight: number;
+  dropReported: boolean;
+}
+
+/** How an observer is named in `metrics().observers` and in the drop report. */
+function labelOf(observer: TaskObserver): string {
+  if (typeof observer.name === 'string' && observer.name !== '') return observer.name;
+  const constructorName = (observer.constructor as { name?: unknown } | undefined)?.name;
+  return typeof constructorName === 'string' && constructorName !== '' && constructorName !== 'Object' ? constructorName : 'anonymous';
+}
 
 /**
  * Calls observers in order without ever waiting for them: a throwing, rejecting or hanging observer
  * cannot delay a task, another observer or a response. Each observer's first failure is reported once.
+ *
+ * Memory is bounded too: an observer's calls that returned a promise stay counted until it settles. At
+ * `maxInFlight` of them its next events are dropped (not handed to it, so it cannot keep them), and a call
+ * not settled after `timeoutMs` counts as a dropped event. Drops are counted per observer; the first one
+ * is reported once.
  */
 export class ObserverChain {
   #observers: readonly TaskObserver[];
-  #logObservers: TaskObserver[] = [];
-  #lifecycleObservers: TaskObserver[] = [];
+  #logObservers: Entry[] = [];
+  #lifecycleObservers: Entry[] = [];
+  // An observer keeps its entry (and its calls in flight) across subscribe/unsubscribe re-indexing.
+  readonly #entries = new WeakMap<TaskObserver, Entry>();
   readonly #reported = new WeakSet<TaskObserver>();
+  readonly #limits: ObserverLimits;
+  readonly #dropped = new Map<string, number>();
+  #droppedTotal = 0;
   /** False when nobody handles log events: callers skip building them. */
   hasLog = false;
   hasLifecycle = false;
 
-  constructor(observers: readonly TaskObserver[], readonly report: Report) {
+  constructor(
+    observers: readonly TaskObserver[],
+    readonly report: Report,
+    readonly reportDrop: ReportDrop = () => {},
+    limits: Partial<ObserverLimits> = {},
+  ) {
     this.#observers = observers;
+    this.#limits = { timeoutMs: limits.timeoutMs ?? DEFAULT_OBSERVER_TIMEOUT_MS, maxInFlight: limits.maxInFlight ?? DEFAULT_OBSERVER_MAX_IN_FLIGHT };
     this.#index();
   }
 
@@ -35,19 +81,28 @@ export class ObserverChain {
   }
 
   #index(): void {
-    this.#logObservers = this.#observers.filter((o) => typeof o.onLog === 'function');
-    this.#lifecycleObservers = this.#observers.filter((o) => typeof o.onLifecycle === 'function');
+    const entries = this.#observers.map((observer) => {
+      let entry = this.#entries.get(observer);
+      if (entry === undefined) this.#entries.set(observer, (entry = { observer, label: labelOf(observer), inFlight: 0, dropReported: false }));
+      return entry;
+    });
+    this.#logObservers = entries.filter((e) => typeof e.observer.onLog === 'function');
+    this.#lifecycleObservers = entries.filter((e) => typeof e.observer.onLifecycle === 'function');
     this.hasLog = this.#logObservers.length > 0;
     this.hasLifecycle = this.#lifecycleObservers.length > 0;
   }
 
   emitLog(event: LogEvent): void {
-    for (const observer of this.#logObservers) this.#call(observer, 'onLog', () => observer.onLog!(event));
+    const max = this.#limits.maxInFlight;
+    for (const entry of this.#logObservers) {
+      if (entry.inFlight >= max) this.#drop(entry, `${max} calls in flight (option "observerMaxInFlight")`);
+      else this.#call(entry, 'onLog', event);
+    }
   }
 
   /** Whether some observer would use a lifecycle event with this status: callers skip building it otherwise. */
   wantsLifecycle(status: TaskStatus, retrying: boolean): boolean {
-    for (const observer of this.#lifecycleObservers) {
+    for (const { observer } of this.#lifecycleObservers) {
       if (typeof observer.wantsLifecycle !== 'function') return true;
       try {
         if (observer.wantsLifecycle(status, retrying)) return true;
@@ -60,7 +115,16 @@ export class ObserverChain {
   }
 
   emitLifecycle(event: LifecycleEvent): void {
-    for (const observer of this.#lifecycleObservers) this.#call(observer, 'onLifecycle', () => observer.onLifecycle!(event));
+    const max = this.#limits.maxInFlight;
+    for (const entry of this.#lifecycleObservers) {
+      if (entry.inFlight >= max) this.#drop(entry, `${max} calls in flight (option "observerMaxInFlight")`);
+      else this.#call(entry, 'onLifecycle', event);
+    }
+  }
+
+  /** Events dropped since the chain was made, in all and per observer label. */
+  metrics(): ObserverMetrics {
+    return { dropped: this.#droppedTotal, byObserver: Object.fromEntries(this.#dropped) };
   }
 
   /** Start every observer; a failing one is reported and the rest still start. */
@@ -94,14 +158,54 @@ export class ObserverChain {
     clearTimeout(timer);
   }
 
-  #call(observer: TaskObserver, stage: string, invoke: () => void | Promise<void>): void {
+  #call(entry: Entry, stage: 'onLog' | 'onLifecycle', event: LogEvent | LifecycleEvent): void {
+    const observer = entry.observer;
     try {
-      const result = invoke();
-      if (result !== undefined && typeof (result as Promise<void>).then === 'function') {
-        (result as Promise<void>).then(undefined, (error: unknown) => this.#fail(observer, stage, error));
-      }
+      const result = stage === 'onLog' ? observer.onLog!(event as LogEvent) : observer.onLifecycle!(event as LifecycleEvent);
+      // Only a call that returned a promise is tracked: the synchronous built-ins pay for this test alone.
+      if (result != null && typeof (result as PromiseLike<void>).then === 'function') this.#track(entry, stage, result as PromiseLike<void>);
     } catch (error) {
       this.#fail(observer, stage, error);
+    }
+  }
+
+  /**
+   * Count the call in flight until its promise settles. Nothing here holds the event: whatever the
+   * observer keeps, it keeps for at most `maxInFlight` calls.
+   */
+  #track(entry: Entry, stage: string, result: PromiseLike<void>): void {
+    entry.inFlight++;
+    const { timeoutMs } = this.#limits;
+    let timer: NodeJS.Timeout | undefined = setTimeout(() => {
+      timer = undefined;
+      this.#drop(entry, `a call to ${stage} did not settle within ${timeoutMs} ms (option "observerTimeoutMs")`);
+    }, timeoutMs);
+    timer.unref();
+    const settled = (): void => {
+      entry.inFlight--;
+      if (timer !== undefined) clearTimeout(timer);
+    };
+    try {
+      result.then(settled, (error: unknown) => {
+        settled();
+        this.#fail(entry.observer, stage, error);
+      });
+    } catch (error) {
+      // A thenable whose then() throws will never settle through it.
+      settled();
+      throw error;
+    }
+  }
+
+  #drop(entry: Entry, why: string): void {
+    this.#droppedTotal++;
+    this.#dropped.set(entry.label, (this.#dropped.get(entry.label) ?? 0) + 1);
+    if (entry.dropReported) return;
+    entry.dropReported = true;
+    try {
+      this.reportDrop(entry.label, why);
+    } catch {
+      // Reporting must not become the failure it reports.
     }
   }
 

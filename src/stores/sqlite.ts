@@ -2,7 +2,7 @@ import type { DatabaseSync, SQLInputValue, StatementSync } from 'node:sqlite';
 import { DatabaseSync as Database } from './node-sqlite.js';
 import { TaskflowError } from '../errors.js';
 import { metricsFrom, type StatusCount, type SuccessDuration } from '../metrics.js';
-import type { SaveResult, TaskFilter, TaskMetrics, TaskRecord, TaskStore } from '../types.js';
+import type { SaveResult, StoreMetrics, TaskFilter, TaskRecord, TaskStore } from '../types.js';
 import { compileFilter } from './filter.js';
 import { GroupCommittedStore } from './durable-store.js';
 import type { WriteBatch } from './group-commit.js';
@@ -175,7 +175,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   }
 
   /** Counted by SQLite: only the status counts and the durations of successful tasks leave the database. */
-  async metrics(): Promise<TaskMetrics> {
+  async metrics(): Promise<StoreMetrics> {
     this.#foldLogIfAny();
     const counts = this.#statement('SELECT name, status, COUNT(*) AS count FROM taskflow_tasks GROUP BY name, status').all() as unknown as StatusCount[];
     // The alias in WHERE (SQLite allows it) extracts each duration once.
