@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { taskLog, TaskManager, type TaskObserver } from 'koa-taskflow';
+import { filterObserver, taskLog, TaskManager, type TaskObserver } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { tempDir } from './helpers/files.js';
 import { capturePino } from './helpers/pino.js';
@@ -77,7 +77,8 @@ describe('bounded observers', () => {
         if (event.status === 'running') return slowCall.promise;
       },
     };
-    const manager = createManager({ logger, observers: [slow], observerTimeoutMs: 20 });
+    // Wrapped: a filter is named after (and limited like) the observer it passes events to.
+    const manager = createManager({ logger, observers: [filterObserver({}, slow)], observerTimeoutMs: 20 });
     const id = manager.add(() => 'done');
     await manager.drain();
     expect(await manager.get(id)).toMatchObject({ status: 'success' });

@@ -36,6 +36,9 @@ export function filterObserver(filter: ObserverFilter, inner: TaskObserver): Tas
     (names === undefined || names.has(name)) && tagEntries.every(([key, value]) => tags[key] === value);
 
   const observer: TaskObserver = {};
+  // Named after the observer it wraps, in metrics().observers and reports.
+  const name = inner.name ?? (inner.constructor !== Object ? inner.constructor?.name : undefined);
+  if (name) observer.name = name;
   if (inner.onLog) {
     observer.onLog = (event: LogEvent) => {
       if (matchesTask(event.name, event.tags) && LOG_LEVELS.indexOf(event.level) >= minRank) return inner.onLog!(event);
