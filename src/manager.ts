@@ -279,14 +279,14 @@ export class TaskManager implements TaskEnqueuer {
       try {
         await next();
       } catch (error) {
-        await manager.#requestFailed(ctx, request);
+        await manager.#requestFailed(ctx, request, error);
         throw error;
       }
       // The handler caught a TaskQueueFullError and answered anyway: the request still fails, so the client
       // is not told its work was accepted when part of it was refused.
       const queueFull = request.queueFull;
       if (queueFull !== undefined) {
-        await manager.#requestFailed(ctx, request);
+        await manager.#requestFailed(ctx, request, queueFull);
         throw queueFull;
       }
       request.routeDone();
@@ -305,11 +305,12 @@ export class TaskManager implements TaskEnqueuer {
    * The request failed (or hit `maxQueued`): its tasks waiting for the route or the response end
    * `cancelled` (reason `request_failed`) unless `runOnError`, and their records are written.
    */
-  async #requestFailed(ctx: { set(field: string, value: string): void }, request: RequestTasks): Promise<void> {
+  async #requestFailed(ctx: { set(field: string, value: string): void }, request: RequestTasks, error: unknown): Promise<void> {
     request.routeFailed();
     await request.flush()?.catch((e: unknown) => this.#report('store write of a failed request', e));
     // Set here as well as on the error: an error-handling middleware of the app's may not copy err.headers.
-    if (request.queueFull !== undefined) ctx.set('Retry-After', request.queueFull.headers['Retry-After']);
+    const full = request.queueFull ?? (error instanceof TaskQueueFullError ? error : undefined);
+    if (full !== undefined) ctx.set('Retry-After', full.headers['Retry-After']);
   }
 
   /** Enqueue outside a request (startup hooks, scripts): starts as soon as a slot is free. */
