@@ -233,7 +233,7 @@ export class TaskManager implements TaskEnqueuer {
       (label, why) => this.#warn({ observer: label }, `koa-taskflow: observer ${label} is dropping events: ${why}; counted in metrics().observers (reported once per observer)`),
       { timeoutMs: this.#observerTimeoutMs, maxInFlight: options.observerMaxInFlight },
     );
-    this.#telemetry = new TaskTelemetry(options.tracerProvider, options.meterProvider, () => this.runner.queued, (message) => this.#warn(message));
+    this.#telemetry = new TaskTelemetry(options.tracerProvider, options.meterProvider, () => this.runner.queued, (message) => this.#warn({}, `koa-taskflow: ${message}`));
     this.runner = new Runner({
       concurrency: options.concurrency ?? 16,
       telemetry: this.#telemetry,
@@ -785,11 +785,6 @@ export class TaskManager implements TaskEnqueuer {
       return resolved;
     }
     return resolveOptions(where, mergeOptions(this.#defaults, overrides), fallbackName);
-  }
-
-  #warn(message: string): void {
-    if (this.logger !== undefined) this.logger.warn({}, `koa-taskflow: ${message}`);
-    else console.warn(`koa-taskflow: ${message}`);
   }
 
   #report(stage: string, error: unknown): void {
