@@ -8,6 +8,12 @@ export const TASK_STATUSES: readonly TaskStatus[] = ['pending', 'running', 'succ
 /** Final statuses: a task in one of these never runs again (a retry creates a new task). */
 export const FINAL_STATUSES: ReadonlySet<TaskStatus> = new Set(['success', 'failed', 'interrupted', 'cancelled']);
 
+/**
+ * The dead letters: final statuses kept apart from successes (and cancellations) because someone has to
+ * look at them. Stores evict or expire them last; the admin's failed view lists them.
+ */
+export const DEAD_LETTER_STATUSES: ReadonlySet<TaskStatus> = new Set(['failed', 'interrupted']);
+
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
 
 export const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'];

@@ -1,9 +1,39 @@
-import { FINAL_STATUSES, type TaskFilter, type TaskRecord, type TaskStore } from '../types.js';
+import { DEAD_LETTER_STATUSES, FINAL_STATUSES, type TaskFilter, type TaskRecord, type TaskStore } from '../types.js';
 import { compileFilter, matchesFilter } from './filter.js';
 
 export interface MemoryStoreOptions {
-  /** Records kept at most; past it the oldest finished records go first. Unfinished ones are never dropped. Default 10 000. */
+  /**
+   * Records kept at most. Past it the oldest successes (and cancellations) go first; failed and interrupted
+   * records (the dead letters) only when no other finished record is left, oldest first. Unfinished ones
+   * are never dropped. Default 10 000.
+   */
   maxRecords?: number;
+}
+
+/**
+ * Ids in the order their tasks ended: eviction takes from the front, so it never scans unfinished records.
+ * Consumed slots are cleared, not just passed: a consumed slot would keep the id alive until the next
+ * compaction, and the garbage collector then copies and promotes a young id referenced from this old array,
+ * task after task.
+ */
+class EndedQueue {
+  #ids: string[] = [];
+  #head = 0;
+
+  push(id: string): void {
+    this.#ids.push(id);
+  }
+
+  shift(): string | undefined {
+    if (this.#head === this.#ids.length) return undefined;
+    const id = this.#ids[this.#head];
+    this.#ids[this.#head++] = undefined as unknown as string;
+    if (this.#head > 1024 && this.#head * 2 > this.#ids.length) {
+      this.#ids = this.#ids.slice(this.#head);
+      this.#head = 0;
+    }
+    return id;
+  }
 }
 
 /**
@@ -15,9 +45,9 @@ export class MemoryStore implements TaskStore {
   readonly maxRecords: number;
   readonly #records = new Map<string, TaskRecord>();
   readonly #keys = new Map<string, string>();
-  // Ids in the order their tasks ended: eviction takes from the front, so it never scans unfinished records.
-  #ended: string[] = [];
-  #endedHead = 0;
+  // Two queues, so that evicting a success never walks past the failures kept before it.
+  readonly #ended = new EndedQueue();
+  readonly #dead = new EndedQueue();
 
   constructor(options: MemoryStoreOptions = {}) {
     const maxRecords = options.maxRecords ?? 10_000;
@@ -38,13 +68,13 @@ export class MemoryStore implements TaskStore {
 
   saveOne(record: TaskRecord): void {
     this.#records.set(record.id, record);
-    if (FINAL_STATUSES.has(record.status)) this.#ended.push(record.id);
-    if (this.#records.size > this.maxRecords) this.#trim();
+    if (FINAL_STATUSES.has(record.status)) this.ended(record);
+    else if (this.#records.size > this.maxRecords) this.#trim();
   }
 
   /** The task of a live record has ended: it may now be dropped to keep within `maxRecords`. */
   ended(record: TaskRecord): void {
-    this.#ended.push(record.id);
+    (DEAD_LETTER_STATUSES.has(record.status) ? this.#dead : this.#ended).push(record.id);
     if (this.#records.size > this.maxRecords) this.#trim();
   }
 
@@ -86,20 +116,19 @@ export class MemoryStore implements TaskStore {
   async close(): Promise<void> {}
 
   #trim(): void {
-    const ended = this.#ended;
-    while (this.#records.size > this.maxRecords && this.#endedHead < ended.length) {
-      const id = ended[this.#endedHead];
-      // Cleared, not just passed: a consumed slot would keep the id alive until the next compaction, and the
-      // garbage collector then copies and promotes a young id referenced from this old array, task after task.
-      ended[this.#endedHead++] = undefined as unknown as string;
+    this.#evictFrom(this.#ended);
+    // Only failures (and unfinished tasks) left: the oldest failure goes, or the store would grow without bound.
+    this.#evictFrom(this.#dead);
+  }
+
+  #evictFrom(queue: EndedQueue): void {
+    while (this.#records.size > this.maxRecords) {
+      const id = queue.shift();
+      if (id === undefined) return;
       const record = this.#records.get(id);
       if (record === undefined || !FINAL_STATUSES.has(record.status)) continue;
       this.#records.delete(id);
       if (record.idempotencyKey !== undefined && this.#keys.get(record.idempotencyKey) === id) this.#keys.delete(record.idempotencyKey);
-    }
-    if (this.#endedHead > 1024 && this.#endedHead * 2 > ended.length) {
-      this.#ended = ended.slice(this.#endedHead);
-      this.#endedHead = 0;
     }
   }
 }
