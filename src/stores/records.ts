@@ -12,6 +12,18 @@ export function validateRetentionDays(where: string, value: number | undefined):
   return value;
 }
 
+/**
+ * Failed and interrupted records (the dead letters) are kept `failedRetentionDays`, never less than
+ * successes: by default twice `retentionDays`, so a failure outlives the successes around it.
+ */
+export function validateFailedRetentionDays(where: string, value: number | undefined, retentionDays: number): number {
+  if (value === undefined) return 2 * retentionDays;
+  if (typeof value !== 'number' || !(value >= retentionDays) || !Number.isFinite(value)) {
+    throw new RangeError(`${where}: option "failedRetentionDays" must be a number >= "retentionDays" (${retentionDays}): failures are kept at least as long as successes, got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
 /** Finished records that ended before this time are deleted. */
 export function retentionCutoff(now: number, retentionDays: number): number {
   return now - retentionDays * DAY_MS;

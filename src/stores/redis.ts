@@ -4,7 +4,7 @@ import type { SaveResult, TaskFilter, TaskRecord, TaskStore } from '../types.js'
 import { compileFilter, matchesFilter } from './filter.js';
 import { GroupCommittedStore } from './durable-store.js';
 import type { WriteBatch } from './group-commit.js';
-import { parseRecord, retentionCutoff, serialiseRecord, validateRetentionDays } from './records.js';
+import { parseRecord, retentionCutoff, serialiseRecord, validateFailedRetentionDays, validateRetentionDays } from './records.js';
 
 /** How to reach Redis: a URL (the store makes and closes its own client) or a client you own. */
 export type RedisConnection = ({ url: string } & RedisOptions) | { client: Redis };
@@ -14,12 +14,15 @@ export interface RedisStoreOptions {
   prefix?: string;
   /** Days finished records (and their idempotency keys) are kept. Default 7. */
   retentionDays?: number;
+  /** Days failed and interrupted records (the dead letters) are kept; at least `retentionDays`. Default twice `retentionDays`. */
+  failedRetentionDays?: number;
 }
 
 // Keys (all under the prefix `p`):
 //   p:t:<id>        hash: status, owner (unfinished only), record (JSON)
 //   p:created       zset of every id by createdAt; p:s:<status>, p:n:<name>, p:g:<len>:<key>=<value> the same per filter
-//   p:ended         zset of finished ids by endedAt (retention)
+//   p:ended         zset of finished ids by endedAt (retention); p:dead the same for failed and interrupted ones
+//                   (kept failedRetentionDays)
 //   p:k:<key>       the id holding an idempotency key;  p:a:<id>  alias of an id that lost a claim (expires)
 //   p:o:<owner>     an owner's lease (expires unless renewed); p:owners  set of owners; p:u:<owner> their unfinished ids
 //                   (p:u: with no owner: work handed back at shutdown)
@@ -83,7 +86,13 @@ while i <= #ARGV do
         redis.call('HDEL', tk, 'owner')
       end
       redis.call('HSET', tk, 'status', status, 'record', json)
-      if ended ~= '' then redis.call('ZADD', p .. ':ended', ended, id) end
+      if ended ~= '' then
+        if status == 'failed' or status == 'interrupted' then
+          redis.call('ZADD', p .. ':dead', ended, id)
+        else
+          redis.call('ZADD', p .. ':ended', ended, id)
+        end
+      end
     end
   end
 end
@@ -137,28 +146,42 @@ if holder then return redis.call('HGET', p .. ':t:' .. holder, 'record') end
 return false
 `;
 
+// Successes past their cutoff are deleted; a dead letter found among them (a record that ended before
+// p:dead existed) moves to p:dead with its end time, to be deleted at the older failed cutoff.
 const CLEANUP = `
-local p, cutoff = ARGV[1], ARGV[2]
-local ids = redis.call('ZRANGEBYSCORE', p .. ':ended', '-inf', cutoff, 'LIMIT', 0, 500)
-for _, id in ipairs(ids) do
-  local tk = p .. ':t:' .. id
-  local json = redis.call('HGET', tk, 'record')
-  if json then
-    local r = cjson.decode(json)
-    redis.call('ZREM', p .. ':created', id)
-    redis.call('ZREM', p .. ':s:' .. r.status, id)
-    redis.call('ZREM', p .. ':n:' .. r.name, id)
-    if type(r.tags) == 'table' then
-      for k, v in pairs(r.tags) do redis.call('ZREM', p .. ':g:' .. string.len(k) .. ':' .. k .. '=' .. v, id) end
-    end
-    if type(r.idempotencyKey) == 'string' and redis.call('GET', p .. ':k:' .. r.idempotencyKey) == id then
-      redis.call('DEL', p .. ':k:' .. r.idempotencyKey)
-    end
-    redis.call('DEL', tk)
+local p, cutoff, failedCutoff = ARGV[1], ARGV[2], ARGV[3]
+local function delete(id, r)
+  redis.call('ZREM', p .. ':created', id)
+  redis.call('ZREM', p .. ':s:' .. r.status, id)
+  redis.call('ZREM', p .. ':n:' .. r.name, id)
+  if type(r.tags) == 'table' then
+    for k, v in pairs(r.tags) do redis.call('ZREM', p .. ':g:' .. string.len(k) .. ':' .. k .. '=' .. v, id) end
   end
-  redis.call('ZREM', p .. ':ended', id)
+  if type(r.idempotencyKey) == 'string' and redis.call('GET', p .. ':k:' .. r.idempotencyKey) == id then
+    redis.call('DEL', p .. ':k:' .. r.idempotencyKey)
+  end
+  redis.call('DEL', p .. ':t:' .. id)
 end
-return #ids
+local n = 0
+for _, set in ipairs({ 'ended', 'dead' }) do
+  local key = p .. ':' .. set
+  local ids = redis.call('ZRANGEBYSCORE', key, '-inf', set == 'dead' and failedCutoff or cutoff, 'WITHSCORES', 'LIMIT', 0, 500)
+  for i = 1, #ids, 2 do
+    local id = ids[i]
+    local json = redis.call('HGET', p .. ':t:' .. id, 'record')
+    if json then
+      local r = cjson.decode(json)
+      if set == 'ended' and (r.status == 'failed' or r.status == 'interrupted') then
+        redis.call('ZADD', p .. ':dead', ids[i + 1], id)
+      else
+        delete(id, r)
+      end
+    end
+    redis.call('ZREM', key, id)
+  end
+  n = n + #ids / 2
+end
+return n
 `;
 
 class Script {
@@ -188,6 +211,7 @@ const DAY_MS = 86_400_000;
 export class RedisStore extends GroupCommittedStore implements TaskStore {
   readonly prefix: string;
   readonly retentionDays: number;
+  readonly failedRetentionDays: number;
   readonly client: Redis;
   readonly #ownsClient: boolean;
   #cleanedAt = -Infinity;
@@ -201,6 +225,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     if (typeof prefix !== 'string' || prefix === '') throw new TypeError(`${where}: option "prefix" must be a non-empty string, got ${JSON.stringify(prefix)}`);
     this.prefix = prefix;
     this.retentionDays = validateRetentionDays(where, options.retentionDays);
+    this.failedRetentionDays = validateFailedRetentionDays(where, options.failedRetentionDays, this.retentionDays);
     if ('client' in connection) {
       if (connection.client === null || typeof connection.client !== 'object' || typeof connection.client.evalsha !== 'function') {
         throw new TypeError(`${where}: option "client" must be an ioredis client`);
@@ -269,7 +294,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     const now = Date.now();
     if (now - this.#cleanedAt >= CLEANUP_EVERY_MS) {
       this.#cleanedAt = now;
-      await this.#run(scripts.cleanup, [this.prefix, retentionCutoff(now, this.retentionDays)]);
+      await this.#run(scripts.cleanup, [this.prefix, retentionCutoff(now, this.retentionDays), retentionCutoff(now, this.failedRetentionDays)]);
     }
     return claimed.map((json) => parseRecord(json, this.argsCipher, true));
   }

@@ -6,7 +6,7 @@ import type { SaveResult, StoreMetrics, TaskFilter, TaskRecord, TaskStore } from
 import { compileFilter } from './filter.js';
 import { GroupCommittedStore } from './durable-store.js';
 import type { WriteBatch } from './group-commit.js';
-import { parseRecord, serialiseRecord, retentionCutoff, validateRetentionDays } from './records.js';
+import { parseRecord, serialiseRecord, retentionCutoff, validateFailedRetentionDays, validateRetentionDays } from './records.js';
 
 export interface SqliteStoreOptions {
   /** The database file (created when missing). Several processes on one host may share it. */
@@ -19,6 +19,8 @@ export interface SqliteStoreOptions {
   synchronous?: 'NORMAL' | 'FULL';
   /** Days finished records (and their idempotency keys) are kept. Default 7. */
   retentionDays?: number;
+  /** Days failed and interrupted records (the dead letters) are kept; at least `retentionDays`. Default twice `retentionDays`. */
+  failedRetentionDays?: number;
   /** How long a write waits for another process holding the database lock. Default 5 000 ms. */
   busyTimeoutMs?: number;
 }
@@ -83,6 +85,7 @@ const CLEANUP_EVERY_MS = 60_000;
 export class SqliteStore extends GroupCommittedStore implements TaskStore {
   readonly path: string;
   readonly retentionDays: number;
+  readonly failedRetentionDays: number;
   /** The `synchronous` level the connection runs with, as read back from SQLite. */
   readonly synchronous: 'NORMAL' | 'FULL';
   readonly #db: DatabaseSync;
@@ -104,6 +107,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     if (synchronous !== 'NORMAL' && synchronous !== 'FULL') throw new TypeError(`${where}: option "synchronous" must be "NORMAL" or "FULL", got ${JSON.stringify(synchronous)}`);
     if (!Number.isInteger(busyTimeoutMs) || busyTimeoutMs < 0) throw new RangeError(`${where}: option "busyTimeoutMs" must be an integer >= 0, got ${JSON.stringify(busyTimeoutMs)}`);
     this.retentionDays = validateRetentionDays(where, options.retentionDays);
+    this.failedRetentionDays = validateFailedRetentionDays(where, options.failedRetentionDays, this.retentionDays);
     this.path = path;
     let db: DatabaseSync | undefined;
     try {
@@ -341,14 +345,16 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   #cleanup(now: number): void {
     this.#cleanedAt = now;
     const cutoff = retentionCutoff(now, this.retentionDays);
+    const failedCutoff = retentionCutoff(now, this.failedRetentionDays);
     this.#transaction(() => {
       // A task ends after it is created: the created_at condition lets the created index find the
-      // candidates (one index fewer to maintain on every write than an index on ended_at).
-      const expired = 'created_at < ?1 AND ended_at < ?1';
-      this.#statement(`DELETE FROM taskflow_tags WHERE task_id IN (SELECT id FROM taskflow_tasks WHERE ${expired})`).run(cutoff);
-      this.#statement(`DELETE FROM taskflow_keys WHERE task_id IN (SELECT id FROM taskflow_tasks WHERE ${expired})`).run(cutoff);
+      // candidates (one index fewer to maintain on every write than an index on ended_at). Dead letters
+      // (failed, interrupted) stay until the older cutoff ?2.
+      const expired = "created_at < ?1 AND ended_at < ?1 AND (ended_at < ?2 OR status NOT IN ('failed', 'interrupted'))";
+      this.#statement(`DELETE FROM taskflow_tags WHERE task_id IN (SELECT id FROM taskflow_tasks WHERE ${expired})`).run(cutoff, failedCutoff);
+      this.#statement(`DELETE FROM taskflow_keys WHERE task_id IN (SELECT id FROM taskflow_tasks WHERE ${expired})`).run(cutoff, failedCutoff);
       this.#statement('DELETE FROM taskflow_aliases WHERE created_at < ?').run(cutoff);
-      this.#statement(`DELETE FROM taskflow_tasks WHERE ${expired}`).run(cutoff);
+      this.#statement(`DELETE FROM taskflow_tasks WHERE ${expired}`).run(cutoff, failedCutoff);
     });
   }
 
