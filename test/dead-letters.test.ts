@@ -54,16 +54,22 @@ describe('dead letters: MemoryStore', () => {
     expect((await manager.metrics()).byStatus).toMatchObject({ failed: 5, success: 5 });
   });
 
-  it('evicts successes and cancellations before failed and interrupted records; with only those left, the oldest of them goes', async () => {
+  it('evicts successes and cancellations before failed and interrupted records; unfinished tasks never push those out; past maxRecords of them alone, the oldest goes', async () => {
     const store = new MemoryStore({ maxRecords: 3 });
     await store.save([ended('failed-a', 'failed', 0), ended('interrupted-b', 'interrupted', 0), ended('cancelled-c', 'cancelled', 0)]);
     await store.save([ended('success-d', 'success', 0), ended('success-e', 'success', 0)]);
     expect(ids(await store.list())).toEqual(['failed-a', 'interrupted-b', 'success-e']);
-    await store.save([ended('failed-f', 'failed', 0), record('pending-g')]);
-    expect(ids(await store.list())).toEqual(['failed-f', 'interrupted-b', 'pending-g']);
-    await store.save([record('pending-h'), record('pending-i')]);
-    // Unfinished records are never dropped: only they are left.
-    expect(ids(await store.list())).toEqual(['pending-g', 'pending-h', 'pending-i']);
+    await store.save([ended('failed-f', 'failed', 0)]);
+    expect(ids(await store.list())).toEqual(['failed-a', 'failed-f', 'interrupted-b']);
+    // A burst of queued tasks: the dead letters stay; once the tasks succeed, the successes go first.
+    const burst = ['g', 'h', 'i'].map((id) => record(`pending-${id}`));
+    await store.save(burst);
+    expect(ids(await store.list())).toEqual(['failed-a', 'failed-f', 'interrupted-b', 'pending-g', 'pending-h', 'pending-i']);
+    await store.save(burst.map((r) => ({ ...r, status: 'success' as const, endedAt: Date.now() })));
+    expect(ids(await store.list())).toEqual(['failed-a', 'failed-f', 'interrupted-b']);
+    // A fourth dead letter: the oldest goes.
+    await store.save([ended('failed-j', 'failed', 0), ended('failed-j', 'failed', 0)]);
+    expect(ids(await store.list())).toEqual(['failed-f', 'failed-j', 'interrupted-b']);
   });
 });
 

@@ -3,18 +3,17 @@ import { compileFilter, matchesFilter } from './filter.js';
 
 export interface MemoryStoreOptions {
   /**
-   * Records kept at most. Past it the oldest successes (and cancellations) go first; failed and interrupted
-   * records (the dead letters) only when no other finished record is left, oldest first. Unfinished ones
-   * are never dropped. Default 10 000.
+   * Records kept at most; past it the oldest successes (and cancellations) go first. Failed and interrupted
+   * records (the dead letters) are not pushed out by other records: only when they alone are more than
+   * `maxRecords`, the oldest of them goes. Unfinished ones are never dropped. Default 10 000.
    */
   maxRecords?: number;
 }
 
 /**
  * Ids in the order their tasks ended: eviction takes from the front, so it never scans unfinished records.
- * Consumed slots are cleared, not just passed: a consumed slot would keep the id alive until the next
- * compaction, and the garbage collector then copies and promotes a young id referenced from this old array,
- * task after task.
+ * A consumed slot is cleared, not just passed: it would keep the id alive until the next compaction, and
+ * the garbage collector then copies and promotes a young id referenced from this old array, task after task.
  */
 class EndedQueue {
   #ids: string[] = [];
@@ -45,9 +44,10 @@ export class MemoryStore implements TaskStore {
   readonly maxRecords: number;
   readonly #records = new Map<string, TaskRecord>();
   readonly #keys = new Map<string, string>();
-  // Two queues, so that evicting a success never walks past the failures kept before it.
   readonly #ended = new EndedQueue();
+  // The dead letters apart: their own queue, and the set of those held (how many, and which to skip above).
   readonly #dead = new EndedQueue();
+  readonly #deadIds = new Set<string>();
 
   constructor(options: MemoryStoreOptions = {}) {
     const maxRecords = options.maxRecords ?? 10_000;
@@ -68,14 +68,23 @@ export class MemoryStore implements TaskStore {
 
   saveOne(record: TaskRecord): void {
     this.#records.set(record.id, record);
-    if (FINAL_STATUSES.has(record.status)) this.ended(record);
-    else if (this.#records.size > this.maxRecords) this.#trim();
+    if (FINAL_STATUSES.has(record.status)) this.#endedNow(record);
+    if (this.#records.size > this.maxRecords) this.#trim();
   }
 
   /** The task of a live record has ended: it may now be dropped to keep within `maxRecords`. */
   ended(record: TaskRecord): void {
-    (DEAD_LETTER_STATUSES.has(record.status) ? this.#dead : this.#ended).push(record.id);
+    this.#endedNow(record);
     if (this.#records.size > this.maxRecords) this.#trim();
+  }
+
+  #endedNow(record: TaskRecord): void {
+    if (!DEAD_LETTER_STATUSES.has(record.status)) {
+      this.#ended.push(record.id);
+    } else if (!this.#deadIds.has(record.id)) {
+      this.#deadIds.add(record.id);
+      this.#dead.push(record.id);
+    }
   }
 
   async get(id: string): Promise<TaskRecord | undefined> {
@@ -116,19 +125,24 @@ export class MemoryStore implements TaskStore {
   async close(): Promise<void> {}
 
   #trim(): void {
-    this.#evictFrom(this.#ended);
-    // Only failures (and unfinished tasks) left: the oldest failure goes, or the store would grow without bound.
-    this.#evictFrom(this.#dead);
+    for (let id = this.#ended.shift(); id !== undefined; id = this.#ended.shift()) {
+      const record = this.#records.get(id);
+      if (record === undefined || !FINAL_STATUSES.has(record.status) || this.#deadIds.has(id)) continue;
+      this.#delete(record);
+      if (this.#records.size <= this.maxRecords) return;
+    }
+    // Unfinished tasks never push a dead letter out (they end as successes, which go first); the dead
+    // letters alone past the bound would grow the store for ever, so then the oldest goes.
+    while (this.#deadIds.size > this.maxRecords) {
+      const id = this.#dead.shift()!;
+      if (!this.#deadIds.delete(id)) continue;
+      const record = this.#records.get(id);
+      if (record !== undefined && FINAL_STATUSES.has(record.status)) this.#delete(record);
+    }
   }
 
-  #evictFrom(queue: EndedQueue): void {
-    while (this.#records.size > this.maxRecords) {
-      const id = queue.shift();
-      if (id === undefined) return;
-      const record = this.#records.get(id);
-      if (record === undefined || !FINAL_STATUSES.has(record.status)) continue;
-      this.#records.delete(id);
-      if (record.idempotencyKey !== undefined && this.#keys.get(record.idempotencyKey) === id) this.#keys.delete(record.idempotencyKey);
-    }
+  #delete(record: TaskRecord): void {
+    this.#records.delete(record.id);
+    if (record.idempotencyKey !== undefined && this.#keys.get(record.idempotencyKey) === record.id) this.#keys.delete(record.idempotencyKey);
   }
 }
