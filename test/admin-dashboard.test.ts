@@ -3,8 +3,9 @@ import { fileURLToPath } from 'node:url';
 import { BasicTracerProvider } from '@opentelemetry/sdk-trace-base';
 import { chromium, type Browser } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
-import { getTaskContext, REDACTED, taskLog, type TaskRecord } from 'koa-taskflow';
+import { getTaskContext, MemoryStore, REDACTED, taskLog, type TaskRecord } from 'koa-taskflow';
 import { expectJson, startAdmin } from './helpers/admin.js';
+import { interruptEndlessTask } from './helpers/interrupt.js';
 import { createManager, deferred, onCleanup, waitFor } from './helpers/server.js';
 
 // Debian's chromium (CI installs it: .ci/run SYSTEM_PACKAGES); the machine is offline, so nothing may
@@ -131,5 +132,69 @@ describe('admin: the dashboard in a real Chromium', () => {
 
     expect(problems).toEqual([]);
     expect(new URL(page.url()).origin).toBe(url);
+  });
+
+  it('the Failed view lists the dead letters past many successes with their error, retries one per row, and the rest of the failed ones with "Retry all failed"', async () => {
+    const store = new MemoryStore({ maxRecords: 12 });
+    // An interrupted task (its process shut down under it) in the same store, from an earlier manager.
+    await interruptEndlessTask(createManager({ store }));
+    const manager = createManager({ store });
+    manager.task(async function endless() {});
+    let down = true;
+    const syncCrm = manager.task(async function syncCrm(account: string) {
+      if (down) throw new Error(`CRM unavailable for ${account}`);
+    });
+    const { base, api } = await startAdmin({ auth: { users: { [USER.username]: USER.password } } }, manager);
+    const asUser = { authorization: `Basic ${Buffer.from(`${USER.username}:${USER.password}`).toString('base64')}` };
+    const failures = ['acct-1', 'acct-2', 'acct-3'].map((account) => manager.add(syncCrm, account));
+    await manager.drain();
+    down = false;
+    for (let n = 0; n < 30; n++) manager.add(syncCrm, `ok-${n}`);
+    await manager.drain();
+    const [interrupted] = await manager.list({ status: 'interrupted' });
+    const deadLetters = [interrupted.id, ...failures];
+
+    const browser = await launch();
+    const context = await browser.newContext({ httpCredentials: USER });
+    const page = await context.newPage();
+    const problems: string[] = [];
+    page.on('console', (message) => {
+      if (message.type() === 'error' || message.type() === 'warning') problems.push(`${message.type()}: ${message.text()}`);
+    });
+    page.on('pageerror', (error) => problems.push(`pageerror: ${error.message}`));
+    await page.goto(`${base}/dashboard`);
+    await page.waitForSelector('#conn.live');
+    await page.waitForFunction(() => document.querySelector('#failed-count')?.textContent === '4');
+    await page.click('#view-failed');
+    const shown = () => page.$$eval('#failed tbody tr[data-id]', (rows) => rows.map((r) => [(r as HTMLElement).dataset.id, (r as HTMLElement).dataset.status]));
+    await page.waitForFunction(() => document.querySelectorAll('#failed tbody tr[data-id]').length === 4);
+    expect(await shown()).toEqual([...failures.map((id) => [id, 'failed']).reverse(), [interrupted.id, 'interrupted']]);
+    expect(await page.isVisible('#tasks')).toBe(false);
+    expect(await page.textContent(`#failed tr[data-id="${failures[1]}"] td.error`)).toBe('Error: CRM unavailable for acct-2');
+    expect(new URL(page.url()).hash).toBe('#failed');
+
+    // Retry one from its row: a new task runs, the dead letter stays listed and says by which task it was retried.
+    await page.click(`#failed tr[data-id="${failures[0]}"] button.retry-one`);
+    await page.waitForSelector(`#failed tr[data-id="${failures[0]}"] td.action a`);
+    const retryOf = async (id: string) => (await manager.list()).find((r) => r.retryOf === id);
+    await waitFor(async () => (await retryOf(failures[0]))?.status === 'success', 5_000, 'the retry to succeed');
+    expect(await page.getAttribute(`#failed tr[data-id="${failures[0]}"] td.action a`, 'title')).toBe((await retryOf(failures[0]))!.id);
+
+    // "Retry all failed": the other two failed ones; the interrupted one (it may have done part of its work) keeps its own button.
+    await page.click('#retry-failed');
+    for (const id of failures.slice(1)) await page.waitForSelector(`#failed tr[data-id="${id}"] td.action a`);
+    expect(await page.locator(`#failed tr[data-id="${interrupted.id}"] button.retry-one`).count()).toBe(1);
+    await manager.drain();
+    for (const id of failures) expect((await retryOf(id))?.status).toBe('success');
+    expect(await retryOf(interrupted.id)).toBeUndefined();
+    const listed = await expectJson<{ tasks: TaskRecord[] }>(await api('?status=failed,interrupted', { headers: asUser }), 200);
+    expect(listed.tasks.map((t) => t.id).sort()).toEqual([...deadLetters].sort());
+
+    // A page opened on #failed starts in the Failed view.
+    const again = await context.newPage();
+    await again.goto(`${base}/dashboard#failed`);
+    await again.waitForFunction(() => document.querySelectorAll('#failed tbody tr[data-id]').length === 4);
+    expect(await again.isVisible('#failed-view')).toBe(true);
+    expect(problems).toEqual([]);
   });
 });

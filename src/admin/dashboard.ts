@@ -54,9 +54,9 @@ main { padding:16px 20px; display:grid; gap:16px; }
 table { width:100%; border-collapse:collapse; }
 th, td { text-align:left; padding:7px 10px; border-bottom:1px solid var(--line); vertical-align:top; }
 th { font-size:12px; color:var(--muted); font-weight:500; background:#fafbfc; }
-#tasks tbody tr { cursor:pointer; }
-#tasks tbody tr:hover { background:#f3f6ff; }
-#tasks tbody tr.selected { background:#e8eeff; }
+.list tbody tr { cursor:pointer; }
+.list tbody tr:hover { background:#f3f6ff; }
+.list tbody tr.selected { background:#e8eeff; }
 .badge { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:500; color:var(--c); background:var(--cb); }
 .s-pending { --c:var(--pending); --cb:var(--pending-bg); } .s-running { --c:var(--running); --cb:var(--running-bg); }
 .s-success { --c:var(--success); --cb:var(--success-bg); } .s-failed { --c:var(--failed); --cb:var(--failed-bg); }
@@ -77,6 +77,12 @@ pre { background:#f3f4f7; border-radius:6px; padding:8px 10px; overflow:auto; ma
 .error-box { background:var(--failed-bg); color:var(--failed); border-radius:6px; padding:8px 10px; }
 #detail .actions { margin-top:12px; display:flex; gap:8px; }
 a { color:var(--accent); }
+#views { display:flex; gap:8px; }
+#views button.active { background:var(--ink); border-color:var(--ink); color:#fff; }
+#views .n { display:inline-block; min-width:18px; margin-left:6px; padding:0 6px; border-radius:9px; font-size:12px; background:var(--failed-bg); color:var(--failed); }
+#failed td.error { color:var(--failed); max-width:260px; overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
+#failed td.action, #failed td.mono { white-space:nowrap; }
+#failed-note { padding:8px 10px; border-bottom:1px solid var(--line); }
 #toast { position:fixed; right:20px; bottom:20px; background:var(--ink); color:#fff; padding:8px 14px; border-radius:6px; opacity:0; transition:opacity .2s; max-width:420px; }
 #toast.show { opacity:.95; }
 </style>
@@ -90,6 +96,10 @@ a { color:var(--accent); }
 </header>
 <main>
   <section id="counts" aria-label="tasks per status"></section>
+  <nav id="views" aria-label="views">
+    <button id="view-all" type="button" class="active">All tasks</button>
+    <button id="view-failed" type="button">Failed<span class="n" id="failed-count">0</span></button>
+  </nav>
   <form id="filters" autocomplete="off">
     <label>Status<select id="f-status"><option value="">any</option></select></label>
     <label>Name<input id="f-name" placeholder="sendWelcome"></label>
@@ -98,10 +108,17 @@ a { color:var(--accent); }
   </form>
   <div class="split">
     <div class="panel">
-      <table id="tasks">
+      <table id="tasks" class="list">
         <thead><tr><th>Created</th><th>Name</th><th>Status</th><th>Tags</th><th>Attempts</th><th>Duration</th></tr></thead>
         <tbody></tbody>
       </table>
+      <div id="failed-view" hidden>
+        <div id="failed-note" class="muted">Failed and interrupted tasks (the dead letters), newest first, kept after the successes around them are gone. A retry runs as a new task; the failed one stays here as it was. “Retry all failed” retries the failed ones not retried yet; an interrupted task may have done part of its work: retry it from its row.</div>
+        <table id="failed" class="list">
+          <thead><tr><th>Ended</th><th>Name</th><th>Status</th><th>Attempts</th><th>Error</th><th></th></tr></thead>
+          <tbody></tbody>
+        </table>
+      </div>
       <div id="more-row" hidden><button id="more" type="button">Load more</button></div>
     </div>
     <div class="panel" id="detail"><div class="empty">Select a task to see its args, attempts, error and logs.</div></div>
@@ -114,7 +131,9 @@ a { color:var(--accent); }
   'use strict';
   var cfg = JSON.parse(document.getElementById('config').textContent);
   var STATUSES = ['pending', 'running', 'success', 'failed', 'interrupted', 'cancelled'];
-  var state = { status: '', name: '', tags: [], selected: null, cursor: null };
+  var state = { view: location.hash === '#failed' ? 'failed' : 'all', status: '', name: '', tags: [], selected: null, cursor: null };
+  // Dead letters retried from this page: original id → id of its retry.
+  var retriedAs = {};
   var $ = function (id) { return document.getElementById(id); };
 
   function el(tag, className, text) {
@@ -131,7 +150,7 @@ a { color:var(--accent); }
     if (init) for (var k in init) options[k] = init[k];
     return fetch(cfg.prefix + path, options).then(function (res) {
       return res.json().catch(function () { return {}; }).then(function (body) {
-        if (!res.ok) throw new Error(body.error || ('HTTP ' + res.status));
+        if (!res.ok) { var error = new Error(body.error || ('HTTP ' + res.status)); error.body = body; throw error; }
         return body;
       });
     });
@@ -167,6 +186,7 @@ a { color:var(--accent); }
     card.appendChild(el('b', '', '0')).id = 'count-' + status;
     card.appendChild(el('span', '', status));
     card.addEventListener('click', function () {
+      if (state.view !== 'all') showView('all');
       $('f-status').value = state.status === status ? '' : status;
       readFilters();
     });
@@ -175,6 +195,7 @@ a { color:var(--accent); }
   });
 
   function renderCounts(metrics) {
+    $('failed-count').textContent = String((metrics.byStatus.failed || 0) + (metrics.byStatus.interrupted || 0));
     STATUSES.forEach(function (status) {
       $('count-' + status).textContent = String(metrics.byStatus[status] || 0);
       counts.querySelector('[data-status="' + status + '"]').classList.toggle('active', state.status === status);
@@ -210,7 +231,8 @@ a { color:var(--accent); }
 
   function listQuery(cursor) {
     var p = new URLSearchParams();
-    if (state.status) p.set('status', state.status);
+    if (state.view === 'failed') p.set('status', 'failed,interrupted');
+    else if (state.status) p.set('status', state.status);
     if (state.name) p.set('name', state.name);
     state.tags.forEach(function (t) { p.set('tag.' + t[0], t[1]); });
     p.set('limit', '50');
@@ -218,8 +240,65 @@ a { color:var(--accent); }
     return '?' + p.toString();
   }
 
+  // ---- views: every task, or the dead letters
+  function showView(view) {
+    state.view = view;
+    $('view-all').classList.toggle('active', view === 'all');
+    $('view-failed').classList.toggle('active', view === 'failed');
+    $('tasks').hidden = view === 'failed';
+    $('failed-view').hidden = view !== 'failed';
+    $('f-status').disabled = view === 'failed';
+    history.replaceState(null, '', view === 'failed' ? '#failed' : location.pathname + location.search);
+  }
+  $('view-all').addEventListener('click', function () { showView('all'); refresh(); });
+  $('view-failed').addEventListener('click', function () { showView('failed'); refresh(); });
+
   // ---- table
   var tbody = document.querySelector('#tasks tbody');
+  var failedBody = document.querySelector('#failed tbody');
+  function retryLink(cell, id) {
+    cell.textContent = 'retried as ';
+    var a = cell.appendChild(el('a', 'mono', id.slice(0, 8) + '…'));
+    a.href = '#';
+    a.title = id;
+    a.addEventListener('click', function (e) { e.preventDefault(); e.stopPropagation(); select(id); });
+  }
+  function deadRow(task) {
+    var tr = el('tr', task.id === state.selected ? 'selected' : '');
+    tr.dataset.id = task.id;
+    tr.dataset.status = task.status;
+    var ended = el('td', 'mono', time(task.endedAt));
+    ended.title = fullTime(task.endedAt);
+    tr.appendChild(ended);
+    tr.appendChild(el('td', '', task.name));
+    tr.appendChild(el('td')).appendChild(badge(task.status));
+    tr.appendChild(el('td', '', task.attempts + ' / ' + task.maxAttempts));
+    var message = task.error ? task.error.type + ': ' + task.error.message : (task.reason || '');
+    tr.appendChild(el('td', 'error', message)).title = message;
+    var action = tr.appendChild(el('td', 'action'));
+    if (retriedAs[task.id]) {
+      retryLink(action, retriedAs[task.id]);
+    } else {
+      var retry = action.appendChild(el('button', 'retry-one', 'Retry'));
+      retry.type = 'button';
+      retry.addEventListener('click', function (e) {
+        e.stopPropagation();
+        retry.disabled = true;
+        api('/' + encodeURIComponent(task.id) + '/retry', { method: 'POST' }).then(function (body) {
+          retriedAs[task.id] = body.id;
+          retryLink(action, body.id);
+          toast('Retried as ' + body.id);
+        }).catch(function (error) {
+          // Retried before (another tab, another admin): say by which task.
+          var already = error.body && error.body.retriedAs;
+          if (already) { retriedAs[task.id] = already; retryLink(action, already); } else retry.disabled = false;
+          toast(error.message);
+        });
+      });
+    }
+    tr.addEventListener('click', function () { select(task.id); });
+    return tr;
+  }
   function row(task) {
     var tr = el('tr', task.id === state.selected ? 'selected' : '');
     tr.dataset.id = task.id;
@@ -237,12 +316,14 @@ a { color:var(--accent); }
     return tr;
   }
   function renderRows(tasks, append) {
-    if (!append) tbody.textContent = '';
-    tasks.forEach(function (task) { tbody.appendChild(row(task)); });
-    if (!tbody.firstChild) {
-      var td = el('td', 'empty', 'No tasks match.');
+    var failed = state.view === 'failed';
+    var body = failed ? failedBody : tbody;
+    if (!append) body.textContent = '';
+    tasks.forEach(function (task) { body.appendChild(failed ? deadRow(task) : row(task)); });
+    if (!body.firstChild) {
+      var td = el('td', 'empty', failed ? 'No failed tasks.' : 'No tasks match.');
       td.colSpan = 6;
-      tbody.appendChild(el('tr')).appendChild(td);
+      body.appendChild(el('tr')).appendChild(td);
     }
   }
 
@@ -250,8 +331,11 @@ a { color:var(--accent); }
   function refresh() {
     if (loading) { again = true; return; }
     loading = true;
+    var view = state.view;
     Promise.all([api('/metrics'), api(listQuery())]).then(function (results) {
       renderCounts(results[0]);
+      // The view changed while this was loading: the refresh queued by the change renders it.
+      if (view !== state.view) return;
       renderRows(results[1].tasks, false);
       state.cursor = results[1].nextCursor;
       $('more-row').hidden = !state.cursor;
@@ -262,7 +346,9 @@ a { color:var(--accent); }
     });
   }
   $('more').addEventListener('click', function () {
+    var view = state.view;
     api(listQuery(state.cursor)).then(function (page) {
+      if (view !== state.view) return;
       renderRows(page.tasks, true);
       state.cursor = page.nextCursor;
       $('more-row').hidden = !state.cursor;
@@ -285,7 +371,7 @@ a { color:var(--accent); }
   }
   function select(id) {
     state.selected = id;
-    Array.prototype.forEach.call(tbody.querySelectorAll('tr'), function (tr) { tr.classList.toggle('selected', tr.dataset.id === id); });
+    Array.prototype.forEach.call(document.querySelectorAll('.list tbody tr'), function (tr) { tr.classList.toggle('selected', tr.dataset.id === id); });
     loadDetail(id).catch(function (error) { toast(error.message); });
   }
   function loadDetail(id) {
@@ -349,6 +435,7 @@ a { color:var(--accent); }
       retry.addEventListener('click', function () {
         retry.disabled = true;
         api('/' + encodeURIComponent(task.id) + '/retry', { method: 'POST' }).then(function (body) {
+          retriedAs[task.id] = body.id;
           toast('Retried as ' + body.id);
           select(body.id);
         }).catch(function (error) { retry.disabled = false; toast(error.message); });
@@ -358,6 +445,7 @@ a { color:var(--accent); }
 
   $('retry-failed').addEventListener('click', function () {
     api('/retry-failed', { method: 'POST' }).then(function (body) {
+      body.retried.forEach(function (r) { retriedAs[r.id] = r.newId; });
       toast('Retried ' + body.retried.length + ' failed task(s)' + (body.errors.length ? ', ' + body.errors.length + ' could not be' : ''));
       soon();
     }).catch(function (error) { toast(error.message); });
@@ -382,6 +470,7 @@ a { color:var(--accent); }
       if (state.selected && JSON.parse(e.data).taskId === state.selected) soon();
     });
   }
+  showView(state.view);
   document.body.dataset.ready = 'true';
   refresh();
   connect();
