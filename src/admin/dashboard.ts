@@ -263,15 +263,21 @@ a { color:var(--accent); }
     a.title = id;
     a.addEventListener('click', function (e) { e.preventDefault(); e.stopPropagation(); select(id); });
   }
-  function deadRow(task) {
+  // A row of either table: its time (created or ended), name and status; a click shows the task's detail.
+  function rowStart(task, at) {
     var tr = el('tr', task.id === state.selected ? 'selected' : '');
     tr.dataset.id = task.id;
     tr.dataset.status = task.status;
-    var ended = el('td', 'mono', time(task.endedAt));
-    ended.title = fullTime(task.endedAt);
-    tr.appendChild(ended);
+    var cell = el('td', 'mono', time(at));
+    cell.title = fullTime(at);
+    tr.appendChild(cell);
     tr.appendChild(el('td', '', task.name));
     tr.appendChild(el('td')).appendChild(badge(task.status));
+    tr.addEventListener('click', function () { select(task.id); });
+    return tr;
+  }
+  function deadRow(task) {
+    var tr = rowStart(task, task.endedAt);
     tr.appendChild(el('td', '', task.attempts + ' / ' + task.maxAttempts));
     var message = task.error ? task.error.type + ': ' + task.error.message : (task.reason || '');
     tr.appendChild(el('td', 'error', message)).title = message;
@@ -296,23 +302,14 @@ a { color:var(--accent); }
         });
       });
     }
-    tr.addEventListener('click', function () { select(task.id); });
     return tr;
   }
   function row(task) {
-    var tr = el('tr', task.id === state.selected ? 'selected' : '');
-    tr.dataset.id = task.id;
-    tr.dataset.status = task.status;
-    var created = el('td', 'mono', time(task.createdAt));
-    created.title = fullTime(task.createdAt);
-    tr.appendChild(created);
-    tr.appendChild(el('td', '', task.name));
-    tr.appendChild(el('td')).appendChild(badge(task.status));
+    var tr = rowStart(task, task.createdAt);
     var tags = tr.appendChild(el('td'));
     Object.keys(task.tags || {}).forEach(function (k) { tags.appendChild(el('span', 'tag', k + '=' + task.tags[k])); });
     tr.appendChild(el('td', '', task.attempts + ' / ' + task.maxAttempts));
     tr.appendChild(el('td', 'muted', duration(task.durationMs)));
-    tr.addEventListener('click', function () { select(task.id); });
     return tr;
   }
   function renderRows(tasks, append) {
