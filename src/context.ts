@@ -1,5 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { context, createContextKey } from '@opentelemetry/api';
+import { createRedactor, type Redactor } from './redact.js';
 import { LOG_LEVELS, type LogLevel, type TaskContext, type TaskLogger } from './types.js';
 
 export const kLog = Symbol('koa-taskflow.log');
@@ -37,10 +38,16 @@ export function getTaskContext(): TaskContext | undefined {
 }
 
 let fallbackLogger: TaskLogger | undefined;
+// Outside a task the fields leave through the fallback logger (or the console): masked like a task's.
+let fallbackRedact: Redactor | undefined;
 
-/** The logger `taskLog()` uses outside a task: the most recently created TaskManager's. */
-export function setFallbackLogger(logger: TaskLogger | undefined): void {
-  fallbackLogger = logger;
+/**
+ * The logger `taskLog()` uses outside a task: the most recently created TaskManager's that has one, with
+ * that manager's redaction (the console: the latest manager's, else the default secret-looking keys).
+ */
+export function setFallbackLogger(logger: TaskLogger | undefined, redact: Redactor): void {
+  if (logger !== undefined) fallbackLogger = logger;
+  if (logger !== undefined || fallbackLogger === undefined) fallbackRedact = redact;
 }
 
 const CONSOLE_METHOD: Record<LogLevel, 'debug' | 'info' | 'warn' | 'error'> = {
@@ -74,7 +81,8 @@ export function taskLog(message: string, fields?: Record<string, unknown> & { le
       attempt[kLog](level, text, rest);
       return;
     }
-    const [level, rest] = splitLevel(fields);
+    const [level, unsafe] = splitLevel(fields);
+    const rest = unsafe === undefined ? undefined : (fallbackRedact ??= createRedactor(undefined))(unsafe);
     if (fallbackLogger !== undefined) fallbackLogger[level](rest ?? {}, text);
     else if (rest === undefined) console[CONSOLE_METHOD[level]](text);
     else console[CONSOLE_METHOD[level]](text, rest);

@@ -1,3 +1,5 @@
+import { types } from 'node:util';
+
 /**
  * Base class of the errors koa-taskflow throws itself. `code` is stable across releases (match on it, not on
  * the message); the table of codes is in docs/errors.md.
@@ -127,9 +129,71 @@ export class TaskStoreError extends TaskflowError {
   }
 }
 
-export function toErrorInfo(error: unknown): { type: string; message: string; stack?: string } {
-  if (error instanceof Error) {
-    return { type: error.name || error.constructor?.name || 'Error', message: error.message, stack: error.stack };
+/** What a record, an event, a log line or a span keeps of a thrown value: plain strings, whatever was thrown. */
+export interface ErrorInfo {
+  type: string;
+  message: string;
+  stack?: string;
+}
+
+/** Longest `message` / `stack` kept from a thrown value (a task may throw a 100 MB string); the rest is cut with a marker. */
+export const MAX_ERROR_TEXT = 8 * 1024;
+
+/**
+ * A safe description of anything JavaScript can throw. Never throws itself: a thrown value is the task's,
+ * and reading it may run its code (getters, `toString`, `Symbol.toPrimitive`, Proxy traps, revoked
+ * proxies); whatever of it cannot be read is described instead, so a task always ends with a record.
+ */
+export function toErrorInfo(error: unknown): ErrorInfo {
+  if (error === null || (typeof error !== 'object' && typeof error !== 'function')) {
+    // String() works on every primitive, symbols included (a template literal would throw on those).
+    return { type: error === null ? 'null' : typeof error, message: capText(String(error), MAX_ERROR_TEXT) };
   }
-  return { type: typeof error, message: String(error) };
+  if (!attempt(() => error instanceof Error, false)) {
+    return { type: typeof error, message: capText(attempt(() => String(error), undefined) ?? unprintable(error), MAX_ERROR_TEXT) };
+  }
+  const e = error as Error;
+  const type = textOf(() => e.name) || textOf(() => e.constructor.name) || 'Error';
+  const message = attempt(() => (typeof e.message === 'string' ? e.message : e.message === undefined ? '' : String(e.message)), undefined) ?? '[unreadable message]';
+  const stack = textOf(() => e.stack);
+  return { type: capText(type, 256), message: capText(message, MAX_ERROR_TEXT), stack: stack === '' ? undefined : capText(stack, MAX_ERROR_TEXT) };
+}
+
+/**
+ * `error` itself when a logger can take it, else a plain Error carrying its safe description: for the
+ * reports written about a task's own failures (an `onError` that threw a Proxy must still be reported).
+ */
+export function toSafeError(error: unknown): Error {
+  const info = toErrorInfo(error);
+  const safe = new Error(info.message);
+  safe.name = info.type;
+  safe.stack = info.stack ?? `${info.type}: ${info.message}`;
+  return safe;
+}
+
+function attempt<T, F>(read: () => T, fallback: F): T | F {
+  try {
+    return read();
+  } catch {
+    return fallback;
+  }
+}
+
+/** A string property read without trusting it: '' when it throws or is not a string. */
+function textOf(read: () => unknown): string {
+  const value = attempt(read, undefined);
+  return typeof value === 'string' ? value : '';
+}
+
+function unprintable(value: object): string {
+  // '[object Object]' → 'Object'; a Proxy is not asked at all (every trap may throw).
+  return `[unprintable ${types.isProxy(value) ? 'Proxy' : attempt(() => Object.prototype.toString.call(value).slice(8, -1), typeof value)}]`;
+}
+
+/** `text`, or its first `max` characters and a marker saying how much was cut. */
+export function capText(text: string, max: number): string {
+  if (text.length <= max) return text;
+  // Not cutting a surrogate pair in half.
+  const end = text.charCodeAt(max - 1) >= 0xd800 && text.charCodeAt(max - 1) <= 0xdbff ? max - 1 : max;
+  return `${text.slice(0, end)}… [${text.length - end} more characters cut]`;
 }

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { MeterProvider, TracerProvider } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import { setFallbackLogger } from './context.js';
-import { TaskCancelledError, TaskflowError, TaskManagerClosedError, TaskNotFoundError, TaskQueueFullError } from './errors.js';
+import { TaskCancelledError, TaskflowError, TaskManagerClosedError, TaskNotFoundError, TaskQueueFullError, toSafeError } from './errors.js';
 import { computeMetrics } from './metrics.js';
 import { DEFAULT_OBSERVER_TIMEOUT_MS, MAX_TIMER_MS, ObserverChain } from './observers/chain.js';
 import { pinoObserver } from './observers/pino.js';
@@ -130,7 +130,9 @@ function validateManagerOptions(options: TaskManagerOptions): void {
   const { concurrency, shutdownTimeoutMs, logger, store, observers, encryptionKey } = options;
   for (const key of ['leaseMs', 'orphanCheckMs'] as const) {
     const value = options[key];
-    if (value !== undefined && (!Number.isInteger(value) || value < 10)) throw optionError(where, key, 'an integer >= 10 (milliseconds)', value, typeof value === 'number' ? RangeError : TypeError);
+    if (value !== undefined && (!Number.isInteger(value) || value < 10 || value > MAX_TIMER_MS)) {
+      throw optionError(where, key, `an integer from 10 to ${MAX_TIMER_MS} (milliseconds)`, value, typeof value === 'number' ? RangeError : TypeError);
+    }
   }
   checkBound(where, 'maxQueued', options.maxQueued);
   checkBound(where, 'observerMaxInFlight', options.observerMaxInFlight);
@@ -142,8 +144,8 @@ function validateManagerOptions(options: TaskManagerOptions): void {
   if (concurrency !== undefined && (!Number.isInteger(concurrency) || concurrency < 1)) {
     throw optionError(where, 'concurrency', 'an integer >= 1', concurrency, typeof concurrency === 'number' ? RangeError : TypeError);
   }
-  if (shutdownTimeoutMs !== undefined && (typeof shutdownTimeoutMs !== 'number' || !(shutdownTimeoutMs >= 0) || !Number.isFinite(shutdownTimeoutMs))) {
-    throw optionError(where, 'shutdownTimeoutMs', 'a number >= 0', shutdownTimeoutMs, typeof shutdownTimeoutMs === 'number' ? RangeError : TypeError);
+  if (shutdownTimeoutMs !== undefined && (typeof shutdownTimeoutMs !== 'number' || !(shutdownTimeoutMs >= 0 && shutdownTimeoutMs <= MAX_TIMER_MS))) {
+    throw optionError(where, 'shutdownTimeoutMs', `a number from 0 to ${MAX_TIMER_MS} (milliseconds)`, shutdownTimeoutMs, typeof shutdownTimeoutMs === 'number' ? RangeError : TypeError);
   }
   if (logger !== undefined && (logger === null || typeof logger !== 'object' || typeof logger.info !== 'function' || typeof logger.error !== 'function')) {
     throw optionError(where, 'logger', 'a pino logger', logger);
@@ -244,7 +246,7 @@ export class TaskManager implements TaskEnqueuer {
       redact,
       report: (stage, error) => this.#report(stage, error),
     });
-    if (options.logger !== undefined) setFallbackLogger(options.logger);
+    setFallbackLogger(options.logger, redact);
   }
 
   /**
@@ -463,7 +465,9 @@ export class TaskManager implements TaskEnqueuer {
   shutdown(options: { timeoutMs?: number } = {}): Promise<void> {
     if (options === null || typeof options !== 'object') throw new TypeError(`shutdown: argument "options" must be an object, got ${options === null ? 'null' : typeof options}`);
     const timeoutMs = options.timeoutMs ?? this.#shutdownTimeoutMs;
-    if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0)) throw optionError('shutdown', 'timeoutMs', 'a number >= 0', timeoutMs, typeof timeoutMs === 'number' ? RangeError : TypeError);
+    if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0 && timeoutMs <= MAX_TIMER_MS)) {
+      throw optionError('shutdown', 'timeoutMs', `a number from 0 to ${MAX_TIMER_MS} (milliseconds)`, timeoutMs, typeof timeoutMs === 'number' ? RangeError : TypeError);
+    }
     this.#shutdown ??= (async () => {
       this.#closing = true;
       clearInterval(this.#leaseTimer);
@@ -788,6 +792,20 @@ export class TaskManager implements TaskEnqueuer {
   }
 
   #report(stage: string, error: unknown): void {
+    try {
+      this.#write(stage, error);
+    } catch {
+      // What a task or an onError threw may not survive a logger (a Proxy, a throwing getter): its safe
+      // description is written instead, and a report never throws.
+      try {
+        this.#write(stage, toSafeError(error));
+      } catch {
+        // The logger itself fails: nothing is left to report through.
+      }
+    }
+  }
+
+  #write(stage: string, error: unknown): void {
     if (this.logger !== undefined) this.logger.error({ err: error }, `koa-taskflow: ${stage}`);
     else console.error(`koa-taskflow: ${stage}:`, error);
   }

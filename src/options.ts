@@ -85,6 +85,12 @@ function describe(value: unknown): string {
   }
 }
 
+/**
+ * The longest wait a Node timer keeps: 2^31 − 1 ms (24.8 days). Node turns a longer one into 1 ms, so a
+ * duration option above it is refused, and a computed wait (backoff) is capped at it.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export function optionError(where: string, option: string, expected: string, value: unknown, Kind: typeof TypeError | typeof RangeError = TypeError): Error {
   return new Kind(`${where}: option "${option}" must be ${expected}, got ${describe(value)}`);
 }
@@ -120,10 +126,10 @@ export function validateTaskOptions(where: string, options: unknown): asserts op
   }
   if (o.name !== undefined && (typeof o.name !== 'string' || o.name.trim() === '')) throw optionError(where, 'name', 'a non-empty string', o.name);
   checkNumber(where, 'retries', o.retries, { integer: true });
-  checkNumber(where, 'delay', o.delay);
+  checkNumber(where, 'delay', o.delay, { max: MAX_TIMER_MS });
   checkNumber(where, 'backoff', o.backoff, { min: 1 });
-  checkNumber(where, 'maxDelay', o.maxDelay);
-  checkNumber(where, 'timeout', o.timeout, { min: 1 });
+  checkNumber(where, 'maxDelay', o.maxDelay, { max: MAX_TIMER_MS });
+  checkNumber(where, 'timeout', o.timeout, { min: 1, max: MAX_TIMER_MS });
   checkNumber(where, 'priority', o.priority, { min: 1, max: 10, integer: true });
   for (const key of BOOLEAN_OPTIONS) {
     if (o[key] !== undefined && typeof o[key] !== 'boolean') throw optionError(where, key, 'a boolean', o[key]);
@@ -183,12 +189,15 @@ export function resolveOptions(where: string, options: TaskOptions, fallbackName
 }
 
 /**
- * Wait before retry number `retry` (1 = the first retry): `delay * backoff^(retry-1)`, capped by `maxDelay`,
- * then with full jitter a uniform draw in `[0, wait]`.
+ * Wait before retry number `retry` (1 = the first retry): `delay * backoff^(retry-1)`, capped by `maxDelay`
+ * and by MAX_TIMER_MS (exponential backoff without `maxDelay` passes 2^31 ms after a few dozen retries, and
+ * Node would fire it after 1 ms), then with full jitter a uniform draw in `[0, wait]`.
  */
 export function retryDelay(options: Pick<ResolvedTaskOptions, 'delay' | 'backoff' | 'maxDelay' | 'jitter'>, retry: number, random: () => number = Math.random): number {
-  let wait = options.delay * options.backoff ** (retry - 1);
+  // delay 0 stays 0 even when backoff^n overflows to Infinity (0 * Infinity is NaN).
+  let wait = options.delay === 0 ? 0 : options.delay * options.backoff ** (retry - 1);
   if (options.maxDelay !== undefined && wait > options.maxDelay) wait = options.maxDelay;
+  if (wait > MAX_TIMER_MS) wait = MAX_TIMER_MS;
   if (options.jitter) wait = random() * wait;
   return wait;
 }

@@ -26,7 +26,8 @@ import {
   type UpDownCounter,
 } from '@opentelemetry/api';
 import { ATTR_ERROR_TYPE } from '@opentelemetry/semantic-conventions';
-import { TaskInterruptedError, toErrorInfo } from './errors.js';
+import { types } from 'node:util';
+import { TaskflowError, TaskInterruptedError, toErrorInfo } from './errors.js';
 
 /** Every attribute, span, event and metric name koa-taskflow emits, in one place. */
 export const INSTRUMENTATION_NAME = 'koa-taskflow';
@@ -80,7 +81,8 @@ export interface AttemptSpanInput {
   readonly maxAttempts: number;
   readonly priority?: number;
   readonly idempotencyKey?: string;
-  readonly tags: Readonly<Record<string, string>>;
+  /** The tags as they may leave the process (secret-looking tag names masked). */
+  readonly safeTags: Readonly<Record<string, string>>;
   readonly requestLink?: SpanContext;
   readonly previousAttempt?: SpanContext;
   /** `'child'`: the attempt's parent is `requestLink` instead of a link to it. */
@@ -224,16 +226,16 @@ export class TaskTelemetry {
 
   endAttempt(span: Span, taskName: string, durationMs: number, error: unknown): void {
     let outcome: AttemptOutcome = 'success';
-    if (error !== undefined) outcome = error instanceof TaskInterruptedError ? 'interrupted' : 'failed';
+    // Only our own abort reasons are interrupts; a thrown Proxy is never asked (instanceof runs its traps).
+    if (error !== undefined) outcome = isOwnError(error) && error instanceof TaskInterruptedError ? 'interrupted' : 'failed';
     if (span.isRecording()) {
       if (error === undefined) {
         span.setStatus({ code: SpanStatusCode.OK });
       } else {
-        // The same type name as the record's `error.type`, so a span and its record agree (a thrown
-        // string is `string`, not a made-up `Error`).
+        // Recorded from the info, not the error: the thrown value itself may throw when the SDK reads its
+        // name, message, stack or code, and the SDK would name an Error with a `code` (ours all have one) by
+        // that code; the exception event says the same type as error.type and the record.
         const info = toErrorInfo(error);
-        // Recorded from the info, not the error: the SDK would name an Error with a `code` (ours all have one)
-        // by that code, and the exception event must say the same type as error.type and the record.
         span.recordException({ name: info.type, message: info.message, stack: info.stack });
         span.setStatus({ code: SpanStatusCode.ERROR, message: info.message });
         span.setAttribute(ATTR_ERROR_TYPE, info.type);
@@ -259,6 +261,11 @@ export class TaskTelemetry {
   }
 }
 
+/** An error of a class of ours (not a Proxy, whose getPrototypeOf trap `instanceof` would run). */
+function isOwnError(error: unknown): error is TaskflowError {
+  return error !== null && typeof error === 'object' && !types.isProxy(error) && error instanceof TaskflowError;
+}
+
 function attemptAttributes(input: AttemptSpanInput, attempt: number): Attributes {
   const attributes: Attributes = {
     [ATTR_TASK_ID]: input.id,
@@ -275,7 +282,8 @@ function attemptAttributes(input: AttemptSpanInput, attempt: number): Attributes
   }
   if (input.priority !== undefined) attributes[ATTR_TASK_PRIORITY] = input.priority;
   if (input.idempotencyKey !== undefined) attributes[ATTR_TASK_IDEMPOTENCY_KEY] = input.idempotencyKey;
-  for (const key in input.tags) attributes[tagAttribute(key)] = input.tags[key];
+  const tags = input.safeTags;
+  for (const key in tags) attributes[tagAttribute(key)] = tags[key];
   return attributes;
 }
 

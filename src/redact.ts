@@ -1,18 +1,33 @@
 export const REDACTED = '[redacted]';
+/** Replaces what is nested deeper than MAX_REDACT_DEPTH: it was not searched for secrets, so it does not leave. */
+export const TOO_DEEP = '[too deep]';
+/** Replaces a reference back to an object that contains it. */
+export const CIRCULAR = '[circular]';
+/** Replaces a value that cannot be read (a getter or a Proxy trap throws). */
+export const UNREADABLE = '[unreadable]';
+/** Objects nested deeper than this (in args, log fields) are replaced by TOO_DEEP wherever they leave a task. */
+export const MAX_REDACT_DEPTH = 64;
 
 /** Key names that look secret, matched anywhere in the name, at any depth. */
 export const DEFAULT_SECRET_KEY = /passw(or)?d|secret|token|authori[sz]ation|api[-_]?key|cookie|private[-_]?key|credential/i;
 
 export type RedactOption = string[] | false;
 
-export type Redactor = <T>(value: T) => T;
+export interface Redactor {
+  /** Args or log fields as they may leave a task: secrets masked, cycles and over-deep parts replaced. */
+  <T>(value: T): T;
+  /** Tags as they may leave a task: the value of a tag whose name looks secret is masked. */
+  tags(tags: Readonly<Record<string, string>>): Readonly<Record<string, string>>;
+}
 
-const identity: Redactor = (value) => value;
+const identity: Redactor = Object.assign(<T>(value: T): T => value, { tags: (tags: Readonly<Record<string, string>>) => tags });
 
 /**
- * Builds the function that masks secrets wherever args or log fields leave a task. An entry with a dot
- * is a path from the top of each argument / fields object (`card.number`, `*` matches any key); one
- * without a dot is a key name matched at any depth. Copies only what it changes.
+ * Builds the function that masks secrets wherever args, log fields or tags leave a task. An entry with a
+ * dot is a path from the top of each argument / fields object (`card.number`, `*` matches any key); one
+ * without a dot is a key name matched at any depth. Copies only what it changes. Nothing passes through
+ * unsearched: a part nested deeper than MAX_REDACT_DEPTH, a cycle or an unreadable value is replaced by a
+ * marker, and the walk is bounded (no stack overflow, no exponential walk of shared parts).
  */
 export function createRedactor(option: RedactOption | undefined): Redactor {
   if (option === false) return identity;
@@ -37,29 +52,80 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
     return secret;
   };
 
+  // The objects being walked, outermost first: meeting one of them again is a cycle. Shared by every walk,
+  // which is synchronous; one started inside another (a getter that logs) leaves it as it found it.
+  const ancestors: object[] = [];
+  // Objects walked by the current call, and their results once it has walked many: parts shared within a
+  // value (a → b twice, b → c twice, … 60 levels) are then walked once each instead of 2^60 times.
+  let visited = 0;
+  let walkedOnce: Map<object, unknown> | undefined;
+
   function walk(value: unknown, depth: number, pathsHere: string[][]): unknown {
-    if (value === null || typeof value !== 'object' || depth > 32) return value;
+    if (value === null || typeof value !== 'object') return value;
+    if (depth >= MAX_REDACT_DEPTH) return TOO_DEEP;
+    if (ancestors.includes(value)) return CIRCULAR;
+    const reusable = pathsHere.length === 0;
+    if (reusable && walkedOnce !== undefined) {
+      const earlier = walkedOnce.get(value);
+      if (earlier !== undefined) return earlier;
+    }
+    if (++visited > 1_000) walkedOnce ??= new Map();
+    ancestors.push(value);
+    let result: unknown;
+    try {
+      result = walkObject(value, depth, pathsHere);
+    } catch {
+      // A Proxy whose traps throw, a throwing getter, a revoked proxy: what cannot be read does not leave.
+      result = UNREADABLE;
+    } finally {
+      ancestors.pop();
+    }
+    if (reusable) walkedOnce?.set(value, result);
+    return result;
+  }
+
+  function walkObject(value: object, depth: number, pathsHere: string[][]): unknown {
     if (Array.isArray(value)) return mapCopyOnWrite(value, (item) => walk(item, depth + 1, pathsHere));
-    if (value instanceof Date) return value;
+    if (value instanceof Date || ArrayBuffer.isView(value)) return value;
     let copy: Record<string, unknown> | undefined;
     const source = value as Record<string, unknown>;
     for (const key of Object.keys(source)) {
-      const child = source[key];
       const childPaths = pathsHere.length === 0 ? pathsHere : pathsHere.filter((p) => p[0] === key || p[0] === '*');
-      let next: unknown;
+      // A secret is masked without being read (its getter may be what throws).
       if (secretKey(key) || childPaths.some((p) => p.length === 1)) {
-        next = REDACTED;
-      } else {
-        next = walk(child, depth + 1, childPaths.length === 0 ? childPaths : childPaths.map((p) => p.slice(1)));
+        (copy ??= { ...source })[key] = REDACTED;
+        continue;
       }
+      const child = source[key];
+      const next = walk(child, depth + 1, childPaths.length === 0 ? childPaths : childPaths.map((p) => p.slice(1)));
       if (next !== child) (copy ??= { ...source })[key] = next;
     }
     return copy ?? value;
   }
 
   // Paths start at each argument, so the argument list itself is walked item by item.
-  return (<T>(value: T): T =>
-    (Array.isArray(value) ? mapCopyOnWrite(value, (item) => walk(item, 0, paths)) : walk(value, 0, paths)) as T) as Redactor;
+  const redact = <T>(value: T): T => {
+    const outerVisited = visited;
+    const outerWalked = walkedOnce;
+    visited = 0;
+    walkedOnce = undefined;
+    try {
+      if (Array.isArray(value)) return mapCopyOnWrite(value, (item) => walk(item, 0, paths)) as T;
+      const result = walk(value, 0, paths);
+      // Log fields that cannot be read at all are not logged (taskLog never throws; its caller catches this).
+      if (result === UNREADABLE && value !== UNREADABLE) throw new TypeError('the value cannot be read');
+      return result as T;
+    } finally {
+      visited = outerVisited;
+      walkedOnce = outerWalked;
+    }
+  };
+  const tags = (tagMap: Readonly<Record<string, string>>): Readonly<Record<string, string>> => {
+    let copy: Record<string, string> | undefined;
+    for (const key in tagMap) if (secretKey(key)) (copy ??= { ...tagMap })[key] = REDACTED;
+    return copy ?? tagMap;
+  };
+  return Object.assign(redact, { tags });
 }
 
 function mapCopyOnWrite(items: readonly unknown[], map: (item: unknown) => unknown): readonly unknown[] {

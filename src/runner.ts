@@ -2,6 +2,7 @@ import type { ObserverChain } from './observers/chain.js';
 import type { TaskTelemetry } from './otel.js';
 import type { Redactor } from './redact.js';
 import { TaskInterruptedError } from './errors.js';
+import { MAX_TIMER_MS } from './options.js';
 import type { TaskRun } from './task-run.js';
 import type { TaskRecord, TaskStore } from './types.js';
 
@@ -145,6 +146,11 @@ export class Runner {
   }
 
   retryLater(run: TaskRun, waitMs: number): void {
+    // Past MAX_TIMER_MS Node would fire after 1 ms (a stored runAt can be that far): wait the longest it keeps, then look again.
+    if (waitMs > MAX_TIMER_MS) {
+      run.retryTimer = setTimeout(() => this.retryLater(run, waitMs - MAX_TIMER_MS), MAX_TIMER_MS);
+      return;
+    }
     run.retryTimer = setTimeout(() => {
       run.retryTimer = undefined;
       this.submit(run);
@@ -223,10 +229,10 @@ export class Runner {
     this.finished(run);
   }
 
-  /** A copy safe to hand out: args redacted, arrays not shared with the live record. */
+  /** A copy safe to hand out: args and secret-looking tags redacted, arrays not shared with the live record. */
   snapshot(record: TaskRecord): TaskRecord {
     const args = this.redact(record.args);
-    return { ...record, args: args === record.args ? args.slice() : args, tags: { ...record.tags }, logs: record.logs.slice() };
+    return { ...record, args: args === record.args ? args.slice() : args, tags: { ...this.redact.tags(record.tags) }, logs: record.logs.slice() };
   }
 
   /** Resolves when no accepted task is left unfinished. */

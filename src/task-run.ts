@@ -70,6 +70,11 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     return this.record.tags;
   }
 
+  /** The tags as they leave the task (events, logs, spans): values of secret-looking tag names masked. */
+  get safeTags(): Readonly<Record<string, string>> {
+    return this.runner.redact.tags(this.record.tags);
+  }
+
   get maxAttempts(): number {
     return this.record.maxAttempts;
   }
@@ -141,7 +146,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       await attempt.execute(this.fn as (...a: unknown[]) => unknown, this.args, this.options.timeout);
     } catch (caught) {
       failed = true;
-      error = caught ?? new Error('task threw a nullish value');
+      // Anything may be thrown; `undefined` would read as success below, so a nullish value becomes an Error.
+      error = caught ?? new Error(`the task threw ${String(caught)}`);
     }
     // Abandoned by shutdown while it ran: already recorded, its slot already released.
     if (this.current !== attempt) return;
@@ -150,6 +156,15 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       this.#settle(attempt, span, startedAt, failed, error);
     } catch (unexpected) {
       this.runner.report(`task ${this.name}`, unexpected);
+      // Whatever went wrong here, the task ends: a run left unfinished holds drain() and shutdown() for ever,
+      // and a durable record would stay `running` under this process's renewed lease.
+      if (!this.#final && this.retryTimer === undefined) {
+        try {
+          this.#finish('failed', unexpected, undefined, undefined);
+        } catch (again) {
+          this.runner.report(`task ${this.name}`, again);
+        }
+      }
     }
     this.runner.settled(this);
   }
@@ -273,7 +288,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       level,
       message,
       fields: safeFields ?? {},
-      tags: this.tags,
+      tags: this.safeTags,
       time,
       traceId: spanContext.traceId,
       spanId: spanContext.spanId,
@@ -319,7 +334,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       name: this.name,
       attempt: record.attempts,
       status,
-      tags: this.tags,
+      tags: this.safeTags,
       time: Date.now(),
     };
     if (previousStatus !== undefined) event.previousStatus = previousStatus;
