@@ -1,8 +1,8 @@
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
-import { describe, expect, it } from 'vitest';
-import { REDACTED, taskLog, type TaskRecord } from 'koa-taskflow';
+import { describe, expect, it, vi } from 'vitest';
+import { getTaskContext, REDACTED, taskLog, type TaskRecord } from 'koa-taskflow';
 import { expectJson, startAdmin, TOKEN } from './helpers/admin.js';
 import { openSse } from './helpers/sse.js';
 import { createManager } from './helpers/server.js';
@@ -57,5 +57,139 @@ describe('redaction: a secret never leaves a task', () => {
     // Masking happens where values leave the task: the task itself got the real ones.
     expect(received).toBe('SECRET-password');
     expect(exporter.getFinishedSpans().find((s) => s.name === 'task charge')?.events.some((e) => e.name === 'task.log')).toBe(true);
+  });
+});
+
+/** `leaf` wrapped in `depth` objects: `{ level: { level: … leaf } }`. */
+function nest(depth: number, leaf: unknown): unknown {
+  let value = leaf;
+  for (let i = 0; i < depth; i++) value = { level: value };
+  return value;
+}
+
+/**
+ * Runs the task `add` adds, with the admin's event stream open, to its end; answers its id and every output
+ * its args, log fields and tags leave through, as text.
+ */
+async function runAndCollect(traced: ReturnType<typeof tracedPinoManager>, add: () => string): Promise<{ id: string; outputs: Record<string, string> }> {
+  const { manager, lines, exporter } = traced;
+  const { api, base } = await startAdmin({}, manager);
+  const stream = await openSse(`${base}/events`, { authorization: `Bearer ${TOKEN}` });
+  const id = add();
+  await manager.drain();
+  await stream.until((m) => m.some((e) => e.event === 'lifecycle' && JSON.parse(e.data).status === 'success'));
+  const outputs = {
+    'GET /tasks/:id': JSON.stringify(await expectJson(await api(`/${id}`), 200)),
+    'GET /tasks': JSON.stringify(await expectJson(await api(''), 200)),
+    'GET /tasks/events': stream.raw,
+    pino: lines.join(''),
+    spans: JSON.stringify(exporter.getFinishedSpans().map((s) => ({ name: s.name, attributes: s.attributes, events: s.events }))),
+  };
+  return { id, outputs };
+}
+
+function tracedPinoManager(options: Parameters<typeof createManager>[0] = {}) {
+  const lines: string[] = [];
+  const logger = pino({ level: 'trace' }, new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) }));
+  const exporter = new InMemorySpanExporter();
+  const tracerProvider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+  return { lines, exporter, manager: createManager({ logger, tracerProvider, ...options }) };
+}
+
+describe('redaction has no depth hole', () => {
+  it('masks secrets nested at any depth in args and log fields, replaces cycles and what is nested too deep, in every output', async () => {
+    const traced = tracedPinoManager();
+    const { manager } = traced;
+    const cyclic: Record<string, unknown> = { label: 'visible-cycle', token: 'SECRET-cycle' };
+    cyclic.self = cyclic;
+    const deep = (): unknown => ({
+      at40: nest(40, { password: 'SECRET-at-40', label: 'visible-40' }),
+      at100: nest(100, { password: 'SECRET-at-100' }),
+      // Far deeper than any stack: must neither overflow nor pass through.
+      at100k: nest(100_000, { password: 'SECRET-at-100k' }),
+      cyclic,
+    });
+    const job = manager.task(async function deepJob(_input: unknown) {
+      taskLog('deep fields', { fields: deep(), note: 'visible-note' });
+    });
+    const { id, outputs } = await runAndCollect(traced, () => manager.add(job, deep()));
+    for (const [where, text] of Object.entries(outputs)) {
+      expect(text, where).not.toContain('SECRET');
+      expect(text, where).toContain('visible-note');
+      expect(text, where).toContain(REDACTED);
+      // The parts it could not search are replaced by markers, not dropped silently.
+      expect(text, where).toContain('[too deep]');
+      expect(text, where).toContain('[circular]');
+      expect(text, where).toContain('visible-cycle');
+    }
+    const record = (await manager.get(id))!;
+    const args = record.args[0] as { at40: unknown; cyclic: unknown };
+    expect(args.at40).toEqual(nest(40, { password: REDACTED, label: 'visible-40' }));
+    expect(args.cyclic).toEqual({ label: 'visible-cycle', token: REDACTED, self: '[circular]' });
+  });
+
+  it('walks a value that shares its parts (2^20 paths through 20 levels) about once per part', async () => {
+    const { createRedactor } = await import('../src/redact.js');
+    let reads = 0;
+    let shared: unknown = { password: 'SECRET', label: 'visible' };
+    for (let i = 0; i < 20; i++) {
+      const child = shared;
+      const level = {};
+      for (const key of ['a', 'b']) Object.defineProperty(level, key, { enumerable: true, get: () => (reads++, child) });
+      shared = level;
+    }
+    type Shared = { a: Shared; b: Shared };
+    const redacted = createRedactor(undefined)(shared) as Shared;
+    // Walked path by path that is 2^21 reads; shared parts are walked once each once a walk gets large.
+    expect(reads).toBeLessThan(10_000);
+    let leaf = redacted;
+    for (let i = 0; i < 20; i++) leaf = leaf.b;
+    expect(leaf).toEqual({ password: REDACTED, label: 'visible' });
+  });
+
+  it('masks the fields of taskLog() called outside a task, at any depth, in the logger and the console', async () => {
+    const { lines } = tracedPinoManager({ redact: ['ssn'] });
+    taskLog('outside', { password: 'SECRET-outside', nested: { deeper: { apiKey: 'SECRET-nested', ssn: 'SECRET-ssn' } }, visible: 'visible-outside' });
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0])).toMatchObject({
+      msg: 'outside',
+      password: REDACTED,
+      nested: { deeper: { apiKey: REDACTED, ssn: REDACTED } },
+      visible: 'visible-outside',
+    });
+
+    vi.resetModules();
+    const fresh = await import('../src/context.js');
+    const spy = vi.spyOn(console, 'info').mockImplementation(() => {});
+    fresh.taskLog('to the console', { nested: { token: 'SECRET-console' }, visible: 1 });
+    expect(spy).toHaveBeenCalledWith('to the console', { nested: { token: REDACTED }, visible: 1 });
+    spy.mockRestore();
+  });
+
+  it('masks the values of tags named like secrets on records, events, pino lines and span attributes; filters still match them', async () => {
+    const traced = tracedPinoManager({ redact: ['customerSsn'] });
+    const { manager, exporter } = traced;
+    let seen: Record<string, string> | undefined;
+    const job = manager.task(async function tagged() {
+      seen = { ...getTaskContext()!.tags };
+      taskLog('tagged log', { note: 'visible-note' });
+    });
+    const tags = { apiToken: 'SECRET-tag-token', customerSsn: 'SECRET-tag-ssn', tenant: 'visible-tenant' };
+    const { id, outputs } = await runAndCollect(traced, () => manager.with({ tags }).add(job));
+    for (const [where, text] of Object.entries(outputs)) {
+      expect(text, where).not.toContain('SECRET');
+      expect(text, where).toContain('visible-tenant');
+      expect(text, where).toContain(REDACTED);
+    }
+    const masked = { apiToken: REDACTED, customerSsn: REDACTED, tenant: 'visible-tenant' };
+    expect((await manager.get(id))!.tags).toEqual(masked);
+    expect(exporter.getFinishedSpans().find((s) => s.name === 'task tagged')!.attributes).toMatchObject({
+      'task.tag.apiToken': REDACTED,
+      'task.tag.customerSsn': REDACTED,
+      'task.tag.tenant': 'visible-tenant',
+    });
+    // Inside the task, and for filtering, tags keep their values.
+    expect(seen).toEqual(tags);
+    expect((await manager.list({ tags: { apiToken: 'SECRET-tag-token' } })).map((r) => r.id)).toEqual([id]);
   });
 });
