@@ -265,3 +265,28 @@ describe('bad arguments', () => {
     expect(() => manager.shutdown({ timeoutMs: -5 })).toThrow(/"timeoutMs"/);
   });
 });
+
+describe('durations above the longest timer (2^31 − 1 ms, which Node turns into 1 ms)', () => {
+  const MAX = 2 ** 31 - 1;
+  const add = (manager: TaskManager, options: TaskOptions) => manager.with(options).add(() => {});
+
+  it.each<[string, (manager: TaskManager, ms: number) => unknown, string]>([
+    ['task() timeout', (m, ms) => m.task(function a() {}, { timeout: ms }), 'timeout'],
+    ['task() delay', (m, ms) => m.task(function b() {}, { delay: ms }), 'delay'],
+    ['task() maxDelay', (m, ms) => m.task(function c() {}, { maxDelay: ms }), 'maxDelay'],
+    ['with() timeout', (m, ms) => add(m, { timeout: ms }), 'timeout'],
+    ['with() delay', (m, ms) => add(m, { delay: ms }), 'delay'],
+    ['with() maxDelay', (m, ms) => add(m, { maxDelay: ms }), 'maxDelay'],
+    ['defaults timeout', (_m, ms) => new TaskManager({ defaults: { timeout: ms } }), 'timeout'],
+    ['shutdownTimeoutMs', (_m, ms) => new TaskManager({ shutdownTimeoutMs: ms }), 'shutdownTimeoutMs'],
+    ['leaseMs', (_m, ms) => new TaskManager({ leaseMs: ms }), 'leaseMs'],
+    ['orphanCheckMs', (_m, ms) => new TaskManager({ orphanCheckMs: ms }), 'orphanCheckMs'],
+    ['shutdown({ timeoutMs })', (m, ms) => m.shutdown({ timeoutMs: ms }), 'timeoutMs'],
+  ])('%s: 2^31 ms is a RangeError naming the option; 2^31 − 1 ms is accepted', async (_label, use, option) => {
+    const manager = createManager();
+    expect(() => use(manager, MAX + 1)).toThrow(RangeError);
+    expect(() => use(manager, MAX + 1)).toThrow(new RegExp(`"${option}"[^]*2147483647`));
+    const accepted = use(manager, MAX);
+    if (accepted instanceof TaskManager) await accepted.shutdown({ timeoutMs: 0 });
+  });
+});

@@ -19,6 +19,13 @@ describe('retryDelay', () => {
     expect(retryDelay({ ...base, jitter: true }, 3, () => 0)).toBe(0);
   });
 
+  it('is capped at 2^31 − 1 ms, the longest Node timer, with or without jitter; a delay of 0 stays 0', () => {
+    const huge = { ...base, delay: 1_000, backoff: 10 };
+    expect([9, 400].map((n) => retryDelay(huge, n))).toEqual([2 ** 31 - 1, 2 ** 31 - 1]);
+    expect(retryDelay({ ...huge, jitter: true }, 400, () => 0.5)).toBe((2 ** 31 - 1) / 2);
+    expect(retryDelay({ ...huge, delay: 0 }, 400)).toBe(0);
+  });
+
   it('is constant with the default backoff of 1', () => {
     expect([1, 2, 3].map((n) => retryDelay({ ...base, backoff: 1 }, n))).toEqual([100, 100, 100]);
   });
@@ -111,7 +118,7 @@ describe('retry waits end to end (fake clock)', () => {
   });
 
   /** Waits between the attempts of a task that always fails: delay 100, backoff 3, maxDelay 500 unless overridden. */
-  async function retryWaits(options: TaskOptions): Promise<number[]> {
+  async function retryWaits({ timeoutStep, ...options }: TaskOptions & { timeoutStep?: number[] }): Promise<number[]> {
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
     const manager = createManager();
     const attemptsAt: number[] = [];
@@ -119,8 +126,9 @@ describe('retry waits end to end (fake clock)', () => {
       attemptsAt.push(Date.now());
       throw new Error('down');
     });
-    await vi.advanceTimersByTimeAsync(10_000);
-    expect(await manager.get(id)).toMatchObject({ status: 'failed', attempts: 5 });
+    // In steps: a timer that fired early (after 1 ms) shows as a short wait between two attempts.
+    for (const step of timeoutStep ?? [10_000]) await vi.advanceTimersByTimeAsync(step);
+    expect(await manager.get(id)).toMatchObject({ status: 'failed', attempts: (options.retries ?? 4) + 1 });
     return attemptsAt.slice(1).map((at, i) => at - attemptsAt[i]);
   }
 
@@ -139,6 +147,17 @@ describe('retry waits end to end (fake clock)', () => {
     });
     vi.spyOn(Math, 'random').mockReturnValue(0.5);
     expect(await retryWaits({ jitter: true })).toEqual(capped.map((wait) => wait / 2));
+  });
+
+  // 2^31 − 1 ms (24.8 days), the longest wait a Node timer keeps: Node fires a longer one after 1 ms.
+  const MAX_TIMER = 2 ** 31 - 1;
+
+  it('without maxDelay are capped at 2^31 − 1 ms instead of turning into 1 ms, with and without jitter', async () => {
+    // delay 2^30 with backoff 4: the second retry would wait 2^32 ms.
+    expect(await retryWaits({ delay: 2 ** 30, backoff: 4, maxDelay: undefined, retries: 2, timeoutStep: [2 ** 30, 60_000, MAX_TIMER] })).toEqual([2 ** 30, MAX_TIMER]);
+    vi.spyOn(Math, 'random').mockReturnValue(0.999);
+    const waits = await retryWaits({ delay: 2 ** 30, backoff: 4, maxDelay: undefined, retries: 2, jitter: true, timeoutStep: [2 ** 30, 60_000, MAX_TIMER] });
+    expect(waits[1]).toBe(Math.floor(0.999 * MAX_TIMER));
   });
 });
 
