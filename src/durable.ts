@@ -4,7 +4,7 @@ import type { PersistedTaskOptions } from './types.js';
 /** Lease defaults: a crashed process's tasks are taken over within about `leaseMs` (plus one check interval). */
 export const DEFAULT_LEASE_MS = 30_000;
 
-const PERSISTED_KEYS = ['delay', 'backoff', 'maxDelay', 'jitter', 'timeout', 'shield', 'persist', 'requeueOnInterrupt', 'trace'] as const;
+const PERSISTED_KEYS = ['delay', 'backoff', 'maxDelay', 'jitter', 'timeout', 'shield', 'persist', 'requeueOnInterrupt', 'maxStalls', 'trace'] as const;
 
 /**
  * Throws a TypeError naming the argument when `args` would not come back the same from JSON: a restarted

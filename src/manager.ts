@@ -405,9 +405,11 @@ export class TaskManager implements TaskEnqueuer {
   }
 
   /**
-   * Take over a task from the store: run it again from its stored state (attempts, next retry time), or
-   * end it `interrupted` when it had started and is not `requeueOnInterrupt`, when nothing in this
-   * process is registered under its name, or when its args cannot be decrypted here.
+   * Take over a task from the store: run it again from its stored state (attempts, next retry time). One
+   * left `running` died with its process: it runs again as its next attempt, linked to the one that died,
+   * unless that is one stall more than its `maxStalls` (it ends `failed`, TaskStalledError) or it is not
+   * `requeueOnInterrupt` (it ends `interrupted`, reason `crash`). It also ends `interrupted` when nothing
+   * in this process is registered under its name, or when its args cannot be decrypted here.
    */
   #resume(record: TaskRecord): void {
     const registration = this.#registry.get(record.name);
@@ -417,6 +419,7 @@ export class TaskManager implements TaskEnqueuer {
     // Args this process cannot decrypt (no or another encryptionKey, altered ciphertext): the task cannot
     // run here; it ends interrupted with that error, its sealed args kept, and retry(id) runs it once the key is right.
     const unreadable = unreadableArgs(record);
+    let died = false;
     if (registration === undefined) {
       options = resolveOptions('recovery', { tags: record.tags }, record.name);
       fn = () => {};
@@ -425,7 +428,7 @@ export class TaskManager implements TaskEnqueuer {
       options = resolveOptions('recovery', mergeOptions(registration.options, recordedOptions(record)), registration.name);
       fn = registration.fn;
       if (record.status === 'running' && unreadable === undefined) {
-        if (options.requeueOnInterrupt) record.attempts = Math.max(0, record.attempts - 1);
+        if (options.requeueOnInterrupt) died = true;
         else reason = 'crash';
       }
     }
@@ -441,8 +444,15 @@ export class TaskManager implements TaskEnqueuer {
         : undefined;
     const run = new TaskRun(this.runner, record, fn, record.args, options, link);
     run.recoverable = registration !== undefined;
+    run.confirmsStart = true;
+    // The next attempt links to the latest one, wherever it ran (its span context is stored as it starts).
+    if (record.traceId !== undefined && record.spanId !== undefined) {
+      run.previousAttempt = { traceId: record.traceId, spanId: record.spanId, traceFlags: TraceFlags.SAMPLED, isRemote: true };
+    }
+    const stalledOut = died ? run.countStall() : undefined;
     this.runner.accept(run);
     if (reason !== undefined) return run.cancel('interrupted', reason, unreadable);
+    if (stalledOut !== undefined) return run.failStalled(stalledOut);
     if (record.idempotencyKey !== undefined) this.#localKeys.set(record.idempotencyKey, record.id);
     this.runner.recordChanged(record);
     const wait = (record.runAt ?? 0) - Date.now();

@@ -31,8 +31,18 @@ export interface TaskOptions {
   idempotencyKey?: string;
   /** Write the record to a durable store before the response is sent. Default true with a durable store. */
   persist?: boolean;
-  /** A task interrupted by shutdown or crash runs again on the next start instead of ending `interrupted`. */
+  /**
+   * Durable stores: a task whose process died while it ran, or that `shutdown()` handed back, runs again as
+   * a new attempt (at-least-once). `false`: it ends `interrupted` instead (tasks that must never run twice).
+   * Default true.
+   */
   requeueOnInterrupt?: boolean;
+  /**
+   * How many times a task may be run again after its process died while running it; one more death and it
+   * ends `failed` with a `TaskStalledError` (BullMQ's `maxStalledCount`). Shutdown hand-backs do not count.
+   * Default 1.
+   */
+  maxStalls?: number;
   /** Run after-route/after-response tasks even when the request failed. */
   runOnError?: boolean;
   /**
@@ -63,6 +73,7 @@ export interface ResolvedTaskOptions {
   idempotencyKey: string | undefined;
   persist: boolean | undefined;
   requeueOnInterrupt: boolean;
+  maxStalls: number;
   runOnError: boolean;
   trace: TraceMode;
   onError: TaskOptions['onError'];
@@ -70,7 +81,7 @@ export interface ResolvedTaskOptions {
 
 const KNOWN_OPTIONS = new Set<string>([
   'name', 'retries', 'delay', 'backoff', 'maxDelay', 'jitter', 'timeout', 'priority', 'eager', 'shield', 'tags',
-  'idempotencyKey', 'persist', 'requeueOnInterrupt', 'runOnError', 'trace', 'onError',
+  'idempotencyKey', 'persist', 'requeueOnInterrupt', 'maxStalls', 'runOnError', 'trace', 'onError',
 ]);
 
 const BOOLEAN_OPTIONS = ['jitter', 'eager', 'shield', 'persist', 'requeueOnInterrupt', 'runOnError'] as const;
@@ -131,6 +142,7 @@ export function validateTaskOptions(where: string, options: unknown): asserts op
   checkNumber(where, 'maxDelay', o.maxDelay, { max: MAX_TIMER_MS });
   checkNumber(where, 'timeout', o.timeout, { min: 1, max: MAX_TIMER_MS });
   checkNumber(where, 'priority', o.priority, { min: 1, max: 10, integer: true });
+  checkNumber(where, 'maxStalls', o.maxStalls, { integer: true });
   for (const key of BOOLEAN_OPTIONS) {
     if (o[key] !== undefined && typeof o[key] !== 'boolean') throw optionError(where, key, 'a boolean', o[key]);
   }
@@ -181,7 +193,8 @@ export function resolveOptions(where: string, options: TaskOptions, fallbackName
     tags: options.tags ?? {},
     idempotencyKey: options.idempotencyKey,
     persist: options.persist,
-    requeueOnInterrupt: options.requeueOnInterrupt ?? false,
+    requeueOnInterrupt: options.requeueOnInterrupt ?? true,
+    maxStalls: options.maxStalls ?? 1,
     runOnError: options.runOnError ?? false,
     trace: options.trace ?? 'link',
     onError: options.onError,

@@ -187,9 +187,10 @@ export class Runner {
     this.#liveCount--;
   }
 
-  recordChanged(record: TaskRecord): void {
-    if (this.#deps.storeHoldsLiveRecords) return;
-    this.#deps.store.save([record]).catch((error: unknown) => this.#writeFailed([record], error));
+  /** Write a status change; resolves once it is committed (or, failing that, queued to be written again). */
+  recordChanged(record: TaskRecord): Promise<unknown> | undefined {
+    if (this.#deps.storeHoldsLiveRecords) return undefined;
+    return this.#deps.store.save([record]).catch((error: unknown) => this.#writeFailed([record], error));
   }
 
   // Status writes that failed (store down) are retried until they land: a record left `running` under

@@ -1,6 +1,6 @@
 import { INVALID_TRACEID, type Span, type SpanContext } from '@opentelemetry/api';
 import { Attempt, type AttemptOwner } from './attempt.js';
-import { TaskCancelledError, TaskInterruptedError, toErrorInfo } from './errors.js';
+import { TaskCancelledError, TaskInterruptedError, TaskStalledError, toErrorInfo } from './errors.js';
 import { retryDelay, type ResolvedTaskOptions } from './options.js';
 import type { Runner } from './runner.js';
 import type { AttemptSpanInput } from './otel.js';
@@ -46,6 +46,12 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
    */
   awaitingWrite = false;
   submitAfterWrite = false;
+  /**
+   * Resumed from a durable store: each attempt starts only once its `running` is committed. A task whose
+   * attempt takes the process down (an exit, an OOM) is then seen by the next recovery as having died
+   * while it ran, a stall that `maxStalls` caps, never as a task that had not started: it cannot loop.
+   */
+  confirmsStart = false;
   #signals: HandleSignals | undefined;
 
   constructor(
@@ -141,9 +147,11 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     let error: unknown;
     let failed = false;
     try {
-      this.#transition('running', undefined);
+      const written = this.#transition('running', undefined);
       this.#signals?.resolveStarted();
-      await attempt.execute(this.fn as (...a: unknown[]) => unknown, this.args, this.options.timeout);
+      if (this.confirmsStart && written !== undefined) await written;
+      // Shutdown may have given up on the attempt while its start was being written.
+      if (this.current === attempt) await attempt.execute(this.fn as (...a: unknown[]) => unknown, this.args, this.options.timeout);
     } catch (caught) {
       failed = true;
       // Anything may be thrown; `undefined` would read as success below, so a nullish value becomes an Error.
@@ -178,7 +186,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     this.current = undefined;
     const durationMs = Date.now() - (this.record.startedAt ?? Date.now());
     this.runner.telemetry.endAttempt(attempt.span, this.name, durationMs, reason);
-    if (this.#requeuesInterrupted()) this.release();
+    if (this.#requeuesInterrupted(reason)) this.release();
     else this.#finish('interrupted', reason, 'shutdown', durationMs);
     this.runner.settled(this);
   }
@@ -189,7 +197,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     this.runner.telemetry.endAttempt(span, this.name, durationMs, failed ? error : undefined);
     if (!failed) return this.#finish('success', undefined, undefined, durationMs);
     if (attempt.aborted && attempt.abortReason instanceof TaskInterruptedError) {
-      if (this.#requeuesInterrupted()) return this.release();
+      if (this.#requeuesInterrupted(error)) return this.release();
       return this.#finish('interrupted', error, 'shutdown', durationMs);
     }
     if (attempt.attempt < this.maxAttempts && !this.runner.stopping) {
@@ -201,22 +209,56 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       this.runner.retryLater(this, wait);
       return;
     }
+    this.#fail(error, durationMs);
+  }
+
+  /** The task has finally failed: record it, then call its `onError`. */
+  #fail(error: unknown, durationMs: number | undefined): void {
     this.#finish('failed', error, undefined, durationMs);
     const onError = this.options.onError;
     if (onError !== undefined) {
       try {
-        Promise.resolve(onError(error, this.runner.snapshot(record))).catch((e: unknown) => this.runner.report(`onError of task ${this.name}`, e));
+        Promise.resolve(onError(error, this.runner.snapshot(this.record))).catch((e: unknown) => this.runner.report(`onError of task ${this.name}`, e));
       } catch (e) {
         this.runner.report(`onError of task ${this.name}`, e);
       }
     }
   }
 
-  /** `requeueOnInterrupt` with a durable store: the cut-short attempt is handed back, to run again, not counted. */
-  #requeuesInterrupted(): boolean {
+  /**
+   * `requeueOnInterrupt` with a durable store: the attempt cut short by shutdown is handed back to run again
+   * as the next attempt (linked to this one's span); it keeps its number but uses up no retry.
+   */
+  #requeuesInterrupted(reason: unknown): boolean {
     if (!this.recoverable || !this.options.requeueOnInterrupt) return false;
-    this.record.attempts--;
+    this.record.maxAttempts++;
+    this.record.error = toErrorInfo(reason);
     return true;
+  }
+
+  /**
+   * Recovery found this task `running` under an owner that is gone: its process died during attempt
+   * `attempts`. That counts one stall. Within `maxStalls` the task goes on (call before the run is accepted,
+   * so its `pending` event says why) as the next attempt, which uses up no retry; past it the answer is the
+   * TaskStalledError to end it with (`failStalled`).
+   */
+  countStall(): TaskStalledError | undefined {
+    const record = this.record;
+    const stalls = (record.stalls ?? 0) + 1;
+    const maxStalls = this.options.maxStalls;
+    record.stalls = stalls;
+    if (stalls > maxStalls) return new TaskStalledError(stalls, maxStalls);
+    record.maxAttempts++;
+    record.error = {
+      type: 'TaskStalledError',
+      message: `the process running attempt ${record.attempts} died; the task runs again (stall ${stalls} of the ${maxStalls} that "maxStalls" allows)`,
+    };
+    return undefined;
+  }
+
+  /** Recovery: end a task whose process died under it more often than `maxStalls` allows; `onError` is called. */
+  failStalled(error: TaskStalledError): void {
+    if (!this.#final) this.#fail(error, undefined);
   }
 
   /**
@@ -317,12 +359,14 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     this.#emit('pending', undefined, undefined);
   }
 
-  #transition(status: TaskStatus, durationMs: number | undefined): void {
+  /** Answers the status write when there is one (see `confirmsStart`). */
+  #transition(status: TaskStatus, durationMs: number | undefined): Promise<unknown> | undefined {
     const record = this.record;
     const previousStatus = record.status;
     record.status = status;
-    if (this.stored) this.runner.recordChanged(record);
+    const written = this.stored ? this.runner.recordChanged(record) : undefined;
     this.#emit(status, previousStatus, durationMs);
+    return written;
   }
 
   #emit(status: TaskStatus, previousStatus: TaskStatus | undefined, durationMs: number | undefined): void {

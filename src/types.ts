@@ -48,8 +48,9 @@ export interface TaskRecord {
   status: TaskStatus;
   args: unknown[];
   tags: Record<string, string>;
-  /** Attempts started so far. */
+  /** Attempts started so far (a stalled or handed-back attempt included). */
   attempts: number;
+  /** `retries + 1`, plus one per attempt that stalled or was handed back at shutdown (those use up no retry). */
   maxAttempts: number;
   priority?: number;
   idempotencyKey?: string;
@@ -72,6 +73,11 @@ export interface TaskRecord {
    * retry minutes later, or another process recovering it, records its attempts iff the request was sampled.
    */
   requestTraceFlags?: number;
+  /**
+   * Durable stores: how many times the process running this task died while an attempt ran (each recovery
+   * counts one; past `maxStalls` the task fails with TaskStalledError). Absent until the first stall.
+   */
+  stalls?: number;
   /** For a task created by `retry(id)`: the id it retries. */
   retryOf?: string;
   /** While waiting for a retry: the earliest time (epoch ms) of the next attempt. Stored, so retries survive restarts. */
@@ -93,6 +99,7 @@ export interface PersistedTaskOptions {
   shield?: boolean;
   persist?: boolean;
   requeueOnInterrupt?: boolean;
+  maxStalls?: number;
   trace?: 'link' | 'child';
 }
 

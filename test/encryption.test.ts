@@ -35,7 +35,7 @@ async function leavePending(store: TaskStore, encryptionKey: Buffer | undefined,
       const hold = m.task(async function hold() {
         started.push('hold');
         await new Promise((resolve) => getTaskContext()!.signal.addEventListener('abort', resolve));
-      });
+      }, { requeueOnInterrupt: false });
       const charge = m.task(async function charge(_order: string, _payment: typeof CARD) {
         started.push('charge');
       });

@@ -107,6 +107,9 @@ const badTaskOptions: [string, TaskOptions, RegExp, ErrorConstructor][] = [
   ['non-boolean runOnError', { runOnError: 'true' as unknown as boolean }, /"runOnError"/, TypeError],
   ['non-boolean persist', { persist: 0 as unknown as boolean }, /"persist"/, TypeError],
   ['non-boolean requeueOnInterrupt', { requeueOnInterrupt: 'no' as unknown as boolean }, /"requeueOnInterrupt"/, TypeError],
+  ['negative maxStalls', { maxStalls: -1 }, /option "maxStalls" must be an integer >= 0, got -1/, RangeError],
+  ['fractional maxStalls', { maxStalls: 1.5 }, /"maxStalls"/, RangeError],
+  ['non-number maxStalls', { maxStalls: '2' as unknown as number }, /"maxStalls"/, TypeError],
   ['empty name', { name: ' ' }, /"name"/, TypeError],
   ['unknown option', { retires: 3 } as unknown as TaskOptions, /unknown option "retires"/, TypeError],
 ];

@@ -304,7 +304,7 @@ describe('retries and restarts', () => {
     expect(await second.get(id)).toMatchObject({ attempts: 2, maxAttempts: 3 });
   });
 
-  it('at shutdown a running task ends interrupted, or with requeueOnInterrupt is run again by the next start', async () => {
+  it('at shutdown a running task is handed back and run again by the next start as its next attempt (requeueOnInterrupt, the default), or ends interrupted with requeueOnInterrupt: false', async () => {
     const path = join(tempDir(), 'tasks.db');
     const started: string[] = [];
     const register = (m: import('koa-taskflow').TaskManager, hang: boolean) => {
@@ -315,10 +315,10 @@ describe('retries and restarts', () => {
       return {
         keep: m.task(async function keep(label: string) {
           await body(label);
-        }, { requeueOnInterrupt: true }),
+        }),
         drop: m.task(async function drop(label: string) {
           await body(label);
-        }),
+        }, { requeueOnInterrupt: false }),
       };
     };
     const first = createManager({ store: openStore(path) });
@@ -332,8 +332,10 @@ describe('retries and restarts', () => {
     register(second, false);
     await second.start();
     await second.drain();
-    expect(started.sort()).toEqual(['drop:1', 'keep:1', 'keep:1']);
-    expect(await second.get(keepId)).toMatchObject({ status: 'success', attempts: 1 });
+    // The cut-short attempt keeps its number and uses up no retry; a hand-back is not a stall.
+    expect(started.sort()).toEqual(['drop:1', 'keep:1', 'keep:2']);
+    expect(await second.get(keepId)).toMatchObject({ status: 'success', attempts: 2, maxAttempts: 2 });
+    expect((await second.get(keepId))!.stalls).toBeUndefined();
     expect(await second.get(dropId)).toMatchObject({ status: 'interrupted', reason: 'shutdown' });
   });
 });

@@ -99,7 +99,7 @@ export function unreadableArgs(record: TaskRecord): TaskArgsDecryptionError | un
 
 /** Every field present: records keep one shape. */
 function toRecord(stored: TaskRecord): TaskRecord {
-  return {
+  const record: TaskRecord = {
     id: stored.id,
     name: stored.name,
     status: stored.status,
@@ -125,4 +125,7 @@ function toRecord(stored: TaskRecord): TaskRecord {
     runAt: stored.runAt,
     options: stored.options,
   };
+  // Only on a task whose process died under it (rare): the common record carries no slot for it.
+  if (stored.stalls !== undefined) record.stalls = stored.stalls;
+  return record;
 }
