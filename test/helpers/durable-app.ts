@@ -36,15 +36,36 @@ export async function startDurableApp(env: Record<string, string>): Promise<Dura
   };
 }
 
-/** The task log's lines as `{ id, event, pid }` (event: `start` or `done`). */
-export function readTaskLog(path: string): { id: string; event: string; pid: string }[] {
+export interface TaskLogEntry {
+  id: string;
+  /** `start`, `done` or `onError`. */
+  event: string;
+  pid: string;
+  /** `start` lines: the attempt number, its span id and the span ids it links to. */
+  attempt?: number;
+  span?: string;
+  links?: string[];
+  /** `onError` lines: the error's name. */
+  error?: string;
+}
+
+/** The task log's lines, parsed. */
+export function readTaskLog(path: string): TaskLogEntry[] {
   if (!existsSync(path)) return [];
   return readFileSync(path, 'utf8')
     .split('\n')
     .filter(Boolean)
     .map((line) => {
       const [id, event, ...rest] = line.split(' ');
-      return { id, event, pid: rest[rest.length - 1] };
+      const entry: TaskLogEntry = { id, event, pid: rest[rest.length - 1] };
+      const fields = new Map(rest.slice(0, -1).map((field) => field.split('=') as [string, string]));
+      if (event === 'start') {
+        entry.attempt = Number(fields.get('attempt'));
+        entry.span = fields.get('span');
+        entry.links = fields.get('links')?.split(',').filter(Boolean) ?? [];
+      }
+      if (event === 'onError') entry.error = rest[0];
+      return entry;
     });
 }
 
