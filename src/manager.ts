@@ -19,7 +19,7 @@ import { compileFilter } from './stores/filter.js';
 import { GroupCommittedStore } from './stores/durable-store.js';
 import { MemoryStore } from './stores/memory.js';
 import { unreadableArgs } from './stores/records.js';
-import { NO_LOGS, TaskRun } from './task-run.js';
+import { NO_LOGS, ResumedTaskRun, TaskRun } from './task-run.js';
 import { FINAL_STATUSES, type SaveResult, type TaskFilter, type TaskFunction, type TaskLogger, type TaskMetrics, type TaskObserver, type TaskRecord, type TaskStore } from './types.js';
 import { TraceFlags, type SpanContext } from '@opentelemetry/api';
 import { newTaskId } from './ids.js';
@@ -442,9 +442,8 @@ export class TaskManager implements TaskEnqueuer {
       record.requestTraceId !== undefined && record.requestSpanId !== undefined
         ? { traceId: record.requestTraceId, spanId: record.requestSpanId, traceFlags: record.requestTraceFlags ?? TraceFlags.SAMPLED, isRemote: true }
         : undefined;
-    const run = new TaskRun(this.runner, record, fn, record.args, options, link);
+    const run = new ResumedTaskRun(this.runner, record, fn, record.args, options, link);
     run.recoverable = registration !== undefined;
-    run.confirmsStart = true;
     // The next attempt links to the latest one, wherever it ran (its span context is stored as it starts).
     if (record.traceId !== undefined && record.spanId !== undefined) {
       run.previousAttempt = { traceId: record.traceId, spanId: record.spanId, traceFlags: TraceFlags.SAMPLED, isRemote: true };

@@ -46,12 +46,6 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
    */
   awaitingWrite = false;
   submitAfterWrite = false;
-  /**
-   * Resumed from a durable store: each attempt starts only once its `running` is committed. A task whose
-   * attempt takes the process down (an exit, an OOM) is then seen by the next recovery as having died
-   * while it ran, a stall that `maxStalls` caps, never as a task that had not started: it cannot loop.
-   */
-  confirmsStart = false;
   #signals: HandleSignals | undefined;
 
   constructor(
@@ -83,6 +77,16 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
 
   get maxAttempts(): number {
     return this.record.maxAttempts;
+  }
+
+  /**
+   * True for a task resumed from a durable store (ResumedTaskRun): each attempt starts only once its `running`
+   * is committed. A task whose attempt takes the process down (an exit, an OOM) is then seen by the next
+   * recovery as having died while it ran, a stall that `maxStalls` caps, never as a task that had not started:
+   * it cannot loop. (A getter, not a field: a queued task carries no slot for it.)
+   */
+  get confirmsStart(): boolean {
+    return false;
   }
 
   get isFinal(): boolean {
@@ -396,5 +400,12 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       event.requestSpanId = record.requestSpanId;
     }
     this.runner.chain.emitLifecycle(event);
+  }
+}
+
+/** A task taken over from a durable store by recovery (see `confirmsStart`). */
+export class ResumedTaskRun extends TaskRun {
+  override get confirmsStart(): boolean {
+    return true;
   }
 }
