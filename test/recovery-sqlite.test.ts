@@ -1,26 +1,13 @@
 // Crash recovery with a real process: a Koa server on a SQLite file is killed after acknowledging tasks,
 // and a new process on the same file runs every one of them.
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { getTaskContext, type TaskRecord } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
-import { countBy, readTaskLog, startDurableApp } from './helpers/durable-app.js';
-import { tempDir } from './helpers/files.js';
-import { createManager, onCleanup, waitFor } from './helpers/server.js';
+import { countBy, durableFiles as setup, openSqliteStore as openStore, readTaskLog, startDurableApp } from './helpers/durable-app.js';
+import { createManager, waitFor } from './helpers/server.js';
 
 const N = 12;
 const CONCURRENCY = 3;
-
-function setup() {
-  const dir = tempDir('taskflow-recovery-');
-  return { db: join(dir, 'tasks.db'), log: join(dir, 'tasks.log') };
-}
-
-function openStore(db: string): SqliteStore {
-  const store = new SqliteStore({ path: db });
-  onCleanup(() => store.close());
-  return store;
-}
 
 async function statuses(db: string, ids: string[]): Promise<string[]> {
   const store = openStore(db);

@@ -1,26 +1,14 @@
 // At-least-once after a crash, with real processes: a task whose process died while it ran is run again by
 // the next process (or another instance) as its next attempt, linked to the attempt that died, and
 // `maxStalls` ends a task that keeps taking its process down.
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { TaskRecord, TaskStore } from 'koa-taskflow';
 import { RedisStore } from 'koa-taskflow/redis';
-import { SqliteStore } from 'koa-taskflow/sqlite';
-import { countBy, readTaskLog, startDurableApp, type TaskLogEntry } from './helpers/durable-app.js';
-import { tempDir } from './helpers/files.js';
+import { countBy, durableFiles, openSqliteStore as openSqlite, readTaskLog, startDurableApp, type TaskLogEntry } from './helpers/durable-app.js';
 import { startRedisServer } from './helpers/redis.js';
 import { onCleanup, waitFor } from './helpers/server.js';
 
-function setup() {
-  const dir = tempDir('taskflow-stalls-');
-  return { db: join(dir, 'tasks.db'), log: join(dir, 'tasks.log') };
-}
-
-function openSqlite(db: string): SqliteStore {
-  const store = new SqliteStore({ path: db });
-  onCleanup(() => store.close());
-  return store;
-}
+const setup = () => durableFiles('taskflow-stalls-');
 
 const FINAL = new Set(['success', 'failed', 'interrupted', 'cancelled']);
 
@@ -177,7 +165,7 @@ async function dieUntilEnded(env: Record<string, string>) {
 describe('Redis: another instance takes over', () => {
   it('the second of two instances runs the first one’s tasks after it is SIGKILLed: all succeed, the running ones as attempt 2 linked to the attempt that died', async () => {
     const redis = await startRedisServer();
-    const log = join(tempDir('taskflow-stalls-'), 'tasks.log');
+    const { log } = setup();
     const env = { STORE: 'redis', REDIS_URL: redis.url, TASK_LOG: log, CONCURRENCY: '4', LEASE_MS: '600', ORPHAN_MS: '100', TRACING: '1' };
     const [doomed, survivor] = await Promise.all([startDurableApp({ ...env, MODE: 'hold' }), startDurableApp({ ...env, MODE: 'fast' })]);
     const acknowledged = await Promise.all(Array.from({ length: 10 }, (_, n) => doomed.add(n)));

@@ -1,10 +1,13 @@
 import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type Koa from 'koa';
 import { expect } from 'vitest';
 import type { TaskManager, TaskRecord, TaskStore } from 'koa-taskflow';
+import { SqliteStore } from 'koa-taskflow/sqlite';
 import { startNode, type Child } from './child.js';
-import { deferred, startApp, waitFor } from './server.js';
+import { tempDir } from './files.js';
+import { deferred, onCleanup, startApp, waitFor } from './server.js';
 
 const script = fileURLToPath(new URL('../fixtures/durable-app.js', import.meta.url));
 
@@ -15,6 +18,19 @@ export interface DurableApp {
   add(n: number): Promise<string>;
   /** The task's record as the app's `manager.get(id)` answers it. */
   record(id: string): Promise<TaskRecord | { missing: true }>;
+}
+
+/** A fresh temp dir's database file and task log for the app. */
+export function durableFiles(prefix = 'taskflow-recovery-'): { db: string; log: string } {
+  const dir = tempDir(prefix);
+  return { db: join(dir, 'tasks.db'), log: join(dir, 'tasks.log') };
+}
+
+/** A SqliteStore on `db` in the test process (to read what the app left), closed after the test. */
+export function openSqliteStore(db: string): SqliteStore {
+  const store = new SqliteStore({ path: db });
+  onCleanup(() => store.close());
+  return store;
 }
 
 /** Start test/fixtures/durable-app.js with `env` and wait until it listens. */
