@@ -392,7 +392,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     if (record.traceId !== undefined) {
       event.traceId = record.traceId;
       event.spanId = record.spanId;
-      // Unknown for a task resumed from a store before its first attempt here.
+      // A task resumed from a store, before its first attempt here: taken as sampled (an attempt's ids are
+      // stored only when it was recorded).
       if (this.previousAttempt !== undefined) event.traceFlags = this.previousAttempt.traceFlags;
     }
     if (record.requestTraceId !== undefined) {
