@@ -2,11 +2,12 @@
 // the next process (or another instance) as its next attempt, linked to the attempt that died, and
 // `maxStalls` ends a task that keeps taking its process down.
 import { describe, expect, it } from 'vitest';
-import type { TaskRecord, TaskStore } from 'koa-taskflow';
+import { getTaskContext, InMemoryObserver, type TaskRecord, type TaskStore } from 'koa-taskflow';
 import { RedisStore } from 'koa-taskflow/redis';
+import { SqliteStore } from 'koa-taskflow/sqlite';
 import { countBy, durableFiles, openSqliteStore as openSqlite, readTaskLog, startDurableApp, type TaskLogEntry } from './helpers/durable-app.js';
 import { startRedisServer } from './helpers/redis.js';
-import { onCleanup, waitFor } from './helpers/server.js';
+import { createManager, onCleanup, waitFor } from './helpers/server.js';
 
 const setup = () => durableFiles('taskflow-stalls-');
 
@@ -182,5 +183,38 @@ describe('Redis: another instance takes over', () => {
     expect(readTaskLog(log).filter((e) => e.event === 'done').every((e) => e.pid === survivorPid)).toBe(true);
     survivor.child.process.kill('SIGTERM');
     await survivor.child.exited;
+  });
+});
+
+describe('recovering a stalled record', () => {
+  it('counts the stall on the record and says why; the maxStalls stored with the task (with()) wins over the registration', async () => {
+    const { db } = setup();
+    // What a process killed in attempt 1 leaves: records `running` under an owner whose lease is gone.
+    const dead = new SqliteStore({ path: db });
+    dead.attach({ ownerId: 'dead-process', leaseMs: 60_000 });
+    const running = (id: string, options?: TaskRecord['options']): TaskRecord => ({
+      id, name: 'work', status: 'running', args: [id], tags: {}, attempts: 1, maxAttempts: 1, createdAt: Date.now(), startedAt: Date.now(), logs: [], options,
+    });
+    await dead.save([running('again'), running('capped', { maxStalls: 0 })]);
+    await dead.close();
+
+    const observer = new InMemoryObserver();
+    const ran: string[] = [];
+    const onError: [string, unknown][] = [];
+    const manager = createManager({ store: openSqlite(db), observers: [observer] });
+    manager.task(async function work(id: string) {
+      const { attempt, maxAttempts } = getTaskContext()!;
+      ran.push(`${id}:${attempt}/${maxAttempts}`);
+    }, { onError: (error, record) => void onError.push([record.id, error]) });
+    await manager.start();
+    await manager.drain();
+
+    expect(ran).toEqual(['again:2/2']);
+    expect(await manager.get('again')).toMatchObject({ status: 'success', attempts: 2, maxAttempts: 2, stalls: 1 });
+    expect(observer.forTask('again').find((e) => e.type === 'lifecycle' && e.status === 'pending')).toMatchObject({
+      error: { type: 'TaskStalledError', message: expect.stringMatching(/running attempt 1 died; the task runs again \(stall 1 of the 1/) },
+    });
+    expect(await manager.get('capped')).toMatchObject({ status: 'failed', attempts: 1, stalls: 1, error: { type: 'TaskStalledError' } });
+    expect(onError).toEqual([['capped', expect.objectContaining({ name: 'TaskStalledError', code: 'ERR_TASK_STALLED', stalls: 1, maxStalls: 0 })]]);
   });
 });
