@@ -4,6 +4,7 @@
 // the repo, imports of `koa-taskflow` resolve to the working tree and would hide both.
 import { execFile } from 'node:child_process';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
@@ -95,6 +96,8 @@ console.log(JSON.stringify(entries));
     const span = receiver.spans.find((s) => s.attributes['task.id'] === traced);
     expect(span).toMatchObject({ name: 'task sendWelcome', service: 'packed-quickstart', status: { code: 1 } });
     expect(span!.links).toHaveLength(1);
+    // Removed here, within the test's time: thousands of files take a loaded machine longer than a hook may.
+    await rm(app, { recursive: true, force: true });
   });
 
   it('koa-taskflow/sqlite on a Node without node:sqlite says which Node it needs', async () => {
