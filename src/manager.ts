@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { MeterProvider, TracerProvider } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import { setFallbackLogger } from './context.js';
-import { TaskCancelledError, TaskflowError, TaskManagerClosedError, TaskNotFoundError, TaskQueueFullError, toSafeError } from './errors.js';
+import { TaskCancelledError, TaskflowError, TaskManagerClosedError, TaskNotFoundError, TaskQueueFullError, TaskStoreError, TaskStoreUnavailableError, toSafeError } from './errors.js';
 import { computeMetrics } from './metrics.js';
 import { DEFAULT_OBSERVER_TIMEOUT_MS, MAX_TIMER_MS, ObserverChain } from './observers/chain.js';
 import { pinoObserver } from './observers/pino.js';
@@ -208,6 +208,8 @@ export class TaskManager implements TaskEnqueuer {
   #maintenanceFailed = false;
   // Durable stores: idempotency keys held by live tasks of this process, answered without a store round trip.
   readonly #localKeys = new Map<string, string>();
+  // Ids of stored records the store could not read, each reported once (bounded: see #unreadable).
+  readonly #unreadableIds = new Set<string>();
 
   constructor(options: TaskManagerOptions = {}) {
     validateManagerOptions(options);
@@ -224,7 +226,7 @@ export class TaskManager implements TaskEnqueuer {
     this.#orphanCheckMs = options.orphanCheckMs ?? Math.round(this.#leaseMs / 2);
     if (this.#durable) {
       const argsCipher = options.encryptionKey === undefined ? undefined : new AesGcmArgsCipher(options.encryptionKey);
-      this.store.attach?.({ ownerId: this.instanceId, leaseMs: this.#leaseMs, argsCipher });
+      this.store.attach?.({ ownerId: this.instanceId, leaseMs: this.#leaseMs, argsCipher, reportUnreadable: (id, error) => this.#unreadable(id, error) });
     }
     const redact = createRedactor(options.redact);
     const builtIn: TaskObserver[] = [spanEventObserver()];
@@ -359,8 +361,10 @@ export class TaskManager implements TaskEnqueuer {
       if (this.#requeuePending) await this.#claimOrphans();
       else await this.store.renewLease?.();
     } catch (error) {
+      // The store says what is wrong with its data (damaged, not our schema): that is the error to show.
+      if (error instanceof TaskStoreError) throw error;
       const message = error instanceof Error ? error.message : String(error);
-      throw new TaskflowError(
+      throw new TaskStoreUnavailableError(
         `start: the task store is unreachable (${message}); nothing was resumed. Requests that add persisted tasks are answered 503 until it is back; call start() again to resume left-behind work`,
         { cause: error },
       );
@@ -798,6 +802,15 @@ export class TaskManager implements TaskEnqueuer {
       return resolved;
     }
     return resolveOptions(where, mergeOptions(this.#defaults, overrides), fallbackName);
+  }
+
+  /** A stored record the store skipped because it cannot read it: logged once per id, however often it is met. */
+  #unreadable(id: string, error: TaskStoreError): void {
+    if (this.#unreadableIds.has(id)) return;
+    // Past the bound (a store full of damage) the first ones are forgotten and may be reported again.
+    if (this.#unreadableIds.size >= 10_000) this.#unreadableIds.clear();
+    this.#unreadableIds.add(id);
+    this.#report(`skipped task ${id}: its stored record cannot be read (reported once)`, error);
   }
 
   #report(stage: string, error: unknown): void {

@@ -1,4 +1,5 @@
 import type { Span } from '@opentelemetry/api';
+import type { TaskStoreError } from './errors.js';
 
 /** Where a task is in its life. `pending` also covers "waiting for the next retry". */
 export type TaskStatus = 'pending' | 'running' | 'success' | 'failed' | 'interrupted' | 'cancelled';
@@ -228,6 +229,12 @@ export interface StoreLease {
    * `seal` and reads them back through `open` (stores that do so say `encryptsArgs = true`).
    */
   argsCipher?: ArgsCipher;
+  /**
+   * Called by the store for a stored record it cannot read (not JSON, not a task record): `list()`,
+   * `metrics()` and recovery skip that record and carry on with the others, and `get(id)` rejects with
+   * `error` (a TaskStoreError, code `ERR_STORE_UNREADABLE`). The TaskManager logs each id once.
+   */
+  reportUnreadable?(id: string, error: TaskStoreError): void;
 }
 
 /** AES-256-GCM for a record's args, bound to its task id (see the README, "Encrypting args at rest"). */

@@ -1,7 +1,8 @@
 import { DEFAULT_LEASE_MS } from '../durable.js';
-import { TaskflowError } from '../errors.js';
+import { TaskflowError, TaskStoreError } from '../errors.js';
 import type { ArgsCipher, SaveResult, StoreLease, TaskRecord } from '../types.js';
 import { GroupCommit, type WriteBatch } from './group-commit.js';
+import { parseRecord } from './records.js';
 
 /** What SqliteStore and RedisStore share: the owner they write for, and group-committed writes. */
 export abstract class GroupCommittedStore {
@@ -14,11 +15,41 @@ export abstract class GroupCommittedStore {
   protected closed: Promise<void> | undefined;
   /** Seals args on write and opens them on read when the TaskManager has an `encryptionKey`. */
   protected argsCipher: ArgsCipher | undefined;
+  #reportUnreadable: StoreLease['reportUnreadable'];
 
   attach(lease: StoreLease): void {
     this.ownerId = lease.ownerId;
     this.leaseMs = lease.leaseMs;
     this.argsCipher = lease.argsCipher;
+    this.#reportUnreadable = lease.reportUnreadable;
+  }
+
+  /**
+   * A stored record, or undefined when it is not a task record (not JSON, a wrong shape): that one is
+   * skipped and reported, and the caller carries on with the rest (list, metrics, recovery).
+   */
+  protected readRecord(id: string, text: unknown, keepUnreadable = false): TaskRecord | undefined {
+    try {
+      return parseRecord(id, text, this.argsCipher, keepUnreadable);
+    } catch (error) {
+      if (!(error instanceof TaskStoreError)) throw error;
+      this.unreadable(id, error);
+      return undefined;
+    }
+  }
+
+  /** `get(id)`: a record that cannot be read is an error naming it (reported too), not a missing task. */
+  protected getRecord(id: string, text: unknown): TaskRecord {
+    try {
+      return parseRecord(id, text, this.argsCipher);
+    } catch (error) {
+      if (error instanceof TaskStoreError) this.unreadable(id, error);
+      throw error;
+    }
+  }
+
+  protected unreadable(id: string, error: TaskStoreError): void {
+    this.#reportUnreadable?.(id, error);
   }
 
   /**

@@ -1,5 +1,5 @@
-import { TaskArgsDecryptionError } from '../errors.js';
-import type { ArgsCipher, TaskRecord } from '../types.js';
+import { TaskArgsDecryptionError, TaskStoreError } from '../errors.js';
+import { TASK_STATUSES, type ArgsCipher, type TaskRecord } from '../types.js';
 import { openWithoutKey } from './args-cipher.js';
 
 const DAY_MS = 86_400_000;
@@ -72,13 +72,16 @@ function sealedArgs(record: TaskRecord, cipher: ArgsCipher | undefined): string 
 }
 
 /**
- * A stored record back as a TaskRecord. Sealed args are opened with `cipher`; when they cannot be, this
- * throws a TaskArgsDecryptionError (naming `encryptionKey`), unless `keepUnreadable`: then the record
- * comes back with no args and the error is answered by `unreadableArgs(record)` (recovery ends such a
- * task instead of failing every other claim with it).
+ * A stored record back as a TaskRecord. A text that is not a task record (not JSON, a wrong shape, a
+ * missing field, another id than `id`, the one it is stored under) throws a TaskStoreError with code
+ * `ERR_STORE_UNREADABLE` naming the task: stores skip such a record in list() and recovery (see
+ * `unreadableRecord`). Sealed args are opened with `cipher`; when they cannot be, this throws a
+ * TaskArgsDecryptionError (naming `encryptionKey`), unless `keepUnreadable`: then the record comes back
+ * with no args and the error is answered by `unreadableArgs(record)` (recovery ends such a task instead
+ * of failing every other claim with it).
  */
-export function parseRecord(text: string, cipher?: ArgsCipher, keepUnreadable = false): TaskRecord {
-  const record = toRecord(JSON.parse(text) as TaskRecord);
+export function parseRecord(id: string, text: unknown, cipher?: ArgsCipher, keepUnreadable = false): TaskRecord {
+  const record = toRecord(id, text);
   const stored: unknown = record.args;
   if (typeof stored !== 'string') return record;
   try {
@@ -92,40 +95,89 @@ export function parseRecord(text: string, cipher?: ArgsCipher, keepUnreadable = 
   return record;
 }
 
+/** The error of a stored record that is not a task record; `why` never quotes the text (it may hold args). */
+export function unreadableRecord(id: string, why: string): TaskStoreError {
+  return new TaskStoreError(
+    `the stored record of task ${JSON.stringify(id)} cannot be read (${why}): list(), metrics() and recovery skip it, and it was left as it is; repair or delete it in the store`,
+    'ERR_STORE_UNREADABLE',
+  );
+}
+
 /** Why a record read with `keepUnreadable` has no args, if it could not open them. */
 export function unreadableArgs(record: TaskRecord): TaskArgsDecryptionError | undefined {
   return sealedByRecord.get(record)?.error;
 }
 
-/** Every field present: records keep one shape. */
-function toRecord(stored: TaskRecord): TaskRecord {
+const STATUSES = new Set<string>(TASK_STATUSES);
+const NUMBERS = ['attempts', 'maxAttempts', 'priority', 'startedAt', 'endedAt', 'durationMs', 'runAt', 'requestTraceFlags', 'stalls'] as const;
+const STRINGS = ['idempotencyKey', 'reason', 'traceId', 'spanId', 'requestTraceId', 'requestSpanId', 'retryOf'] as const;
+
+/**
+ * Every field present: records keep one shape. What the runtime relies on is checked, so a damaged record
+ * fails here, by its id, rather than later in whatever reads it.
+ */
+function toRecord(id: string, text: unknown): TaskRecord {
+  let stored: Record<string, unknown>;
+  try {
+    stored = JSON.parse(text as string) as Record<string, unknown>;
+  } catch {
+    // Not the SyntaxError's message: V8 quotes the start of the text, which may hold args or secrets.
+    throw unreadableRecord(id, typeof text === 'string' ? 'not valid JSON' : `a ${typeof text}, not a JSON text`);
+  }
+  const why = shapeProblem(id, stored);
+  if (why !== undefined) throw unreadableRecord(id, why);
   const record: TaskRecord = {
-    id: stored.id,
-    name: stored.name,
-    status: stored.status,
-    args: stored.args ?? [],
-    tags: stored.tags ?? {},
-    attempts: stored.attempts ?? 0,
-    maxAttempts: stored.maxAttempts ?? 1,
-    priority: stored.priority,
-    idempotencyKey: stored.idempotencyKey,
-    createdAt: stored.createdAt,
-    startedAt: stored.startedAt,
-    endedAt: stored.endedAt,
-    durationMs: stored.durationMs,
-    error: stored.error,
-    reason: stored.reason,
-    logs: stored.logs ?? [],
-    traceId: stored.traceId,
-    spanId: stored.spanId,
-    requestTraceId: stored.requestTraceId,
-    requestSpanId: stored.requestSpanId,
-    requestTraceFlags: stored.requestTraceFlags,
-    retryOf: stored.retryOf,
-    runAt: stored.runAt,
-    options: stored.options,
+    id: stored.id as string,
+    name: stored.name as string,
+    status: stored.status as TaskRecord['status'],
+    args: (stored.args ?? []) as unknown[],
+    tags: (stored.tags ?? {}) as Record<string, string>,
+    attempts: (stored.attempts ?? 0) as number,
+    maxAttempts: (stored.maxAttempts ?? 1) as number,
+    priority: stored.priority as number | undefined,
+    idempotencyKey: stored.idempotencyKey as string | undefined,
+    createdAt: stored.createdAt as number,
+    startedAt: stored.startedAt as number | undefined,
+    endedAt: stored.endedAt as number | undefined,
+    durationMs: stored.durationMs as number | undefined,
+    error: stored.error as TaskRecord['error'],
+    reason: stored.reason as string | undefined,
+    logs: (stored.logs ?? []) as TaskRecord['logs'],
+    traceId: stored.traceId as string | undefined,
+    spanId: stored.spanId as string | undefined,
+    requestTraceId: stored.requestTraceId as string | undefined,
+    requestSpanId: stored.requestSpanId as string | undefined,
+    requestTraceFlags: stored.requestTraceFlags as number | undefined,
+    retryOf: stored.retryOf as string | undefined,
+    runAt: stored.runAt as number | undefined,
+    options: stored.options as TaskRecord['options'],
   };
   // Only on a task whose process died under it (rare): the common record carries no slot for it.
-  if (stored.stalls !== undefined) record.stalls = stored.stalls;
+  if (stored.stalls !== undefined) record.stalls = stored.stalls as number;
   return record;
+}
+
+function shapeProblem(id: string, stored: Record<string, unknown>): string | undefined {
+  if (stored === null || typeof stored !== 'object' || Array.isArray(stored)) return `${kindOf(stored)}, not a JSON object`;
+  if (stored.id !== id) return `its field "id" is ${typeof stored.id === 'string' ? 'another id' : 'missing or not a string'}, not the id it is stored under`;
+  if (typeof stored.name !== 'string' || stored.name === '') return 'field "name" is missing or not a non-empty string';
+  if (typeof stored.status !== 'string' || !STATUSES.has(stored.status)) return 'field "status" is missing or not a task status';
+  if (typeof stored.createdAt !== 'number' || !Number.isFinite(stored.createdAt)) return 'field "createdAt" is missing or not a number';
+  const { args, tags, logs } = stored;
+  if (args != null && typeof args !== 'string' && !Array.isArray(args)) return 'field "args" is not an array';
+  if (tags != null && (typeof tags !== 'object' || Array.isArray(tags) || Object.values(tags).some((v) => typeof v !== 'string'))) {
+    return 'field "tags" is not an object of strings';
+  }
+  if (logs != null && !Array.isArray(logs)) return 'field "logs" is not an array';
+  for (const key of ['error', 'options'] as const) {
+    if (stored[key] != null && typeof stored[key] !== 'object') return `field "${key}" is not an object`;
+  }
+  for (const key of NUMBERS) if (stored[key] != null && typeof stored[key] !== 'number') return `field "${key}" is not a number`;
+  for (const key of STRINGS) if (stored[key] != null && typeof stored[key] !== 'string') return `field "${key}" is not a string`;
+  return undefined;
+}
+
+function kindOf(value: unknown): string {
+  if (value === null) return 'null';
+  return Array.isArray(value) ? 'an array' : `a ${typeof value}`;
 }

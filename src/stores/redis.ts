@@ -4,7 +4,7 @@ import type { SaveResult, TaskFilter, TaskRecord, TaskStore } from '../types.js'
 import { compileFilter, matchesFilter } from './filter.js';
 import { GroupCommittedStore } from './durable-store.js';
 import type { WriteBatch } from './group-commit.js';
-import { parseRecord, retentionCutoff, serialiseRecord, validateFailedRetentionDays, validateRetentionDays } from './records.js';
+import { retentionCutoff, serialiseRecord, unreadableRecord, validateFailedRetentionDays, validateRetentionDays } from './records.js';
 
 /** How to reach Redis: a URL (the store makes and closes its own client) or a client you own. */
 export type RedisConnection = ({ url: string } & RedisOptions) | { client: Redis };
@@ -117,17 +117,24 @@ redis.call('SET', p .. ':o:' .. me, '1', 'PX', lease)
 redis.call('SADD', p .. ':owners', me)
 local claimed = {}
 local owners = redis.call('SMEMBERS', p .. ':owners')
+-- A task key that is not a hash (written by something else) is returned as {id, false, its type} and left
+-- as it is: recovery skips it rather than failing every claim.
 owners[#owners + 1] = ''
 for _, owner in ipairs(owners) do
   if owner == '' or (owner ~= me and redis.call('EXISTS', p .. ':o:' .. owner) == 0) then
     local set = p .. ':u:' .. owner
     for _, id in ipairs(redis.call('SMEMBERS', set)) do
       local tk = p .. ':t:' .. id
-      local status = redis.call('HGET', tk, 'status')
-      if status == 'pending' or status == 'running' then
-        redis.call('HSET', tk, 'owner', me)
-        redis.call('SADD', p .. ':u:' .. me, id)
-        claimed[#claimed + 1] = redis.call('HGET', tk, 'record')
+      local kind = redis.call('TYPE', tk).ok
+      if kind == 'hash' then
+        local status = redis.call('HGET', tk, 'status')
+        if status == 'pending' or status == 'running' then
+          redis.call('HSET', tk, 'owner', me)
+          redis.call('SADD', p .. ':u:' .. me, id)
+          claimed[#claimed + 1] = {id, redis.call('HGET', tk, 'record'), kind}
+        end
+      elseif kind ~= 'none' then
+        claimed[#claimed + 1] = {id, false, kind}
       end
     end
     redis.call('DEL', set)
@@ -137,12 +144,20 @@ end
 return claimed
 `;
 
+// {id, record or false, the key's type} of the task or of the task holding its idempotency key; false if none.
 const GET = `
 local p, id = ARGV[1], ARGV[2]
-local record = redis.call('HGET', p .. ':t:' .. id, 'record')
-if record then return record end
+local function read(id)
+  local tk = p .. ':t:' .. id
+  local kind = redis.call('TYPE', tk).ok
+  if kind == 'none' then return false end
+  if kind ~= 'hash' then return {id, false, kind} end
+  return {id, redis.call('HGET', tk, 'record'), kind}
+end
+local found = read(id)
+if found then return found end
 local holder = redis.call('GET', p .. ':a:' .. id)
-if holder then return redis.call('HGET', p .. ':t:' .. holder, 'record') end
+if holder then return read(holder) end
 return false
 `;
 
@@ -152,10 +167,12 @@ const CLEANUP = `
 local p, cutoff, failedCutoff = ARGV[1], ARGV[2], ARGV[3]
 local function delete(id, r)
   redis.call('ZREM', p .. ':created', id)
-  redis.call('ZREM', p .. ':s:' .. r.status, id)
-  redis.call('ZREM', p .. ':n:' .. r.name, id)
+  if type(r.status) == 'string' then redis.call('ZREM', p .. ':s:' .. r.status, id) end
+  if type(r.name) == 'string' then redis.call('ZREM', p .. ':n:' .. r.name, id) end
   if type(r.tags) == 'table' then
-    for k, v in pairs(r.tags) do redis.call('ZREM', p .. ':g:' .. string.len(k) .. ':' .. k .. '=' .. v, id) end
+    for k, v in pairs(r.tags) do
+      if type(k) == 'string' and type(v) == 'string' then redis.call('ZREM', p .. ':g:' .. string.len(k) .. ':' .. k .. '=' .. v, id) end
+    end
   end
   if type(r.idempotencyKey) == 'string' and redis.call('GET', p .. ':k:' .. r.idempotencyKey) == id then
     redis.call('DEL', p .. ':k:' .. r.idempotencyKey)
@@ -168,9 +185,13 @@ for _, set in ipairs({ 'ended', 'dead' }) do
   local ids = redis.call('ZRANGEBYSCORE', key, '-inf', set == 'dead' and failedCutoff or cutoff, 'WITHSCORES', 'LIMIT', 0, 500)
   for i = 1, #ids, 2 do
     local id = ids[i]
-    local json = redis.call('HGET', p .. ':t:' .. id, 'record')
-    if json then
-      local r = cjson.decode(json)
+    local tk = p .. ':t:' .. id
+    -- A record that cannot be decoded (or a key that is not a hash) must not stop the sweep of the others:
+    -- it leaves the sweep and is left as it is (list() skips it and reports it).
+    local json = redis.call('TYPE', tk).ok == 'hash' and redis.call('HGET', tk, 'record')
+    local ok, r = false, nil
+    if json then ok, r = pcall(cjson.decode, json) end
+    if ok and type(r) == 'table' then
       if set == 'ended' and (r.status == 'failed' or r.status == 'interrupted') then
         redis.call('ZADD', p .. ':dead', ids[i + 1], id)
       else
@@ -251,8 +272,15 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   }
 
   async get(id: string): Promise<TaskRecord | undefined> {
-    const json = (await this.#run(scripts.get, [this.prefix, id])) as string | null;
-    return json ? parseRecord(json, this.argsCipher) : undefined;
+    const found = (await this.#run(scripts.get, [this.prefix, id])) as StoredTask | null;
+    if (found === null) return undefined;
+    const [holder, json, kind] = found;
+    if (json === null) {
+      const error = unreadableRecord(holder, hashProblem(kind));
+      this.unreadable(holder, error);
+      throw error;
+    }
+    return this.getRecord(holder, json);
   }
 
   async list(filter?: TaskFilter): Promise<TaskRecord[]> {
@@ -273,11 +301,14 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
       const pipeline = this.client.pipeline();
       for (const id of ids) pipeline.hget(`${p}:t:${id}`, 'record');
       const results = (await pipeline.exec()) ?? [];
-      for (const [error, json] of results) {
+      for (let i = 0; i < results.length; i++) {
+        const [error, json] = results[i];
+        // No record: deleted since the index was read (retention). An error: the key is not a hash.
+        if (error !== null && error.message.startsWith('WRONGTYPE')) this.unreadable(ids[i], unreadableRecord(ids[i], hashProblem(undefined)));
         if (error !== null || typeof json !== 'string') continue;
-        const record = parseRecord(json, this.argsCipher);
-        if (matchesFilter(record, f)) out.push(record);
-        if (out.length === f.limit) break;
+        const record = this.readRecord(ids[i], json);
+        if (record === undefined || !matchesFilter(record, f)) continue;
+        if (out.push(record) === f.limit) break;
       }
       if (ids.length < chunk) break;
     }
@@ -290,13 +321,24 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
 
   async claimOrphans(ownerId: string, leaseMs: number): Promise<TaskRecord[]> {
     await this.commit.flush();
-    const claimed = (await this.#run(scripts.claimOrphans, [this.prefix, ownerId, leaseMs])) as string[];
+    const claimed = (await this.#run(scripts.claimOrphans, [this.prefix, ownerId, leaseMs])) as StoredTask[];
     const now = Date.now();
     if (now - this.#cleanedAt >= CLEANUP_EVERY_MS) {
       this.#cleanedAt = now;
       await this.#run(scripts.cleanup, [this.prefix, retentionCutoff(now, this.retentionDays), retentionCutoff(now, this.failedRetentionDays)]);
     }
-    return claimed.map((json) => parseRecord(json, this.argsCipher, true));
+    // A record that cannot be read stays claimed by this owner, untouched: it is reported once and not
+    // looked at again until this owner is gone.
+    const records: TaskRecord[] = [];
+    for (const [id, json, kind] of claimed) {
+      if (json === null) {
+        this.unreadable(id, unreadableRecord(id, hashProblem(kind)));
+        continue;
+      }
+      const record = this.readRecord(id, json, true);
+      if (record !== undefined) records.push(record);
+    }
+    return records;
   }
 
   async renewLease(): Promise<void> {
@@ -338,6 +380,14 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
       throw error;
     }
   }
+}
+
+/** A task as the GET and CLAIM_ORPHANS scripts return it: its id, its record (null if none), its key's type. */
+type StoredTask = [id: string, record: string | null, kind: string];
+
+function hashProblem(kind: string | undefined): string {
+  if (kind === 'hash') return 'its hash has no "record" field';
+  return kind === undefined ? 'its key is not a hash' : `its key holds a Redis ${kind}, not a hash`;
 }
 
 /** The tag index key; the key's length (in UTF-8 bytes, as Lua's string.len counts) keeps `a=b=c` unambiguous. */

@@ -1,12 +1,14 @@
+import { accessSync, constants } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import type { DatabaseSync, SQLInputValue, StatementSync } from 'node:sqlite';
 import { DatabaseSync as Database } from './node-sqlite.js';
-import { TaskflowError } from '../errors.js';
+import { TaskflowError, TaskStoreError, TaskStoreUnavailableError } from '../errors.js';
 import { metricsFrom, type StatusCount, type SuccessDuration } from '../metrics.js';
 import type { SaveResult, StoreMetrics, TaskFilter, TaskRecord, TaskStore } from '../types.js';
 import { compileFilter } from './filter.js';
 import { GroupCommittedStore } from './durable-store.js';
 import type { WriteBatch } from './group-commit.js';
-import { parseRecord, serialiseRecord, retentionCutoff, validateFailedRetentionDays, validateRetentionDays } from './records.js';
+import { serialiseRecord, retentionCutoff, validateFailedRetentionDays, validateRetentionDays } from './records.js';
 
 export interface SqliteStoreOptions {
   /** The database file (created when missing). Several processes on one host may share it. */
@@ -118,18 +120,14 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
       db.exec(`PRAGMA synchronous = ${synchronous}`);
       const level = (db.prepare('PRAGMA synchronous').get() as { synchronous: number }).synchronous;
       this.synchronous = level === 2 ? 'FULL' : 'NORMAL';
-      migrate(db);
+      migrate(db, path);
     } catch (error) {
       try {
         db?.close();
       } catch {
         // already unusable; the open error below is the one worth reporting
       }
-      const message = error instanceof Error ? error.message : String(error);
-      throw new TaskflowError(
-        `SqliteStore: cannot open "${path}" as a task database: ${message}. If the file is corrupt or is not a koa-taskflow database, move it away (it was not modified) or choose another "path"`,
-        { cause: error },
-      );
+      throw openError(path, error);
     }
     this.#db = db;
     this.#cleanup(Date.now());
@@ -137,11 +135,13 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
 
   async get(id: string): Promise<TaskRecord | undefined> {
     this.#foldLogIfAny();
-    const row = this.#statement('SELECT record FROM taskflow_tasks WHERE id = ?').get(id) as { record: string } | undefined;
-    if (row !== undefined) return parseRecord(row.record, this.argsCipher);
     // An id that lost an idempotency claim follows the task holding the key.
-    const alias = this.#statement('SELECT t.record FROM taskflow_aliases a JOIN taskflow_tasks t ON t.id = a.task_id WHERE a.id = ?').get(id) as { record: string } | undefined;
-    return alias && parseRecord(alias.record, this.argsCipher);
+    const row = this.#read(
+      () =>
+        (this.#statement('SELECT id, record FROM taskflow_tasks WHERE id = ?').get(id) ??
+          this.#statement('SELECT t.id, t.record FROM taskflow_aliases a JOIN taskflow_tasks t ON t.id = a.task_id WHERE a.id = ?').get(id)) as Row | undefined,
+    );
+    return row && this.getRecord(row.id, row.record);
   }
 
   async list(filter?: TaskFilter): Promise<TaskRecord[]> {
@@ -166,27 +166,37 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
       where.push('id IN (SELECT task_id FROM taskflow_tags WHERE key = ? AND value = ?)');
       params.push(key, value);
     }
-    let sql = 'SELECT record FROM taskflow_tasks';
+    let sql = 'SELECT id, record FROM taskflow_tasks';
     if (where.length > 0) sql += ` WHERE ${where.join(' AND ')}`;
     // rowid breaks ties between records created in the same millisecond: insertion order.
     sql += ' ORDER BY created_at DESC, rowid DESC';
-    if (f.limit !== Infinity) {
-      sql += ' LIMIT ?';
-      params.push(f.limit);
-    }
-    const rows = this.#statement(sql).all(...params) as { record: string }[];
-    return rows.map((row) => parseRecord(row.record, this.argsCipher));
+    // No LIMIT: a record that cannot be read is skipped and the next one takes its place; the rows are
+    // stepped through lazily, so only as many as the limit needs are read.
+    return this.#read(() => {
+      const out: TaskRecord[] = [];
+      for (const row of this.#statement(sql).iterate(...params) as IterableIterator<Row>) {
+        const record = this.readRecord(row.id, row.record);
+        if (record !== undefined && out.push(record) === f.limit) break;
+      }
+      return out;
+    });
   }
 
   /** Counted by SQLite: only the status counts and the durations of successful tasks leave the database. */
   async metrics(): Promise<StoreMetrics> {
     this.#foldLogIfAny();
-    const counts = this.#statement('SELECT name, status, COUNT(*) AS count FROM taskflow_tasks GROUP BY name, status').all() as unknown as StatusCount[];
-    // The alias in WHERE (SQLite allows it) extracts each duration once.
-    const durations = this.#statement(
-      "SELECT name, json_extract(record, '$.durationMs') AS duration FROM taskflow_tasks WHERE status = 'success' AND duration IS NOT NULL",
-    ).all() as unknown as SuccessDuration[];
-    return metricsFrom(counts, durations);
+    return this.#read(() => {
+      // Counted from the columns stored beside each record, so a record whose JSON is damaged still counts
+      // by its status and name; only its duration is left out.
+      const counts = this.#statement('SELECT name, status, COUNT(*) AS count FROM taskflow_tasks GROUP BY name, status').all() as unknown as StatusCount[];
+      // The alias in WHERE (SQLite allows it) extracts each duration once; json_extract fails on text that is
+      // not JSON, so that is checked first, and a duration that is not a number is left out.
+      const durations = this.#statement(
+        `SELECT name, CASE WHEN json_valid(record) THEN json_extract(record, '$.durationMs') END AS duration FROM taskflow_tasks
+           WHERE status = 'success' AND typeof(duration) IN ('integer', 'real')`,
+      ).all() as unknown as SuccessDuration[];
+      return metricsFrom(counts, durations);
+    });
   }
 
   async claimKey(key: string, id: string): Promise<string | undefined> {
@@ -208,12 +218,19 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
       return this.#statement(
         `UPDATE taskflow_tasks SET owner = ?
            WHERE status IN ('pending', 'running') AND (owner IS NULL OR owner NOT IN (SELECT id FROM taskflow_owners))
-           RETURNING record`,
-      ).all(ownerId) as { record: string }[];
+           RETURNING id, record`,
+      ).all(ownerId) as unknown as Row[];
     });
     if (ownerId === this.ownerId) this.#leaseRenewedAt = now;
     if (now - this.#cleanedAt >= CLEANUP_EVERY_MS) this.#cleanup(now);
-    return rows.map((row) => parseRecord(row.record, this.argsCipher, true));
+    // A record that cannot be read stays claimed by this owner, untouched: it is reported once and not
+    // looked at again until this owner is gone.
+    const records: TaskRecord[] = [];
+    for (const row of rows) {
+      const record = this.readRecord(row.id, row.record, true);
+      if (record !== undefined) records.push(record);
+    }
+    return records;
   }
 
   async renewLease(): Promise<void> {
@@ -359,15 +376,30 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   }
 
   #transaction<T>(body: () => T): T {
-    // IMMEDIATE takes the write lock up front: two processes never both read, then both try to upgrade.
-    this.#db.exec('BEGIN IMMEDIATE');
+    return this.#read(() => {
+      // IMMEDIATE takes the write lock up front: two processes never both read, then both try to upgrade.
+      this.#db.exec('BEGIN IMMEDIATE');
+      try {
+        const result = body();
+        this.#db.exec('COMMIT');
+        return result;
+      } catch (error) {
+        try {
+          if (this.#db.isTransaction) this.#db.exec('ROLLBACK');
+        } catch {
+          // SQLite rolls back by itself when it cannot (a full disk, an I/O error); the first error says why
+        }
+        throw error;
+      }
+    });
+  }
+
+  /** Runs `body`; an SQLite error comes out as the TaskflowError saying what is wrong with the file (see `runtimeError`). */
+  #read<T>(body: () => T): T {
     try {
-      const result = body();
-      this.#db.exec('COMMIT');
-      return result;
+      return body();
     } catch (error) {
-      if (this.#db.isTransaction) this.#db.exec('ROLLBACK');
-      throw error;
+      throw runtimeError(this.path, error);
     }
   }
 
@@ -382,19 +414,128 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   }
 }
 
-function migrate(db: DatabaseSync): void {
+interface Row {
+  id: string;
+  record: unknown;
+}
+
+// SQLite's primary result codes (https://sqlite.org/rescode.html) that say what is wrong with a file.
+const SQLITE_PERM = 3;
+const SQLITE_BUSY = 5;
+const SQLITE_LOCKED = 6;
+const SQLITE_NOMEM = 7;
+const SQLITE_READONLY = 8;
+const SQLITE_IOERR = 10;
+const SQLITE_CORRUPT = 11;
+const SQLITE_FULL = 13;
+const SQLITE_CANTOPEN = 14;
+const SQLITE_NOTADB = 26;
+
+function sqliteCode(error: unknown): number | undefined {
+  const code = (error as { errcode?: unknown } | null)?.errcode;
+  return typeof code === 'number' ? code & 0xff : undefined;
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * An error opening the file, as the TaskStoreError that says what is wrong (codes in docs/errors.md):
+ * damaged or not a database, read-only, not our schema, a newer schema. The file is never modified.
+ */
+function openError(path: string, error: unknown): TaskflowError {
+  if (error instanceof TaskflowError) return error;
+  const at = `SqliteStore: cannot open "${path}" as a task database`;
+  const code = sqliteCode(error);
+  if (code === SQLITE_READONLY || code === SQLITE_CANTOPEN || code === SQLITE_PERM) {
+    const denied = path === ':memory:' ? undefined : writeDenied(path);
+    if (denied !== undefined) {
+      return new TaskStoreError(
+        `${at}: ${denied}. The store writes the file and, beside it, its "-wal" and "-shm" files: choose a "path" in a directory this process can write to`,
+        denied.includes('does not exist') ? 'ERR_STORE_UNREADABLE' : 'ERR_STORE_READ_ONLY',
+        { cause: error },
+      );
+    }
+  }
+  if (code === SQLITE_BUSY || code === SQLITE_LOCKED || code === SQLITE_FULL || code === SQLITE_IOERR || code === SQLITE_NOMEM) {
+    return new TaskStoreUnavailableError(`${at}: ${messageOf(error)}; it was not modified, try again once that is resolved`, { cause: error });
+  }
+  return new TaskStoreError(
+    `${at}: ${messageOf(error)}. If the file is damaged or is not a koa-taskflow database, move it away (it was not modified) or choose another "path"`,
+    'ERR_STORE_UNREADABLE',
+    { cause: error },
+  );
+}
+
+/** Why this process cannot write `path` (or create the files SQLite keeps beside it), if it cannot. */
+function writeDenied(path: string): string | undefined {
+  const directory = dirname(resolve(path));
+  for (const [target, what] of [
+    [path, 'the file'],
+    [directory, 'its directory'],
+  ] as const) {
+    try {
+      accessSync(target, constants.W_OK);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' && target === path) continue;
+      if (code === 'ENOENT') return `${what} "${target}" does not exist`;
+      if (code === 'EROFS') return `${what} "${target}" is on a read-only filesystem`;
+      return `${what} "${target}" is not writable by this process (${code})`;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * An SQLite error after the file was opened: a write that failed for a reason outside the store (a full
+ * disk, an I/O error, a lock held too long, the file made read-only) is a TaskStoreUnavailableError (the
+ * request gets a 503, the runner retries status writes); damage is a TaskStoreError. Others are as they were.
+ */
+function runtimeError(path: string, error: unknown): unknown {
+  if (error instanceof TaskflowError) return error;
+  const code = sqliteCode(error);
+  const message = messageOf(error);
+  switch (code) {
+    case SQLITE_FULL:
+    case SQLITE_IOERR:
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_NOMEM:
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+    case SQLITE_PERM:
+      return new TaskStoreUnavailableError(`SqliteStore: "${path}": ${message}`, { cause: error });
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+      return new TaskStoreError(`SqliteStore: "${path}" is damaged (${message}); restore it from a backup or move it away`, 'ERR_STORE_UNREADABLE', { cause: error });
+  }
+  if (/no such (table|column|index)/.test(message)) {
+    return new TaskStoreError(`SqliteStore: "${path}" no longer has the koa-taskflow schema (${message}); it was changed while in use`, 'ERR_STORE_SCHEMA', { cause: error });
+  }
+  return error;
+}
+
+function migrate(db: DatabaseSync, path: string): void {
   // The version is read inside the write transaction: two processes opening a new file at once do not
   // both create the schema.
   db.exec('BEGIN IMMEDIATE');
   try {
     const { user_version: version } = db.prepare('PRAGMA user_version').get() as { user_version: number };
     if (version > MIGRATIONS.length) {
-      throw new Error(`its schema version ${version} is newer than this koa-taskflow's (${MIGRATIONS.length}); upgrade koa-taskflow`);
+      throw new TaskStoreError(
+        `SqliteStore: cannot open "${path}": its schema version ${version} is newer than this koa-taskflow's (${MIGRATIONS.length}); upgrade koa-taskflow (the file was not modified)`,
+        'ERR_STORE_NEWER_SCHEMA',
+      );
     }
     if (version === 0) {
       // A fresh file, or someone else's database: ours must not clash with tables already there.
       const clash = db.prepare("SELECT name FROM sqlite_master WHERE name LIKE 'taskflow\\_%' ESCAPE '\\'").get() as { name: string } | undefined;
-      if (clash !== undefined) throw new Error(`it has a table "${clash.name}" but no koa-taskflow schema version`);
+      if (clash !== undefined) throw schemaError(path, `it has a table "${clash.name}" but no koa-taskflow schema version`);
+    } else {
+      const missing = missingSchema(db);
+      if (missing !== undefined) throw schemaError(path, `its koa-taskflow schema (version ${version}) has no ${missing}: it is damaged or is not a koa-taskflow database`);
     }
     for (let v = version; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v]);
     if (version < MIGRATIONS.length) db.exec(`PRAGMA user_version = ${MIGRATIONS.length}`);
@@ -403,4 +544,37 @@ function migrate(db: DatabaseSync): void {
     if (db.isTransaction) db.exec('ROLLBACK');
     throw error;
   }
+}
+
+function schemaError(path: string, why: string): TaskStoreError {
+  return new TaskStoreError(`SqliteStore: cannot open "${path}" as a task database: ${why}. Move it away (it was not modified) or choose another "path"`, 'ERR_STORE_SCHEMA');
+}
+
+const SCHEMA_OBJECTS = `SELECT m.type AS type, m.name AS name, p.name AS column FROM sqlite_master m LEFT JOIN pragma_table_info(m.name) p
+  WHERE m.name LIKE 'taskflow\\_%' ESCAPE '\\' AND m.type IN ('table', 'index')`;
+let expectedSchema: string[] | undefined;
+
+function schemaOf(db: DatabaseSync): string[] {
+  return (db.prepare(SCHEMA_OBJECTS).all() as { type: string; name: string; column: string | null }[]).map((o) =>
+    o.type === 'table' ? `column "${o.column}" in table "${o.name}"` : `index "${o.name}"`,
+  );
+}
+
+/**
+ * The first table, column or index of the current schema (as the migrations build it) that the file at
+ * version `user_version` lacks: a dropped table would otherwise surface later as "no such table" in the
+ * middle of a request. Tables or indexes added by someone else are left alone.
+ */
+function missingSchema(db: DatabaseSync): string | undefined {
+  if (expectedSchema === undefined) {
+    const fresh = new Database(':memory:');
+    try {
+      for (const migration of MIGRATIONS) fresh.exec(migration);
+      expectedSchema = schemaOf(fresh);
+    } finally {
+      fresh.close();
+    }
+  }
+  const present = new Set(schemaOf(db));
+  return expectedSchema.find((object) => !present.has(object));
 }
