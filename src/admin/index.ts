@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { Context, Middleware } from 'koa';
+import { TaskStoreError } from '../errors.js';
 import type { TaskManager } from '../manager.js';
 import { optionError } from '../options.js';
 import { createAuthenticator, type AdminAuth } from './auth.js';
@@ -200,6 +201,9 @@ export function createAdmin(manager: TaskManager, options: AdminOptions): AdminM
     } catch (error) {
       if (error instanceof AdminHttpError) return sendJson(ctx, error.status, { error: error.message, ...error.extra });
       report(error);
+      // What is wrong with the store's data (GET /tasks/:id of a record that cannot be read): the message names
+      // the task and the problem, never the record's content.
+      if (error instanceof TaskStoreError) return sendJson(ctx, 500, { error: error.message, code: error.code });
       // Never the stack or the message of an unexpected error: it may describe the server's internals.
       sendJson(ctx, 500, { error: 'internal error in the task admin API (reported in the server log)' });
     }

@@ -325,8 +325,10 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
          SELECT id, name, status, created_at, ended_at, owner, record FROM taskflow_log WHERE true ORDER BY seq
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at, owner = excluded.owner, record = excluded.record`,
     ).run();
+    // json_each fails on text that is not JSON: a damaged row must not stop the fold (it is skipped when read).
     this.#statement(
-      "INSERT OR IGNORE INTO taskflow_tags (task_id, key, value) SELECT l.id, t.key, t.value FROM taskflow_log l, json_each(l.record, '$.tags') t",
+      `INSERT OR IGNORE INTO taskflow_tags (task_id, key, value)
+         SELECT l.id, t.key, t.value FROM taskflow_log l, json_each(CASE WHEN json_valid(l.record) THEN l.record ELSE '{}' END, '$.tags') t`,
     ).run();
     this.#statement('DELETE FROM taskflow_log').run();
     this.#logged.clear();
