@@ -1,0 +1,147 @@
+// What SqliteStore says when its file cannot be used (a TaskStoreError whose code says why, the file left as
+// it was), and what a full disk does to requests: 503s, and nothing acknowledged is lost.
+import { appendFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { describe, expect, it } from 'vitest';
+import { TaskStoreError } from 'koa-taskflow';
+import { SqliteStore } from 'koa-taskflow/sqlite';
+import { mountTmpfs, readOnlyDirectory, tempDir } from './helpers/files.js';
+import { onCleanup, startApp, waitFor } from './helpers/server.js';
+
+/** The error `new SqliteStore({ path })` throws (the test fails if it opens). */
+function openError(path: string): TaskStoreError {
+  try {
+    const store = new SqliteStore({ path });
+    void store.close();
+  } catch (error) {
+    expect(error).toBeInstanceOf(TaskStoreError);
+    return error as TaskStoreError;
+  }
+  throw new Error(`SqliteStore opened ${path}`);
+}
+
+/** A store file with one task in it, closed. */
+async function storeFile(path: string): Promise<void> {
+  const store = new SqliteStore({ path });
+  await store.save([{ id: 'a', name: 'job', status: 'success', args: [], tags: {}, attempts: 1, maxAttempts: 1, createdAt: Date.now(), endedAt: Date.now(), logs: [] }]);
+  await store.close();
+}
+
+function exec(path: string, sql: string): void {
+  const db = new DatabaseSync(path);
+  db.exec(sql);
+  db.close();
+}
+
+describe('SqliteStore: a file it cannot use', () => {
+  it('not a database, or a damaged one: ERR_STORE_UNREADABLE, the file untouched', async () => {
+    const dir = tempDir();
+    const garbage = join(dir, 'garbage.db');
+    writeFileSync(garbage, 'this is not a database\n'.repeat(500));
+    expect(openError(garbage)).toMatchObject({ code: 'ERR_STORE_UNREADABLE', message: expect.stringMatching(/file is not a database\. .*move it away \(it was not modified\)/) });
+
+    // A real store file whose first page (the schema) was overwritten after its header.
+    const damaged = join(dir, 'damaged.db');
+    await storeFile(damaged);
+    const bytes = readFileSync(damaged);
+    bytes.fill(0x5a, 100, 4096);
+    writeFileSync(damaged, bytes);
+    expect(openError(damaged)).toMatchObject({ code: 'ERR_STORE_UNREADABLE', message: expect.stringMatching(/malformed/) });
+    expect(readFileSync(damaged).equals(bytes)).toBe(true);
+  });
+
+  it('not our schema, a damaged schema, a newer schema: ERR_STORE_SCHEMA / ERR_STORE_NEWER_SCHEMA', async () => {
+    const dir = tempDir();
+    const dropped = join(dir, 'dropped.db');
+    await storeFile(dropped);
+    exec(dropped, 'DROP TABLE taskflow_tags');
+    expect(openError(dropped)).toMatchObject({
+      code: 'ERR_STORE_SCHEMA',
+      message: expect.stringMatching(/its koa-taskflow schema \(version 1\) has no column "\w+" in table "taskflow_tags": it is damaged or is not a koa-taskflow database/),
+    });
+
+    // Someone else's database that happens to use user_version.
+    const foreign = join(dir, 'foreign.db');
+    exec(foreign, 'CREATE TABLE users (id INTEGER PRIMARY KEY); PRAGMA user_version = 1');
+    expect(openError(foreign)).toMatchObject({ code: 'ERR_STORE_SCHEMA', message: expect.stringContaining('has no column') });
+
+    const clash = join(dir, 'clash.db');
+    exec(clash, 'CREATE TABLE taskflow_tasks (x)');
+    expect(openError(clash)).toMatchObject({ code: 'ERR_STORE_SCHEMA', message: expect.stringContaining('has a table "taskflow_tasks" but no koa-taskflow schema version') });
+
+    const newer = join(dir, 'newer.db');
+    await storeFile(newer);
+    exec(newer, 'PRAGMA user_version = 2');
+    expect(openError(newer)).toMatchObject({ code: 'ERR_STORE_NEWER_SCHEMA', message: expect.stringContaining("schema version 2 is newer than this koa-taskflow's (1); upgrade koa-taskflow") });
+  });
+
+  it('a table dropped while the store is open: reads fail with ERR_STORE_SCHEMA, not a bare SQLite error', async () => {
+    const path = join(tempDir(), 'tasks.db');
+    const store = new SqliteStore({ path });
+    onCleanup(() => store.close().catch(() => {}));
+    exec(path, 'DROP TABLE taskflow_tags');
+    await expect(store.list({ tags: { a: 'b' } })).rejects.toMatchObject({ name: 'TaskStoreError', code: 'ERR_STORE_SCHEMA', message: expect.stringContaining('no such table: taskflow_tags') });
+  });
+
+  it('a read-only directory or filesystem: ERR_STORE_READ_ONLY, not "corrupt"', async (context) => {
+    const readOnly = readOnlyDirectory((dir) => exec(join(dir, 'existing.db'), 'PRAGMA journal_mode = WAL'));
+    if (readOnly === undefined) return context.skip('no way to make a read-only directory here');
+    const fresh = openError(join(readOnly.dir, 'new.db'));
+    expect(fresh, readOnly.how).toMatchObject({ code: 'ERR_STORE_READ_ONLY', message: expect.stringMatching(/its directory ".*" (is on a read-only filesystem|is not writable by this process)/) });
+    expect(fresh.message).not.toMatch(/corrupt|damaged/);
+    expect(openError(join(readOnly.dir, 'existing.db')), readOnly.how).toMatchObject({ code: 'ERR_STORE_READ_ONLY' });
+  });
+});
+
+describe('SqliteStore on a full disk', () => {
+  it('requests that add a task get 503 while the disk is full, nothing crashes, and every acknowledged task runs and is recorded', async (context) => {
+    const dir = tempDir('taskflow-full-');
+    if (!mountTmpfs(dir, 'size=2m')) return context.skip('this process may not mount a size-limited tmpfs');
+    const store = new SqliteStore({ path: join(dir, 'tasks.db') });
+    const errors: string[] = [];
+    const noop = () => {};
+    const logger = { trace: noop, debug: noop, info: noop, warn: noop, fatal: noop, error: (obj: object, msg?: string) => void errors.push(`${msg} ${(obj as { err?: Error }).err?.name}`) };
+    const { url, manager } = await startApp(
+      (app, m) => {
+        const job = m.task(function job(payload: string) {
+          return payload.length;
+        });
+        app.use(async (ctx) => {
+          ctx.body = { id: ctx.tasks.addTask(job, 'x'.repeat(20_000)) };
+        });
+      },
+      { store, logger },
+    );
+    const acknowledged: string[] = [];
+    const request = async () => {
+      const response = await fetch(url);
+      if (response.status === 200) acknowledged.push(((await response.json()) as { id: string }).id);
+      return response.status;
+    };
+    expect(await request()).toBe(200);
+
+    const filler = join(dir, 'filler');
+    try {
+      for (;;) appendFileSync(filler, Buffer.alloc(64 * 1024));
+    } catch (error) {
+      expect((error as NodeJS.ErrnoException).code).toBe('ENOSPC');
+    }
+    // The WAL reuses the space it has: requests keep going until it must grow.
+    const whileFull: number[] = [];
+    while (!whileFull.includes(503) && whileFull.length < 200) whileFull.push(await request());
+    expect(whileFull).toContain(503);
+    expect(new Set(whileFull)).toEqual(new Set(whileFull.includes(200) ? [200, 503] : [503]));
+    expect(errors).toContain('koa-taskflow: store write before the response TaskStoreUnavailableError');
+
+    rmSync(filler);
+    for (let i = 0; i < 5; i++) expect(await request()).toBe(200);
+    // Status writes that failed meanwhile are retried every second.
+    await waitFor(async () => (await Promise.all(acknowledged.map((id) => manager.get(id)))).every((r) => r?.status === 'success'), 10_000, 'every acknowledged task to be recorded as success');
+    await manager.shutdown();
+    const reopened = new SqliteStore({ path: join(dir, 'tasks.db') });
+    onCleanup(() => reopened.close());
+    const stored = await reopened.list();
+    for (const id of acknowledged) expect(stored.find((r) => r.id === id)?.status, `task ${id}`).toBe('success');
+  });
+});
