@@ -236,7 +236,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   async renewLease(): Promise<void> {
     if (this.ownerId === '' || this.closed !== undefined) return;
     const now = Date.now();
-    this.#renew(this.ownerId, now + this.leaseMs);
+    this.#read(() => this.#renew(this.ownerId, now + this.leaseMs));
     this.#leaseRenewedAt = now;
   }
 
@@ -336,7 +336,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
 
   /** Readers fold first (a write, so only when there is something to fold): they see what was acknowledged. */
   #foldLogIfAny(): void {
-    if (this.#statement('SELECT 1 AS found FROM taskflow_log LIMIT 1').get() !== undefined) this.#transaction(() => this.#foldLog());
+    if (this.#read(() => this.#statement('SELECT 1 AS found FROM taskflow_log LIMIT 1').get()) !== undefined) this.#transaction(() => this.#foldLog());
   }
 
   /** Inside a transaction: the owner's lease travels with its writes, so tasks are covered from their first write on. */
@@ -408,7 +408,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   #statement(sql: string): StatementSync {
     let statement = this.#statements.get(sql);
     if (statement === undefined) {
-      statement = this.#db.prepare(sql);
+      statement = this.#read(() => this.#db.prepare(sql));
       // Filters build a few shapes of SQL; a bound keeps a misuse from growing the cache forever.
       if (this.#statements.size < 256) this.#statements.set(sql, statement);
     }
