@@ -165,9 +165,7 @@ function shapeProblem(id: string, stored: Record<string, unknown>): string | und
   if (typeof stored.createdAt !== 'number' || !Number.isFinite(stored.createdAt)) return 'field "createdAt" is missing or not a number';
   const { args, tags, logs } = stored;
   if (args != null && typeof args !== 'string' && !Array.isArray(args)) return 'field "args" is not an array';
-  if (tags != null && (typeof tags !== 'object' || Array.isArray(tags) || Object.values(tags).some((v) => typeof v !== 'string'))) {
-    return 'field "tags" is not an object of strings';
-  }
+  if (tags != null && (typeof tags !== 'object' || Array.isArray(tags) || !allStrings(tags as Record<string, unknown>))) return 'field "tags" is not an object of strings';
   if (logs != null && !Array.isArray(logs)) return 'field "logs" is not an array';
   for (const key of ['error', 'options'] as const) {
     if (stored[key] != null && typeof stored[key] !== 'object') return `field "${key}" is not an object`;
@@ -175,6 +173,11 @@ function shapeProblem(id: string, stored: Record<string, unknown>): string | und
   for (const key of NUMBERS) if (stored[key] != null && typeof stored[key] !== 'number') return `field "${key}" is not a number`;
   for (const key of STRINGS) if (stored[key] != null && typeof stored[key] !== 'string') return `field "${key}" is not a string`;
   return undefined;
+}
+
+function allStrings(object: Record<string, unknown>): boolean {
+  for (const key in object) if (typeof object[key] !== 'string') return false;
+  return true;
 }
 
 function kindOf(value: unknown): string {

@@ -170,16 +170,29 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     if (where.length > 0) sql += ` WHERE ${where.join(' AND ')}`;
     // rowid breaks ties between records created in the same millisecond: insertion order.
     sql += ' ORDER BY created_at DESC, rowid DESC';
-    // No LIMIT: a record that cannot be read is skipped and the next one takes its place; the rows are
-    // stepped through lazily, so only as many as the limit needs are read.
+    if (f.limit === Infinity) return this.#read(() => this.#readRows(this.#statement(sql).all(...params) as unknown as Row[], []));
+    const page = this.#statement(`${sql} LIMIT ? OFFSET ?`);
     return this.#read(() => {
       const out: TaskRecord[] = [];
-      for (const row of this.#statement(sql).iterate(...params) as IterableIterator<Row>) {
-        const record = this.readRecord(row.id, row.record);
-        if (record !== undefined && out.push(record) === f.limit) break;
+      // A record that cannot be read is skipped: the rows after the page take its place.
+      for (let offset = 0; out.length < f.limit; ) {
+        const wanted = f.limit - out.length;
+        const rows = page.all(...params, wanted, offset) as unknown as Row[];
+        this.#readRows(rows, out);
+        if (rows.length < wanted) break;
+        offset += rows.length;
       }
       return out;
     });
+  }
+
+  /** Appends the records of `rows` to `out`, but those that cannot be read (skipped and reported). */
+  #readRows(rows: Row[], out: TaskRecord[], keepUnreadableArgs = false): TaskRecord[] {
+    for (const row of rows) {
+      const record = this.readRecord(row.id, row.record, keepUnreadableArgs);
+      if (record !== undefined) out.push(record);
+    }
+    return out;
   }
 
   /** Counted by SQLite: only the status counts and the durations of successful tasks leave the database. */
@@ -225,12 +238,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     if (now - this.#cleanedAt >= CLEANUP_EVERY_MS) this.#cleanup(now);
     // A record that cannot be read stays claimed by this owner, untouched: it is reported once and not
     // looked at again until this owner is gone.
-    const records: TaskRecord[] = [];
-    for (const row of rows) {
-      const record = this.readRecord(row.id, row.record, true);
-      if (record !== undefined) records.push(record);
-    }
-    return records;
+    return this.#readRows(rows, [], true);
   }
 
   async renewLease(): Promise<void> {
