@@ -174,3 +174,37 @@ describe('a damaged record in Redis', () => {
     });
   });
 });
+
+describe('the Redis retention sweep', () => {
+  it('passes over a damaged finished record (left as it is) and sweeps the others; start() resolves and the pending task runs', async () => {
+    const redis = await startRedisServer();
+    const client = new Redis(redis.url);
+    onCleanup(() => void client.disconnect());
+    const open = () => {
+      const store = new RedisStore({ url: redis.url }, { prefix: 'sweep' });
+      onCleanup(() => store.close());
+      return store;
+    };
+    const old = Date.now() - 30 * 86_400_000;
+    const [expired, damaged] = [0, 1].map((n) => record(n, { status: 'success', attempts: 1, createdAt: old, endedAt: old }));
+    const pending = record(2);
+    const seed = open();
+    await seed.save([expired, damaged, pending]);
+    await seed.close();
+    await client.hset(`sweep:t:${damaged.id}`, 'record', NOT_JSON);
+
+    const { errors, logger } = recordingLogger();
+    const ran: number[] = [];
+    const manager = createManager({ store: open(), logger });
+    manager.task(function job(n: number) {
+      ran.push(n);
+    });
+    await manager.start();
+    await manager.drain();
+    expect(ran).toEqual([2]);
+    expect(await manager.get(expired.id)).toBeUndefined();
+    await expect(manager.get(damaged.id)).rejects.toMatchObject({ code: 'ERR_STORE_UNREADABLE' });
+    expect(await client.hget(`sweep:t:${damaged.id}`, 'record')).toBe(NOT_JSON);
+    expect(errors.filter((line) => line.includes('skipped task'))).toHaveLength(1);
+  });
+});
