@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { TaskStoreError } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { mountTmpfs, readOnlyDirectory, tempDir } from './helpers/files.js';
-import { onCleanup, startApp, waitFor } from './helpers/server.js';
+import { createManager, onCleanup, startApp, waitFor } from './helpers/server.js';
 
 /** The error `new SqliteStore({ path })` throws (the test fails if it opens). */
 function openError(path: string): TaskStoreError {
@@ -82,6 +82,10 @@ describe('SqliteStore: a file it cannot use', () => {
     onCleanup(() => store.close().catch(() => {}));
     exec(path, 'DROP TABLE taskflow_tags');
     await expect(store.list({ tags: { a: 'b' } })).rejects.toMatchObject({ name: 'TaskStoreError', code: 'ERR_STORE_SCHEMA', message: expect.stringContaining('no such table: taskflow_tags') });
+    // start() passes it on as it is, rather than calling the store unreachable.
+    const noop = () => {};
+    const manager = createManager({ store, logger: { trace: noop, debug: noop, info: noop, warn: noop, error: noop, fatal: noop } });
+    await expect(manager.start()).rejects.toMatchObject({ name: 'TaskStoreError', code: 'ERR_STORE_SCHEMA' });
   });
 
   it('a read-only directory or filesystem: ERR_STORE_READ_ONLY, not "corrupt"', async (context) => {
