@@ -513,11 +513,11 @@ export class TaskManager implements TaskEnqueuer {
     const record = typeof id === 'string' ? await this.store.get(id) : undefined;
     if (record === undefined) throw new TaskNotFoundError(String(id));
     if (record.status !== 'failed' && record.status !== 'interrupted') {
-      throw new TaskflowError(`retry: task ${id} is ${record.status}; only failed or interrupted tasks can be retried`);
+      throw new TaskflowError(`retry: task ${id} is ${record.status}; only failed or interrupted tasks can be retried`, { code: 'ERR_TASK_NOT_RETRYABLE' });
     }
     const registration = this.#registry.get(record.name);
     if (registration === undefined) {
-      throw new TaskflowError(`retry: no task is registered under "${record.name}" in this process; register it with manager.task()`);
+      throw new TaskflowError(`retry: no task is registered under "${record.name}" in this process; register it with manager.task()`, { code: 'ERR_TASK_NOT_REGISTERED' });
     }
     const overrides: TaskOptions = { tags: record.tags, priority: record.priority, idempotencyKey: record.idempotencyKey };
     const result = this.enqueue('retry', registration.fn, record.args, overrides, 'now', undefined, id);

@@ -45,6 +45,27 @@ function credentials(header: string | undefined, scheme: string): string | undef
   return header.slice(space + 1).trim();
 }
 
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * `user:password` from a Basic header's token, only when the token is exactly one base64 string of it
+ * (Buffer.from skips what it does not understand and stops at padding, so "<right credentials>junk" or
+ * "<right credentials> junk" would decode to the right credentials) and the bytes are UTF-8.
+ */
+function basicCredentials(token: string): [name: string, password: string] | undefined {
+  const bytes = Buffer.from(token, 'base64');
+  const canonical = bytes.toString('base64');
+  if (token !== canonical && token !== canonical.replace(/=+$/, '')) return undefined;
+  let decoded: string;
+  try {
+    decoded = utf8.decode(bytes);
+  } catch {
+    return undefined;
+  }
+  const colon = decoded.indexOf(':');
+  return colon > 0 ? [decoded.slice(0, colon), decoded.slice(colon + 1)] : undefined;
+}
+
 /** Validates `auth` once, at construction, and returns the per-request check. */
 export function createAuthenticator(auth: unknown): Authenticator {
   if (auth === undefined || auth === null) throw authError('is required');
@@ -87,21 +108,18 @@ export function createAuthenticator(auth: unknown): Authenticator {
     const bearer = tokenDigest && credentials(header, 'bearer');
     if (bearer !== undefined && tokenDigest !== undefined && sameSecret(digest(bearer), tokenDigest)) return { ok: true };
     const basic = userDigests && credentials(header, 'basic');
-    if (basic !== undefined && userDigests !== undefined) {
-      const decoded = Buffer.from(basic, 'base64').toString('utf8');
-      const colon = decoded.indexOf(':');
-      if (colon > 0) {
-        const name = digest(decoded.slice(0, colon));
-        const password = digest(decoded.slice(colon + 1));
-        // Every user is compared, with no early exit: the time does not tell which names exist.
-        let ok = false;
-        for (const user of userDigests) {
-          const nameMatches = sameSecret(name, user.name);
-          const passwordMatches = sameSecret(password, user.password);
-          ok = (nameMatches && passwordMatches) || ok;
-        }
-        if (ok) return { ok: true };
+    const pair = basic === undefined ? undefined : basicCredentials(basic);
+    if (pair !== undefined && userDigests !== undefined) {
+      const name = digest(pair[0]);
+      const password = digest(pair[1]);
+      // Every user is compared, with no early exit: the time does not tell which names exist.
+      let ok = false;
+      for (const user of userDigests) {
+        const nameMatches = sameSecret(name, user.name);
+        const passwordMatches = sameSecret(password, user.password);
+        ok = (nameMatches && passwordMatches) || ok;
       }
+      if (ok) return { ok: true };
     }
     return { ok: false, challenge };
   };

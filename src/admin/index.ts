@@ -6,7 +6,7 @@ import { optionError } from '../options.js';
 import { createAuthenticator, type AdminAuth } from './auth.js';
 import { dashboardHtml } from './dashboard.js';
 import { EventHub } from './events.js';
-import { AdminHttpError, listPage, parseEventQuery, parseListQuery, Retrier, sendJson, taskId, type ListLimits } from './routes.js';
+import { AdminHttpError, listPage, parseEventQuery, parseListQuery, Retrier, sendJson, taskId, toHttpError, type ListLimits } from './routes.js';
 
 export type { AdminAuth } from './auth.js';
 
@@ -79,20 +79,29 @@ function checkTraceUrl(template: unknown): string | undefined {
 /**
  * POSTs change state, and a browser holding Basic credentials or a session cookie would send them along
  * with a form posted from any site: so a POST must come from this origin, or from no browser at all
- * (curl and scripts send neither header).
+ * (curl and scripts send neither header). The origin compared is scheme, host and port, the request's
+ * own as Koa sees it (`ctx.protocol`/`ctx.host`, which follow X-Forwarded-* when `app.proxy` is set):
+ * a page on `http://host` is another origin than `https://host`.
  */
 function assertSameOrigin(ctx: Context): void {
   const site = ctx.get('sec-fetch-site');
-  if (site !== '' && site !== 'same-origin') throw new AdminHttpError(403, `cross-site request refused (Sec-Fetch-Site: ${site})`);
+  if (site !== '' && site !== 'same-origin') throw new AdminHttpError(403, `cross-site request refused (Sec-Fetch-Site: ${site.slice(0, 40)})`);
   const origin = ctx.get('origin');
-  if (origin === '') return;
-  let host: string | undefined;
+  const [header, claimed] = origin !== '' ? ['Origin', origin] : ['Referer', ctx.get('referer')];
+  if (claimed === '') return;
+  // Not ctx.origin: since Koa 3 that is the Origin header itself.
+  const own = originOf(`${ctx.protocol}://${ctx.host}`);
+  if (own === undefined || originOf(claimed) !== own) throw new AdminHttpError(403, `cross-site request refused (${header} is not this origin)`);
+}
+
+/** scheme://host:port as URL serialises it (lower case, default port dropped); undefined for "null" or garbage. */
+function originOf(url: string): string | undefined {
   try {
-    host = new URL(origin).host;
+    const { origin } = new URL(url);
+    return origin === 'null' ? undefined : origin;
   } catch {
-    host = undefined;
+    return undefined;
   }
-  if (host !== ctx.host) throw new AdminHttpError(403, 'cross-site request refused (Origin does not match Host)');
 }
 
 function allow(ctx: Context, ...methods: string[]): void {
@@ -199,7 +208,8 @@ export function createAdmin(manager: TaskManager, options: AdminOptions): AdminM
       }
       await route(ctx, segments);
     } catch (error) {
-      if (error instanceof AdminHttpError) return sendJson(ctx, error.status, { error: error.message, ...error.extra });
+      const http = toHttpError(error);
+      if (http !== undefined) return sendJson(ctx, http.status, { error: http.message, ...http.extra });
       report(error);
       // What is wrong with the store's data (GET /tasks/:id of a record that cannot be read): the message names
       // the task and the problem, never the record's content.

@@ -1,5 +1,5 @@
 import type { Context } from 'koa';
-import { TaskflowError, TaskManagerClosedError, TaskNotFoundError, TaskQueueFullError } from '../errors.js';
+import { TaskflowError } from '../errors.js';
 import type { TaskManager } from '../manager.js';
 import { TASK_STATUSES, type TaskFilter, type TaskRecord, type TaskStatus } from '../types.js';
 import type { EventFilter } from './events.js';
@@ -23,6 +23,10 @@ export interface ListLimits {
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const STATUSES = new Set<string>(TASK_STATUSES);
+// Filters are matched by the store (SQLite builds one expression per tag): a query cannot make it
+// arbitrarily large. Generous for a human or a script; a query past them is a 400 naming the parameter.
+const MAX_TAG_FILTERS = 20;
+const MAX_FILTER_LENGTH = 1_024;
 
 export function sendJson(ctx: Context, status: number, value: unknown): void {
   ctx.status = status;
@@ -53,14 +57,22 @@ function parseSelection(query: Query, allowed: ReadonlySet<string>): EventFilter
     if (key.startsWith('tag.')) {
       const tag = key.slice(4);
       if (tag === '') throw new AdminHttpError(400, 'query parameter "tag.": the tag name is missing (use tag.<key>=<value>)');
-      tags.push([tag, single(query, key) ?? '']);
+      if (tags.length === MAX_TAG_FILTERS) throw new AdminHttpError(400, `query parameters "tag.<key>": at most ${MAX_TAG_FILTERS} tag filters in one query`);
+      tags.push([checkLength(key, tag, 'tag name'), checkLength(key, single(query, key) ?? '', 'value')]);
     } else if (!allowed.has(key)) {
       throw new AdminHttpError(400, `unknown query parameter "${key.slice(0, 80)}"; known: ${[...allowed, 'tag.<key>'].join(', ')}`);
     }
   }
   const name = single(query, 'name');
   if (name === '') throw new AdminHttpError(400, 'query parameter "name" is empty');
-  return { name, tags };
+  return { name: name === undefined ? undefined : checkLength('name', name, 'value'), tags };
+}
+
+function checkLength(parameter: string, value: string, what: string): string {
+  if (value.length > MAX_FILTER_LENGTH) {
+    throw new AdminHttpError(400, `query parameter "${parameter.slice(0, 80)}": the ${what} is longer than ${MAX_FILTER_LENGTH} characters`);
+  }
+  return value;
 }
 
 function parseLimit(raw: string | undefined, limits: ListLimits): number {
@@ -88,14 +100,24 @@ function encodeCursor(record: TaskRecord, offset: number): string {
   return Buffer.from(JSON.stringify([record.createdAt, record.id, offset])).toString('base64url');
 }
 
+// A cursor we made is ~80 characters; anything much longer was not.
+const MAX_CURSOR_LENGTH = 200;
+
 function decodeCursor(raw: string): Cursor {
-  try {
-    const [createdAt, id, offset] = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8')) as unknown[];
-    if (typeof createdAt === 'number' && typeof id === 'string' && UUID.test(id) && Number.isInteger(offset) && (offset as number) >= 0) {
-      return { createdAt, id, offset: offset as number };
+  // Strict base64url (Buffer.from skips what it does not understand) and exactly the three values we
+  // write: a safe-integer time, a task id, a safe-integer offset. Anything else is a 400, not a query.
+  if (raw.length <= MAX_CURSOR_LENGTH && /^[A-Za-z0-9_-]+$/.test(raw)) {
+    try {
+      const value: unknown = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8'));
+      if (Array.isArray(value) && value.length === 3) {
+        const [createdAt, id, offset] = value as unknown[];
+        if (Number.isSafeInteger(createdAt) && typeof id === 'string' && UUID.test(id) && Number.isSafeInteger(offset) && (offset as number) >= 0) {
+          return { createdAt: createdAt as number, id, offset: offset as number };
+        }
+      }
+    } catch {
+      // fall through: a cursor we did not make
     }
-  } catch {
-    // fall through: a cursor we did not make
   }
   throw new AdminHttpError(400, 'query parameter "cursor" is not a cursor from a previous page (use "nextCursor" as it was returned)');
 }
@@ -116,11 +138,11 @@ export function parseListQuery(query: Query, limits: ListLimits): ListQuery {
   // `status=failed,interrupted` or `status=failed&status=interrupted`.
   const rawStatus = query.status;
   if (rawStatus !== undefined) {
-    const statuses = (Array.isArray(rawStatus) ? rawStatus : [rawStatus]).flatMap((s) => s.split(','));
+    const statuses = new Set((Array.isArray(rawStatus) ? rawStatus : [rawStatus]).flatMap((s) => s.split(',')));
     for (const status of statuses) {
       if (!STATUSES.has(status)) throw new AdminHttpError(400, `query parameter "status": unknown status ${JSON.stringify(status.slice(0, 40))}; one of ${TASK_STATUSES.join(', ')}`);
     }
-    filter.status = statuses as TaskStatus[];
+    filter.status = [...statuses] as TaskStatus[];
   }
   const since = single(query, 'since');
   if (since !== undefined) {
@@ -132,6 +154,8 @@ export function parseListQuery(query: Query, limits: ListLimits): ListQuery {
   return { filter, limit: parseLimit(single(query, 'limit'), limits), cursor: cursor === undefined ? undefined : decodeCursor(cursor) };
 }
 
+const MAX_FIRST_WINDOW = 10_000;
+
 /**
  * One page of `list`, newest first. Stores only take a `limit`, so a page after a cursor is read from a
  * window that starts at the newest record: the cursor's own record is found in it by id (records added
@@ -140,7 +164,8 @@ export function parseListQuery(query: Query, limits: ListLimits): ListQuery {
  */
 export async function listPage(manager: TaskManager, query: ListQuery): Promise<{ tasks: TaskRecord[]; nextCursor: string | null }> {
   const { filter, limit, cursor } = query;
-  let window = (cursor?.offset ?? 0) + limit + 1;
+  // The offset only sizes the first read (the record is found by id): a forged one costs a few doublings, not a huge read.
+  let window = Math.min(cursor?.offset ?? 0, MAX_FIRST_WINDOW) + limit + 1;
   for (;;) {
     const rows = await manager.list({ ...filter, limit: window });
     const exhausted = rows.length < window;
@@ -180,7 +205,7 @@ export class Retrier {
       if (retriedAs !== undefined) throw new AdminHttpError(409, `task ${id} was already retried as ${retriedAs}; retry that one if it failed too`, { retriedAs });
       return await this.manager.retry(id);
     } catch (error) {
-      throw toHttpError(error);
+      throw httpError(error);
     } finally {
       this.#inFlight.delete(id);
     }
@@ -201,7 +226,7 @@ export class Retrier {
       try {
         retried.push({ id: record.id, newId: await this.manager.retry(record.id) });
       } catch (error) {
-        const http = toHttpError(error);
+        const http = httpError(error);
         if (http.status >= 500) throw http;
         errors.push({ id: record.id, error: http.message });
       } finally {
@@ -224,11 +249,34 @@ export class Retrier {
   }
 }
 
-/** Our own errors carry messages written for the user; anything else is rethrown (answered as a bare 500). */
-function toHttpError(error: unknown): AdminHttpError {
+// Our errors by `code`: what the client asked for does not exist, conflicts with the task's state, or
+// cannot be served now.
+const STATUS_BY_CODE: Readonly<Record<string, number>> = {
+  ERR_TASK_NOT_FOUND: 404,
+  ERR_TASK_NOT_RETRYABLE: 409,
+  ERR_TASK_NOT_REGISTERED: 409,
+  ERR_MANAGER_CLOSED: 503,
+  ERR_STORE_UNAVAILABLE: 503,
+  ERR_QUEUE_FULL: 503,
+};
+
+/**
+ * The HTTP answer for an error, or undefined for an unexpected one (answered as a bare 500 and reported).
+ * Our own errors carry messages written for the user. A TypeError/RangeError is not mapped to 400: every
+ * query is checked here before the manager sees it, so one from below is a bug (or a custom store's or
+ * auth function's own error, whose message may say more than it should).
+ */
+export function toHttpError(error: unknown): AdminHttpError | undefined {
   if (error instanceof AdminHttpError) return error;
-  if (error instanceof TaskNotFoundError) return new AdminHttpError(404, error.message);
-  if (error instanceof TaskManagerClosedError || error instanceof TaskQueueFullError) return new AdminHttpError(503, error.message);
-  if (error instanceof TaskflowError) return new AdminHttpError(409, error.message);
-  throw error;
+  if (error instanceof TaskflowError) {
+    const status = STATUS_BY_CODE[error.code];
+    return status === undefined ? undefined : new AdminHttpError(status, error.message);
+  }
+  return undefined;
+}
+
+function httpError(error: unknown): AdminHttpError {
+  const http = toHttpError(error);
+  if (http === undefined) throw error;
+  return http;
 }
