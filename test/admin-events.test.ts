@@ -1,8 +1,10 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { connect } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { taskLog, type LifecycleEvent, type LogEvent } from 'koa-taskflow';
+import { InMemoryObserver, taskLog, type LifecycleEvent, type LogEvent } from 'koa-taskflow';
 import { expectJson, startAdmin, TOKEN } from './helpers/admin.js';
 import { openSse, type SseMessage } from './helpers/sse.js';
-import { createManager, deferred, waitFor } from './helpers/server.js';
+import { createManager, deferred, onCleanup, waitFor } from './helpers/server.js';
 
 const auth = { authorization: `Bearer ${TOKEN}` };
 const parsed = (messages: SseMessage[]): (LifecycleEvent | LogEvent)[] => messages.map((m) => JSON.parse(m.data) as LifecycleEvent | LogEvent);
@@ -120,5 +122,108 @@ describe('admin: GET /tasks/events (server-sent events)', () => {
     gate.resolve();
     await manager.drain();
     expect((await manager.get(id))?.status).toBe('success');
+  });
+
+  it('a burst of 2 500 tasks in one event-loop turn: a reading client stays connected and gets every event, or a resync in place of those it could not take', async () => {
+    const manager = createManager();
+    const gate = deferred();
+    const job = manager.task(async function job(_n: number) {
+      await gate.promise;
+    });
+    const everything = new InMemoryObserver();
+    manager.subscribe(everything);
+    const { base, admin, api } = await startAdmin({}, manager);
+    const stream = await openSse(`${base}/events`, auth);
+    const resyncs = (m: SseMessage[]) => m.filter((e) => e.event === 'resync').length;
+    // ~1 KB per event: one turn writes far more than a socket takes at once.
+    const tagged = manager.with({ tags: { blob: 'x'.repeat(1_000) } });
+    for (let n = 0; n < 2_500; n++) tagged.add(job, n);
+    await stream.until((m) => resyncs(m) > 0, 'a resync event');
+    const first = stream.messages.find((e) => e.event === 'resync')!;
+    expect(JSON.parse(first.data)).toEqual({ type: 'resync', missed: expect.any(Number) });
+    expect(first.id).toBeUndefined();
+    // What the dashboard does on a resync: re-read the API, which has the whole burst.
+    expect(await expectJson(await api('/metrics'), 200)).toMatchObject({ total: 2_500 });
+    gate.resolve();
+    await manager.drain();
+    // Once the client has caught up, a new task's events reach it (a resync stands for them otherwise).
+    for (let tries = 0; ; tries++) {
+      expect(tries).toBeLessThan(5);
+      const marker = manager.add(function marker() {});
+      const before = resyncs(stream.messages);
+      const seen = (m: SseMessage[]) => parsed(m.filter((e) => e.event !== 'resync')).some((e) => e.taskId === marker && e.type === 'lifecycle' && e.status === 'success');
+      await stream.until((m) => seen(m) || resyncs(m) > before, 'the marker task or a resync');
+      if (seen(stream.messages)) break;
+    }
+    expect(admin.sseClients).toBe(1);
+
+    // Every event the manager emitted reached the client in order, or was missed and a resync came
+    // after it (before the next event delivered).
+    const key = (e: LifecycleEvent | LogEvent) => `${e.taskId} ${e.type === 'lifecycle' ? `${e.status}@${e.attempt}` : e.message}`;
+    const emitted = everything.events.map(key);
+    let next = 0;
+    let resynced = false;
+    for (const message of stream.messages) {
+      if (message.event === 'resync') {
+        resynced = true;
+        continue;
+      }
+      const delivered = key(parsed([message])[0]);
+      const at = emitted.indexOf(delivered, next);
+      expect(at, `${delivered} delivered out of order`).toBeGreaterThanOrEqual(next);
+      if (at > next) expect(resynced, `${at - next} event(s) missed before ${delivered} with no resync`).toBe(true);
+      next = at + 1;
+      resynced = false;
+    }
+    if (next < emitted.length) expect(resynced).toBe(true);
+  });
+
+  it('a client that stops reading is dropped (its backlog stays put for two heartbeats); until then what is queued for it stays bounded', async () => {
+    const manager = createManager();
+    const big = 'x'.repeat(64 * 1_024);
+    const job = manager.task(function job() {
+      taskLog('a large log line', { big });
+    });
+    const { admin, url, server } = await startAdmin({ heartbeatMs: 100 }, manager);
+    let response: ServerResponse | undefined;
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      if (req.url?.startsWith('/tasks/events')) response = res;
+    });
+    const { hostname, port } = new URL(url);
+    const socket = connect(Number(port), hostname);
+    onCleanup(() => void socket.destroy());
+    let head = '';
+    await new Promise<void>((resolve) => {
+      socket.on('data', (chunk: Buffer) => {
+        head += chunk.toString('latin1');
+        if (head.includes('\r\n\r\n')) resolve();
+      });
+      socket.write(`GET /tasks/events HTTP/1.1\r\nHost: ${hostname}:${port}\r\nAuthorization: Bearer ${TOKEN}\r\n\r\n`);
+    });
+    // Headers in: the client stops reading. The kernel's buffers fill (~10 MB here), then the server's.
+    socket.pause();
+    await waitFor(() => admin.sseClients === 1 && response !== undefined, 5_000, 'the stream to open');
+    // Tasks keep logging 64 KB lines until the server gives up on the client: kernel buffers take the
+    // first ~10 MB, then the server's limit is reached and nothing more is queued for it.
+    let queued = 0;
+    let sent = 0;
+    while (admin.sseClients === 1) {
+      expect(sent, 'the client was never dropped').toBeLessThan(200 << 20);
+      for (let n = 0; n < 40; n++) manager.add(job);
+      sent += 40 * big.length;
+      await manager.drain();
+      queued = Math.max(queued, response!.writableLength);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    // The most the server ever held for it: its limit (1 MiB) and one event.
+    expect(queued).toBeGreaterThan(1 << 20);
+    expect(queued).toBeLessThan((1 << 20) + 100 * 1_024);
+    expect(sent).toBeGreaterThan(4 * queued);
+    await new Promise<void>((resolve) => {
+      socket.once('close', () => resolve());
+      socket.resume();
+    });
+    const fresh = await openSse(`${url}/tasks/events`, auth);
+    expect(fresh.response.status).toBe(200);
   });
 });

@@ -147,7 +147,8 @@ describe('admin: exact credentials and origins', () => {
     const { api, base, app } = await startAdmin();
     const host = new URL(base).host;
     const post = (headers: Record<string, string>) => api('/retry-failed', { method: 'POST', headers });
-    for (const headers of [{ origin: `https://${host}` }, { origin: `http://${host.replace(/:\d+$/, '')}` }, { referer: `https://${host}/tasks/dashboard` }, { referer: 'http://evil.example/' }, { origin: 'http://evil.example', referer: `http://${host}/tasks/dashboard` }]) {
+    const crossSite: Record<string, string>[] = [{ origin: `https://${host}` }, { origin: `http://${host.replace(/:\d+$/, '')}` }, { referer: `https://${host}/tasks/dashboard` }, { referer: 'http://evil.example/' }, { origin: 'http://evil.example', referer: `http://${host}/tasks/dashboard` }];
+    for (const headers of crossSite) {
       expect((await expectJson(await post(headers), 403)).error).toMatch(/cross-site request refused/);
     }
     await expectJson(await post({ origin: `http://${host}` }), 200);

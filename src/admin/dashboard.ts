@@ -463,6 +463,8 @@ a { color:var(--accent); }
       }
     });
     source.addEventListener('lifecycle', soon);
+    // The server skipped events for us during a burst (we could not take them fast enough): re-read everything.
+    source.addEventListener('resync', soon);
     source.addEventListener('log', function (e) {
       if (state.selected && JSON.parse(e.data).taskId === state.selected) soon();
     });

@@ -5,7 +5,11 @@ import type { LifecycleEvent, LogEvent, TaskEvent, TaskObserver } from '../types
 export interface EventStreamOptions {
   maxClients: number;
   heartbeatMs: number;
-  /** A client this far behind (bytes not yet taken by its socket) is dropped instead of buffering without end. */
+  /**
+   * A client this far behind (bytes not yet taken by its socket) gets no more events until its socket has
+   * drained, then one `resync` event in their place; one whose backlog does not shrink for two heartbeats
+   * has stopped reading and is dropped.
+   */
   maxBufferedBytes: number;
 }
 
@@ -19,7 +23,15 @@ interface Client {
   res: ServerResponse;
   filter: EventFilter;
   close: () => void;
+  /** Events not sent since the backlog passed the limit; undefined while the client keeps up. */
+  missed: number | undefined;
+  /** While behind: the smallest backlog seen at a heartbeat, and heartbeats since it last shrank. */
+  backlog: number;
+  stalledBeats: number;
 }
+
+/** Heartbeats a client that is behind may go without its backlog shrinking before it is dropped. */
+const STALLED_HEARTBEATS = 2;
 
 /** Something that can add an observer at run time and take it away again (the TaskManager). */
 export interface EventSource {
@@ -53,6 +65,9 @@ export class EventHub {
     const client: Client = {
       res,
       filter,
+      missed: undefined,
+      backlog: 0,
+      stalledBeats: 0,
       close: () => {
         if (!this.#clients.delete(client)) return;
         if (!res.writableEnded) res.end();
@@ -92,7 +107,10 @@ export class EventHub {
     this.#unsubscribe = this.source.subscribe(observer);
     // A comment line every heartbeatMs keeps proxies and load balancers from closing a quiet stream.
     this.#heartbeat = setInterval(() => {
-      for (const client of this.#clients) this.#write(client, ': heartbeat\n\n');
+      for (const client of [...this.#clients]) {
+        if (client.missed !== undefined) this.#checkProgress(client);
+        else if (!this.#fallsBehind(client)) client.res.write(': heartbeat\n\n');
+      }
     }, this.options.heartbeatMs).unref();
   }
 
@@ -109,18 +127,48 @@ export class EventHub {
       const { name, tags } = client.filter;
       if (name !== undefined && event.name !== name) continue;
       if (tags.some(([key, value]) => event.tags[key] !== value)) continue;
+      if (client.missed !== undefined || this.#fallsBehind(client)) {
+        client.missed = (client.missed ?? 0) + 1;
+        continue;
+      }
       frame ??= `id: ${++this.#sequence}\nevent: ${event.type}\ndata: ${safeJson(event)}\n\n`;
-      this.#write(client, frame);
+      client.res.write(frame);
     }
   }
 
-  #write(client: Client, text: string): void {
+  /**
+   * One event-loop turn can add thousands of tasks, far more than a socket takes at once: past the limit
+   * the client is sent nothing more (its backlog stops growing, so memory stays bounded) until its socket
+   * has drained; then one `resync` event stands for every event it missed, and the dashboard re-reads the
+   * API. A client that is reading is never dropped for a burst.
+   */
+  #fallsBehind(client: Client): boolean {
     const { res } = client;
-    if (res.writableLength > this.options.maxBufferedBytes) {
+    if (res.writableLength <= this.options.maxBufferedBytes) return false;
+    client.missed = 0;
+    client.backlog = res.writableLength;
+    client.stalledBeats = 0;
+    // Past the limit a write has returned false, so 'drain' comes once the socket has taken everything.
+    res.once('drain', () => {
+      if (!this.#clients.has(client)) return;
+      const missed = client.missed;
+      client.missed = undefined;
+      if (missed) res.write(`event: resync\ndata: ${JSON.stringify({ type: 'resync', missed })}\n\n`);
+    });
+    return true;
+  }
+
+  /** At each heartbeat while behind: a backlog that has not shrunk for STALLED_HEARTBEATS means the client stopped reading. */
+  #checkProgress(client: Client): void {
+    const backlog = client.res.writableLength;
+    if (backlog < client.backlog) {
+      client.backlog = backlog;
+      client.stalledBeats = 0;
+    } else if (++client.stalledBeats >= STALLED_HEARTBEATS) {
       client.close();
-      return;
+      // Destroyed, not only ended: its backlog would stay queued behind a socket that takes nothing.
+      client.res.destroy();
     }
-    res.write(text);
   }
 }
 
