@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
+import { TaskStoreUnavailableError } from '../errors.js';
 import type { SaveResult, TaskFilter, TaskRecord, TaskStore } from '../types.js';
 import { compileFilter, matchesFilter } from './filter.js';
 import { GroupCommittedStore } from './durable-store.js';
@@ -236,6 +237,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   readonly client: Redis;
   readonly #ownsClient: boolean;
   #cleanedAt = -Infinity;
+  #triedToConnect = false;
 
   constructor(connection: RedisConnection, options: RedisStoreOptions = {}) {
     super();
@@ -256,11 +258,14 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     } else {
       const { url, ...redisOptions } = connection;
       if (typeof url !== 'string' || url === '') throw new TypeError(`${where}: option "url" must be a redis:// URL, got ${JSON.stringify(url)}`);
-      // Fail commands fast while Redis is unreachable (a request is answered 503 rather than hanging),
-      // and keep reconnecting in the background.
+      // While Redis is unreachable a request is answered 503 at once rather than waiting for a reconnection:
+      // nothing waits in ioredis's offline queue (#reachable), a command in flight when the connection drops
+      // fails with it, a peer that stops answering is given up after socketTimeout; the client keeps
+      // reconnecting in the background and the store works again as soon as Redis is back.
       this.client = new Redis(url, {
-        maxRetriesPerRequest: 1,
-        connectTimeout: 5_000,
+        maxRetriesPerRequest: 0,
+        connectTimeout: 2_000,
+        socketTimeout: 3_000,
         retryStrategy: (times) => Math.min(times * 200, 2_000),
         ...redisOptions,
       });
@@ -268,6 +273,20 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
       // Connection errors surface as failed commands (reported by the TaskManager); an 'error' event
       // with no listener would only add noise on stderr.
       this.client.on('error', () => {});
+    }
+    if (this.client.status === 'ready') this.#triedToConnect = true;
+    else for (const event of ['ready', 'close']) this.client.once(event, () => (this.#triedToConnect = true));
+  }
+
+  /**
+   * Refuses at once (TaskStoreUnavailableError) while the client is not connected, instead of letting
+   * ioredis queue the command until a reconnection, which a request would wait for. Before the client's
+   * first connection attempt has ended, commands do wait for it: a store is used right after it is made.
+   */
+  #reachable(): void {
+    const { status } = this.client;
+    if (status !== 'ready' && this.#triedToConnect) {
+      throw new TaskStoreUnavailableError(`RedisStore: Redis is unreachable (connection ${status}); the client reconnects in the background`);
     }
   }
 
@@ -286,6 +305,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   async list(filter?: TaskFilter): Promise<TaskRecord[]> {
     const f = compileFilter(filter);
     if (f.limit === 0) return [];
+    this.#reachable();
     const p = this.prefix;
     // Walk the most selective sorted set newest first; whatever it does not decide is checked per record.
     let index = `${p}:created`;
@@ -343,6 +363,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
 
   async renewLease(): Promise<void> {
     if (this.ownerId === '' || this.closed !== undefined) return;
+    this.#reachable();
     await this.client.set(`${this.prefix}:o:${this.ownerId}`, '1', 'PX', this.leaseMs);
   }
 
@@ -372,12 +393,13 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   }
 
   async #run(script: Script, args: (string | number)[]): Promise<unknown> {
+    this.#reachable();
     try {
       return await this.client.evalsha(script.sha, 0, ...args);
     } catch (error) {
       // First use on this server (or after SCRIPT FLUSH): send the source once; Redis caches it by sha.
-      if (error instanceof Error && error.message.startsWith('NOSCRIPT')) return this.client.eval(script.source, 0, ...args);
-      throw error;
+      if (error instanceof Error && error.message.startsWith('NOSCRIPT')) return this.client.eval(script.source, 0, ...args).catch(unavailable);
+      return unavailable(error);
     }
   }
 }
@@ -388,6 +410,16 @@ type StoredTask = [id: string, record: string | null, kind: string];
 function hashProblem(kind: string | undefined): string {
   if (kind === 'hash') return 'its hash has no "record" field';
   return kind === undefined ? 'its key is not a hash' : `its key holds a Redis ${kind}, not a hash`;
+}
+
+/**
+ * A command that got no answer (connection lost, no reply in time) or one Redis could not serve now
+ * (out of memory, loading, a read-only replica, a busy script) is the store being unavailable: 503s,
+ * retried writes. Any other error is Redis refusing what we sent, and stays as it is.
+ */
+function unavailable(error: unknown): never {
+  if (!(error instanceof Error) || (error.name === 'ReplyError' && !/^(OOM|LOADING|READONLY|BUSY|MASTERDOWN|NOREPLICAS|TRYAGAIN)\b/.test(error.message))) throw error;
+  throw new TaskStoreUnavailableError(`RedisStore: ${error.message}`, { cause: error });
 }
 
 /** The tag index key; the key's length (in UTF-8 bytes, as Lua's string.len counts) keeps `a=b=c` unambiguous. */
