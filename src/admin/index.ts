@@ -22,7 +22,10 @@ export interface AdminOptions {
   traceUrl?: string;
   /** Event-stream clients at once; one more is answered 503. Default 32. */
   maxSseClients?: number;
-  /** How often an idle event stream gets a heartbeat comment. Default 15 000 ms. */
+  /**
+   * How often an idle event stream gets a heartbeat comment. Default 15 000 ms. A client that is behind and
+   * whose backlog does not shrink for two heartbeats has stopped reading and is dropped.
+   */
   heartbeatMs?: number;
   /** Page size of `GET {prefix}` without `limit`. Default 50. */
   defaultLimit?: number;
