@@ -316,14 +316,16 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     const chunk = Math.min(Math.max(f.limit === Infinity ? 500 : f.limit * 2, 50), 1_000);
     const out: TaskRecord[] = [];
     for (let offset = 0; out.length < f.limit; offset += chunk) {
-      const ids = await this.client.zrevrangebyscore(index, '+inf', min, 'LIMIT', offset, chunk);
+      const ids = await this.client.zrevrangebyscore(index, '+inf', min, 'LIMIT', offset, chunk).catch(unavailable);
       if (ids.length === 0) break;
       const pipeline = this.client.pipeline();
       for (const id of ids) pipeline.hget(`${p}:t:${id}`, 'record');
-      const results = (await pipeline.exec()) ?? [];
+      // A connection lost between the index read and this one is the store being unavailable, not a short page.
+      const results = (await pipeline.exec().catch(unavailable)) ?? [];
       for (let i = 0; i < results.length; i++) {
         const [error, json] = results[i];
         // No record: deleted since the index was read (retention). An error: the key is not a hash.
+        if (error !== null && !error.message.startsWith('WRONGTYPE')) unavailable(error);
         if (error !== null && error.message.startsWith('WRONGTYPE')) this.unreadable(ids[i], unreadableRecord(ids[i], hashProblem(undefined)));
         if (error !== null || typeof json !== 'string') continue;
         const record = this.readRecord(ids[i], json);
