@@ -262,7 +262,7 @@ export class TaskManager implements TaskEnqueuer {
     if (!name) throw new TypeError('task(): a task needs a name: pass a named function or option "name"');
     const existing = this.#registry.get(name);
     if (existing !== undefined && existing.fn !== fn) {
-      throw new TaskflowError(`task(): the name "${name}" is already registered to another function; pass a distinct option "name"`);
+      throw new TaskflowError(`task(): the name "${name}" is already registered to another function; pass a distinct option "name"`, { code: 'ERR_TASK_NAME_TAKEN' });
     }
     const merged = mergeOptions(this.#defaults, options);
     const registration: Registration = { fn, name, options: merged, resolved: resolveOptions('task()', merged, name) };

@@ -1,5 +1,5 @@
 import { DEFAULT_LEASE_MS } from '../durable.js';
-import { TaskflowError, TaskStoreError } from '../errors.js';
+import { TaskStoreError, TaskStoreUnavailableError } from '../errors.js';
 import type { ArgsCipher, SaveResult, StoreLease, TaskRecord } from '../types.js';
 import { GroupCommit, type WriteBatch } from './group-commit.js';
 import { parseRecord } from './records.js';
@@ -58,7 +58,7 @@ export abstract class GroupCommittedStore {
    * once everything saved before it is committed.
    */
   save(records: TaskRecord[]): Promise<SaveResult> {
-    if (this.closed !== undefined) return Promise.reject(new TaskflowError(`${this.constructor.name}: the store is closed`));
+    if (this.closed !== undefined) return Promise.reject(new TaskStoreUnavailableError(`${this.constructor.name}: the store is closed`));
     return this.commit.add(records, { lazy: records.every((r) => r.attempts > 0 || r.status !== 'pending') });
   }
 
