@@ -1,13 +1,11 @@
 // Sampling and the two trace modes, through a real Koa server whose request span stands in for HTTP
 // instrumentation's, with an SDK tracer provider and an in-memory exporter. The end-to-end versions (the
 // instrumentation entry, an app's own NodeSDK, a task recovered by another process) are in otel-e2e.
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { context, SpanKind, trace, type Tracer } from '@opentelemetry/api';
-import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import { describe, expect, it } from 'vitest';
+import { SpanKind, trace, type Tracer } from '@opentelemetry/api';
 import {
   AlwaysOnSampler,
   BasicTracerProvider,
-  InMemorySpanExporter,
   ParentBasedSampler,
   SimpleSpanProcessor,
   TraceIdRatioBasedSampler,
@@ -17,19 +15,10 @@ import {
 import type Koa from 'koa';
 import { getTaskContext, taskLog, taskSampler, type TaskManager, type TaskManagerOptions } from 'koa-taskflow';
 import { capturePino } from './helpers/pino.js';
+import { inMemorySpans } from './helpers/otel.js';
 import { createManager, startApp } from './helpers/server.js';
 
-const exporter = new InMemorySpanExporter();
-const contextManager = new AsyncLocalStorageContextManager();
-beforeAll(() => {
-  context.setGlobalContextManager(contextManager.enable());
-});
-afterAll(() => {
-  context.disable();
-});
-beforeEach(() => {
-  exporter.reset();
-});
+const exporter = inMemorySpans();
 
 const providerWith = (sampler: Sampler) => new BasicTracerProvider({ sampler, spanProcessors: [new SimpleSpanProcessor(exporter)] });
 const ratio = (r: number) => new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(r) });

@@ -1,10 +1,9 @@
 // Spans through an in-memory exporter: one span per attempt, its attributes, links, events and status,
 // behind a real Koa server whose request span stands in for what @opentelemetry/instrumentation-http makes.
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
-import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
-import { AlwaysOffSampler, BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import { AlwaysOffSampler, BasicTracerProvider, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { ATTR_EXCEPTION_MESSAGE, ATTR_EXCEPTION_TYPE } from '@opentelemetry/semantic-conventions';
 import {
   ATTR_MESSAGING_MESSAGE_ID as SEMCONV_MESSAGING_MESSAGE_ID,
@@ -16,23 +15,12 @@ import pino from 'pino';
 import { getTaskContext, semconv, taskLog, type TaskManager, type TaskManagerOptions } from 'koa-taskflow';
 import { interruptEndlessTask } from './helpers/interrupt.js';
 import { capturePino } from './helpers/pino.js';
+import { inMemorySpans } from './helpers/otel.js';
 import { createManager, startApp, waitFor } from './helpers/server.js';
 
-const exporter = new InMemorySpanExporter();
+const exporter = inMemorySpans();
 const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
 const tracer = provider.getTracer('test-http-server');
-const contextManager = new AsyncLocalStorageContextManager();
-
-beforeAll(() => {
-  // What an SDK does at start: without a context manager no span can be "active".
-  context.setGlobalContextManager(contextManager.enable());
-});
-afterAll(() => {
-  context.disable();
-});
-beforeEach(() => {
-  exporter.reset();
-});
 
 const spans = (): ReadableSpan[] => exporter.getFinishedSpans();
 const named = (name: string): ReadableSpan[] => spans().filter((s) => s.name === name);
