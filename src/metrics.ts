@@ -59,6 +59,65 @@ export function metricsFrom(counts: Iterable<StatusCount>, successDurations: Ite
   return { ...summarise(all, allDurations), byName };
 }
 
+/**
+ * Successful durations of one name in one bucket of the `task.duration` histogram: `le` its upper bound in
+ * ms (Infinity for the last), `count` how many, `sumMs` their sum.
+ */
+export interface DurationBucket {
+  name: string;
+  le: number;
+  count: number;
+  sumMs: number;
+}
+
+/**
+ * As `metricsFrom`, with the durations kept as histograms (bounded, whatever the history): the mean is
+ * exact; the p95 is estimated within its bucket, linearly between the bucket's bounds (as Prometheus'
+ * histogram_quantile does), or as the bucket's mean for the last, unbounded one.
+ */
+export function metricsFromBuckets(counts: Iterable<StatusCount>, buckets: Iterable<DurationBucket>): StoreMetrics {
+  const byName = new Map<string, DurationBucket[]>();
+  const all = new Map<number, DurationBucket>();
+  for (const bucket of buckets) {
+    let named = byName.get(bucket.name);
+    if (named === undefined) byName.set(bucket.name, (named = []));
+    named.push(bucket);
+    const merged = all.get(bucket.le);
+    if (merged === undefined) all.set(bucket.le, { ...bucket, name: '' });
+    else {
+      merged.count += bucket.count;
+      merged.sumMs += bucket.sumMs;
+    }
+  }
+  const metrics = metricsFrom(counts, []);
+  Object.assign(metrics, durationSummary([...all.values()]));
+  for (const [name, named] of byName) if (metrics.byName[name] !== undefined) Object.assign(metrics.byName[name], durationSummary(named));
+  return metrics;
+}
+
+function durationSummary(buckets: DurationBucket[]): Pick<NameMetrics, 'avgDurationMs' | 'p95DurationMs'> {
+  buckets.sort((a, b) => a.le - b.le);
+  let count = 0;
+  let sum = 0;
+  for (const b of buckets) {
+    count += b.count;
+    sum += b.sumMs;
+  }
+  if (count === 0) return { avgDurationMs: null, p95DurationMs: null };
+  const rank = Math.ceil(0.95 * count);
+  let below = 0;
+  let lower = 0;
+  for (const b of buckets) {
+    if (below + b.count >= rank) {
+      const p95 = b.le === Infinity ? b.sumMs / b.count : lower + ((b.le - lower) * (rank - below)) / b.count;
+      return { avgDurationMs: sum / count, p95DurationMs: p95 };
+    }
+    below += b.count;
+    lower = b.le;
+  }
+  return { avgDurationMs: sum / count, p95DurationMs: lower };
+}
+
 /** The same from the records themselves (stores that cannot count on their own). */
 export function computeMetrics(records: readonly TaskRecord[]): StoreMetrics {
   const counts = new Map<string, StatusCount>();

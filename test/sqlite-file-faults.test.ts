@@ -72,8 +72,8 @@ describe('SqliteStore: a file it cannot use', () => {
 
     const newer = join(dir, 'newer.db');
     await storeFile(newer);
-    exec(newer, 'PRAGMA user_version = 2');
-    expect(openError(newer)).toMatchObject({ code: 'ERR_STORE_NEWER_SCHEMA', message: expect.stringContaining("schema version 2 is newer than this koa-taskflow's (1); upgrade koa-taskflow") });
+    exec(newer, 'PRAGMA user_version = 3');
+    expect(openError(newer)).toMatchObject({ code: 'ERR_STORE_NEWER_SCHEMA', message: expect.stringContaining("schema version 3 is newer than this koa-taskflow's (2); upgrade koa-taskflow") });
   });
 
   it('a table dropped while the store is open: reads fail with ERR_STORE_SCHEMA, not a bare SQLite error', async () => {

@@ -27,10 +27,15 @@ export function durableFiles(prefix = 'taskflow-recovery-'): { db: string; log: 
 }
 
 /** A SqliteStore on `db` in the test process (to read what the app left), closed after the test. */
-export function openSqliteStore(db: string): SqliteStore {
-  const store = new SqliteStore({ path: db });
+export function openSqliteStore(db: string, options: Partial<ConstructorParameters<typeof SqliteStore>[0]> = {}): SqliteStore {
+  const store = new SqliteStore({ path: db, ...options });
   onCleanup(() => store.close());
   return store;
+}
+
+/** A task record as a store holds it, with `fields` over the defaults (a pending task of 'job' created now). */
+export function taskRecord(id: string, fields: Partial<TaskRecord> = {}): TaskRecord {
+  return { id, name: 'job', status: 'pending', args: [], tags: {}, attempts: 0, maxAttempts: 1, createdAt: Date.now(), logs: [], ...fields };
 }
 
 /** Start test/fixtures/durable-app.js with `env` and wait until it listens. */
