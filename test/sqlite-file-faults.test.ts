@@ -58,7 +58,7 @@ describe('SqliteStore: a file it cannot use', () => {
     exec(dropped, 'DROP TABLE taskflow_tags');
     expect(openError(dropped)).toMatchObject({
       code: 'ERR_STORE_SCHEMA',
-      message: expect.stringMatching(/its koa-taskflow schema \(version 1\) has no column "\w+" in table "taskflow_tags": it is damaged or is not a koa-taskflow database/),
+      message: expect.stringMatching(/its koa-taskflow schema \(version 2\) has no column "\w+" in table "taskflow_tags": it is damaged or is not a koa-taskflow database/),
     });
 
     // Someone else's database that happens to use user_version.
