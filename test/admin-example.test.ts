@@ -7,9 +7,9 @@ import { openSse } from './helpers/sse.js';
 import { waitFor } from './helpers/server.js';
 
 describe('examples/admin.js', () => {
-  it("is exactly the README's admin snippet", () => {
-    const readme = readFileSync('README.md', 'utf8');
-    const section = readme.slice(readme.indexOf('<!-- section:admin -->'), readme.indexOf('<!-- /section:admin -->'));
+  it("is exactly the admin snippet of docs/admin.md", () => {
+    const doc = readFileSync('docs/admin.md', 'utf8');
+    const section = doc.slice(doc.indexOf('<!-- section:admin -->'), doc.indexOf('<!-- /section:admin -->'));
     expect(section).toContain('```js\n' + readFileSync('examples/admin.js', 'utf8') + '```');
   });
 

@@ -2,7 +2,7 @@
 // be without one: the compose file against the Compose Specification schema, the collector's pipelines,
 // Grafana's provisioning and dashboard, every TraceQL/LogQL query against Grafana's own grammars, and the
 // dashboard's metric names against what the SDK really emits.
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import { createRequire } from 'node:module';
 import { Ajv2019 } from 'ajv/dist/2019.js';
@@ -83,7 +83,7 @@ function syntaxErrors(parser: typeof traceqlParser, query: string): string[] {
 /** Fenced ```traceql / ```logql blocks of the docs, one query per non-empty line. */
 function documentedQueries(language: 'traceql' | 'logql'): string[] {
   const queries: string[] = [];
-  for (const file of ['README.md', 'examples/README.md']) {
+  for (const file of ['README.md', 'examples/README.md', ...readdirSync('docs').filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)]) {
     if (!existsSync(file)) continue;
     for (const match of readFileSync(file, 'utf8').matchAll(new RegExp('```' + language + '\\n([\\s\\S]*?)```', 'g'))) {
       queries.push(...match[1].split('\n').filter((line) => line.trim() !== ''));

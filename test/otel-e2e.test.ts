@@ -327,8 +327,8 @@ describe('sampling a request and its tasks together, end to end', () => {
     expectTogether(await requestsAndAttempts({ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.5' }));
   });
 
-  it("with an app's own NodeSDK whose 50% sampler is wrapped in taskSampler (examples/own-sdk-tracing.js, as the README shows it)", async () => {
-    expect(readFileSync(join(repo, 'README.md'), 'utf8')).toContain('```js\n' + readFileSync(join(repo, 'examples/own-sdk-tracing.js'), 'utf8') + '```');
+  it("with an app's own NodeSDK whose 50% sampler is wrapped in taskSampler (examples/own-sdk-tracing.js, as docs/opentelemetry.md shows it)", async () => {
+    expect(readFileSync(join(repo, 'docs/opentelemetry.md'), 'utf8')).toContain('```js\n' + readFileSync(join(repo, 'examples/own-sdk-tracing.js'), 'utf8') + '```');
     expectTogether(await requestsAndAttempts({}, fileURLToPath(new URL('../examples/own-sdk-tracing.js', import.meta.url))));
   });
 
