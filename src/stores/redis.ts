@@ -1,7 +1,9 @@
 import { createHash } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
 import { TaskStoreUnavailableError } from '../errors.js';
-import type { SaveResult, TaskFilter, TaskRecord, TaskStore } from '../types.js';
+import { metricsFromBuckets, type DurationBucket, type StatusCount } from '../metrics.js';
+import { DURATION_BUCKETS } from '../otel.js';
+import type { SaveResult, StoreMetrics, TaskFilter, TaskRecord, TaskStatus, TaskStore } from '../types.js';
 import { compileFilter, matchesFilter } from './filter.js';
 import { GroupCommittedStore } from './durable-store.js';
 import type { WriteBatch } from './group-commit.js';
@@ -27,9 +29,42 @@ export interface RedisStoreOptions {
 //   p:k:<key>       the id holding an idempotency key;  p:a:<id>  alias of an id that lost a claim (expires)
 //   p:o:<owner>     an owner's lease (expires unless renewed); p:owners  set of owners; p:u:<owner> their unfinished ids
 //                   (p:u: with no owner: work handed back at shutdown)
+//   p:counts        hash kept by the scripts that write records, for metrics(): s:<status>:<name> how many records,
+//                   c:<le>:<name> and d:<le>:<name> how many successes in a task.duration bucket (le: its upper
+//                   bound in ms, or inf) and the sum of their durations; a task hash's field c says it is counted
+//   p:counts:v      set once every record is counted (records written before counts existed: see #counted())
 // Every write is one Lua script: Redis runs it atomically, so claims of keys and orphans never interleave.
 
-const SAVE = `
+// The bucket bounds (ms) of the task.duration histogram, and count(): a record in (by 1) or out (by -1) of
+// p:counts. A field that reaches 0 is removed, so names that are gone leave nothing behind.
+const COUNT = `
+local BOUNDS = {${DURATION_BUCKETS.map((seconds) => Math.round(seconds * 1000)).join(', ')}}
+local function count(p, name, status, ms, by)
+  local h = p .. ':counts'
+  local f = 's:' .. status .. ':' .. name
+  if redis.call('HINCRBY', h, f, by) <= 0 then redis.call('HDEL', h, f) end
+  if status ~= 'success' or type(ms) ~= 'number' then return end
+  local le = 'inf'
+  for _, bound in ipairs(BOUNDS) do
+    if ms <= bound then
+      le = tostring(bound)
+      break
+    end
+  end
+  if redis.call('HINCRBY', h, 'c:' .. le .. ':' .. name, by) <= 0 then
+    redis.call('HDEL', h, 'c:' .. le .. ':' .. name, 'd:' .. le .. ':' .. name)
+  else
+    redis.call('HINCRBYFLOAT', h, 'd:' .. le .. ':' .. name, string.format('%.17g', by * ms))
+  end
+end
+local function durationIn(json)
+  local ok, r = pcall(cjson.decode, json or '')
+  if ok and type(r) == 'table' and type(r.durationMs) == 'number' then return r.durationMs end
+  return nil
+end
+`;
+
+const SAVE = `${COUNT}
 local p, me, lease, aliasTtl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if me ~= '' then
   redis.call('SET', p .. ':o:' .. me, '1', 'PX', lease)
@@ -38,12 +73,12 @@ end
 local dups = {}
 local i = 5
 while i <= #ARGV do
-  local id, status, created, ended, name, ikey, tags, released, json =
-    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
-  i = i + 9
+  local id, status, created, ended, name, ikey, tags, released, json, ms =
+    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], tonumber(ARGV[i + 9])
+  i = i + 10
   local tk = p .. ':t:' .. id
-  local prev = redis.call('HMGET', tk, 'status', 'owner')
-  local prevStatus, prevOwner = prev[1], prev[2]
+  local prev = redis.call('HMGET', tk, 'status', 'owner', 'c')
+  local prevStatus, prevOwner, counted = prev[1], prev[2], prev[3]
   local skip = false
   if not prevStatus then
     if ikey ~= '' then
@@ -69,6 +104,15 @@ while i <= #ARGV do
     end
   end
   if not skip then
+    -- The counts move from what this record was (if counted) to what it is now.
+    local prevMs = nil
+    if counted and prevStatus == 'success' then prevMs = durationIn(redis.call('HGET', tk, 'record')) end
+    if not counted then
+      count(p, name, status, ms, 1)
+    elseif prevStatus ~= status or prevMs ~= ms then
+      count(p, name, prevStatus, prevMs, -1)
+      count(p, name, status, ms, 1)
+    end
     if prevStatus ~= status then
       if prevStatus then redis.call('ZREM', p .. ':s:' .. prevStatus, id) end
       redis.call('ZADD', p .. ':s:' .. status, created, id)
@@ -80,13 +124,13 @@ while i <= #ARGV do
         if prevOwner then redis.call('SREM', p .. ':u:' .. prevOwner, id) end
         redis.call('SADD', p .. ':u:' .. owner, id)
       end
-      redis.call('HSET', tk, 'status', status, 'owner', owner, 'record', json)
+      redis.call('HSET', tk, 'status', status, 'owner', owner, 'record', json, 'c', '1')
     else
       if prevOwner then
         redis.call('SREM', p .. ':u:' .. prevOwner, id)
         redis.call('HDEL', tk, 'owner')
       end
-      redis.call('HSET', tk, 'status', status, 'record', json)
+      redis.call('HSET', tk, 'status', status, 'record', json, 'c', '1')
       if ended ~= '' then
         if status == 'failed' or status == 'interrupted' then
           redis.call('ZADD', p .. ':dead', ended, id)
@@ -164,9 +208,12 @@ return false
 
 // Successes past their cutoff are deleted; a dead letter found among them (a record that ended before
 // p:dead existed) moves to p:dead with its end time, to be deleted at the older failed cutoff.
-const CLEANUP = `
+const CLEANUP = `${COUNT}
 local p, cutoff, failedCutoff = ARGV[1], ARGV[2], ARGV[3]
 local function delete(id, r)
+  local tk = p .. ':t:' .. id
+  local held = redis.call('HMGET', tk, 'status', 'c')
+  if held[2] and type(r.name) == 'string' then count(p, r.name, held[1], r.durationMs, -1) end
   redis.call('ZREM', p .. ':created', id)
   if type(r.status) == 'string' then redis.call('ZREM', p .. ':s:' .. r.status, id) end
   if type(r.name) == 'string' then redis.call('ZREM', p .. ':n:' .. r.name, id) end
@@ -206,6 +253,23 @@ end
 return n
 `;
 
+// Counts the given records that are not counted yet (written before p:counts existed); see #counted().
+const COUNT_RECORDS = `${COUNT}
+local p = ARGV[1]
+for i = 2, #ARGV do
+  local tk = p .. ':t:' .. ARGV[i]
+  if redis.call('TYPE', tk).ok == 'hash' then
+    local held = redis.call('HMGET', tk, 'status', 'c', 'record')
+    local ok, r = pcall(cjson.decode, held[3] or '')
+    if held[1] and not held[2] and ok and type(r) == 'table' and type(r.name) == 'string' then
+      count(p, r.name, held[1], r.durationMs, 1)
+      redis.call('HSET', tk, 'c', '1')
+    end
+  end
+end
+return 0
+`;
+
 class Script {
   readonly sha: string;
   constructor(readonly source: string) {
@@ -219,6 +283,7 @@ const scripts = {
   claimOrphans: new Script(CLAIM_ORPHANS),
   get: new Script(GET),
   cleanup: new Script(CLEANUP),
+  countRecords: new Script(COUNT_RECORDS),
 };
 
 const CLEANUP_EVERY_MS = 60_000;
@@ -238,6 +303,8 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   readonly #ownsClient: boolean;
   #cleanedAt = -Infinity;
   #triedToConnect = false;
+  /** Settles once every record in Redis is counted in p:counts (see #counted()). */
+  #counting: Promise<void> | undefined;
 
   constructor(connection: RedisConnection, options: RedisStoreOptions = {}) {
     super();
@@ -337,6 +404,57 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     return out;
   }
 
+  /**
+   * From p:counts, kept by the scripts that write and delete records: a few fields per task name, however
+   * long the history. Durations are histograms with the buckets of `task.duration`: the mean is exact, the
+   * p95 an estimate within its bucket.
+   */
+  async metrics(): Promise<StoreMetrics> {
+    await this.#counted();
+    const fields = await this.client.hgetall(`${this.prefix}:counts`).catch(unavailable);
+    const counts: StatusCount[] = [];
+    const buckets = new Map<string, DurationBucket>();
+    const bucket = (le: string, name: string) => {
+      const key = `${le}:${name}`;
+      let found = buckets.get(key);
+      if (found === undefined) buckets.set(key, (found = { name, le: le === 'inf' ? Infinity : Number(le), count: 0, sumMs: 0 }));
+      return found;
+    };
+    for (const [field, value] of Object.entries(fields)) {
+      const kind = field.slice(0, 2);
+      const rest = field.slice(2);
+      const colon = rest.indexOf(':');
+      const [head, name] = [rest.slice(0, colon), rest.slice(colon + 1)];
+      if (kind === 's:' && Number(value) > 0) counts.push({ name, status: head as TaskStatus, count: Number(value) });
+      else if (kind === 'c:') bucket(head, name).count = Number(value);
+      else if (kind === 'd:') bucket(head, name).sumMs = Number(value);
+    }
+    return metricsFromBuckets(counts, [...buckets.values()].filter((b) => b.count > 0));
+  }
+
+  /**
+   * Records written before p:counts existed (an older version of this package) are counted once, the
+   * first time metrics() or the recovery sweep runs: p:created is walked with ZSCAN a chunk at a time,
+   * each chunk counted by one script that skips records already counted, so writes by any instance in
+   * the meantime are counted exactly once; p:counts:v marks the end. A failure is retried next time.
+   */
+  #counted(): Promise<void> {
+    this.#counting ??= (async () => {
+      const p = this.prefix;
+      if ((await this.client.get(`${p}:counts:v`).catch(unavailable)) !== null) return;
+      let cursor = '0';
+      do {
+        const [next, found] = await this.client.zscan(`${p}:created`, cursor, 'COUNT', 500).catch(unavailable);
+        cursor = next;
+        const ids = found.filter((_, i) => i % 2 === 0);
+        if (ids.length > 0) await this.#run(scripts.countRecords, [p, ...ids]);
+      } while (cursor !== '0');
+      await this.client.set(`${p}:counts:v`, '1').catch(unavailable);
+    })();
+    this.#counting.catch(() => (this.#counting = undefined));
+    return this.#counting;
+  }
+
   async claimKey(key: string, id: string): Promise<string | undefined> {
     return ((await this.#run(scripts.claimKey, [this.prefix, key, id])) as string | null) ?? undefined;
   }
@@ -344,6 +462,8 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   async claimOrphans(ownerId: string, leaseMs: number): Promise<TaskRecord[]> {
     await this.commit.flush();
     const claimed = (await this.#run(scripts.claimOrphans, [this.prefix, ownerId, leaseMs])) as StoredTask[];
+    // Counting a history written before counts existed runs in the background; metrics() waits for it.
+    this.#counted().catch(() => {});
     const now = Date.now();
     if (now - this.#cleanedAt >= CLEANUP_EVERY_MS) {
       this.#cleanedAt = now;
@@ -385,7 +505,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   protected async write({ records, released }: WriteBatch): Promise<SaveResult> {
     const args: (string | number)[] = [this.prefix, this.ownerId, this.leaseMs, this.retentionDays * DAY_MS];
     for (const r of records) {
-      args.push(r.id, r.status, r.createdAt, r.endedAt ?? '', r.name, r.idempotencyKey ?? '', JSON.stringify(r.tags), released.has(r.id) ? '1' : '0', serialiseRecord(r, this.argsCipher));
+      args.push(r.id, r.status, r.createdAt, r.endedAt ?? '', r.name, r.idempotencyKey ?? '', JSON.stringify(r.tags), released.has(r.id) ? '1' : '0', serialiseRecord(r, this.argsCipher), successDuration(r));
     }
     const dups = (await this.#run(scripts.save, args)) as string[];
     if (dups.length === 0) return undefined;
@@ -422,6 +542,11 @@ function hashProblem(kind: string | undefined): string {
 function unavailable(error: unknown): never {
   if (!(error instanceof Error) || (error.name === 'ReplyError' && !/^(OOM|LOADING|READONLY|BUSY|MASTERDOWN|NOREPLICAS|TRYAGAIN)\b/.test(error.message))) throw error;
   throw new TaskStoreUnavailableError(`RedisStore: ${error.message}`, { cause: error });
+}
+
+/** What a record adds to its name's duration histogram: the duration of a success, '' for none. */
+function successDuration(record: TaskRecord): number | '' {
+  return record.status === 'success' && typeof record.durationMs === 'number' && Number.isFinite(record.durationMs) ? record.durationMs : '';
 }
 
 /** The tag index key; the key's length (in UTF-8 bytes, as Lua's string.len counts) keeps `a=b=c` unambiguous. */

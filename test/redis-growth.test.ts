@@ -1,0 +1,133 @@
+import { Redis } from 'ioredis';
+import { describe, expect, it } from 'vitest';
+import type { TaskRecord } from 'koa-taskflow';
+import { RedisStore } from 'koa-taskflow/redis';
+import { computeMetrics, metricsFromBuckets, type DurationBucket, type StatusCount } from '../src/metrics.js';
+import { taskRecord as record } from './helpers/durable-app.js';
+import { startRedisServer, type RedisServer } from './helpers/redis.js';
+import { createManager, onCleanup } from './helpers/server.js';
+
+const DAY = 86_400_000;
+// The task.duration histogram's bucket bounds, in ms.
+const BOUNDS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000, Infinity];
+
+function openStore(redis: RedisServer, options: ConstructorParameters<typeof RedisStore>[1] = {}): RedisStore {
+  const store = new RedisStore({ url: redis.url }, { prefix: 'growth', ...options });
+  onCleanup(() => store.close());
+  return store;
+}
+
+function client(redis: RedisServer): Redis {
+  const c = new Redis(redis.url);
+  onCleanup(() => c.quit());
+  return c;
+}
+
+/** metrics() as it must be: recounted from every record the store lists, durations in the same buckets. */
+async function recount(store: RedisStore) {
+  const counts = new Map<string, StatusCount>();
+  const buckets = new Map<string, DurationBucket>();
+  for (const r of await store.list()) {
+    const key = `${r.name}/${r.status}`;
+    if (!counts.has(key)) counts.set(key, { name: r.name, status: r.status, count: 0 });
+    counts.get(key)!.count++;
+    if (r.status !== 'success' || r.durationMs === undefined) continue;
+    const le = BOUNDS.find((bound) => r.durationMs! <= bound)!;
+    const bucketKey = `${r.name}/${le}`;
+    if (!buckets.has(bucketKey)) buckets.set(bucketKey, { name: r.name, le, count: 0, sumMs: 0 });
+    const bucket = buckets.get(bucketKey)!;
+    bucket.count++;
+    bucket.sumMs += r.durationMs;
+  }
+  return metricsFromBuckets(counts.values(), buckets.values());
+}
+
+/** Averages summed in a different order differ in their last bits. */
+function rounded<T>(value: T): T {
+  return JSON.parse(JSON.stringify(value, (_key, v: unknown) => (typeof v === 'number' ? Number(v.toPrecision(12)) : v))) as T;
+}
+
+async function expectCountsMatchRecords(store: RedisStore): Promise<number> {
+  const expected = await recount(store);
+  const metrics = await store.metrics();
+  expect(rounded(metrics)).toEqual(rounded(expected));
+  // The same as computed from the records themselves, but for the p95, estimated within its bucket.
+  const strip = (m: typeof metrics) => ({ ...m, p95DurationMs: null, byName: Object.fromEntries(Object.entries(m.byName).map(([n, v]) => [n, { ...v, p95DurationMs: null }])) });
+  expect(rounded(strip(metrics))).toEqual(rounded(strip(computeMetrics(await store.list()))));
+  return expected.total;
+}
+
+describe('RedisStore as the history grows', () => {
+  it('keeps counts and duration histograms that match a recount of the records: two instances, retries, cancellations, rewrites, retention deletes', async () => {
+    const redis = await startRedisServer();
+    const stores = [openStore(redis, { retentionDays: 365 }), openStore(redis, { retentionDays: 365 })];
+    let calls = 0;
+    const managers = stores.map((store) => {
+      const manager = createManager({ store });
+      const flaky = manager.task(
+        async function flaky(n: number) {
+          calls++;
+          await new Promise((resolve) => setTimeout(resolve, n % 7));
+          if (n % 3 === 0) throw new Error('boom');
+          if (n % 5 === 0 && calls % 2 === 0) throw new Error('once');
+          return n;
+        },
+        { retries: 1, backoff: 1 },
+      );
+      return { manager, flaky };
+    });
+    for (const { manager } of managers) await manager.start();
+    for (let n = 0; n < 120; n++) managers[n % 2].manager.add(managers[n % 2].flaky, n);
+    await Promise.all(managers.map(({ manager }) => manager.drain()));
+    const [store] = stores;
+    // Records written straight through save(): rewritten with other statuses and durations, cancelled, and old ones.
+    const old = Date.now() - 30 * DAY;
+    await store.save(Array.from({ length: 30 }, (_, i) => record(`old-${i}`, { name: 'old', status: i % 2 ? 'success' : 'failed', createdAt: old, endedAt: old, durationMs: i * 100, tags: { t: 'x' } })));
+    await store.save([record('r', { name: 'rewritten', status: 'success', durationMs: 3, endedAt: Date.now() })]);
+    await stores[1].save([record('r', { name: 'rewritten', status: 'success', durationMs: 7_000, endedAt: Date.now() })]);
+    await store.save([record('q', { name: 'rewritten', status: 'running' })]);
+    await stores[1].save([record('q', { name: 'rewritten', status: 'failed', endedAt: Date.now() })]);
+    await store.save([record('c', { name: 'rewritten', status: 'cancelled', endedAt: Date.now() })]);
+    const metrics = await store.metrics();
+    expect(metrics.byStatus.failed).toBeGreaterThan(30);
+    expect(metrics.byStatus.cancelled).toBe(1);
+    expect(await expectCountsMatchRecords(store)).toBe(120 + 30 + 3);
+    await Promise.all(managers.map(({ manager }) => manager.shutdown()));
+
+    // Retention deletes the old records; the counts follow them.
+    const later = openStore(redis, { retentionDays: 7 });
+    const manager = createManager({ store: later });
+    await manager.start();
+    expect(await later.list({ name: 'old' })).toEqual([]);
+    expect((await later.metrics()).byName.old).toBeUndefined();
+    expect(await expectCountsMatchRecords(later)).toBe(123);
+  });
+
+  it('counts once, in chunks, a history written before counts were kept, and keeps counting it as it changes', async () => {
+    const redis = await startRedisServer();
+    const store = openStore(redis);
+    const now = Date.now();
+    const statuses = ['success', 'failed', 'cancelled', 'interrupted', 'running'] as const;
+    const records: TaskRecord[] = Array.from({ length: 1_300 }, (_, i) => {
+      const status = statuses[i % statuses.length];
+      return record(`h-${i}`, { name: `job-${i % 4}`, status, createdAt: now - i, endedAt: status === 'running' ? undefined : now, durationMs: status === 'success' ? (i % 40) * 37.5 : undefined });
+    });
+    await store.save(records);
+    await store.close();
+    // As an older version left it: no counts, no record marked counted.
+    const raw = client(redis);
+    await raw.del('growth:counts', 'growth:counts:v');
+    const pipeline = raw.pipeline();
+    for (const r of records) pipeline.hdel(`growth:t:${r.id}`, 'c');
+    await pipeline.exec();
+
+    const upgraded = openStore(redis);
+    expect(await expectCountsMatchRecords(upgraded)).toBe(1_300);
+    expect(await raw.get('growth:counts:v')).toBe('1');
+    // An old record that changes moves its count; a second store finds the counts done and does not count again.
+    await upgraded.save([{ ...records[4], status: 'success', endedAt: now, durationMs: 12 }]);
+    const second = openStore(redis);
+    expect((await second.metrics()).byStatus).toMatchObject({ success: 261, running: 259 });
+    expect(await expectCountsMatchRecords(second)).toBe(1_300);
+  });
+});
