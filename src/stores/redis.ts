@@ -410,6 +410,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
    * p95 an estimate within its bucket.
    */
   async metrics(): Promise<StoreMetrics> {
+    this.#reachable();
     await this.#counted();
     const fields = await this.client.hgetall(`${this.prefix}:counts`).catch(unavailable);
     const counts: StatusCount[] = [];
