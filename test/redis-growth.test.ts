@@ -2,14 +2,13 @@ import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import type { TaskRecord } from 'koa-taskflow';
 import { RedisStore } from 'koa-taskflow/redis';
-import { computeMetrics, metricsFromBuckets, type DurationBucket, type StatusCount } from '../src/metrics.js';
+import { computeMetrics } from '../src/metrics.js';
 import { taskRecord as record } from './helpers/durable-app.js';
+import { recountMetrics, runMixedOutcomes } from './helpers/recount.js';
 import { startRedisServer, type RedisServer } from './helpers/redis.js';
 import { createManager, onCleanup } from './helpers/server.js';
 
 const DAY = 86_400_000;
-// The task.duration histogram's bucket bounds, in ms.
-const BOUNDS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000, Infinity];
 
 function openStore(redis: RedisServer, options: ConstructorParameters<typeof RedisStore>[1] = {}): RedisStore {
   const store = new RedisStore({ url: redis.url }, { prefix: 'growth', ...options });
@@ -19,27 +18,15 @@ function openStore(redis: RedisServer, options: ConstructorParameters<typeof Red
 
 function client(redis: RedisServer): Redis {
   const c = new Redis(redis.url);
-  onCleanup(() => c.quit());
+  onCleanup(async () => {
+    await c.quit();
+  });
   return c;
 }
 
-/** metrics() as it must be: recounted from every record the store lists, durations in the same buckets. */
+/** metrics() as it must be: recounted from every record the store lists. */
 async function recount(store: RedisStore) {
-  const counts = new Map<string, StatusCount>();
-  const buckets = new Map<string, DurationBucket>();
-  for (const r of await store.list()) {
-    const key = `${r.name}/${r.status}`;
-    if (!counts.has(key)) counts.set(key, { name: r.name, status: r.status, count: 0 });
-    counts.get(key)!.count++;
-    if (r.status !== 'success' || r.durationMs === undefined) continue;
-    const le = BOUNDS.find((bound) => r.durationMs! <= bound)!;
-    const bucketKey = `${r.name}/${le}`;
-    if (!buckets.has(bucketKey)) buckets.set(bucketKey, { name: r.name, le, count: 0, sumMs: 0 });
-    const bucket = buckets.get(bucketKey)!;
-    bucket.count++;
-    bucket.sumMs += r.durationMs;
-  }
-  return metricsFromBuckets(counts.values(), buckets.values());
+  return recountMetrics(await store.list());
 }
 
 /** Averages summed in a different order differ in their last bits. */
@@ -61,24 +48,9 @@ describe('RedisStore as the history grows', () => {
   it('keeps counts and duration histograms that match a recount of the records: two instances, retries, cancellations, rewrites, retention deletes', async () => {
     const redis = await startRedisServer();
     const stores = [openStore(redis, { retentionDays: 365 }), openStore(redis, { retentionDays: 365 })];
-    let calls = 0;
-    const managers = stores.map((store) => {
-      const manager = createManager({ store });
-      const flaky = manager.task(
-        async function flaky(n: number) {
-          calls++;
-          await new Promise((resolve) => setTimeout(resolve, n % 7));
-          if (n % 3 === 0) throw new Error('boom');
-          if (n % 5 === 0 && calls % 2 === 0) throw new Error('once');
-          return n;
-        },
-        { retries: 1, backoff: 1 },
-      );
-      return { manager, flaky };
-    });
-    for (const { manager } of managers) await manager.start();
-    for (let n = 0; n < 120; n++) managers[n % 2].manager.add(managers[n % 2].flaky, n);
-    await Promise.all(managers.map(({ manager }) => manager.drain()));
+    const managers = stores.map((store) => createManager({ store }));
+    // Two instances write to the same hashes at once.
+    await Promise.all(managers.map((manager, i) => runMixedOutcomes(manager, i * 60, i * 60 + 60)));
     const [store] = stores;
     // Records written straight through save(): rewritten with other statuses and durations, cancelled, and old ones.
     const old = Date.now() - 30 * DAY;
@@ -92,7 +64,7 @@ describe('RedisStore as the history grows', () => {
     expect(metrics.byStatus.failed).toBeGreaterThan(30);
     expect(metrics.byStatus.cancelled).toBe(1);
     expect(await expectCountsMatchRecords(store)).toBe(120 + 30 + 3);
-    await Promise.all(managers.map(({ manager }) => manager.shutdown()));
+    await Promise.all(managers.map((manager) => manager.shutdown()));
 
     // Retention deletes the old records; the counts follow them.
     const later = openStore(redis, { retentionDays: 7 });

@@ -5,39 +5,23 @@ import { DatabaseSync } from 'node:sqlite';
 import { describe, expect, it } from 'vitest';
 import type { TaskRecord, TaskStatus } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
-import { metricsFromBuckets, type DurationBucket, type StatusCount } from '../src/metrics.js';
 import { compileFilter } from '../src/stores/filter.js';
 import { listQuery } from '../src/stores/sqlite-list.js';
 import { MIGRATIONS } from '../src/stores/sqlite-schema.js';
 import { startNode } from './helpers/child.js';
 import { openSqliteStore, taskRecord } from './helpers/durable-app.js';
 import { tempDir } from './helpers/files.js';
+import { recountMetrics, runMixedOutcomes } from './helpers/recount.js';
 import { createManager, onCleanup, waitFor } from './helpers/server.js';
 
 const DAY = 86_400_000;
-// The task.duration histogram's bucket bounds, in ms.
-const BOUNDS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000, Infinity];
 
 const openStore = openSqliteStore;
 const record = taskRecord;
 
-/** metrics() as it must be: recounted from every record the store lists, durations in the same buckets. */
+/** metrics() as it must be: recounted from every record the store lists. */
 async function recount(store: SqliteStore) {
-  const counts = new Map<string, StatusCount>();
-  const buckets = new Map<string, DurationBucket>();
-  for (const r of await store.list()) {
-    const key = `${r.name}/${r.status}`;
-    if (!counts.has(key)) counts.set(key, { name: r.name, status: r.status, count: 0 });
-    counts.get(key)!.count++;
-    if (r.status !== 'success' || r.durationMs === undefined) continue;
-    const le = BOUNDS.find((bound) => r.durationMs! <= bound)!;
-    const bucketKey = `${r.name}/${le}`;
-    if (!buckets.has(bucketKey)) buckets.set(bucketKey, { name: r.name, le, count: 0, sumMs: 0 });
-    const bucket = buckets.get(bucketKey)!;
-    bucket.count++;
-    bucket.sumMs += r.durationMs;
-  }
-  return metricsFromBuckets(counts.values(), buckets.values());
+  return recountMetrics(await store.list());
 }
 
 async function expectCountsMatchRecords(store: SqliteStore): Promise<number> {
@@ -52,20 +36,7 @@ describe('SqliteStore as the history grows', () => {
     // A year's retention until the old records below are to go.
     const store = openStore(path, { retentionDays: 365 });
     const manager = createManager({ store });
-    let calls = 0;
-    const flaky = manager.task(
-      async function flaky(n: number) {
-        calls++;
-        await new Promise((resolve) => setTimeout(resolve, n % 7));
-        if (n % 3 === 0) throw new Error('boom');
-        if (n % 5 === 0 && calls % 2 === 0) throw new Error('once');
-        return n;
-      },
-      { retries: 1, backoff: 1 },
-    );
-    await manager.start();
-    for (let n = 0; n < 120; n++) manager.add(flaky, n);
-    await manager.drain();
+    await runMixedOutcomes(manager, 0, 120);
     // Records written straight through save(): rewritten with other statuses and durations, and old ones.
     const old = Date.now() - 30 * DAY;
     await store.save(Array.from({ length: 30 }, (_, i) => record(`old-${i}`, { name: 'old', status: i % 2 ? 'success' : 'failed', createdAt: old, endedAt: old, durationMs: i * 100, tags: { t: 'x' } })));
