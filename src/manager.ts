@@ -7,7 +7,7 @@ import { computeMetrics } from './metrics.js';
 import { DEFAULT_OBSERVER_TIMEOUT_MS, MAX_TIMER_MS, ObserverChain } from './observers/chain.js';
 import { pinoObserver } from './observers/pino.js';
 import { spanEventObserver } from './observers/span-events.js';
-import { mergeOptions, optionError, resolveOptions, validateTaskOptions, type ResolvedTaskOptions, type TaskOptions } from './options.js';
+import { dueTime, mergeOptions, optionError, resolveOptions, validateTaskOptions, type ResolvedTaskOptions, type TaskOptions } from './options.js';
 import { TaskTelemetry } from './otel.js';
 import { assertPersistable, DEFAULT_LEASE_MS, persistedOptions } from './durable.js';
 import { createAdmin, type AdminMiddleware, type AdminOptions } from './admin/index.js';
@@ -575,6 +575,7 @@ export class TaskManager implements TaskEnqueuer {
       }
     }
     const requestLink = this.#telemetry.enqueuedFrom(id, options.name);
+    const createdAt = Date.now();
     // Every field is declared up front, so all records share one hidden class (cheaper to keep thousands).
     const record: TaskRecord = {
       id,
@@ -586,7 +587,7 @@ export class TaskManager implements TaskEnqueuer {
       maxAttempts: options.retries + 1,
       priority: options.priority,
       idempotencyKey: options.idempotencyKey,
-      createdAt: Date.now(),
+      createdAt,
       startedAt: undefined,
       endedAt: undefined,
       durationMs: undefined,
@@ -599,7 +600,8 @@ export class TaskManager implements TaskEnqueuer {
       requestSpanId: requestLink?.spanId,
       requestTraceFlags: requestLink?.traceFlags,
       retryOf,
-      runAt: undefined,
+      // A delayed first attempt (startAfter/runAt), due from the add; `retry(id)` runs at once.
+      runAt: retryOf === undefined ? dueTime(options, createdAt) : undefined,
       options: recoverable ? persistedOptions(overrides) : undefined,
     };
     const run = new TaskRun(this.runner, record, fn as TaskFunction, args, options, requestLink);

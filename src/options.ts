@@ -21,8 +21,16 @@ export interface TaskOptions {
   timeout?: number;
   /** Integer 1–10, higher first through the process-wide queue. Unset ranks as 5. */
   priority?: number;
-  /** `addTask` starts the task now instead of after the response. Not combinable with `priority`. */
+  /** `addTask` starts the task now instead of after the response. Not combinable with `priority`, `startAfter` or `runAt`. */
   eager?: boolean;
+  /**
+   * A delayed first attempt: the task starts no sooner than this many ms after it was added (BullMQ's `delay`;
+   * ours, `delay`, is the retry wait). It still waits for its phase (after the response for `addTask`). At most
+   * 2^31 − 1; for a later time use `runAt`. One of `startAfter` / `runAt` per level: a later level's replaces the other.
+   */
+  startAfter?: number;
+  /** A delayed first attempt at this time (a `Date` or epoch ms), however far ahead; a past time runs at once. */
+  runAt?: Date | number;
   /** Not aborted at shutdown; shutdown waits for it to end. */
   shield?: boolean;
   /** String labels; on the record, every event, span and log line. */
@@ -68,6 +76,9 @@ export interface ResolvedTaskOptions {
   timeout: number | undefined;
   priority: number | undefined;
   eager: boolean;
+  startAfter: number | undefined;
+  /** As epoch ms. */
+  runAt: number | undefined;
   shield: boolean;
   tags: Record<string, string>;
   idempotencyKey: string | undefined;
@@ -80,8 +91,8 @@ export interface ResolvedTaskOptions {
 }
 
 const KNOWN_OPTIONS = new Set<string>([
-  'name', 'retries', 'delay', 'backoff', 'maxDelay', 'jitter', 'timeout', 'priority', 'eager', 'shield', 'tags',
-  'idempotencyKey', 'persist', 'requeueOnInterrupt', 'maxStalls', 'runOnError', 'trace', 'onError',
+  'name', 'retries', 'delay', 'backoff', 'maxDelay', 'jitter', 'timeout', 'priority', 'eager', 'startAfter', 'runAt', 'shield',
+  'tags', 'idempotencyKey', 'persist', 'requeueOnInterrupt', 'maxStalls', 'runOnError', 'trace', 'onError',
 ]);
 
 const BOOLEAN_OPTIONS = ['jitter', 'eager', 'shield', 'persist', 'requeueOnInterrupt', 'runOnError'] as const;
@@ -143,6 +154,15 @@ export function validateTaskOptions(where: string, options: unknown): asserts op
   checkNumber(where, 'timeout', o.timeout, { min: 1, max: MAX_TIMER_MS });
   checkNumber(where, 'priority', o.priority, { min: 1, max: 10, integer: true });
   checkNumber(where, 'maxStalls', o.maxStalls, { integer: true });
+  checkNumber(where, 'startAfter', o.startAfter, { max: MAX_TIMER_MS });
+  if (o.runAt !== undefined) {
+    const time = o.runAt instanceof Date ? o.runAt.getTime() : o.runAt;
+    if (typeof time !== 'number') throw optionError(where, 'runAt', 'a Date or epoch milliseconds', o.runAt);
+    if (!Number.isFinite(time)) throw optionError(where, 'runAt', 'a valid Date or finite epoch milliseconds', o.runAt, RangeError);
+  }
+  if (o.startAfter !== undefined && o.runAt !== undefined) {
+    throw new TypeError(`${where}: options "startAfter" and "runAt" cannot be combined: both set when the first attempt is due; pass one`);
+  }
   for (const key of BOOLEAN_OPTIONS) {
     if (o[key] !== undefined && typeof o[key] !== 'boolean') throw optionError(where, key, 'a boolean', o[key]);
   }
@@ -155,9 +175,14 @@ export function validateTaskOptions(where: string, options: unknown): asserts op
   checkEagerPriority(where, o as TaskOptions);
 }
 
-function checkEagerPriority(where: string, o: Pick<TaskOptions, 'eager' | 'priority'>): void {
-  if (o.eager === true && o.priority !== undefined) {
+function checkEagerPriority(where: string, o: Pick<TaskOptions, 'eager' | 'priority' | 'startAfter' | 'runAt'>): void {
+  if (o.eager !== true) return;
+  if (o.priority !== undefined) {
     throw new TypeError(`${where}: options "eager" and "priority" cannot be combined: a prioritised task waits its turn in the queue, an eager one starts at once`);
+  }
+  const delayed = o.startAfter !== undefined ? 'startAfter' : o.runAt !== undefined ? 'runAt' : undefined;
+  if (delayed !== undefined) {
+    throw new TypeError(`${where}: options "eager" and "${delayed}" cannot be combined: a delayed task starts when it is due, an eager one at once`);
   }
 }
 
@@ -172,6 +197,9 @@ export function mergeOptions(base: TaskOptions, over: TaskOptions | undefined): 
     changed = true;
     if (key === 'tags') merged.tags = base.tags ? { ...base.tags, ...(value as Record<string, string>) } : (value as Record<string, string>);
     else (merged as Record<string, unknown>)[key] = value;
+    // Two ways to say when the first attempt is due: a level that says it replaces what a lower one said.
+    if (key === 'startAfter') delete merged.runAt;
+    else if (key === 'runAt') delete merged.startAfter;
   }
   return changed ? merged : base;
 }
@@ -189,6 +217,8 @@ export function resolveOptions(where: string, options: TaskOptions, fallbackName
     timeout: options.timeout,
     priority: options.priority,
     eager: options.eager ?? false,
+    startAfter: options.startAfter,
+    runAt: options.runAt instanceof Date ? options.runAt.getTime() : options.runAt,
     shield: options.shield ?? false,
     tags: options.tags ?? {},
     idempotencyKey: options.idempotencyKey,
@@ -199,6 +229,12 @@ export function resolveOptions(where: string, options: TaskOptions, fallbackName
     trace: options.trace ?? 'link',
     onError: options.onError,
   };
+}
+
+/** When the first attempt of a task added now is due (epoch ms), or undefined when it is due at once. */
+export function dueTime(options: Pick<ResolvedTaskOptions, 'startAfter' | 'runAt'>, now: number): number | undefined {
+  const due = options.runAt ?? (options.startAfter === undefined ? undefined : now + options.startAfter);
+  return due !== undefined && due > now ? due : undefined;
 }
 
 /**

@@ -141,6 +141,13 @@ export class Runner {
       run.submitAfterWrite = true;
       return;
     }
+    // A delayed first attempt (startAfter/runAt) waits here, off the queue, until due: checked again when the
+    // timer fires, as a timer armed late in a busy turn may fire before the clock reaches runAt.
+    const { runAt } = run.record;
+    if (runAt !== undefined && run.record.attempts === 0 && runAt > Date.now()) {
+      this.retryLater(run, runAt - Date.now());
+      return;
+    }
     if (this.#running < this.#deps.concurrency && this.#queue.size === 0) this.#start(run);
     else this.#queue.push(run, run.options.priority ?? DEFAULT_PRIORITY);
   }
@@ -249,7 +256,14 @@ export class Runner {
   async stop(timeoutMs: number): Promise<void> {
     // Durable tasks that are not running go back to the store at once instead of running in the
     // shutdown window: the next start (or another instance) resumes them without waiting for a lease.
-    for (const run of this.#liveRuns()) if (run.recoverable && run.current === undefined) run.release();
+    // A delayed task in memory that is not due before the timeout cannot run now: it is cancelled at once
+    // rather than holding shutdown for the whole timeout.
+    const deadline = Date.now() + timeoutMs;
+    for (const run of this.#liveRuns()) {
+      if (run.current !== undefined) continue;
+      if (run.recoverable) run.release();
+      else if (run.record.attempts === 0 && (run.record.runAt ?? 0) > deadline) run.cancel('cancelled', 'shutdown');
+    }
     let timer: NodeJS.Timeout | undefined;
     const timedOut = await Promise.race([
       this.whenIdle().then(() => false),

@@ -73,6 +73,12 @@ class ResponseSequence {
         this.#cursor++;
         continue;
       }
+      // A delayed task (its runAt set when added) starts when due without holding the later ones back.
+      if (run.record.runAt !== undefined) {
+        this.#cursor++;
+        this.runner.submit(run);
+        continue;
+      }
       this.#inFlight = run;
       this.runner.submit(run);
       return;

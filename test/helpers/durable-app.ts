@@ -62,8 +62,9 @@ export interface TaskLogEntry {
   /** `start`, `done` or `onError`. */
   event: string;
   pid: string;
-  /** `start` lines: the attempt number, its span id and the span ids it links to. */
+  /** `start` lines: the attempt number, its span id, the span ids it links to and when it started (epoch ms). */
   attempt?: number;
+  at?: number;
   span?: string;
   links?: string[];
   /** `onError` lines: the error's name. */
@@ -84,6 +85,7 @@ export function readTaskLog(path: string): TaskLogEntry[] {
         entry.attempt = Number(fields.get('attempt'));
         entry.span = fields.get('span');
         entry.links = fields.get('links')?.split(',').filter(Boolean) ?? [];
+        entry.at = Number(fields.get('at'));
       }
       if (event === 'onError') entry.error = rest[0];
       return entry;
