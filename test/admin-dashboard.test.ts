@@ -134,6 +134,23 @@ describe('admin: the dashboard in a real Chromium', () => {
     expect(new URL(page.url()).origin).toBe(url);
   });
 
+  it('lists a delayed task as pending with the time it is due, in its row and its detail', async () => {
+    const manager = createManager();
+    const dueAt = Date.UTC(2031, 0, 2, 3, 4, 5);
+    const id = manager.with({ runAt: new Date(dueAt) }).add(function sendReminder() {});
+    const { base } = await startAdmin({ auth: { users: { [USER.username]: USER.password } } }, manager);
+    const browser = await launch();
+    const page = await (await browser.newContext({ httpCredentials: USER })).newPage();
+    await page.goto(`${base}/dashboard`);
+    await page.waitForSelector(`#tasks tr[data-id="${id}"][data-status="pending"] .due`);
+    const iso = new Date(dueAt).toISOString();
+    expect(await page.getAttribute(`#tasks tr[data-id="${id}"] .due`, 'title')).toBe(iso);
+    expect(await page.textContent(`#tasks tr[data-id="${id}"] .due`)).toMatch(/^ due \S/);
+    await page.click(`#tasks tr[data-id="${id}"]`);
+    await page.waitForSelector(`#detail[data-id="${id}"]`);
+    expect(await page.textContent('#detail')).toContain(`due${iso}`);
+  });
+
   it('the Failed view lists the dead letters past many successes with their error, retries one per row, and the rest of the failed ones with "Retry all failed"', async () => {
     const store = new MemoryStore({ maxRecords: 12 });
     // An interrupted task (its process shut down under it) in the same store, from an earlier manager.

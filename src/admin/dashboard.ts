@@ -62,7 +62,7 @@ th { font-size:12px; color:var(--muted); font-weight:500; background:#fafbfc; }
 .s-success { --c:var(--success); --cb:var(--success-bg); } .s-failed { --c:var(--failed); --cb:var(--failed-bg); }
 .s-interrupted { --c:var(--interrupted); --cb:var(--interrupted-bg); } .s-cancelled { --c:var(--cancelled); --cb:var(--cancelled-bg); }
 .tag { display:inline-block; font-size:11px; background:#eef0f5; border-radius:4px; padding:0 5px; margin:0 3px 2px 0; color:#3a4150; }
-.muted { color:var(--muted); } .mono { font-family:ui-monospace,SFMono-Regular,Menlo,monospace; font-size:12px; }
+.muted { color:var(--muted); } .due { font-size:12px; } .mono { font-family:ui-monospace,SFMono-Regular,Menlo,monospace; font-size:12px; }
 .empty { padding:24px; text-align:center; color:var(--muted); }
 #more-row { padding:8px 10px; }
 #detail { padding:14px 16px; }
@@ -272,7 +272,13 @@ a { color:var(--accent); }
     cell.title = fullTime(at);
     tr.appendChild(cell);
     tr.appendChild(el('td', '', task.name));
-    tr.appendChild(el('td')).appendChild(badge(task.status));
+    var status = tr.appendChild(el('td'));
+    status.appendChild(badge(task.status));
+    // A delayed first attempt, or a retry waiting: when it is due.
+    if (task.status === 'pending' && task.runAt) {
+      var due = status.appendChild(el('span', 'due muted', ' due ' + time(task.runAt)));
+      due.title = fullTime(task.runAt);
+    }
     tr.addEventListener('click', function () { select(task.id); });
     return tr;
   }
@@ -387,7 +393,7 @@ a { color:var(--accent); }
     field(dl, 'started', task.startedAt && fullTime(task.startedAt));
     field(dl, 'ended', task.endedAt && fullTime(task.endedAt));
     field(dl, 'duration', duration(task.durationMs));
-    if (task.status === 'pending' && task.runAt) field(dl, 'next attempt', fullTime(task.runAt));
+    if (task.status === 'pending' && task.runAt) field(dl, task.attempts === 0 ? 'due' : 'next attempt', fullTime(task.runAt));
     field(dl, 'priority', task.priority);
     field(dl, 'idempotency key', task.idempotencyKey);
     field(dl, 'reason', task.reason);
