@@ -81,7 +81,10 @@ export interface TaskRecord {
   stalls?: number;
   /** For a task created by `retry(id)`: the id it retries. */
   retryOf?: string;
-  /** While waiting for a retry: the earliest time (epoch ms) of the next attempt. Stored, so retries survive restarts. */
+  /**
+   * While `pending`: the earliest time (epoch ms) of the next attempt: a delayed first attempt (`startAfter`/`runAt`)
+   * or a retry wait. Stored, so both survive restarts.
+   */
   runAt?: number;
   /**
    * Durable stores: the options given through `with()` that a restarted process needs to run the task the
