@@ -1,7 +1,10 @@
 // A delayed first attempt: the `startAfter` (ms) and `runAt` (Date or epoch ms) task options.
 import { get } from 'node:http';
+import { SpanKind } from '@opentelemetry/api';
+import { BasicTracerProvider, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { TaskQueueFullError, type TaskOptions } from 'koa-taskflow';
+import { inMemorySpans } from './helpers/otel.js';
 import { countBy, durableFiles, openSqliteStore, readTaskLog, startDurableApp } from './helpers/durable-app.js';
 import { createManager, startApp, waitFor } from './helpers/server.js';
 
@@ -97,6 +100,46 @@ describe('startAfter and runAt (fake clock)', () => {
     await vi.advanceTimersByTimeAsync(1);
     expect(started.get('far')! - t0).toBe(40 * DAY);
     await manager.drain();
+  });
+});
+
+describe('the request link of a delayed task', () => {
+  const exporter = inMemorySpans();
+  const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('a task delayed by an hour (fake clock) still leads back to the request that added it: on its record and its span', async () => {
+    const HOUR = 60 * 60_000;
+    const tracer = provider.getTracer('test-http-server');
+    const { url, manager } = await startApp(
+      (app, manager) => {
+        const followUp = manager.task(async function followUp() {});
+        // The request span as HTTP instrumentation makes it.
+        app.use((ctx, next) =>
+          tracer.startActiveSpan('GET /signup', { kind: SpanKind.SERVER }, async (span) => {
+            ctx.res.once('finish', () => span.end());
+            await next();
+          }),
+        );
+        app.use(async (ctx) => {
+          ctx.body = { id: ctx.tasks.with({ startAfter: HOUR }).schedule(followUp).id };
+        });
+      },
+      { tracerProvider: provider },
+    );
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+    const { id } = await getJson(url);
+    await vi.advanceTimersByTimeAsync(HOUR);
+    await manager.drain();
+    const request = exporter.getFinishedSpans().find((span) => span.name === 'GET /signup')!;
+    const attempt = exporter.getFinishedSpans().find((span) => span.name === 'task followUp')!;
+    expect(attempt.links.map((link) => link.context.spanId)).toEqual([request.spanContext().spanId]);
+    const record = (await manager.get(id))!;
+    expect(record).toMatchObject({ status: 'success', requestTraceId: request.spanContext().traceId, requestSpanId: request.spanContext().spanId });
+    expect(record.startedAt! - record.createdAt).toBe(HOUR);
   });
 });
 
