@@ -1,5 +1,5 @@
 import { context, ROOT_CONTEXT, trace, type Context, type Span } from '@opentelemetry/api';
-import { ATTEMPT_KEY, attemptStorage, kLog, kSeq, type ActiveAttempt } from './context.js';
+import { ATTEMPT_KEY, attemptStorage, kLog, kProgress, kSeq, type ActiveAttempt } from './context.js';
 import { TaskTimeoutError } from './errors.js';
 import { hasSpanIds } from './otel.js';
 import type { LogLevel, Tags } from './types.js';
@@ -11,6 +11,7 @@ export interface AttemptOwner {
   readonly tags: Tags;
   readonly maxAttempts: number;
   log(attempt: Attempt, level: LogLevel, message: string, fields: Record<string, unknown> | undefined): void;
+  progress(attempt: Attempt, value: number, fields: Record<string, unknown> | undefined): void;
   /** Called when the attempt is aborted while nothing races its promise (no timeout). */
   abandon(attempt: Attempt, reason: unknown): void;
 }
@@ -113,6 +114,10 @@ export class Attempt implements ActiveAttempt {
 
   [kLog](level: LogLevel, message: string, fields: Record<string, unknown> | undefined): void {
     this.owner.log(this, level, message, fields);
+  }
+
+  [kProgress](value: number, fields: Record<string, unknown> | undefined): void {
+    this.owner.progress(this, value, fields);
   }
 
   /**

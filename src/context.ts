@@ -5,12 +5,14 @@ import { LOG_LEVELS, type LogLevel, type TaskContext, type TaskLogger } from './
 
 export const kLog = Symbol('koa-taskflow.log');
 export const kSeq = Symbol('koa-taskflow.seq');
+export const kProgress = Symbol('koa-taskflow.progress');
 
 /** The context of a running attempt, plus the hook `taskLog()` writes through. */
 export interface ActiveAttempt extends TaskContext {
   /** Increases with every attempt started in this process: the later of two candidates is the inner one. */
   readonly [kSeq]: number;
   [kLog](level: LogLevel, message: string, fields: Record<string, unknown> | undefined): void;
+  [kProgress](value: number, fields: Record<string, unknown> | undefined): void;
 }
 
 /**
@@ -88,5 +90,24 @@ export function taskLog(message: string, fields?: Record<string, unknown> & { le
     else console[CONSOLE_METHOD[level]](text, rest);
   } catch {
     // Logging is never allowed to break the caller.
+  }
+}
+
+/**
+ * Report how far the current task is, `value` from 0 to 1: kept on its record at once, and (throttled to one
+ * per task per 100 ms, the latest value winning) a `task.progress` event on the attempt's span, a
+ * ProgressEvent to observers' `onProgress` and the admin's event stream. Cheap enough for a tight loop.
+ * Outside a task it does nothing. A `value` that is not a number from 0 to 1 is a programming error: a
+ * TypeError (not a number) or RangeError (NaN, infinite, out of range) naming "value", thrown in or out of a task.
+ */
+export function taskProgress(value: number, fields?: Record<string, unknown>): void {
+  if (typeof value !== 'number') throw new TypeError(`taskProgress: "value" must be a number from 0 to 1, got ${typeof value}`);
+  if (!(value >= 0 && value <= 1)) throw new RangeError(`taskProgress: "value" must be a number from 0 to 1, got ${String(value)}`);
+  const attempt = currentAttempt();
+  if (attempt === undefined) return;
+  try {
+    attempt[kProgress](value, fields !== null && typeof fields === 'object' ? fields : undefined);
+  } catch {
+    // Reporting progress is never allowed to break the task.
   }
 }

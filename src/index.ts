@@ -1,7 +1,7 @@
 export { TaskManager, TaskAdder, type TaskManagerOptions } from './manager.js';
 export type { AdminOptions, AdminAuth, AdminMiddleware } from './admin/index.js';
 export { TaskScheduler, TaskBatch, type TaskHandle, type TaskPhase } from './scheduler.js';
-export { getTaskContext, taskLog } from './context.js';
+export { getTaskContext, taskLog, taskProgress } from './context.js';
 export type { TaskOptions, ResolvedTaskOptions, TraceMode } from './options.js';
 export { MemoryStore, type MemoryStoreOptions } from './stores/memory.js';
 export { InMemoryObserver } from './observers/memory.js';
@@ -39,6 +39,7 @@ export type {
   NameMetrics,
   LogEvent,
   LifecycleEvent,
+  ProgressEvent,
   TaskEvent,
   TaskObserver,
   TaskContext,

@@ -53,6 +53,9 @@ export const ATTR_LOG_LEVEL = 'log.level';
 export const MESSAGING_SYSTEM = 'koa-taskflow';
 export const EVENT_TASK_LOG = 'task.log';
 export const EVENT_TASK_ENQUEUED = 'task.enqueued';
+/** A `taskProgress()` report on the attempt's span (throttled); its value is the ATTR_TASK_PROGRESS attribute. */
+export const EVENT_TASK_PROGRESS = 'task.progress';
+export const ATTR_TASK_PROGRESS = 'task.progress';
 export const METRIC_DURATION = 'task.duration';
 export const METRIC_ATTEMPTS = 'task.attempts';
 export const METRIC_ACTIVE = 'task.active';

@@ -3,7 +3,8 @@ import { Attempt, type AttemptOwner } from './attempt.js';
 import { TaskCancelledError, TaskInterruptedError, TaskStalledError, toErrorInfo } from './errors.js';
 import { retryDelay, type ResolvedTaskOptions } from './options.js';
 import type { Runner } from './runner.js';
-import type { AttemptSpanInput } from './otel.js';
+import { ATTR_TASK_PROGRESS, EVENT_TASK_PROGRESS, type AttemptSpanInput } from './otel.js';
+import { fieldsToAttributes } from './observers/span-events.js';
 import type { LifecycleEvent, LogEntry, LogLevel, TaskRecord, TaskStatus, TaskFunction } from './types.js';
 
 /** Log entries kept on a record; older ones are dropped first (events and pino lines still get them all). */
@@ -11,6 +12,18 @@ export const MAX_LOGS_PER_RECORD = 100;
 
 /** The `logs` of every record that has none yet: shared, frozen, replaced by a real array on the first log. */
 export const NO_LOGS: LogEntry[] = Object.freeze([]) as unknown as LogEntry[];
+
+/** At most one progress report per task per this many ms leaves for spans, observers and the event stream. */
+export const PROGRESS_INTERVAL_MS = 100;
+
+/** The latest `taskProgress()` of an attempt not emitted yet, and the timer that emits it. */
+interface PendingProgress {
+  attempt: Attempt;
+  value: number;
+  fields: Record<string, unknown> | undefined;
+  time: number;
+  timer: NodeJS.Timeout | undefined;
+}
 
 /** Resolvers of a TaskHandle's promises, made only when someone asked for a handle. */
 interface HandleSignals {
@@ -47,6 +60,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   awaitingWrite = false;
   submitAfterWrite = false;
   #signals: HandleSignals | undefined;
+  /** Made at the first taskProgress() of the task (most tasks never report any). */
+  #progress: PendingProgress | undefined;
 
   constructor(
     readonly runner: Runner,
@@ -187,6 +202,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
    */
   abandon(attempt: Attempt, reason: unknown): void {
     if (this.current !== attempt || this.#final) return;
+    this.#flushProgress();
     this.current = undefined;
     const durationMs = Date.now() - (this.record.startedAt ?? Date.now());
     this.runner.telemetry.endAttempt(attempt.span, this.name, durationMs, reason);
@@ -198,6 +214,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   #settle(attempt: Attempt, span: Span, startedAt: number, failed: boolean, error: unknown): void {
     const record = this.record;
     const durationMs = Date.now() - startedAt;
+    // The attempt's last progress goes out before its span ends.
+    this.#flushProgress();
     this.runner.telemetry.endAttempt(span, this.name, durationMs, failed ? error : undefined);
     if (!failed) return this.#finish('success', undefined, undefined, durationMs);
     if (attempt.aborted && attempt.abortReason instanceof TaskInterruptedError) {
@@ -334,6 +352,57 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       level,
       message,
       fields: safeFields ?? {},
+      tags: this.safeTags,
+      time,
+      traceId: spanContext.traceId,
+      spanId: spanContext.spanId,
+      traceFlags: spanContext.traceFlags,
+      requestTraceId: this.record.requestTraceId,
+      requestSpanId: this.record.requestSpanId,
+    });
+  }
+
+  /**
+   * taskProgress(): the record holds the value at once; the rest is throttled. The first call of a window
+   * starts a PROGRESS_INTERVAL_MS timer, later calls only replace the pending value (no allocation, no
+   * timer), and the timer (or the attempt's end) emits the latest one.
+   */
+  progress(attempt: Attempt, value: number, fields: Record<string, unknown> | undefined): void {
+    if (this.current !== attempt) return;
+    this.record.progress = value;
+    let pending = this.#progress;
+    if (pending === undefined) pending = this.#progress = { attempt, value, fields, time: 0, timer: undefined };
+    pending.attempt = attempt;
+    pending.value = value;
+    pending.fields = fields;
+    pending.time = Date.now();
+    if (pending.timer === undefined) {
+      pending.timer = setTimeout(() => this.#flushProgress(), PROGRESS_INTERVAL_MS);
+      pending.timer.unref();
+    }
+  }
+
+  /** Emit the pending progress report, if any: a span event on its attempt, then the observers. */
+  #flushProgress(): void {
+    const pending = this.#progress;
+    if (pending === undefined || pending.timer === undefined) return;
+    clearTimeout(pending.timer);
+    pending.timer = undefined;
+    const { attempt, value, time } = pending;
+    const runner = this.runner;
+    const fields = pending.fields === undefined ? undefined : runner.redact(pending.fields);
+    pending.fields = undefined;
+    const span = attempt.span;
+    if (span.isRecording()) span.addEvent(EVENT_TASK_PROGRESS, fieldsToAttributes(fields ?? {}, { [ATTR_TASK_PROGRESS]: value }), time);
+    if (!runner.chain.hasProgress) return;
+    const spanContext = span.spanContext();
+    runner.chain.emitProgress({
+      type: 'progress',
+      taskId: this.id,
+      name: this.name,
+      attempt: attempt.attempt,
+      value,
+      fields: fields ?? {},
       tags: this.safeTags,
       time,
       traceId: spanContext.traceId,

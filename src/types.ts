@@ -79,6 +79,11 @@ export interface TaskRecord {
    * counts one; past `maxStalls` the task fails with TaskStalledError). Absent until the first stall.
    */
   stalls?: number;
+  /**
+   * The latest `taskProgress()` value (0…1) of the task, absent until it reports one. Kept in memory on every
+   * call; a durable store writes it with the task's next status change (its end at the latest).
+   */
+  progress?: number;
   /** For a task created by `retry(id)`: the id it retries. */
   retryOf?: string;
   /**
@@ -186,13 +191,38 @@ export interface LifecycleEvent {
   requestSpanId?: string;
 }
 
-export type TaskEvent = LogEvent | LifecycleEvent;
+/**
+ * Emitted for `taskProgress()` inside a task, throttled: at most one per task per 100 ms, carrying the latest
+ * value and its fields (the last one of an attempt is emitted when the attempt ends).
+ */
+export interface ProgressEvent {
+  type: 'progress';
+  taskId: string;
+  name: string;
+  attempt: number;
+  /** From 0 to 1. */
+  value: number;
+  fields: Record<string, unknown>;
+  tags: Tags;
+  /** When the reported value was given. */
+  time: number;
+  /** All zeros when no OpenTelemetry SDK is registered. */
+  traceId: string;
+  spanId: string;
+  traceFlags?: number;
+  requestTraceId?: string;
+  requestSpanId?: string;
+}
+
+export type TaskEvent = LogEvent | LifecycleEvent | ProgressEvent;
 
 export interface TaskObserver {
   /** How `metrics().observers` and reports name this observer. Default: its class name. */
   name?: string;
   onLog?(event: LogEvent): void | Promise<void>;
   onLifecycle?(event: LifecycleEvent): void | Promise<void>;
+  /** `taskProgress()` of a running task, throttled (see ProgressEvent). */
+  onProgress?(event: ProgressEvent): void | Promise<void>;
   /**
    * Optional hint: return false when `onLifecycle` would ignore an event with this status (`retrying`: a
    * failed attempt going back to `pending`). When every observer says so, the event is not even built.

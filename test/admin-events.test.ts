@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { connect } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { InMemoryObserver, taskLog, type LifecycleEvent, type LogEvent } from 'koa-taskflow';
+import { InMemoryObserver, taskLog, taskProgress, type LifecycleEvent, type LogEvent, type ProgressEvent, type TaskEvent } from 'koa-taskflow';
 import { expectJson, startAdmin, TOKEN } from './helpers/admin.js';
 import { openSse, type SseMessage } from './helpers/sse.js';
 import { createManager, deferred, onCleanup, waitFor } from './helpers/server.js';
@@ -159,7 +159,7 @@ describe('admin: GET /tasks/events (server-sent events)', () => {
 
     // Every event the manager emitted reached the client in order, or was missed and a resync came
     // after it (before the next event delivered).
-    const key = (e: LifecycleEvent | LogEvent) => `${e.taskId} ${e.type === 'lifecycle' ? `${e.status}@${e.attempt}` : e.message}`;
+    const key = (e: TaskEvent) => `${e.taskId} ${e.type === 'lifecycle' ? `${e.status}@${e.attempt}` : e.type === 'log' ? e.message : e.value}`;
     const emitted = everything.events.map(key);
     let next = 0;
     let resynced = false;

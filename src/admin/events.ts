@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import type { Context } from 'koa';
-import type { LifecycleEvent, LogEvent, TaskEvent, TaskObserver } from '../types.js';
+import type { LifecycleEvent, LogEvent, ProgressEvent, TaskEvent, TaskObserver } from '../types.js';
 
 export interface EventStreamOptions {
   maxClients: number;
@@ -103,6 +103,7 @@ export class EventHub {
     const observer: TaskObserver = {
       onLifecycle: (event: LifecycleEvent) => this.#broadcast(event),
       onLog: (event: LogEvent) => this.#broadcast(event),
+      onProgress: (event: ProgressEvent) => this.#broadcast(event),
     };
     this.#unsubscribe = this.source.subscribe(observer);
     // A comment line every heartbeatMs keeps proxies and load balancers from closing a quiet stream.

@@ -1,5 +1,6 @@
-import type { LifecycleEvent, LogEvent, ObserverMetrics, TaskObserver, TaskStatus } from '../types.js';
+import type { LifecycleEvent, LogEvent, ObserverMetrics, ProgressEvent, TaskEvent, TaskObserver, TaskStatus } from '../types.js';
 
+type Stage = 'onLog' | 'onLifecycle' | 'onProgress';
 type Report = (observer: TaskObserver, stage: string, error: unknown) => void;
 /** Told once per observer, at its first dropped event. */
 type ReportDrop = (label: string, why: string) => void;
@@ -45,6 +46,7 @@ export class ObserverChain {
   #observers: readonly TaskObserver[];
   #logObservers: Entry[] = [];
   #lifecycleObservers: Entry[] = [];
+  #progressObservers: Entry[] = [];
   // An observer keeps its entry (and its calls in flight) across subscribe/unsubscribe re-indexing.
   readonly #entries = new WeakMap<TaskObserver, Entry>();
   readonly #reported = new WeakSet<TaskObserver>();
@@ -54,6 +56,7 @@ export class ObserverChain {
   /** False when nobody handles log events: callers skip building them. */
   hasLog = false;
   hasLifecycle = false;
+  hasProgress = false;
 
   constructor(
     observers: readonly TaskObserver[],
@@ -90,13 +93,23 @@ export class ObserverChain {
     this.#lifecycleObservers = entries.filter((e) => typeof e.observer.onLifecycle === 'function');
     this.hasLog = this.#logObservers.length > 0;
     this.hasLifecycle = this.#lifecycleObservers.length > 0;
+    this.#progressObservers = entries.filter((e) => typeof e.observer.onProgress === 'function');
+    this.hasProgress = this.#progressObservers.length > 0;
   }
 
   emitLog(event: LogEvent): void {
+    this.#emit(this.#logObservers, 'onLog', event);
+  }
+
+  emitProgress(event: ProgressEvent): void {
+    this.#emit(this.#progressObservers, 'onProgress', event);
+  }
+
+  #emit(entries: readonly Entry[], stage: Stage, event: TaskEvent): void {
     const max = this.#limits.maxInFlight;
-    for (const entry of this.#logObservers) {
+    for (const entry of entries) {
       if (entry.inFlight >= max) this.#drop(entry, `${max} calls in flight (option "observerMaxInFlight")`);
-      else this.#call(entry, 'onLog', event);
+      else this.#call(entry, stage, event);
     }
   }
 
@@ -115,11 +128,7 @@ export class ObserverChain {
   }
 
   emitLifecycle(event: LifecycleEvent): void {
-    const max = this.#limits.maxInFlight;
-    for (const entry of this.#lifecycleObservers) {
-      if (entry.inFlight >= max) this.#drop(entry, `${max} calls in flight (option "observerMaxInFlight")`);
-      else this.#call(entry, 'onLifecycle', event);
-    }
+    this.#emit(this.#lifecycleObservers, 'onLifecycle', event);
   }
 
   /** Events dropped since the chain was made, in all and per observer label. */
@@ -158,10 +167,15 @@ export class ObserverChain {
     clearTimeout(timer);
   }
 
-  #call(entry: Entry, stage: 'onLog' | 'onLifecycle', event: LogEvent | LifecycleEvent): void {
+  #call(entry: Entry, stage: Stage, event: TaskEvent): void {
     const observer = entry.observer;
     try {
-      const result = stage === 'onLog' ? observer.onLog!(event as LogEvent) : observer.onLifecycle!(event as LifecycleEvent);
+      const result =
+        stage === 'onLog'
+          ? observer.onLog!(event as LogEvent)
+          : stage === 'onLifecycle'
+            ? observer.onLifecycle!(event as LifecycleEvent)
+            : observer.onProgress!(event as ProgressEvent);
       // Only a call that returned a promise is tracked: the synchronous built-ins pay for this test alone.
       if (result != null && typeof (result as PromiseLike<void>).then === 'function') this.#track(entry, stage, result as PromiseLike<void>);
     } catch (error) {

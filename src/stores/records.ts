@@ -109,7 +109,7 @@ export function unreadableArgs(record: TaskRecord): TaskArgsDecryptionError | un
 }
 
 const STATUSES = new Set<string>(TASK_STATUSES);
-const NUMBERS = ['attempts', 'maxAttempts', 'priority', 'startedAt', 'endedAt', 'durationMs', 'runAt', 'requestTraceFlags', 'stalls'] as const;
+const NUMBERS = ['attempts', 'maxAttempts', 'priority', 'startedAt', 'endedAt', 'durationMs', 'runAt', 'requestTraceFlags', 'stalls', 'progress'] as const;
 const STRINGS = ['idempotencyKey', 'reason', 'traceId', 'spanId', 'requestTraceId', 'requestSpanId', 'retryOf'] as const;
 
 /**
@@ -154,6 +154,8 @@ function toRecord(id: string, text: unknown): TaskRecord {
   };
   // Only on a task whose process died under it (rare): the common record carries no slot for it.
   if (stored.stalls !== undefined) record.stalls = stored.stalls as number;
+  // Only on a task that reported progress (taskProgress()).
+  if (stored.progress !== undefined) record.progress = stored.progress as number;
   return record;
 }
 
