@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { BasicTracerProvider } from '@opentelemetry/sdk-trace-base';
 import { chromium, type Browser } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
-import { getTaskContext, MemoryStore, REDACTED, taskLog, type TaskRecord } from 'koa-taskflow';
+import { getTaskContext, MemoryStore, REDACTED, taskLog, taskProgress, type TaskRecord } from 'koa-taskflow';
 import { expectJson, startAdmin } from './helpers/admin.js';
 import { interruptEndlessTask } from './helpers/interrupt.js';
 import { createManager, deferred, onCleanup, waitFor } from './helpers/server.js';
@@ -37,8 +37,12 @@ describe('admin: the dashboard in a real Chromium', () => {
       taskLog('charged', { amount: order.amount });
     });
     const hold = deferred();
+    const halfway = deferred();
     const resizeImage = manager.task(async function resizeImage(_key: string) {
       taskLog('resizing', { attempt: getTaskContext()!.attempt });
+      taskProgress(0.25);
+      await halfway.promise;
+      taskProgress(0.5);
       await hold.promise;
     });
     const syncCrm = manager.task(
@@ -48,6 +52,7 @@ describe('admin: the dashboard in a real Chromium', () => {
       { retries: 2, delay: 60_000 },
     );
     onCleanup(() => hold.resolve());
+    onCleanup(() => halfway.resolve());
 
     const { base, url, api } = await startAdmin({ auth: { users: { [USER.username]: USER.password } }, traceUrl: 'http://localhost:16686/trace/{traceId}' }, manager);
     const asUser = { authorization: `Basic ${Buffer.from(`${USER.username}:${USER.password}`).toString('base64')}` };
@@ -86,6 +91,10 @@ describe('admin: the dashboard in a real Chromium', () => {
     await page.waitForFunction((n) => document.querySelectorAll('#tasks tbody tr[data-id]').length === n, seeded.length);
     expect(await page.textContent('#count-failed')).toBe('1');
     expect(await page.textContent('#count-running')).toBe('1');
+    // The running task's progress: a bar in its row, moved by the event stream.
+    expect(await page.getAttribute('#tasks tr[data-status="running"] progress.bar', 'value')).toBe('0.25');
+    halfway.resolve();
+    await page.waitForFunction(() => document.querySelector<HTMLProgressElement>('#tasks tr[data-status="running"] progress.bar')?.value === 0.5);
 
     // Live: a task added after the page opened appears, and reaches success, without a reload.
     const lateId = manager.with({ tags: { tenant: 'initech' } }).add(sendWelcome, 'late@initech.test');

@@ -62,7 +62,7 @@ th { font-size:12px; color:var(--muted); font-weight:500; background:#fafbfc; }
 .s-success { --c:var(--success); --cb:var(--success-bg); } .s-failed { --c:var(--failed); --cb:var(--failed-bg); }
 .s-interrupted { --c:var(--interrupted); --cb:var(--interrupted-bg); } .s-cancelled { --c:var(--cancelled); --cb:var(--cancelled-bg); }
 .tag { display:inline-block; font-size:11px; background:#eef0f5; border-radius:4px; padding:0 5px; margin:0 3px 2px 0; color:#3a4150; }
-.muted { color:var(--muted); } .due { font-size:12px; } .mono { font-family:ui-monospace,SFMono-Regular,Menlo,monospace; font-size:12px; }
+.muted { color:var(--muted); } .due { font-size:12px; } progress.bar { width:64px; height:8px; margin-left:6px; vertical-align:middle; accent-color:var(--running); } .mono { font-family:ui-monospace,SFMono-Regular,Menlo,monospace; font-size:12px; }
 .empty { padding:24px; text-align:center; color:var(--muted); }
 #more-row { padding:8px 10px; }
 #detail { padding:14px 16px; }
@@ -279,8 +279,19 @@ a { color:var(--accent); }
       var due = status.appendChild(el('span', 'due muted', ' due ' + time(task.runAt)));
       due.title = fullTime(task.runAt);
     }
+    // A running task that reports progress (taskProgress()): a bar, kept up to date by the event stream.
+    if (task.status === 'running' && typeof task.progress === 'number') progressBar(tr, task.progress);
     tr.addEventListener('click', function () { select(task.id); });
     return tr;
+  }
+  function progressBar(tr, value) {
+    var bar = tr.querySelector('progress.bar');
+    if (!bar) {
+      bar = tr.children[2].appendChild(el('progress', 'bar'));
+      bar.max = 1;
+    }
+    bar.value = value;
+    bar.title = Math.round(value * 100) + '%';
   }
   function deadRow(task) {
     var tr = rowStart(task, task.endedAt);
@@ -471,6 +482,11 @@ a { color:var(--accent); }
     source.addEventListener('lifecycle', soon);
     // The server skipped events for us during a burst (we could not take them fast enough): re-read everything.
     source.addEventListener('resync', soon);
+    source.addEventListener('progress', function (e) {
+      var event = JSON.parse(e.data);
+      var tr = document.querySelector('#tasks tr[data-id="' + CSS.escape(event.taskId) + '"][data-status="running"]');
+      if (tr) progressBar(tr, event.value);
+    });
     source.addEventListener('log', function (e) {
       if (state.selected && JSON.parse(e.data).taskId === state.selected) soon();
     });
