@@ -1,9 +1,12 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { InMemoryObserver, semconv, taskProgress, type ProgressEvent } from 'koa-taskflow';
+import { join } from 'node:path';
+import { SqliteStore } from 'koa-taskflow/sqlite';
 import { BasicTracerProvider, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { startAdmin, TOKEN } from './helpers/admin.js';
 import { openSse } from './helpers/sse.js';
 import { inMemorySpans } from './helpers/otel.js';
+import { tempDir } from './helpers/files.js';
 import { createManager, deferred } from './helpers/server.js';
 
 const exporter = inMemorySpans();
@@ -102,5 +105,19 @@ describe('taskProgress(value, fields?)', () => {
     expect(event).toMatchObject({ type: 'progress', taskId: id, name: 'report', value: 0.4, fields: { step: 'a' } });
     gate.resolve();
     await manager.drain();
+  });
+
+  it('a durable store keeps the latest progress, written with the task\'s next status change', async () => {
+    const path = join(tempDir(), 'tasks.db');
+    const manager = createManager({ store: new SqliteStore({ path }) });
+    const task = manager.task(function steps() {
+      for (let i = 1; i <= 7; i++) taskProgress(i / 10);
+    });
+    const id = manager.add(task);
+    await manager.drain();
+    await manager.shutdown();
+    const reopened = new SqliteStore({ path });
+    expect((await reopened.get(id))?.progress).toBe(0.7);
+    await reopened.close();
   });
 });
