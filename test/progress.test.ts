@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { InMemoryObserver, semconv, taskProgress, type ProgressEvent } from 'koa-taskflow';
+import { filterObserver, InMemoryObserver, semconv, taskProgress, type ProgressEvent } from 'koa-taskflow';
 import { join } from 'node:path';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { BasicTracerProvider, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
@@ -20,7 +20,15 @@ describe('taskProgress(value, fields?)', () => {
   it('throttles a tight loop to one event per 100 ms carrying the last value; the record holds the latest at once; the attempt end emits the rest', async () => {
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
     const observer = new InMemoryObserver();
-    const manager = createManager({ observers: [observer] });
+    // filterObserver passes progress events on name and tags.
+    const filtered = new InMemoryObserver();
+    const manager = createManager({ observers: [observer, filterObserver({ names: ['crunch'] }, filtered)] });
+    const other = manager.task(function other() {
+      taskProgress(0.9);
+    });
+    manager.add(other);
+    await vi.advanceTimersByTimeAsync(0);
+    observer.clear();
     const gate = deferred<void>();
     const task = manager.task(async function crunch() {
       for (let i = 0; i < 1000; i++) taskProgress(i / 999, { done: i });
@@ -48,6 +56,7 @@ describe('taskProgress(value, fields?)', () => {
     const events = observer.forTask(id).map((e) => (e.type === 'lifecycle' ? e.status : e.type));
     expect(events).toEqual(['pending', 'running', 'progress', 'progress', 'success']);
     expect((await manager.get(id))?.progress).toBe(0.5);
+    expect(filtered.progress.map((e) => e.value)).toEqual([1, 0.5]);
   });
 
   it('rejects a value that is not a number from 0 to 1, naming "value"; outside a task a good value does nothing', async () => {

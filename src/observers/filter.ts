@@ -1,5 +1,5 @@
 import { checkTags } from '../options.js';
-import { LOG_LEVELS, TASK_STATUSES, type LifecycleEvent, type LogEvent, type LogLevel, type TaskObserver, type TaskStatus, type Tags } from '../types.js';
+import { LOG_LEVELS, TASK_STATUSES, type LifecycleEvent, type LogEvent, type LogLevel, type ProgressEvent, type TaskObserver, type TaskStatus, type Tags } from '../types.js';
 
 export interface ObserverFilter {
   /** Every given tag must be present on the task with this value. */
@@ -47,6 +47,12 @@ export function filterObserver(filter: ObserverFilter, inner: TaskObserver): Tas
   if (inner.onLifecycle) {
     observer.onLifecycle = (event: LifecycleEvent) => {
       if (matchesTask(event.name, event.tags) && (statuses === undefined || statuses.has(event.status))) return inner.onLifecycle!(event);
+    };
+  }
+  // Progress events pass on name and tags (neither `minLevel` nor `statuses` applies to them).
+  if (inner.onProgress) {
+    observer.onProgress = (event: ProgressEvent) => {
+      if (matchesTask(event.name, event.tags)) return inner.onProgress!(event);
     };
   }
   if (inner.onLifecycle) {
