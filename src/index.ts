@@ -37,6 +37,7 @@ export type {
   StoreMetrics,
   ObserverMetrics,
   NameMetrics,
+  AttemptEventBase,
   LogEvent,
   LifecycleEvent,
   ProgressEvent,

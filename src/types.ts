@@ -149,15 +149,11 @@ export interface TaskMetrics extends StoreMetrics {
   observers: ObserverMetrics;
 }
 
-/** Emitted for every `taskLog()` call inside a task. */
-export interface LogEvent {
-  type: 'log';
+/** What log and progress events tell of the attempt they come from. */
+export interface AttemptEventBase {
   taskId: string;
   name: string;
   attempt: number;
-  level: LogLevel;
-  message: string;
-  fields: Record<string, unknown>;
   tags: Tags;
   time: number;
   /** All zeros when no OpenTelemetry SDK is registered. */
@@ -167,6 +163,14 @@ export interface LogEvent {
   /** The span that was active where the task was added (the request's), when there was one. */
   requestTraceId?: string;
   requestSpanId?: string;
+}
+
+/** Emitted for every `taskLog()` call inside a task. */
+export interface LogEvent extends AttemptEventBase {
+  type: 'log';
+  level: LogLevel;
+  message: string;
+  fields: Record<string, unknown>;
 }
 
 /** Emitted for every status change of a task. */
@@ -193,25 +197,13 @@ export interface LifecycleEvent {
 
 /**
  * Emitted for `taskProgress()` inside a task, throttled: at most one per task per 100 ms, carrying the latest
- * value and its fields (the last one of an attempt is emitted when the attempt ends).
+ * value and its fields (`time`: when that value was given; the last one of an attempt goes out at its end).
  */
-export interface ProgressEvent {
+export interface ProgressEvent extends AttemptEventBase {
   type: 'progress';
-  taskId: string;
-  name: string;
-  attempt: number;
   /** From 0 to 1. */
   value: number;
   fields: Record<string, unknown>;
-  tags: Tags;
-  /** When the reported value was given. */
-  time: number;
-  /** All zeros when no OpenTelemetry SDK is registered. */
-  traceId: string;
-  spanId: string;
-  traceFlags?: number;
-  requestTraceId?: string;
-  requestSpanId?: string;
 }
 
 export type TaskEvent = LogEvent | LifecycleEvent | ProgressEvent;
