@@ -168,7 +168,10 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     try {
       const written = this.#transition('running', undefined);
       this.#signals?.resolveStarted();
-      if (this.confirmsStart && written !== undefined) await written;
+      // A retry of a durable task waits for its `running` too: were it lost with the process, the next
+      // recovery would run that attempt again without counting a stall (only a first start is left to the
+      // lazy write, where waiting would cost every durable task a commit's latency).
+      if ((this.confirmsStart || (attemptNo > 1 && this.recoverable)) && written !== undefined) await written;
       // Shutdown may have given up on the attempt while its start was being written.
       if (this.current === attempt) await attempt.execute(this.fn as (...a: unknown[]) => unknown, this.args, this.options.timeout);
     } catch (caught) {

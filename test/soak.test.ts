@@ -129,7 +129,10 @@ describe('soak', () => {
     // None ran more often than its retries and stalls allow.
     const starts = new Map<string, number>();
     for (const entry of readTaskLog(log)) if (entry.event === 'start') starts.set(entry.id, (starts.get(entry.id) ?? 0) + 1);
-    for (const [id, kind] of acknowledged) expect(starts.get(id) ?? 0, `starts of ${kind} task ${id}`).toBeLessThanOrEqual(MAX_STARTS);
+    for (const [id, kind] of acknowledged) {
+      const lines = () => readTaskLog(log).filter((entry) => entry.id === id).map((entry) => JSON.stringify(entry)).join('\n');
+      expect(starts.get(id) ?? 0, `starts of ${kind} task ${id}; record ${JSON.stringify(records.get(id))}; its lines:\n${lines()}`).toBeLessThanOrEqual(MAX_STARTS);
+    }
     const okTasks = [...acknowledged].filter(([, kind]) => kind === 'ok');
     const duplicates = okTasks.filter(([id]) => (starts.get(id) ?? 0) > 1).length;
 
