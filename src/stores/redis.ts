@@ -206,10 +206,12 @@ if holder then return read(holder) end
 return false
 `;
 
-// Successes past their cutoff are deleted; a dead letter found among them (a record that ended before
-// p:dead existed) moves to p:dead with its end time, to be deleted at the older failed cutoff.
+// One batch of a retention pass: up to SWEEP_BATCH expired ids of each of p:ended and p:dead. Successes past
+// their cutoff are deleted; a dead letter found among them (a record that ended before p:dead existed) moves
+// to p:dead with its end time, to be deleted at the older failed cutoff. Returns 1 if a set gave a full
+// batch (more may be expired), 0 when both are done.
 const CLEANUP = `${COUNT}
-local p, cutoff, failedCutoff = ARGV[1], ARGV[2], ARGV[3]
+local p, cutoff, failedCutoff, batch = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local function delete(id, r)
   local tk = p .. ':t:' .. id
   local held = redis.call('HMGET', tk, 'status', 'c')
@@ -227,10 +229,10 @@ local function delete(id, r)
   end
   redis.call('DEL', p .. ':t:' .. id)
 end
-local n = 0
+local more = 0
 for _, set in ipairs({ 'ended', 'dead' }) do
   local key = p .. ':' .. set
-  local ids = redis.call('ZRANGEBYSCORE', key, '-inf', set == 'dead' and failedCutoff or cutoff, 'WITHSCORES', 'LIMIT', 0, 500)
+  local ids = redis.call('ZRANGEBYSCORE', key, '-inf', set == 'dead' and failedCutoff or cutoff, 'WITHSCORES', 'LIMIT', 0, batch)
   for i = 1, #ids, 2 do
     local id = ids[i]
     local tk = p .. ':t:' .. id
@@ -248,9 +250,9 @@ for _, set in ipairs({ 'ended', 'dead' }) do
     end
     redis.call('ZREM', key, id)
   end
-  n = n + #ids / 2
+  if #ids / 2 >= batch then more = 1 end
 end
-return n
+return more
 `;
 
 // Counts the given records that are not counted yet (written before p:counts existed); see #counted().
@@ -287,6 +289,10 @@ const scripts = {
 };
 
 const CLEANUP_EVERY_MS = 60_000;
+/** Expired records of each kind deleted per script call: a few milliseconds of Redis time. */
+const SWEEP_BATCH = 500;
+/** claimOrphans() waits for this many batches of a pass at most; a longer pass goes on in the background. */
+const SWEEP_AWAITED_BATCHES = 20;
 const DAY_MS = 86_400_000;
 
 /**
@@ -302,6 +308,8 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   readonly client: Redis;
   readonly #ownsClient: boolean;
   #cleanedAt = -Infinity;
+  /** The retention pass in flight, if any (one at a time per store). */
+  #sweeping: Promise<void> | undefined;
   #triedToConnect = false;
   /** Settles once every record in Redis is counted in p:counts (see #counted()). */
   #counting: Promise<void> | undefined;
@@ -466,9 +474,11 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     // Counting a history written before counts existed runs in the background; metrics() waits for it.
     this.#counted().catch(() => {});
     const now = Date.now();
-    if (now - this.#cleanedAt >= CLEANUP_EVERY_MS) {
+    // Every minute, or every retentionDays / 2 when shorter (as SqliteStore).
+    const every = Math.max(250, Math.min(CLEANUP_EVERY_MS, (this.retentionDays * DAY_MS) / 2));
+    if (now - this.#cleanedAt >= every && this.#sweeping === undefined) {
       this.#cleanedAt = now;
-      await this.#run(scripts.cleanup, [this.prefix, retentionCutoff(now, this.retentionDays), retentionCutoff(now, this.failedRetentionDays)]);
+      await this.#sweep(now);
     }
     // A record that cannot be read stays claimed by this owner, untouched: it is reported once and not
     // looked at again until this owner is gone.
@@ -482,6 +492,31 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
       if (record !== undefined) records.push(record);
     }
     return records;
+  }
+
+  /**
+   * A retention pass: every record expired at `now` is deleted, SWEEP_BATCH of each kind per script call (so
+   * no call holds Redis for long), yielding to the event loop between calls, until a batch comes back short.
+   * Resolves when the pass is done or after its first SWEEP_AWAITED_BATCHES batches (rejecting if one of
+   * those fails); the rest of a long pass goes on in the background, and a failure there waits for the
+   * next pass. A pass stops when the store closes.
+   */
+  #sweep(now: number): Promise<void> {
+    let release!: () => void;
+    const awaited = new Promise<void>((resolve) => (release = resolve));
+    const args = [this.prefix, retentionCutoff(now, this.retentionDays), retentionCutoff(now, this.failedRetentionDays), SWEEP_BATCH];
+    const pass = (async () => {
+      for (let batches = 1; this.closed === undefined; batches++) {
+        if ((await this.#run(scripts.cleanup, args)) !== 1) return;
+        if (batches === SWEEP_AWAITED_BATCHES) release();
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    })();
+    this.#sweeping = pass.then(
+      () => (this.#sweeping = undefined),
+      () => (this.#sweeping = undefined),
+    );
+    return Promise.race([pass, awaited]);
   }
 
   async renewLease(): Promise<void> {
