@@ -5,7 +5,7 @@ import { retryDelay, type ResolvedTaskOptions } from './options.js';
 import type { Runner } from './runner.js';
 import { ATTR_TASK_PROGRESS, EVENT_TASK_PROGRESS, type AttemptSpanInput } from './otel.js';
 import { fieldsToAttributes } from './observers/span-events.js';
-import type { LifecycleEvent, LogEntry, LogLevel, TaskRecord, TaskStatus, TaskFunction } from './types.js';
+import type { AttemptEventBase, LifecycleEvent, LogEntry, LogEvent, LogLevel, ProgressEvent, TaskRecord, TaskStatus, TaskFunction } from './types.js';
 
 /** Log entries kept on a record; older ones are dropped first (events and pino lines still get them all). */
 export const MAX_LOGS_PER_RECORD = 100;
@@ -346,23 +346,24 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       logs.push(entry);
     }
     if (!runner.chain.hasLog) return;
+    runner.chain.emitLog(this.#attemptEvent<LogEvent>(attempt, time, { type: 'log', level, message, fields: safeFields ?? {} }));
+  }
+
+  /** `own` (the event's type and its own fields) completed with what every event of an attempt carries. */
+  #attemptEvent<E extends LogEvent | ProgressEvent>(attempt: Attempt, time: number, own: Omit<E, keyof AttemptEventBase>): E {
     const spanContext = attempt.span.spanContext();
-    runner.chain.emitLog({
-      type: 'log',
-      taskId: this.id,
-      name: this.name,
-      attempt: attempt.attempt,
-      level,
-      message,
-      fields: safeFields ?? {},
-      tags: this.safeTags,
-      time,
-      traceId: spanContext.traceId,
-      spanId: spanContext.spanId,
-      traceFlags: spanContext.traceFlags,
-      requestTraceId: this.record.requestTraceId,
-      requestSpanId: this.record.requestSpanId,
-    });
+    const event = own as E;
+    event.taskId = this.id;
+    event.name = this.name;
+    event.attempt = attempt.attempt;
+    event.tags = this.safeTags;
+    event.time = time;
+    event.traceId = spanContext.traceId;
+    event.spanId = spanContext.spanId;
+    event.traceFlags = spanContext.traceFlags;
+    event.requestTraceId = this.record.requestTraceId;
+    event.requestSpanId = this.record.requestSpanId;
+    return event;
   }
 
   /**
@@ -398,22 +399,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     const span = attempt.span;
     if (span.isRecording()) span.addEvent(EVENT_TASK_PROGRESS, fieldsToAttributes(fields ?? {}, { [ATTR_TASK_PROGRESS]: value }), time);
     if (!runner.chain.hasProgress) return;
-    const spanContext = span.spanContext();
-    runner.chain.emitProgress({
-      type: 'progress',
-      taskId: this.id,
-      name: this.name,
-      attempt: attempt.attempt,
-      value,
-      fields: fields ?? {},
-      tags: this.safeTags,
-      time,
-      traceId: spanContext.traceId,
-      spanId: spanContext.spanId,
-      traceFlags: spanContext.traceFlags,
-      requestTraceId: this.record.requestTraceId,
-      requestSpanId: this.record.requestSpanId,
-    });
+    runner.chain.emitProgress(this.#attemptEvent<ProgressEvent>(attempt, time, { type: 'progress', value, fields: fields ?? {} }));
   }
 
   #finish(status: TaskStatus, error: unknown, reason: string | undefined, lastAttemptMs: number | undefined): void {
