@@ -115,6 +115,12 @@ const MANAGER_OPTIONS = new Set([
   'requeuePending', 'redact', 'encryptionKey', 'leaseMs', 'orphanCheckMs', 'maxQueued', 'observerTimeoutMs', 'observerMaxInFlight',
 ]);
 
+/** A duration option in ms: from `min` to the longest wait a Node timer keeps; an integer where a timer repeats it. */
+function checkMs(where: string, key: string, value: unknown, min: number, integer: boolean): void {
+  if (value === undefined || (typeof value === 'number' && value >= min && value <= MAX_TIMER_MS && (!integer || Number.isInteger(value)))) return;
+  throw optionError(where, key, `${integer ? 'an integer' : 'a number'} from ${min} to ${MAX_TIMER_MS} (milliseconds)`, value, typeof value === 'number' ? RangeError : TypeError);
+}
+
 /** A count option: a positive integer, or `Infinity` for no bound. */
 function checkBound(where: string, key: string, value: unknown): void {
   if (value === undefined || value === Infinity || (Number.isInteger(value) && (value as number) >= 1)) return;
@@ -128,24 +134,15 @@ function validateManagerOptions(options: TaskManagerOptions): void {
     if (!MANAGER_OPTIONS.has(key)) throw new TypeError(`${where}: unknown option "${key}"; known options are ${[...MANAGER_OPTIONS].join(', ')}`);
   }
   const { concurrency, shutdownTimeoutMs, logger, store, observers, encryptionKey } = options;
-  for (const key of ['leaseMs', 'orphanCheckMs'] as const) {
-    const value = options[key];
-    if (value !== undefined && (!Number.isInteger(value) || value < 10 || value > MAX_TIMER_MS)) {
-      throw optionError(where, key, `an integer from 10 to ${MAX_TIMER_MS} (milliseconds)`, value, typeof value === 'number' ? RangeError : TypeError);
-    }
-  }
+  checkMs(where, 'leaseMs', options.leaseMs, 10, true);
+  checkMs(where, 'orphanCheckMs', options.orphanCheckMs, 10, true);
+  checkMs(where, 'observerTimeoutMs', options.observerTimeoutMs, 1, true);
+  checkMs(where, 'shutdownTimeoutMs', shutdownTimeoutMs, 0, false);
   checkBound(where, 'maxQueued', options.maxQueued);
   checkBound(where, 'observerMaxInFlight', options.observerMaxInFlight);
-  const { observerTimeoutMs } = options;
-  if (observerTimeoutMs !== undefined && (!Number.isInteger(observerTimeoutMs) || observerTimeoutMs < 1 || observerTimeoutMs > MAX_TIMER_MS)) {
-    throw optionError(where, 'observerTimeoutMs', `an integer from 1 to ${MAX_TIMER_MS} (milliseconds)`, observerTimeoutMs, typeof observerTimeoutMs === 'number' ? RangeError : TypeError);
-  }
   if (options.requeuePending !== undefined && typeof options.requeuePending !== 'boolean') throw optionError(where, 'requeuePending', 'a boolean', options.requeuePending);
   if (concurrency !== undefined && (!Number.isInteger(concurrency) || concurrency < 1)) {
     throw optionError(where, 'concurrency', 'an integer >= 1', concurrency, typeof concurrency === 'number' ? RangeError : TypeError);
-  }
-  if (shutdownTimeoutMs !== undefined && (typeof shutdownTimeoutMs !== 'number' || !(shutdownTimeoutMs >= 0 && shutdownTimeoutMs <= MAX_TIMER_MS))) {
-    throw optionError(where, 'shutdownTimeoutMs', `a number from 0 to ${MAX_TIMER_MS} (milliseconds)`, shutdownTimeoutMs, typeof shutdownTimeoutMs === 'number' ? RangeError : TypeError);
   }
   if (logger !== undefined && (logger === null || typeof logger !== 'object' || typeof logger.info !== 'function' || typeof logger.error !== 'function')) {
     throw optionError(where, 'logger', 'a pino logger', logger);
@@ -478,9 +475,7 @@ export class TaskManager implements TaskEnqueuer {
   shutdown(options: { timeoutMs?: number } = {}): Promise<void> {
     if (options === null || typeof options !== 'object') throw new TypeError(`shutdown: argument "options" must be an object, got ${options === null ? 'null' : typeof options}`);
     const timeoutMs = options.timeoutMs ?? this.#shutdownTimeoutMs;
-    if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0 && timeoutMs <= MAX_TIMER_MS)) {
-      throw optionError('shutdown', 'timeoutMs', `a number from 0 to ${MAX_TIMER_MS} (milliseconds)`, timeoutMs, typeof timeoutMs === 'number' ? RangeError : TypeError);
-    }
+    checkMs('shutdown', 'timeoutMs', timeoutMs, 0, false);
     this.#shutdown ??= (async () => {
       this.#closing = true;
       clearInterval(this.#leaseTimer);
