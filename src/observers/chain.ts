@@ -5,8 +5,6 @@ type Report = (observer: TaskObserver, stage: string, error: unknown) => void;
 /** Told once per observer, at its first dropped event. */
 type ReportDrop = (label: string, why: string) => void;
 
-// The largest delay a Node timer honours (a larger one fires after 1 ms); defined with the other option bounds.
-export { MAX_TIMER_MS } from '../options.js';
 export const DEFAULT_OBSERVER_TIMEOUT_MS = 5_000;
 export const DEFAULT_OBSERVER_MAX_IN_FLIGHT = 1_000;
 
