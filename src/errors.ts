@@ -160,8 +160,8 @@ export function toErrorInfo(error: unknown): ErrorInfo {
 }
 
 /**
- * `error` itself when a logger can take it, else a plain Error carrying its safe description: for the
- * reports written about a task's own failures (an `onError` that threw a Proxy must still be reported).
+ * A plain Error carrying the safe description of `error`: what a report writes when the logger refused the
+ * value itself (an `onError` that threw a Proxy must still be reported).
  */
 export function toSafeError(error: unknown): Error {
   const info = toErrorInfo(error);
