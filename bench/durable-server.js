@@ -23,8 +23,12 @@ if (variant === 'sqlite-by-hand') {
   const dir = mkdtempSync(join(tmpdir(), 'bench-sqlite-'));
   const db = new DatabaseSync(join(dir, 'tasks.db'));
   db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL');
-  db.exec('CREATE TABLE tasks (id TEXT PRIMARY KEY, name TEXT, status TEXT, args TEXT, created_at INTEGER, ended_at INTEGER)');
-  const insert = db.prepare("INSERT INTO tasks (id, name, status, args, created_at) VALUES (?, 'work', 'pending', ?, ?)");
+  db.exec(
+    'CREATE TABLE tasks (id TEXT PRIMARY KEY, name TEXT, status TEXT, args TEXT, created_at INTEGER, ended_at INTEGER)',
+  );
+  const insert = db.prepare(
+    "INSERT INTO tasks (id, name, status, args, created_at) VALUES (?, 'work', 'pending', ?, ?)",
+  );
   const finish = db.prepare("UPDATE tasks SET status = 'success', ended_at = ? WHERE id = ?");
   let running = 0;
   let idle;
@@ -50,11 +54,22 @@ if (variant === 'sqlite-by-hand') {
   if (variant.startsWith('sqlite')) {
     const { SqliteStore } = await import('koa-taskflow/sqlite');
     const dir = mkdtempSync(join(tmpdir(), 'bench-sqlite-'));
-    store = new SqliteStore({ path: join(dir, 'tasks.db'), synchronous: variant === 'sqlite-full' ? 'FULL' : 'NORMAL' });
+    store = new SqliteStore({
+      path: join(dir, 'tasks.db'),
+      synchronous: variant === 'sqlite-full' ? 'FULL' : 'NORMAL',
+    });
     close = async () => rmSync(dir, { recursive: true, force: true });
   } else if (variant === 'null-durable') {
     // A durable store that writes nothing: the cost of the durable path (write-ahead, batching) without I/O.
-    store = { durable: true, save: async () => undefined, get: async () => undefined, list: async () => [], claimKey: async () => undefined, claimOrphans: async () => [], close: async () => {} };
+    store = {
+      durable: true,
+      save: async () => undefined,
+      get: async () => undefined,
+      list: async () => [],
+      claimKey: async () => undefined,
+      claimOrphans: async () => [],
+      close: async () => {},
+    };
   } else if (variant === 'redis') {
     const { RedisStore } = await import('koa-taskflow/redis');
     store = new RedisStore({ url: `redis://127.0.0.1:${redisPort}` }, { prefix: `bench-${process.pid}` });
@@ -83,7 +98,11 @@ app.use((ctx) => {
   ctx.body = 'ok';
 });
 
-const server = serveBenchApp(app, () => drain(), () => ({ ran }));
+const server = serveBenchApp(
+  app,
+  () => drain(),
+  () => ({ ran }),
+);
 process.on('SIGTERM', async () => {
   server.closeAllConnections();
   await close();

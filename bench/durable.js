@@ -15,14 +15,20 @@ const CONNECTIONS = Number(process.env.CONNECTIONS ?? 10);
 
 const VARIANTS = [
   { name: 'bare', label: 'bare Koa' },
-  { name: 'null-durable', label: 'a durable store that writes nothing (the floor of the durable path), 1 task/request' },
+  {
+    name: 'null-durable',
+    label: 'a durable store that writes nothing (the floor of the durable path), 1 task/request',
+  },
   { name: 'sqlite', label: 'SqliteStore (WAL, synchronous=NORMAL), 1 durable task/request', goal: 0.6 },
   { name: 'sqlite-full', label: 'SqliteStore (WAL, synchronous=FULL), 1 durable task/request' },
   { name: 'redis', label: 'RedisStore (local redis-server), 1 durable task/request', needsRedis: true },
 ];
 
 async function measure(variant, redisPort) {
-  const server = await startServer(new URL('./durable-server.js', import.meta.url).pathname, [variant.name, String(redisPort ?? 0)]);
+  const server = await startServer(new URL('./durable-server.js', import.meta.url).pathname, [
+    variant.name,
+    String(redisPort ?? 0),
+  ]);
   try {
     await autocannon({ url: server.url, connections: CONNECTIONS, duration: WARMUP });
     const sample = await burst(server, SECONDS, CONNECTIONS);
@@ -37,8 +43,14 @@ const variants = VARIANTS.filter((v) => !v.needsRedis || redis);
 if (!redis) console.log('redis-server not found: the Redis variant is skipped');
 let samples;
 try {
-  samples = await interleavedRounds(variants, ROUNDS, (variant) => measure(variant, redis?.port), (line, sample) =>
-    console.log(`${line}${sample.allTasksRan ? '' : '  TASKS MISSING'}${sample.errors ? `  ${sample.errors} errors` : ''}`),
+  samples = await interleavedRounds(
+    variants,
+    ROUNDS,
+    (variant) => measure(variant, redis?.port),
+    (line, sample) =>
+      console.log(
+        `${line}${sample.allTasksRan ? '' : '  TASKS MISSING'}${sample.errors ? `  ${sample.errors} errors` : ''}`,
+      ),
   );
 } finally {
   await redis?.stop();
@@ -46,14 +58,30 @@ try {
 
 const rows = variants.map((v) => {
   const s = samples.get(v.name);
-  return { ...v, rps: median(s.map((x) => x.rps)), p99: median(s.map((x) => x.p99)), cpuPerRequest: median(s.map((x) => x.cpuPerRequest)), allTasksRan: s.every((x) => x.allTasksRan), errors: s.reduce((a, x) => a + x.errors, 0) };
+  return {
+    ...v,
+    rps: median(s.map((x) => x.rps)),
+    p99: median(s.map((x) => x.p99)),
+    cpuPerRequest: median(s.map((x) => x.cpuPerRequest)),
+    allTasksRan: s.every((x) => x.allTasksRan),
+    errors: s.reduce((a, x) => a + x.errors, 0),
+  };
 });
 const bare = rows.find((r) => r.name === 'bare');
 for (const row of rows) {
   row.rpsRatio = row.rps / bare.rps;
   row.cpuRatio = bare.cpuPerRequest / row.cpuPerRequest;
 }
-console.table(rows.map((r) => ({ variant: r.name, 'req/s': fmt(r.rps, 0), '÷ bare': fmt(r.rpsRatio, 2), 'µs CPU/req': fmt(r.cpuPerRequest), 'CPU ratio': fmt(r.cpuRatio, 2), goal: r.goal ?? '' })));
+console.table(
+  rows.map((r) => ({
+    variant: r.name,
+    'req/s': fmt(r.rps, 0),
+    '÷ bare': fmt(r.rpsRatio, 2),
+    'µs CPU/req': fmt(r.cpuPerRequest),
+    'CPU ratio': fmt(r.cpuRatio, 2),
+    goal: r.goal ?? '',
+  })),
+);
 
 const md = [
   '# Durable stores: cost of one durable task per request',
@@ -64,7 +92,10 @@ const md = [
   '',
   '| variant | req/s | ÷ bare (req/s) | p99 ms | µs CPU/request | bare CPU ÷ this CPU | goal | every task ran |',
   '|---|---|---|---|---|---|---|---|',
-  ...rows.map((r) => `| ${r.label} | ${fmt(r.rps, 0)} | ${fmt(r.rpsRatio, 2)} | ${r.p99} | ${fmt(r.cpuPerRequest)} | ${fmt(r.cpuRatio, 2)} | ${r.goal ?? ''} | ${r.name === 'bare' ? '–' : r.allTasksRan ? 'yes' : 'no'} |`),
+  ...rows.map(
+    (r) =>
+      `| ${r.label} | ${fmt(r.rps, 0)} | ${fmt(r.rpsRatio, 2)} | ${r.p99} | ${fmt(r.cpuPerRequest)} | ${fmt(r.cpuRatio, 2)} | ${r.goal ?? ''} | ${r.name === 'bare' ? '–' : r.allTasksRan ? 'yes' : 'no'} |`,
+  ),
   '',
 ].join('\n');
 writeFileSync(new URL('./durable-results.md', import.meta.url), md);

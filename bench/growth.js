@@ -137,7 +137,9 @@ try {
     }
     if (redis) {
       const prefix = `growth${size}`;
-      rows.push(await measure('redis', size, () => new RedisStore({ url: `redis://127.0.0.1:${redis.port}` }, { prefix })));
+      rows.push(
+        await measure('redis', size, () => new RedisStore({ url: `redis://127.0.0.1:${redis.port}` }, { prefix })),
+      );
     }
   }
 } finally {

@@ -19,7 +19,9 @@ const results = {};
 
 // ── throughput ──
 const dropping = { export: (_spans, done) => done({ code: 0 }), shutdown: async () => {} };
-const tracerProvider = new BasicTracerProvider({ spanProcessors: [new BatchSpanProcessor(dropping, { maxQueueSize: 65_536 })] });
+const tracerProvider = new BasicTracerProvider({
+  spanProcessors: [new BatchSpanProcessor(dropping, { maxQueueSize: 65_536 })],
+});
 context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
 const sdkTracer = tracerProvider.getTracer('bench');
 
@@ -47,7 +49,15 @@ bench
   .add('OpenTelemetry SDK alone (span + 7 attributes + event + end, no task)', async () => {
     for (let i = 0; i < BATCH; i++) {
       const span = sdkTracer.startSpan('task noop', { kind: SpanKind.CONSUMER }, ROOT_CONTEXT);
-      span.setAttributes({ 'task.id': 'id', 'task.name': 'noop', 'task.attempt': 1, 'task.max_attempts': 1, 'messaging.system': 'koa-taskflow', 'messaging.operation.type': 'process', 'messaging.message.id': 'id' });
+      span.setAttributes({
+        'task.id': 'id',
+        'task.name': 'noop',
+        'task.attempt': 1,
+        'task.max_attempts': 1,
+        'messaging.system': 'koa-taskflow',
+        'messaging.operation.type': 'process',
+        'messaging.message.id': 'id',
+      });
       span.addEvent('task.log', { 'log.message': 'tick', 'log.level': 'info' });
       span.setStatus({ code: SpanStatusCode.OK });
       span.end();
@@ -94,7 +104,11 @@ await tracerProvider.shutdown();
 // ── memory per queued task ──
 {
   // maxQueued raised to what is measured (the default, 10 000, is chosen from this figure: see the README's Backpressure).
-  const manager = new TaskManager({ concurrency: 1, maxQueued: QUEUED, store: new MemoryStore({ maxRecords: QUEUED + 10 }) });
+  const manager = new TaskManager({
+    concurrency: 1,
+    maxQueued: QUEUED,
+    store: new MemoryStore({ maxRecords: QUEUED + 10 }),
+  });
   let release;
   const gate = new Promise((resolve) => (release = resolve));
   const queued = manager.task(async function queued(_n) {});

@@ -36,7 +36,9 @@ export function startServer(script, args) {
       const match = /ready (\d+)/.exec(out);
       if (match) resolve({ child, url: `http://127.0.0.1:${match[1]}`, stop: () => stopChild(child) });
     });
-    child.once('exit', (code) => reject(new Error(`${script} ${args.join(' ')} exited with ${code} before it was ready`)));
+    child.once('exit', (code) =>
+      reject(new Error(`${script} ${args.join(' ')} exited with ${code} before it was ready`)),
+    );
   });
 }
 
@@ -53,9 +55,18 @@ export async function startRedis() {
   if (spawnSync('redis-server', ['--version']).status !== 0) return undefined;
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'bench-redis-'));
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  const child = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'],
+    { stdio: 'ignore' },
+  );
   for (let i = 0; i < 100; i++) {
-    if (spawnSync('redis-cli', ['-p', String(port), 'ping']).stdout?.toString().trim() === 'PONG') break;
+    if (
+      spawnSync('redis-cli', ['-p', String(port), 'ping'])
+        .stdout?.toString()
+        .trim() === 'PONG'
+    )
+      break;
     await new Promise((r) => setTimeout(r, 50));
   }
   return {
@@ -102,7 +113,10 @@ export async function interleavedRounds(variants, rounds, measure, describe) {
     for (const variant of order) {
       const sample = await measure(variant);
       samples.get(variant.name).push(sample);
-      describe(`round ${round + 1}/${rounds} ${variant.name.padEnd(16)} ${fmt(sample.rps, 0).padStart(7)} req/s  ${fmt(sample.cpuPerRequest)} µs CPU/req  p99 ${sample.p99} ms`, sample);
+      describe(
+        `round ${round + 1}/${rounds} ${variant.name.padEnd(16)} ${fmt(sample.rps, 0).padStart(7)} req/s  ${fmt(sample.cpuPerRequest)} µs CPU/req  p99 ${sample.p99} ms`,
+        sample,
+      );
     }
   }
   return samples;

@@ -21,7 +21,9 @@ const gc = globalThis.gc ?? (() => {});
 
 const NOOP_SPAN = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
 const dropping = { export: (_spans, done) => done({ code: 0 }), shutdown: async () => {} };
-const sdkTracer = new BasicTracerProvider({ spanProcessors: [new BatchSpanProcessor(dropping, { maxQueueSize: 1 << 17 })] });
+const sdkTracer = new BasicTracerProvider({
+  spanProcessors: [new BatchSpanProcessor(dropping, { maxQueueSize: 1 << 17 })],
+});
 const sdkMeter = new MeterProvider();
 
 const VARIANTS = {
@@ -71,12 +73,16 @@ for (let round = 0; round < ROUNDS; round++) {
 }
 
 const absent = median(samples.absent);
-console.log(`koa-taskflow tracing overhead — ${TASKS} tasks per run, ${ROUNDS} interleaved rounds, median; Node ${process.version}${globalThis.gc ? '' : ' (run with --expose-gc for steadier numbers)'}`);
+console.log(
+  `koa-taskflow tracing overhead — ${TASKS} tasks per run, ${ROUNDS} interleaved rounds, median; Node ${process.version}${globalThis.gc ? '' : ' (run with --expose-gc for steadier numbers)'}`,
+);
 console.log('variant   ns/task   ratio vs absent   spread (min–max ns)');
 for (const name of names) {
   const values = samples[name];
   const m = median(values);
-  console.log(`${name.padEnd(8)} ${m.toFixed(0).padStart(8)}   ${(m / absent).toFixed(3).padStart(15)}   ${Math.min(...values).toFixed(0)}–${Math.max(...values).toFixed(0)}`);
+  console.log(
+    `${name.padEnd(8)} ${m.toFixed(0).padStart(8)}   ${(m / absent).toFixed(3).padStart(15)}   ${Math.min(...values).toFixed(0)}–${Math.max(...values).toFixed(0)}`,
+  );
 }
 
 // The calls one task's telemetry makes (enqueue, start, end), alone, on the no-SDK path.
@@ -92,6 +98,8 @@ function telemetryLoop(calls) {
 }
 telemetryLoop(CALLS / 10);
 const perTask = median(Array.from({ length: 7 }, () => telemetryLoop(CALLS)));
-console.log(`no-SDK telemetry calls of one task, alone: ${perTask.toFixed(0)} ns (${((perTask / median(samples['no-sdk'])) * 100).toFixed(2)}% of a whole task)`);
+console.log(
+  `no-SDK telemetry calls of one task, alone: ${perTask.toFixed(0)} ns (${((perTask / median(samples['no-sdk'])) * 100).toFixed(2)}% of a whole task)`,
+);
 await sdkTracer.shutdown();
 await sdkMeter.shutdown();

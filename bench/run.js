@@ -16,7 +16,12 @@ if (process.argv.includes('--render')) {
   const started = new Date().toISOString();
   const http = await runHttpBench((line) => console.log(line));
   console.log('in-process measurements…');
-  const inprocess = JSON.parse(execFileSync(process.execPath, ['--expose-gc', here('./inprocess.js')], { encoding: 'utf8' }).trim().split('\n').at(-1));
+  const inprocess = JSON.parse(
+    execFileSync(process.execPath, ['--expose-gc', here('./inprocess.js')], { encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .at(-1),
+  );
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB`;
   measured = { started, nodeVersion: process.version, machine, http, inprocess };
   writeFileSync(here('./results.json'), `${JSON.stringify(measured, null, 1)}\n`);
@@ -37,19 +42,32 @@ const goals = [
   { what: '(scale) a 2.5 µs busy loop per request ÷ bare Koa', ...row('busy-loop') },
   { what: '1 untraced task/request ÷ bare Koa', ...row('untraced'), goal: 0.9 },
   { what: '(floor) the contract of an untraced task by hand ÷ bare Koa', ...row('handrolled-record') },
-  { what: '(floor) 1 untraced task/request ÷ the contract of an untraced task by hand', ...http.extra.untracedVsRecord },
+  {
+    what: '(floor) 1 untraced task/request ÷ the contract of an untraced task by hand',
+    ...http.extra.untracedVsRecord,
+  },
   { what: '1 traced task/request ÷ Koa + request span', ...row('traced'), goal: 0.85 },
   { what: '(floor) the contract of a traced task by hand ÷ Koa + request span', ...row('handrolled-contract') },
-  { what: '1 traced task/request ÷ hand-rolled finish + setImmediate + span + event + pino', ...http.extra.tracedVsHandrolled, goal: 1.0 },
+  {
+    what: '1 traced task/request ÷ hand-rolled finish + setImmediate + span + event + pino',
+    ...http.extra.tracedVsHandrolled,
+    goal: 1.0,
+  },
   { what: '(floor) 1 traced task/request ÷ the contract of a traced task by hand', ...http.extra.tracedVsContract },
   { what: '1 durable task/request (SqliteStore) ÷ bare Koa', ...row('sqlite'), goal: 0.6 },
   { what: '(floor) a task persisted by hand in SQLite ÷ bare Koa', ...row('sqlite-by-hand') },
   { what: '(floor) SqliteStore ÷ a task persisted by hand in SQLite', ...http.extra.sqliteVsByHand },
   { what: 'traced in-process tasks/s ÷ untraced p-queue', value: tracedTput / pq, goal: 0.5 },
   { what: '(floor) the SDK alone, spans/s ÷ untraced p-queue tasks/s', value: sdkAlone / pq },
-  { what: 'heap bytes per queued task (100k queued)', value: inprocess.memoryPerQueuedTask.heapBytes, goal: 1024, lowerIsBetter: true },
+  {
+    what: 'heap bytes per queued task (100k queued)',
+    value: inprocess.memoryPerQueuedTask.heapBytes,
+    goal: 1024,
+    lowerIsBetter: true,
+  },
 ];
-for (const g of goals) g.met = g.goal === undefined ? undefined : g.lowerIsBetter ? g.value <= g.goal : g.value >= g.goal;
+for (const g of goals)
+  g.met = g.goal === undefined ? undefined : g.lowerIsBetter ? g.value <= g.goal : g.value >= g.goal;
 
 const table = [
   '| variant | req/s | ÷ bare | p50 ms | p99 ms | µs CPU/request | capacity ratio | middle half of the ratios | against | every task ran |',
@@ -62,7 +80,10 @@ const table = [
 const goalTable = [
   '| goal | measured | middle half | target | met |',
   '|---|---|---|---|---|',
-  ...goals.map((g) => `| ${g.what} | ${fmt(g.value, g.lowerIsBetter ? 0 : 2)} | ${range(g.spread)} | ${g.goal === undefined ? '–' : `${g.lowerIsBetter ? '≤' : '≥'} ${g.goal}`} | ${g.met === undefined ? '–' : g.met ? 'yes' : '**no**'} |`),
+  ...goals.map(
+    (g) =>
+      `| ${g.what} | ${fmt(g.value, g.lowerIsBetter ? 0 : 2)} | ${range(g.spread)} | ${g.goal === undefined ? '–' : `${g.lowerIsBetter ? '≤' : '≥'} ${g.goal}`} | ${g.met === undefined ? '–' : g.met ? 'yes' : '**no**'} |`,
+  ),
 ].join('\n');
 const throughput = inprocess.throughput.map((t) => `| ${t.name} | ${fmt(t.tasksPerSecond, 0)} |`).join('\n');
 
@@ -107,10 +128,23 @@ ${fmt(inprocess.memoryPerQueuedTask.heapBytes, 0)} B heap, ${fmt(inprocess.memor
 `;
 writeFileSync(here('./results.md'), markdown);
 const byHand = [
-  { label: '1 untraced task vs its contract by hand', capacityRatio: http.extra.untracedVsRecord.value, baseline: 'by hand' },
-  { label: '1 traced task vs its contract by hand', capacityRatio: http.extra.tracedVsContract.value, baseline: 'by hand' },
+  {
+    label: '1 untraced task vs its contract by hand',
+    capacityRatio: http.extra.untracedVsRecord.value,
+    baseline: 'by hand',
+  },
+  {
+    label: '1 traced task vs its contract by hand',
+    capacityRatio: http.extra.tracedVsContract.value,
+    baseline: 'by hand',
+  },
   { label: 'SqliteStore vs persisting by hand', capacityRatio: http.extra.sqliteVsByHand.value, baseline: 'by hand' },
-  { label: '1 traced task vs span + event + pino by hand', capacityRatio: http.extra.tracedVsHandrolled.value, baseline: 'by hand', goal: 1.0 },
+  {
+    label: '1 traced task vs span + event + pino by hand',
+    capacityRatio: http.extra.tracedVsHandrolled.value,
+    baseline: 'by hand',
+    goal: 1.0,
+  },
 ];
 writeFileSync(here('./ratios.svg'), chart([...http.rows.filter((r) => r.baseline), ...byHand]));
 console.log(`\n${goalTable}\n\nwrote bench/results.md and bench/ratios.svg`);
@@ -126,14 +160,20 @@ function chart(rows) {
     .map((r, i) => {
       const y = 30 + i * (barH + 10);
       const color = r.goal === undefined ? '#8a94a6' : r.capacityRatio >= r.goal ? '#2e9e5b' : '#d0553f';
-      const goal = r.goal === undefined ? '' : `<line x1="${scale(r.goal)}" x2="${scale(r.goal)}" y1="${y - 3}" y2="${y + barH + 3}" stroke="#222" stroke-dasharray="3 2"/>`;
+      const goal =
+        r.goal === undefined
+          ? ''
+          : `<line x1="${scale(r.goal)}" x2="${scale(r.goal)}" y1="${y - 3}" y2="${y + barH + 3}" stroke="#222" stroke-dasharray="3 2"/>`;
       return `<text x="${left - 8}" y="${y + barH / 2 + 4}" text-anchor="end" font-size="12">${escapeXml(r.label.length > 58 ? `${r.label.slice(0, 57)}…` : r.label)}</text>
 <rect x="${left}" y="${y}" width="${scale(r.capacityRatio) - left}" height="${barH}" fill="${color}"/>
 <text x="${scale(r.capacityRatio) + 4}" y="${y + barH / 2 + 4}" font-size="12">${fmt(r.capacityRatio, 2)} (vs ${r.baseline})</text>${goal}`;
     })
     .join('\n');
   const axis = [0, 0.25, 0.5, 0.75, 1, 1.25]
-    .map((v) => `<line x1="${scale(v)}" x2="${scale(v)}" y1="24" y2="${height - 24}" stroke="#ddd"/><text x="${scale(v)}" y="${height - 8}" font-size="11" text-anchor="middle">${v}</text>`)
+    .map(
+      (v) =>
+        `<line x1="${scale(v)}" x2="${scale(v)}" y1="24" y2="${height - 24}" stroke="#ddd"/><text x="${scale(v)}" y="${height - 8}" font-size="11" text-anchor="middle">${v}</text>`,
+    )
     .join('\n');
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif">
 <rect width="100%" height="100%" fill="#fff"/>

@@ -22,7 +22,9 @@ if (traced) {
   const { BasicTracerProvider, BatchSpanProcessor } = await import('@opentelemetry/sdk-trace-base');
   const { AsyncLocalStorageContextManager } = await import('@opentelemetry/context-async-hooks');
   const dropping = { export: (_spans, done) => done({ code: 0 }), shutdown: async () => {} };
-  const provider = new BasicTracerProvider({ spanProcessors: [new BatchSpanProcessor(dropping, { maxQueueSize: 65_536 })] });
+  const provider = new BasicTracerProvider({
+    spanProcessors: [new BatchSpanProcessor(dropping, { maxQueueSize: 65_536 })],
+  });
   context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
   trace.setGlobalTracerProvider(provider);
   tracer = trace.getTracer('bench');
@@ -63,10 +65,11 @@ function handrolledTasks(body) {
       record.endedAt = Date.now();
       record.durationMs = record.endedAt - record.startedAt;
       record.status = error === undefined ? 'success' : 'failed';
-      if (error !== undefined) record.error = { type: error?.name ?? typeof error, message: String(error?.message ?? error) };
+      if (error !== undefined)
+        record.error = { type: error?.name ?? typeof error, message: String(error?.message ?? error) };
       ended.push(record.id);
       if (records.size > 10_000) records.delete(ended[endedHead++]);
-      if (endedHead > 1024 && endedHead * 2 > ended.length) ended.splice(0, endedHead), (endedHead = 0);
+      if (endedHead > 1024 && endedHead * 2 > ended.length) (ended.splice(0, endedHead), (endedHead = 0));
       running--;
       if (queue.length > 0) start(...queue.shift());
       else if (running === 0) idle?.();
@@ -77,7 +80,21 @@ function handrolledTasks(body) {
     const requestSpan = tracer && trace.getActiveSpan();
     const request = requestSpan?.spanContext();
     requestSpan?.addEvent('task.enqueued', { 'task.id': id, 'task.name': 'work' });
-    const record = { id, name: 'work', status: 'pending', args: [1], tags: {}, attempts: 0, createdAt: Date.now(), startedAt: undefined, endedAt: undefined, durationMs: undefined, error: undefined, traceId: undefined, spanId: undefined };
+    const record = {
+      id,
+      name: 'work',
+      status: 'pending',
+      args: [1],
+      tags: {},
+      attempts: 0,
+      createdAt: Date.now(),
+      startedAt: undefined,
+      endedAt: undefined,
+      durationMs: undefined,
+      error: undefined,
+      traceId: undefined,
+      spanId: undefined,
+    };
     records.set(id, record);
     ctx.res.once('close', () => (running < 16 ? start(record, request) : queue.push([record, request])));
     await next();
@@ -113,7 +130,10 @@ switch (variant) {
     const { TaskManager, taskLog, MemoryStore } = await import('koa-taskflow');
     // The short-history variant: the same task with a store that keeps only the last 100 records, to show
     // what keeping 10 000 finished records in the heap costs (the garbage collector copies each one).
-    const manager = new TaskManager({ logger, store: variant === 'untraced-short-history' ? new MemoryStore({ maxRecords: 100 }) : undefined });
+    const manager = new TaskManager({
+      logger,
+      store: variant === 'untraced-short-history' ? new MemoryStore({ maxRecords: 100 }) : undefined,
+    });
     const task = manager.task(
       variant === 'traced'
         ? async function work(n) {
@@ -146,11 +166,18 @@ switch (variant) {
       const request = trace.getActiveSpan()?.spanContext();
       ctx.res.once('finish', () =>
         setImmediate(() => {
-          const span = tracer.startSpan('task work', { kind: SpanKind.CONSUMER, links: request ? [{ context: request }] : [] }, ROOT_CONTEXT);
+          const span = tracer.startSpan(
+            'task work',
+            { kind: SpanKind.CONSUMER, links: request ? [{ context: request }] : [] },
+            ROOT_CONTEXT,
+          );
           span.setAttributes({ 'task.name': 'work', 'task.attempt': 1 });
           span.addEvent('task.log', { 'log.message': 'did the work', n: 1 });
           const sc = span.spanContext();
-          logger.info({ trace_id: sc.traceId, span_id: sc.spanId, trace_flags: '01', task: { name: 'work', attempt: 1 }, n: 1 }, 'did the work');
+          logger.info(
+            { trace_id: sc.traceId, span_id: sc.spanId, trace_flags: '01', task: { name: 'work', attempt: 1 }, n: 1 },
+            'did the work',
+          );
           ran++;
           span.end();
         }),
@@ -167,8 +194,20 @@ switch (variant) {
     const tags = {};
     handrolledTasks((record, request) => {
       const { id } = record;
-      const span = tracer.startSpan('task work', { kind: SpanKind.CONSUMER, links: request ? [{ context: request }] : [] }, ROOT_CONTEXT);
-      span.setAttributes({ 'task.id': id, 'task.name': 'work', 'task.attempt': 1, 'task.max_attempts': 1, 'messaging.system': 'koa-taskflow', 'messaging.operation.type': 'process', 'messaging.message.id': id });
+      const span = tracer.startSpan(
+        'task work',
+        { kind: SpanKind.CONSUMER, links: request ? [{ context: request }] : [] },
+        ROOT_CONTEXT,
+      );
+      span.setAttributes({
+        'task.id': id,
+        'task.name': 'work',
+        'task.attempt': 1,
+        'task.max_attempts': 1,
+        'messaging.system': 'koa-taskflow',
+        'messaging.operation.type': 'process',
+        'messaging.message.id': id,
+      });
       const sc = span.spanContext();
       record.traceId = sc.traceId;
       record.spanId = sc.spanId;
@@ -180,7 +219,17 @@ switch (variant) {
       return context
         .with(trace.setSpan(ROOT_CONTEXT, span), async () => {
           span.addEvent('task.log', { 'log.message': 'did the work', 'log.level': 'info', n: 1 });
-          logger.info({ n: 1, trace_id: sc.traceId, span_id: sc.spanId, trace_flags: '01', task: { id, name: 'work', attempt: 1 }, tags }, 'did the work');
+          logger.info(
+            {
+              n: 1,
+              trace_id: sc.traceId,
+              span_id: sc.spanId,
+              trace_flags: '01',
+              task: { id, name: 'work', attempt: 1 },
+              tags,
+            },
+            'did the work',
+          );
           ran++;
         })
         .then(() => done(undefined), done);
@@ -194,7 +243,12 @@ switch (variant) {
     const work = async function work(_n) {
       if (taskContext.getStore() !== undefined) ran++;
     };
-    handrolledTasks((record) => taskContext.run(record, work, ...record.args).then(() => undefined, (error) => error));
+    handrolledTasks((record) =>
+      taskContext.run(record, work, ...record.args).then(
+        () => undefined,
+        (error) => error,
+      ),
+    );
     break;
   }
   case 'p-queue': {
@@ -236,5 +290,9 @@ app.use((ctx) => {
   ctx.body = 'ok';
 });
 
-serveBenchApp(app, () => drain(), () => ({ ran }));
+serveBenchApp(
+  app,
+  () => drain(),
+  () => ({ ran }),
+);
 process.on('SIGTERM', () => process.exit(0));

@@ -68,7 +68,10 @@ if (otlpEndpoint) {
   const { MeterProvider, PeriodicExportingMetricReader } = await import('@opentelemetry/sdk-metrics');
   spanProcessors.push(new BatchSpanProcessor(new OTLPTraceExporter()));
   const exportIntervalMillis = Number(process.env.OTEL_METRIC_EXPORT_INTERVAL ?? 5_000);
-  meterProvider = new MeterProvider({ resource, readers: [new PeriodicExportingMetricReader({ exporter: new OTLPMetricExporter(), exportIntervalMillis })] });
+  meterProvider = new MeterProvider({
+    resource,
+    readers: [new PeriodicExportingMetricReader({ exporter: new OTLPMetricExporter(), exportIntervalMillis })],
+  });
   // Global, and before the app builds its TaskManager: the manager takes its meter from the global provider.
   metrics.setGlobalMeterProvider(meterProvider);
 }
@@ -148,7 +151,11 @@ function drawStatus() {
 
 // The dashboard is behind Basic auth even here: a fresh password per run, printed below.
 const adminPassword = process.env.ADMIN_PASSWORD ?? randomBytes(9).toString('base64url');
-const { app, manager, admin } = createSignupApp({ logger, observers: [observer], adminAuth: { users: { admin: adminPassword } } });
+const { app, manager, admin } = createSignupApp({
+  logger,
+  observers: [observer],
+  adminAuth: { users: { admin: adminPassword } },
+});
 
 // The request span: what @opentelemetry/instrumentation-http makes for you under `--import koa-taskflow/instrumentation`.
 const handle = app.callback();
@@ -156,14 +163,18 @@ const server = createServer((req, res) => {
   const path = req.url.split('?')[0];
   served += 1;
   statusChanged();
-  tracer.startActiveSpan(`${req.method} ${path}`, { kind: SpanKind.SERVER, attributes: { 'http.request.method': req.method, 'url.path': path } }, (span) => {
-    res.once('finish', () => {
-      span.setAttribute('http.response.status_code', res.statusCode);
-      if (res.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
-      span.end();
-    });
-    handle(req, res);
-  });
+  tracer.startActiveSpan(
+    `${req.method} ${path}`,
+    { kind: SpanKind.SERVER, attributes: { 'http.request.method': req.method, 'url.path': path } },
+    (span) => {
+      res.once('finish', () => {
+        span.setAttribute('http.response.status_code', res.statusCode);
+        if (res.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+        span.end();
+      });
+      handle(req, res);
+    },
+  );
 });
 await manager.start();
 await new Promise((resolve) => server.listen(Number(process.env.PORT ?? 0), '127.0.0.1', resolve));
@@ -171,9 +182,18 @@ const url = `http://127.0.0.1:${server.address().port}`;
 out(bold(`koa-taskflow demo on ${url}`) + dim(`  (pino lines: ${relative(process.cwd(), logPath)})`));
 out(`dashboard: ${url}/tasks/dashboard  (user admin, password ${adminPassword})`);
 if (otlpEndpoint) {
-  out(`exporting spans and metrics over OTLP/HTTP to ${otlpEndpoint}` + dim(`  (metrics every ${meterProvider && Number(process.env.OTEL_METRIC_EXPORT_INTERVAL ?? 5_000) / 1000} s and at exit)`));
+  out(
+    `exporting spans and metrics over OTLP/HTTP to ${otlpEndpoint}` +
+      dim(
+        `  (metrics every ${meterProvider && Number(process.env.OTEL_METRIC_EXPORT_INTERVAL ?? 5_000) / 1000} s and at exit)`,
+      ),
+  );
 }
-out(dim(`waterfall: ${BAR} columns from each request's start to its last attempt's end, ░ queued or waiting to retry, █ running; then start offset, duration`));
+out(
+  dim(
+    `waterfall: ${BAR} columns from each request's start to its last attempt's end, ░ queued or waiting to retry, █ running; then start offset, duration`,
+  ),
+);
 
 // ── one request's tree: the request span, its linked attempts as a waterfall, their log events ──
 const hrMs = ([s, ns]) => s * 1e3 + ns / 1e6;
@@ -197,12 +217,16 @@ function printRequest(requestSpanId) {
   if (!requestSpan || enqueuedIds(requestSpan).some((id) => unfinished.has(id))) return;
   // Printed once: its spans leave memory (a long `--every` run keeps only the trees not printed yet).
   const mine = (s) => s === requestSpan || s.links.some((l) => l.context.spanId === requestSpanId);
-  const attempts = finished.filter((s) => s !== requestSpan && mine(s)).sort((a, b) => hrMs(a.startTime) - hrMs(b.startTime));
+  const attempts = finished
+    .filter((s) => s !== requestSpan && mine(s))
+    .sort((a, b) => hrMs(a.startTime) - hrMs(b.startTime));
   finished.splice(0, finished.length, ...finished.filter((s) => !mine(s)));
   const origin = hrMs(requestSpan.startTime);
   const bar = timeline(origin, Math.max(hrMs(requestSpan.endTime), ...attempts.map((s) => hrMs(s.endTime))));
   // A first attempt waits from its enqueueing (the request span's `task.enqueued` event), a retry from the previous attempt's end.
-  const enqueuedAt = new Map(requestSpan.events.filter((e) => e.name === 'task.enqueued').map((e) => [e.attributes['task.id'], hrMs(e.time)]));
+  const enqueuedAt = new Map(
+    requestSpan.events.filter((e) => e.name === 'task.enqueued').map((e) => [e.attributes['task.id'], hrMs(e.time)]),
+  );
   const endedAt = new Map(attempts.map((s) => [s.spanContext().spanId, hrMs(s.endTime)]));
 
   const status = requestSpan.attributes['http.response.status_code'];
@@ -232,8 +256,13 @@ function printRequest(requestSpanId) {
     );
     const events = span.events.filter((e) => e.name === 'task.log');
     events.forEach((e, j) => {
-      const fields = Object.entries(e.attributes).filter(([k]) => !k.startsWith('log.')).map(([k, v]) => `${k}=${v}`).join(' ');
-      lines.push(`  ${last ? '   ' : '│  '}  ${j === events.length - 1 ? '└' : '├'} ${dim(`+${(hrMs(e.time) - start).toFixed(1)} ms`)} ${e.attributes['log.level']} ${e.attributes['log.message']} ${dim(fields)}`);
+      const fields = Object.entries(e.attributes)
+        .filter(([k]) => !k.startsWith('log.'))
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' ');
+      lines.push(
+        `  ${last ? '   ' : '│  '}  ${j === events.length - 1 ? '└' : '├'} ${dim(`+${(hrMs(e.time) - start).toFixed(1)} ms`)} ${e.attributes['log.level']} ${e.attributes['log.message']} ${dim(fields)}`,
+      );
     });
   });
   out(lines.join('\n'));
@@ -246,7 +275,9 @@ function burst() {
   return Promise.all(
     Array.from({ length: requests }, async () => {
       const i = sent++;
-      const res = await fetch(`${url}/signup?email=user${i}@example.com&tenant=${tenants[i % tenants.length]}`, { method: 'POST' });
+      const res = await fetch(`${url}/signup?email=user${i}@example.com&tenant=${tenants[i % tenants.length]}`, {
+        method: 'POST',
+      });
       await res.arrayBuffer();
     }),
   );
@@ -270,7 +301,8 @@ const sample = readFileSync(logPath, 'utf8')
   .filter(Boolean)
   .map((line) => JSON.parse(line))
   .find((line) => line.msg === 'welcome mail sent');
-if (sample) out(bold('a pino line from a task ') + dim('(same trace_id as its attempt span):\n') + JSON.stringify(sample));
+if (sample)
+  out(bold('a pino line from a task ') + dim('(same trace_id as its attempt span):\n') + JSON.stringify(sample));
 
 async function stop() {
   admin.close();
@@ -286,7 +318,10 @@ if (once) {
   live = false;
   await stop();
 } else {
-  out(bold(`\nserving on ${url}`) + `  try: curl -X POST '${url}/signup?email=you@example.com&tenant=acme'   (Ctrl-C stops gracefully)`);
+  out(
+    bold(`\nserving on ${url}`) +
+      `  try: curl -X POST '${url}/signup?email=you@example.com&tenant=acme'   (Ctrl-C stops gracefully)`,
+  );
   // A burst still in flight at Ctrl-C meets a closed server: nothing to report.
   const repeat = everyMs > 0 ? setInterval(() => burst().catch(() => {}), everyMs) : undefined;
   if (repeat) out(dim(`resending the burst (${requests} requests) every ${everyMs / 1000} s`));

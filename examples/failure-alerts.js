@@ -11,7 +11,11 @@ const slackAlert = {
   async onLifecycle(event) {
     const text = `:rotating_light: task *${event.name}* failed after ${event.attempt} attempt(s) for tenant ${event.tags.tenant}: ${event.error?.type}: ${event.error?.message} (trace ${event.traceId ?? 'n/a'})`;
     if (!webhook) return void console.log(`[alert] ${text}`);
-    await fetch(webhook, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ text, taskId: event.taskId }) });
+    await fetch(webhook, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ text, taskId: event.taskId }),
+    });
   },
 };
 
@@ -21,7 +25,10 @@ const manager = new TaskManager({
     // Only final failures of tasks tagged plan=pro reach the alert.
     filterObserver({ tags: { plan: 'pro' }, statuses: ['failed'] }, slackAlert),
     // Only warn-and-above logs of one task name reach this one.
-    filterObserver({ names: ['syncInvoices'], minLevel: 'warn' }, { onLog: (e) => void warnings.push(`${e.level}: ${e.message}`) }),
+    filterObserver(
+      { names: ['syncInvoices'], minLevel: 'warn' },
+      { onLog: (e) => void warnings.push(`${e.level}: ${e.message}`) },
+    ),
   ],
 });
 

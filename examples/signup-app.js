@@ -33,7 +33,9 @@ export function createSignupApp({ logger, observers = [], fail = (attempt) => at
 
   const app = new Koa();
   // The admin API and dashboard under /tasks, when credentials are given.
-  const admin = adminAuth ? manager.admin({ auth: adminAuth, traceUrl: 'http://localhost:16686/trace/{traceId}' }) : undefined;
+  const admin = adminAuth
+    ? manager.admin({ auth: adminAuth, traceUrl: 'http://localhost:16686/trace/{traceId}' })
+    : undefined;
   if (admin) app.use(admin);
   app.use(manager.middleware());
   app.use(async (ctx) => {
@@ -42,7 +44,11 @@ export function createSignupApp({ logger, observers = [], fail = (attempt) => at
     if (!email.includes('@')) ctx.throw(400, 'email is required');
     const tenant = String(ctx.query.tenant ?? 'acme');
     const tasks = ctx.tasks.with({ tags: { tenant } });
-    const ids = [tasks.addTask(sendWelcome, email), tasks.addTask(chargeCard, email, 1_900), tasks.addTask(buildReport, email)];
+    const ids = [
+      tasks.addTask(sendWelcome, email),
+      tasks.addTask(chargeCard, email, 1_900),
+      tasks.addTask(buildReport, email),
+    ];
     ctx.status = 202;
     ctx.body = { ok: true, tasks: ids };
   });

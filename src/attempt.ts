@@ -56,7 +56,12 @@ const probe = trace.wrapSpanContext({ traceId: '1'.repeat(32), spanId: '1'.repea
 const attemptContextWorks = trace.getSpan(new AttemptContext({ span: probe })) === probe;
 
 /** Runs `fn` inside `attemptContext`, or in our own storage when no context manager holds it (no SDK's). */
-function runIn(this: Attempt, attemptContext: Context, fn: (...args: unknown[]) => unknown, args: readonly unknown[]): unknown {
+function runIn(
+  this: Attempt,
+  attemptContext: Context,
+  fn: (...args: unknown[]) => unknown,
+  args: readonly unknown[],
+): unknown {
   return context.active() === attemptContext ? fn(...args) : attemptStorage.run(this, fn, ...args);
 }
 
@@ -131,11 +136,16 @@ export class Attempt implements ActiveAttempt {
     return this.#executeWithTimeout(fn, args, timeoutMs);
   }
 
-  async #executeWithTimeout(fn: (...args: unknown[]) => unknown, args: readonly unknown[], timeoutMs: number): Promise<unknown> {
+  async #executeWithTimeout(
+    fn: (...args: unknown[]) => unknown,
+    args: readonly unknown[],
+    timeoutMs: number,
+  ): Promise<unknown> {
     const timer = setTimeout(() => this.abort(new TaskTimeoutError(timeoutMs)), timeoutMs);
     try {
       const result = this.#call(fn, args);
-      if (result === null || typeof result !== 'object' || typeof (result as PromiseLike<unknown>).then !== 'function') return result;
+      if (result === null || typeof result !== 'object' || typeof (result as PromiseLike<unknown>).then !== 'function')
+        return result;
       if (this.#abortReason !== undefined) throw this.#abortReason;
       return await new Promise((resolve, reject) => {
         this.#rejectRunning = reject;

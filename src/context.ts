@@ -62,7 +62,9 @@ const CONSOLE_METHOD: Record<LogLevel, 'debug' | 'info' | 'warn' | 'error'> = {
 };
 
 /** Splits `{ level, ...rest }`; an unknown level falls back to `info` rather than throwing from a log call. */
-export function splitLevel(fields: Record<string, unknown> | undefined): [LogLevel, Record<string, unknown> | undefined] {
+export function splitLevel(
+  fields: Record<string, unknown> | undefined,
+): [LogLevel, Record<string, unknown> | undefined] {
   if (fields === undefined || fields === null || typeof fields !== 'object') return ['info', undefined];
   if (!('level' in fields)) return ['info', fields];
   const { level, ...rest } = fields;
@@ -101,8 +103,10 @@ export function taskLog(message: string, fields?: Record<string, unknown> & { le
  * TypeError (not a number) or RangeError (NaN, infinite, out of range) naming "value", thrown in or out of a task.
  */
 export function taskProgress(value: number, fields?: Record<string, unknown>): void {
-  if (typeof value !== 'number') throw new TypeError(`taskProgress: "value" must be a number from 0 to 1, got ${typeof value}`);
-  if (!(value >= 0 && value <= 1)) throw new RangeError(`taskProgress: "value" must be a number from 0 to 1, got ${String(value)}`);
+  if (typeof value !== 'number')
+    throw new TypeError(`taskProgress: "value" must be a number from 0 to 1, got ${typeof value}`);
+  if (!(value >= 0 && value <= 1))
+    throw new RangeError(`taskProgress: "value" must be a number from 0 to 1, got ${String(value)}`);
   const attempt = currentAttempt();
   if (attempt === undefined) return;
   try {

@@ -4,7 +4,18 @@ import type { PersistedTaskOptions } from './types.js';
 /** Lease defaults: a crashed process's tasks are taken over within about `leaseMs` (plus one check interval). */
 export const DEFAULT_LEASE_MS = 30_000;
 
-const PERSISTED_KEYS = ['delay', 'backoff', 'maxDelay', 'jitter', 'timeout', 'shield', 'persist', 'requeueOnInterrupt', 'maxStalls', 'trace'] as const;
+const PERSISTED_KEYS = [
+  'delay',
+  'backoff',
+  'maxDelay',
+  'jitter',
+  'timeout',
+  'shield',
+  'persist',
+  'requeueOnInterrupt',
+  'maxStalls',
+  'trace',
+] as const;
 
 /**
  * Throws a TypeError naming the argument when `args` would not come back the same from JSON: a restarted
@@ -55,7 +66,9 @@ function jsonProblem(value: unknown, ancestors: Set<object>, depth: number): str
   const proto = Object.getPrototypeOf(object);
   if (proto !== Object.prototype && proto !== null) {
     const kind = (object as { constructor?: { name?: string } }).constructor?.name ?? 'object';
-    return kind === 'Date' ? 'a Date; pass date.toISOString() or date.getTime()' : `an instance of ${kind}; pass plain data`;
+    return kind === 'Date'
+      ? 'a Date; pass date.toISOString() or date.getTime()'
+      : `an instance of ${kind}; pass plain data`;
   }
   ancestors.add(object);
   for (const [key, inner] of Object.entries(object)) {

@@ -18,7 +18,9 @@ export class TaskTimeoutError extends TaskflowError {
   override name = 'TaskTimeoutError';
   override readonly code = 'ERR_TASK_TIMEOUT';
   constructor(readonly timeoutMs: number) {
-    super(`task attempt exceeded its timeout of ${timeoutMs} ms; raise the "timeout" option or make the task honour its AbortSignal sooner`);
+    super(
+      `task attempt exceeded its timeout of ${timeoutMs} ms; raise the "timeout" option or make the task honour its AbortSignal sooner`,
+    );
   }
 }
 
@@ -27,7 +29,9 @@ export class TaskInterruptedError extends TaskflowError {
   override name = 'TaskInterruptedError';
   override readonly code = 'ERR_TASK_INTERRUPTED';
   constructor(reason = 'shutdown') {
-    super(`task interrupted (${reason}); mark it "shield: true" to let shutdown wait for it, or "requeueOnInterrupt: true" with a durable store to run it again on the next start`);
+    super(
+      `task interrupted (${reason}); mark it "shield: true" to let shutdown wait for it, or "requeueOnInterrupt: true" with a durable store to run it again on the next start`,
+    );
   }
 }
 
@@ -84,7 +88,10 @@ export class TaskArgsDecryptionError extends TaskflowError {
 export class TaskStalledError extends TaskflowError {
   override name = 'TaskStalledError';
   override readonly code = 'ERR_TASK_STALLED';
-  constructor(readonly stalls: number, readonly maxStalls: number) {
+  constructor(
+    readonly stalls: number,
+    readonly maxStalls: number,
+  ) {
     super(
       `the process running this task died ${stalls} time(s), more than its "maxStalls" (${maxStalls}) allows; it is not run again. Find what ends the process (memory, a native crash, process.exit) or raise "maxStalls"`,
     );
@@ -103,8 +110,13 @@ export class TaskQueueFullError extends TaskflowError {
   readonly expose = true;
   /** Koa's default error handler sets these on the 503 (the middleware sets them too, for other handlers). */
   readonly headers: Record<string, string>;
-  constructor(readonly maxQueued: number, readonly retryAfterSeconds = 1) {
-    super(`the task queue is full (${maxQueued} tasks waiting, the "maxQueued" option); the task was not accepted: retry later or raise "maxQueued"/"concurrency"`);
+  constructor(
+    readonly maxQueued: number,
+    readonly retryAfterSeconds = 1,
+  ) {
+    super(
+      `the task queue is full (${maxQueued} tasks waiting, the "maxQueued" option); the task was not accepted: retry later or raise "maxQueued"/"concurrency"`,
+    );
     this.headers = { 'Retry-After': String(retryAfterSeconds) };
   }
 }
@@ -124,7 +136,11 @@ export class TaskStoreUnavailableError extends TaskflowError {
  */
 export class TaskStoreError extends TaskflowError {
   override name = 'TaskStoreError';
-  constructor(message: string, code: 'ERR_STORE_UNREADABLE' | 'ERR_STORE_READ_ONLY' | 'ERR_STORE_SCHEMA' | 'ERR_STORE_NEWER_SCHEMA', options?: ErrorOptions) {
+  constructor(
+    message: string,
+    code: 'ERR_STORE_UNREADABLE' | 'ERR_STORE_READ_ONLY' | 'ERR_STORE_SCHEMA' | 'ERR_STORE_NEWER_SCHEMA',
+    options?: ErrorOptions,
+  ) {
     super(message, { ...options, code });
   }
 }
@@ -150,13 +166,24 @@ export function toErrorInfo(error: unknown): ErrorInfo {
     return { type: error === null ? 'null' : typeof error, message: capText(String(error), MAX_ERROR_TEXT) };
   }
   if (!attempt(() => error instanceof Error, false)) {
-    return { type: typeof error, message: capText(attempt(() => String(error), undefined) ?? unprintable(error), MAX_ERROR_TEXT) };
+    return {
+      type: typeof error,
+      message: capText(attempt(() => String(error), undefined) ?? unprintable(error), MAX_ERROR_TEXT),
+    };
   }
   const e = error as Error;
   const type = textOf(() => e.name) || textOf(() => e.constructor.name) || 'Error';
-  const message = attempt(() => (typeof e.message === 'string' ? e.message : e.message === undefined ? '' : String(e.message)), undefined) ?? '[unreadable message]';
+  const message =
+    attempt(
+      () => (typeof e.message === 'string' ? e.message : e.message === undefined ? '' : String(e.message)),
+      undefined,
+    ) ?? '[unreadable message]';
   const stack = textOf(() => e.stack);
-  return { type: capText(type, 256), message: capText(message, MAX_ERROR_TEXT), stack: stack === '' ? undefined : capText(stack, MAX_ERROR_TEXT) };
+  return {
+    type: capText(type, 256),
+    message: capText(message, MAX_ERROR_TEXT),
+    stack: stack === '' ? undefined : capText(stack, MAX_ERROR_TEXT),
+  };
 }
 
 /**

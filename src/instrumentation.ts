@@ -94,7 +94,13 @@ async function loadSdkPackages() {
     load('@opentelemetry/instrumentation-koa', () => import('@opentelemetry/instrumentation-koa')),
     load('@opentelemetry/instrumentation-pino', () => import('@opentelemetry/instrumentation-pino')),
   ]);
-  if (sdkNode === undefined || exporter === undefined || http === undefined || koa === undefined || pino === undefined) {
+  if (
+    sdkNode === undefined ||
+    exporter === undefined ||
+    http === undefined ||
+    koa === undefined ||
+    pino === undefined
+  ) {
     throw new Error(
       `koa-taskflow/instrumentation needs the OpenTelemetry SDK packages, which are optional peer dependencies; missing: ${missing.join(', ')}. ` +
         `Install them with: npm install ${SDK_PACKAGES.join(' ')}`,
@@ -116,7 +122,11 @@ function registerEsmHook(): () => Promise<void> {
   const fromInstrumentation = createRequire(fromHttp.resolve('@opentelemetry/instrumentation'));
   const iitm = fromInstrumentation('import-in-the-middle') as ImportInTheMiddle;
   const { registerOptions, waitForAllMessagesAcknowledged } = iitm.createAddHookMessageChannel();
-  register(pathToFileURL(fromInstrumentation.resolve('import-in-the-middle/hook.mjs')).href, import.meta.url, registerOptions);
+  register(
+    pathToFileURL(fromInstrumentation.resolve('import-in-the-middle/hook.mjs')).href,
+    import.meta.url,
+    registerOptions,
+  );
   return waitForAllMessagesAcknowledged;
 }
 
@@ -146,17 +156,24 @@ function samplerFromEnv(sdk: typeof tracing): tracing.Sampler {
     case 'parentbased_traceidratio':
       return new sdk.ParentBasedSampler({ root: new sdk.TraceIdRatioBasedSampler(ratio()) });
     default:
-      if (name !== 'parentbased_always_on') diag.error(`koa-taskflow/instrumentation: OTEL_TRACES_SAMPLER "${name}" is not supported here; using parentbased_always_on`);
+      if (name !== 'parentbased_always_on')
+        diag.error(
+          `koa-taskflow/instrumentation: OTEL_TRACES_SAMPLER "${name}" is not supported here; using parentbased_always_on`,
+        );
       return new sdk.ParentBasedSampler({ root: new sdk.AlwaysOnSampler() });
   }
 }
 
 /** Export what has ended so far without stopping anything (the app is still shutting down). */
 function flushNow(): void {
-  const providers: unknown[] = [(trace.getTracerProvider() as ProxyTracerProvider).getDelegate(), metrics.getMeterProvider()];
+  const providers: unknown[] = [
+    (trace.getTracerProvider() as ProxyTracerProvider).getDelegate(),
+    metrics.getMeterProvider(),
+  ];
   for (const provider of providers) {
     const flush = (provider as { forceFlush?: () => Promise<void> }).forceFlush;
-    if (typeof flush === 'function') flush.call(provider).catch((error: unknown) => diag.error('koa-taskflow/instrumentation: flush failed', error));
+    if (typeof flush === 'function')
+      flush.call(provider).catch((error: unknown) => diag.error('koa-taskflow/instrumentation: flush failed', error));
   }
 }
 
@@ -164,7 +181,9 @@ async function start(): Promise<void> {
   const packages = await loadSdkPackages();
   const loaderReady = registerEsmHook();
   const env = process.env;
-  const exporterFromEnv = Boolean(env.OTEL_TRACES_EXPORTER || env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL || env.OTEL_EXPORTER_OTLP_PROTOCOL);
+  const exporterFromEnv = Boolean(
+    env.OTEL_TRACES_EXPORTER || env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL || env.OTEL_EXPORTER_OTLP_PROTOCOL,
+  );
   sdk = new packages.sdkNode.NodeSDK({
     // The environment's sampler, wrapped so that a request's decision governs its tasks' attempts.
     sampler: taskSampler(samplerFromEnv(packages.sdkNode.tracing)),
@@ -180,7 +199,10 @@ async function start(): Promise<void> {
   } catch (error) {
     // Telemetry that cannot start must not stop the app: it runs untraced, and says so once.
     sdk = undefined;
-    console.warn('koa-taskflow/instrumentation: the OpenTelemetry SDK did not start; the app runs without telemetry:', error);
+    console.warn(
+      'koa-taskflow/instrumentation: the OpenTelemetry SDK did not start; the app runs without telemetry:',
+      error,
+    );
     return;
   }
   // The app's modules must not load before the loader knows which of them to wrap.

@@ -2,25 +2,61 @@ import { randomUUID } from 'node:crypto';
 import type { MeterProvider, TracerProvider } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import { setFallbackLogger } from './context.js';
-import { TaskCancelledError, TaskflowError, TaskManagerClosedError, TaskNotFoundError, TaskQueueFullError, TaskStoreError, TaskStoreUnavailableError, toSafeError } from './errors.js';
+import {
+  TaskCancelledError,
+  TaskflowError,
+  TaskManagerClosedError,
+  TaskNotFoundError,
+  TaskQueueFullError,
+  TaskStoreError,
+  TaskStoreUnavailableError,
+  toSafeError,
+} from './errors.js';
 import { computeMetrics } from './metrics.js';
 import { DEFAULT_OBSERVER_TIMEOUT_MS, ObserverChain } from './observers/chain.js';
 import { pinoObserver } from './observers/pino.js';
 import { spanEventObserver } from './observers/span-events.js';
-import { dueTime, MAX_TIMER_MS, mergeOptions, optionError, resolveOptions, validateTaskOptions, type ResolvedTaskOptions, type TaskOptions } from './options.js';
+import {
+  dueTime,
+  MAX_TIMER_MS,
+  mergeOptions,
+  optionError,
+  resolveOptions,
+  validateTaskOptions,
+  type ResolvedTaskOptions,
+  type TaskOptions,
+} from './options.js';
 import { TaskTelemetry } from './otel.js';
 import { assertPersistable, DEFAULT_LEASE_MS, persistedOptions } from './durable.js';
 import { createAdmin, type AdminMiddleware, type AdminOptions } from './admin/index.js';
 import { createRedactor, type RedactOption } from './redact.js';
 import { Runner } from './runner.js';
-import { enqueueForId, RequestTasks, TaskScheduler, withOptions, type TaskEnqueuer, type TaskHandle, type TaskPhase } from './scheduler.js';
+import {
+  enqueueForId,
+  RequestTasks,
+  TaskScheduler,
+  withOptions,
+  type TaskEnqueuer,
+  type TaskHandle,
+  type TaskPhase,
+} from './scheduler.js';
 import { AesGcmArgsCipher } from './stores/args-cipher.js';
 import { compileFilter } from './stores/filter.js';
 import { GroupCommittedStore } from './stores/durable-store.js';
 import { MemoryStore } from './stores/memory.js';
 import { unreadableArgs } from './stores/records.js';
 import { NO_LOGS, ResumedTaskRun, TaskRun } from './task-run.js';
-import { FINAL_STATUSES, type SaveResult, type TaskFilter, type TaskFunction, type TaskLogger, type TaskMetrics, type TaskObserver, type TaskRecord, type TaskStore } from './types.js';
+import {
+  FINAL_STATUSES,
+  type SaveResult,
+  type TaskFilter,
+  type TaskFunction,
+  type TaskLogger,
+  type TaskMetrics,
+  type TaskObserver,
+  type TaskRecord,
+  type TaskStore,
+} from './types.js';
 import { TraceFlags, type SpanContext } from '@opentelemetry/api';
 import { newTaskId } from './ids.js';
 
@@ -111,27 +147,58 @@ function recordedOptions(record: TaskRecord): TaskOptions {
 }
 
 const MANAGER_OPTIONS = new Set([
-  'logger', 'store', 'observers', 'concurrency', 'defaults', 'tracerProvider', 'meterProvider', 'shutdownTimeoutMs',
-  'requeuePending', 'redact', 'encryptionKey', 'leaseMs', 'orphanCheckMs', 'maxQueued', 'observerTimeoutMs', 'observerMaxInFlight',
+  'logger',
+  'store',
+  'observers',
+  'concurrency',
+  'defaults',
+  'tracerProvider',
+  'meterProvider',
+  'shutdownTimeoutMs',
+  'requeuePending',
+  'redact',
+  'encryptionKey',
+  'leaseMs',
+  'orphanCheckMs',
+  'maxQueued',
+  'observerTimeoutMs',
+  'observerMaxInFlight',
 ]);
 
 /** A duration option in ms: from `min` to the longest wait a Node timer keeps; an integer where a timer repeats it. */
 function checkMs(where: string, key: string, value: unknown, min: number, integer: boolean): void {
-  if (value === undefined || (typeof value === 'number' && value >= min && value <= MAX_TIMER_MS && (!integer || Number.isInteger(value)))) return;
-  throw optionError(where, key, `${integer ? 'an integer' : 'a number'} from ${min} to ${MAX_TIMER_MS} (milliseconds)`, value, typeof value === 'number' ? RangeError : TypeError);
+  if (
+    value === undefined ||
+    (typeof value === 'number' && value >= min && value <= MAX_TIMER_MS && (!integer || Number.isInteger(value)))
+  )
+    return;
+  throw optionError(
+    where,
+    key,
+    `${integer ? 'an integer' : 'a number'} from ${min} to ${MAX_TIMER_MS} (milliseconds)`,
+    value,
+    typeof value === 'number' ? RangeError : TypeError,
+  );
 }
 
 /** A count option: a positive integer, or `Infinity` for no bound. */
 function checkBound(where: string, key: string, value: unknown): void {
   if (value === undefined || value === Infinity || (Number.isInteger(value) && (value as number) >= 1)) return;
-  throw optionError(where, key, 'a positive integer or Infinity', value, typeof value === 'number' ? RangeError : TypeError);
+  throw optionError(
+    where,
+    key,
+    'a positive integer or Infinity',
+    value,
+    typeof value === 'number' ? RangeError : TypeError,
+  );
 }
 
 function validateManagerOptions(options: TaskManagerOptions): void {
   const where = 'new TaskManager';
   if (options === null || typeof options !== 'object') throw new TypeError(`${where}: options must be an object`);
   for (const key of Object.keys(options)) {
-    if (!MANAGER_OPTIONS.has(key)) throw new TypeError(`${where}: unknown option "${key}"; known options are ${[...MANAGER_OPTIONS].join(', ')}`);
+    if (!MANAGER_OPTIONS.has(key))
+      throw new TypeError(`${where}: unknown option "${key}"; known options are ${[...MANAGER_OPTIONS].join(', ')}`);
   }
   const { concurrency, shutdownTimeoutMs, logger, store, observers, encryptionKey } = options;
   checkMs(where, 'leaseMs', options.leaseMs, 10, true);
@@ -140,34 +207,80 @@ function validateManagerOptions(options: TaskManagerOptions): void {
   checkMs(where, 'shutdownTimeoutMs', shutdownTimeoutMs, 0, false);
   checkBound(where, 'maxQueued', options.maxQueued);
   checkBound(where, 'observerMaxInFlight', options.observerMaxInFlight);
-  if (options.requeuePending !== undefined && typeof options.requeuePending !== 'boolean') throw optionError(where, 'requeuePending', 'a boolean', options.requeuePending);
+  if (options.requeuePending !== undefined && typeof options.requeuePending !== 'boolean')
+    throw optionError(where, 'requeuePending', 'a boolean', options.requeuePending);
   if (concurrency !== undefined && (!Number.isInteger(concurrency) || concurrency < 1)) {
-    throw optionError(where, 'concurrency', 'an integer >= 1', concurrency, typeof concurrency === 'number' ? RangeError : TypeError);
+    throw optionError(
+      where,
+      'concurrency',
+      'an integer >= 1',
+      concurrency,
+      typeof concurrency === 'number' ? RangeError : TypeError,
+    );
   }
-  if (logger !== undefined && (logger === null || typeof logger !== 'object' || typeof logger.info !== 'function' || typeof logger.error !== 'function')) {
+  if (
+    logger !== undefined &&
+    (logger === null ||
+      typeof logger !== 'object' ||
+      typeof logger.info !== 'function' ||
+      typeof logger.error !== 'function')
+  ) {
     throw optionError(where, 'logger', 'a pino logger', logger);
   }
-  if (store !== undefined && (store === null || typeof store !== 'object' || typeof store.save !== 'function' || typeof store.get !== 'function')) {
+  if (
+    store !== undefined &&
+    (store === null || typeof store !== 'object' || typeof store.save !== 'function' || typeof store.get !== 'function')
+  ) {
     throw optionError(where, 'store', 'a TaskStore (MemoryStore, SqliteStore, RedisStore…)', store);
   }
-  if (observers !== undefined && (!Array.isArray(observers) || observers.some((o) => o === null || typeof o !== 'object'))) {
+  if (
+    observers !== undefined &&
+    (!Array.isArray(observers) || observers.some((o) => o === null || typeof o !== 'object'))
+  ) {
     throw optionError(where, 'observers', 'an array of observer objects', observers);
   }
   // Checked here: a non-provider would otherwise fail later, inside getTracer/getMeter, with no option named.
   const { tracerProvider, meterProvider } = options;
-  if (tracerProvider !== undefined && (tracerProvider === null || typeof tracerProvider !== 'object' || typeof tracerProvider.getTracer !== 'function')) {
-    throw optionError(where, 'tracerProvider', 'an OpenTelemetry TracerProvider (an object with getTracer())', tracerProvider);
+  if (
+    tracerProvider !== undefined &&
+    (tracerProvider === null || typeof tracerProvider !== 'object' || typeof tracerProvider.getTracer !== 'function')
+  ) {
+    throw optionError(
+      where,
+      'tracerProvider',
+      'an OpenTelemetry TracerProvider (an object with getTracer())',
+      tracerProvider,
+    );
   }
-  if (meterProvider !== undefined && (meterProvider === null || typeof meterProvider !== 'object' || typeof meterProvider.getMeter !== 'function')) {
-    throw optionError(where, 'meterProvider', 'an OpenTelemetry MeterProvider (an object with getMeter())', meterProvider);
+  if (
+    meterProvider !== undefined &&
+    (meterProvider === null || typeof meterProvider !== 'object' || typeof meterProvider.getMeter !== 'function')
+  ) {
+    throw optionError(
+      where,
+      'meterProvider',
+      'an OpenTelemetry MeterProvider (an object with getMeter())',
+      meterProvider,
+    );
   }
   if (encryptionKey !== undefined) {
     if (!(encryptionKey instanceof Uint8Array) || encryptionKey.length !== 32) {
-      throw optionError(where, 'encryptionKey', 'a 32-byte Buffer/Uint8Array', encryptionKey instanceof Uint8Array ? `${encryptionKey.length} bytes` : encryptionKey, RangeError);
+      throw optionError(
+        where,
+        'encryptionKey',
+        'a 32-byte Buffer/Uint8Array',
+        encryptionKey instanceof Uint8Array ? `${encryptionKey.length} bytes` : encryptionKey,
+        RangeError,
+      );
     }
-    if (!store?.durable) throw new TypeError(`${where}: option "encryptionKey" protects args at rest and needs a durable store (SqliteStore or RedisStore)`);
+    if (!store?.durable)
+      throw new TypeError(
+        `${where}: option "encryptionKey" protects args at rest and needs a durable store (SqliteStore or RedisStore)`,
+      );
     if (store.encryptsArgs !== true || typeof store.attach !== 'function') {
-      throw new TypeError(`${where}: option "encryptionKey" needs a store that encrypts args (SqliteStore, RedisStore, or a store with "encryptsArgs = true" honouring attach({ argsCipher }))`);
+      throw new TypeError(
+        `${where}: option "encryptionKey" needs a store that encrypts args (SqliteStore, RedisStore, or a store with "encryptsArgs = true" honouring attach({ argsCipher }))`,
+      );
     }
   }
   validateTaskOptions(`${where}: defaults`, options.defaults);
@@ -223,25 +336,45 @@ export class TaskManager implements TaskEnqueuer {
     this.#orphanCheckMs = options.orphanCheckMs ?? Math.round(this.#leaseMs / 2);
     if (this.#durable) {
       const argsCipher = options.encryptionKey === undefined ? undefined : new AesGcmArgsCipher(options.encryptionKey);
-      this.store.attach?.({ ownerId: this.instanceId, leaseMs: this.#leaseMs, argsCipher, reportUnreadable: (id, error) => this.#unreadable(id, error) });
+      this.store.attach?.({
+        ownerId: this.instanceId,
+        leaseMs: this.#leaseMs,
+        argsCipher,
+        reportUnreadable: (id, error) => this.#unreadable(id, error),
+      });
     }
     const redact = createRedactor(options.redact);
     const builtIn: TaskObserver[] = [spanEventObserver()];
     if (options.logger !== undefined) builtIn.push(pinoObserver(options.logger));
     this.#chain = new ObserverChain(
       [...builtIn, ...(options.observers ?? [])],
-      (observer, stage, error) => this.#report(`observer ${observer.constructor?.name ?? 'Object'}.${stage} failed (reported once per observer)`, error),
-      (label, why) => this.#warn({ observer: label }, `koa-taskflow: observer ${label} is dropping events: ${why}; counted in metrics().observers (reported once per observer)`),
+      (observer, stage, error) =>
+        this.#report(
+          `observer ${observer.constructor?.name ?? 'Object'}.${stage} failed (reported once per observer)`,
+          error,
+        ),
+      (label, why) =>
+        this.#warn(
+          { observer: label },
+          `koa-taskflow: observer ${label} is dropping events: ${why}; counted in metrics().observers (reported once per observer)`,
+        ),
       { timeoutMs: this.#observerTimeoutMs, maxInFlight: options.observerMaxInFlight },
     );
-    this.#telemetry = new TaskTelemetry(options.tracerProvider, options.meterProvider, () => this.runner.queued, (message) => this.#warn({}, `koa-taskflow: ${message}`));
+    this.#telemetry = new TaskTelemetry(
+      options.tracerProvider,
+      options.meterProvider,
+      () => this.runner.queued,
+      (message) => this.#warn({}, `koa-taskflow: ${message}`),
+    );
     this.runner = new Runner({
       concurrency: options.concurrency ?? 16,
       telemetry: this.#telemetry,
       chain: this.#chain,
       store: this.store,
       storeHoldsLiveRecords: this.#memoryStore !== undefined,
-      onTaskEnded: this.#memoryStore ? (record) => this.#memoryStore!.ended(record) : (record) => this.#forgetKey(record.idempotencyKey, record.id),
+      onTaskEnded: this.#memoryStore
+        ? (record) => this.#memoryStore!.ended(record)
+        : (record) => this.#forgetKey(record.idempotencyKey, record.id),
       redact,
       report: (stage, error) => this.#report(stage, error),
     });
@@ -259,7 +392,10 @@ export class TaskManager implements TaskEnqueuer {
     if (!name) throw new TypeError('task(): a task needs a name: pass a named function or option "name"');
     const existing = this.#registry.get(name);
     if (existing !== undefined && existing.fn !== fn) {
-      throw new TaskflowError(`task(): the name "${name}" is already registered to another function; pass a distinct option "name"`, { code: 'ERR_TASK_NAME_TAKEN' });
+      throw new TaskflowError(
+        `task(): the name "${name}" is already registered to another function; pass a distinct option "name"`,
+        { code: 'ERR_TASK_NAME_TAKEN' },
+      );
     }
     const merged = mergeOptions(this.#defaults, options);
     const registration: Registration = { fn, name, options: merged, resolved: resolveOptions('task()', merged, name) };
@@ -306,7 +442,11 @@ export class TaskManager implements TaskEnqueuer {
    * The request failed (or hit `maxQueued`): its tasks waiting for the route or the response end
    * `cancelled` (reason `request_failed`) unless `runOnError`, and their records are written.
    */
-  async #requestFailed(ctx: { set(field: string, value: string): void }, request: RequestTasks, error: unknown): Promise<void> {
+  async #requestFailed(
+    ctx: { set(field: string, value: string): void },
+    request: RequestTasks,
+    error: unknown,
+  ): Promise<void> {
     request.routeFailed();
     await request.flush()?.catch((e: unknown) => this.#report('store write of a failed request', e));
     // Set here as well as on the error: an error-handling middleware of the app's may not copy err.headers.
@@ -329,7 +469,8 @@ export class TaskManager implements TaskEnqueuer {
    * that removes it. `startup`/`close` of an observer added this way are not called.
    */
   subscribe(observer: TaskObserver): () => void {
-    if (observer === null || typeof observer !== 'object') throw new TypeError('subscribe: argument "observer" must be an observer object');
+    if (observer === null || typeof observer !== 'object')
+      throw new TypeError('subscribe: argument "observer" must be an observer object');
     return this.#chain.subscribe(observer);
   }
 
@@ -426,7 +567,11 @@ export class TaskManager implements TaskEnqueuer {
       fn = () => {};
       reason = 'unregistered';
     } else {
-      options = resolveOptions('recovery', mergeOptions(registration.options, recordedOptions(record)), registration.name);
+      options = resolveOptions(
+        'recovery',
+        mergeOptions(registration.options, recordedOptions(record)),
+        registration.name,
+      );
       fn = registration.fn;
       if (record.status === 'running' && unreadable === undefined) {
         if (options.requeueOnInterrupt) died = true;
@@ -435,19 +580,32 @@ export class TaskManager implements TaskEnqueuer {
     }
     if (unreadable !== undefined) {
       reason = 'encryption_key';
-      this.#report(`recovering task ${record.id} (ended interrupted; retry(id) once "encryptionKey" is right)`, unreadable);
+      this.#report(
+        `recovering task ${record.id} (ended interrupted; retry(id) once "encryptionKey" is right)`,
+        unreadable,
+      );
     }
     record.status = 'pending';
     if (record.logs.length === 0) record.logs = NO_LOGS;
     const link: SpanContext | undefined =
       record.requestTraceId !== undefined && record.requestSpanId !== undefined
-        ? { traceId: record.requestTraceId, spanId: record.requestSpanId, traceFlags: record.requestTraceFlags ?? TraceFlags.SAMPLED, isRemote: true }
+        ? {
+            traceId: record.requestTraceId,
+            spanId: record.requestSpanId,
+            traceFlags: record.requestTraceFlags ?? TraceFlags.SAMPLED,
+            isRemote: true,
+          }
         : undefined;
     const run = new ResumedTaskRun(this.runner, record, fn, record.args, options, link);
     run.recoverable = registration !== undefined;
     // The next attempt links to the latest one, wherever it ran (its span context is stored as it starts).
     if (record.traceId !== undefined && record.spanId !== undefined) {
-      run.previousAttempt = { traceId: record.traceId, spanId: record.spanId, traceFlags: TraceFlags.SAMPLED, isRemote: true };
+      run.previousAttempt = {
+        traceId: record.traceId,
+        spanId: record.spanId,
+        traceFlags: TraceFlags.SAMPLED,
+        isRemote: true,
+      };
     }
     const stalledOut = died ? run.countStall() : undefined;
     this.runner.accept(run);
@@ -464,7 +622,12 @@ export class TaskManager implements TaskEnqueuer {
   drain(): Promise<void> {
     if (!this.#durable) return this.runner.whenIdle();
     // An empty save joins the pending group commit: it resolves once the last status writes are committed.
-    return this.runner.whenIdle().then(() => this.store.save([]).then(() => undefined, () => undefined));
+    return this.runner.whenIdle().then(() =>
+      this.store.save([]).then(
+        () => undefined,
+        () => undefined,
+      ),
+    );
   }
 
   /**
@@ -473,7 +636,10 @@ export class TaskManager implements TaskEnqueuer {
    * Safe to call more than once: later calls return the first call's promise.
    */
   shutdown(options: { timeoutMs?: number } = {}): Promise<void> {
-    if (options === null || typeof options !== 'object') throw new TypeError(`shutdown: argument "options" must be an object, got ${options === null ? 'null' : typeof options}`);
+    if (options === null || typeof options !== 'object')
+      throw new TypeError(
+        `shutdown: argument "options" must be an object, got ${options === null ? 'null' : typeof options}`,
+      );
     const timeoutMs = options.timeoutMs ?? this.#shutdownTimeoutMs;
     checkMs('shutdown', 'timeoutMs', timeoutMs, 0, false);
     this.#shutdown ??= (async () => {
@@ -492,7 +658,8 @@ export class TaskManager implements TaskEnqueuer {
   async get(id: string): Promise<TaskRecord | undefined> {
     if (typeof id !== 'string') throw new TypeError(`get: "id" must be a string, got ${typeof id}`);
     // A durable store lags the live record by up to one group commit: a task of this process answers first.
-    const record = (this.#memoryStore === undefined ? this.runner.live(id)?.record : undefined) ?? (await this.store.get(id));
+    const record =
+      (this.#memoryStore === undefined ? this.runner.live(id)?.record : undefined) ?? (await this.store.get(id));
     return record && this.runner.snapshot(record);
   }
 
@@ -508,19 +675,30 @@ export class TaskManager implements TaskEnqueuer {
     const record = typeof id === 'string' ? await this.store.get(id) : undefined;
     if (record === undefined) throw new TaskNotFoundError(String(id));
     if (record.status !== 'failed' && record.status !== 'interrupted') {
-      throw new TaskflowError(`retry: task ${id} is ${record.status}; only failed or interrupted tasks can be retried`, { code: 'ERR_TASK_NOT_RETRYABLE' });
+      throw new TaskflowError(
+        `retry: task ${id} is ${record.status}; only failed or interrupted tasks can be retried`,
+        { code: 'ERR_TASK_NOT_RETRYABLE' },
+      );
     }
     const registration = this.#registry.get(record.name);
     if (registration === undefined) {
-      throw new TaskflowError(`retry: no task is registered under "${record.name}" in this process; register it with manager.task()`, { code: 'ERR_TASK_NOT_REGISTERED' });
+      throw new TaskflowError(
+        `retry: no task is registered under "${record.name}" in this process; register it with manager.task()`,
+        { code: 'ERR_TASK_NOT_REGISTERED' },
+      );
     }
-    const overrides: TaskOptions = { tags: record.tags, priority: record.priority, idempotencyKey: record.idempotencyKey };
+    const overrides: TaskOptions = {
+      tags: record.tags,
+      priority: record.priority,
+      idempotencyKey: record.idempotencyKey,
+    };
     const result = this.enqueue('retry', registration.fn, record.args, overrides, 'now', undefined, id);
     return typeof result === 'string' ? result : result.id;
   }
 
   async metrics(): Promise<TaskMetrics> {
-    const counted = typeof this.store.metrics === 'function' ? await this.store.metrics() : computeMetrics(await this.store.list());
+    const counted =
+      typeof this.store.metrics === 'function' ? await this.store.metrics() : computeMetrics(await this.store.list());
     return { ...counted, observers: this.#chain.metrics() };
   }
 
@@ -546,9 +724,18 @@ export class TaskManager implements TaskEnqueuer {
   }
 
   /** @internal Accept a task: the one path every add goes through. Returns the run, or the id holding its idempotency key. */
-  enqueue(where: string, fn: unknown, args: unknown[], overrides: TaskOptions | undefined, phase: TaskPhase, request: RequestTasks | undefined, retryOf?: string): TaskRun | string {
+  enqueue(
+    where: string,
+    fn: unknown,
+    args: unknown[],
+    overrides: TaskOptions | undefined,
+    phase: TaskPhase,
+    request: RequestTasks | undefined,
+    retryOf?: string,
+  ): TaskRun | string {
     if (this.#closing) throw new TaskManagerClosedError();
-    if (typeof fn !== 'function') throw new TypeError(`${where}: argument "fn" must be a function, got ${fn === null ? 'null' : typeof fn}`);
+    if (typeof fn !== 'function')
+      throw new TypeError(`${where}: argument "fn" must be a function, got ${fn === null ? 'null' : typeof fn}`);
     const options = this.#optionsFor(where, fn as TaskFunction, overrides);
     const recoverable = this.#durable && this.#checkPersist(where, fn as TaskFunction, options, args);
     // Checked before anything is recorded or claimed: a refused task leaves no trace. (So a duplicate
@@ -652,7 +839,20 @@ export class TaskManager implements TaskEnqueuer {
     const gone = (): TaskRecord => {
       const now = Date.now();
       const message = `duplicate of task ${id}, whose record is no longer in the store`;
-      return { id, name, status: 'cancelled', args, tags: {}, attempts: 0, maxAttempts: 1, createdAt: now, endedAt: now, error: { type: 'TaskCancelledError', message }, reason: 'duplicate', logs: NO_LOGS };
+      return {
+        id,
+        name,
+        status: 'cancelled',
+        args,
+        tags: {},
+        attempts: 0,
+        maxAttempts: 1,
+        createdAt: now,
+        endedAt: now,
+        error: { type: 'TaskCancelledError', message },
+        reason: 'duplicate',
+        logs: NO_LOGS,
+      };
     };
     const done = first.then((record) => (record === undefined ? gone() : this.#follow(id, record)));
     // Resolves once the holder is known to have started; rejects like any handle's when it never did.
@@ -725,7 +925,8 @@ export class TaskManager implements TaskEnqueuer {
       }
     }
     // Stored pending before the claim, a loser is stored again as a cancelled duplicate: never resumed.
-    if (losers !== undefined) await this.store.save(losers).catch((error: unknown) => this.#report('store write of duplicate tasks', error));
+    if (losers !== undefined)
+      await this.store.save(losers).catch((error: unknown) => this.#report('store write of duplicate tasks', error));
   }
 
   /** Claims the idempotency keys of the runs waiting for their write; answers the ones that lost → the holder's id. */
@@ -776,7 +977,9 @@ export class TaskManager implements TaskEnqueuer {
       );
     }
     if (options.name !== registration.name) {
-      throw new TypeError(`${where}: option "name" cannot rename persisted task "${registration.name}": a restarted process finds it by its registered name`);
+      throw new TypeError(
+        `${where}: option "name" cannot rename persisted task "${registration.name}": a restarted process finds it by its registered name`,
+      );
     }
     assertPersistable(where, options.name, args);
     return true;

@@ -91,7 +91,8 @@ export function metricsFromBuckets(counts: Iterable<StatusCount>, buckets: Itera
   }
   const metrics = metricsFrom(counts, []);
   Object.assign(metrics, durationSummary([...all.values()]));
-  for (const [name, named] of byName) if (metrics.byName[name] !== undefined) Object.assign(metrics.byName[name], durationSummary(named));
+  for (const [name, named] of byName)
+    if (metrics.byName[name] !== undefined) Object.assign(metrics.byName[name], durationSummary(named));
   return metrics;
 }
 
@@ -127,7 +128,8 @@ export function computeMetrics(records: readonly TaskRecord[]): StoreMetrics {
     const known = counts.get(key);
     if (known === undefined) counts.set(key, { name: record.name, status: record.status, count: 1 });
     else known.count++;
-    if (record.durationMs !== undefined && record.status === 'success') durations.push({ name: record.name, duration: record.durationMs });
+    if (record.durationMs !== undefined && record.status === 'success')
+      durations.push({ name: record.name, duration: record.durationMs });
   }
   return metricsFrom(counts.values(), durations);
 }

@@ -91,8 +91,26 @@ export interface ResolvedTaskOptions {
 }
 
 const KNOWN_OPTIONS = new Set<string>([
-  'name', 'retries', 'delay', 'backoff', 'maxDelay', 'jitter', 'timeout', 'priority', 'eager', 'startAfter', 'runAt', 'shield',
-  'tags', 'idempotencyKey', 'persist', 'requeueOnInterrupt', 'maxStalls', 'runOnError', 'trace', 'onError',
+  'name',
+  'retries',
+  'delay',
+  'backoff',
+  'maxDelay',
+  'jitter',
+  'timeout',
+  'priority',
+  'eager',
+  'startAfter',
+  'runAt',
+  'shield',
+  'tags',
+  'idempotencyKey',
+  'persist',
+  'requeueOnInterrupt',
+  'maxStalls',
+  'runOnError',
+  'trace',
+  'onError',
 ]);
 
 const BOOLEAN_OPTIONS = ['jitter', 'eager', 'shield', 'persist', 'requeueOnInterrupt', 'runOnError'] as const;
@@ -113,11 +131,22 @@ function describe(value: unknown): string {
  */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 
-export function optionError(where: string, option: string, expected: string, value: unknown, Kind: typeof TypeError | typeof RangeError = TypeError): Error {
+export function optionError(
+  where: string,
+  option: string,
+  expected: string,
+  value: unknown,
+  Kind: typeof TypeError | typeof RangeError = TypeError,
+): Error {
   return new Kind(`${where}: option "${option}" must be ${expected}, got ${describe(value)}`);
 }
 
-function checkNumber(where: string, option: string, value: unknown, { min = 0, integer = false, max = Infinity } = {}): void {
+function checkNumber(
+  where: string,
+  option: string,
+  value: unknown,
+  { min = 0, integer = false, max = Infinity } = {},
+): void {
   if (value === undefined) return;
   if (typeof value !== 'number' || Number.isNaN(value)) throw optionError(where, option, 'a number', value);
   const expected = `${integer ? 'an integer' : 'a number'} ${max === Infinity ? `>= ${min}` : `from ${min} to ${max}`}`;
@@ -129,7 +158,8 @@ function checkNumber(where: string, option: string, value: unknown, { min = 0, i
 /** Tag maps are checked wherever they enter: keys non-empty, values strings. */
 export function checkTags(where: string, tags: unknown, option = 'tags'): void {
   if (tags === undefined) return;
-  if (tags === null || typeof tags !== 'object' || Array.isArray(tags)) throw optionError(where, option, 'an object of string values', tags);
+  if (tags === null || typeof tags !== 'object' || Array.isArray(tags))
+    throw optionError(where, option, 'an object of string values', tags);
   for (const [key, value] of Object.entries(tags)) {
     if (key === '') throw optionError(where, option, 'an object whose keys are non-empty', tags);
     if (typeof value !== 'string') throw optionError(where, `${option}.${key}`, 'a string', value);
@@ -144,9 +174,11 @@ export function validateTaskOptions(where: string, options: unknown): asserts op
   }
   const o = options as Record<string, unknown>;
   for (const key of Object.keys(o)) {
-    if (!KNOWN_OPTIONS.has(key)) throw new TypeError(`${where}: unknown option "${key}"; known options are ${[...KNOWN_OPTIONS].join(', ')}`);
+    if (!KNOWN_OPTIONS.has(key))
+      throw new TypeError(`${where}: unknown option "${key}"; known options are ${[...KNOWN_OPTIONS].join(', ')}`);
   }
-  if (o.name !== undefined && (typeof o.name !== 'string' || o.name.trim() === '')) throw optionError(where, 'name', 'a non-empty string', o.name);
+  if (o.name !== undefined && (typeof o.name !== 'string' || o.name.trim() === ''))
+    throw optionError(where, 'name', 'a non-empty string', o.name);
   checkNumber(where, 'retries', o.retries, { integer: true });
   checkNumber(where, 'delay', o.delay, { max: MAX_TIMER_MS });
   checkNumber(where, 'backoff', o.backoff, { min: 1 });
@@ -158,10 +190,13 @@ export function validateTaskOptions(where: string, options: unknown): asserts op
   if (o.runAt !== undefined) {
     const time = o.runAt instanceof Date ? o.runAt.getTime() : o.runAt;
     if (typeof time !== 'number') throw optionError(where, 'runAt', 'a Date or epoch milliseconds', o.runAt);
-    if (!Number.isFinite(time)) throw optionError(where, 'runAt', 'a valid Date or finite epoch milliseconds', o.runAt, RangeError);
+    if (!Number.isFinite(time))
+      throw optionError(where, 'runAt', 'a valid Date or finite epoch milliseconds', o.runAt, RangeError);
   }
   if (o.startAfter !== undefined && o.runAt !== undefined) {
-    throw new TypeError(`${where}: options "startAfter" and "runAt" cannot be combined: both set when the first attempt is due; pass one`);
+    throw new TypeError(
+      `${where}: options "startAfter" and "runAt" cannot be combined: both set when the first attempt is due; pass one`,
+    );
   }
   for (const key of BOOLEAN_OPTIONS) {
     if (o[key] !== undefined && typeof o[key] !== 'boolean') throw optionError(where, key, 'a boolean', o[key]);
@@ -170,19 +205,25 @@ export function validateTaskOptions(where: string, options: unknown): asserts op
   if (o.idempotencyKey !== undefined && (typeof o.idempotencyKey !== 'string' || o.idempotencyKey === '')) {
     throw optionError(where, 'idempotencyKey', 'a non-empty string', o.idempotencyKey);
   }
-  if (o.trace !== undefined && o.trace !== 'link' && o.trace !== 'child') throw optionError(where, 'trace', '"link" or "child"', o.trace);
-  if (o.onError !== undefined && typeof o.onError !== 'function') throw optionError(where, 'onError', 'a function', o.onError);
+  if (o.trace !== undefined && o.trace !== 'link' && o.trace !== 'child')
+    throw optionError(where, 'trace', '"link" or "child"', o.trace);
+  if (o.onError !== undefined && typeof o.onError !== 'function')
+    throw optionError(where, 'onError', 'a function', o.onError);
   checkEagerPriority(where, o as TaskOptions);
 }
 
 function checkEagerPriority(where: string, o: Pick<TaskOptions, 'eager' | 'priority' | 'startAfter' | 'runAt'>): void {
   if (o.eager !== true) return;
   if (o.priority !== undefined) {
-    throw new TypeError(`${where}: options "eager" and "priority" cannot be combined: a prioritised task waits its turn in the queue, an eager one starts at once`);
+    throw new TypeError(
+      `${where}: options "eager" and "priority" cannot be combined: a prioritised task waits its turn in the queue, an eager one starts at once`,
+    );
   }
   const delayed = o.startAfter !== undefined ? 'startAfter' : o.runAt !== undefined ? 'runAt' : undefined;
   if (delayed !== undefined) {
-    throw new TypeError(`${where}: options "eager" and "${delayed}" cannot be combined: a delayed task starts when it is due, an eager one at once`);
+    throw new TypeError(
+      `${where}: options "eager" and "${delayed}" cannot be combined: a delayed task starts when it is due, an eager one at once`,
+    );
   }
 }
 
@@ -195,7 +236,10 @@ export function mergeOptions(base: TaskOptions, over: TaskOptions | undefined): 
     const value = over[key];
     if (value === undefined) continue;
     changed = true;
-    if (key === 'tags') merged.tags = base.tags ? { ...base.tags, ...(value as Record<string, string>) } : (value as Record<string, string>);
+    if (key === 'tags')
+      merged.tags = base.tags
+        ? { ...base.tags, ...(value as Record<string, string>) }
+        : (value as Record<string, string>);
     else (merged as Record<string, unknown>)[key] = value;
     // Two ways to say when the first attempt is due: a level that says it replaces what a lower one said.
     if (key === 'startAfter') delete merged.runAt;
@@ -242,7 +286,11 @@ export function dueTime(options: Pick<ResolvedTaskOptions, 'startAfter' | 'runAt
  * and by MAX_TIMER_MS (exponential backoff without `maxDelay` passes 2^31 ms after a few dozen retries, and
  * Node would fire it after 1 ms), then with full jitter a uniform draw in `[0, wait]`.
  */
-export function retryDelay(options: Pick<ResolvedTaskOptions, 'delay' | 'backoff' | 'maxDelay' | 'jitter'>, retry: number, random: () => number = Math.random): number {
+export function retryDelay(
+  options: Pick<ResolvedTaskOptions, 'delay' | 'backoff' | 'maxDelay' | 'jitter'>,
+  retry: number,
+  random: () => number = Math.random,
+): number {
   // delay 0 stays 0 even when backoff^n overflows to Infinity (0 * Infinity is NaN).
   let wait = options.delay === 0 ? 0 : options.delay * options.backoff ** (retry - 1);
   if (options.maxDelay !== undefined && wait > options.maxDelay) wait = options.maxDelay;

@@ -162,9 +162,18 @@ export class TaskTelemetry {
       description: 'Duration of task attempts',
       advice: { explicitBucketBoundaries: DURATION_BUCKETS },
     });
-    this.#attempts = meter.createCounter(METRIC_ATTEMPTS, { unit: '{attempt}', description: 'Task attempts, by how the attempt ended' });
-    this.#active = meter.createUpDownCounter(METRIC_ACTIVE, { unit: '{attempt}', description: 'Task attempts running now' });
-    this.#queueDepth = meter.createObservableGauge(METRIC_QUEUE_DEPTH, { unit: '{task}', description: 'Tasks waiting for a free slot' });
+    this.#attempts = meter.createCounter(METRIC_ATTEMPTS, {
+      unit: '{attempt}',
+      description: 'Task attempts, by how the attempt ended',
+    });
+    this.#active = meter.createUpDownCounter(METRIC_ACTIVE, {
+      unit: '{attempt}',
+      description: 'Task attempts running now',
+    });
+    this.#queueDepth = meter.createObservableGauge(METRIC_QUEUE_DEPTH, {
+      unit: '{task}',
+      description: 'Tasks waiting for a free slot',
+    });
     this.#queueDepth.addCallback(this.#observeQueueDepth);
   }
 
@@ -205,7 +214,11 @@ export class TaskTelemetry {
     if (input.previousAttempt !== undefined) (links ??= []).push({ context: input.previousAttempt });
     // The attributes go in at the start so that a sampler sees them (taskSampler knows an attempt by task.id).
     const parent = child ? trace.setSpanContext(ROOT_CONTEXT, request) : ROOT_CONTEXT;
-    const span = this.tracer.startSpan(spanName(input.name), { kind: SpanKind.CONSUMER, links, attributes: attemptAttributes(input, attempt) }, parent);
+    const span = this.tracer.startSpan(
+      spanName(input.name),
+      { kind: SpanKind.CONSUMER, links, attributes: attemptAttributes(input, attempt) },
+      parent,
+    );
     if (request !== undefined && !this.#warnedIncoherent) this.#checkSampling(request, span);
     return span;
   }
@@ -230,7 +243,8 @@ export class TaskTelemetry {
   endAttempt(span: Span, taskName: string, durationMs: number, error: unknown): void {
     let outcome: AttemptOutcome = 'success';
     // Only our own abort reasons are interrupts; a thrown Proxy is never asked (instanceof runs its traps).
-    if (error !== undefined) outcome = isOwnError(error) && error instanceof TaskInterruptedError ? 'interrupted' : 'failed';
+    if (error !== undefined)
+      outcome = isOwnError(error) && error instanceof TaskInterruptedError ? 'interrupted' : 'failed';
     if (span.isRecording()) {
       if (error === undefined) {
         span.setStatus({ code: SpanStatusCode.OK });
@@ -255,8 +269,14 @@ export class TaskTelemetry {
   #attributesFor(taskName: string): NameAttributes {
     let attributes = this.#nameAttributes.get(taskName);
     if (attributes === undefined) {
-      const outcome = (status: AttemptOutcome): Attributes => ({ [ATTR_TASK_NAME]: taskName, [ATTR_TASK_STATUS]: status });
-      attributes = { active: { [ATTR_TASK_NAME]: taskName }, outcome: { success: outcome('success'), failed: outcome('failed'), interrupted: outcome('interrupted') } };
+      const outcome = (status: AttemptOutcome): Attributes => ({
+        [ATTR_TASK_NAME]: taskName,
+        [ATTR_TASK_STATUS]: status,
+      });
+      attributes = {
+        active: { [ATTR_TASK_NAME]: taskName },
+        outcome: { success: outcome('success'), failed: outcome('failed'), interrupted: outcome('interrupted') },
+      };
       // Task names are few (registered functions); the bound only guards against names built per call.
       if (this.#nameAttributes.size < 1_000) this.#nameAttributes.set(taskName, attributes);
     }

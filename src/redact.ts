@@ -9,7 +9,8 @@ export const UNREADABLE = '[unreadable]';
 export const MAX_REDACT_DEPTH = 64;
 
 /** Key names that look secret, matched anywhere in the name, at any depth. */
-export const DEFAULT_SECRET_KEY = /passw(or)?d|secret|token|authori[sz]ation|api[-_]?key|cookie|private[-_]?key|credential/i;
+export const DEFAULT_SECRET_KEY =
+  /passw(or)?d|secret|token|authori[sz]ation|api[-_]?key|cookie|private[-_]?key|credential/i;
 
 export type RedactOption = string[] | false;
 
@@ -20,7 +21,9 @@ export interface Redactor {
   tags(tags: Readonly<Record<string, string>>): Readonly<Record<string, string>>;
 }
 
-const identity: Redactor = Object.assign(<T>(value: T): T => value, { tags: (tags: Readonly<Record<string, string>>) => tags });
+const identity: Redactor = Object.assign(<T>(value: T): T => value, {
+  tags: (tags: Readonly<Record<string, string>>) => tags,
+});
 
 /**
  * Builds the function that masks secrets wherever args, log fields or tags leave a task. An entry with a

@@ -207,7 +207,8 @@ export class Runner {
 
   #writeFailed(records: TaskRecord[], error: unknown): void {
     // Reported once per outage, not once per record.
-    if (this.#unsynced.size === 0 && this.#resyncTimer === undefined) this.report(`store write of task ${records[0].id} (retried every second until it succeeds)`, error);
+    if (this.#unsynced.size === 0 && this.#resyncTimer === undefined)
+      this.report(`store write of task ${records[0].id} (retried every second until it succeeds)`, error);
     for (const record of records) this.#unsynced.add(record);
     this.#resyncTimer ??= setTimeout(() => void this.resync(), 1_000).unref();
   }
@@ -232,7 +233,11 @@ export class Runner {
   release(run: TaskRun): void {
     const release = this.#deps.store.release;
     if (release !== undefined) {
-      release.call(this.#deps.store, [run.record]).catch((error: unknown) => this.report(`store release of task ${run.id} (it is resumed once its lease expires)`, error));
+      release
+        .call(this.#deps.store, [run.record])
+        .catch((error: unknown) =>
+          this.report(`store release of task ${run.id} (it is resumed once its lease expires)`, error),
+        );
     }
     this.finished(run);
   }
@@ -240,7 +245,12 @@ export class Runner {
   /** A copy safe to hand out: args and secret-looking tags redacted, arrays not shared with the live record. */
   snapshot(record: TaskRecord): TaskRecord {
     const args = this.redact(record.args);
-    return { ...record, args: args === record.args ? args.slice() : args, tags: { ...this.redact.tags(record.tags) }, logs: record.logs.slice() };
+    return {
+      ...record,
+      args: args === record.args ? args.slice() : args,
+      tags: { ...this.redact.tags(record.tags) },
+      logs: record.logs.slice(),
+    };
   }
 
   /** Resolves when no accepted task is left unfinished. */

@@ -1,4 +1,12 @@
-import { trace, TraceFlags, type Attributes, type Context, type Link, type SpanKind, type TraceState } from '@opentelemetry/api';
+import {
+  trace,
+  TraceFlags,
+  type Attributes,
+  type Context,
+  type Link,
+  type SpanKind,
+  type TraceState,
+} from '@opentelemetry/api';
 import { ATTR_TASK_ID, hasSpanIds } from './otel.js';
 
 /** The SDK's `SamplingDecision` values (`@opentelemetry/sdk-trace-base`), restated so this entry needs no SDK. */
@@ -14,7 +22,14 @@ export interface TaskSamplingResult {
 
 /** Any OpenTelemetry SDK sampler (structurally the SDK's `Sampler`): `TraceIdRatioBasedSampler`, `ParentBasedSampler`… */
 export interface TaskSamplerDelegate {
-  shouldSample(context: Context, traceId: string, spanName: string, spanKind: SpanKind, attributes: Attributes, links: Link[]): TaskSamplingResult;
+  shouldSample(
+    context: Context,
+    traceId: string,
+    spanName: string,
+    spanKind: SpanKind,
+    attributes: Attributes,
+    links: Link[],
+  ): TaskSamplingResult;
   toString(): string;
 }
 
@@ -30,7 +45,9 @@ export interface TaskSamplerDelegate {
  */
 export function taskSampler<S extends TaskSamplerDelegate>(delegate: S): TaskSamplerDelegate {
   if (delegate === null || typeof delegate !== 'object' || typeof delegate.shouldSample !== 'function') {
-    throw new TypeError('taskSampler: argument "delegate" must be an OpenTelemetry sampler (an object with shouldSample())');
+    throw new TypeError(
+      'taskSampler: argument "delegate" must be an OpenTelemetry sampler (an object with shouldSample())',
+    );
   }
   return {
     shouldSample(context, traceId, spanName, spanKind, attributes, links) {
@@ -40,7 +57,8 @@ export function taskSampler<S extends TaskSamplerDelegate>(delegate: S): TaskSam
         // to the previous attempt, whose decision the delegate made as a root.
         const parent = trace.getSpanContext(context);
         const decidedBy = parent !== undefined && hasSpanIds(parent) ? parent : links?.[0]?.context;
-        if (decidedBy !== undefined) return { decision: decidedBy.traceFlags & TraceFlags.SAMPLED ? RECORD_AND_SAMPLED : NOT_RECORD };
+        if (decidedBy !== undefined)
+          return { decision: decidedBy.traceFlags & TraceFlags.SAMPLED ? RECORD_AND_SAMPLED : NOT_RECORD };
       }
       return delegate.shouldSample(context, traceId, spanName, spanKind, attributes, links);
     },

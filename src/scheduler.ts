@@ -22,7 +22,14 @@ export interface TaskHandle<A extends unknown[] = unknown[]> {
 /** What the scheduler needs from its TaskManager. */
 export interface TaskEnqueuer {
   readonly runner: Runner;
-  enqueue(where: string, fn: unknown, args: unknown[], overrides: TaskOptions | undefined, phase: TaskPhase, request: RequestTasks | undefined): TaskRun | string;
+  enqueue(
+    where: string,
+    fn: unknown,
+    args: unknown[],
+    overrides: TaskOptions | undefined,
+    phase: TaskPhase,
+    request: RequestTasks | undefined,
+  ): TaskRun | string;
   handle(runOrId: TaskRun | string, args: unknown[]): TaskHandle;
   /** Write the records of these tasks (one batch); rejects when the store could not take them. */
   persist(runs: TaskRun[]): Promise<void>;
@@ -189,12 +196,23 @@ export class TaskBatch {
 
   /** Add `fn(...args)` to run in this phase; returns its handle. */
   schedule<A extends unknown[]>(fn: (...args: A) => unknown, ...args: NoInfer<A>): TaskHandle<A> {
-    return scheduleIn(this.#request, `ctx.tasks.${this.#phase}.schedule`, fn, args, this.#overrides, this.#phase) as TaskHandle<A>;
+    return scheduleIn(
+      this.#request,
+      `ctx.tasks.${this.#phase}.schedule`,
+      fn,
+      args,
+      this.#overrides,
+      this.#phase,
+    ) as TaskHandle<A>;
   }
 
   /** The same phase with `options` merged over this one's. */
   with(options: TaskOptions): TaskBatch {
-    return new TaskBatch(this.#request, this.#phase, withOptions(`ctx.tasks.${this.#phase}.with`, this.#overrides, options));
+    return new TaskBatch(
+      this.#request,
+      this.#phase,
+      withOptions(`ctx.tasks.${this.#phase}.with`, this.#overrides, options),
+    );
   }
 }
 
@@ -206,12 +224,27 @@ export function withOptions(where: string, current: TaskOptions | undefined, opt
 }
 
 /** Enqueue and answer with the id: the task's own, or the holder's on an idempotency-key hit. */
-export function enqueueForId(manager: TaskEnqueuer, where: string, fn: unknown, args: unknown[], overrides: TaskOptions | undefined, phase: TaskPhase, request: RequestTasks | undefined): string {
+export function enqueueForId(
+  manager: TaskEnqueuer,
+  where: string,
+  fn: unknown,
+  args: unknown[],
+  overrides: TaskOptions | undefined,
+  phase: TaskPhase,
+  request: RequestTasks | undefined,
+): string {
   const result = manager.enqueue(where, fn, args, overrides, phase, request);
   return typeof result === 'string' ? result : result.id;
 }
 
-function scheduleIn(request: RequestTasks, where: string, fn: unknown, args: unknown[], overrides: TaskOptions | undefined, phase: TaskPhase): TaskHandle {
+function scheduleIn(
+  request: RequestTasks,
+  where: string,
+  fn: unknown,
+  args: unknown[],
+  overrides: TaskOptions | undefined,
+  phase: TaskPhase,
+): TaskHandle {
   const result = request.manager.enqueue(where, fn, args, overrides, phase, request);
   return request.manager.handle(result, args);
 }
@@ -231,7 +264,15 @@ export class TaskScheduler {
    * (FastAPI's `add_task`). With `eager: true` it starts now. Returns the task id.
    */
   addTask<A extends unknown[]>(fn: (...args: A) => unknown, ...args: NoInfer<A>): string {
-    return enqueueForId(this.request.manager, 'ctx.tasks.addTask', fn, args, this.overrides, 'afterResponse', this.request);
+    return enqueueForId(
+      this.request.manager,
+      'ctx.tasks.addTask',
+      fn,
+      args,
+      this.overrides,
+      'afterResponse',
+      this.request,
+    );
   }
 
   /** Run `fn(...args)` now, concurrently with the handler. */

@@ -5,7 +5,17 @@ import { retryDelay, type ResolvedTaskOptions } from './options.js';
 import type { Runner } from './runner.js';
 import { ATTR_TASK_PROGRESS, EVENT_TASK_PROGRESS, type AttemptSpanInput } from './otel.js';
 import { fieldsToAttributes } from './observers/span-events.js';
-import type { AttemptEventBase, LifecycleEvent, LogEntry, LogEvent, LogLevel, ProgressEvent, TaskRecord, TaskStatus, TaskFunction } from './types.js';
+import type {
+  AttemptEventBase,
+  LifecycleEvent,
+  LogEntry,
+  LogEvent,
+  LogLevel,
+  ProgressEvent,
+  TaskRecord,
+  TaskStatus,
+  TaskFunction,
+} from './types.js';
 
 /** Log entries kept on a record; older ones are dropped first (events and pino lines still get them all). */
 export const MAX_LOGS_PER_RECORD = 100;
@@ -173,7 +183,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       // lazy write, where waiting would cost every durable task a commit's latency).
       if ((this.confirmsStart || (attemptNo > 1 && this.recoverable)) && written !== undefined) await written;
       // Shutdown may have given up on the attempt while its start was being written.
-      if (this.current === attempt) await attempt.execute(this.fn as (...a: unknown[]) => unknown, this.args, this.options.timeout);
+      if (this.current === attempt)
+        await attempt.execute(this.fn as (...a: unknown[]) => unknown, this.args, this.options.timeout);
     } catch (caught) {
       failed = true;
       // Anything may be thrown; `undefined` would read as success below, so a nullish value becomes an Error.
@@ -243,7 +254,9 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     const onError = this.options.onError;
     if (onError !== undefined) {
       try {
-        Promise.resolve(onError(error, this.runner.snapshot(this.record))).catch((e: unknown) => this.runner.report(`onError of task ${this.name}`, e));
+        Promise.resolve(onError(error, this.runner.snapshot(this.record))).catch((e: unknown) =>
+          this.runner.report(`onError of task ${this.name}`, e),
+        );
       } catch (e) {
         this.runner.report(`onError of task ${this.name}`, e);
       }
@@ -298,7 +311,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     record.status = 'pending';
     if (previous !== 'pending') this.#emit('pending', previous, undefined);
     this.runner.release(this);
-    if (record.attempts === 0) this.#signals?.rejectStarted(new TaskCancelledError('released to the store at shutdown'));
+    if (record.attempts === 0)
+      this.#signals?.rejectStarted(new TaskCancelledError('released to the store at shutdown'));
     this.#signals?.resolveDone(this.runner.snapshot(record));
   }
 
@@ -346,11 +360,17 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       logs.push(entry);
     }
     if (!runner.chain.hasLog) return;
-    runner.chain.emitLog(this.#attemptEvent<LogEvent>(attempt, time, { type: 'log', level, message, fields: safeFields ?? {} }));
+    runner.chain.emitLog(
+      this.#attemptEvent<LogEvent>(attempt, time, { type: 'log', level, message, fields: safeFields ?? {} }),
+    );
   }
 
   /** `own` (the event's type and its own fields) completed with what every event of an attempt carries. */
-  #attemptEvent<E extends LogEvent | ProgressEvent>(attempt: Attempt, time: number, own: Omit<E, keyof AttemptEventBase>): E {
+  #attemptEvent<E extends LogEvent | ProgressEvent>(
+    attempt: Attempt,
+    time: number,
+    own: Omit<E, keyof AttemptEventBase>,
+  ): E {
     const spanContext = attempt.span.spanContext();
     const event = own as E;
     event.taskId = this.id;
@@ -397,9 +417,12 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     const fields = pending.fields === undefined ? undefined : runner.redact(pending.fields);
     pending.fields = undefined;
     const span = attempt.span;
-    if (span.isRecording()) span.addEvent(EVENT_TASK_PROGRESS, fieldsToAttributes(fields ?? {}, { [ATTR_TASK_PROGRESS]: value }), time);
+    if (span.isRecording())
+      span.addEvent(EVENT_TASK_PROGRESS, fieldsToAttributes(fields ?? {}, { [ATTR_TASK_PROGRESS]: value }), time);
     if (!runner.chain.hasProgress) return;
-    runner.chain.emitProgress(this.#attemptEvent<ProgressEvent>(attempt, time, { type: 'progress', value, fields: fields ?? {} }));
+    runner.chain.emitProgress(
+      this.#attemptEvent<ProgressEvent>(attempt, time, { type: 'progress', value, fields: fields ?? {} }),
+    );
   }
 
   #finish(status: TaskStatus, error: unknown, reason: string | undefined, lastAttemptMs: number | undefined): void {
@@ -433,7 +456,11 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
 
   #emit(status: TaskStatus, previousStatus: TaskStatus | undefined, durationMs: number | undefined): void {
     const record = this.record;
-    if (!this.runner.chain.hasLifecycle || !this.runner.chain.wantsLifecycle(status, status === 'pending' && record.error !== undefined)) return;
+    if (
+      !this.runner.chain.hasLifecycle ||
+      !this.runner.chain.wantsLifecycle(status, status === 'pending' && record.error !== undefined)
+    )
+      return;
     const event: LifecycleEvent = {
       type: 'lifecycle',
       taskId: this.id,

@@ -4,7 +4,14 @@ import type { TaskStoreError } from './errors.js';
 /** Where a task is in its life. `pending` also covers "waiting for the next retry". */
 export type TaskStatus = 'pending' | 'running' | 'success' | 'failed' | 'interrupted' | 'cancelled';
 
-export const TASK_STATUSES: readonly TaskStatus[] = ['pending', 'running', 'success', 'failed', 'interrupted', 'cancelled'];
+export const TASK_STATUSES: readonly TaskStatus[] = [
+  'pending',
+  'running',
+  'success',
+  'failed',
+  'interrupted',
+  'cancelled',
+];
 
 /** Final statuses: a task in one of these never runs again (a retry creates a new task). */
 export const FINAL_STATUSES: ReadonlySet<TaskStatus> = new Set(['success', 'failed', 'interrupted', 'cancelled']);

@@ -10,13 +10,23 @@ interface Page {
   nextCursor: string | null;
 }
 
-const basic = (user: string, password: string): string => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
+const basic = (user: string, password: string): string =>
+  `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
 
 describe('admin: authentication', () => {
   it('Bearer token: 401 with WWW-Authenticate without or with a wrong token, 200 with the right one', async () => {
     const { api } = await startAdmin();
-    for (const authorization of [undefined, 'Bearer wrong-token', `Bearer ${TOKEN}x`, `Basic ${TOKEN}`, TOKEN, 'Bearer ']) {
-      const response = await api('', { headers: authorization === undefined ? { authorization: '' } : { authorization } });
+    for (const authorization of [
+      undefined,
+      'Bearer wrong-token',
+      `Bearer ${TOKEN}x`,
+      `Basic ${TOKEN}`,
+      TOKEN,
+      'Bearer ',
+    ]) {
+      const response = await api('', {
+        headers: authorization === undefined ? { authorization: '' } : { authorization },
+      });
       expect(await expectJson(response, 401)).toEqual({ error: 'authentication required' });
       expect(response.headers.get('www-authenticate')).toBe('Bearer realm="koa-taskflow admin"');
     }
@@ -25,7 +35,15 @@ describe('admin: authentication', () => {
 
   it('Basic users: wrong user, wrong password and a malformed header are 401; each user gets in', async () => {
     const { api } = await startAdmin({ auth: { users: { alice: 'alice-pw', bob: 'b:o:b' } } });
-    for (const authorization of ['', basic('alice', 'bob'), basic('mallory', 'alice-pw'), basic('alice', ''), 'Basic !!!', 'Basic ' + Buffer.from('alice').toString('base64'), `Bearer ${TOKEN}`]) {
+    for (const authorization of [
+      '',
+      basic('alice', 'bob'),
+      basic('mallory', 'alice-pw'),
+      basic('alice', ''),
+      'Basic !!!',
+      'Basic ' + Buffer.from('alice').toString('base64'),
+      `Bearer ${TOKEN}`,
+    ]) {
       const response = await api('/metrics', { headers: { authorization } });
       expect(response.status).toBe(401);
       expect(response.headers.get('www-authenticate')).toBe('Basic realm="koa-taskflow admin", charset="UTF-8"');
@@ -39,7 +57,9 @@ describe('admin: authentication', () => {
     const { api } = await startAdmin({ auth: { token: TOKEN, users: { ops: 'ops-pw' } } });
     const denied = await api('', { headers: { authorization: '' } });
     expect(denied.status).toBe(401);
-    expect(denied.headers.get('www-authenticate')).toBe('Basic realm="koa-taskflow admin", charset="UTF-8", Bearer realm="koa-taskflow admin"');
+    expect(denied.headers.get('www-authenticate')).toBe(
+      'Basic realm="koa-taskflow admin", charset="UTF-8", Bearer realm="koa-taskflow admin"',
+    );
     await expectJson(await api(''), 200);
     await expectJson(await api('', { headers: { authorization: basic('ops', 'ops-pw') } }), 200);
   });
@@ -47,14 +67,19 @@ describe('admin: authentication', () => {
   it('a function decides; only `true` lets in; a throwing check is a 500 that shows nothing of the error', async () => {
     const seen: string[] = [];
     const lines: string[] = [];
-    const logger = pino(new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) }));
-    const { api } = await startAdmin({
-      auth: (ctx) => {
-        seen.push(ctx.path);
-        if (ctx.get('x-role') === 'explode') throw new Error('db password is hunter2 at /srv/app/auth.js');
-        return Promise.resolve(ctx.get('x-role') === 'admin');
+    const logger = pino(
+      new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) }),
+    );
+    const { api } = await startAdmin(
+      {
+        auth: (ctx) => {
+          seen.push(ctx.path);
+          if (ctx.get('x-role') === 'explode') throw new Error('db password is hunter2 at /srv/app/auth.js');
+          return Promise.resolve(ctx.get('x-role') === 'admin');
+        },
       },
-    }, { logger });
+      { logger },
+    );
     expect((await api('', { headers: { 'x-role': 'guest' } })).status).toBe(401);
     await expectJson(await api('', { headers: { 'x-role': 'admin' } }), 200);
     const failed = await api('', { headers: { 'x-role': 'explode' } });
@@ -83,7 +108,20 @@ describe('admin: authentication', () => {
 
   it('construction without auth, or with a malformed one, throws naming the option', () => {
     const manager = createManager();
-    const bad: unknown[] = [undefined, null, '', 'None', 42, {}, { token: '' }, { token: 5 }, { users: {} }, { users: { alice: '' } }, { users: { 'a:b': 'x' } }, { token: 'x', extra: 1 }];
+    const bad: unknown[] = [
+      undefined,
+      null,
+      '',
+      'None',
+      42,
+      {},
+      { token: '' },
+      { token: 5 },
+      { users: {} },
+      { users: { alice: '' } },
+      { users: { 'a:b': 'x' } },
+      { token: 'x', extra: 1 },
+    ];
     for (const auth of bad) {
       expect(() => manager.admin({ auth } as unknown as AdminOptions), JSON.stringify(auth)).toThrow(/option "auth"/);
     }
@@ -93,7 +131,9 @@ describe('admin: authentication', () => {
     expect(() => manager.admin({ auth: 'none', traceUrl: 'javascript:alert({traceId})' })).toThrow(/option "traceUrl"/);
     expect(() => manager.admin({ auth: 'none', traceUrl: 'http://jaeger/trace/' })).toThrow(/option "traceUrl"/);
     expect(() => manager.admin({ auth: 'none', maxSseClients: 0 })).toThrow(RangeError);
-    expect(() => manager.admin({ auth: 'none', colour: 'red' } as unknown as AdminOptions)).toThrow(/unknown option "colour"/);
+    expect(() => manager.admin({ auth: 'none', colour: 'red' } as unknown as AdminOptions)).toThrow(
+      /unknown option "colour"/,
+    );
   });
 });
 
@@ -120,21 +160,41 @@ describe('admin: reading tasks', () => {
 
   it('GET /tasks lists newest first; filters by status, name, tag.<key>=<value> (all must match), since', async () => {
     const { api, ids } = await seeded();
-    expect(idsOf(await expectJson<Page>(await api(''), 200))).toEqual([ids.plainSend, ids.acmeCharge, ids.globexSend, ids.acmeSend]);
+    expect(idsOf(await expectJson<Page>(await api(''), 200))).toEqual([
+      ids.plainSend,
+      ids.acmeCharge,
+      ids.globexSend,
+      ids.acmeSend,
+    ]);
     expect(idsOf(await expectJson<Page>(await api('?status=failed'), 200))).toEqual([ids.acmeCharge]);
-    expect(idsOf(await expectJson<Page>(await api('?status=success,failed&name=charge'), 200))).toEqual([ids.acmeCharge]);
-    expect(idsOf(await expectJson<Page>(await api('?status=success&status=pending'), 200))).toEqual([ids.plainSend, ids.globexSend, ids.acmeSend]);
-    expect(idsOf(await expectJson<Page>(await api('?name=send'), 200))).toEqual([ids.plainSend, ids.globexSend, ids.acmeSend]);
+    expect(idsOf(await expectJson<Page>(await api('?status=success,failed&name=charge'), 200))).toEqual([
+      ids.acmeCharge,
+    ]);
+    expect(idsOf(await expectJson<Page>(await api('?status=success&status=pending'), 200))).toEqual([
+      ids.plainSend,
+      ids.globexSend,
+      ids.acmeSend,
+    ]);
+    expect(idsOf(await expectJson<Page>(await api('?name=send'), 200))).toEqual([
+      ids.plainSend,
+      ids.globexSend,
+      ids.acmeSend,
+    ]);
     expect(idsOf(await expectJson<Page>(await api('?tag.tenant=acme'), 200))).toEqual([ids.acmeCharge, ids.acmeSend]);
     expect(idsOf(await expectJson<Page>(await api('?tag.tenant=acme&tag.region=eu'), 200))).toEqual([ids.acmeSend]);
-    expect(idsOf(await expectJson<Page>(await api('?tag.region=eu&name=send&status=success'), 200))).toEqual([ids.globexSend, ids.acmeSend]);
+    expect(idsOf(await expectJson<Page>(await api('?tag.region=eu&name=send&status=success'), 200))).toEqual([
+      ids.globexSend,
+      ids.acmeSend,
+    ]);
     expect(idsOf(await expectJson<Page>(await api('?tag.tenant=initech'), 200))).toEqual([]);
     const all = (await expectJson<Page>(await api(''), 200)).tasks;
     const since = all[1].createdAt;
     const recent = (await expectJson<Page>(await api(`?since=${since}`), 200)).tasks;
     expect(recent.length).toBeGreaterThanOrEqual(2);
     expect(recent.every((t) => t.createdAt >= since)).toBe(true);
-    expect(idsOf(await expectJson<Page>(await api(`?since=${encodeURIComponent(new Date(since).toISOString())}`), 200))).toEqual(idsOf({ tasks: recent, nextCursor: null }));
+    expect(
+      idsOf(await expectJson<Page>(await api(`?since=${encodeURIComponent(new Date(since).toISOString())}`), 200)),
+    ).toEqual(idsOf({ tasks: recent, nextCursor: null }));
   });
 
   it('limit and cursor page through everything once, even with tasks added between pages', async () => {
@@ -153,7 +213,11 @@ describe('admin: reading tasks', () => {
     const sendsPage1 = await expectJson<Page>(await api('?name=send&limit=1'), 200);
     const sendsPage2 = await expectJson<Page>(await api(`?name=send&limit=1&cursor=${sendsPage1.nextCursor}`), 200);
     const sendsPage3 = await expectJson<Page>(await api(`?name=send&limit=1&cursor=${sendsPage2.nextCursor}`), 200);
-    expect([...idsOf(sendsPage1), ...idsOf(sendsPage2), ...idsOf(sendsPage3)]).toEqual([ids.plainSend, ids.globexSend, ids.acmeSend]);
+    expect([...idsOf(sendsPage1), ...idsOf(sendsPage2), ...idsOf(sendsPage3)]).toEqual([
+      ids.plainSend,
+      ids.globexSend,
+      ids.acmeSend,
+    ]);
     expect(sendsPage3.nextCursor).toBeNull();
   });
 
@@ -194,10 +258,19 @@ describe('admin: reading tasks', () => {
   it('GET /tasks/:id: the record; 404 for an unknown id, 400 for a malformed one', async () => {
     const { api, ids } = await seeded();
     const record = await expectJson<TaskRecord>(await api(`/${ids.acmeCharge}`), 200);
-    expect(record).toMatchObject({ id: ids.acmeCharge, name: 'charge', status: 'failed', args: [10], tags: { tenant: 'acme', region: 'us' }, attempts: 1 });
+    expect(record).toMatchObject({
+      id: ids.acmeCharge,
+      name: 'charge',
+      status: 'failed',
+      args: [10],
+      tags: { tenant: 'acme', region: 'us' },
+      attempts: 1,
+    });
     expect(record.error).toMatchObject({ type: 'Error', message: 'card declined' });
     await expectJson(await api(`/${ids.acmeCharge.toUpperCase()}`), 200);
-    expect(await expectJson(await api('/3f1c9a52-7d0e-4c1b-9a55-2b1a4f1e8c11'), 404)).toEqual({ error: 'no task with id 3f1c9a52-7d0e-4c1b-9a55-2b1a4f1e8c11' });
+    expect(await expectJson(await api('/3f1c9a52-7d0e-4c1b-9a55-2b1a4f1e8c11'), 404)).toEqual({
+      error: 'no task with id 3f1c9a52-7d0e-4c1b-9a55-2b1a4f1e8c11',
+    });
     expect((await expectJson(await api('/not-an-id'), 400)).error).toMatch(/malformed task id/);
     expect((await expectJson(await api(`/${ids.acmeCharge}/logs`), 404)).error).toMatch(/no admin endpoint/);
   });
@@ -228,7 +301,10 @@ describe('admin: reading tasks', () => {
     const response = await api('', { headers: { origin: 'http://elsewhere.example' } });
     expect(response.headers.get('cache-control')).toBe('no-store');
     expect(response.headers.get('access-control-allow-origin')).toBeNull();
-    const preflight = await api('/retry-failed', { method: 'OPTIONS', headers: { origin: 'http://elsewhere.example', 'access-control-request-method': 'POST' } });
+    const preflight = await api('/retry-failed', {
+      method: 'OPTIONS',
+      headers: { origin: 'http://elsewhere.example', 'access-control-request-method': 'POST' },
+    });
     expect(preflight.status).toBe(405);
     expect(preflight.headers.get('access-control-allow-origin')).toBeNull();
   });
@@ -236,12 +312,21 @@ describe('admin: reading tasks', () => {
   it('POST /tasks/:id/retry runs a failed task again as a new task that succeeds; a second retry of it is 409', async () => {
     const { api, ids, manager, setFail } = await seeded();
     setFail(false);
-    const body = await expectJson<{ id: string; retryOf: string }>(await api(`/${ids.acmeCharge}/retry`, { method: 'POST' }), 202);
+    const body = await expectJson<{ id: string; retryOf: string }>(
+      await api(`/${ids.acmeCharge}/retry`, { method: 'POST' }),
+      202,
+    );
     expect(body.retryOf).toBe(ids.acmeCharge);
     expect(body.id).not.toBe(ids.acmeCharge);
     await manager.drain();
     const retried = await expectJson<TaskRecord>(await api(`/${body.id}`), 200);
-    expect(retried).toMatchObject({ name: 'charge', status: 'success', args: [10], tags: { tenant: 'acme', region: 'us' }, retryOf: ids.acmeCharge });
+    expect(retried).toMatchObject({
+      name: 'charge',
+      status: 'success',
+      args: [10],
+      tags: { tenant: 'acme', region: 'us' },
+      retryOf: ids.acmeCharge,
+    });
     expect((await expectJson<TaskRecord>(await api(`/${ids.acmeCharge}`), 200)).status).toBe('failed');
     const again = await expectJson(await api(`/${ids.acmeCharge}/retry`, { method: 'POST' }), 409);
     expect(again).toEqual({ error: expect.stringMatching(/already retried/), retriedAs: body.id });
@@ -250,8 +335,12 @@ describe('admin: reading tasks', () => {
 
   it('retry: 409 for a task that did not fail, 404 for an unknown id, 400 for a malformed one', async () => {
     const { api, ids } = await seeded();
-    expect((await expectJson(await api(`/${ids.acmeSend}/retry`, { method: 'POST' }), 409)).error).toMatch(/is success; only failed or interrupted/);
-    expect((await expectJson(await api('/3f1c9a52-7d0e-4c1b-9a55-2b1a4f1e8c11/retry', { method: 'POST' }), 404)).error).toMatch(/no task with id/);
+    expect((await expectJson(await api(`/${ids.acmeSend}/retry`, { method: 'POST' }), 409)).error).toMatch(
+      /is success; only failed or interrupted/,
+    );
+    expect(
+      (await expectJson(await api('/3f1c9a52-7d0e-4c1b-9a55-2b1a4f1e8c11/retry', { method: 'POST' }), 404)).error,
+    ).toMatch(/no task with id/);
     expect((await expectJson(await api('/42/retry', { method: 'POST' }), 400)).error).toMatch(/malformed task id/);
   });
 
@@ -307,7 +396,13 @@ describe('admin: reading tasks', () => {
       }
     }
     expect((await expectJson<Page>(await api('?name=charge'), 200)).tasks).toHaveLength(1);
-    await expectJson(await api(`/${ids.acmeCharge}/retry`, { method: 'POST', headers: { origin: `http://${host}`, 'sec-fetch-site': 'same-origin' } }), 202);
+    await expectJson(
+      await api(`/${ids.acmeCharge}/retry`, {
+        method: 'POST',
+        headers: { origin: `http://${host}`, 'sec-fetch-site': 'same-origin' },
+      }),
+      202,
+    );
     await expectJson(await api('/retry-failed', { method: 'POST' }), 200);
   });
 

@@ -11,13 +11,25 @@ import { createManager, deferred, onCleanup, waitFor } from './helpers/server.js
 // Debian's chromium (CI installs it: .ci/run SYSTEM_PACKAGES); the machine is offline, so nothing may
 // phone home.
 const CHROMIUM = '/usr/bin/chromium';
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
 const USER = { username: 'ops', password: 'dashboard-pw' };
 // `DASHBOARD_SCREENSHOT=1 npx vitest run test/admin-dashboard.test.ts` refreshes the README's picture.
-const SCREENSHOT = process.env.DASHBOARD_SCREENSHOT ? fileURLToPath(new URL('../docs/dashboard.png', import.meta.url)) : undefined;
+const SCREENSHOT = process.env.DASHBOARD_SCREENSHOT
+  ? fileURLToPath(new URL('../docs/dashboard.png', import.meta.url))
+  : undefined;
 
 async function launch(): Promise<Browser> {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (bash .ci/run installs it)`);
+  if (!existsSync(CHROMIUM))
+    throw new Error(`${CHROMIUM} is missing: apt-get install chromium (bash .ci/run installs it)`);
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
   onCleanup(() => browser.close());
   return browser;
@@ -31,7 +43,10 @@ describe('admin: the dashboard in a real Chromium', () => {
       taskLog('rendering template', { template: 'welcome-v2' });
       taskLog('mail queued', { email, provider: 'smtp' });
     });
-    const chargeCard = manager.task(async function chargeCard(order: { amount: number; card: { number: string; expiry: string } }) {
+    const chargeCard = manager.task(async function chargeCard(order: {
+      amount: number;
+      card: { number: string; expiry: string };
+    }) {
       taskLog('charging card', { amount: order.amount, card: order.card });
       if (declines) throw new Error('card declined by issuer (code 51)');
       taskLog('charged', { amount: order.amount });
@@ -54,7 +69,10 @@ describe('admin: the dashboard in a real Chromium', () => {
     onCleanup(() => hold.resolve());
     onCleanup(() => halfway.resolve());
 
-    const { base, url, api } = await startAdmin({ auth: { users: { [USER.username]: USER.password } }, traceUrl: 'http://localhost:16686/trace/{traceId}' }, manager);
+    const { base, url, api } = await startAdmin(
+      { auth: { users: { [USER.username]: USER.password } }, traceUrl: 'http://localhost:16686/trace/{traceId}' },
+      manager,
+    );
     const asUser = { authorization: `Basic ${Buffer.from(`${USER.username}:${USER.password}`).toString('base64')}` };
     const acme = manager.with({ tags: { tenant: 'acme' } });
     const globex = manager.with({ tags: { tenant: 'globex', plan: 'pro' } });
@@ -65,10 +83,19 @@ describe('admin: the dashboard in a real Chromium', () => {
     acme.add(syncCrm, 'acct-17');
     globex.add(resizeImage, 'avatars/bo.png');
     // Not drain(): resizeImage is held and syncCrm waits a minute for its retry.
-    await waitFor(async () => {
-      const metrics = await manager.metrics();
-      return metrics.byStatus.success === 3 && metrics.byStatus.failed === 1 && metrics.byStatus.running === 1 && (await manager.list({ name: 'syncCrm' }))[0]?.attempts === 1;
-    }, 5_000, 'the seeded tasks to settle');
+    await waitFor(
+      async () => {
+        const metrics = await manager.metrics();
+        return (
+          metrics.byStatus.success === 3 &&
+          metrics.byStatus.failed === 1 &&
+          metrics.byStatus.running === 1 &&
+          (await manager.list({ name: 'syncCrm' }))[0]?.attempts === 1
+        );
+      },
+      5_000,
+      'the seeded tasks to settle',
+    );
     const seeded = (await expectJson<{ tasks: TaskRecord[] }>(await api('', { headers: asUser }), 200)).tasks;
     expect(seeded).toHaveLength(6);
 
@@ -82,19 +109,25 @@ describe('admin: the dashboard in a real Chromium', () => {
     const page = await context.newPage();
     const problems: string[] = [];
     page.on('console', (message) => {
-      if (message.type() === 'error' || message.type() === 'warning') problems.push(`${message.type()}: ${message.text()}`);
+      if (message.type() === 'error' || message.type() === 'warning')
+        problems.push(`${message.type()}: ${message.text()}`);
     });
     page.on('pageerror', (error) => problems.push(`pageerror: ${error.message}`));
     const response = await page.goto(`${base}/dashboard`);
     expect(response?.status()).toBe(200);
     await page.waitForSelector('#conn.live');
-    await page.waitForFunction((n) => document.querySelectorAll('#tasks tbody tr[data-id]').length === n, seeded.length);
+    await page.waitForFunction(
+      (n) => document.querySelectorAll('#tasks tbody tr[data-id]').length === n,
+      seeded.length,
+    );
     expect(await page.textContent('#count-failed')).toBe('1');
     expect(await page.textContent('#count-running')).toBe('1');
     // The running task's progress: a bar in its row, moved by the event stream.
     expect(await page.getAttribute('#tasks tr[data-status="running"] progress.bar', 'value')).toBe('0.25');
     halfway.resolve();
-    await page.waitForFunction(() => document.querySelector<HTMLProgressElement>('#tasks tr[data-status="running"] progress.bar')?.value === 0.5);
+    await page.waitForFunction(
+      () => document.querySelector<HTMLProgressElement>('#tasks tr[data-status="running"] progress.bar')?.value === 0.5,
+    );
 
     // Live: a task added after the page opened appears, and reaches success, without a reload.
     const lateId = manager.with({ tags: { tenant: 'initech' } }).add(sendWelcome, 'late@initech.test');
@@ -104,13 +137,10 @@ describe('admin: the dashboard in a real Chromium', () => {
     // Filter by tag: only globex rows remain.
     await page.fill('#f-tag', 'tenant=globex');
     const globexIds = seeded.filter((t) => t.tags.tenant === 'globex').map((t) => t.id);
-    await page.waitForFunction(
-      (ids) => {
-        const rows = Array.from(document.querySelectorAll<HTMLElement>('#tasks tbody tr[data-id]'), (r) => r.dataset.id);
-        return rows.length === ids.length && ids.every((id) => rows.includes(id));
-      },
-      globexIds,
-    );
+    await page.waitForFunction((ids) => {
+      const rows = Array.from(document.querySelectorAll<HTMLElement>('#tasks tbody tr[data-id]'), (r) => r.dataset.id);
+      return rows.length === ids.length && ids.every((id) => rows.includes(id));
+    }, globexIds);
     expect(await page.locator(`#tasks tr[data-id="${lateId}"]`).count()).toBe(0);
     await page.fill('#f-tag', '');
     await page.waitForSelector(`#tasks tr[data-id="${failedId}"]`);
@@ -126,7 +156,9 @@ describe('admin: the dashboard in a real Chromium', () => {
     expect(detail).not.toContain('4111111111111111');
     const failed = await expectJson<TaskRecord>(await api(`/${failedId}`, { headers: asUser }), 200);
     expect(failed.traceId).toMatch(/^[0-9a-f]{32}$/);
-    expect(await page.getAttribute('#detail a[target="_blank"]', 'href')).toBe(`http://localhost:16686/trace/${failed.traceId}`);
+    expect(await page.getAttribute('#detail a[target="_blank"]', 'href')).toBe(
+      `http://localhost:16686/trace/${failed.traceId}`,
+    );
     if (SCREENSHOT) await page.screenshot({ path: SCREENSHOT, fullPage: true });
 
     // Retry from the page: a new task, which now succeeds, is selected.
@@ -137,7 +169,10 @@ describe('admin: the dashboard in a real Chromium', () => {
       return shown !== undefined && shown !== id && document.querySelector('#detail .badge')?.textContent === 'success';
     }, failedId);
     const retryId = await page.getAttribute('#detail', 'data-id');
-    expect(await expectJson<TaskRecord>(await api(`/${retryId}`, { headers: asUser }), 200)).toMatchObject({ status: 'success', retryOf: failedId });
+    expect(await expectJson<TaskRecord>(await api(`/${retryId}`, { headers: asUser }), 200)).toMatchObject({
+      status: 'success',
+      retryOf: failedId,
+    });
 
     expect(problems).toEqual([]);
     expect(new URL(page.url()).origin).toBe(url);
@@ -185,18 +220,24 @@ describe('admin: the dashboard in a real Chromium', () => {
     const page = await context.newPage();
     const problems: string[] = [];
     page.on('console', (message) => {
-      if (message.type() === 'error' || message.type() === 'warning') problems.push(`${message.type()}: ${message.text()}`);
+      if (message.type() === 'error' || message.type() === 'warning')
+        problems.push(`${message.type()}: ${message.text()}`);
     });
     page.on('pageerror', (error) => problems.push(`pageerror: ${error.message}`));
     await page.goto(`${base}/dashboard`);
     await page.waitForSelector('#conn.live');
     await page.waitForFunction(() => document.querySelector('#failed-count')?.textContent === '4');
     await page.click('#view-failed');
-    const shown = () => page.$$eval('#failed tbody tr[data-id]', (rows) => rows.map((r) => [(r as HTMLElement).dataset.id, (r as HTMLElement).dataset.status]));
+    const shown = () =>
+      page.$$eval('#failed tbody tr[data-id]', (rows) =>
+        rows.map((r) => [(r as HTMLElement).dataset.id, (r as HTMLElement).dataset.status]),
+      );
     await page.waitForFunction(() => document.querySelectorAll('#failed tbody tr[data-id]').length === 4);
     expect(await shown()).toEqual([...failures.map((id) => [id, 'failed']).reverse(), [interrupted.id, 'interrupted']]);
     expect(await page.isVisible('#tasks')).toBe(false);
-    expect(await page.textContent(`#failed tr[data-id="${failures[1]}"] td.error`)).toBe('Error: CRM unavailable for acct-2');
+    expect(await page.textContent(`#failed tr[data-id="${failures[1]}"] td.error`)).toBe(
+      'Error: CRM unavailable for acct-2',
+    );
     expect(new URL(page.url()).hash).toBe('#failed');
 
     // Retry one from its row: a new task runs, the dead letter stays listed and says by which task it was retried.
@@ -204,7 +245,9 @@ describe('admin: the dashboard in a real Chromium', () => {
     await page.waitForSelector(`#failed tr[data-id="${failures[0]}"] td.action a`);
     const retryOf = async (id: string) => (await manager.list()).find((r) => r.retryOf === id);
     await waitFor(async () => (await retryOf(failures[0]))?.status === 'success', 5_000, 'the retry to succeed');
-    expect(await page.getAttribute(`#failed tr[data-id="${failures[0]}"] td.action a`, 'title')).toBe((await retryOf(failures[0]))!.id);
+    expect(await page.getAttribute(`#failed tr[data-id="${failures[0]}"] td.action a`, 'title')).toBe(
+      (await retryOf(failures[0]))!.id,
+    );
 
     // "Retry all failed": the other two failed ones; the interrupted one (it may have done part of its work) keeps its own button.
     await page.click('#retry-failed');
@@ -213,7 +256,10 @@ describe('admin: the dashboard in a real Chromium', () => {
     await manager.drain();
     for (const id of failures) expect((await retryOf(id))?.status).toBe('success');
     expect(await retryOf(interrupted.id)).toBeUndefined();
-    const listed = await expectJson<{ tasks: TaskRecord[] }>(await api('?status=failed,interrupted', { headers: asUser }), 200);
+    const listed = await expectJson<{ tasks: TaskRecord[] }>(
+      await api('?status=failed,interrupted', { headers: asUser }),
+      200,
+    );
     expect(listed.tasks.map((t) => t.id).sort()).toEqual([...deadLetters].sort());
 
     // A page opened on #failed starts in the Failed view.

@@ -1,13 +1,22 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { connect } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { InMemoryObserver, taskLog, taskProgress, type LifecycleEvent, type LogEvent, type ProgressEvent, type TaskEvent } from 'koa-taskflow';
+import {
+  InMemoryObserver,
+  taskLog,
+  taskProgress,
+  type LifecycleEvent,
+  type LogEvent,
+  type ProgressEvent,
+  type TaskEvent,
+} from 'koa-taskflow';
 import { expectJson, startAdmin, TOKEN } from './helpers/admin.js';
 import { openSse, type SseMessage } from './helpers/sse.js';
 import { createManager, deferred, onCleanup, waitFor } from './helpers/server.js';
 
 const auth = { authorization: `Bearer ${TOKEN}` };
-const parsed = (messages: SseMessage[]): (LifecycleEvent | LogEvent)[] => messages.map((m) => JSON.parse(m.data) as LifecycleEvent | LogEvent);
+const parsed = (messages: SseMessage[]): (LifecycleEvent | LogEvent)[] =>
+  messages.map((m) => JSON.parse(m.data) as LifecycleEvent | LogEvent);
 
 describe('admin: GET /tasks/events (server-sent events)', () => {
   it('streams lifecycle and log events of every task, in order, with increasing ids', async () => {
@@ -33,15 +42,29 @@ describe('admin: GET /tasks/events (server-sent events)', () => {
     await manager.drain();
     const flakyId = manager.add(flaky);
     await manager.drain();
-    await stream.until((m) => parsed(m).some((e) => e.taskId === flakyId && e.type === 'lifecycle' && e.status === 'success'));
+    await stream.until((m) =>
+      parsed(m).some((e) => e.taskId === flakyId && e.type === 'lifecycle' && e.status === 'success'),
+    );
 
     const events = parsed(stream.messages);
     const ofWork = events.filter((e) => e.taskId === id);
-    expect(ofWork.map((e) => (e.type === 'log' ? `log:${e.message}` : e.status))).toEqual(['pending', 'running', 'log:step one', 'log:step two', 'success']);
+    expect(ofWork.map((e) => (e.type === 'log' ? `log:${e.message}` : e.status))).toEqual([
+      'pending',
+      'running',
+      'log:step one',
+      'log:step two',
+      'success',
+    ]);
     expect(ofWork.every((e) => e.name === 'work' && e.tags.tenant === 'acme')).toBe(true);
     expect(ofWork[3]).toMatchObject({ type: 'log', level: 'warn', fields: { n: 7 }, attempt: 1 });
     const ofFlaky = events.filter((e): e is LifecycleEvent => e.taskId === flakyId && e.type === 'lifecycle');
-    expect(ofFlaky.map((e) => `${e.status}@${e.attempt}`)).toEqual(['pending@0', 'running@1', 'pending@1', 'running@2', 'success@2']);
+    expect(ofFlaky.map((e) => `${e.status}@${e.attempt}`)).toEqual([
+      'pending@0',
+      'running@1',
+      'pending@1',
+      'running@2',
+      'success@2',
+    ]);
     expect(ofFlaky[2].error?.message).toBe('first attempt fails');
     // The SSE event name is the event's type; ids grow by one per event sent.
     expect(stream.messages.every((m) => m.event === JSON.parse(m.data).type)).toBe(true);
@@ -61,14 +84,17 @@ describe('admin: GET /tasks/events (server-sent events)', () => {
     await manager.drain();
     const last = manager.with({ tags: { tenant: 'acme' } }).add(job);
     await manager.drain();
-    const sawLastSuccess = (m: SseMessage[]) => parsed(m).some((e) => e.taskId === last && e.type === 'lifecycle' && e.status === 'success');
+    const sawLastSuccess = (m: SseMessage[]) =>
+      parsed(m).some((e) => e.taskId === last && e.type === 'lifecycle' && e.status === 'success');
     await acme.until(sawLastSuccess);
     await jobs.until(sawLastSuccess);
     // Everything before `last` was delivered before it: what is missing now was filtered out.
     expect(new Set(parsed(acme.messages).map((e) => e.tags.tenant))).toEqual(new Set(['acme']));
     expect(new Set(parsed(jobs.messages).map((e) => e.name))).toEqual(new Set(['job']));
     expect(parsed(jobs.messages).some((e) => e.tags.tenant === 'globex')).toBe(true);
-    expect((await expectJson(await fetch(`${base}/events?status=failed`, { headers: auth }), 400)).error).toMatch(/unknown query parameter "status"/);
+    expect((await expectJson(await fetch(`${base}/events?status=failed`, { headers: auth }), 400)).error).toMatch(
+      /unknown query parameter "status"/,
+    );
   });
 
   it('needs auth like every endpoint', async () => {
@@ -101,7 +127,9 @@ describe('admin: GET /tasks/events (server-sent events)', () => {
     expect(third.response.status).toBe(200);
     // The new client gets events; the one that left is gone without errors.
     const id = manager.add(function afterwards() {});
-    await third.until((m) => parsed(m).some((e) => e.taskId === id && e.type === 'lifecycle' && e.status === 'success'));
+    await third.until((m) =>
+      parsed(m).some((e) => e.taskId === id && e.type === 'lifecycle' && e.status === 'success'),
+    );
   });
 
   it('close() ends every open stream (for a graceful server.close()); running tasks are not affected', async () => {
@@ -151,7 +179,10 @@ describe('admin: GET /tasks/events (server-sent events)', () => {
       expect(tries).toBeLessThan(5);
       const marker = manager.add(function marker() {});
       const before = resyncs(stream.messages);
-      const seen = (m: SseMessage[]) => parsed(m.filter((e) => e.event !== 'resync')).some((e) => e.taskId === marker && e.type === 'lifecycle' && e.status === 'success');
+      const seen = (m: SseMessage[]) =>
+        parsed(m.filter((e) => e.event !== 'resync')).some(
+          (e) => e.taskId === marker && e.type === 'lifecycle' && e.status === 'success',
+        );
       await stream.until((m) => seen(m) || resyncs(m) > before, 'the marker task or a resync');
       if (seen(stream.messages)) break;
     }
@@ -159,7 +190,8 @@ describe('admin: GET /tasks/events (server-sent events)', () => {
 
     // Every event the manager emitted reached the client in order, or was missed and a resync came
     // after it (before the next event delivered).
-    const key = (e: TaskEvent) => `${e.taskId} ${e.type === 'lifecycle' ? `${e.status}@${e.attempt}` : e.type === 'log' ? e.message : e.value}`;
+    const key = (e: TaskEvent) =>
+      `${e.taskId} ${e.type === 'lifecycle' ? `${e.status}@${e.attempt}` : e.type === 'log' ? e.message : e.value}`;
     const emitted = everything.events.map(key);
     let next = 0;
     let resynced = false;

@@ -7,21 +7,29 @@ import { openSse } from './helpers/sse.js';
 import { waitFor } from './helpers/server.js';
 
 describe('examples/admin.js', () => {
-  it("is exactly the admin snippet of docs/admin.md", () => {
+  it('is exactly the admin snippet of docs/admin.md', () => {
     const doc = readFileSync('docs/admin.md', 'utf8');
     const section = doc.slice(doc.indexOf('<!-- section:admin -->'), doc.indexOf('<!-- /section:admin -->'));
     expect(section).toContain('```js\n' + readFileSync('examples/admin.js', 'utf8') + '```');
   });
 
   it('serves the admin API with Basic or Bearer, redacts the card number, and exits on SIGTERM with an event stream open', async () => {
-    const app = startNode('examples/admin.js', [], { PORT: '0', ADMIN_PASSWORD: 'example-pw', ADMIN_TOKEN: 'example-token' });
+    const app = startNode('examples/admin.js', [], {
+      PORT: '0',
+      ADMIN_PASSWORD: 'example-pw',
+      ADMIN_TOKEN: 'example-token',
+    });
     const dashboard = (await app.waitForLine(/^dashboard on /)).replace('dashboard on ', '');
     const base = dashboard.replace(/\/dashboard$/, '');
     const { taskId } = await expectJson<{ taskId: string }>(await fetch(new URL('/', base)), 200);
     const basic = { authorization: `Basic ${Buffer.from('ops:example-pw').toString('base64')}` };
     expect((await fetch(`${base}/${taskId}`)).status).toBe(401);
     let record: TaskRecord | undefined;
-    await waitFor(async () => (record = await expectJson<TaskRecord>(await fetch(`${base}/${taskId}`, { headers: basic }), 200)).status === 'success');
+    await waitFor(
+      async () =>
+        (record = await expectJson<TaskRecord>(await fetch(`${base}/${taskId}`, { headers: basic }), 200)).status ===
+        'success',
+    );
     expect(record!.args).toEqual([{ amount: 4200, card: { number: REDACTED, expiry: '12/29' } }]);
     expect(record!.logs[0].fields).toEqual({ amount: 4200, card: { number: REDACTED, expiry: '12/29' } });
     await expectJson(await fetch(`${base}/metrics`, { headers: { authorization: 'Bearer example-token' } }), 200);

@@ -10,13 +10,19 @@ import { createManager } from './helpers/server.js';
 describe('redaction: a secret never leaves a task', () => {
   it('not through the admin API, the event stream, pino lines or span events', async () => {
     const lines: string[] = [];
-    const logger = pino({ level: 'trace' }, new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) }));
+    const logger = pino(
+      { level: 'trace' },
+      new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) }),
+    );
     const exporter = new InMemorySpanExporter();
     const tracerProvider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
     // Default secret-looking names (password, apiKey, token…) plus a key name and a dotted path of our own.
     const manager = createManager({ logger, tracerProvider, redact: ['ssn', 'card.number'] });
     let received: string | undefined;
-    const charge = manager.task(async function charge(order: { user: string; password: string; card: { number: string; holder: string } }, note: string) {
+    const charge = manager.task(async function charge(
+      order: { user: string; password: string; card: { number: string; holder: string } },
+      note: string,
+    ) {
       received = order.password;
       taskLog('charging', {
         apiKey: 'SECRET-api-key',
@@ -28,7 +34,11 @@ describe('redaction: a secret never leaves a task', () => {
     const { api, base } = await startAdmin({}, manager);
     const stream = await openSse(`${base}/events`, { authorization: `Bearer ${TOKEN}` });
 
-    const id = manager.add(charge, { user: 'visible-user', password: 'SECRET-password', card: { number: 'SECRET-4111', holder: 'visible-holder' } }, 'note');
+    const id = manager.add(
+      charge,
+      { user: 'visible-user', password: 'SECRET-password', card: { number: 'SECRET-4111', holder: 'visible-holder' } },
+      'note',
+    );
     await manager.drain();
     await stream.until((m) => m.some((e) => e.event === 'lifecycle' && JSON.parse(e.data).status === 'success'));
 
@@ -38,7 +48,9 @@ describe('redaction: a secret never leaves a task', () => {
       'GET /tasks': JSON.stringify(await expectJson(await api(''), 200)),
       'GET /tasks/events': stream.raw,
       pino: lines.join(''),
-      spans: JSON.stringify(exporter.getFinishedSpans().map((s) => ({ name: s.name, attributes: s.attributes, events: s.events }))),
+      spans: JSON.stringify(
+        exporter.getFinishedSpans().map((s) => ({ name: s.name, attributes: s.attributes, events: s.events })),
+      ),
     };
     for (const [where, text] of Object.entries(surfaces)) {
       expect(text, where).not.toContain('SECRET');
@@ -47,7 +59,10 @@ describe('redaction: a secret never leaves a task', () => {
       expect(text, where).toContain('visible-holder');
       expect(text, where).toContain(REDACTED);
     }
-    expect(record.args).toEqual([{ user: 'visible-user', password: REDACTED, card: { number: REDACTED, holder: 'visible-holder' } }, 'note']);
+    expect(record.args).toEqual([
+      { user: 'visible-user', password: REDACTED, card: { number: REDACTED, holder: 'visible-holder' } },
+      'note',
+    ]);
     expect(record.logs[0].fields).toEqual({
       apiKey: REDACTED,
       card: { number: REDACTED, holder: 'visible-holder' },
@@ -56,7 +71,12 @@ describe('redaction: a secret never leaves a task', () => {
     });
     // Masking happens where values leave the task: the task itself got the real ones.
     expect(received).toBe('SECRET-password');
-    expect(exporter.getFinishedSpans().find((s) => s.name === 'task charge')?.events.some((e) => e.name === 'task.log')).toBe(true);
+    expect(
+      exporter
+        .getFinishedSpans()
+        .find((s) => s.name === 'task charge')
+        ?.events.some((e) => e.name === 'task.log'),
+    ).toBe(true);
   });
 });
 
@@ -71,7 +91,10 @@ function nest(depth: number, leaf: unknown): unknown {
  * Runs the task `add` adds, with the admin's event stream open, to its end; answers its id and every output
  * its args, log fields and tags leave through, as text.
  */
-async function runAndCollect(traced: ReturnType<typeof tracedPinoManager>, add: () => string): Promise<{ id: string; outputs: Record<string, string> }> {
+async function runAndCollect(
+  traced: ReturnType<typeof tracedPinoManager>,
+  add: () => string,
+): Promise<{ id: string; outputs: Record<string, string> }> {
   const { manager, lines, exporter } = traced;
   const { api, base } = await startAdmin({}, manager);
   const stream = await openSse(`${base}/events`, { authorization: `Bearer ${TOKEN}` });
@@ -83,14 +106,19 @@ async function runAndCollect(traced: ReturnType<typeof tracedPinoManager>, add: 
     'GET /tasks': JSON.stringify(await expectJson(await api(''), 200)),
     'GET /tasks/events': stream.raw,
     pino: lines.join(''),
-    spans: JSON.stringify(exporter.getFinishedSpans().map((s) => ({ name: s.name, attributes: s.attributes, events: s.events }))),
+    spans: JSON.stringify(
+      exporter.getFinishedSpans().map((s) => ({ name: s.name, attributes: s.attributes, events: s.events })),
+    ),
   };
   return { id, outputs };
 }
 
 function tracedPinoManager(options: Parameters<typeof createManager>[0] = {}) {
   const lines: string[] = [];
-  const logger = pino({ level: 'trace' }, new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) }));
+  const logger = pino(
+    { level: 'trace' },
+    new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) }),
+  );
   const exporter = new InMemorySpanExporter();
   const tracerProvider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
   return { lines, exporter, manager: createManager({ logger, tracerProvider, ...options }) };
@@ -135,7 +163,8 @@ describe('redaction has no depth hole', () => {
     for (let i = 0; i < 20; i++) {
       const child = shared;
       const level = {};
-      for (const key of ['a', 'b']) Object.defineProperty(level, key, { enumerable: true, get: () => (reads++, child) });
+      for (const key of ['a', 'b'])
+        Object.defineProperty(level, key, { enumerable: true, get: () => (reads++, child) });
       shared = level;
     }
     type Shared = { a: Shared; b: Shared };
@@ -149,7 +178,11 @@ describe('redaction has no depth hole', () => {
 
   it('masks the fields of taskLog() called outside a task, at any depth, in the logger and the console', async () => {
     const { lines } = tracedPinoManager({ redact: ['ssn'] });
-    taskLog('outside', { password: 'SECRET-outside', nested: { deeper: { apiKey: 'SECRET-nested', ssn: 'SECRET-ssn' } }, visible: 'visible-outside' });
+    taskLog('outside', {
+      password: 'SECRET-outside',
+      nested: { deeper: { apiKey: 'SECRET-nested', ssn: 'SECRET-ssn' } },
+      visible: 'visible-outside',
+    });
     expect(lines).toHaveLength(1);
     expect(JSON.parse(lines[0])).toMatchObject({
       msg: 'outside',

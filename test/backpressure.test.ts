@@ -161,7 +161,7 @@ describe('maxQueued', () => {
     expect((await manager.metrics()).byStatus).toMatchObject({ success: 2, cancelled: 1 });
   });
 
-  it('with a durable store, a refused task is not written and the request\'s earlier task is stored cancelled', async () => {
+  it("with a durable store, a refused task is not written and the request's earlier task is stored cancelled", async () => {
     const store = new SqliteStore({ path: `${tempDir()}/tasks.db` });
     const gate = deferred();
     const blocker = async function blocker() {

@@ -47,22 +47,27 @@ async function exercise(variant: Variant, redisPort: number): Promise<{ before: 
 }
 
 describe('the benchmark variants (bench/server.js, bench/durable-server.js)', () => {
-  it('every variant serves its requests and, once drained, has run one task per request', { timeout: 120_000 }, async () => {
-    const redis = await startRedisServer();
-    const names = new Set(VARIANTS.map((v) => v.name));
-    // Each comparison's baseline is a variant too.
-    for (const variant of VARIANTS) if (variant.baseline) expect(names.has(variant.baseline), variant.baseline).toBe(true);
-    // Two at a time: each is its own process.
-    const queue = [...VARIANTS];
-    const worker = async (): Promise<void> => {
-      for (let variant = queue.shift(); variant !== undefined; variant = queue.shift()) {
-        const { before, after } = await exercise(variant, redis.port);
-        expect(after.served - before.served, variant.name).toBe(REQUESTS);
-        expect(after.cpuMicros, variant.name).toBeGreaterThan(before.cpuMicros);
-        // A variant with tasks must have run all of them by the time /__stats answers (it drains first).
-        if (variant.tasks) expect(after.ran! - before.ran!, variant.name).toBe(REQUESTS);
-      }
-    };
-    await Promise.all([worker(), worker()]);
-  });
+  it(
+    'every variant serves its requests and, once drained, has run one task per request',
+    { timeout: 120_000 },
+    async () => {
+      const redis = await startRedisServer();
+      const names = new Set(VARIANTS.map((v) => v.name));
+      // Each comparison's baseline is a variant too.
+      for (const variant of VARIANTS)
+        if (variant.baseline) expect(names.has(variant.baseline), variant.baseline).toBe(true);
+      // Two at a time: each is its own process.
+      const queue = [...VARIANTS];
+      const worker = async (): Promise<void> => {
+        for (let variant = queue.shift(); variant !== undefined; variant = queue.shift()) {
+          const { before, after } = await exercise(variant, redis.port);
+          expect(after.served - before.served, variant.name).toBe(REQUESTS);
+          expect(after.cpuMicros, variant.name).toBeGreaterThan(before.cpuMicros);
+          // A variant with tasks must have run all of them by the time /__stats answers (it drains first).
+          if (variant.tasks) expect(after.ran! - before.ran!, variant.name).toBe(REQUESTS);
+        }
+      };
+      await Promise.all([worker(), worker()]);
+    },
+  );
 });

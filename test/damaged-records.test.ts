@@ -23,13 +23,31 @@ const NOT_JSON = '{"name":"job","args":["password=hunter2"],';
 const BASE = Date.now() - 60_000;
 
 function record(n: number, fields: Partial<TaskRecord> = {}): TaskRecord {
-  return { id: randomUUID(), name: 'job', status: 'pending', args: [n], tags: { n: String(n) }, attempts: 0, maxAttempts: 1, createdAt: BASE + n, logs: [], ...fields };
+  return {
+    id: randomUUID(),
+    name: 'job',
+    status: 'pending',
+    args: [n],
+    tags: { n: String(n) },
+    attempts: 0,
+    maxAttempts: 1,
+    createdAt: BASE + n,
+    logs: [],
+    ...fields,
+  };
 }
 
 function recordingLogger() {
   const errors: string[] = [];
   const noop = () => {};
-  const logger = { trace: noop, debug: noop, info: noop, warn: noop, fatal: noop, error: (obj: object, msg?: string) => void errors.push(`${msg} ${(obj as { err?: Error }).err?.message}`) };
+  const logger = {
+    trace: noop,
+    debug: noop,
+    info: noop,
+    warn: noop,
+    fatal: noop,
+    error: (obj: object, msg?: string) => void errors.push(`${msg} ${(obj as { err?: Error }).err?.message}`),
+  };
   return { errors, logger };
 }
 
@@ -49,7 +67,9 @@ interface Damage {
  */
 async function expectDamageIsolated(damage: Damage): Promise<void> {
   const pending = Array.from({ length: PENDING }, (_, n) => record(n));
-  const finished = Array.from({ length: 3 }, (_, n) => record(-1 - n, { status: 'success', attempts: 1, endedAt: BASE, durationMs: 10 }));
+  const finished = Array.from({ length: 3 }, (_, n) =>
+    record(-1 - n, { status: 'success', attempts: 1, endedAt: BASE, durationMs: 10 }),
+  );
   const seed = damage.open();
   await seed.save([...pending, ...finished]);
   // The newest (the first a list() with a limit meets), one in the middle, one near the start, and a finished one.
@@ -83,7 +103,11 @@ async function expectDamageIsolated(damage: Damage): Promise<void> {
   expect(metrics.byStatus.success).toBeGreaterThanOrEqual(readable);
   expect(metrics.avgDurationMs).not.toBeNull();
   for (const r of bad) {
-    await expect(manager.get(r.id)).rejects.toMatchObject({ name: 'TaskStoreError', code: 'ERR_STORE_UNREADABLE', message: expect.stringContaining(`task "${r.id}" cannot be read`) });
+    await expect(manager.get(r.id)).rejects.toMatchObject({
+      name: 'TaskStoreError',
+      code: 'ERR_STORE_UNREADABLE',
+      message: expect.stringContaining(`task "${r.id}" cannot be read`),
+    });
   }
 
   const { api } = await startAdmin({}, manager);
@@ -91,14 +115,21 @@ async function expectDamageIsolated(damage: Damage): Promise<void> {
   expect(page.tasks).toHaveLength(readable);
   await expectJson(await api('/metrics'), 200);
   const one = await expectJson<{ error: string; code: string }>(await api(`/${bad[0].id}`), 500);
-  expect(one).toEqual({ code: 'ERR_STORE_UNREADABLE', error: expect.stringMatching(new RegExp(`task "${bad[0].id}" cannot be read \\(not valid JSON\\)`)) });
+  expect(one).toEqual({
+    code: 'ERR_STORE_UNREADABLE',
+    error: expect.stringMatching(new RegExp(`task "${bad[0].id}" cannot be read \\(not valid JSON\\)`)),
+  });
   expect(JSON.stringify(one)).not.toContain('hunter2');
 
   // Several more orphan checks (every 20 ms): the damaged records stay skipped and are not reported again.
   await new Promise((resolve) => setTimeout(resolve, 200));
   await manager.list();
   const skipped = errors.filter((line) => line.includes('skipped task'));
-  for (const id of badIds) expect(skipped.filter((line) => line.includes(id)), `reports of ${id}`).toHaveLength(1);
+  for (const id of badIds)
+    expect(
+      skipped.filter((line) => line.includes(id)),
+      `reports of ${id}`,
+    ).toHaveLength(1);
   expect(skipped).toHaveLength(bad.length);
   expect(errors.join('\n')).not.toContain('hunter2');
 }
@@ -114,7 +145,8 @@ describe('a damaged record in SQLite', () => {
     // Wherever the record is: the acceptance log or the indexed table.
     const write = (id: string, text: string) => {
       const db = raw();
-      for (const table of ['taskflow_log', 'taskflow_tasks']) db.prepare(`UPDATE ${table} SET record = ? WHERE id = ?`).run(text, id);
+      for (const table of ['taskflow_log', 'taskflow_tasks'])
+        db.prepare(`UPDATE ${table} SET record = ? WHERE id = ?`).run(text, id);
     };
     await expectDamageIsolated({
       open: () => {
@@ -138,7 +170,8 @@ describe('a damaged record in SQLite', () => {
     const running = readTaskLog(env.TASK_LOG)[0].id;
     const damaged = acknowledged.find((id) => id !== running)!;
     const db = new DatabaseSync(env.DB);
-    for (const table of ['taskflow_log', 'taskflow_tasks']) db.prepare(`UPDATE ${table} SET record = ? WHERE id = ?`).run(NOT_JSON, damaged);
+    for (const table of ['taskflow_log', 'taskflow_tasks'])
+      db.prepare(`UPDATE ${table} SET record = ? WHERE id = ?`).run(NOT_JSON, damaged);
     db.close();
 
     const second = await startDurableApp({ ...env, MODE: 'fast', CONCURRENCY: '16' });
@@ -186,7 +219,9 @@ describe('the Redis retention sweep', () => {
       return store;
     };
     const old = Date.now() - 30 * 86_400_000;
-    const [expired, damaged] = [0, 1].map((n) => record(n, { status: 'success', attempts: 1, createdAt: old, endedAt: old }));
+    const [expired, damaged] = [0, 1].map((n) =>
+      record(n, { status: 'success', attempts: 1, createdAt: old, endedAt: old }),
+    );
     const pending = record(2);
     const seed = open();
     await seed.save([expired, damaged, pending]);

@@ -11,12 +11,30 @@ import { createManager, onCleanup } from './helpers/server.js';
 const DAY = 86_400_000;
 
 function record(id: string, fields: Partial<TaskRecord> = {}): TaskRecord {
-  return { id, name: 'job', status: 'pending', args: [], tags: {}, attempts: 0, maxAttempts: 1, createdAt: Date.now(), logs: [], ...fields };
+  return {
+    id,
+    name: 'job',
+    status: 'pending',
+    args: [],
+    tags: {},
+    attempts: 0,
+    maxAttempts: 1,
+    createdAt: Date.now(),
+    logs: [],
+    ...fields,
+  };
 }
 
 function ended(id: string, status: TaskStatus, daysAgo: number): TaskRecord {
   const at = Date.now() - daysAgo * DAY;
-  return record(id, { status, attempts: 1, createdAt: at - 1_000, startedAt: at - 1_000, endedAt: at, error: status === 'failed' ? { type: 'Error', message: 'down' } : undefined });
+  return record(id, {
+    status,
+    attempts: 1,
+    createdAt: at - 1_000,
+    startedAt: at - 1_000,
+    endedAt: at,
+    error: status === 'failed' ? { type: 'Error', message: 'down' } : undefined,
+  });
 }
 
 const ids = (records: TaskRecord[]) => records.map((r) => r.id).sort();
@@ -49,14 +67,24 @@ describe('dead letters: MemoryStore', () => {
     }
     const failed = await manager.list({ status: 'failed' });
     expect(failed.map((r) => r.id)).toEqual([...failures].reverse());
-    expect(failed.map((r) => r.error?.message)).toEqual(['card 4 declined', 'card 3 declined', 'card 2 declined', 'card 1 declined', 'card 0 declined']);
+    expect(failed.map((r) => r.error?.message)).toEqual([
+      'card 4 declined',
+      'card 3 declined',
+      'card 2 declined',
+      'card 1 declined',
+      'card 0 declined',
+    ]);
     expect((await manager.list()).map((r) => r.id)).toEqual([...failures, ...successes.slice(-5)].reverse());
     expect((await manager.metrics()).byStatus).toMatchObject({ failed: 5, success: 5 });
   });
 
   it('evicts successes and cancellations before failed and interrupted records; unfinished tasks never push those out; past maxRecords of them alone, the oldest goes', async () => {
     const store = new MemoryStore({ maxRecords: 3 });
-    await store.save([ended('failed-a', 'failed', 0), ended('interrupted-b', 'interrupted', 0), ended('cancelled-c', 'cancelled', 0)]);
+    await store.save([
+      ended('failed-a', 'failed', 0),
+      ended('interrupted-b', 'interrupted', 0),
+      ended('cancelled-c', 'cancelled', 0),
+    ]);
     await store.save([ended('success-d', 'success', 0), ended('success-e', 'success', 0)]);
     expect(ids(await store.list())).toEqual(['failed-a', 'interrupted-b', 'success-e']);
     await store.save([ended('failed-f', 'failed', 0)]);
@@ -64,7 +92,14 @@ describe('dead letters: MemoryStore', () => {
     // A burst of queued tasks: the dead letters stay; once the tasks succeed, the successes go first.
     const burst = ['g', 'h', 'i'].map((id) => record(`pending-${id}`));
     await store.save(burst);
-    expect(ids(await store.list())).toEqual(['failed-a', 'failed-f', 'interrupted-b', 'pending-g', 'pending-h', 'pending-i']);
+    expect(ids(await store.list())).toEqual([
+      'failed-a',
+      'failed-f',
+      'interrupted-b',
+      'pending-g',
+      'pending-h',
+      'pending-i',
+    ]);
     await store.save(burst.map((r) => ({ ...r, status: 'success' as const, endedAt: Date.now() })));
     expect(ids(await store.list())).toEqual(['failed-a', 'failed-f', 'interrupted-b']);
     // A fourth dead letter: the oldest goes.
@@ -124,7 +159,9 @@ describe('dead letters: durable stores keep failures at least as long as success
     await keeping.claimOrphans('cleaner', 1_000);
     expect(ids(await keeping.list())).toEqual(['failed-5d', ...KEPT].sort());
 
-    expect(() => new RedisStore({ url: redis.url }, { retentionDays: 2, failedRetentionDays: 1 })).toThrow(/option "failedRetentionDays" must be a number >= "retentionDays" \(2\)/);
+    expect(() => new RedisStore({ url: redis.url }, { retentionDays: 2, failedRetentionDays: 1 })).toThrow(
+      /option "failedRetentionDays" must be a number >= "retentionDays" \(2\)/,
+    );
   });
 });
 
@@ -148,17 +185,33 @@ describe('dead letters: the admin API', () => {
     expect(page.tasks.map((t) => t.id)).toEqual([...failures].reverse());
     expect(page.tasks[0].error).toMatchObject({ type: 'Error', message: 'CRM unavailable for acct-3' });
 
-    const retried = await expectJson<{ id: string; retryOf: string }>(await api(`/${failures[0]}/retry`, { method: 'POST' }), 202);
+    const retried = await expectJson<{ id: string; retryOf: string }>(
+      await api(`/${failures[0]}/retry`, { method: 'POST' }),
+      202,
+    );
     await manager.drain();
-    expect(await expectJson<TaskRecord>(await api(`/${retried.id}`), 200)).toMatchObject({ status: 'success', retryOf: failures[0] });
+    expect(await expectJson<TaskRecord>(await api(`/${retried.id}`), 200)).toMatchObject({
+      status: 'success',
+      retryOf: failures[0],
+    });
     // The dead letter stays as it was; a second retry names the first.
-    expect(await expectJson<TaskRecord>(await api(`/${failures[0]}`), 200)).toMatchObject({ status: 'failed', error: { message: 'CRM unavailable for acct-1' } });
-    expect(await expectJson(await api(`/${failures[0]}/retry`, { method: 'POST' }), 409)).toMatchObject({ retriedAs: retried.id });
+    expect(await expectJson<TaskRecord>(await api(`/${failures[0]}`), 200)).toMatchObject({
+      status: 'failed',
+      error: { message: 'CRM unavailable for acct-1' },
+    });
+    expect(await expectJson(await api(`/${failures[0]}/retry`, { method: 'POST' }), 409)).toMatchObject({
+      retriedAs: retried.id,
+    });
 
-    const rest = await expectJson<{ retried: { id: string; newId: string }[] }>(await api('/retry-failed', { method: 'POST' }), 200);
+    const rest = await expectJson<{ retried: { id: string; newId: string }[] }>(
+      await api('/retry-failed', { method: 'POST' }),
+      200,
+    );
     expect(rest.retried.map((r) => r.id)).toEqual(failures.slice(1));
     await manager.drain();
     for (const { newId } of rest.retried) expect((await manager.get(newId))?.status).toBe('success');
-    expect((await expectJson<{ tasks: TaskRecord[] }>(await api('?status=failed'), 200)).tasks.map((t) => t.id)).toEqual([...failures].reverse());
+    expect(
+      (await expectJson<{ tasks: TaskRecord[] }>(await api('?status=failed'), 200)).tasks.map((t) => t.id),
+    ).toEqual([...failures].reverse());
   });
 });

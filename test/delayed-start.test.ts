@@ -35,7 +35,7 @@ describe('startAfter and runAt (fake clock)', () => {
     vi.useRealTimers();
   });
 
-  it('ctx.tasks.with({ startAfter }).addTask runs once the delay has passed, not before, and does not hold the request\'s next after-response task', async () => {
+  it("ctx.tasks.with({ startAfter }).addTask runs once the delay has passed, not before, and does not hold the request's next after-response task", async () => {
     const started: Record<string, number> = {};
     let responseClosed = false;
     const { url, manager } = await startApp((app, manager) => {
@@ -93,7 +93,12 @@ describe('startAfter and runAt (fake clock)', () => {
     expect([...started.keys()]).toEqual(['past']);
     await vi.advanceTimersByTimeAsync(7_000);
     await handleDone;
-    expect(Object.fromEntries([...started].map(([label, at]) => [label, at - t0]))).toEqual({ past: 0, add: 3_000, afterRoute: 5_000, schedule: 7_000 });
+    expect(Object.fromEntries([...started].map(([label, at]) => [label, at - t0]))).toEqual({
+      past: 0,
+      add: 3_000,
+      afterRoute: 5_000,
+      schedule: 7_000,
+    });
     // 40 days: past 2^31 − 1 ms a Node timer fires after 1 ms; the wait is re-armed in steps instead.
     await vi.advanceTimersByTimeAsync(40 * DAY - 7_001);
     expect(started.has('far')).toBe(false);
@@ -138,7 +143,11 @@ describe('the request link of a delayed task', () => {
     const attempt = exporter.getFinishedSpans().find((span) => span.name === 'task followUp')!;
     expect(attempt.links.map((link) => link.context.spanId)).toEqual([request.spanContext().spanId]);
     const record = (await manager.get(id))!;
-    expect(record).toMatchObject({ status: 'success', requestTraceId: request.spanContext().traceId, requestSpanId: request.spanContext().spanId });
+    expect(record).toMatchObject({
+      status: 'success',
+      requestTraceId: request.spanContext().traceId,
+      requestSpanId: request.spanContext().spanId,
+    });
     expect(record.startedAt! - record.createdAt).toBe(HOUR);
   });
 });
@@ -184,27 +193,65 @@ describe('delayed tasks in the runner', () => {
 
 describe('startAfter / runAt validation', () => {
   const bad: [string, TaskOptions, RegExp, typeof TypeError | typeof RangeError][] = [
-    ['negative startAfter', { startAfter: -1 }, /option "startAfter" must be a number from 0 to 2147483647, got -1/, RangeError],
-    ['startAfter past the timer limit', { startAfter: 2 ** 31 }, /"startAfter" must be a number from 0 to 2147483647/, RangeError],
+    [
+      'negative startAfter',
+      { startAfter: -1 },
+      /option "startAfter" must be a number from 0 to 2147483647, got -1/,
+      RangeError,
+    ],
+    [
+      'startAfter past the timer limit',
+      { startAfter: 2 ** 31 },
+      /"startAfter" must be a number from 0 to 2147483647/,
+      RangeError,
+    ],
     ['infinite startAfter', { startAfter: Infinity }, /"startAfter"/, RangeError],
     ['NaN startAfter', { startAfter: NaN }, /"startAfter" must be a number, got null/, TypeError],
-    ['string startAfter', { startAfter: '1000' as unknown as number }, /"startAfter" must be a number, got "1000"/, TypeError],
-    ['invalid Date runAt', { runAt: new Date('not a date') }, /option "runAt" must be a valid Date or finite epoch milliseconds/, RangeError],
+    [
+      'string startAfter',
+      { startAfter: '1000' as unknown as number },
+      /"startAfter" must be a number, got "1000"/,
+      TypeError,
+    ],
+    [
+      'invalid Date runAt',
+      { runAt: new Date('not a date') },
+      /option "runAt" must be a valid Date or finite epoch milliseconds/,
+      RangeError,
+    ],
     ['infinite runAt', { runAt: Infinity }, /"runAt" must be a valid Date/, RangeError],
     ['NaN runAt', { runAt: NaN }, /"runAt"/, RangeError],
-    ['string runAt', { runAt: '2030-01-01' as unknown as number }, /option "runAt" must be a Date or epoch milliseconds, got "2030-01-01"/, TypeError],
-    ['both at once', { startAfter: 1_000, runAt: Date.now() + 1_000 }, /"startAfter" and "runAt" cannot be combined/, TypeError],
-    ['eager with startAfter', { eager: true, startAfter: 1_000 }, /"eager" and "startAfter" cannot be combined/, TypeError],
+    [
+      'string runAt',
+      { runAt: '2030-01-01' as unknown as number },
+      /option "runAt" must be a Date or epoch milliseconds, got "2030-01-01"/,
+      TypeError,
+    ],
+    [
+      'both at once',
+      { startAfter: 1_000, runAt: Date.now() + 1_000 },
+      /"startAfter" and "runAt" cannot be combined/,
+      TypeError,
+    ],
+    [
+      'eager with startAfter',
+      { eager: true, startAfter: 1_000 },
+      /"eager" and "startAfter" cannot be combined/,
+      TypeError,
+    ],
     ['eager with runAt', { eager: true, runAt: Date.now() }, /"eager" and "runAt" cannot be combined/, TypeError],
   ];
 
-  it.each(bad)('%s is refused at the call, naming the option (with, task, defaults)', (_label, options, message, Kind) => {
-    const manager = createManager();
-    expect(() => manager.with(options)).toThrow(Kind);
-    expect(() => manager.with(options)).toThrow(message);
-    expect(() => manager.task(function registered() {}, options)).toThrow(message);
-    expect(() => createManager({ defaults: options })).toThrow(message);
-  });
+  it.each(bad)(
+    '%s is refused at the call, naming the option (with, task, defaults)',
+    (_label, options, message, Kind) => {
+      const manager = createManager();
+      expect(() => manager.with(options)).toThrow(Kind);
+      expect(() => manager.with(options)).toThrow(message);
+      expect(() => manager.task(function registered() {}, options)).toThrow(message);
+      expect(() => createManager({ defaults: options })).toThrow(message);
+    },
+  );
 
   it('a level that sets one of them replaces the other from a lower level; eager on another level is refused when the task is added', async () => {
     const manager = createManager();
@@ -224,7 +271,9 @@ describe('startAfter / runAt validation', () => {
       });
     });
     expect((await fetch(url)).status).toBe(500);
-    expect(String(errors[0])).toMatch(/ctx\.tasks\.with: option "startAfter" must be a number from 0 to 2147483647, got -5/);
+    expect(String(errors[0])).toMatch(
+      /ctx\.tasks\.with: option "startAfter" must be a number from 0 to 2147483647, got -5/,
+    );
     expect(await manager.list()).toEqual([]);
   });
 });
@@ -239,7 +288,8 @@ describe('a delayed task on SQLite across a restart', () => {
     await first.child.exited;
     const reader = openSqliteStore(db);
     const stored = await Promise.all(ids.map((id) => reader.get(id)));
-    for (const record of stored) expect(record).toMatchObject({ status: 'pending', attempts: 0, runAt: record!.createdAt + 2_500 });
+    for (const record of stored)
+      expect(record).toMatchObject({ status: 'pending', attempts: 0, runAt: record!.createdAt + 2_500 });
     expect(readTaskLog(log)).toEqual([]);
 
     const second = await startDurableApp(env);
@@ -253,6 +303,10 @@ describe('a delayed task on SQLite across a restart', () => {
       expect(start.pid).toBe(String(second.child.process.pid));
       expect(start.at).toBeGreaterThanOrEqual(stored[i]!.runAt!);
     }
-    expect((await Promise.all(ids.map((id) => reader.get(id)))).map((r) => r?.status)).toEqual(['success', 'success', 'success']);
+    expect((await Promise.all(ids.map((id) => reader.get(id)))).map((r) => r?.status)).toEqual([
+      'success',
+      'success',
+      'success',
+    ]);
   });
 });

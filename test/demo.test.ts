@@ -28,8 +28,10 @@ interface Attempt extends Row {
   attempt: number;
 }
 
-const header = /^▶ POST \/signup {2}202 +▕([·░█]{24})▏ +\+([\d.]+) ms +([\d.]+) ms {2}tenant=\w+ {2}trace [0-9a-f]{32}$/;
-const attemptLine = /^ {2}[├└]─ ([✔✘]) task (\w+) +attempt (\d)\/\d ▕([·░█]{24})▏ +\+([\d.]+) ms +([\d.]+) ms {2}trace [0-9a-f]{12}…/;
+const header =
+  /^▶ POST \/signup {2}202 +▕([·░█]{24})▏ +\+([\d.]+) ms +([\d.]+) ms {2}tenant=\w+ {2}trace [0-9a-f]{32}$/;
+const attemptLine =
+  /^ {2}[├└]─ ([✔✘]) task (\w+) +attempt (\d)\/\d ▕([·░█]{24})▏ +\+([\d.]+) ms +([\d.]+) ms {2}trace [0-9a-f]{12}…/;
 
 /** The printed trees: each request header with the attempt rows below it. */
 function trees(stdout: string): { request: Row; attempts: Attempt[] }[] {
@@ -38,7 +40,18 @@ function trees(stdout: string): { request: Row; attempts: Attempt[] }[] {
     const h = header.exec(line);
     if (h) out.push({ request: { line, bar: h[1], offsetMs: Number(h[2]), durationMs: Number(h[3]) }, attempts: [] });
     const a = attemptLine.exec(line);
-    if (a) out.at(-1)!.attempts.push({ line, ok: a[1] === '✔', name: a[2], attempt: Number(a[3]), bar: a[4], offsetMs: Number(a[5]), durationMs: Number(a[6]) });
+    if (a)
+      out
+        .at(-1)!
+        .attempts.push({
+          line,
+          ok: a[1] === '✔',
+          name: a[2],
+          attempt: Number(a[3]),
+          bar: a[4],
+          offsetMs: Number(a[5]),
+          durationMs: Number(a[6]),
+        });
   }
   return out;
 }
@@ -77,7 +90,9 @@ describe('npm run demo', () => {
       for (const a of attempts) {
         expect(a.bar, a.line).toMatch(/^·*░*█+·*$/);
         expect(Math.abs(running(a.bar).from - (a.offsetMs / end) * 24), a.line).toBeLessThanOrEqual(1.5);
-        expect(Math.abs(running(a.bar).to + 1 - ((a.offsetMs + a.durationMs) / end) * 24), a.line).toBeLessThanOrEqual(1.5);
+        expect(Math.abs(running(a.bar).to + 1 - ((a.offsetMs + a.durationMs) / end) * 24), a.line).toBeLessThanOrEqual(
+          1.5,
+        );
       }
       expect(running(charge2.bar).from).toBeGreaterThan(running(charge1.bar).to);
       expect(charge2.bar.slice(running(charge1.bar).to + 1, running(charge2.bar).from)).toMatch(/^░*$/);
@@ -86,7 +101,11 @@ describe('npm run demo', () => {
     expect(stdout).toMatch(/^ {2}│ {4}└ \+[\d.]+ ms info welcome mail sent email=user\d@example\.com provider=smtp$/m);
     expect(stdout).toMatch(/tasks: success 9/);
     const pinoLine = JSON.parse(stdout.trim().split('\n').at(-1)!) as Record<string, unknown>;
-    expect(pinoLine).toMatchObject({ msg: 'welcome mail sent', trace_flags: '01', task: { name: 'sendWelcome', attempt: 1 } });
+    expect(pinoLine).toMatchObject({
+      msg: 'welcome mail sent',
+      trace_flags: '01',
+      task: { name: 'sendWelcome', attempt: 1 },
+    });
     expect(pinoLine.trace_id).toMatch(/^[0-9a-f]{32}$/);
   });
 
@@ -95,7 +114,11 @@ describe('npm run demo', () => {
     // A frame is never followed by a newline: it is erased (\r, erase line) before the next printed line or frame.
     const frames = stdout.split(/\r\x1b\[2K|\n/).filter((part) => part.startsWith('● '));
     expect(stdout).not.toMatch(/● [^\r\n]*\n/);
-    const counts = frames.map((f) => /^● requests (\d+) {2}│ {2}queued (\d+) {2}running (\d+)(?: \([\w, ]+\))? {2}retrying (\d+) {2}│ {2}success (\d+) {2}failed (\d+)$/.exec(f));
+    const counts = frames.map((f) =>
+      /^● requests (\d+) {2}│ {2}queued (\d+) {2}running (\d+)(?: \([\w, ]+\))? {2}retrying (\d+) {2}│ {2}success (\d+) {2}failed (\d+)$/.exec(
+        f,
+      ),
+    );
     expect(counts.every(Boolean), frames.join('\n')).toBe(true);
     const success = counts.map((c) => Number(c![5]));
     expect(success[0]).toBe(0);
@@ -112,14 +135,20 @@ describe('npm run demo', () => {
     const stdout = await demoOnce({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url });
     expect(stdout).toContain(`exporting spans and metrics over OTLP/HTTP to ${receiver.url}`);
     expect(trees(stdout)).toHaveLength(3);
-    expect(new Set(receiver.requests.map((r) => `${r.path} ${r.contentType}`))).toEqual(new Set(['/v1/traces application/json', '/v1/metrics application/json']));
+    expect(new Set(receiver.requests.map((r) => `${r.path} ${r.contentType}`))).toEqual(
+      new Set(['/v1/traces application/json', '/v1/metrics application/json']),
+    );
 
     const requestSpans = receiver.spans.filter((s) => s.name === 'POST /signup');
     expect(requestSpans).toHaveLength(3);
     expect(requestSpans.every((s) => s.kind === 2 && s.service === 'koa-taskflow-demo')).toBe(true);
     const taskSpans = receiver.spans.filter((s) => s.name.startsWith('task '));
     expect(taskSpans.map((s) => s.name).sort()).toEqual(
-      [...Array(3).fill('task buildReport'), ...Array(6).fill('task chargeCard'), ...Array(3).fill('task sendWelcome')].sort(),
+      [
+        ...Array(3).fill('task buildReport'),
+        ...Array(6).fill('task chargeCard'),
+        ...Array(3).fill('task sendWelcome'),
+      ].sort(),
     );
     for (const span of taskSpans) {
       expect(span.kind).toBe(5);
@@ -128,7 +157,9 @@ describe('npm run demo', () => {
       expect(request, `${span.name} links to a request span`).toBeDefined();
       expect(span.links[0].traceId).toBe(request!.traceId);
       expect(span.traceId).not.toBe(request!.traceId);
-      expect(request!.events.filter((e) => e.name === 'task.enqueued').map((e) => e.attributes['task.id'])).toContain(span.attributes['task.id']);
+      expect(request!.events.filter((e) => e.name === 'task.enqueued').map((e) => e.attributes['task.id'])).toContain(
+        span.attributes['task.id'],
+      );
     }
     for (const retry of taskSpans.filter((s) => s.attributes['task.attempt'] === 2)) {
       const previous = taskSpans.find((s) => s.spanId === retry.links[1]?.spanId);
@@ -137,9 +168,15 @@ describe('npm run demo', () => {
     }
 
     // Cumulative metrics: the last export of each instrument holds the totals.
-    const last = (name: string): ReceivedMetric => receiver.metrics.filter((m) => m.name === name && m.scope === 'koa-taskflow').at(-1)!;
+    const last = (name: string): ReceivedMetric =>
+      receiver.metrics.filter((m) => m.name === name && m.scope === 'koa-taskflow').at(-1)!;
     const byNameAndStatus = (metric: ReceivedMetric) =>
-      Object.fromEntries(metric.points.map((p) => [`${String(p.attributes['task.name'])} ${String(p.attributes['task.status'])}`, p.value]));
+      Object.fromEntries(
+        metric.points.map((p) => [
+          `${String(p.attributes['task.name'])} ${String(p.attributes['task.status'])}`,
+          p.value,
+        ]),
+      );
     expect(byNameAndStatus(last('task.attempts'))).toEqual({
       'sendWelcome success': 3,
       'chargeCard failed': 3,
@@ -149,7 +186,12 @@ describe('npm run demo', () => {
     const duration = last('task.duration');
     expect(duration.unit).toBe('s');
     const histograms = byNameAndStatus(duration) as Record<string, { count: number; sum: number }>;
-    expect(Object.keys(histograms).sort()).toEqual(['buildReport success', 'chargeCard failed', 'chargeCard success', 'sendWelcome success']);
+    expect(Object.keys(histograms).sort()).toEqual([
+      'buildReport success',
+      'chargeCard failed',
+      'chargeCard success',
+      'sendWelcome success',
+    ]);
     for (const [key, { count, sum }] of Object.entries(histograms)) {
       expect(count, key).toBe(3);
       expect(sum, key).toBeGreaterThan(0);
@@ -161,18 +203,29 @@ describe('npm run demo', () => {
 
 describe('npm run demo (interactive)', () => {
   it('keeps serving (resending its burst with --every) with the dashboard behind the printed credentials, and Ctrl-C shuts it down gracefully', async () => {
-    const demo = startNode('examples/demo.js', ['--every', '0.2'], { NO_COLOR: '1', DEMO_REQUESTS: '2', DEMO_LIVE: '0', OTEL_EXPORTER_OTLP_ENDPOINT: '' });
+    const demo = startNode('examples/demo.js', ['--every', '0.2'], {
+      NO_COLOR: '1',
+      DEMO_REQUESTS: '2',
+      DEMO_LIVE: '0',
+      OTEL_EXPORTER_OTLP_ENDPOINT: '',
+    });
     // Within the test's timeout, and at once if the demo exits: the helper's error then carries its stdout and stderr.
-    const printed = (pattern: RegExp) => Promise.race([demo.waitForLine(pattern, 15_000), demo.exited.then(() => demo.waitForLine(pattern, 1))]);
+    const printed = (pattern: RegExp) =>
+      Promise.race([demo.waitForLine(pattern, 15_000), demo.exited.then(() => demo.waitForLine(pattern, 1))]);
     const line = await printed(/^dashboard: /);
     const [, url, password] = /^dashboard: (\S+) {2}\(user admin, password (\S+)\)$/.exec(line)!;
     await printed(/^serving on /);
     expect((await fetch(url)).status).toBe(401);
-    const page = await fetch(url, { headers: { authorization: `Basic ${Buffer.from(`admin:${password}`).toString('base64')}` } });
+    const page = await fetch(url, {
+      headers: { authorization: `Basic ${Buffer.from(`admin:${password}`).toString('base64')}` },
+    });
     expect(page.status).toBe(200);
     expect(await page.text()).toContain('<html');
     // Later bursts print their trees too; Ctrl-C comes while they keep coming.
-    await vi.waitFor(() => expect(demo.lines.filter((l) => l.startsWith('▶ POST /signup')).length).toBeGreaterThanOrEqual(4), { timeout: 10_000 });
+    await vi.waitFor(
+      () => expect(demo.lines.filter((l) => l.startsWith('▶ POST /signup')).length).toBeGreaterThanOrEqual(4),
+      { timeout: 10_000 },
+    );
     demo.process.kill('SIGINT');
     expect(await demo.exited).toBe(0);
     expect(demo.lines.some((l) => l.includes('shutting down'))).toBe(true);

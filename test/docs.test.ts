@@ -4,7 +4,14 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, normalize } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-const pages = ['README.md', 'CHANGELOG.md', 'examples/README.md', ...readdirSync('docs').filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
+const pages = [
+  'README.md',
+  'CHANGELOG.md',
+  'examples/README.md',
+  ...readdirSync('docs')
+    .filter((f) => f.endsWith('.md'))
+    .map((f) => `docs/${f}`),
+];
 
 /** GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens. */
 const slug = (heading: string) =>
@@ -28,7 +35,8 @@ describe('documentation links', () => {
       const [path, anchor] = target.split('#');
       const file = path === '' ? page : normalize(join(dirname(page), path));
       if (!existsSync(file)) broken.push(`${target} (no ${file})`);
-      else if (anchor !== undefined && file.endsWith('.md') && !anchors(file).has(anchor)) broken.push(`${target} (no heading #${anchor} in ${file})`);
+      else if (anchor !== undefined && file.endsWith('.md') && !anchors(file).has(anchor))
+        broken.push(`${target} (no heading #${anchor} in ${file})`);
     }
     expect(broken).toEqual([]);
   });

@@ -6,7 +6,14 @@ import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
-import { getTaskContext, MemoryStore, TaskArgsDecryptionError, TaskManager, type TaskManagerOptions, type TaskStore } from 'koa-taskflow';
+import {
+  getTaskContext,
+  MemoryStore,
+  TaskArgsDecryptionError,
+  TaskManager,
+  type TaskManagerOptions,
+  type TaskStore,
+} from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { RedisStore } from 'koa-taskflow/redis';
 import { tempDir } from './helpers/files.js';
@@ -32,10 +39,13 @@ async function leavePending(store: TaskStore, encryptionKey: Buffer | undefined,
   const started: string[] = [];
   const { url, manager } = await startApp(
     (app, m) => {
-      const hold = m.task(async function hold() {
-        started.push('hold');
-        await new Promise((resolve) => getTaskContext()!.signal.addEventListener('abort', resolve));
-      }, { requeueOnInterrupt: false });
+      const hold = m.task(
+        async function hold() {
+          started.push('hold');
+          await new Promise((resolve) => getTaskContext()!.signal.addEventListener('abort', resolve));
+        },
+        { requeueOnInterrupt: false },
+      );
       const charge = m.task(async function charge(_order: string, _payment: typeof CARD) {
         started.push('charge');
       });
@@ -130,25 +140,47 @@ describe('encryptionKey with SqliteStore', () => {
 
     const noKey = createManager({ store: sqliteStore(path), requeuePending: false });
     await expect(noKey.get(id)).rejects.toThrow(TaskArgsDecryptionError);
-    await expect(noKey.get(id)).rejects.toThrow(/are stored encrypted \(key id [0-9a-f]{8}\) but this TaskManager has no option "encryptionKey"/);
+    await expect(noKey.get(id)).rejects.toThrow(
+      /are stored encrypted \(key id [0-9a-f]{8}\) but this TaskManager has no option "encryptionKey"/,
+    );
     await expect(noKey.list()).rejects.toThrow(/"encryptionKey"/);
 
     // The wrong key's manager claims the orphan at start and cannot run it: it ends, it does not crash.
     const reported: string[] = [];
     const noop = () => {};
-    const logger = { trace: noop, debug: noop, info: noop, warn: noop, fatal: noop, error: (obj: object, msg?: string) => void reported.push(`${msg} ${(obj as { err: Error }).err.message}`) };
+    const logger = {
+      trace: noop,
+      debug: noop,
+      info: noop,
+      warn: noop,
+      fatal: noop,
+      error: (obj: object, msg?: string) => void reported.push(`${msg} ${(obj as { err: Error }).err.message}`),
+    };
     const wrong = chargingManager({ store: sqliteStore(path), encryptionKey: randomBytes(32), logger });
-    await expect(wrong.manager.get(id)).rejects.toThrow(/were encrypted with another "encryptionKey" \(key id [0-9a-f]{8}; this TaskManager's key has id [0-9a-f]{8}\)/);
+    await expect(wrong.manager.get(id)).rejects.toThrow(
+      /were encrypted with another "encryptionKey" \(key id [0-9a-f]{8}; this TaskManager's key has id [0-9a-f]{8}\)/,
+    );
     await wrong.manager.start();
     await wrong.manager.drain();
     expect(wrong.ran).toEqual([]);
     await expect(wrong.manager.retry(id)).rejects.toThrow(TaskArgsDecryptionError);
     await wrong.manager.shutdown();
-    const ended = JSON.parse(rawRow(path, id)) as { status: string; reason: string; error: { type: string; message: string }; args: string };
-    expect(ended).toMatchObject({ status: 'interrupted', reason: 'encryption_key', error: { type: 'TaskArgsDecryptionError' } });
+    const ended = JSON.parse(rawRow(path, id)) as {
+      status: string;
+      reason: string;
+      error: { type: string; message: string };
+      args: string;
+    };
+    expect(ended).toMatchObject({
+      status: 'interrupted',
+      reason: 'encryption_key',
+      error: { type: 'TaskArgsDecryptionError' },
+    });
     expect(ended.error.message).toMatch(/"encryptionKey"/);
     expect(ended.args).toBe(sealedBefore);
-    expect(reported).toEqual([expect.stringMatching(new RegExp(`recovering task ${id} .*were encrypted with another "encryptionKey"`))]);
+    expect(reported).toEqual([
+      expect.stringMatching(new RegExp(`recovering task ${id} .*were encrypted with another "encryptionKey"`)),
+    ]);
 
     const right = chargingManager({ store: sqliteStore(path), encryptionKey: key });
     await right.manager.start();
@@ -176,7 +208,10 @@ describe('encryptionKey with SqliteStore', () => {
         (e: unknown) => e,
       );
       expect(error).toBeInstanceOf(TaskArgsDecryptionError);
-      expect(error).toMatchObject({ taskId: id, message: expect.stringMatching(/failed AES-256-GCM authentication with this "encryptionKey"/) });
+      expect(error).toMatchObject({
+        taskId: id,
+        message: expect.stringMatching(/failed AES-256-GCM authentication with this "encryptionKey"/),
+      });
     }
     expect(ran).toEqual([]);
   });
@@ -254,11 +289,17 @@ describe('encryptionKey validation', () => {
   it('refuses keys that are not 32 bytes and stores that would not encrypt, naming the option', () => {
     const path = sqliteFile();
     for (const bad of [Buffer.alloc(31), Buffer.alloc(33), 'k'.repeat(32), randomBytes(32).toString('hex')]) {
-      expect(() => new TaskManager({ store: sqliteStore(path), encryptionKey: bad as never })).toThrow(/"encryptionKey".*32-byte/);
+      expect(() => new TaskManager({ store: sqliteStore(path), encryptionKey: bad as never })).toThrow(
+        /"encryptionKey".*32-byte/,
+      );
     }
-    expect(() => new TaskManager({ store: new MemoryStore(), encryptionKey: randomBytes(32) })).toThrow(/"encryptionKey".*durable store/);
+    expect(() => new TaskManager({ store: new MemoryStore(), encryptionKey: randomBytes(32) })).toThrow(
+      /"encryptionKey".*durable store/,
+    );
     const plainDurable: TaskStore = Object.assign(new MemoryStore(), { durable: true, attach() {} });
-    expect(() => new TaskManager({ store: plainDurable, encryptionKey: randomBytes(32) })).toThrow(/"encryptionKey" needs a store that encrypts args/);
+    expect(() => new TaskManager({ store: plainDurable, encryptionKey: randomBytes(32) })).toThrow(
+      /"encryptionKey" needs a store that encrypts args/,
+    );
     expect(() => new TaskManager({ store: sqliteStore(path), encryptionKey: new Uint8Array(32) })).not.toThrow();
   });
 });

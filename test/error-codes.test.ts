@@ -10,7 +10,8 @@ function codesInSource(dir = 'src'): Set<string> {
   for (const entry of readdirSync(dir, { withFileTypes: true })) {
     const path = join(dir, entry.name);
     if (entry.isDirectory()) for (const code of codesInSource(path)) codes.add(code);
-    else if (entry.name.endsWith('.ts')) for (const [, code] of readFileSync(path, 'utf8').matchAll(/'(ERR_[A-Z_]+)'/g)) codes.add(code);
+    else if (entry.name.endsWith('.ts'))
+      for (const [, code] of readFileSync(path, 'utf8').matchAll(/'(ERR_[A-Z_]+)'/g)) codes.add(code);
   }
   for (const nodeCode of ['ERR_MODULE_NOT_FOUND']) codes.delete(nodeCode);
   return codes;
@@ -45,6 +46,8 @@ describe('error codes', () => {
   it('a name registered twice is ERR_TASK_NAME_TAKEN', () => {
     const manager = new taskflow.TaskManager();
     manager.task(async function send() {});
-    expect(() => manager.task(async () => {}, { name: 'send' })).toThrow(expect.objectContaining({ code: 'ERR_TASK_NAME_TAKEN' }));
+    expect(() => manager.task(async () => {}, { name: 'send' })).toThrow(
+      expect.objectContaining({ code: 'ERR_TASK_NAME_TAKEN' }),
+    );
   });
 });

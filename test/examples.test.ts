@@ -23,7 +23,11 @@ describe('examples/quickstart.js', () => {
     const { taskId } = (await response.json()) as { taskId: string };
     expect(taskId).toMatch(/^[0-9a-f-]{36}$/);
     const log = JSON.parse(await app.waitForLine(/"msg":"sending welcome mail"/)) as Record<string, unknown>;
-    expect(log).toMatchObject({ email: 'a@b.c', task: { id: taskId, name: 'sendWelcome', attempt: 1 }, tags: { tenant: 'acme' } });
+    expect(log).toMatchObject({
+      email: 'a@b.c',
+      task: { id: taskId, name: 'sendWelcome', attempt: 1 },
+      tags: { tenant: 'acme' },
+    });
     app.process.kill('SIGTERM');
     expect(await app.exited).toBe(0);
   });
@@ -46,7 +50,9 @@ describe('examples/failure-alerts.js', () => {
     const app = startNode('examples/failure-alerts.js', [], { ALERT_WEBHOOK_URL: `http://127.0.0.1:${port}/hook` });
     expect(await app.exited).toBe(0);
     expect(posts).toHaveLength(1);
-    expect(posts[0].text).toMatch(/task \*syncInvoices\* failed after 2 attempt\(s\) for tenant acme: Error: billing API answered 503 for acct-1/);
+    expect(posts[0].text).toMatch(
+      /task \*syncInvoices\* failed after 2 attempt\(s\) for tenant acme: Error: billing API answered 503 for acct-1/,
+    );
     const warnings = app.lines.find((l) => l.startsWith('warnings seen'))!;
     expect(JSON.parse(warnings.replace(/^[^[]*/, ''))).toEqual(Array(4).fill('warn: rate limited, backing off'));
   });
@@ -54,12 +60,23 @@ describe('examples/failure-alerts.js', () => {
 
 describe('examples/tenant-logs.js', () => {
   it("pino lines filter by tenant with the README's jq one-liner", async () => {
-    const { stdout } = await run('bash', ['-c', `"${process.execPath}" examples/tenant-logs.js | jq -c 'select(.tags.tenant == "acme")'`]);
-    const lines = stdout.trim().split('\n').map((l) => JSON.parse(l) as { msg: string; tags: { tenant: string }; file?: string });
+    const { stdout } = await run('bash', [
+      '-c',
+      `"${process.execPath}" examples/tenant-logs.js | jq -c 'select(.tags.tenant == "acme")'`,
+    ]);
+    const lines = stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { msg: string; tags: { tenant: string }; file?: string });
     expect(lines.length).toBeGreaterThanOrEqual(4);
     expect(new Set(lines.map((l) => l.tags.tenant))).toEqual(new Set(['acme']));
-    expect(lines.filter((l) => l.msg === 'import finished').map((l) => l.file)).toEqual(['acme-contacts.csv', 'acme-contacts.csv']);
-    expect(readFileSync('examples/README.md', 'utf8')).toContain(`node examples/tenant-logs.js | jq -c 'select(.tags.tenant == "acme")'`);
+    expect(lines.filter((l) => l.msg === 'import finished').map((l) => l.file)).toEqual([
+      'acme-contacts.csv',
+      'acme-contacts.csv',
+    ]);
+    expect(readFileSync('examples/README.md', 'utf8')).toContain(
+      `node examples/tenant-logs.js | jq -c 'select(.tags.tenant == "acme")'`,
+    );
   });
 });
 
@@ -72,7 +89,10 @@ describe('examples/outside-requests.js', () => {
     const out = app.lines;
     expect(out).toContain('warmCache done');
     expect(out.indexOf('flushLedger finished')).toBeGreaterThan(out.indexOf('SIGTERM: shutting down'));
-    const counts = JSON.parse(out.find((l) => l.startsWith('stopped: '))!.slice('stopped: '.length)) as Record<string, number>;
+    const counts = JSON.parse(out.find((l) => l.startsWith('stopped: '))!.slice('stopped: '.length)) as Record<
+      string,
+      number
+    >;
     expect(counts.interrupted).toBeGreaterThanOrEqual(1);
     expect(counts.success).toBe(2);
     expect(counts.running + counts.pending).toBe(0);

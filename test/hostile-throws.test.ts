@@ -13,7 +13,19 @@ import { openSse } from './helpers/sse.js';
 const trap = (): never => {
   throw new Error('trap');
 };
-const TRAPS = ['get', 'set', 'has', 'ownKeys', 'getPrototypeOf', 'setPrototypeOf', 'getOwnPropertyDescriptor', 'defineProperty', 'deleteProperty', 'isExtensible', 'preventExtensions'];
+const TRAPS = [
+  'get',
+  'set',
+  'has',
+  'ownKeys',
+  'getPrototypeOf',
+  'setPrototypeOf',
+  'getOwnPropertyDescriptor',
+  'defineProperty',
+  'deleteProperty',
+  'isExtensible',
+  'preventExtensions',
+];
 
 function errorWith(property: 'name' | 'message' | 'stack'): Error {
   const error = new Error('plain message');
@@ -25,14 +37,38 @@ function errorWith(property: 'name' | 'message' | 'stack'): Error {
 const HOSTILE: [string, () => unknown, string, string | RegExp][] = [
   ['a null-prototype object', () => Object.create(null), 'object', '[unprintable Object]'],
   ['an object whose toString throws', () => ({ toString: trap }), 'object', '[unprintable Object]'],
-  ['an object whose toPrimitive, valueOf and toString throw', () => ({ [Symbol.toPrimitive]: trap, valueOf: trap, toString: trap }), 'object', '[unprintable Object]'],
-  ['a Proxy whose every trap throws', () => new Proxy({}, Object.fromEntries(TRAPS.map((t) => [t, trap]))), 'object', '[unprintable Proxy]'],
-  ['a revoked Proxy', () => {
-    const { proxy, revoke } = Proxy.revocable({}, {});
-    revoke();
-    return proxy;
-  }, 'object', '[unprintable Proxy]'],
-  ['a thenable whose then throws', () => ({ get then() { return trap(); } }), 'object', '[object Object]'],
+  [
+    'an object whose toPrimitive, valueOf and toString throw',
+    () => ({ [Symbol.toPrimitive]: trap, valueOf: trap, toString: trap }),
+    'object',
+    '[unprintable Object]',
+  ],
+  [
+    'a Proxy whose every trap throws',
+    () => new Proxy({}, Object.fromEntries(TRAPS.map((t) => [t, trap]))),
+    'object',
+    '[unprintable Proxy]',
+  ],
+  [
+    'a revoked Proxy',
+    () => {
+      const { proxy, revoke } = Proxy.revocable({}, {});
+      revoke();
+      return proxy;
+    },
+    'object',
+    '[unprintable Proxy]',
+  ],
+  [
+    'a thenable whose then throws',
+    () => ({
+      get then() {
+        return trap();
+      },
+    }),
+    'object',
+    '[object Object]',
+  ],
   ['a symbol', () => Symbol('boom'), 'symbol', 'Symbol(boom)'],
   ['undefined', () => undefined, 'Error', 'the task threw undefined'],
   ['null', () => null, 'Error', 'the task threw null'],
@@ -42,16 +78,24 @@ const HOSTILE: [string, () => unknown, string, string | RegExp][] = [
   ['an Error whose name getter throws', () => errorWith('name'), 'Error', 'plain message'],
   ['an Error whose message getter throws', () => errorWith('message'), 'Error', '[unreadable message]'],
   ['an Error whose stack getter throws', () => errorWith('stack'), 'Error', 'plain message'],
-  ['an Error with a cyclic cause', () => {
-    const error = new TypeError('cyclic');
-    error.cause = { error, again: error };
-    (error.cause as Record<string, unknown>).self = error.cause;
-    return error;
-  }, 'TypeError', 'cyclic'],
+  [
+    'an Error with a cyclic cause',
+    () => {
+      const error = new TypeError('cyclic');
+      error.cause = { error, again: error };
+      (error.cause as Record<string, unknown>).self = error.cause;
+      return error;
+    },
+    'TypeError',
+    'cyclic',
+  ],
 ];
 
 /** Register one sync and one async task per hostile value, each with one retry and an onError that throws a hostile value too. */
-function registerHostile(manager: TaskManager, onErrorCalls: Map<string, number>): { add(): { id: string; label: string; sync: boolean }[] } {
+function registerHostile(
+  manager: TaskManager,
+  onErrorCalls: Map<string, number>,
+): { add(): { id: string; label: string; sync: boolean }[] } {
   const tasks = HOSTILE.map(([label, make], i) => {
     const onError = (_error: unknown, record: TaskRecord): never => {
       onErrorCalls.set(record.id, (onErrorCalls.get(record.id) ?? 0) + 1);
@@ -74,10 +118,11 @@ function registerHostile(manager: TaskManager, onErrorCalls: Map<string, number>
     return { label, sync, async };
   });
   return {
-    add: () => tasks.flatMap(({ label, sync, async }) => [
-      { id: manager.add(sync), label, sync: true },
-      { id: manager.add(async), label, sync: false },
-    ]),
+    add: () =>
+      tasks.flatMap(({ label, sync, async }) => [
+        { id: manager.add(sync), label, sync: true },
+        { id: manager.add(async), label, sync: false },
+      ]),
   };
 }
 
@@ -116,13 +161,23 @@ describe('any thrown value ends the task', () => {
       expect(onErrorCalls.get(id), where).toBe(1);
       // Each attempt's span ended ERROR with an exception event of the same type.
       const spans = exporter.getFinishedSpans().filter((s) => s.attributes['task.id'] === id);
-      expect(spans.map((s) => [s.status.code, s.attributes['error.type']]), where).toEqual([
+      expect(
+        spans.map((s) => [s.status.code, s.attributes['error.type']]),
+        where,
+      ).toEqual([
         [SpanStatusCode.ERROR, type],
         [SpanStatusCode.ERROR, type],
       ]);
-      expect(spans.every((s) => s.events.some((e) => e.name === 'exception' && e.attributes?.['exception.message'] === record.error!.message)), where).toBe(true);
+      expect(
+        spans.every((s) =>
+          s.events.some((e) => e.name === 'exception' && e.attributes?.['exception.message'] === record.error!.message),
+        ),
+        where,
+      ).toBe(true);
       // Observers and pino got the same safe description, for the retry and for the final failure.
-      const failures = observer.lifecycle.filter((e) => e.taskId === id && e.error !== undefined).map((e) => [e.status, e.error!.type, e.error!.message]);
+      const failures = observer.lifecycle
+        .filter((e) => e.taskId === id && e.error !== undefined)
+        .map((e) => [e.status, e.error!.type, e.error!.message]);
       expect(failures, where).toEqual([
         ['pending', type, record.error!.message],
         ['failed', type, record.error!.message],
@@ -131,11 +186,21 @@ describe('any thrown value ends the task', () => {
       expect(failedLine?.error, where).toEqual(record.error);
     }
     // The onError that threw was contained and reported through the logger, once per task.
-    expect(lines.filter((l) => String(l.msg).startsWith('koa-taskflow: onError of task hostile-')).length).toBe(added.length);
-    await stream.until((messages) => messages.filter((m) => m.event === 'lifecycle' && JSON.parse(m.data).status === 'failed').length === added.length);
-    const streamed = stream.messages.filter((m) => m.event === 'lifecycle').map((m) => JSON.parse(m.data) as { taskId: string; status: string; error?: { type: string } });
+    expect(lines.filter((l) => String(l.msg).startsWith('koa-taskflow: onError of task hostile-')).length).toBe(
+      added.length,
+    );
+    await stream.until(
+      (messages) =>
+        messages.filter((m) => m.event === 'lifecycle' && JSON.parse(m.data).status === 'failed').length ===
+        added.length,
+    );
+    const streamed = stream.messages
+      .filter((m) => m.event === 'lifecycle')
+      .map((m) => JSON.parse(m.data) as { taskId: string; status: string; error?: { type: string } });
     for (const { id, label } of added) {
-      expect(streamed.find((e) => e.taskId === id && e.status === 'failed')?.error?.type, label).toBe(expectedError(label).type);
+      expect(streamed.find((e) => e.taskId === id && e.status === 'failed')?.error?.type, label).toBe(
+        expectedError(label).type,
+      );
     }
     await manager.shutdown();
   });

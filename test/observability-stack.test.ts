@@ -55,7 +55,9 @@ interface Dashboard {
 
 const compose = readYaml<ComposeFile>('docker-compose.otel.yml');
 const collector = readYaml<CollectorConfig>('otel/collector.yaml');
-const datasources = readYaml<{ apiVersion: number; datasources: Datasource[] }>('grafana/provisioning/datasources/datasources.yaml');
+const datasources = readYaml<{ apiVersion: number; datasources: Datasource[] }>(
+  'grafana/provisioning/datasources/datasources.yaml',
+);
 const dashboard = JSON.parse(readFileSync('grafana/dashboards/koa-taskflow.json', 'utf8')) as Dashboard;
 
 /** Grafana variables replaced by plausible values, `$$` (provisioning's literal `$`) unescaped. */
@@ -83,7 +85,13 @@ function syntaxErrors(parser: typeof traceqlParser, query: string): string[] {
 /** Fenced ```traceql / ```logql blocks of the docs, one query per non-empty line. */
 function documentedQueries(language: 'traceql' | 'logql'): string[] {
   const queries: string[] = [];
-  for (const file of ['README.md', 'examples/README.md', ...readdirSync('docs').filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)]) {
+  for (const file of [
+    'README.md',
+    'examples/README.md',
+    ...readdirSync('docs')
+      .filter((f) => f.endsWith('.md'))
+      .map((f) => `docs/${f}`),
+  ]) {
     if (!existsSync(file)) continue;
     for (const match of readFileSync(file, 'utf8').matchAll(new RegExp('```' + language + '\\n([\\s\\S]*?)```', 'g'))) {
       queries.push(...match[1].split('\n').filter((line) => line.trim() !== ''));
@@ -113,7 +121,14 @@ describe('docker-compose.otel.yml', () => {
   });
 
   it('runs the collector, Jaeger, Tempo, Loki, Prometheus and Grafana from pinned images', () => {
-    expect(Object.keys(compose.services).sort()).toEqual(['grafana', 'jaeger', 'loki', 'otel-collector', 'prometheus', 'tempo']);
+    expect(Object.keys(compose.services).sort()).toEqual([
+      'grafana',
+      'jaeger',
+      'loki',
+      'otel-collector',
+      'prometheus',
+      'tempo',
+    ]);
     for (const [name, service] of Object.entries(compose.services)) {
       expect(service.image, name).toMatch(/^[\w./-]+:v?\d+\.\d+\.\d+$/);
     }
@@ -146,13 +161,15 @@ describe('the collector configuration', () => {
         }
       }
     }
-    for (const kind of ['receivers', 'processors', 'exporters'] as const) expect([...used[kind]].sort()).toEqual(Object.keys(collector[kind]).sort());
+    for (const kind of ['receivers', 'processors', 'exporters'] as const)
+      expect([...used[kind]].sort()).toEqual(Object.keys(collector[kind]).sort());
     expect(Object.keys(collector.service.pipelines).sort()).toEqual(['logs', 'logs/pino', 'metrics', 'traces']);
   });
 
   it('exports to services that exist in the compose file', () => {
     for (const [name, exporter] of Object.entries(collector.exporters)) {
-      const host = new URL(exporter.endpoint!.includes('://') ? exporter.endpoint! : `grpc://${exporter.endpoint}`).hostname;
+      const host = new URL(exporter.endpoint!.includes('://') ? exporter.endpoint! : `grpc://${exporter.endpoint}`)
+        .hostname;
       expect(Object.keys(compose.services), `exporter ${name}`).toContain(host);
     }
   });
@@ -168,7 +185,9 @@ describe('Grafana provisioning', () => {
     expect(byUid.size).toBe(datasources.datasources.length);
     expect(datasources.datasources.map((d) => d.type).sort()).toEqual(['jaeger', 'loki', 'prometheus', 'tempo']);
     for (const d of datasources.datasources) expect(Object.keys(compose.services)).toContain(new URL(d.url).hostname);
-    const provider = readYaml<{ providers: { options: { path: string } }[] }>('grafana/provisioning/dashboards/dashboards.yaml');
+    const provider = readYaml<{ providers: { options: { path: string } }[] }>(
+      'grafana/provisioning/dashboards/dashboards.yaml',
+    );
     const grafanaVolumes = compose.services.grafana.volumes ?? [];
     expect(grafanaVolumes).toContain(`./grafana/dashboards:${provider.providers[0].options.path}:ro`);
   });
@@ -236,12 +255,20 @@ describe('the dashboard', () => {
     expect(dashboard.templating.list.map((v) => v.name)).toContain('request');
     const queries = targets.map((t) => t.target.query ?? t.target.expr ?? '');
     expect(queries).toContain('{ span.task.request.trace_id = "$request" }');
-    expect(queries).toContain('{service_name="koa-taskflow-app"} | json | trace_id="$request" or request_trace_id="$request"');
+    expect(queries).toContain(
+      '{service_name="koa-taskflow-app"} | json | trace_id="$request" or request_trace_id="$request"',
+    );
   });
 
   it('every TraceQL and LogQL query of the dashboard and the docs parses with Grafana’s grammars', () => {
-    const traceql = [...targets.filter((t) => t.target.queryType === 'traceql').map((t) => t.target.query!), ...documentedQueries('traceql')];
-    const logql = [...targets.filter((t) => t.panel.datasource.uid === 'loki').map((t) => t.target.expr!), ...documentedQueries('logql')];
+    const traceql = [
+      ...targets.filter((t) => t.target.queryType === 'traceql').map((t) => t.target.query!),
+      ...documentedQueries('traceql'),
+    ];
+    const logql = [
+      ...targets.filter((t) => t.panel.datasource.uid === 'loki').map((t) => t.target.expr!),
+      ...documentedQueries('logql'),
+    ];
     expect(traceql.length).toBeGreaterThanOrEqual(2);
     expect(logql.length).toBeGreaterThanOrEqual(2);
     for (const q of traceql) expect(syntaxErrors(traceqlParser, substitute(q))).toEqual([]);
@@ -270,7 +297,8 @@ describe('the dashboard', () => {
       for (const metric of scope.metrics) {
         // Prometheus' OTLP translation: dots → underscores, unit suffix, `_total` for monotonic sums.
         const base = metric.descriptor.name.replaceAll('.', '_') + (metric.descriptor.unit === 's' ? '_seconds' : '');
-        if (metric.dataPointType === DataPointType.HISTOGRAM) for (const s of ['_bucket', '_sum', '_count']) emitted.add(base + s);
+        if (metric.dataPointType === DataPointType.HISTOGRAM)
+          for (const s of ['_bucket', '_sum', '_count']) emitted.add(base + s);
         else if (metric.dataPointType === DataPointType.SUM && metric.isMonotonic) emitted.add(`${base}_total`);
         else emitted.add(base);
       }
@@ -290,7 +318,8 @@ describe('the dashboard', () => {
         .replace(/\b(by|without)\s*\([^)]*\)/g, '')
         .replace(/\[[^\]]*\]/g, '')
         .replace(/label_values\(([a-z_:][a-z0-9_:]*),[^)]*\)/g, '$1');
-      for (const m of bare.matchAll(/\b([a-z_:][a-z0-9_:]*)\b(?!\s*\()/g)) if (!['and', 'or', 'unless', 'offset', 'bool'].includes(m[1])) used.add(m[1]);
+      for (const m of bare.matchAll(/\b([a-z_:][a-z0-9_:]*)\b(?!\s*\()/g))
+        if (!['and', 'or', 'unless', 'offset', 'bool'].includes(m[1])) used.add(m[1]);
     }
     expect(used.size).toBeGreaterThanOrEqual(4);
     for (const name of used) expect(emitted, `dashboard metric ${name}`).toContain(name);

@@ -22,8 +22,10 @@ function countingObserver(): TaskObserver & { logs: number; lifecycle: number } 
 
 describe('bounded observers', () => {
   it('validates observerTimeoutMs and observerMaxInFlight, the error naming the option', () => {
-    for (const bad of [0, -5, 1.5, 2 ** 31, Infinity]) expect(() => new TaskManager({ observerTimeoutMs: bad })).toThrow(/"observerTimeoutMs"/);
-    for (const bad of [0, -1, 2.5, Number.NaN]) expect(() => new TaskManager({ observerMaxInFlight: bad })).toThrow(/"observerMaxInFlight"/);
+    for (const bad of [0, -5, 1.5, 2 ** 31, Infinity])
+      expect(() => new TaskManager({ observerTimeoutMs: bad })).toThrow(/"observerTimeoutMs"/);
+    for (const bad of [0, -1, 2.5, Number.NaN])
+      expect(() => new TaskManager({ observerMaxInFlight: bad })).toThrow(/"observerMaxInFlight"/);
     expect(() => new TaskManager({ observerMaxInFlight: 'x' as unknown as number })).toThrow(TypeError);
     expect(() => new TaskManager({ observerMaxInFlight: Infinity, observerTimeoutMs: 2 ** 31 - 1 })).not.toThrow();
   });
@@ -39,7 +41,12 @@ describe('bounded observers', () => {
       onLifecycle: () => new Promise<void>((resolve) => void held.push(resolve)),
     };
     const good = countingObserver();
-    const manager = createManager({ logger, observers: [stuck, good], maxQueued: Infinity, observerTimeoutMs: 600_000 });
+    const manager = createManager({
+      logger,
+      observers: [stuck, good],
+      maxQueued: Infinity,
+      observerTimeoutMs: 600_000,
+    });
     const work = manager.task(function work(n: number) {
       taskLog('working', { n });
     });
@@ -55,7 +62,11 @@ describe('bounded observers', () => {
     expect(observers).toEqual({ dropped: events - 1_000, byObserver: { stuck: events - 1_000 } });
     const reports = lines.filter((l) => String(l.msg).includes('dropping events'));
     expect(reports).toHaveLength(1);
-    expect(reports[0]).toMatchObject({ level: 40, observer: 'stuck', msg: expect.stringMatching(/observerMaxInFlight/) });
+    expect(reports[0]).toMatchObject({
+      level: 40,
+      observer: 'stuck',
+      msg: expect.stringMatching(/observerMaxInFlight/),
+    });
 
     // Once its calls settle, it gets events again.
     for (const resolve of held.splice(0)) resolve();
@@ -84,7 +95,9 @@ describe('bounded observers', () => {
     expect(await manager.get(id)).toMatchObject({ status: 'success' });
     await waitFor(async () => (await manager.metrics()).observers.dropped === 1, 5_000, 'the slow call to time out');
     expect((await manager.metrics()).observers.byObserver).toEqual({ slow: 1 });
-    expect(lines.filter((l) => l.observer === 'slow')).toEqual([expect.objectContaining({ msg: expect.stringMatching(/did not settle within 20 ms.*observerTimeoutMs/) })]);
+    expect(lines.filter((l) => l.observer === 'slow')).toEqual([
+      expect.objectContaining({ msg: expect.stringMatching(/did not settle within 20 ms.*observerTimeoutMs/) }),
+    ]);
     slowCall.resolve();
     // A timed-out call is counted once; later events are delivered as before.
     manager.add(() => {});
@@ -102,8 +115,12 @@ describe('bounded observers', () => {
     expect((await manager.metrics()).observers).toEqual({ dropped: 0, byObserver: {} });
   });
 
-  it('shutdown() is bounded by observerTimeoutMs when an observer\'s close() never settles', async () => {
-    const manager = new TaskManager({ observers: [{ close: () => new Promise<void>(() => {}) }], observerTimeoutMs: 50, shutdownTimeoutMs: 600_000 });
+  it("shutdown() is bounded by observerTimeoutMs when an observer's close() never settles", async () => {
+    const manager = new TaskManager({
+      observers: [{ close: () => new Promise<void>(() => {}) }],
+      observerTimeoutMs: 50,
+      shutdownTimeoutMs: 600_000,
+    });
     manager.add(() => {});
     await manager.drain();
     await manager.shutdown();

@@ -1,5 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { filterObserver, InMemoryObserver, pinoObserver, taskLog, type LifecycleEvent, type LogEvent, type TaskObserver } from 'koa-taskflow';
+import {
+  filterObserver,
+  InMemoryObserver,
+  pinoObserver,
+  taskLog,
+  type LifecycleEvent,
+  type LogEvent,
+  type TaskObserver,
+} from 'koa-taskflow';
 import { capturePino } from './helpers/pino.js';
 import { createManager, startApp, waitFor } from './helpers/server.js';
 
@@ -8,7 +16,9 @@ describe('the observer chain', () => {
     const calls: string[] = [];
     const { logger, lines } = capturePino();
     const first: TaskObserver = { onLog: (e) => void calls.push(`first:${e.message}`) };
-    const second: TaskObserver = { onLog: (e) => void calls.push(`second:${e.message}:pino-wrote-it=${lines.some((l) => l.msg === e.message)}`) };
+    const second: TaskObserver = {
+      onLog: (e) => void calls.push(`second:${e.message}:pino-wrote-it=${lines.some((l) => l.msg === e.message)}`),
+    };
     const manager = createManager({ logger, observers: [first, second] });
     manager.add(() => taskLog('hello'));
     await manager.drain();
@@ -28,7 +38,10 @@ describe('the observer chain', () => {
       },
     };
     const rejecting: TaskObserver = { onLifecycle: async () => Promise.reject(new Error('observer rejected')) };
-    const hanging: TaskObserver = { onLog: () => new Promise<void>(() => {}), onLifecycle: () => new Promise<void>(() => {}) };
+    const hanging: TaskObserver = {
+      onLog: () => new Promise<void>(() => {}),
+      onLifecycle: () => new Promise<void>(() => {}),
+    };
     let ran = 0;
     const { url, manager } = await startApp(
       (app) => {
@@ -50,10 +63,17 @@ describe('the observer chain', () => {
     expect(good.lifecycle.filter((e) => e.status === 'success')).toHaveLength(3);
     const successes = await manager.list({ status: 'success' });
     expect(successes).toHaveLength(3);
-    await waitFor(() => lines.filter((l) => String(l.msg).includes('observer')).length === 2, 2_000, 'two failure reports');
+    await waitFor(
+      () => lines.filter((l) => String(l.msg).includes('observer')).length === 2,
+      2_000,
+      'two failure reports',
+    );
     const reports = lines.filter((l) => String(l.msg).includes('observer'));
     expect(reports.map((l) => l.level)).toEqual([50, 50]);
-    expect(reports.map((l) => (l.err as { message: string }).message).sort()).toEqual(['observer rejected', 'observer threw']);
+    expect(reports.map((l) => (l.err as { message: string }).message).sort()).toEqual([
+      'observer rejected',
+      'observer threw',
+    ]);
   });
 
   it('does not build lifecycle events every observer declines through wantsLifecycle', async () => {
@@ -62,7 +82,10 @@ describe('the observer chain', () => {
     const manager = createManager({
       observers: [
         {
-          wantsLifecycle: (status, retrying) => (asked.push(`${status}${retrying ? ' (retrying)' : ''}`), status !== 'running'),
+          wantsLifecycle: (status, retrying) => (
+            asked.push(`${status}${retrying ? ' (retrying)' : ''}`),
+            status !== 'running'
+          ),
           onLifecycle: (e) => void seen.push(e.status),
         },
       ],
@@ -142,10 +165,17 @@ describe('pinoObserver', () => {
     });
     await manager.drain();
     const log = lines.find((l) => l.msg === 'disk almost full')!;
-    expect(log).toMatchObject({ level: 40, percent: 91, task: { id, name: 'report', attempt: 1 }, tags: { tenant: 'acme' } });
+    expect(log).toMatchObject({
+      level: 40,
+      percent: 91,
+      task: { id, name: 'report', attempt: 1 },
+      tags: { tenant: 'acme' },
+    });
     // No OpenTelemetry SDK here: no fake trace ids either.
     expect(log.trace_id).toBeUndefined();
-    const lifecycle = lines.filter((l) => (l.task as { id?: string } | undefined)?.id === id && l.status !== undefined).map((l) => [l.level, l.status, l.msg]);
+    const lifecycle = lines
+      .filter((l) => (l.task as { id?: string } | undefined)?.id === id && l.status !== undefined)
+      .map((l) => [l.level, l.status, l.msg]);
     expect(lifecycle).toEqual([
       [20, 'pending', 'task report pending'],
       [20, 'running', 'task report running'],
@@ -161,7 +191,11 @@ describe('pinoObserver', () => {
     });
     await manager.drain();
     const byMsg = (msg: string) => lines.find((l) => l.msg === msg)!;
-    expect(byMsg('task broken attempt failed, retrying')).toMatchObject({ level: 40, status: 'pending', error: { type: 'TypeError', message: 'nope' } });
+    expect(byMsg('task broken attempt failed, retrying')).toMatchObject({
+      level: 40,
+      status: 'pending',
+      error: { type: 'TypeError', message: 'nope' },
+    });
     expect(byMsg('task broken failed')).toMatchObject({ level: 50, status: 'failed', error: { type: 'TypeError' } });
   });
 
@@ -215,7 +249,12 @@ describe('filterObserver', () => {
   it('forwards startup and close to the inner observer', async () => {
     const calls: string[] = [];
     const manager = createManager({
-      observers: [filterObserver({ names: ['x'] }, { startup: () => void calls.push('startup'), close: () => void calls.push('close') })],
+      observers: [
+        filterObserver(
+          { names: ['x'] },
+          { startup: () => void calls.push('startup'), close: () => void calls.push('close') },
+        ),
+      ],
     });
     await manager.start();
     await manager.shutdown();

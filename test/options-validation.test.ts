@@ -15,7 +15,11 @@ describe('mergeOptions', () => {
   });
 
   it('merges tags key by key', () => {
-    expect(mergeOptions({ tags: { a: '1', b: '1' } }, { tags: { b: '2', c: '3' } }).tags).toEqual({ a: '1', b: '2', c: '3' });
+    expect(mergeOptions({ tags: { a: '1', b: '1' } }, { tags: { b: '2', c: '3' } }).tags).toEqual({
+      a: '1',
+      b: '2',
+      c: '3',
+    });
   });
 
   it('returns the base itself when nothing is overridden', () => {
@@ -38,7 +42,12 @@ describe('option levels: defaults < task() < with()', () => {
           { retries: 2, tags: { team: 'mail', level: 'task' } },
         );
         app.use(async (ctx) => {
-          ctx.body = { id: ctx.tasks.with({ tags: { tenant: 'acme', level: 'with' } }).with({ retries: 4 }).addTask(job) };
+          ctx.body = {
+            id: ctx.tasks
+              .with({ tags: { tenant: 'acme', level: 'with' } })
+              .with({ retries: 4 })
+              .addTask(job),
+          };
         });
       },
       { defaults: { retries: 1, tags: { service: 'api', level: 'defaults' } } },
@@ -106,7 +115,12 @@ const badTaskOptions: [string, TaskOptions, RegExp, ErrorConstructor][] = [
   ['non-function onError', { onError: 'log' as unknown as () => void }, /"onError"/, TypeError],
   ['non-boolean runOnError', { runOnError: 'true' as unknown as boolean }, /"runOnError"/, TypeError],
   ['non-boolean persist', { persist: 0 as unknown as boolean }, /"persist"/, TypeError],
-  ['non-boolean requeueOnInterrupt', { requeueOnInterrupt: 'no' as unknown as boolean }, /"requeueOnInterrupt"/, TypeError],
+  [
+    'non-boolean requeueOnInterrupt',
+    { requeueOnInterrupt: 'no' as unknown as boolean },
+    /"requeueOnInterrupt"/,
+    TypeError,
+  ],
   ['negative maxStalls', { maxStalls: -1 }, /option "maxStalls" must be an integer >= 0, got -1/, RangeError],
   ['fractional maxStalls', { maxStalls: 1.5 }, /"maxStalls"/, RangeError],
   ['non-number maxStalls', { maxStalls: '2' as unknown as number }, /"maxStalls"/, TypeError],
@@ -223,7 +237,9 @@ describe('bad arguments', () => {
   it('real OpenTelemetry providers pass the check', async () => {
     const { BasicTracerProvider } = await import('@opentelemetry/sdk-trace-base');
     const { MeterProvider } = await import('@opentelemetry/sdk-metrics');
-    expect(() => createManager({ tracerProvider: new BasicTracerProvider(), meterProvider: new MeterProvider() })).not.toThrow();
+    expect(() =>
+      createManager({ tracerProvider: new BasicTracerProvider(), meterProvider: new MeterProvider() }),
+    ).not.toThrow();
   });
 
   it.each<[string, unknown, RegExp, ErrorConstructor]>([

@@ -64,17 +64,24 @@ async function startInstrumentedApp(env: Record<string, string>, entry = 'koa-ta
   });
   let stderr = '';
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
   onCleanup(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });
-  await waitFor(() => lines.some((l) => l.msg === 'listening') || child.exitCode !== null, 15_000, `the app to listen; stderr: ${stderr}`);
+  await waitFor(
+    () => lines.some((l) => l.msg === 'listening') || child.exitCode !== null,
+    15_000,
+    `the app to listen; stderr: ${stderr}`,
+  );
   const port = lines.find((l) => l.msg === 'listening')?.port;
   if (port === undefined) throw new Error(`the app did not start: ${stderr}`);
   return { url: `http://127.0.0.1:${port}`, lines, stderr: () => stderr, exited, kill: (signal) => child.kill(signal) };
 }
 
-const taskEnded = (lines: PinoLine[], id: string) => lines.some((l) => l.task?.id === id && (l.status === 'success' || l.status === 'failed'));
+const taskEnded = (lines: PinoLine[], id: string) =>
+  lines.some((l) => l.task?.id === id && (l.status === 'success' || l.status === 'failed'));
 
 describe('node --import koa-taskflow/instrumentation', () => {
   it('exports request and task spans linked both ways, with events, metrics, and pino lines carrying the same ids', async () => {
@@ -108,8 +115,17 @@ describe('node --import koa-taskflow/instrumentation', () => {
     expect(handlerSpan.traceId).toBe(requestLine.trace_id);
     // …which sits under the HTTP server span of the request.
     const ancestors: ReceivedSpan[] = [];
-    for (let s: ReceivedSpan | undefined = handlerSpan; s !== undefined; s = s.parentSpanId ? byId.get(s.parentSpanId) : undefined) ancestors.push(s);
-    expect(ancestors.at(-1)).toMatchObject({ kind: 2, scope: '@opentelemetry/instrumentation-http', parentSpanId: undefined });
+    for (
+      let s: ReceivedSpan | undefined = handlerSpan;
+      s !== undefined;
+      s = s.parentSpanId ? byId.get(s.parentSpanId) : undefined
+    )
+      ancestors.push(s);
+    expect(ancestors.at(-1)).toMatchObject({
+      kind: 2,
+      scope: '@opentelemetry/instrumentation-http',
+      parentSpanId: undefined,
+    });
     expect(ancestors.some((s) => s.scope === '@opentelemetry/instrumentation-koa')).toBe(true);
     // Request → tasks: one `task.enqueued` event per task.
     expect(handlerSpan.events.filter((e) => e.name === 'task.enqueued')).toEqual([
@@ -125,34 +141,68 @@ describe('node --import koa-taskflow/instrumentation', () => {
       expect(attempt).toMatchObject({ kind: 5, parentSpanId: undefined });
       expect(attempt.traceId).not.toBe(handlerSpan.traceId);
       expect(attempt.links[0]).toEqual(requestLink);
-      expect(attempt.attributes).toMatchObject({ 'task.tag.tenant': 'acme', 'messaging.system': 'koa-taskflow', 'messaging.operation.type': 'process' });
+      expect(attempt.attributes).toMatchObject({
+        'task.tag.tenant': 'acme',
+        'messaging.system': 'koa-taskflow',
+        'messaging.operation.type': 'process',
+      });
     }
     const sendWelcome = attempts.find((s) => s.name === 'task sendWelcome')!;
-    expect(sendWelcome.attributes).toMatchObject({ 'task.id': welcome, 'messaging.message.id': welcome, 'task.attempt': 1, 'task.max_attempts': 1 });
+    expect(sendWelcome.attributes).toMatchObject({
+      'task.id': welcome,
+      'messaging.message.id': welcome,
+      'task.attempt': 1,
+      'task.max_attempts': 1,
+    });
     expect(sendWelcome.status.code).toBe(1);
     expect(sendWelcome.events).toEqual([
       { name: 'task.log', attributes: { 'log.message': 'sending welcome mail', 'log.level': 'info', email: 'a@b.c' } },
-      { name: 'task.log', attributes: { 'log.message': 'welcome mail sent', 'log.level': 'info', email: 'a@b.c', provider: 'smtp' } },
+      {
+        name: 'task.log',
+        attributes: { 'log.message': 'welcome mail sent', 'log.level': 'info', email: 'a@b.c', provider: 'smtp' },
+      },
     ]);
     // The HTTP call the task made is a child of its attempt span.
     const call = spans.find((s) => s.kind === 3 && s.parentSpanId === sendWelcome.spanId);
     expect(call?.traceId).toBe(sendWelcome.traceId);
 
-    const [first, second] = attempts.filter((s) => s.name === 'task chargeCard').sort((a, b) => Number(a.attributes['task.attempt']) - Number(b.attributes['task.attempt']));
-    expect(first.attributes).toMatchObject({ 'task.id': charge, 'task.attempt': 1, 'task.max_attempts': 3, 'error.type': 'Error' });
+    const [first, second] = attempts
+      .filter((s) => s.name === 'task chargeCard')
+      .sort((a, b) => Number(a.attributes['task.attempt']) - Number(b.attributes['task.attempt']));
+    expect(first.attributes).toMatchObject({
+      'task.id': charge,
+      'task.attempt': 1,
+      'task.max_attempts': 3,
+      'error.type': 'Error',
+    });
     expect(first.status).toEqual({ code: 2, message: 'card processor timed out' });
     expect(first.events.map((e) => e.name)).toEqual(['task.log', 'exception']);
-    expect(first.events[1].attributes).toMatchObject({ 'exception.type': 'Error', 'exception.message': 'card processor timed out' });
+    expect(first.events[1].attributes).toMatchObject({
+      'exception.type': 'Error',
+      'exception.message': 'card processor timed out',
+    });
     expect(second.attributes['task.attempt']).toBe(2);
     expect(second.status.code).toBe(1);
     expect(second.links).toEqual([requestLink, { traceId: first.traceId, spanId: first.spanId }]);
 
     // pino lines written by taskLog carry the ids of the attempt span that logged them.
     const logLines = app.lines.filter((l) => l.task !== undefined && l.status === undefined);
-    expect(logLines.map((l) => l.msg)).toEqual(['sending welcome mail', 'welcome mail sent', 'charging card', 'charging card']);
+    expect(logLines.map((l) => l.msg)).toEqual([
+      'sending welcome mail',
+      'welcome mail sent',
+      'charging card',
+      'charging card',
+    ]);
     for (const line of logLines) {
-      const span = attempts.find((s) => s.attributes['task.id'] === line.task!.id && s.attributes['task.attempt'] === line.task!.attempt)!;
-      expect(line).toMatchObject({ trace_id: span.traceId, span_id: span.spanId, trace_flags: '01', tags: { tenant: 'acme' } });
+      const span = attempts.find(
+        (s) => s.attributes['task.id'] === line.task!.id && s.attributes['task.attempt'] === line.task!.attempt,
+      )!;
+      expect(line).toMatchObject({
+        trace_id: span.traceId,
+        span_id: span.spanId,
+        trace_flags: '01',
+        tags: { tenant: 'acme' },
+      });
       expect(line.task!.name).toBe(span.attributes['task.name']);
     }
     expect(logLines.filter((l) => l.msg === 'charging card').map((l) => [l.level, l.cents])).toEqual([
@@ -162,11 +212,15 @@ describe('node --import koa-taskflow/instrumentation', () => {
 
     // Metrics were flushed at shutdown too.
     const attemptsMetric = receiver.metrics.filter((m) => m.name === 'task.attempts' && m.scope === 'koa-taskflow');
-    const counted = Object.fromEntries(attemptsMetric.flatMap((m) => m.points).map((p) => [`${p.attributes['task.name']}/${p.attributes['task.status']}`, p.value]));
+    const counted = Object.fromEntries(
+      attemptsMetric
+        .flatMap((m) => m.points)
+        .map((p) => [`${p.attributes['task.name']}/${p.attributes['task.status']}`, p.value]),
+    );
     expect(counted).toEqual({ 'sendWelcome/success': 1, 'chargeCard/failed': 1, 'chargeCard/success': 1 });
   });
 
-  it("leaves shutdown to an app with its own SIGTERM handler and exports the spans of tasks that end during it", async () => {
+  it('leaves shutdown to an app with its own SIGTERM handler and exports the spans of tasks that end during it', async () => {
     const receiver = await startOtlpReceiver();
     const app = await startInstrumentedApp({
       OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
@@ -182,7 +236,10 @@ describe('node --import koa-taskflow/instrumentation', () => {
     expect(app.lines.at(-1)?.msg).toBe('app shut down');
     const span = receiver.spans.find((s) => s.attributes['task.id'] === report);
     expect(span?.status.code).toBe(1);
-    expect(span?.events.map((e) => e.attributes['log.message'])).toEqual(['report started', 'report finished during shutdown']);
+    expect(span?.events.map((e) => e.attributes['log.message'])).toEqual([
+      'report started',
+      'report finished during shutdown',
+    ]);
   });
 
   it('with the OTLP endpoint refusing connections, requests and tasks behave the same and the process ends cleanly', async () => {
@@ -202,11 +259,17 @@ describe('node --import koa-taskflow/instrumentation', () => {
       ids.push(body.welcome, body.charge);
     }
     await waitFor(() => ids.every((id) => taskEnded(app.lines, id)), 10_000, 'every task to end');
-    const outcomes = ids.map((id) => app.lines.find((l) => l.task?.id === id && l.status !== undefined && ['success', 'failed'].includes(l.status))!.status);
+    const outcomes = ids.map(
+      (id) =>
+        app.lines.find((l) => l.task?.id === id && l.status !== undefined && ['success', 'failed'].includes(l.status))!
+          .status,
+    );
     // chargeCard fails its very first attempt only (then retries): every task ends in success.
     expect(outcomes).toEqual(ids.map(() => 'success'));
     // Tracing still stamps the lines even though nothing can be exported.
-    expect(app.lines.filter((l) => l.msg === 'sending welcome mail').every((l) => /^[0-9a-f]{32}$/.test(l.trace_id ?? ''))).toBe(true);
+    expect(
+      app.lines.filter((l) => l.msg === 'sending welcome mail').every((l) => /^[0-9a-f]{32}$/.test(l.trace_id ?? '')),
+    ).toBe(true);
     app.kill('SIGTERM');
     // No unhandled rejection (Node would exit with code 1 and print it), no hang, nothing on stderr.
     expect(await app.exited).toEqual({ code: null, signal: 'SIGTERM' });
@@ -230,7 +293,10 @@ describe('node --import koa-taskflow/instrumentation', () => {
       OTEL_EXPORTER_OTLP_TIMEOUT: '1000',
       OTEL_METRICS_EXPORTER: 'none',
     });
-    const { welcome, charge } = (await (await fetch(`${app.url}/signup`)).json()) as { welcome: string; charge: string };
+    const { welcome, charge } = (await (await fetch(`${app.url}/signup`)).json()) as {
+      welcome: string;
+      charge: string;
+    };
     await waitFor(() => taskEnded(app.lines, welcome) && taskEnded(app.lines, charge), 10_000, 'both tasks to end');
     await waitFor(() => dropped > 0, 10_000, 'an export attempt');
     const health = await fetch(`${app.url}/health`);
@@ -243,7 +309,11 @@ describe('node --import koa-taskflow/instrumentation', () => {
 
   it('does nothing with OTEL_SDK_DISABLED=true: no export, no ids on log lines, the default signal behaviour', async () => {
     const receiver = await startOtlpReceiver();
-    const app = await startInstrumentedApp({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_SDK_DISABLED: 'true', OTEL_BSP_SCHEDULE_DELAY: '20' });
+    const app = await startInstrumentedApp({
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+      OTEL_SDK_DISABLED: 'true',
+      OTEL_BSP_SCHEDULE_DELAY: '20',
+    });
     const { welcome } = (await (await fetch(`${app.url}/signup`)).json()) as { welcome: string };
     await waitFor(() => taskEnded(app.lines, welcome), 10_000, 'the task to end');
     expect(app.lines.filter((l) => l.trace_id !== undefined)).toEqual([]);
@@ -268,7 +338,9 @@ describe('the real OTLP exporter in process, endpoint refusing connections', () 
 
     const port = await refusedPort();
     const exporter = new OTLPTraceExporter({ url: `http://127.0.0.1:${port}/v1/traces`, timeoutMillis: 1_000 });
-    const provider = new BasicTracerProvider({ spanProcessors: [new BatchSpanProcessor(exporter, { scheduledDelayMillis: 10 })] });
+    const provider = new BasicTracerProvider({
+      spanProcessors: [new BatchSpanProcessor(exporter, { scheduledDelayMillis: 10 })],
+    });
     const { url, manager } = await startApp(
       (app, manager) => {
         const notify = manager.task(function notify(n: number) {
@@ -287,7 +359,11 @@ describe('the real OTLP exporter in process, endpoint refusing connections', () 
       ids.push(await response.text());
     }
     await manager.drain();
-    for (const id of ids) expect(await manager.get(id)).toMatchObject({ status: 'success', traceId: expect.stringMatching(/^[0-9a-f]{32}$/) });
+    for (const id of ids)
+      expect(await manager.get(id)).toMatchObject({
+        status: 'success',
+        traceId: expect.stringMatching(/^[0-9a-f]{32}$/),
+      });
     await waitFor(() => exportErrors.length > 0, 10_000, 'a failed export');
     // An explicit flush or shutdown may report the failure to its caller (the instrumentation entry catches it).
     await provider.shutdown().catch(() => {});
@@ -302,9 +378,21 @@ describe('sampling a request and its tasks together, end to end', () => {
    */
   async function requestsAndAttempts(env: Record<string, string>, entry?: string) {
     const receiver = await startOtlpReceiver();
-    const app = await startInstrumentedApp({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_BSP_SCHEDULE_DELAY: '50', OTEL_METRICS_EXPORTER: 'none', ...env }, entry);
+    const app = await startInstrumentedApp(
+      {
+        OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+        OTEL_BSP_SCHEDULE_DELAY: '50',
+        OTEL_METRICS_EXPORTER: 'none',
+        ...env,
+      },
+      entry,
+    );
     const requests: { id: string; traceId: string; n: number }[] = [];
-    for (let n = 0; n < 60; n++) requests.push({ ...((await (await fetch(`${app.url}/work?n=${n}`)).json()) as { id: string; traceId: string }), n });
+    for (let n = 0; n < 60; n++)
+      requests.push({
+        ...((await (await fetch(`${app.url}/work?n=${n}`)).json()) as { id: string; traceId: string }),
+        n,
+      });
     await waitFor(() => requests.every((r) => taskEnded(app.lines, r.id)), 15_000, 'every task to end');
     app.kill('SIGTERM');
     await app.exited;
@@ -318,18 +406,25 @@ describe('sampling a request and its tasks together, end to end', () => {
   }
 
   const expectTogether = (results: Awaited<ReturnType<typeof requestsAndAttempts>>) => {
-    for (const r of results) expect({ n: r.n, attempts: r.attempts }).toEqual({ n: r.n, attempts: r.requestKept ? r.attemptsRun : 0 });
+    for (const r of results)
+      expect({ n: r.n, attempts: r.attempts }).toEqual({ n: r.n, attempts: r.requestKept ? r.attemptsRun : 0 });
     expect(results.some((r) => r.requestKept)).toBe(true);
     expect(results.some((r) => !r.requestKept)).toBe(true);
   };
 
   it('under OTEL_TRACES_SAMPLER=parentbased_traceidratio at 0.5 with the instrumentation entry: every request and its attempts, retries included', async () => {
-    expectTogether(await requestsAndAttempts({ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.5' }));
+    expectTogether(
+      await requestsAndAttempts({ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.5' }),
+    );
   });
 
   it("with an app's own NodeSDK whose 50% sampler is wrapped in taskSampler (examples/own-sdk-tracing.js, as docs/opentelemetry.md shows it)", async () => {
-    expect(readFileSync(join(repo, 'docs/opentelemetry.md'), 'utf8')).toContain('```js\n' + readFileSync(join(repo, 'examples/own-sdk-tracing.js'), 'utf8') + '```');
-    expectTogether(await requestsAndAttempts({}, fileURLToPath(new URL('../examples/own-sdk-tracing.js', import.meta.url))));
+    expect(readFileSync(join(repo, 'docs/opentelemetry.md'), 'utf8')).toContain(
+      '```js\n' + readFileSync(join(repo, 'examples/own-sdk-tracing.js'), 'utf8') + '```',
+    );
+    expectTogether(
+      await requestsAndAttempts({}, fileURLToPath(new URL('../examples/own-sdk-tracing.js', import.meta.url))),
+    );
   });
 
   it('for tasks recovered by a second process after the first was SIGKILLed, the request decision travels in the record', async () => {
@@ -355,7 +450,9 @@ describe('sampling a request and its tasks together, end to end', () => {
     for (let i = 0; i < 16; i++) {
       const traceId = randomBytes(16).toString('hex');
       const sampled = i % 2 === 0;
-      const response = await fetch(`${firstUrl}/add?n=${i}`, { headers: { traceparent: `00-${traceId}-${randomBytes(8).toString('hex')}-${sampled ? '01' : '00'}` } });
+      const response = await fetch(`${firstUrl}/add?n=${i}`, {
+        headers: { traceparent: `00-${traceId}-${randomBytes(8).toString('hex')}-${sampled ? '01' : '00'}` },
+      });
       added.push({ id: ((await response.json()) as { id: string }).id, traceId, sampled });
     }
     await waitFor(() => countBy(env.TASK_LOG, 'start').size >= 4, 10_000, 'tasks to start in the first process');
@@ -364,9 +461,17 @@ describe('sampling a request and its tasks together, end to end', () => {
 
     const second = startNode(durableScript, [], { ...env, MODE: 'fast' }, instrumented);
     await second.waitForLine(/"listening"/, 15_000);
-    await waitFor(() => added.every((a) => readTaskLog(env.TASK_LOG).some((l) => l.id === a.id && l.event === 'done')), 20_000, 'every task to run');
+    await waitFor(
+      () => added.every((a) => readTaskLog(env.TASK_LOG).some((l) => l.id === a.id && l.event === 'done')),
+      20_000,
+      'every task to run',
+    );
     const attemptsOf = (id: string) => receiver.spans.filter((s) => s.attributes['task.id'] === id);
-    await waitFor(() => added.filter((a) => a.sampled).every((a) => attemptsOf(a.id).length > 0), 10_000, 'the sampled tasks to be exported');
+    await waitFor(
+      () => added.filter((a) => a.sampled).every((a) => attemptsOf(a.id).length > 0),
+      10_000,
+      'the sampled tasks to be exported',
+    );
     second.process.kill('SIGTERM');
     await second.exited;
     for (const task of added) {

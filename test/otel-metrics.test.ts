@@ -1,7 +1,14 @@
 // Metrics through a real sdk-metrics MeterProvider and a pull reader: names, units, attributes, values.
 import { describe, expect, it } from 'vitest';
 import { metrics as metricsApi } from '@opentelemetry/api';
-import { AggregationTemporality, DataPointType, MeterProvider, MetricReader, type MetricData, type ResourceMetrics } from '@opentelemetry/sdk-metrics';
+import {
+  AggregationTemporality,
+  DataPointType,
+  MeterProvider,
+  MetricReader,
+  type MetricData,
+  type ResourceMetrics,
+} from '@opentelemetry/sdk-metrics';
 import { TaskManager } from 'koa-taskflow';
 import { interruptEndlessTask } from './helpers/interrupt.js';
 import { createManager, deferred } from './helpers/server.js';
@@ -14,13 +21,19 @@ class PullReader extends MetricReader {
   protected async onForceFlush(): Promise<void> {}
 }
 
-function meterWithReader(temporality = AggregationTemporality.CUMULATIVE): { meterProvider: MeterProvider; read: () => Promise<Map<string, MetricData>> } {
+function meterWithReader(temporality = AggregationTemporality.CUMULATIVE): {
+  meterProvider: MeterProvider;
+  read: () => Promise<Map<string, MetricData>>;
+} {
   const reader = new PullReader(temporality);
   const meterProvider = new MeterProvider({ readers: [reader] });
   return {
     meterProvider,
     async read() {
-      const { resourceMetrics, errors } = (await reader.collect()) as { resourceMetrics: ResourceMetrics; errors: unknown[] };
+      const { resourceMetrics, errors } = (await reader.collect()) as {
+        resourceMetrics: ResourceMetrics;
+        errors: unknown[];
+      };
       expect(errors).toEqual([]);
       const byName = new Map<string, MetricData>();
       for (const scope of resourceMetrics.scopeMetrics) {
@@ -33,10 +46,15 @@ function meterWithReader(temporality = AggregationTemporality.CUMULATIVE): { met
 }
 
 /** `{ "<task.name>/<task.status>": value }` of a metric's data points. */
-function points(metric: MetricData | undefined, value: (v: unknown) => number = (v) => v as number): Record<string, number> {
+function points(
+  metric: MetricData | undefined,
+  value: (v: unknown) => number = (v) => v as number,
+): Record<string, number> {
   const out: Record<string, number> = {};
   for (const point of metric?.dataPoints ?? []) {
-    const key = [point.attributes['task.name'], point.attributes['task.status']].filter((x) => x !== undefined).join('/');
+    const key = [point.attributes['task.name'], point.attributes['task.status']]
+      .filter((x) => x !== undefined)
+      .join('/');
     out[key || '-'] = value(point.value);
   }
   return out;

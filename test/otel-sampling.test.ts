@@ -20,7 +20,8 @@ import { createManager, startApp } from './helpers/server.js';
 
 const exporter = inMemorySpans();
 
-const providerWith = (sampler: Sampler) => new BasicTracerProvider({ sampler, spanProcessors: [new SimpleSpanProcessor(exporter)] });
+const providerWith = (sampler: Sampler) =>
+  new BasicTracerProvider({ sampler, spanProcessors: [new SimpleSpanProcessor(exporter)] });
 const ratio = (r: number) => new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(r) });
 
 /** A Koa app with a request span (SERVER, active through the handler) from `tracer`. */
@@ -36,7 +37,8 @@ async function tracedApp(tracer: Tracer, setup: (app: Koa, manager: TaskManager)
   }, options);
 }
 
-const attemptsOf = (taskId: string): ReadableSpan[] => exporter.getFinishedSpans().filter((s) => s.attributes['task.id'] === taskId);
+const attemptsOf = (taskId: string): ReadableSpan[] =>
+  exporter.getFinishedSpans().filter((s) => s.attributes['task.id'] === taskId);
 
 /**
  * `count` requests, each adding one task; every other task fails its first attempt and is retried. Returns,
@@ -58,22 +60,32 @@ async function requestsWithTasks(sampler: Sampler, count: number, options: TaskM
         { retries: 1 },
       );
       app.use((ctx) => {
-        ctx.body = { id: ctx.tasks.addTask(work, Number(ctx.query.n)), traceId: trace.getActiveSpan()!.spanContext().traceId };
+        ctx.body = {
+          id: ctx.tasks.addTask(work, Number(ctx.query.n)),
+          traceId: trace.getActiveSpan()!.spanContext().traceId,
+        };
       });
     },
     { tracerProvider: provider, ...options },
   );
   const requests: { id: string; traceId: string; n: number }[] = [];
-  for (let n = 0; n < count; n++) requests.push({ ...((await (await fetch(`${url}/?n=${n}`)).json()) as { id: string; traceId: string }), n });
+  for (let n = 0; n < count; n++)
+    requests.push({ ...((await (await fetch(`${url}/?n=${n}`)).json()) as { id: string; traceId: string }), n });
   await manager.drain();
   const exported = new Set(exporter.getFinishedSpans().map((s) => s.spanContext().traceId));
-  return requests.map((r) => ({ ...r, requestKept: exported.has(r.traceId), attemptsKept: attemptsOf(r.id).length, attemptsRun: r.n % 2 === 0 ? 2 : 1 }));
+  return requests.map((r) => ({
+    ...r,
+    requestKept: exported.has(r.traceId),
+    attemptsKept: attemptsOf(r.id).length,
+    attemptsRun: r.n % 2 === 0 ? 2 : 1,
+  }));
 }
 
 describe('taskSampler', () => {
   it('keeps or drops every attempt of a task with the request that added it, retries included, under a 50% ratio', async () => {
     const results = await requestsWithTasks(taskSampler(ratio(0.5)), 60);
-    for (const r of results) expect({ n: r.n, attempts: r.attemptsKept }).toEqual({ n: r.n, attempts: r.requestKept ? r.attemptsRun : 0 });
+    for (const r of results)
+      expect({ n: r.n, attempts: r.attemptsKept }).toEqual({ n: r.n, attempts: r.requestKept ? r.attemptsRun : 0 });
     // Both outcomes happened: the check above is not vacuous.
     expect(results.some((r) => r.requestKept)).toBe(true);
     expect(results.some((r) => !r.requestKept)).toBe(true);
@@ -85,7 +97,9 @@ describe('taskSampler', () => {
     expect(results.some((r) => r.attemptsKept !== (r.requestKept ? r.attemptsRun : 0))).toBe(true);
     const warnings = lines.filter((l) => String(l.msg).includes('taskSampler'));
     expect(warnings).toHaveLength(1);
-    expect(warnings[0].msg).toMatch(/request added a task whose attempt span was (sampled|dropped).*new NodeSDK\(\{ sampler: taskSampler\(yourSampler\) \}\)/);
+    expect(warnings[0].msg).toMatch(
+      /request added a task whose attempt span was (sampled|dropped).*new NodeSDK\(\{ sampler: taskSampler\(yourSampler\) \}\)/,
+    );
   });
 
   it('leaves a task added outside any span to the wrapped sampler as a root, and its retries follow that first decision', async () => {
@@ -143,13 +157,20 @@ describe("trace: 'child'", () => {
     const { id } = (await (await fetch(url)).json()) as { id: string };
     await manager.drain();
     const request = exporter.getFinishedSpans().find((s) => s.kind === SpanKind.SERVER)!;
-    const [first, second] = attemptsOf(id).sort((a, b) => Number(a.attributes['task.attempt']) - Number(b.attributes['task.attempt']));
+    const [first, second] = attemptsOf(id).sort(
+      (a, b) => Number(a.attributes['task.attempt']) - Number(b.attributes['task.attempt']),
+    );
     for (const attempt of [first, second]) {
       expect(attempt.name).toBe('task flaky');
       expect(attempt.kind).toBe(SpanKind.CONSUMER);
       expect(attempt.spanContext().traceId).toBe(request.spanContext().traceId);
       expect(attempt.parentSpanContext?.spanId).toBe(request.spanContext().spanId);
-      expect(attempt.attributes).toMatchObject({ 'task.id': id, 'task.name': 'flaky', 'task.tag.tenant': 'acme', 'task.request.trace_id': request.spanContext().traceId });
+      expect(attempt.attributes).toMatchObject({
+        'task.id': id,
+        'task.name': 'flaky',
+        'task.tag.tenant': 'acme',
+        'task.request.trace_id': request.spanContext().traceId,
+      });
       expect(attempt.events.map((e) => e.name)).toContain('task.log');
     }
     expect(first.links).toEqual([]);
@@ -172,7 +193,10 @@ describe("trace: 'child'", () => {
     );
     const ids = (await (await fetch(url)).json()) as { child: string; link: string };
     await manager.drain();
-    const request = exporter.getFinishedSpans().find((s) => s.kind === SpanKind.SERVER)!.spanContext();
+    const request = exporter
+      .getFinishedSpans()
+      .find((s) => s.kind === SpanKind.SERVER)!
+      .spanContext();
     const [child] = attemptsOf(ids.child);
     const [link] = attemptsOf(ids.link);
     expect(child.parentSpanContext?.spanId).toBe(request.spanId);
@@ -183,37 +207,45 @@ describe("trace: 'child'", () => {
 
   it('is refused with a message naming the option when it is neither link nor child', () => {
     const manager = createManager();
-    expect(() => manager.task(async function bad() {}, { trace: 'parent' as never })).toThrow(/option "trace" must be "link" or "child", got "parent"/);
+    expect(() => manager.task(async function bad() {}, { trace: 'parent' as never })).toThrow(
+      /option "trace" must be "link" or "child", got "parent"/,
+    );
   });
 });
 
 describe('a task that adds a task', () => {
-  it.each(['link', 'child'] as const)('in %s mode relates the inner task to the attempt that added it', async (mode) => {
-    const provider = providerWith(new AlwaysOnSampler());
-    const manager = createManager({ tracerProvider: provider, defaults: { trace: mode } });
-    let innerId = '';
-    const inner = manager.task(async function inner() {});
-    const outer = manager.task(async function outer() {
-      innerId = manager.add(inner);
-    });
-    const outerId = provider.getTracer('t').startActiveSpan('job', (span) => {
-      const id = manager.add(outer);
-      span.end();
-      return id;
-    });
-    await manager.drain();
-    await manager.drain();
-    const [outerSpan] = attemptsOf(outerId);
-    const [innerSpan] = attemptsOf(innerId);
-    expect(outerSpan.events.map((e) => [e.name, e.attributes?.['task.id']])).toContainEqual(['task.enqueued', innerId]);
-    if (mode === 'child') {
-      expect(innerSpan.parentSpanContext?.spanId).toBe(outerSpan.spanContext().spanId);
-      expect(innerSpan.spanContext().traceId).toBe(outerSpan.spanContext().traceId);
-    } else {
-      expect(innerSpan.parentSpanContext).toBeUndefined();
-      expect(innerSpan.links.map((l) => l.context.spanId)).toEqual([outerSpan.spanContext().spanId]);
-    }
-  });
+  it.each(['link', 'child'] as const)(
+    'in %s mode relates the inner task to the attempt that added it',
+    async (mode) => {
+      const provider = providerWith(new AlwaysOnSampler());
+      const manager = createManager({ tracerProvider: provider, defaults: { trace: mode } });
+      let innerId = '';
+      const inner = manager.task(async function inner() {});
+      const outer = manager.task(async function outer() {
+        innerId = manager.add(inner);
+      });
+      const outerId = provider.getTracer('t').startActiveSpan('job', (span) => {
+        const id = manager.add(outer);
+        span.end();
+        return id;
+      });
+      await manager.drain();
+      await manager.drain();
+      const [outerSpan] = attemptsOf(outerId);
+      const [innerSpan] = attemptsOf(innerId);
+      expect(outerSpan.events.map((e) => [e.name, e.attributes?.['task.id']])).toContainEqual([
+        'task.enqueued',
+        innerId,
+      ]);
+      if (mode === 'child') {
+        expect(innerSpan.parentSpanContext?.spanId).toBe(outerSpan.spanContext().spanId);
+        expect(innerSpan.spanContext().traceId).toBe(outerSpan.spanContext().traceId);
+      } else {
+        expect(innerSpan.parentSpanContext).toBeUndefined();
+        expect(innerSpan.links.map((l) => l.context.spanId)).toEqual([outerSpan.spanContext().spanId]);
+      }
+    },
+  );
 });
 
 describe('pino lines of a task', () => {
@@ -234,12 +266,21 @@ describe('pino lines of a task', () => {
     );
     const { id } = (await (await fetch(url)).json()) as { id: string };
     await manager.drain();
-    const request = exporter.getFinishedSpans().find((s) => s.kind === SpanKind.SERVER)!.spanContext();
+    const request = exporter
+      .getFinishedSpans()
+      .find((s) => s.kind === SpanKind.SERVER)!
+      .spanContext();
     const [attempt] = attemptsOf(id);
     const taskLines = lines.filter((l) => (l.task as { id?: string } | undefined)?.id === id);
-    expect(taskLines.map((l) => l.msg)).toEqual(expect.arrayContaining(['working', 'task work running', 'task work success']));
+    expect(taskLines.map((l) => l.msg)).toEqual(
+      expect.arrayContaining(['working', 'task work running', 'task work success']),
+    );
     for (const line of taskLines.filter((l) => l.msg !== 'task work pending')) {
-      expect(line).toMatchObject({ request_trace_id: request.traceId, request_span_id: request.spanId, trace_id: attempt.spanContext().traceId });
+      expect(line).toMatchObject({
+        request_trace_id: request.traceId,
+        request_span_id: request.spanId,
+        trace_id: attempt.spanContext().traceId,
+      });
     }
   });
 });

@@ -3,7 +3,12 @@
 import { describe, expect, it } from 'vitest';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
-import { AlwaysOffSampler, BasicTracerProvider, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import {
+  AlwaysOffSampler,
+  BasicTracerProvider,
+  SimpleSpanProcessor,
+  type ReadableSpan,
+} from '@opentelemetry/sdk-trace-base';
 import { ATTR_EXCEPTION_MESSAGE, ATTR_EXCEPTION_TYPE } from '@opentelemetry/semantic-conventions';
 import {
   ATTR_MESSAGING_MESSAGE_ID as SEMCONV_MESSAGING_MESSAGE_ID,
@@ -143,7 +148,10 @@ describe('an attempt span', () => {
     await manager.drain();
     const request = only('GET /phases').spanContext();
     for (const name of ['afterResponse', 'afterRoute', 'now']) {
-      expect(only(`task ${name}`).links.map((l) => l.context), name).toEqual([request]);
+      expect(
+        only(`task ${name}`).links.map((l) => l.context),
+        name,
+      ).toEqual([request]);
     }
   });
 });
@@ -190,7 +198,10 @@ describe('status', () => {
     expect(attempt.attributes['error.type']).toBe('RangeError');
     expect(attempt.events).toHaveLength(1);
     expect(attempt.events[0].name).toBe('exception');
-    expect(attempt.events[0].attributes).toMatchObject({ [ATTR_EXCEPTION_TYPE]: 'RangeError', [ATTR_EXCEPTION_MESSAGE]: 'amount must be positive' });
+    expect(attempt.events[0].attributes).toMatchObject({
+      [ATTR_EXCEPTION_TYPE]: 'RangeError',
+      [ATTR_EXCEPTION_MESSAGE]: 'amount must be positive',
+    });
   });
 
   it('names what was thrown when it is not an Error, as the record does', async () => {
@@ -246,7 +257,9 @@ describe('retries', () => {
     await manager.drain();
     await waitFor(() => named('GET /flaky').length === 1, 5_000, 'the request span');
     const request = only('GET /flaky').spanContext();
-    const attempts = named('task flaky').sort((a, b) => Number(a.attributes['task.attempt']) - Number(b.attributes['task.attempt']));
+    const attempts = named('task flaky').sort(
+      (a, b) => Number(a.attributes['task.attempt']) - Number(b.attributes['task.attempt']),
+    );
     expect(attempts.map((s) => s.attributes['task.attempt'])).toEqual([1, 2, 3]);
     expect(attempts.map((s) => s.attributes['task.max_attempts'])).toEqual([4, 4, 4]);
     expect(attempts.map((s) => s.attributes['task.id'])).toEqual([id, id, id]);
@@ -266,7 +279,9 @@ describe('retries', () => {
       if (getTaskContext()!.attempt === 1) throw new Error('first');
     });
     await manager.drain();
-    const [first, second] = named('task twice').sort((a, b) => Number(a.attributes['task.attempt']) - Number(b.attributes['task.attempt']));
+    const [first, second] = named('task twice').sort(
+      (a, b) => Number(a.attributes['task.attempt']) - Number(b.attributes['task.attempt']),
+    );
     expect(first.links).toEqual([]);
     expect(second.links.map((l) => l.context)).toEqual([first.spanContext()]);
   });
@@ -276,7 +291,14 @@ describe('taskLog', () => {
   it('adds a `task.log` event to the attempt span with message, level and fields (redacted)', async () => {
     const manager = createManager({ tracerProvider: provider });
     manager.add(function charge() {
-      taskLog('charging card', { cents: 1900, live: false, currency: 'EUR', card: { last4: '4242' }, codes: ['a', 'b'], password: 'hunter2' });
+      taskLog('charging card', {
+        cents: 1900,
+        live: false,
+        currency: 'EUR',
+        card: { last4: '4242' },
+        codes: ['a', 'b'],
+        password: 'hunter2',
+      });
       taskLog('slow processor', { level: 'warn', ms: 812 });
     });
     await manager.drain();
@@ -319,12 +341,15 @@ describe('taskLog', () => {
 describe('pino lines', () => {
   it('a taskLog is a span event before it is a pino line (span events first in the chain)', async () => {
     const eventsWhenWritten: string[][] = [];
-    const logger = pino({ level: 'info' }, {
-      write() {
-        // pino writes synchronously inside taskLog(): the attempt span as it is at that moment.
-        eventsWhenWritten.push((getTaskContext()!.span as unknown as ReadableSpan).events.map((e) => e.name));
+    const logger = pino(
+      { level: 'info' },
+      {
+        write() {
+          // pino writes synchronously inside taskLog(): the attempt span as it is at that moment.
+          eventsWhenWritten.push((getTaskContext()!.span as unknown as ReadableSpan).events.map((e) => e.name));
+        },
       },
-    });
+    );
     const manager = createManager({ tracerProvider: provider, logger });
     manager.add(function logsTwice() {
       taskLog('one');
@@ -382,7 +407,10 @@ describe('inside a task', () => {
     const seen: { span: unknown; attempt: unknown; baggage: unknown; value: unknown; after: unknown }[] = [];
     manager.add(async function derives() {
       const key = Symbol.for('test.derived');
-      const withBaggage = propagation.setBaggage(context.active(), propagation.createBaggage({ 'tenant.id': { value: 'acme' } }));
+      const withBaggage = propagation.setBaggage(
+        context.active(),
+        propagation.createBaggage({ 'tenant.id': { value: 'acme' } }),
+      );
       await context.with(withBaggage.setValue(key, 'mine'), async () => {
         await sleep(1);
         seen.push({
@@ -397,7 +425,9 @@ describe('inside a task', () => {
     await manager.drain();
     const [record] = await manager.list({ name: 'derives' });
     expect(seen).toHaveLength(1);
-    expect((seen[0].span as { spanContext(): { spanId: string } }).spanContext().spanId).toBe(only('task derives').spanContext().spanId);
+    expect((seen[0].span as { spanContext(): { spanId: string } }).spanContext().spanId).toBe(
+      only('task derives').spanContext().spanId,
+    );
     expect(seen[0]).toMatchObject({ attempt: record.id, baggage: 'acme', value: 'mine', after: undefined });
   });
 
@@ -408,10 +438,16 @@ describe('inside a task', () => {
         const baggage = propagation.createBaggage({ 'user.id': { value: '42' } });
         await context.with(propagation.setBaggage(context.active(), baggage), async () => {
           ctx.tasks.addTask(function afterResponse() {
-            inTask.push({ baggage: propagation.getBaggage(context.active()), span: trace.getActiveSpan()?.spanContext().spanId });
+            inTask.push({
+              baggage: propagation.getBaggage(context.active()),
+              span: trace.getActiveSpan()?.spanContext().spanId,
+            });
           });
           await ctx.tasks.schedule(function now() {
-            inTask.push({ baggage: propagation.getBaggage(context.active()), span: trace.getActiveSpan()?.spanContext().spanId });
+            inTask.push({
+              baggage: propagation.getBaggage(context.active()),
+              span: trace.getActiveSpan()?.spanContext().spanId,
+            });
           }).done;
         });
         ctx.body = 'ok';
@@ -428,7 +464,10 @@ describe('inside a task', () => {
 
 describe('sampling and no SDK', () => {
   it('a task whose span is not sampled still runs, with a non-recording span and no trace ids on the record', async () => {
-    const unsampled = new BasicTracerProvider({ sampler: new AlwaysOffSampler(), spanProcessors: [new SimpleSpanProcessor(exporter)] });
+    const unsampled = new BasicTracerProvider({
+      sampler: new AlwaysOffSampler(),
+      spanProcessors: [new SimpleSpanProcessor(exporter)],
+    });
     const manager = createManager({ tracerProvider: unsampled });
     const recording: boolean[] = [];
     const id = manager.add(function quiet() {

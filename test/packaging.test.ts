@@ -30,75 +30,119 @@ const root = process.cwd();
 const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as { name: string; version: string };
 
 /** The version of a dependency installed here, so the throw-away app installs the same one (from npm's cache). */
-const installed = (name: string): string => `${name}@${(JSON.parse(readFileSync(join(root, 'node_modules', name, 'package.json'), 'utf8')) as { version: string }).version}`;
+const installed = (name: string): string =>
+  `${name}@${(JSON.parse(readFileSync(join(root, 'node_modules', name, 'package.json'), 'utf8')) as { version: string }).version}`;
 
 describe('the packed package', () => {
-  it('installs from its tarball into a fresh app, imports from every entry point and runs the quick start', { timeout: 300_000 }, async () => {
-    const packDir = tempDir('taskflow-pack-');
-    // --ignore-scripts: `npm test` has just built dist/ (pretest); `prepare` would rebuild it from empty while
-    // other test files run the built package. `npm ci`/`npm install` run `prepare` (CI starts with it).
-    const { stdout } = await run('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', packDir], { cwd: root, maxBuffer: 16 * 1024 * 1024 });
-    const [packed] = JSON.parse(stdout.slice(stdout.indexOf('['))) as [{ filename: string; files: { path: string }[] }];
-    const files = packed.files.map((f) => f.path);
-    // Exactly what the four entry points need, and none of the sources, tests or benchmarks.
-    for (const file of ['package.json', 'README.md', 'dist/index.js', 'dist/index.d.ts', 'dist/stores/sqlite.js', 'dist/stores/redis.js', 'dist/instrumentation.js', 'instrumentation/index.js']) {
-      expect(files).toContain(file);
-    }
-    expect(files.filter((f) => /^(src|test|bench|examples|scripts|\.ci)\//.test(f))).toEqual([]);
+  it(
+    'installs from its tarball into a fresh app, imports from every entry point and runs the quick start',
+    { timeout: 300_000 },
+    async () => {
+      const packDir = tempDir('taskflow-pack-');
+      // --ignore-scripts: `npm test` has just built dist/ (pretest); `prepare` would rebuild it from empty while
+      // other test files run the built package. `npm ci`/`npm install` run `prepare` (CI starts with it).
+      const { stdout } = await run('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', packDir], {
+        cwd: root,
+        maxBuffer: 16 * 1024 * 1024,
+      });
+      const [packed] = JSON.parse(stdout.slice(stdout.indexOf('['))) as [
+        { filename: string; files: { path: string }[] },
+      ];
+      const files = packed.files.map((f) => f.path);
+      // Exactly what the four entry points need, and none of the sources, tests or benchmarks.
+      for (const file of [
+        'package.json',
+        'README.md',
+        'dist/index.js',
+        'dist/index.d.ts',
+        'dist/stores/sqlite.js',
+        'dist/stores/redis.js',
+        'dist/instrumentation.js',
+        'instrumentation/index.js',
+      ]) {
+        expect(files).toContain(file);
+      }
+      expect(files.filter((f) => /^(src|test|bench|examples|scripts|\.ci)\//.test(f))).toEqual([]);
 
-    const app = tempDir('taskflow-app-');
-    writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'throwaway-app', private: true, type: 'module' }));
-    await run(
-      'npm',
-      ['install', '--prefer-offline', '--no-audit', '--no-fund', '--ignore-scripts', join(packDir, packed.filename), ...PEERS.map(installed)],
-      { cwd: app, maxBuffer: 16 * 1024 * 1024 },
-    );
+      const app = tempDir('taskflow-app-');
+      writeFileSync(
+        join(app, 'package.json'),
+        JSON.stringify({ name: 'throwaway-app', private: true, type: 'module' }),
+      );
+      await run(
+        'npm',
+        [
+          'install',
+          '--prefer-offline',
+          '--no-audit',
+          '--no-fund',
+          '--ignore-scripts',
+          join(packDir, packed.filename),
+          ...PEERS.map(installed),
+        ],
+        { cwd: app, maxBuffer: 16 * 1024 * 1024 },
+      );
 
-    const probe = join(app, 'probe.js');
-    writeFileSync(
-      probe,
-      `const entries = {};
+      const probe = join(app, 'probe.js');
+      writeFileSync(
+        probe,
+        `const entries = {};
 for (const entry of ['${pkg.name}', '${pkg.name}/sqlite', '${pkg.name}/redis', '${pkg.name}/instrumentation']) {
   entries[entry] = Object.keys(await import(entry)).sort();
 }
 console.log(JSON.stringify(entries));
 `,
-    );
-    const { stdout: exported } = await run(process.execPath, [probe], { cwd: app, env: { ...process.env, OTEL_SDK_DISABLED: 'true' } });
-    const entries = JSON.parse(exported.trim().split('\n').at(-1)!) as Record<string, string[]>;
-    expect(entries[pkg.name]).toEqual(expect.arrayContaining(['TaskManager', 'taskLog', 'getTaskContext', 'MemoryStore', 'TaskflowError']));
-    expect(entries[`${pkg.name}/sqlite`]).toContain('SqliteStore');
-    expect(entries[`${pkg.name}/redis`]).toContain('RedisStore');
-    expect(entries[`${pkg.name}/instrumentation`]).toContain('shutdownTelemetry');
+      );
+      const { stdout: exported } = await run(process.execPath, [probe], {
+        cwd: app,
+        env: { ...process.env, OTEL_SDK_DISABLED: 'true' },
+      });
+      const entries = JSON.parse(exported.trim().split('\n').at(-1)!) as Record<string, string[]>;
+      expect(entries[pkg.name]).toEqual(
+        expect.arrayContaining(['TaskManager', 'taskLog', 'getTaskContext', 'MemoryStore', 'TaskflowError']),
+      );
+      expect(entries[`${pkg.name}/sqlite`]).toContain('SqliteStore');
+      expect(entries[`${pkg.name}/redis`]).toContain('RedisStore');
+      expect(entries[`${pkg.name}/instrumentation`]).toContain('shutdownTelemetry');
 
-    // The quick start, byte for byte as the README shows it, against the installed package: plain, then
-    // traced through the installed instrumentation entry to a real OTLP/HTTP receiver.
-    copyFileSync(join(root, 'examples/quickstart.js'), join(app, 'quickstart.js'));
-    const runQuickstart = async (env: Record<string, string>, nodeArgs: string[], ended: (taskId: string) => boolean): Promise<string> => {
-      const quickstart = startNode(join(app, 'quickstart.js'), [], { PORT: '0', ...env }, { nodeArgs, cwd: app });
-      const url = (await quickstart.waitForLine(/^listening on /)).replace('listening on ', '');
-      const { taskId } = (await (await fetch(url)).json()) as { taskId: string };
-      const log = JSON.parse(await quickstart.waitForLine(/"msg":"sending welcome mail"/)) as Record<string, unknown>;
-      expect(log).toMatchObject({ task: { id: taskId, name: 'sendWelcome', attempt: 1 } });
-      await waitFor(() => ended(taskId), 10_000, 'the task to end');
-      quickstart.process.kill('SIGTERM');
-      expect(await quickstart.exited).toBe(0);
-      return taskId;
-    };
-    await runQuickstart({}, [], () => true);
+      // The quick start, byte for byte as the README shows it, against the installed package: plain, then
+      // traced through the installed instrumentation entry to a real OTLP/HTTP receiver.
+      copyFileSync(join(root, 'examples/quickstart.js'), join(app, 'quickstart.js'));
+      const runQuickstart = async (
+        env: Record<string, string>,
+        nodeArgs: string[],
+        ended: (taskId: string) => boolean,
+      ): Promise<string> => {
+        const quickstart = startNode(join(app, 'quickstart.js'), [], { PORT: '0', ...env }, { nodeArgs, cwd: app });
+        const url = (await quickstart.waitForLine(/^listening on /)).replace('listening on ', '');
+        const { taskId } = (await (await fetch(url)).json()) as { taskId: string };
+        const log = JSON.parse(await quickstart.waitForLine(/"msg":"sending welcome mail"/)) as Record<string, unknown>;
+        expect(log).toMatchObject({ task: { id: taskId, name: 'sendWelcome', attempt: 1 } });
+        await waitFor(() => ended(taskId), 10_000, 'the task to end');
+        quickstart.process.kill('SIGTERM');
+        expect(await quickstart.exited).toBe(0);
+        return taskId;
+      };
+      await runQuickstart({}, [], () => true);
 
-    const receiver = await startOtlpReceiver();
-    const traced = await runQuickstart(
-      { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_SERVICE_NAME: 'packed-quickstart', OTEL_BSP_SCHEDULE_DELAY: '50', OTEL_METRICS_EXPORTER: 'none' },
-      ['--import', `${pkg.name}/instrumentation`],
-      (taskId) => receiver.spans.some((s) => s.attributes['task.id'] === taskId),
-    );
-    const span = receiver.spans.find((s) => s.attributes['task.id'] === traced);
-    expect(span).toMatchObject({ name: 'task sendWelcome', service: 'packed-quickstart', status: { code: 1 } });
-    expect(span!.links).toHaveLength(1);
-    // Removed here, within the test's time: thousands of files take a loaded machine longer than a hook may.
-    await rm(app, { recursive: true, force: true });
-  });
+      const receiver = await startOtlpReceiver();
+      const traced = await runQuickstart(
+        {
+          OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+          OTEL_SERVICE_NAME: 'packed-quickstart',
+          OTEL_BSP_SCHEDULE_DELAY: '50',
+          OTEL_METRICS_EXPORTER: 'none',
+        },
+        ['--import', `${pkg.name}/instrumentation`],
+        (taskId) => receiver.spans.some((s) => s.attributes['task.id'] === taskId),
+      );
+      const span = receiver.spans.find((s) => s.attributes['task.id'] === traced);
+      expect(span).toMatchObject({ name: 'task sendWelcome', service: 'packed-quickstart', status: { code: 1 } });
+      expect(span!.links).toHaveLength(1);
+      // Removed here, within the test's time: thousands of files take a loaded machine longer than a hook may.
+      await rm(app, { recursive: true, force: true });
+    },
+  );
 
   it('koa-taskflow/sqlite on a Node without node:sqlite says which Node it needs', async () => {
     // --no-experimental-sqlite takes node:sqlite away from this Node 24, as an older Node lacks it.

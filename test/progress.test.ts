@@ -42,7 +42,14 @@ describe('taskProgress(value, fields?)', () => {
     expect(observer.progress).toEqual([]);
     await vi.advanceTimersByTimeAsync(100);
     expect(observer.progress).toHaveLength(1);
-    expect(observer.progress[0]).toMatchObject({ type: 'progress', taskId: id, name: 'crunch', attempt: 1, value: 1, fields: { done: 999 } });
+    expect(observer.progress[0]).toMatchObject({
+      type: 'progress',
+      taskId: id,
+      name: 'crunch',
+      attempt: 1,
+      value: 1,
+      fields: { done: 999 },
+    });
     await vi.advanceTimersByTimeAsync(1_000);
     // Nothing new in the meantime: no event.
     expect(observer.progress).toHaveLength(1);
@@ -70,7 +77,8 @@ describe('taskProgress(value, fields?)', () => {
         errors.push(error);
       }
     });
-    for (const value of [-0.1, 1.01, Number.NaN, Number.POSITIVE_INFINITY, '0.5', undefined, null]) manager.add(task, value);
+    for (const value of [-0.1, 1.01, Number.NaN, Number.POSITIVE_INFINITY, '0.5', undefined, null])
+      manager.add(task, value);
     await manager.drain();
     expect(errors).toHaveLength(7);
     expect(errors.slice(0, 4).every((e) => e instanceof RangeError && /"value"/.test(e.message))).toBe(true);
@@ -116,7 +124,7 @@ describe('taskProgress(value, fields?)', () => {
     await manager.drain();
   });
 
-  it('a durable store keeps the latest progress, written with the task\'s next status change', async () => {
+  it("a durable store keeps the latest progress, written with the task's next status change", async () => {
     const path = join(tempDir(), 'tasks.db');
     const manager = createManager({ store: new SqliteStore({ path }) });
     const task = manager.task(function steps() {

@@ -1,7 +1,15 @@
 import { randomUUID } from 'node:crypto';
 import type Koa from 'koa';
 import { describe, expect, it } from 'vitest';
-import { MemoryStore, TaskCancelledError, TaskflowError, TaskNotFoundError, getTaskContext, REDACTED, type TaskManager } from 'koa-taskflow';
+import {
+  MemoryStore,
+  TaskCancelledError,
+  TaskflowError,
+  TaskNotFoundError,
+  getTaskContext,
+  REDACTED,
+  type TaskManager,
+} from 'koa-taskflow';
 import { createManager, deferred, startApp, waitFor } from './helpers/server.js';
 
 describe('idempotency keys', () => {
@@ -12,7 +20,9 @@ describe('idempotency keys', () => {
         ctx.body = { id: ctx.tasks.with({ idempotencyKey: `invoice:${ctx.query.order}` }).addTask(() => void runs++) };
       });
     });
-    const ids = await Promise.all(Array.from({ length: 5 }, async () => ((await (await fetch(`${url}/?order=7`)).json()) as { id: string }).id));
+    const ids = await Promise.all(
+      Array.from({ length: 5 }, async () => ((await (await fetch(`${url}/?order=7`)).json()) as { id: string }).id),
+    );
     const other = ((await (await fetch(`${url}/?order=8`)).json()) as { id: string }).id;
     await manager.drain();
     expect(new Set(ids).size).toBe(1);
@@ -43,16 +53,13 @@ describe('idempotency keys', () => {
   it('a duplicate schedule() gets a handle that follows the original task', async () => {
     const manager = createManager();
     const gate = deferred();
-    const { url } = await startApp(
-      (app) => {
-        app.use(async (ctx) => {
-          const handle = ctx.tasks.with({ idempotencyKey: 'once' }).schedule(() => gate.promise);
-          ctx.body = { id: handle.id };
-          if (ctx.query.wait) ctx.body = { id: handle.id, status: (await handle.done).status };
-        });
-      },
-      manager,
-    );
+    const { url } = await startApp((app) => {
+      app.use(async (ctx) => {
+        const handle = ctx.tasks.with({ idempotencyKey: 'once' }).schedule(() => gate.promise);
+        ctx.body = { id: handle.id };
+        if (ctx.query.wait) ctx.body = { id: handle.id, status: (await handle.done).status };
+      });
+    }, manager);
     const first = (await (await fetch(url)).json()) as { id: string };
     const waiting = fetch(`${url}/?wait=1`).then((r) => r.json() as Promise<{ id: string; status: string }>);
     await waitFor(() => manager.runner.running === 1, 5_000, 'the original task running');
@@ -76,21 +83,40 @@ describe('a handle for a key whose holder is not live in this process', () => {
         (error: unknown) => (error instanceof TaskCancelledError ? 'TaskCancelledError' : String(error)),
       );
       const record = await handle.done;
-      ctx.body = { id: handle.id, name: handle.name, tags: handle.options.tags, started, status: record.status, recordName: record.name };
+      ctx.body = {
+        id: handle.id,
+        name: handle.name,
+        tags: handle.options.tags,
+        started,
+        status: record.status,
+        recordName: record.name,
+      };
     });
   }
 
-  it('ended here: name, options and final record are the holder\'s', async () => {
+  it("ended here: name, options and final record are the holder's", async () => {
     const { url, manager } = await startApp((app) => reportHandle(app));
     const holder = manager.with({ idempotencyKey: 'k', tags: { team: 'billing' } }).add(function invoice() {});
     await manager.drain();
-    expect(await (await fetch(url)).json()).toEqual({ id: holder, name: 'invoice', tags: { team: 'billing' }, started: 'started', status: 'success', recordName: 'invoice' });
+    expect(await (await fetch(url)).json()).toEqual({
+      id: holder,
+      name: 'invoice',
+      tags: { team: 'billing' },
+      started: 'started',
+      status: 'success',
+      recordName: 'invoice',
+    });
   });
 
   it('never started (its request failed): started rejects with TaskCancelledError, done is its cancelled record', async () => {
     const { url } = await startApp((app) => reportHandle(app));
     expect((await fetch(`${url}/fail`)).status).toBe(500);
-    expect(await (await fetch(url)).json()).toMatchObject({ name: 'invoice', started: 'TaskCancelledError', status: 'cancelled', recordName: 'invoice' });
+    expect(await (await fetch(url)).json()).toMatchObject({
+      name: 'invoice',
+      started: 'TaskCancelledError',
+      status: 'cancelled',
+      recordName: 'invoice',
+    });
   });
 
   it('running in another manager sharing the store: done follows it until it is final', async () => {
@@ -106,7 +132,14 @@ describe('a handle for a key whose holder is not live in this process', () => {
     const answer = fetch(url).then((r) => r.json());
     await waitFor(() => handed, 5_000, 'the duplicate handle');
     gate.resolve();
-    expect(await answer).toEqual({ id: holder, name: 'invoice', tags: {}, started: 'started', status: 'success', recordName: 'invoice' });
+    expect(await answer).toEqual({
+      id: holder,
+      name: 'invoice',
+      tags: {},
+      started: 'started',
+      status: 'success',
+      recordName: 'invoice',
+    });
   });
 
   it('whose record is gone: done still resolves with a final record, never undefined', async () => {
@@ -142,7 +175,8 @@ describe('records', () => {
     });
     manager.with({ tags: { tenant: 'b', plan: 'pro' } }).add(function sms() {});
     await manager.drain();
-    const names = (records: { name: string; tags: Record<string, string> }[]) => records.map((r) => `${r.name}/${r.tags.tenant}`);
+    const names = (records: { name: string; tags: Record<string, string> }[]) =>
+      records.map((r) => `${r.name}/${r.tags.tenant}`);
     expect(names(await manager.list())).toEqual(['sms/b', 'mail/a', 'mail/a']);
     expect(names(await manager.list({ status: 'failed' }))).toEqual(['mail/a']);
     expect(names(await manager.list({ status: ['failed', 'success'], name: 'mail' }))).toHaveLength(2);
@@ -213,7 +247,12 @@ describe('retry(id)', () => {
     await manager.drain();
     expect(second).not.toBe(first);
     expect(seen).toEqual([42, 42]);
-    expect(await manager.get(second)).toMatchObject({ status: 'success', args: [42], tags: { tenant: 'acme' }, retryOf: first });
+    expect(await manager.get(second)).toMatchObject({
+      status: 'success',
+      args: [42],
+      tags: { tenant: 'acme' },
+      retryOf: first,
+    });
     expect((await manager.get(first))!.status).toBe('failed');
   });
 

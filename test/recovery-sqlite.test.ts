@@ -3,7 +3,13 @@
 import { describe, expect, it } from 'vitest';
 import { getTaskContext, type TaskRecord } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
-import { countBy, durableFiles as setup, openSqliteStore as openStore, readTaskLog, startDurableApp } from './helpers/durable-app.js';
+import {
+  countBy,
+  durableFiles as setup,
+  openSqliteStore as openStore,
+  readTaskLog,
+  startDurableApp,
+} from './helpers/durable-app.js';
 import { createManager, waitFor } from './helpers/server.js';
 
 const N = 12;
@@ -17,7 +23,14 @@ async function statuses(db: string, ids: string[]): Promise<string[]> {
 describe('SQLite crash recovery', () => {
   it('SIGKILL after acknowledging tasks (some running, some pending): a new process runs every acknowledged task', async () => {
     const { db, log } = setup();
-    const first = await startDurableApp({ DB: db, TASK_LOG: log, MODE: 'hold', CONCURRENCY: String(CONCURRENCY), LEASE_MS: '600', ORPHAN_MS: '100' });
+    const first = await startDurableApp({
+      DB: db,
+      TASK_LOG: log,
+      MODE: 'hold',
+      CONCURRENCY: String(CONCURRENCY),
+      LEASE_MS: '600',
+      ORPHAN_MS: '100',
+    });
     const acknowledged = await Promise.all(Array.from({ length: N }, (_, n) => first.add(n)));
     await waitFor(() => readTaskLog(log).length === CONCURRENCY, 5_000, 'the first tasks to be running');
     first.child.process.kill('SIGKILL');
@@ -25,7 +38,14 @@ describe('SQLite crash recovery', () => {
     const runningAtKill = readTaskLog(log).map((e) => e.id);
     expect(runningAtKill).toHaveLength(CONCURRENCY);
 
-    const second = await startDurableApp({ DB: db, TASK_LOG: log, MODE: 'fast', CONCURRENCY: '16', LEASE_MS: '600', ORPHAN_MS: '100' });
+    const second = await startDurableApp({
+      DB: db,
+      TASK_LOG: log,
+      MODE: 'fast',
+      CONCURRENCY: '16',
+      LEASE_MS: '600',
+      ORPHAN_MS: '100',
+    });
     await waitFor(() => countBy(log, 'done').size === N, 10_000, 'every acknowledged task to be done');
     const done = countBy(log, 'done');
     for (const id of acknowledged) expect(done.get(id), `task ${id}`).toBe(1);
@@ -40,7 +60,14 @@ describe('SQLite crash recovery', () => {
     const { db, log } = setup();
     // A long lease: the next process can only be quick if the shutdown handed the work back.
     const lease = { LEASE_MS: '60000', ORPHAN_MS: '60000' };
-    const first = await startDurableApp({ DB: db, TASK_LOG: log, MODE: 'slow', SLOW_MS: '150', CONCURRENCY: '2', ...lease });
+    const first = await startDurableApp({
+      DB: db,
+      TASK_LOG: log,
+      MODE: 'slow',
+      SLOW_MS: '150',
+      CONCURRENCY: '2',
+      ...lease,
+    });
     const acknowledged = await Promise.all(Array.from({ length: N }, (_, n) => first.add(n)));
     await waitFor(() => readTaskLog(log).some((e) => e.event === 'start'), 5_000, 'tasks to be running');
     first.child.process.kill('SIGTERM');
@@ -70,7 +97,11 @@ describe('SQLite crash recovery', () => {
     const acknowledged = await Promise.all(Array.from({ length: N }, (_, n) => first.add(n)));
     // `running` is a lazy write: until it is committed, a kill leaves the task pending (and it simply runs again).
     const reader = openStore(db);
-    await waitFor(async () => (await reader.list({ status: 'running' })).length === CONCURRENCY, 5_000, 'the running tasks to be committed as running');
+    await waitFor(
+      async () => (await reader.list({ status: 'running' })).length === CONCURRENCY,
+      5_000,
+      'the running tasks to be committed as running',
+    );
     first.child.process.kill('SIGKILL');
     await first.child.exited;
     const startedAtKill = readTaskLog(log).map((e) => e.id);
@@ -98,10 +129,14 @@ describe('SQLite crash recovery', () => {
     // The interrupted ones were not started again; every other one ran once, in the second process.
     const starts = countBy(log, 'start');
     for (const id of acknowledged) expect(starts.get(id), `starts of ${id}`).toBe(1);
-    expect([...countBy(log, 'done').keys()].sort()).toEqual(acknowledged.filter((id) => !startedAtKill.includes(id)).sort());
+    expect([...countBy(log, 'done').keys()].sort()).toEqual(
+      acknowledged.filter((id) => !startedAtKill.includes(id)).sort(),
+    );
     second.child.process.kill('SIGTERM');
     await second.child.exited;
-    expect(await statuses(db, acknowledged)).toEqual(acknowledged.map((id) => (startedAtKill.includes(id) ? 'interrupted' : 'success')));
+    expect(await statuses(db, acknowledged)).toEqual(
+      acknowledged.map((id) => (startedAtKill.includes(id) ? 'interrupted' : 'success')),
+    );
   });
 });
 
@@ -111,7 +146,14 @@ describe('SQLite leases', () => {
     // Renewed every leaseMs / 3: the owner would have to stall for two thirds of a lease to lose it. Long
     // enough that a loaded CI machine does not, short enough to watch several leases go by.
     const leaseMs = 450;
-    const owner = await startDurableApp({ DB: db, TASK_LOG: log, MODE: 'hold', CONCURRENCY: '1', LEASE_MS: String(leaseMs), ORPHAN_MS: '50' });
+    const owner = await startDurableApp({
+      DB: db,
+      TASK_LOG: log,
+      MODE: 'hold',
+      CONCURRENCY: '1',
+      LEASE_MS: String(leaseMs),
+      ORPHAN_MS: '50',
+    });
     const id = await owner.add(7);
     await waitFor(() => readTaskLog(log).length === 1, 5_000, 'the task to be running in the owner');
 
@@ -124,14 +166,21 @@ describe('SQLite leases', () => {
     };
     const ranHere: string[] = [];
     const other = createManager({ store, leaseMs, orphanCheckMs: 50 });
-    other.task(async function work(_n: number) {
-      ranHere.push(getTaskContext()!.id);
-    }, { requeueOnInterrupt: true });
+    other.task(
+      async function work(_n: number) {
+        ranHere.push(getTaskContext()!.id);
+      },
+      { requeueOnInterrupt: true },
+    );
     await other.start();
     const since = Date.now();
     // Without renewals the task would be taken after one lease; the other instance looks for orphans every
     // 50 ms through five of them.
-    await waitFor(() => orphanChecks >= 12 && Date.now() - since >= 5 * leaseMs, 10_000, 'five leases of orphan checks');
+    await waitFor(
+      () => orphanChecks >= 12 && Date.now() - since >= 5 * leaseMs,
+      10_000,
+      'five leases of orphan checks',
+    );
     expect(ranHere).toEqual([]);
     expect(countBy(log, 'start').get(id)).toBe(1);
 

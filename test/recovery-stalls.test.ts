@@ -5,7 +5,14 @@ import { describe, expect, it } from 'vitest';
 import { getTaskContext, InMemoryObserver, type TaskRecord, type TaskStore } from 'koa-taskflow';
 import { RedisStore } from 'koa-taskflow/redis';
 import { SqliteStore } from 'koa-taskflow/sqlite';
-import { countBy, durableFiles, openSqliteStore as openSqlite, readTaskLog, startDurableApp, type TaskLogEntry } from './helpers/durable-app.js';
+import {
+  countBy,
+  durableFiles,
+  openSqliteStore as openSqlite,
+  readTaskLog,
+  startDurableApp,
+  type TaskLogEntry,
+} from './helpers/durable-app.js';
 import { startRedisServer } from './helpers/redis.js';
 import { createManager, onCleanup, waitFor } from './helpers/server.js';
 
@@ -27,7 +34,12 @@ async function runningIn(store: TaskStore): Promise<Map<string, TaskRecord>> {
  * died ran again as attempt 2 (one stall, no retry used), linked to the span of the attempt that died; the
  * others ran as attempt 1. None ran more than twice.
  */
-async function expectRecovered(store: TaskStore, log: string, acknowledged: string[], died: Map<string, TaskRecord>): Promise<void> {
+async function expectRecovered(
+  store: TaskStore,
+  log: string,
+  acknowledged: string[],
+  died: Map<string, TaskRecord>,
+): Promise<void> {
   const records = new Map<string, TaskRecord>();
   await waitFor(
     async () => {
@@ -68,7 +80,11 @@ describe('SQLite: a task whose process died runs again (at-least-once)', () => {
     const acknowledged = await Promise.all(Array.from({ length: 40 }, (_, n) => first.add(n)));
     // `running` is a lazy write (within 50 ms): a task killed before it is committed runs again as if it had not started.
     const reader = openSqlite(db);
-    await waitFor(async () => (await reader.list({ status: 'running' })).length > 0, 5_000, 'running tasks to be committed');
+    await waitFor(
+      async () => (await reader.list({ status: 'running' })).length > 0,
+      5_000,
+      'running tasks to be committed',
+    );
     first.child.process.kill('SIGKILL');
     await first.child.exited;
     const died = await runningIn(reader);
@@ -90,7 +106,9 @@ describe('SQLite: a task whose process died runs again (at-least-once)', () => {
     expect(record.error!.message).toMatch(/died 2 time\(s\), more than its "maxStalls" \(1\)/);
     expect(starts(log, id).map((e) => e.attempt)).toEqual([1, 2]);
     await waitFor(() => countBy(log, 'onError').size === 1, 5_000, 'onError');
-    expect(readTaskLog(log).filter((e) => e.event === 'onError')).toEqual([expect.objectContaining({ id, error: 'TaskStalledError', pid: String(survivor.child.process.pid) })]);
+    expect(readTaskLog(log).filter((e) => e.event === 'onError')).toEqual([
+      expect.objectContaining({ id, error: 'TaskStalledError', pid: String(survivor.child.process.pid) }),
+    ]);
     // The process that ended it lives on: nothing ran it again.
     expect(survivor.child.process.exitCode).toBeNull();
     expect(starts(log, id)).toHaveLength(2);
@@ -108,17 +126,35 @@ describe('SQLite: a task whose process died runs again (at-least-once)', () => {
   it('a graceful shutdown hands its running task back: the next start runs it as its next attempt, and that is no stall (maxStalls: 0 still succeeds)', async () => {
     const { db, log } = setup();
     // A long lease: the next start takes the task at once only because the shutdown handed it back.
-    const env = { DB: db, TASK_LOG: log, CONCURRENCY: '1', LEASE_MS: '60000', ORPHAN_MS: '60000', TRACING: '1', MAX_STALLS: '0' };
+    const env = {
+      DB: db,
+      TASK_LOG: log,
+      CONCURRENCY: '1',
+      LEASE_MS: '60000',
+      ORPHAN_MS: '60000',
+      TRACING: '1',
+      MAX_STALLS: '0',
+    };
     const first = await startDurableApp({ ...env, MODE: 'slow', SLOW_MS: '60000', SHUTDOWN_MS: '50' });
     const [running, waiting] = [await first.add(1), await first.add(2)];
     await waitFor(() => starts(log, running).length === 1, 5_000, 'the first task to run');
     first.child.process.kill('SIGTERM');
     expect(await first.child.exited).toBe(0);
     const reader = openSqlite(db);
-    expect(await reader.get(running)).toMatchObject({ status: 'pending', attempts: 1, maxAttempts: 2, error: { type: 'TaskInterruptedError' } });
+    expect(await reader.get(running)).toMatchObject({
+      status: 'pending',
+      attempts: 1,
+      maxAttempts: 2,
+      error: { type: 'TaskInterruptedError' },
+    });
 
     const second = await startDurableApp({ ...env, MODE: 'fast' });
-    await waitFor(async () => (await reader.get(waiting))?.status === 'success' && (await reader.get(running))?.status === 'success', 5_000, 'both tasks to succeed');
+    await waitFor(
+      async () =>
+        (await reader.get(waiting))?.status === 'success' && (await reader.get(running))?.status === 'success',
+      5_000,
+      'both tasks to succeed',
+    );
     const record = (await reader.get(running))!;
     expect(record).toMatchObject({ attempts: 2, maxAttempts: 2 });
     expect(record.stalls).toBeUndefined();
@@ -167,12 +203,27 @@ describe('Redis: another instance takes over', () => {
   it('the second of two instances runs the first one’s tasks after it is SIGKILLed: all succeed, the running ones as attempt 2 linked to the attempt that died', async () => {
     const redis = await startRedisServer();
     const { log } = setup();
-    const env = { STORE: 'redis', REDIS_URL: redis.url, TASK_LOG: log, CONCURRENCY: '4', LEASE_MS: '600', ORPHAN_MS: '100', TRACING: '1' };
-    const [doomed, survivor] = await Promise.all([startDurableApp({ ...env, MODE: 'hold' }), startDurableApp({ ...env, MODE: 'fast' })]);
+    const env = {
+      STORE: 'redis',
+      REDIS_URL: redis.url,
+      TASK_LOG: log,
+      CONCURRENCY: '4',
+      LEASE_MS: '600',
+      ORPHAN_MS: '100',
+      TRACING: '1',
+    };
+    const [doomed, survivor] = await Promise.all([
+      startDurableApp({ ...env, MODE: 'hold' }),
+      startDurableApp({ ...env, MODE: 'fast' }),
+    ]);
     const acknowledged = await Promise.all(Array.from({ length: 10 }, (_, n) => doomed.add(n)));
     const reader = new RedisStore({ url: redis.url });
     onCleanup(() => reader.close());
-    await waitFor(async () => (await reader.list({ status: 'running' })).length === 4, 5_000, 'four tasks committed as running in the doomed instance');
+    await waitFor(
+      async () => (await reader.list({ status: 'running' })).length === 4,
+      5_000,
+      'four tasks committed as running in the doomed instance',
+    );
     doomed.child.process.kill('SIGKILL');
     await doomed.child.exited;
     const died = await runningIn(reader);
@@ -180,7 +231,11 @@ describe('Redis: another instance takes over', () => {
 
     await expectRecovered(reader, log, acknowledged, died);
     const survivorPid = String(survivor.child.process.pid);
-    expect(readTaskLog(log).filter((e) => e.event === 'done').every((e) => e.pid === survivorPid)).toBe(true);
+    expect(
+      readTaskLog(log)
+        .filter((e) => e.event === 'done')
+        .every((e) => e.pid === survivorPid),
+    ).toBe(true);
     survivor.child.process.kill('SIGTERM');
     await survivor.child.exited;
   });
@@ -193,7 +248,17 @@ describe('recovering a stalled record', () => {
     const dead = new SqliteStore({ path: db });
     dead.attach({ ownerId: 'dead-process', leaseMs: 60_000 });
     const running = (id: string, options?: TaskRecord['options']): TaskRecord => ({
-      id, name: 'work', status: 'running', args: [id], tags: {}, attempts: 1, maxAttempts: 1, createdAt: Date.now(), startedAt: Date.now(), logs: [], options,
+      id,
+      name: 'work',
+      status: 'running',
+      args: [id],
+      tags: {},
+      attempts: 1,
+      maxAttempts: 1,
+      createdAt: Date.now(),
+      startedAt: Date.now(),
+      logs: [],
+      options,
     });
     await dead.save([running('again'), running('capped', { maxStalls: 0 })]);
     await dead.close();
@@ -202,19 +267,35 @@ describe('recovering a stalled record', () => {
     const ran: string[] = [];
     const onError: [string, unknown][] = [];
     const manager = createManager({ store: openSqlite(db), observers: [observer] });
-    manager.task(async function work(id: string) {
-      const { attempt, maxAttempts } = getTaskContext()!;
-      ran.push(`${id}:${attempt}/${maxAttempts}`);
-    }, { onError: (error, record) => void onError.push([record.id, error]) });
+    manager.task(
+      async function work(id: string) {
+        const { attempt, maxAttempts } = getTaskContext()!;
+        ran.push(`${id}:${attempt}/${maxAttempts}`);
+      },
+      { onError: (error, record) => void onError.push([record.id, error]) },
+    );
     await manager.start();
     await manager.drain();
 
     expect(ran).toEqual(['again:2/2']);
     expect(await manager.get('again')).toMatchObject({ status: 'success', attempts: 2, maxAttempts: 2, stalls: 1 });
     expect(observer.forTask('again').find((e) => e.type === 'lifecycle' && e.status === 'pending')).toMatchObject({
-      error: { type: 'TaskStalledError', message: expect.stringMatching(/running attempt 1 died; the task runs again \(stall 1 of the 1/) },
+      error: {
+        type: 'TaskStalledError',
+        message: expect.stringMatching(/running attempt 1 died; the task runs again \(stall 1 of the 1/),
+      },
     });
-    expect(await manager.get('capped')).toMatchObject({ status: 'failed', attempts: 1, stalls: 1, error: { type: 'TaskStalledError' } });
-    expect(onError).toEqual([['capped', expect.objectContaining({ name: 'TaskStalledError', code: 'ERR_TASK_STALLED', stalls: 1, maxStalls: 0 })]]);
+    expect(await manager.get('capped')).toMatchObject({
+      status: 'failed',
+      attempts: 1,
+      stalls: 1,
+      error: { type: 'TaskStalledError' },
+    });
+    expect(onError).toEqual([
+      [
+        'capped',
+        expect.objectContaining({ name: 'TaskStalledError', code: 'ERR_TASK_STALLED', stalls: 1, maxStalls: 0 }),
+      ],
+    ]);
   });
 });

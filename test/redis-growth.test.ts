@@ -31,7 +31,9 @@ async function recount(store: RedisStore) {
 
 /** Averages summed in a different order differ in their last bits. */
 function rounded<T>(value: T): T {
-  return JSON.parse(JSON.stringify(value, (_key, v: unknown) => (typeof v === 'number' ? Number(v.toPrecision(12)) : v))) as T;
+  return JSON.parse(
+    JSON.stringify(value, (_key, v: unknown) => (typeof v === 'number' ? Number(v.toPrecision(12)) : v)),
+  ) as T;
 }
 
 async function expectCountsMatchRecords(store: RedisStore): Promise<number> {
@@ -39,7 +41,11 @@ async function expectCountsMatchRecords(store: RedisStore): Promise<number> {
   const metrics = await store.metrics();
   expect(rounded(metrics)).toEqual(rounded(expected));
   // The same as computed from the records themselves, but for the p95, estimated within its bucket.
-  const strip = (m: typeof metrics) => ({ ...m, p95DurationMs: null, byName: Object.fromEntries(Object.entries(m.byName).map(([n, v]) => [n, { ...v, p95DurationMs: null }])) });
+  const strip = (m: typeof metrics) => ({
+    ...m,
+    p95DurationMs: null,
+    byName: Object.fromEntries(Object.entries(m.byName).map(([n, v]) => [n, { ...v, p95DurationMs: null }])),
+  });
   expect(rounded(strip(metrics))).toEqual(rounded(strip(computeMetrics(await store.list()))));
   return expected.total;
 }
@@ -54,9 +60,22 @@ describe('RedisStore as the history grows', () => {
     const [store] = stores;
     // Records written straight through save(): rewritten with other statuses and durations, cancelled, and old ones.
     const old = Date.now() - 30 * DAY;
-    await store.save(Array.from({ length: 30 }, (_, i) => record(`old-${i}`, { name: 'old', status: i % 2 ? 'success' : 'failed', createdAt: old, endedAt: old, durationMs: i * 100, tags: { t: 'x' } })));
+    await store.save(
+      Array.from({ length: 30 }, (_, i) =>
+        record(`old-${i}`, {
+          name: 'old',
+          status: i % 2 ? 'success' : 'failed',
+          createdAt: old,
+          endedAt: old,
+          durationMs: i * 100,
+          tags: { t: 'x' },
+        }),
+      ),
+    );
     await store.save([record('r', { name: 'rewritten', status: 'success', durationMs: 3, endedAt: Date.now() })]);
-    await stores[1].save([record('r', { name: 'rewritten', status: 'success', durationMs: 7_000, endedAt: Date.now() })]);
+    await stores[1].save([
+      record('r', { name: 'rewritten', status: 'success', durationMs: 7_000, endedAt: Date.now() }),
+    ]);
     await store.save([record('q', { name: 'rewritten', status: 'running' })]);
     await stores[1].save([record('q', { name: 'rewritten', status: 'failed', endedAt: Date.now() })]);
     await store.save([record('c', { name: 'rewritten', status: 'cancelled', endedAt: Date.now() })]);
@@ -82,7 +101,13 @@ describe('RedisStore as the history grows', () => {
     const statuses = ['success', 'failed', 'cancelled', 'interrupted', 'running'] as const;
     const records: TaskRecord[] = Array.from({ length: 1_300 }, (_, i) => {
       const status = statuses[i % statuses.length];
-      return record(`h-${i}`, { name: `job-${i % 4}`, status, createdAt: now - i, endedAt: status === 'running' ? undefined : now, durationMs: status === 'success' ? (i % 40) * 37.5 : undefined });
+      return record(`h-${i}`, {
+        name: `job-${i % 4}`,
+        status,
+        createdAt: now - i,
+        endedAt: status === 'running' ? undefined : now,
+        durationMs: status === 'success' ? (i % 40) * 37.5 : undefined,
+      });
     });
     await store.save(records);
     await store.close();

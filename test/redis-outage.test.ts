@@ -12,7 +12,10 @@ const quietLogger = () => {
 };
 
 /** One request, timed from the moment it is sent to the end of its body. */
-async function timed(url: string, init?: RequestInit): Promise<{ status: number; ms: number; body: string; path: string }> {
+async function timed(
+  url: string,
+  init?: RequestInit,
+): Promise<{ status: number; ms: number; body: string; path: string }> {
   const start = performance.now();
   const response = await fetch(url, init);
   const body = await response.text();
@@ -74,7 +77,9 @@ describe('Redis down: fast failure and recovery', () => {
     // The bound, per request, as the server answered it: from its arrival to its 503 written
     // (measured here: 0.4–28 ms, the first after the stop the slowest, that time the loop's own delay;
     // through fetch 1–45 ms).
-    const slow = during.map((r) => ({ ms: served.get(r.path)!, stalledMs: r.stalledMs })).filter((r) => !(r.ms < 100 + r.stalledMs));
+    const slow = during
+      .map((r) => ({ ms: served.get(r.path)!, stalledMs: r.stalledMs }))
+      .filter((r) => !(r.ms < 100 + r.stalledMs));
     expect(slow).toEqual([]);
     expect(admin.status).toBe(503);
     expect(JSON.parse(admin.body)).toEqual({ error: expect.stringMatching(/Redis is unreachable/) });
@@ -91,7 +96,10 @@ describe('Redis down: fast failure and recovery', () => {
     const reader = new RedisStore({ url: redis.url });
     onCleanup(() => reader.close());
     await waitFor(
-      async () => (await Promise.all([...acknowledged.values()].map((id) => reader.get(id)))).every((r) => r?.status === 'success'),
+      async () =>
+        (await Promise.all([...acknowledged.values()].map((id) => reader.get(id)))).every(
+          (r) => r?.status === 'success',
+        ),
       10_000,
       'every acknowledged task recorded as a success',
     );

@@ -15,10 +15,24 @@ function openStore(redis: RedisServer, retentionDays: number): RedisStore {
 }
 
 /** `count` finished records named `name`, ended at `endedAt`, of the given statuses in turn (integer durations: sums are exact). */
-function history(name: string, count: number, endedAt: number, statuses: readonly TaskStatus[] = ['success', 'cancelled']): TaskRecord[] {
+function history(
+  name: string,
+  count: number,
+  endedAt: number,
+  statuses: readonly TaskStatus[] = ['success', 'cancelled'],
+): TaskRecord[] {
   return Array.from({ length: count }, (_, i) => {
     const status = statuses[i % statuses.length];
-    return record(`${name}-${i}`, { name, status, attempts: 1, createdAt: endedAt - 10, endedAt, durationMs: status === 'success' ? i % 700 : undefined, tags: { batch: name, n: String(i % 3) }, idempotencyKey: `${name}:${i}` });
+    return record(`${name}-${i}`, {
+      name,
+      status,
+      attempts: 1,
+      createdAt: endedAt - 10,
+      endedAt,
+      durationMs: status === 'success' ? i % 700 : undefined,
+      tags: { batch: name, n: String(i % 3) },
+      idempotencyKey: `${name}:${i}`,
+    });
   });
 }
 

@@ -1,5 +1,12 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { getTaskContext, InMemoryObserver, TaskTimeoutError, type TaskHandle, type TaskOptions, type TaskRecord } from 'koa-taskflow';
+import {
+  getTaskContext,
+  InMemoryObserver,
+  TaskTimeoutError,
+  type TaskHandle,
+  type TaskOptions,
+  type TaskRecord,
+} from 'koa-taskflow';
 import { createManager, deferred, startApp, waitFor } from './helpers/server.js';
 import { retryDelay } from '../src/options.js';
 
@@ -68,7 +75,11 @@ describe('retries', () => {
     const id = manager.add(always, 1);
     await manager.drain();
     const record = await manager.get(id);
-    expect(record).toMatchObject({ status: 'failed', attempts: 3, error: { type: 'RangeError', message: 'bad 1 at attempt 3' } });
+    expect(record).toMatchObject({
+      status: 'failed',
+      attempts: 3,
+      error: { type: 'RangeError', message: 'bad 1 at attempt 3' },
+    });
     expect(onError).toHaveBeenCalledTimes(1);
     expect(onError.mock.calls[0][0]).toBeInstanceOf(RangeError);
     expect((onError.mock.calls[0][1] as TaskRecord).status).toBe('failed');
@@ -85,7 +96,9 @@ describe('retries', () => {
     );
     const id = manager.add(twice);
     await manager.drain();
-    const statuses = observer.lifecycle.filter((e) => e.taskId === id).map((e) => [e.previousStatus, e.status, e.attempt, e.error?.message]);
+    const statuses = observer.lifecycle
+      .filter((e) => e.taskId === id)
+      .map((e) => [e.previousStatus, e.status, e.attempt, e.error?.message]);
     expect(statuses).toEqual([
       [undefined, 'pending', 0, undefined],
       ['pending', 'running', 1, undefined],
@@ -97,13 +110,15 @@ describe('retries', () => {
 
   it('a rejecting onError never becomes an unhandled rejection', async () => {
     const manager = createManager();
-    const id = manager.with({
-      onError: async () => {
-        throw new Error('handler broke');
-      },
-    }).add(() => {
-      throw new Error('task broke');
-    });
+    const id = manager
+      .with({
+        onError: async () => {
+          throw new Error('handler broke');
+        },
+      })
+      .add(() => {
+        throw new Error('task broke');
+      });
     await manager.drain();
     expect((await manager.get(id))!.status).toBe('failed');
     // test/setup.ts fails the file on any unhandled rejection.
@@ -122,10 +137,12 @@ describe('retry waits end to end (fake clock)', () => {
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
     const manager = createManager();
     const attemptsAt: number[] = [];
-    const id = manager.with({ retries: 4, delay: 100, backoff: 3, maxDelay: 500, ...options }).add(function alwaysDown() {
-      attemptsAt.push(Date.now());
-      throw new Error('down');
-    });
+    const id = manager
+      .with({ retries: 4, delay: 100, backoff: 3, maxDelay: 500, ...options })
+      .add(function alwaysDown() {
+        attemptsAt.push(Date.now());
+        throw new Error('down');
+      });
     // In steps: a timer that fired early (after 1 ms) shows as a short wait between two attempts.
     for (const step of timeoutStep ?? [10_000]) await vi.advanceTimersByTimeAsync(step);
     expect(await manager.get(id)).toMatchObject({ status: 'failed', attempts: (options.retries ?? 4) + 1 });
@@ -154,9 +171,24 @@ describe('retry waits end to end (fake clock)', () => {
 
   it('without maxDelay are capped at 2^31 − 1 ms instead of turning into 1 ms, with and without jitter', async () => {
     // delay 2^30 with backoff 4: the second retry would wait 2^32 ms.
-    expect(await retryWaits({ delay: 2 ** 30, backoff: 4, maxDelay: undefined, retries: 2, timeoutStep: [2 ** 30, 60_000, MAX_TIMER] })).toEqual([2 ** 30, MAX_TIMER]);
+    expect(
+      await retryWaits({
+        delay: 2 ** 30,
+        backoff: 4,
+        maxDelay: undefined,
+        retries: 2,
+        timeoutStep: [2 ** 30, 60_000, MAX_TIMER],
+      }),
+    ).toEqual([2 ** 30, MAX_TIMER]);
     vi.spyOn(Math, 'random').mockReturnValue(0.999);
-    const waits = await retryWaits({ delay: 2 ** 30, backoff: 4, maxDelay: undefined, retries: 2, jitter: true, timeoutStep: [2 ** 30, 60_000, MAX_TIMER] });
+    const waits = await retryWaits({
+      delay: 2 ** 30,
+      backoff: 4,
+      maxDelay: undefined,
+      retries: 2,
+      jitter: true,
+      timeoutStep: [2 ** 30, 60_000, MAX_TIMER],
+    });
     expect(waits[1]).toBe(Math.floor(0.999 * MAX_TIMER));
   });
 });
@@ -188,7 +220,13 @@ describe('retries and timeouts of tasks added through ctx.tasks', () => {
     gate.resolve();
     await vi.advanceTimersByTimeAsync(1_000);
     expect(attemptsAt.map((at) => at - attemptsAt[0])).toEqual([0, 100, 400]);
-    expect(await manager.get(id)).toMatchObject({ status: 'success', attempts: 3, maxAttempts: 5, args: ['o-7'], error: undefined });
+    expect(await manager.get(id)).toMatchObject({
+      status: 'success',
+      attempts: 3,
+      maxAttempts: 5,
+      args: ['o-7'],
+      error: undefined,
+    });
   });
 
   it('a scheduled task whose attempt times out sees its signal abort with TaskTimeoutError, and its retry succeeds', async () => {

@@ -160,7 +160,11 @@ describe('shutdown', () => {
 
     expect(shieldedFinished).toBe(true);
     expect((sawAbort as Error).name).toBe('TaskInterruptedError');
-    expect(await manager.get(stuck)).toMatchObject({ status: 'interrupted', reason: 'shutdown', error: { type: 'TaskInterruptedError' } });
+    expect(await manager.get(stuck)).toMatchObject({
+      status: 'interrupted',
+      reason: 'shutdown',
+      error: { type: 'TaskInterruptedError' },
+    });
     expect(await manager.get(shielded)).toMatchObject({ status: 'success' });
     expect(await manager.get(queued)).toMatchObject({ status: 'cancelled', reason: 'shutdown', attempts: 0 });
   });
@@ -207,7 +211,12 @@ describe('shutdown', () => {
     await stopping;
 
     expect((sawAbort as Error).name).toBe('TaskInterruptedError');
-    expect(await manager.get(unshielded)).toMatchObject({ name: 'exportReport', status: 'interrupted', reason: 'shutdown', attempts: 1 });
+    expect(await manager.get(unshielded)).toMatchObject({
+      name: 'exportReport',
+      status: 'interrupted',
+      reason: 'shutdown',
+      attempts: 1,
+    });
     expect(await manager.get(shielded)).toMatchObject({ name: 'capturePayment', status: 'success' });
     expect(shieldedFinished).toBe(true);
   });
@@ -228,7 +237,11 @@ describe('shutdown', () => {
     const id = manager.with({ retries: 3, delay: 60_000 }).add(() => {
       throw new Error('down');
     });
-    await waitFor(async () => (await manager.get(id))!.attempts === 1 && (await manager.get(id))!.status === 'pending', 5_000, 'retry wait');
+    await waitFor(
+      async () => (await manager.get(id))!.attempts === 1 && (await manager.get(id))!.status === 'pending',
+      5_000,
+      'retry wait',
+    );
     await manager.shutdown({ timeoutMs: 10 });
     expect(await manager.get(id)).toMatchObject({ status: 'interrupted', attempts: 1 });
   });

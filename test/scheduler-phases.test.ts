@@ -49,7 +49,7 @@ describe('after-response tasks (addTask)', () => {
     expect(startedBeforeFinish).toBe(false);
   });
 
-  it("run one after another in the order added, even when a later one would be faster", async () => {
+  it('run one after another in the order added, even when a later one would be faster', async () => {
     const order: string[] = [];
     const { url, manager } = await startApp((app) => {
       app.use(async (ctx) => {
@@ -211,7 +211,11 @@ describe('a failed request', () => {
     expect(response.status).toBe(500);
     await manager.drain();
     expect(ran.sort()).toEqual(['cleanup', 'now']);
-    expect(await manager.get(ids.response)).toMatchObject({ status: 'cancelled', reason: 'request_failed', attempts: 0 });
+    expect(await manager.get(ids.response)).toMatchObject({
+      status: 'cancelled',
+      reason: 'request_failed',
+      attempts: 0,
+    });
     expect(await manager.get(ids.route)).toMatchObject({ status: 'cancelled', reason: 'request_failed' });
     expect(await manager.get(ids.cleanup)).toMatchObject({ status: 'success' });
     const cancelled = observer.lifecycle.find((e) => e.taskId === ids.response && e.status === 'cancelled');

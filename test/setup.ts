@@ -14,5 +14,6 @@ beforeAll(() => {
 afterAll(() => {
   process.off('unhandledRejection', onProblem);
   process.off('uncaughtException', onProblem);
-  if (problems.length > 0) throw new Error(`unhandled rejections/exceptions during the tests: ${problems.map(String).join('; ')}`);
+  if (problems.length > 0)
+    throw new Error(`unhandled rejections/exceptions during the tests: ${problems.map(String).join('; ')}`);
 });

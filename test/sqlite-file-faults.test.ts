@@ -24,7 +24,20 @@ function openError(path: string): TaskStoreError {
 /** A store file with one task in it, closed. */
 async function storeFile(path: string): Promise<void> {
   const store = new SqliteStore({ path });
-  await store.save([{ id: 'a', name: 'job', status: 'success', args: [], tags: {}, attempts: 1, maxAttempts: 1, createdAt: Date.now(), endedAt: Date.now(), logs: [] }]);
+  await store.save([
+    {
+      id: 'a',
+      name: 'job',
+      status: 'success',
+      args: [],
+      tags: {},
+      attempts: 1,
+      maxAttempts: 1,
+      createdAt: Date.now(),
+      endedAt: Date.now(),
+      logs: [],
+    },
+  ]);
   await store.close();
 }
 
@@ -39,7 +52,10 @@ describe('SqliteStore: a file it cannot use', () => {
     const dir = tempDir();
     const garbage = join(dir, 'garbage.db');
     writeFileSync(garbage, 'this is not a database\n'.repeat(500));
-    expect(openError(garbage)).toMatchObject({ code: 'ERR_STORE_UNREADABLE', message: expect.stringMatching(/file is not a database\. .*move it away \(it was not modified\)/) });
+    expect(openError(garbage)).toMatchObject({
+      code: 'ERR_STORE_UNREADABLE',
+      message: expect.stringMatching(/file is not a database\. .*move it away \(it was not modified\)/),
+    });
 
     // A real store file whose first page (the schema) was overwritten after its header.
     const damaged = join(dir, 'damaged.db');
@@ -47,7 +63,10 @@ describe('SqliteStore: a file it cannot use', () => {
     const bytes = readFileSync(damaged);
     bytes.fill(0x5a, 100, 4096);
     writeFileSync(damaged, bytes);
-    expect(openError(damaged)).toMatchObject({ code: 'ERR_STORE_UNREADABLE', message: expect.stringMatching(/malformed/) });
+    expect(openError(damaged)).toMatchObject({
+      code: 'ERR_STORE_UNREADABLE',
+      message: expect.stringMatching(/malformed/),
+    });
     expect(readFileSync(damaged).equals(bytes)).toBe(true);
   });
 
@@ -58,22 +77,33 @@ describe('SqliteStore: a file it cannot use', () => {
     exec(dropped, 'DROP TABLE taskflow_tags');
     expect(openError(dropped)).toMatchObject({
       code: 'ERR_STORE_SCHEMA',
-      message: expect.stringMatching(/its koa-taskflow schema \(version 2\) has no column "\w+" in table "taskflow_tags": it is damaged or is not a koa-taskflow database/),
+      message: expect.stringMatching(
+        /its koa-taskflow schema \(version 2\) has no column "\w+" in table "taskflow_tags": it is damaged or is not a koa-taskflow database/,
+      ),
     });
 
     // Someone else's database that happens to use user_version.
     const foreign = join(dir, 'foreign.db');
     exec(foreign, 'CREATE TABLE users (id INTEGER PRIMARY KEY); PRAGMA user_version = 1');
-    expect(openError(foreign)).toMatchObject({ code: 'ERR_STORE_SCHEMA', message: expect.stringContaining('has no column') });
+    expect(openError(foreign)).toMatchObject({
+      code: 'ERR_STORE_SCHEMA',
+      message: expect.stringContaining('has no column'),
+    });
 
     const clash = join(dir, 'clash.db');
     exec(clash, 'CREATE TABLE taskflow_tasks (x)');
-    expect(openError(clash)).toMatchObject({ code: 'ERR_STORE_SCHEMA', message: expect.stringContaining('has a table "taskflow_tasks" but no koa-taskflow schema version') });
+    expect(openError(clash)).toMatchObject({
+      code: 'ERR_STORE_SCHEMA',
+      message: expect.stringContaining('has a table "taskflow_tasks" but no koa-taskflow schema version'),
+    });
 
     const newer = join(dir, 'newer.db');
     await storeFile(newer);
     exec(newer, 'PRAGMA user_version = 3');
-    expect(openError(newer)).toMatchObject({ code: 'ERR_STORE_NEWER_SCHEMA', message: expect.stringContaining("schema version 3 is newer than this koa-taskflow's (2); upgrade koa-taskflow") });
+    expect(openError(newer)).toMatchObject({
+      code: 'ERR_STORE_NEWER_SCHEMA',
+      message: expect.stringContaining("schema version 3 is newer than this koa-taskflow's (2); upgrade koa-taskflow"),
+    });
   });
 
   it('a table dropped while the store is open: reads fail with ERR_STORE_SCHEMA, not a bare SQLite error', async () => {
@@ -81,10 +111,17 @@ describe('SqliteStore: a file it cannot use', () => {
     const store = new SqliteStore({ path });
     onCleanup(() => store.close().catch(() => {}));
     exec(path, 'DROP TABLE taskflow_tags');
-    await expect(store.list({ tags: { a: 'b' } })).rejects.toMatchObject({ name: 'TaskStoreError', code: 'ERR_STORE_SCHEMA', message: expect.stringContaining('no such table: taskflow_tags') });
+    await expect(store.list({ tags: { a: 'b' } })).rejects.toMatchObject({
+      name: 'TaskStoreError',
+      code: 'ERR_STORE_SCHEMA',
+      message: expect.stringContaining('no such table: taskflow_tags'),
+    });
     // start() passes it on as it is, rather than calling the store unreachable.
     const noop = () => {};
-    const manager = createManager({ store, logger: { trace: noop, debug: noop, info: noop, warn: noop, error: noop, fatal: noop } });
+    const manager = createManager({
+      store,
+      logger: { trace: noop, debug: noop, info: noop, warn: noop, error: noop, fatal: noop },
+    });
     await expect(manager.start()).rejects.toMatchObject({ name: 'TaskStoreError', code: 'ERR_STORE_SCHEMA' });
   });
 
@@ -92,7 +129,12 @@ describe('SqliteStore: a file it cannot use', () => {
     const readOnly = readOnlyDirectory((dir) => exec(join(dir, 'existing.db'), 'PRAGMA journal_mode = WAL'));
     if (readOnly === undefined) return context.skip('no way to make a read-only directory here');
     const fresh = openError(join(readOnly.dir, 'new.db'));
-    expect(fresh, readOnly.how).toMatchObject({ code: 'ERR_STORE_READ_ONLY', message: expect.stringMatching(/its directory ".*" (is on a read-only filesystem|is not writable by this process)/) });
+    expect(fresh, readOnly.how).toMatchObject({
+      code: 'ERR_STORE_READ_ONLY',
+      message: expect.stringMatching(
+        /its directory ".*" (is on a read-only filesystem|is not writable by this process)/,
+      ),
+    });
     expect(fresh.message).not.toMatch(/corrupt|damaged/);
     expect(openError(join(readOnly.dir, 'existing.db')), readOnly.how).toMatchObject({ code: 'ERR_STORE_READ_ONLY' });
   });
@@ -105,7 +147,14 @@ describe('SqliteStore on a full disk', () => {
     const store = new SqliteStore({ path: join(dir, 'tasks.db') });
     const errors: string[] = [];
     const noop = () => {};
-    const logger = { trace: noop, debug: noop, info: noop, warn: noop, fatal: noop, error: (obj: object, msg?: string) => void errors.push(`${msg} ${(obj as { err?: Error }).err?.name}`) };
+    const logger = {
+      trace: noop,
+      debug: noop,
+      info: noop,
+      warn: noop,
+      fatal: noop,
+      error: (obj: object, msg?: string) => void errors.push(`${msg} ${(obj as { err?: Error }).err?.name}`),
+    };
     const { url, manager } = await startApp(
       (app, m) => {
         const job = m.task(function job(payload: string) {
@@ -141,7 +190,11 @@ describe('SqliteStore on a full disk', () => {
     rmSync(filler);
     for (let i = 0; i < 5; i++) expect(await request()).toBe(200);
     // Status writes that failed meanwhile are retried every second.
-    await waitFor(async () => (await Promise.all(acknowledged.map((id) => manager.get(id)))).every((r) => r?.status === 'success'), 10_000, 'every acknowledged task to be recorded as success');
+    await waitFor(
+      async () => (await Promise.all(acknowledged.map((id) => manager.get(id)))).every((r) => r?.status === 'success'),
+      10_000,
+      'every acknowledged task to be recorded as success',
+    );
     await manager.shutdown();
     const reopened = new SqliteStore({ path: join(dir, 'tasks.db') });
     onCleanup(() => reopened.close());

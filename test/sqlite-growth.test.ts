@@ -39,7 +39,18 @@ describe('SqliteStore as the history grows', () => {
     await runMixedOutcomes(manager, 0, 120);
     // Records written straight through save(): rewritten with other statuses and durations, and old ones.
     const old = Date.now() - 30 * DAY;
-    await store.save(Array.from({ length: 30 }, (_, i) => record(`old-${i}`, { name: 'old', status: i % 2 ? 'success' : 'failed', createdAt: old, endedAt: old, durationMs: i * 100, tags: { t: 'x' } })));
+    await store.save(
+      Array.from({ length: 30 }, (_, i) =>
+        record(`old-${i}`, {
+          name: 'old',
+          status: i % 2 ? 'success' : 'failed',
+          createdAt: old,
+          endedAt: old,
+          durationMs: i * 100,
+          tags: { t: 'x' },
+        }),
+      ),
+    );
     await store.save([record('r', { name: 'rewritten', status: 'success', durationMs: 3, endedAt: Date.now() })]);
     await store.save([record('r', { name: 'rewritten', status: 'success', durationMs: 7_000, endedAt: Date.now() })]);
     await store.save([record('q', { name: 'rewritten', status: 'running' })]);
@@ -76,22 +87,38 @@ describe('SqliteStore as the history grows', () => {
     db.exec(MIGRATIONS[0]);
     db.exec('PRAGMA user_version = 1');
     const t0 = Date.now() - 1_000;
-    const insert = db.prepare('INSERT INTO taskflow_tasks (id, name, status, created_at, ended_at, record) VALUES (?, ?, ?, ?, ?, ?)');
+    const insert = db.prepare(
+      'INSERT INTO taskflow_tasks (id, name, status, created_at, ended_at, record) VALUES (?, ?, ?, ?, ?, ?)',
+    );
     const tag = db.prepare('INSERT INTO taskflow_tags (task_id, key, value) VALUES (?, ?, ?)');
     for (let i = 0; i < 40; i++) {
-      const r = record(`v1-${i}`, { name: i % 2 ? 'mail' : 'sms', status: i % 4 === 0 ? 'failed' : 'success', createdAt: t0 + i, endedAt: t0 + i, durationMs: i * 3, tags: { tenant: `t${i % 3}` } });
+      const r = record(`v1-${i}`, {
+        name: i % 2 ? 'mail' : 'sms',
+        status: i % 4 === 0 ? 'failed' : 'success',
+        createdAt: t0 + i,
+        endedAt: t0 + i,
+        durationMs: i * 3,
+        tags: { tenant: `t${i % 3}` },
+      });
       insert.run(r.id, r.name, r.status, r.createdAt, r.endedAt!, JSON.stringify(r));
       tag.run(r.id, 'tenant', r.tags.tenant);
     }
-    db.exec(`INSERT INTO taskflow_log (id, name, status, created_at, record) VALUES ('v1-log', 'mail', 'pending', ${t0 + 100}, '${JSON.stringify(record('v1-log', { name: 'mail', createdAt: t0 + 100, tags: { tenant: 't0' } }))}')`);
+    db.exec(
+      `INSERT INTO taskflow_log (id, name, status, created_at, record) VALUES ('v1-log', 'mail', 'pending', ${t0 + 100}, '${JSON.stringify(record('v1-log', { name: 'mail', createdAt: t0 + 100, tags: { tenant: 't0' } }))}')`,
+    );
     db.close();
 
     const store = openStore(path);
     expect(await expectCountsMatchRecords(store)).toBe(41);
-    expect(await store.metrics()).toMatchObject({ byStatus: { success: 30, failed: 10, pending: 1 }, avgDurationMs: expect.any(Number) });
+    expect(await store.metrics()).toMatchObject({
+      byStatus: { success: 30, failed: 10, pending: 1 },
+      avgDurationMs: expect.any(Number),
+    });
     const tagged = (await store.list({ tags: { tenant: 't0' }, limit: 3 })).map((r) => r.id);
     expect(tagged).toEqual(['v1-log', 'v1-39', 'v1-36']);
-    await store.save([record('new', { name: 'mail', status: 'success', durationMs: 1, tags: { tenant: 't0' }, endedAt: Date.now() })]);
+    await store.save([
+      record('new', { name: 'mail', status: 'success', durationMs: 1, tags: { tenant: 't0' }, endedAt: Date.now() }),
+    ]);
     expect((await store.list({ tags: { tenant: 't0' }, limit: 1 }))[0].id).toBe('new');
     expect(await expectCountsMatchRecords(store)).toBe(42);
   });
@@ -127,11 +154,19 @@ describe('SqliteStore as the history grows', () => {
       // A cursor page further down reads the same index (an offset into the same order).
       for (const offset of [0, 100]) {
         const { sql, params } = listQuery(f, f.limit === Infinity ? -1 : f.limit, offset);
-        const plan = (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(...params) as { detail: string }[]).map((r) => r.detail);
+        const plan = (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(...params) as { detail: string }[]).map(
+          (r) => r.detail,
+        );
         expect(plan.join(' | '), JSON.stringify(filter)).toMatch(index);
         // "SCAN taskflow_tasks" (without an index) would read the whole history.
-        expect(plan.filter((d) => /^SCAN (taskflow_tasks|t)\b(?! USING)/.test(d)), JSON.stringify(filter)).toEqual([]);
-        expect(plan.filter((d) => /^SCAN (taskflow_tags|g)\b(?! USING)/.test(d)), JSON.stringify(filter)).toEqual([]);
+        expect(
+          plan.filter((d) => /^SCAN (taskflow_tasks|t)\b(?! USING)/.test(d)),
+          JSON.stringify(filter),
+        ).toEqual([]);
+        expect(
+          plan.filter((d) => /^SCAN (taskflow_tags|g)\b(?! USING)/.test(d)),
+          JSON.stringify(filter),
+        ).toEqual([]);
       }
     }
     expect(await ids({ name: 'mail', limit: 2 })).toEqual(['d', 'b']);
@@ -152,7 +187,17 @@ describe('SqliteStore as the history grows', () => {
     const until = started + 4_000;
     while (Date.now() < until) {
       const now = Date.now();
-      await store.save(Array.from({ length: 40 }, (_, i) => record(`s-${written + i}`, { status: 'success', createdAt: now, endedAt: now, durationMs: 1, tags: { n: String(i) } })));
+      await store.save(
+        Array.from({ length: 40 }, (_, i) =>
+          record(`s-${written + i}`, {
+            status: 'success',
+            createdAt: now,
+            endedAt: now,
+            durationMs: 1,
+            tags: { n: String(i) },
+          }),
+        ),
+      );
       written += 40;
       writes.push({ at: now, written });
       // Held: at most what was written in the last second, plus one interval, plus room for a slow machine.
@@ -173,14 +218,21 @@ describe('SqliteStore as the history grows', () => {
     const path = join(tempDir(), 'tasks.db');
     const COUNT = 60_000;
     // Filled by another process, through save(): this one starts measuring without its garbage to collect.
-    const filler = startNode(fileURLToPath(new URL('./fixtures/growth-fill.js', import.meta.url)), [], { DB: path, COUNT: String(COUNT) });
+    const filler = startNode(fileURLToPath(new URL('./fixtures/growth-fill.js', import.meta.url)), [], {
+      DB: path,
+      COUNT: String(COUNT),
+    });
     await filler.waitForLine(/"filled"/, 90_000);
     let store = openStore(path);
     const manager = createManager({ store });
     // The largest delay of the event loop while `work` runs. Other processes on a loaded machine delay it
     // too, at random: a stall of ours happens every time, so the least of five windows is kept.
     const delay = monitorEventLoopDelay({ resolution: 1 });
-    const stall = async (work: () => Promise<unknown>, before?: () => void, after?: () => Promise<void>): Promise<number> => {
+    const stall = async (
+      work: () => Promise<unknown>,
+      before?: () => void,
+      after?: () => Promise<void>,
+    ): Promise<number> => {
       const maxima: number[] = [];
       for (let i = 0; i < 5; i++) {
         before?.();
@@ -211,7 +263,12 @@ describe('SqliteStore as the history grows', () => {
     await store.close();
     let days = 6;
     delays.retention = await stall(
-      () => waitFor(async () => (await store.metrics()).byStatus.success <= (0.9 * COUNT * days) / 6 + 20, 60_000, `the retention pass to ${days} days`),
+      () =>
+        waitFor(
+          async () => (await store.metrics()).byStatus.success <= (0.9 * COUNT * days) / 6 + 20,
+          60_000,
+          `the retention pass to ${days} days`,
+        ),
       () => (store = openStore(path, { retentionDays: (days -= 0.2) })),
       () => store.close(),
     );

@@ -64,12 +64,15 @@ class SharedMapStore implements TaskStore {
 describe('a custom durable store whose save() answers nothing', () => {
   it('30 concurrent requests with one idempotency key across two TaskManagers: exactly one execution', async () => {
     const backing = newBacking();
-    await expectOneExecutionAcrossInstances([new SharedMapStore(backing), new SharedMapStore(backing)], 30, { aliases: false });
+    await expectOneExecutionAcrossInstances([new SharedMapStore(backing), new SharedMapStore(backing)], 30, {
+      aliases: false,
+    });
     // The losers are kept finished, never pending: nothing is left for a restarted process to run again.
     const stored = [...backing.records.values()].map((json) => JSON.parse(json) as TaskRecord);
     expect(stored.filter((r) => r.status === 'success')).toHaveLength(1);
     expect(stored.length).toBeGreaterThan(1);
-    for (const record of stored) if (record.status !== 'success') expect(record).toMatchObject({ status: 'cancelled', reason: 'duplicate' });
+    for (const record of stored)
+      if (record.status !== 'success') expect(record).toMatchObject({ status: 'cancelled', reason: 'duplicate' });
   });
 
   it('manager.add with one key on two instances at once (outside a request): one execution, the other ends a cancelled duplicate', async () => {
@@ -93,7 +96,11 @@ describe('a custom durable store whose save() answers nothing', () => {
     expect(runs).toBe(1);
     const records = await Promise.all(instances.map(({ manager, id }) => manager.get(id)));
     const winner = records.find((r) => r?.status === 'success')!;
-    expect(records.find((r) => r !== winner)).toMatchObject({ status: 'cancelled', reason: 'duplicate', error: { message: expect.stringContaining(winner.id) } });
+    expect(records.find((r) => r !== winner)).toMatchObject({
+      status: 'cancelled',
+      reason: 'duplicate',
+      error: { message: expect.stringContaining(winner.id) },
+    });
   });
 
   it('a key claim that fails fails the request: 503, the task never runs, and its stored record ends cancelled', async () => {

@@ -14,7 +14,18 @@ function openStore(redis: RedisServer, prefix = 'test'): RedisStore {
 }
 
 function record(id: string, fields: Partial<TaskRecord> = {}): TaskRecord {
-  return { id, name: 'job', status: 'pending', args: [], tags: {}, attempts: 0, maxAttempts: 1, createdAt: Date.now(), logs: [], ...fields };
+  return {
+    id,
+    name: 'job',
+    status: 'pending',
+    args: [],
+    tags: {},
+    attempts: 0,
+    maxAttempts: 1,
+    createdAt: Date.now(),
+    logs: [],
+    ...fields,
+  };
 }
 
 const quietLogger = () => {
@@ -32,7 +43,11 @@ describe('RedisStore', () => {
           ran.push(email);
         });
         app.use(async (ctx) => {
-          ctx.body = { id: ctx.tasks.with({ tags: { tenant: String(ctx.query.tenant) } }).addTask(sendWelcome, `${ctx.query.tenant}@b.c`) };
+          ctx.body = {
+            id: ctx.tasks
+              .with({ tags: { tenant: String(ctx.query.tenant) } })
+              .addTask(sendWelcome, `${ctx.query.tenant}@b.c`),
+          };
         });
       },
       { store: openStore(redis) },
@@ -41,11 +56,24 @@ describe('RedisStore', () => {
     await manager.drain();
     expect(ran).toEqual(['acme@b.c']);
     const other = openStore(redis);
-    expect(await other.get(id)).toMatchObject({ id, name: 'sendWelcome', args: ['acme@b.c'], tags: { tenant: 'acme' }, status: 'success', attempts: 1 });
+    expect(await other.get(id)).toMatchObject({
+      id,
+      name: 'sendWelcome',
+      args: ['acme@b.c'],
+      tags: { tenant: 'acme' },
+      status: 'success',
+      attempts: 1,
+    });
 
     const t0 = Date.now() + 10;
     await other.save([
-      record('a', { name: 'mail', tags: { tenant: 'a', plan: 'pro' }, createdAt: t0 + 1, status: 'success', endedAt: t0 + 1 }),
+      record('a', {
+        name: 'mail',
+        tags: { tenant: 'a', plan: 'pro' },
+        createdAt: t0 + 1,
+        status: 'success',
+        endedAt: t0 + 1,
+      }),
       record('b', { name: 'mail', tags: { tenant: 'a' }, createdAt: t0 + 2, status: 'failed', endedAt: t0 + 2 }),
       record('c', { name: 'sms', tags: { tenant: 'b', plan: 'pro' }, createdAt: t0 + 3 }),
     ]);
@@ -94,14 +122,25 @@ describe('many instances on one Redis', () => {
   it('when an instance is killed, the survivor claims its tasks once the lease expires and runs them', async () => {
     const redis = await startRedisServer();
     const log = join(tempDir(), 'tasks.log');
-    const doomed = await startDurableApp({ STORE: 'redis', REDIS_URL: redis.url, TASK_LOG: log, MODE: 'hold', CONCURRENCY: '2', LEASE_MS: '500', ORPHAN_MS: '100' });
+    const doomed = await startDurableApp({
+      STORE: 'redis',
+      REDIS_URL: redis.url,
+      TASK_LOG: log,
+      MODE: 'hold',
+      CONCURRENCY: '2',
+      LEASE_MS: '500',
+      ORPHAN_MS: '100',
+    });
     const acknowledged = await Promise.all(Array.from({ length: 6 }, (_, n) => doomed.add(n)));
     await waitFor(() => readTaskLog(log).length === 2, 5_000, 'two tasks running in the doomed instance');
     const ranHere: string[] = [];
     const survivor = createManager({ store: new RedisStore({ url: redis.url }), leaseMs: 500, orphanCheckMs: 100 });
-    survivor.task(async function work(n: number) {
-      ranHere.push(String(n));
-    }, { requeueOnInterrupt: true });
+    survivor.task(
+      async function work(n: number) {
+        ranHere.push(String(n));
+      },
+      { requeueOnInterrupt: true },
+    );
     await survivor.start();
     // Alive and renewing its lease: nothing is taken from it.
     expect(ranHere).toEqual([]);
@@ -121,9 +160,12 @@ describe('Redis unavailable', () => {
     // An earlier process handed a task back at shutdown.
     const earlier = createManager({ store: new RedisStore({ url: redis.url }) });
     const hold = deferred();
-    const earlierWork = earlier.task(async function work(_n: number) {
-      await hold.promise;
-    }, { requeueOnInterrupt: true });
+    const earlierWork = earlier.task(
+      async function work(_n: number) {
+        await hold.promise;
+      },
+      { requeueOnInterrupt: true },
+    );
     const leftBehind = earlier.add(earlierWork, 1);
     await waitFor(() => earlier.runner.running === 1, 5_000, 'the earlier task running');
     await earlier.shutdown({ timeoutMs: 0 });
@@ -131,10 +173,16 @@ describe('Redis unavailable', () => {
 
     const ran: number[] = [];
     // Reconnect every 50 ms (instead of backing off to 2 s) so the test notices Redis coming back quickly.
-    const manager = createManager({ store: new RedisStore({ url: redis.url, retryStrategy: () => 50 }), logger: quietLogger() });
-    const work = manager.task(async function work(n: number) {
-      ran.push(n);
-    }, { requeueOnInterrupt: true });
+    const manager = createManager({
+      store: new RedisStore({ url: redis.url, retryStrategy: () => 50 }),
+      logger: quietLogger(),
+    });
+    const work = manager.task(
+      async function work(n: number) {
+        ran.push(n);
+      },
+      { requeueOnInterrupt: true },
+    );
     await expect(manager.start()).rejects.toThrow(TaskflowError);
     await expect(manager.start()).rejects.toThrow(/start: the task store is unreachable \(.+\); nothing was resumed/);
     const { url } = await listen(
@@ -148,7 +196,15 @@ describe('Redis unavailable', () => {
 
     await redis.start();
     // Until the client has reconnected, start() fails fast like every other use of the store.
-    await waitFor(() => manager.start().then(() => true, () => false), 5_000, 'start() to succeed once Redis is back');
+    await waitFor(
+      () =>
+        manager.start().then(
+          () => true,
+          () => false,
+        ),
+      5_000,
+      'start() to succeed once Redis is back',
+    );
     expect((await fetch(`${url}/?n=3`)).status).toBe(200);
     await waitFor(() => ran.length === 2, 5_000, 'the left-behind task and the new one');
     expect(ran.sort()).toEqual([1, 3]);
@@ -172,7 +228,9 @@ describe('Redis unavailable', () => {
       },
       { store: new RedisStore({ url: redis.url, retryStrategy: () => 50 }), logger: quietLogger() },
     );
-    const acknowledged = await Promise.all([1, 2, 3].map(async (n) => ((await (await fetch(`${url}/?n=${n}`)).json()) as { id: string }).id));
+    const acknowledged = await Promise.all(
+      [1, 2, 3].map(async (n) => ((await (await fetch(`${url}/?n=${n}`)).json()) as { id: string }).id),
+    );
     await waitFor(() => manager.runner.running === 3, 5_000, 'the tasks running');
     await redis.stop();
     expect((await fetch(`${url}/?n=4`)).status).toBe(503);

@@ -32,7 +32,14 @@ describe('SqliteStore', () => {
     expect(ran).toEqual(['a@b.c']);
     const other = openStore(path);
     await waitFor(async () => (await other.get(id))?.status === 'success', 5_000, 'the success to be committed');
-    expect(await other.get(id)).toMatchObject({ id, name: 'sendWelcome', args: ['a@b.c'], tags: { tenant: 'acme' }, attempts: 1, status: 'success' });
+    expect(await other.get(id)).toMatchObject({
+      id,
+      name: 'sendWelcome',
+      args: ['a@b.c'],
+      tags: { tenant: 'acme' },
+      attempts: 1,
+      status: 'success',
+    });
   });
 
   it('computes metrics() from counts and duration histograms it keeps: counts by status and name, success rate, mean, p95 estimated in its bucket', async () => {
@@ -42,7 +49,13 @@ describe('SqliteStore', () => {
     // 20 successful mails taking 1..20 ms: mean 10.5; the p95 (rank 19) is the 9th of the 10 in the bucket
     // (10, 25] ms of task.duration, estimated linearly in it: 10 + 15 × 9/10.
     const mails = Array.from({ length: 20 }, (_, i) => ended(`m${i}`, 'mail', 'success', i + 1));
-    await store.save([...mails, ended('f1', 'mail', 'failed', 3), ended('s1', 'sms', 'success', 100), ended('s2', 'sms', 'interrupted'), ended('s3', 'sms', 'cancelled')]);
+    await store.save([
+      ...mails,
+      ended('f1', 'mail', 'failed', 3),
+      ended('s1', 'sms', 'success', 100),
+      ended('s2', 'sms', 'interrupted'),
+      ended('s3', 'sms', 'cancelled'),
+    ]);
     await store.save([record('p1', { name: 'sms' })]);
     const manager = createManager({ store });
     const metrics = await manager.metrics();
@@ -50,7 +63,11 @@ describe('SqliteStore', () => {
     const { observers, ...counted } = metrics;
     expect(observers).toEqual({ dropped: 0, byObserver: {} });
     expect(await store.metrics()).toEqual(counted);
-    expect(metrics).toMatchObject({ total: 25, byStatus: { success: 21, failed: 1, interrupted: 1, cancelled: 1, pending: 1, running: 0 }, successRate: 21 / 23 });
+    expect(metrics).toMatchObject({
+      total: 25,
+      byStatus: { success: 21, failed: 1, interrupted: 1, cancelled: 1, pending: 1, running: 0 },
+      successRate: 21 / 23,
+    });
     expect(metrics.byName.mail).toEqual({
       total: 21,
       byStatus: { pending: 0, running: 0, success: 20, failed: 1, interrupted: 0, cancelled: 0 },
@@ -99,13 +116,26 @@ describe('SqliteStore', () => {
 
     const db = new DatabaseSync(path, { readOnly: true });
     onCleanup(() => db.close());
-    const plan = (sql: string) => (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all() as { detail: string }[]).map((r) => r.detail).join(' | ');
-    expect(plan("SELECT record FROM taskflow_tasks WHERE status IN ('failed') ORDER BY created_at DESC, rowid DESC LIMIT 10")).toMatch(/USING INDEX taskflow_tasks_status/);
-    expect(plan("SELECT record FROM taskflow_tasks WHERE name = 'mail' ORDER BY created_at DESC, rowid DESC")).toMatch(/USING INDEX taskflow_tasks_name/);
-    expect(plan("SELECT record FROM taskflow_tasks WHERE id IN (SELECT task_id FROM taskflow_tags WHERE key = 'plan' AND value = 'pro')")).toMatch(/taskflow_tags_value/);
-    expect(plan("UPDATE taskflow_tasks SET owner = 'x' WHERE status IN ('pending', 'running') AND (owner IS NULL OR owner NOT IN (SELECT id FROM taskflow_owners))")).toMatch(
-      /^SEARCH taskflow_tasks USING INDEX taskflow_tasks_status/,
+    const plan = (sql: string) =>
+      (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all() as { detail: string }[]).map((r) => r.detail).join(' | ');
+    expect(
+      plan(
+        "SELECT record FROM taskflow_tasks WHERE status IN ('failed') ORDER BY created_at DESC, rowid DESC LIMIT 10",
+      ),
+    ).toMatch(/USING INDEX taskflow_tasks_status/);
+    expect(plan("SELECT record FROM taskflow_tasks WHERE name = 'mail' ORDER BY created_at DESC, rowid DESC")).toMatch(
+      /USING INDEX taskflow_tasks_name/,
     );
+    expect(
+      plan(
+        "SELECT record FROM taskflow_tasks WHERE id IN (SELECT task_id FROM taskflow_tags WHERE key = 'plan' AND value = 'pro')",
+      ),
+    ).toMatch(/taskflow_tags_value/);
+    expect(
+      plan(
+        "UPDATE taskflow_tasks SET owner = 'x' WHERE status IN ('pending', 'running') AND (owner IS NULL OR owner NOT IN (SELECT id FROM taskflow_owners))",
+      ),
+    ).toMatch(/^SEARCH taskflow_tasks USING INDEX taskflow_tasks_status/);
   });
 
   it('opens in WAL mode with synchronous NORMAL by default, FULL on request, and a versioned schema', async () => {
@@ -126,7 +156,9 @@ describe('SqliteStore', () => {
     expect([normal.synchronous, full.synchronous]).toEqual(['NORMAL', 'FULL']);
     await Promise.all([normal.close(), full.close()]);
     expect(pragmas(join(dir, 'normal.db'))).toEqual({ mode: 'wal', version: 2 });
-    expect(() => new SqliteStore({ path: join(dir, 'x.db'), synchronous: 'OFF' as 'FULL' })).toThrow(/option "synchronous" must be "NORMAL" or "FULL"/);
+    expect(() => new SqliteStore({ path: join(dir, 'x.db'), synchronous: 'OFF' as 'FULL' })).toThrow(
+      /option "synchronous" must be "NORMAL" or "FULL"/,
+    );
     expect(() => new SqliteStore({ path: join(dir, 'x.db'), retentionDays: 0 })).toThrow(RangeError);
   });
 
@@ -136,20 +168,26 @@ describe('SqliteStore', () => {
     const garbage = 'this is not a database\n'.repeat(500);
     writeFileSync(corrupt, garbage);
     expect(() => new SqliteStore({ path: corrupt })).toThrow(TaskflowError);
-    expect(() => new SqliteStore({ path: corrupt })).toThrow(/cannot open ".*corrupt\.db" as a task database: file is not a database\. .*move it away/);
+    expect(() => new SqliteStore({ path: corrupt })).toThrow(
+      /cannot open ".*corrupt\.db" as a task database: file is not a database\. .*move it away/,
+    );
     expect(readFileSync(corrupt, 'utf8')).toBe(garbage);
 
     const newer = join(dir, 'newer.db');
     const db = new DatabaseSync(newer);
     db.exec('PRAGMA user_version = 99');
     db.close();
-    expect(() => new SqliteStore({ path: newer })).toThrow(/schema version 99 is newer than this koa-taskflow's \(2\); upgrade koa-taskflow/);
+    expect(() => new SqliteStore({ path: newer })).toThrow(
+      /schema version 99 is newer than this koa-taskflow's \(2\); upgrade koa-taskflow/,
+    );
 
     const foreign = join(dir, 'foreign.db');
     const other = new DatabaseSync(foreign);
     other.exec('CREATE TABLE taskflow_tasks (x)');
     other.close();
-    expect(() => new SqliteStore({ path: foreign })).toThrow(/has a table "taskflow_tasks" but no koa-taskflow schema version/);
+    expect(() => new SqliteStore({ path: foreign })).toThrow(
+      /has a table "taskflow_tasks" but no koa-taskflow schema version/,
+    );
   });
 
   it('deletes finished records older than retentionDays at open (their idempotency keys with them), never unfinished ones', async () => {
@@ -223,9 +261,13 @@ describe('persist checks at enqueue', () => {
   it('needs a registered task and JSON-serialisable args; persist:false lifts both', async () => {
     const manager = createManager({ store: openStore(join(tempDir(), 'tasks.db')) });
     const job = manager.task(function job(_value: unknown) {});
-    expect(() => manager.add(function adHoc() {})).toThrow(/option "persist" .* "adHoc" is not registered: register it with manager.task\(fn\)/);
+    expect(() => manager.add(function adHoc() {})).toThrow(
+      /option "persist" .* "adHoc" is not registered: register it with manager.task\(fn\)/,
+    );
     expect(() => manager.add(job, new Date())).toThrow(TypeError);
-    expect(() => manager.add(job, new Date())).toThrow(/argument 1 of task "job" is not JSON-serialisable \(a Date; pass date.toISOString\(\)/);
+    expect(() => manager.add(job, new Date())).toThrow(
+      /argument 1 of task "job" is not JSON-serialisable \(a Date; pass date.toISOString\(\)/,
+    );
     expect(() => manager.add(job, { amount: 10n })).toThrow(/argument 1 .*\(\.amount: a bigint/);
     expect(() => manager.add(job, () => 1)).toThrow(/\(a function\)/);
     const cyclic: Record<string, unknown> = {};
@@ -233,7 +275,9 @@ describe('persist checks at enqueue', () => {
     expect(() => manager.add(job, cyclic)).toThrow(/circular reference/);
     expect(() => manager.add(job, new Map())).toThrow(/an instance of Map/);
     expect(() => manager.add(job, [1, Number.NaN])).toThrow(/\[1\]: NaN becomes null/);
-    expect(() => manager.with({ name: 'renamed' }).add(job, 1)).toThrow(/option "name" cannot rename persisted task "job"/);
+    expect(() => manager.with({ name: 'renamed' }).add(job, 1)).toThrow(
+      /option "name" cannot rename persisted task "job"/,
+    );
     // Plain data is fine; so is anything with persist: false.
     manager.add(job, { id: 1, items: [{ sku: 'a', qty: 2 }], note: null, optional: undefined });
     manager.with({ persist: false }).add(job, new Date());
@@ -257,13 +301,19 @@ describe('idempotency keys in a SQLite file', () => {
       });
       app.use(async (ctx) => {
         const handle = ctx.tasks.with({ idempotencyKey: 'monthly' }).schedule(report);
-        ctx.body = { id: handle.id, status: ctx.query.wait ? (await handle.done).status : undefined, doneId: ctx.query.wait ? (await handle.done).id : undefined };
+        ctx.body = {
+          id: handle.id,
+          status: ctx.query.wait ? (await handle.done).status : undefined,
+          doneId: ctx.query.wait ? (await handle.done).id : undefined,
+        };
       });
     };
     const one = await startApp(setup, { store: openStore(path) });
     const two = await startApp(setup, { store: openStore(path) });
     const first = (await (await fetch(one.url)).json()) as { id: string };
-    const waiting = fetch(`${two.url}/?wait=1`).then((r) => r.json() as Promise<{ id: string; status: string; doneId: string }>);
+    const waiting = fetch(`${two.url}/?wait=1`).then(
+      (r) => r.json() as Promise<{ id: string; status: string; doneId: string }>,
+    );
     await waitFor(() => one.manager.runner.running === 1, 5_000, 'the holder running');
     gate.resolve();
     const second = await waiting;
@@ -315,9 +365,12 @@ describe('retries and restarts', () => {
         keep: m.task(async function keep(label: string) {
           await body(label);
         }),
-        drop: m.task(async function drop(label: string) {
-          await body(label);
-        }, { requeueOnInterrupt: false }),
+        drop: m.task(
+          async function drop(label: string) {
+            await body(label);
+          },
+          { requeueOnInterrupt: false },
+        ),
       };
     };
     const first = createManager({ store: openStore(path) });

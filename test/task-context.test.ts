@@ -73,21 +73,36 @@ describe('getTaskContext()', () => {
           const before = getTaskContext()!;
           await new Promise((r) => setTimeout(r, 1));
           const { id, tags, attempt, maxAttempts, signal } = getTaskContext()!;
-          seen.push(`${id === before.id ? id : 'switched'} ${tags.tenant} ${user} ${attempt}/${maxAttempts} aborted=${signal.aborted}`);
+          seen.push(
+            `${id === before.id ? id : 'switched'} ${tags.tenant} ${user} ${attempt}/${maxAttempts} aborted=${signal.aborted}`,
+          );
           if (attempt === 1) throw new Error('once more');
         },
         { retries: 1 },
       );
       app.use(async (ctx) => {
-        ctx.body = { id: ctx.tasks.with({ tags: { tenant: String(ctx.query.tenant) } }).addTask(notify, String(ctx.query.user)) };
+        ctx.body = {
+          id: ctx.tasks.with({ tags: { tenant: String(ctx.query.tenant) } }).addTask(notify, String(ctx.query.user)),
+        };
       });
     });
     const ids = await Promise.all(
-      [['acme', 'ann'], ['globex', 'bob']].map(async ([tenant, user]) => ((await (await fetch(`${url}/?tenant=${tenant}&user=${user}`)).json()) as { id: string }).id),
+      [
+        ['acme', 'ann'],
+        ['globex', 'bob'],
+      ].map(
+        async ([tenant, user]) =>
+          ((await (await fetch(`${url}/?tenant=${tenant}&user=${user}`)).json()) as { id: string }).id,
+      ),
     );
     await manager.drain();
     expect(seen.sort()).toEqual(
-      [`${ids[0]} acme ann 1/2 aborted=false`, `${ids[0]} acme ann 2/2 aborted=false`, `${ids[1]} globex bob 1/2 aborted=false`, `${ids[1]} globex bob 2/2 aborted=false`].sort(),
+      [
+        `${ids[0]} acme ann 1/2 aborted=false`,
+        `${ids[0]} acme ann 2/2 aborted=false`,
+        `${ids[1]} globex bob 1/2 aborted=false`,
+        `${ids[1]} globex bob 2/2 aborted=false`,
+      ].sort(),
     );
   });
 
@@ -116,9 +131,27 @@ describe('taskLog()', () => {
       taskLog('detailed', { level: 'warn', orderId: 42 });
     });
     await manager.drain();
-    expect(observer.logs.map(({ level, message, fields, tags, attempt, taskId, name }) => ({ level, message, fields, tags, attempt, taskId, name }))).toEqual([
+    expect(
+      observer.logs.map(({ level, message, fields, tags, attempt, taskId, name }) => ({
+        level,
+        message,
+        fields,
+        tags,
+        attempt,
+        taskId,
+        name,
+      })),
+    ).toEqual([
       { level: 'info', message: 'plain', fields: {}, tags: { tenant: 'acme' }, attempt: 1, taskId: id, name: 'logs' },
-      { level: 'warn', message: 'detailed', fields: { orderId: 42 }, tags: { tenant: 'acme' }, attempt: 1, taskId: id, name: 'logs' },
+      {
+        level: 'warn',
+        message: 'detailed',
+        fields: { orderId: 42 },
+        tags: { tenant: 'acme' },
+        attempt: 1,
+        taskId: id,
+        name: 'logs',
+      },
     ]);
     const record = await manager.get(id);
     expect(record!.logs.map((l) => [l.level, l.message, l.fields])).toEqual([

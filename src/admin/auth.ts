@@ -70,7 +70,8 @@ function basicCredentials(token: string): [name: string, password: string] | und
 export function createAuthenticator(auth: unknown): Authenticator {
   if (auth === undefined || auth === null) throw authError('is required');
   if (auth === 'none') return async () => ({ ok: true });
-  if (typeof auth === 'string') throw authError(`must be an object, a function or 'none', got the string ${JSON.stringify(auth)}`);
+  if (typeof auth === 'string')
+    throw authError(`must be an object, a function or 'none', got the string ${JSON.stringify(auth)}`);
   if (typeof auth === 'function') {
     const check = auth as (ctx: Context) => boolean | Promise<boolean>;
     return async (ctx) => {
@@ -91,22 +92,29 @@ export function createAuthenticator(auth: unknown): Authenticator {
   }
   let userDigests: { name: Buffer; password: Buffer }[] | undefined;
   if (users !== undefined) {
-    if (users === null || typeof users !== 'object' || Array.isArray(users)) throw authError('"users" must be an object { name: password }');
+    if (users === null || typeof users !== 'object' || Array.isArray(users))
+      throw authError('"users" must be an object { name: password }');
     const entries = Object.entries(users as Record<string, unknown>);
     if (entries.length === 0) throw authError('"users" must name at least one user');
     userDigests = entries.map(([name, password]) => {
-      if (name === '' || name.includes(':')) throw authError(`"users" has an invalid user name ${JSON.stringify(name)} (non-empty, no ":")`);
-      if (typeof password !== 'string' || password.length === 0) throw authError(`"users.${name}" must be a non-empty string password`);
+      if (name === '' || name.includes(':'))
+        throw authError(`"users" has an invalid user name ${JSON.stringify(name)} (non-empty, no ":")`);
+      if (typeof password !== 'string' || password.length === 0)
+        throw authError(`"users.${name}" must be a non-empty string password`);
       return { name: digest(name), password: digest(password) };
     });
   }
-  const challenges = [userDigests && `Basic realm="${REALM}", charset="UTF-8"`, tokenDigest && `Bearer realm="${REALM}"`].filter(Boolean);
+  const challenges = [
+    userDigests && `Basic realm="${REALM}", charset="UTF-8"`,
+    tokenDigest && `Bearer realm="${REALM}"`,
+  ].filter(Boolean);
   const challenge = challenges.join(', ');
 
   return async (ctx) => {
     const header = ctx.get('authorization') || undefined;
     const bearer = tokenDigest && credentials(header, 'bearer');
-    if (bearer !== undefined && tokenDigest !== undefined && sameSecret(digest(bearer), tokenDigest)) return { ok: true };
+    if (bearer !== undefined && tokenDigest !== undefined && sameSecret(digest(bearer), tokenDigest))
+      return { ok: true };
     const basic = userDigests && credentials(header, 'basic');
     const pair = basic === undefined ? undefined : basicCredentials(basic);
     if (pair !== undefined && userDigests !== undefined) {

@@ -6,7 +6,17 @@ import { optionError } from '../options.js';
 import { createAuthenticator, type AdminAuth } from './auth.js';
 import { dashboardHtml } from './dashboard.js';
 import { EventHub } from './events.js';
-import { AdminHttpError, listPage, parseEventQuery, parseListQuery, Retrier, sendJson, taskId, toHttpError, type ListLimits } from './routes.js';
+import {
+  AdminHttpError,
+  listPage,
+  parseEventQuery,
+  parseListQuery,
+  Retrier,
+  sendJson,
+  taskId,
+  toHttpError,
+  type ListLimits,
+} from './routes.js';
 
 export type { AdminAuth } from './auth.js';
 
@@ -44,14 +54,34 @@ export interface AdminMiddleware extends Middleware {
   close(): void;
 }
 
-const ADMIN_OPTIONS = new Set(['prefix', 'auth', 'traceUrl', 'maxSseClients', 'heartbeatMs', 'defaultLimit', 'maxLimit']);
+const ADMIN_OPTIONS = new Set([
+  'prefix',
+  'auth',
+  'traceUrl',
+  'maxSseClients',
+  'heartbeatMs',
+  'defaultLimit',
+  'maxLimit',
+]);
 const WHERE = 'admin()';
 
-function integerOption(options: AdminOptions, key: 'maxSseClients' | 'heartbeatMs' | 'defaultLimit' | 'maxLimit', min: number, max: number, fallback: number): number {
+function integerOption(
+  options: AdminOptions,
+  key: 'maxSseClients' | 'heartbeatMs' | 'defaultLimit' | 'maxLimit',
+  min: number,
+  max: number,
+  fallback: number,
+): number {
   const value = options[key];
   if (value === undefined) return fallback;
   if (!Number.isInteger(value) || value < min || value > max) {
-    throw optionError(WHERE, key, `an integer from ${min} to ${max}`, value, typeof value === 'number' ? RangeError : TypeError);
+    throw optionError(
+      WHERE,
+      key,
+      `an integer from ${min} to ${max}`,
+      value,
+      typeof value === 'number' ? RangeError : TypeError,
+    );
   }
   return value;
 }
@@ -75,7 +105,13 @@ function checkTraceUrl(template: unknown): string | undefined {
       ok = false;
     }
   }
-  if (!ok) throw optionError(WHERE, 'traceUrl', 'an http(s) URL template containing {traceId}, e.g. "http://localhost:16686/trace/{traceId}"', template);
+  if (!ok)
+    throw optionError(
+      WHERE,
+      'traceUrl',
+      'an http(s) URL template containing {traceId}, e.g. "http://localhost:16686/trace/{traceId}"',
+      template,
+    );
   return template as string;
 }
 
@@ -88,13 +124,15 @@ function checkTraceUrl(template: unknown): string | undefined {
  */
 function assertSameOrigin(ctx: Context): void {
   const site = ctx.get('sec-fetch-site');
-  if (site !== '' && site !== 'same-origin') throw new AdminHttpError(403, `cross-site request refused (Sec-Fetch-Site: ${site.slice(0, 40)})`);
+  if (site !== '' && site !== 'same-origin')
+    throw new AdminHttpError(403, `cross-site request refused (Sec-Fetch-Site: ${site.slice(0, 40)})`);
   const origin = ctx.get('origin');
   const [header, claimed] = origin !== '' ? ['Origin', origin] : ['Referer', ctx.get('referer')];
   if (claimed === '') return;
   // Not ctx.origin: since Koa 3 that is the Origin header itself.
   const own = originOf(`${ctx.protocol}://${ctx.host}`);
-  if (own === undefined || originOf(claimed) !== own) throw new AdminHttpError(403, `cross-site request refused (${header} is not this origin)`);
+  if (own === undefined || originOf(claimed) !== own)
+    throw new AdminHttpError(403, `cross-site request refused (${header} is not this origin)`);
 }
 
 /** scheme://host:port as URL serialises it (lower case, default port dropped); undefined for "null" or garbage. */
@@ -116,16 +154,22 @@ function allow(ctx: Context, ...methods: string[]): void {
 /** Builds the middleware behind `manager.admin(options)`. */
 export function createAdmin(manager: TaskManager, options: AdminOptions): AdminMiddleware {
   if (options === null || typeof options !== 'object') {
-    throw new TypeError(`${WHERE}: options are required, with at least "auth" (e.g. { auth: { token: process.env.ADMIN_TOKEN } }, or auth: 'none')`);
+    throw new TypeError(
+      `${WHERE}: options are required, with at least "auth" (e.g. { auth: { token: process.env.ADMIN_TOKEN } }, or auth: 'none')`,
+    );
   }
   for (const key of Object.keys(options)) {
-    if (!ADMIN_OPTIONS.has(key)) throw new TypeError(`${WHERE}: unknown option "${key}"; known options are ${[...ADMIN_OPTIONS].join(', ')}`);
+    if (!ADMIN_OPTIONS.has(key))
+      throw new TypeError(`${WHERE}: unknown option "${key}"; known options are ${[...ADMIN_OPTIONS].join(', ')}`);
   }
   const authenticate = createAuthenticator(options.auth);
   const prefix = checkPrefix(options.prefix ?? '/tasks');
   const traceUrl = checkTraceUrl(options.traceUrl);
   const maxLimit = integerOption(options, 'maxLimit', 1, 10_000, 500);
-  const limits: ListLimits = { maxLimit, defaultLimit: integerOption(options, 'defaultLimit', 1, maxLimit, Math.min(50, maxLimit)) };
+  const limits: ListLimits = {
+    maxLimit,
+    defaultLimit: integerOption(options, 'defaultLimit', 1, maxLimit, Math.min(50, maxLimit)),
+  };
   const hub = new EventHub(manager, {
     maxClients: integerOption(options, 'maxSseClients', 1, 10_000, 32),
     heartbeatMs: integerOption(options, 'heartbeatMs', 10, 3_600_000, 15_000),
@@ -147,7 +191,10 @@ export function createAdmin(manager: TaskManager, options: AdminOptions): AdminM
       allow(ctx, 'GET');
       if (!hub.open(ctx, parseEventQuery(ctx.query))) {
         ctx.set('Retry-After', '10');
-        throw new AdminHttpError(503, 'too many event-stream clients; close another dashboard tab or raise "maxSseClients"');
+        throw new AdminHttpError(
+          503,
+          'too many event-stream clients; close another dashboard tab or raise "maxSseClients"',
+        );
       }
       return;
     }

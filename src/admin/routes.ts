@@ -38,7 +38,8 @@ export function sendJson(ctx: Context, status: number, value: unknown): void {
 }
 
 export function taskId(raw: string): string {
-  if (!UUID.test(raw)) throw new AdminHttpError(400, `malformed task id ${JSON.stringify(raw.slice(0, 80))}: expected a UUID`);
+  if (!UUID.test(raw))
+    throw new AdminHttpError(400, `malformed task id ${JSON.stringify(raw.slice(0, 80))}: expected a UUID`);
   return raw.toLowerCase();
 }
 
@@ -56,11 +57,19 @@ function parseSelection(query: Query, allowed: ReadonlySet<string>): EventFilter
   for (const key of Object.keys(query)) {
     if (key.startsWith('tag.')) {
       const tag = key.slice(4);
-      if (tag === '') throw new AdminHttpError(400, 'query parameter "tag.": the tag name is missing (use tag.<key>=<value>)');
-      if (tags.length === MAX_TAG_FILTERS) throw new AdminHttpError(400, `query parameters "tag.<key>": at most ${MAX_TAG_FILTERS} tag filters in one query`);
+      if (tag === '')
+        throw new AdminHttpError(400, 'query parameter "tag.": the tag name is missing (use tag.<key>=<value>)');
+      if (tags.length === MAX_TAG_FILTERS)
+        throw new AdminHttpError(
+          400,
+          `query parameters "tag.<key>": at most ${MAX_TAG_FILTERS} tag filters in one query`,
+        );
       tags.push([checkLength(key, tag, 'tag name'), checkLength(key, single(query, key) ?? '', 'value')]);
     } else if (!allowed.has(key)) {
-      throw new AdminHttpError(400, `unknown query parameter "${key.slice(0, 80)}"; known: ${[...allowed, 'tag.<key>'].join(', ')}`);
+      throw new AdminHttpError(
+        400,
+        `unknown query parameter "${key.slice(0, 80)}"; known: ${[...allowed, 'tag.<key>'].join(', ')}`,
+      );
     }
   }
   const name = single(query, 'name');
@@ -70,7 +79,10 @@ function parseSelection(query: Query, allowed: ReadonlySet<string>): EventFilter
 
 function checkLength(parameter: string, value: string, what: string): string {
   if (value.length > MAX_FILTER_LENGTH) {
-    throw new AdminHttpError(400, `query parameter "${parameter.slice(0, 80)}": the ${what} is longer than ${MAX_FILTER_LENGTH} characters`);
+    throw new AdminHttpError(
+      400,
+      `query parameter "${parameter.slice(0, 80)}": the ${what} is longer than ${MAX_FILTER_LENGTH} characters`,
+    );
   }
   return value;
 }
@@ -79,7 +91,10 @@ function parseLimit(raw: string | undefined, limits: ListLimits): number {
   if (raw === undefined) return limits.defaultLimit;
   const limit = /^\d{1,9}$/.test(raw) ? Number(raw) : NaN;
   if (!(limit >= 1 && limit <= limits.maxLimit)) {
-    throw new AdminHttpError(400, `query parameter "limit" must be an integer from 1 to ${limits.maxLimit}, got ${JSON.stringify(raw.slice(0, 40))}`);
+    throw new AdminHttpError(
+      400,
+      `query parameter "limit" must be an integer from 1 to ${limits.maxLimit}, got ${JSON.stringify(raw.slice(0, 40))}`,
+    );
   }
   return limit;
 }
@@ -111,7 +126,13 @@ function decodeCursor(raw: string): Cursor {
       const value: unknown = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8'));
       if (Array.isArray(value) && value.length === 3) {
         const [createdAt, id, offset] = value as unknown[];
-        if (Number.isSafeInteger(createdAt) && typeof id === 'string' && UUID.test(id) && Number.isSafeInteger(offset) && (offset as number) >= 0) {
+        if (
+          Number.isSafeInteger(createdAt) &&
+          typeof id === 'string' &&
+          UUID.test(id) &&
+          Number.isSafeInteger(offset) &&
+          (offset as number) >= 0
+        ) {
           return { createdAt: createdAt as number, id, offset: offset as number };
         }
       }
@@ -119,7 +140,10 @@ function decodeCursor(raw: string): Cursor {
       // fall through: a cursor we did not make
     }
   }
-  throw new AdminHttpError(400, 'query parameter "cursor" is not a cursor from a previous page (use "nextCursor" as it was returned)');
+  throw new AdminHttpError(
+    400,
+    'query parameter "cursor" is not a cursor from a previous page (use "nextCursor" as it was returned)',
+  );
 }
 
 const LIST_KEYS = new Set(['status', 'name', 'limit', 'cursor', 'since']);
@@ -140,18 +164,27 @@ export function parseListQuery(query: Query, limits: ListLimits): ListQuery {
   if (rawStatus !== undefined) {
     const statuses = new Set((Array.isArray(rawStatus) ? rawStatus : [rawStatus]).flatMap((s) => s.split(',')));
     for (const status of statuses) {
-      if (!STATUSES.has(status)) throw new AdminHttpError(400, `query parameter "status": unknown status ${JSON.stringify(status.slice(0, 40))}; one of ${TASK_STATUSES.join(', ')}`);
+      if (!STATUSES.has(status))
+        throw new AdminHttpError(
+          400,
+          `query parameter "status": unknown status ${JSON.stringify(status.slice(0, 40))}; one of ${TASK_STATUSES.join(', ')}`,
+        );
     }
     filter.status = [...statuses] as TaskStatus[];
   }
   const since = single(query, 'since');
   if (since !== undefined) {
     const time = /^\d{1,16}$/.test(since) ? Number(since) : Date.parse(since);
-    if (Number.isNaN(time)) throw new AdminHttpError(400, 'query parameter "since" must be epoch milliseconds or an ISO 8601 date');
+    if (Number.isNaN(time))
+      throw new AdminHttpError(400, 'query parameter "since" must be epoch milliseconds or an ISO 8601 date');
     filter.since = time;
   }
   const cursor = single(query, 'cursor');
-  return { filter, limit: parseLimit(single(query, 'limit'), limits), cursor: cursor === undefined ? undefined : decodeCursor(cursor) };
+  return {
+    filter,
+    limit: parseLimit(single(query, 'limit'), limits),
+    cursor: cursor === undefined ? undefined : decodeCursor(cursor),
+  };
 }
 
 const MAX_FIRST_WINDOW = 10_000;
@@ -162,7 +195,10 @@ const MAX_FIRST_WINDOW = 10_000;
  * since the previous page only push it further down, so pages neither repeat nor skip records), and the
  * window grows until it holds the whole next page or the store has no more.
  */
-export async function listPage(manager: TaskManager, query: ListQuery): Promise<{ tasks: TaskRecord[]; nextCursor: string | null }> {
+export async function listPage(
+  manager: TaskManager,
+  query: ListQuery,
+): Promise<{ tasks: TaskRecord[]; nextCursor: string | null }> {
   const { filter, limit, cursor } = query;
   // The offset only sizes the first read (the record is found by id): a forged one costs a few doublings, not a huge read.
   let window = Math.min(cursor?.offset ?? 0, MAX_FIRST_WINDOW) + limit + 1;
@@ -202,7 +238,12 @@ export class Retrier {
       if (record === undefined) throw new AdminHttpError(404, `no task with id ${id}`);
       const existing = await this.#retriesOf([record]);
       const retriedAs = existing.get(id);
-      if (retriedAs !== undefined) throw new AdminHttpError(409, `task ${id} was already retried as ${retriedAs}; retry that one if it failed too`, { retriedAs });
+      if (retriedAs !== undefined)
+        throw new AdminHttpError(
+          409,
+          `task ${id} was already retried as ${retriedAs}; retry that one if it failed too`,
+          { retriedAs },
+        );
       return await this.manager.retry(id);
     } catch (error) {
       throw httpError(error);
@@ -212,7 +253,10 @@ export class Retrier {
   }
 
   /** Retry every failed task matching `selection` that has no retry yet (at most `limit`). */
-  async retryFailed(query: Query, limits: ListLimits): Promise<{ retried: { id: string; newId: string }[]; errors: { id: string; error: string }[] }> {
+  async retryFailed(
+    query: Query,
+    limits: ListLimits,
+  ): Promise<{ retried: { id: string; newId: string }[]; errors: { id: string; error: string }[] }> {
     const { name, tags } = parseSelection(query, new Set(['name', 'limit']));
     const limit = parseLimit(single(query, 'limit'), { defaultLimit: limits.maxLimit, maxLimit: limits.maxLimit });
     const failed = await this.manager.list({ status: 'failed', name, tags: Object.fromEntries(tags), limit });

@@ -1,4 +1,12 @@
-import type { LifecycleEvent, LogEvent, ObserverMetrics, ProgressEvent, TaskEvent, TaskObserver, TaskStatus } from '../types.js';
+import type {
+  LifecycleEvent,
+  LogEvent,
+  ObserverMetrics,
+  ProgressEvent,
+  TaskEvent,
+  TaskObserver,
+  TaskStatus,
+} from '../types.js';
 
 type Stage = 'onLog' | 'onLifecycle' | 'onProgress';
 type Report = (observer: TaskObserver, stage: string, error: unknown) => void;
@@ -28,7 +36,9 @@ interface Entry {
 function labelOf(observer: TaskObserver): string {
   if (typeof observer.name === 'string' && observer.name !== '') return observer.name;
   const constructorName = (observer.constructor as { name?: unknown } | undefined)?.name;
-  return typeof constructorName === 'string' && constructorName !== '' && constructorName !== 'Object' ? constructorName : 'anonymous';
+  return typeof constructorName === 'string' && constructorName !== '' && constructorName !== 'Object'
+    ? constructorName
+    : 'anonymous';
 }
 
 /**
@@ -63,7 +73,10 @@ export class ObserverChain {
     limits: Partial<ObserverLimits> = {},
   ) {
     this.#observers = observers;
-    this.#limits = { timeoutMs: limits.timeoutMs ?? DEFAULT_OBSERVER_TIMEOUT_MS, maxInFlight: limits.maxInFlight ?? DEFAULT_OBSERVER_MAX_IN_FLIGHT };
+    this.#limits = {
+      timeoutMs: limits.timeoutMs ?? DEFAULT_OBSERVER_TIMEOUT_MS,
+      maxInFlight: limits.maxInFlight ?? DEFAULT_OBSERVER_MAX_IN_FLIGHT,
+    };
     this.#index();
   }
 
@@ -84,7 +97,8 @@ export class ObserverChain {
   #index(): void {
     const entries = this.#observers.map((observer) => {
       let entry = this.#entries.get(observer);
-      if (entry === undefined) this.#entries.set(observer, (entry = { observer, label: labelOf(observer), inFlight: 0, dropReported: false }));
+      if (entry === undefined)
+        this.#entries.set(observer, (entry = { observer, label: labelOf(observer), inFlight: 0, dropReported: false }));
       return entry;
     });
     this.#logObservers = entries.filter((e) => typeof e.observer.onLog === 'function');
@@ -175,7 +189,8 @@ export class ObserverChain {
             ? observer.onLifecycle!(event as LifecycleEvent)
             : observer.onProgress!(event as ProgressEvent);
       // Only a call that returned a promise is tracked: the synchronous built-ins pay for this test alone.
-      if (result != null && typeof (result as PromiseLike<void>).then === 'function') this.#track(entry, stage, result as PromiseLike<void>);
+      if (result != null && typeof (result as PromiseLike<void>).then === 'function')
+        this.#track(entry, stage, result as PromiseLike<void>);
     } catch (error) {
       this.#fail(observer, stage, error);
     }

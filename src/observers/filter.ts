@@ -1,5 +1,15 @@
 import { checkTags } from '../options.js';
-import { LOG_LEVELS, TASK_STATUSES, type LifecycleEvent, type LogEvent, type LogLevel, type ProgressEvent, type TaskObserver, type TaskStatus, type Tags } from '../types.js';
+import {
+  LOG_LEVELS,
+  TASK_STATUSES,
+  type LifecycleEvent,
+  type LogEvent,
+  type LogLevel,
+  type ProgressEvent,
+  type TaskObserver,
+  type TaskStatus,
+  type Tags,
+} from '../types.js';
 
 export interface ObserverFilter {
   /** Every given tag must be present on the task with this value. */
@@ -17,15 +27,21 @@ const WHERE = 'filterObserver';
 /** Passes to `inner` only the events that match every given criterion. */
 export function filterObserver(filter: ObserverFilter, inner: TaskObserver): TaskObserver {
   if (filter === null || typeof filter !== 'object') throw new TypeError(`${WHERE}: filter must be an object`);
-  if (inner === null || typeof inner !== 'object') throw new TypeError(`${WHERE}: the second argument must be an observer object`);
+  if (inner === null || typeof inner !== 'object')
+    throw new TypeError(`${WHERE}: the second argument must be an observer object`);
   checkTags(WHERE, filter.tags);
   if (filter.names !== undefined && (!Array.isArray(filter.names) || filter.names.some((n) => typeof n !== 'string'))) {
     throw new TypeError(`${WHERE}: option "names" must be an array of strings`);
   }
   if (filter.minLevel !== undefined && !LOG_LEVELS.includes(filter.minLevel)) {
-    throw new RangeError(`${WHERE}: option "minLevel" must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(filter.minLevel)}`);
+    throw new RangeError(
+      `${WHERE}: option "minLevel" must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(filter.minLevel)}`,
+    );
   }
-  if (filter.statuses !== undefined && (!Array.isArray(filter.statuses) || filter.statuses.some((s) => !TASK_STATUSES.includes(s)))) {
+  if (
+    filter.statuses !== undefined &&
+    (!Array.isArray(filter.statuses) || filter.statuses.some((s) => !TASK_STATUSES.includes(s)))
+  ) {
     throw new RangeError(`${WHERE}: option "statuses" must be an array of ${TASK_STATUSES.join(', ')}`);
   }
   const tagEntries = Object.entries(filter.tags ?? {});
@@ -46,7 +62,8 @@ export function filterObserver(filter: ObserverFilter, inner: TaskObserver): Tas
   }
   if (inner.onLifecycle) {
     observer.onLifecycle = (event: LifecycleEvent) => {
-      if (matchesTask(event.name, event.tags) && (statuses === undefined || statuses.has(event.status))) return inner.onLifecycle!(event);
+      if (matchesTask(event.name, event.tags) && (statuses === undefined || statuses.has(event.status)))
+        return inner.onLifecycle!(event);
     };
   }
   // Progress events pass on name and tags (neither `minLevel` nor `statuses` applies to them).
@@ -57,7 +74,8 @@ export function filterObserver(filter: ObserverFilter, inner: TaskObserver): Tas
   }
   if (inner.onLifecycle) {
     observer.wantsLifecycle = (status, retrying) =>
-      (statuses === undefined || statuses.has(status)) && (typeof inner.wantsLifecycle !== 'function' || inner.wantsLifecycle(status, retrying));
+      (statuses === undefined || statuses.has(status)) &&
+      (typeof inner.wantsLifecycle !== 'function' || inner.wantsLifecycle(status, retrying));
   }
   if (inner.startup) observer.startup = () => inner.startup!();
   if (inner.close) observer.close = () => inner.close!();

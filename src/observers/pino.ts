@@ -23,7 +23,8 @@ export function pinoObserver(logger: TaskLogger): TaskObserver {
     throw new TypeError('pinoObserver: "logger" must be a pino logger (an object with info/warn/error… methods)');
   }
   // pino's own check: a line below the logger's level is not even built.
-  const enabled = typeof logger.isLevelEnabled === 'function' ? (level: LogLevel) => logger.isLevelEnabled!(level) : () => true;
+  const enabled =
+    typeof logger.isLevelEnabled === 'function' ? (level: LogLevel) => logger.isLevelEnabled!(level) : () => true;
   return {
     onLog(event: LogEvent): void {
       if (!enabled(event.level)) return;

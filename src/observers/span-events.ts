@@ -45,7 +45,10 @@ export function spanEventObserver(): TaskObserver {
       // Called synchronously from taskLog(), so this is the logging attempt; the id check guards
       // against an observer chain a user invokes by hand elsewhere.
       if (attempt === undefined || attempt.id !== event.taskId || !attempt.span.isRecording()) return;
-      const attributes = fieldsToAttributes(event.fields, { [ATTR_LOG_MESSAGE]: event.message, [ATTR_LOG_LEVEL]: event.level });
+      const attributes = fieldsToAttributes(event.fields, {
+        [ATTR_LOG_MESSAGE]: event.message,
+        [ATTR_LOG_LEVEL]: event.level,
+      });
       attempt.span.addEvent(EVENT_TASK_LOG, attributes, event.time);
     },
   };

@@ -44,7 +44,8 @@ export class AesGcmArgsCipher implements ArgsCipher {
       );
     }
     try {
-      if (iv.length !== IV_BYTES || tag.length !== TAG_BYTES) throw new Error(`IV of ${iv.length} bytes, tag of ${tag.length} bytes`);
+      if (iv.length !== IV_BYTES || tag.length !== TAG_BYTES)
+        throw new Error(`IV of ${iv.length} bytes, tag of ${tag.length} bytes`);
       const decipher = createDecipheriv('aes-256-gcm', this.#key, iv, { authTagLength: TAG_BYTES });
       decipher.setAAD(aad(taskId));
       decipher.setAuthTag(tag);
@@ -76,7 +77,12 @@ function parseSealed(taskId: string, sealed: string): { keyId: string; iv: Buffe
       `are stored in a format this koa-taskflow does not read (${JSON.stringify(parts.slice(0, 2).join(':').slice(0, 24))}), probably by a newer version: upgrade koa-taskflow and keep option "encryptionKey" set`,
     );
   }
-  return { keyId: parts[2], iv: Buffer.from(parts[3], 'base64'), tag: Buffer.from(parts[4], 'base64'), data: Buffer.from(parts[5], 'base64') };
+  return {
+    keyId: parts[2],
+    iv: Buffer.from(parts[3], 'base64'),
+    tag: Buffer.from(parts[4], 'base64'),
+    data: Buffer.from(parts[5], 'base64'),
+  };
 }
 
 function aad(taskId: string): Buffer {

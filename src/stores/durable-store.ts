@@ -58,7 +58,8 @@ export abstract class GroupCommittedStore {
    * once everything saved before it is committed.
    */
   save(records: TaskRecord[]): Promise<SaveResult> {
-    if (this.closed !== undefined) return Promise.reject(new TaskStoreUnavailableError(`${this.constructor.name}: the store is closed`));
+    if (this.closed !== undefined)
+      return Promise.reject(new TaskStoreUnavailableError(`${this.constructor.name}: the store is closed`));
     return this.commit.add(records, { lazy: records.every((r) => r.attempts > 0 || r.status !== 'pending') });
   }
 

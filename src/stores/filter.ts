@@ -15,26 +15,40 @@ const STATUSES: ReadonlySet<unknown> = new Set(TASK_STATUSES);
 /** Checks every field (a TypeError/RangeError naming it), so a bad filter fails the same way in every store. */
 export function compileFilter(filter: TaskFilter | undefined, where = 'list'): CompiledFilter {
   const f = filter ?? {};
-  if (typeof f !== 'object' || Array.isArray(f)) throw new TypeError(`${where}: filter must be an object, got ${Array.isArray(f) ? 'an array' : typeof f}`);
+  if (typeof f !== 'object' || Array.isArray(f))
+    throw new TypeError(`${where}: filter must be an object, got ${Array.isArray(f) ? 'an array' : typeof f}`);
   let statuses: Set<TaskStatus> | undefined;
   if (f.status !== undefined) {
     const given: unknown[] = Array.isArray(f.status) ? f.status : [f.status];
     const bad = given.findIndex((s) => !STATUSES.has(s));
     if (bad !== -1) {
-      throw optionError(where, 'status', `one of ${TASK_STATUSES.join(', ')} or an array of them`, given[bad], typeof given[bad] === 'string' ? RangeError : TypeError);
+      throw optionError(
+        where,
+        'status',
+        `one of ${TASK_STATUSES.join(', ')} or an array of them`,
+        given[bad],
+        typeof given[bad] === 'string' ? RangeError : TypeError,
+      );
     }
     statuses = new Set(given as TaskStatus[]);
   }
   if (f.name !== undefined && typeof f.name !== 'string') throw optionError(where, 'name', 'a string', f.name);
   checkTags(where, f.tags);
   if (f.limit !== undefined && (!Number.isInteger(f.limit) || f.limit < 0)) {
-    throw optionError(where, 'limit', 'a non-negative integer', f.limit, typeof f.limit === 'number' ? RangeError : TypeError);
+    throw optionError(
+      where,
+      'limit',
+      'a non-negative integer',
+      f.limit,
+      typeof f.limit === 'number' ? RangeError : TypeError,
+    );
   }
   let since: number | undefined;
   if (f.since !== undefined) {
     since = f.since instanceof Date ? f.since.getTime() : f.since;
     if (typeof since !== 'number') throw optionError(where, 'since', 'a Date or epoch milliseconds', f.since);
-    if (Number.isNaN(since)) throw optionError(where, 'since', 'a valid Date or epoch milliseconds', f.since, RangeError);
+    if (Number.isNaN(since))
+      throw optionError(where, 'since', 'a valid Date or epoch milliseconds', f.since, RangeError);
   }
   return { statuses, name: f.name, tags: Object.entries(f.tags ?? {}), since, limit: f.limit ?? Infinity };
 }

@@ -77,7 +77,9 @@ export class GroupCommit {
 
   #open(lazy: boolean): PendingBatch {
     const batch = new PendingBatch(lazy);
-    batch.timer = lazy ? setTimeout(() => void this.#flush(this.#take(true)!), LAZY_WRITE_MS) : setImmediate(() => void this.#flush(this.#take(false)!));
+    batch.timer = lazy
+      ? setTimeout(() => void this.#flush(this.#take(true)!), LAZY_WRITE_MS)
+      : setImmediate(() => void this.#flush(this.#take(false)!));
     return batch;
   }
 

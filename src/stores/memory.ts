@@ -52,7 +52,9 @@ export class MemoryStore implements TaskStore {
   constructor(options: MemoryStoreOptions = {}) {
     const maxRecords = options.maxRecords ?? 10_000;
     if (!Number.isInteger(maxRecords) || maxRecords < 1) {
-      throw new RangeError(`MemoryStore: option "maxRecords" must be a positive integer, got ${JSON.stringify(options.maxRecords)}`);
+      throw new RangeError(
+        `MemoryStore: option "maxRecords" must be a positive integer, got ${JSON.stringify(options.maxRecords)}`,
+      );
     }
     this.maxRecords = maxRecords;
   }
@@ -143,6 +145,7 @@ export class MemoryStore implements TaskStore {
 
   #delete(record: TaskRecord): void {
     this.#records.delete(record.id);
-    if (record.idempotencyKey !== undefined && this.#keys.get(record.idempotencyKey) === record.id) this.#keys.delete(record.idempotencyKey);
+    if (record.idempotencyKey !== undefined && this.#keys.get(record.idempotencyKey) === record.id)
+      this.#keys.delete(record.idempotencyKey);
   }
 }

@@ -19,7 +19,9 @@ export function validateRetentionDays(where: string, value: number | undefined):
 export function validateFailedRetentionDays(where: string, value: number | undefined, retentionDays: number): number {
   if (value === undefined) return 2 * retentionDays;
   if (typeof value !== 'number' || !(value >= retentionDays) || !Number.isFinite(value)) {
-    throw new RangeError(`${where}: option "failedRetentionDays" must be a number >= "retentionDays" (${retentionDays}): failures are kept at least as long as successes, got ${JSON.stringify(value)}`);
+    throw new RangeError(
+      `${where}: option "failedRetentionDays" must be a number >= "retentionDays" (${retentionDays}): failures are kept at least as long as successes, got ${JSON.stringify(value)}`,
+    );
   }
   return value;
 }
@@ -60,11 +62,15 @@ function toJson(value: unknown): string {
  * running, ended) but its args never change, so they are encrypted once. `readable: false` marks args
  * that could not be opened: they are written back exactly as they were read, whatever the key.
  */
-const sealedByRecord = new WeakMap<TaskRecord, { args: unknown[]; sealed: string; cipher: ArgsCipher | undefined; error?: TaskArgsDecryptionError }>();
+const sealedByRecord = new WeakMap<
+  TaskRecord,
+  { args: unknown[]; sealed: string; cipher: ArgsCipher | undefined; error?: TaskArgsDecryptionError }
+>();
 
 function sealedArgs(record: TaskRecord, cipher: ArgsCipher | undefined): string | undefined {
   const known = sealedByRecord.get(record);
-  if (known !== undefined && known.args === record.args && (known.error !== undefined || known.cipher === cipher)) return known.sealed;
+  if (known !== undefined && known.args === record.args && (known.error !== undefined || known.cipher === cipher))
+    return known.sealed;
   if (cipher === undefined) return undefined;
   const sealed = cipher.seal(record.id, toJson(record.args));
   sealedByRecord.set(record, { args: record.args, sealed, cipher });
@@ -85,7 +91,9 @@ export function parseRecord(id: string, text: unknown, cipher?: ArgsCipher, keep
   const stored: unknown = record.args;
   if (typeof stored !== 'string') return record;
   try {
-    record.args = JSON.parse(cipher === undefined ? openWithoutKey(record.id, stored) : cipher.open(record.id, stored)) as unknown[];
+    record.args = JSON.parse(
+      cipher === undefined ? openWithoutKey(record.id, stored) : cipher.open(record.id, stored),
+    ) as unknown[];
     sealedByRecord.set(record, { args: record.args, sealed: stored, cipher });
   } catch (error) {
     if (!keepUnreadable || !(error instanceof TaskArgsDecryptionError)) throw error;
@@ -109,8 +117,27 @@ export function unreadableArgs(record: TaskRecord): TaskArgsDecryptionError | un
 }
 
 const STATUSES = new Set<string>(TASK_STATUSES);
-const NUMBERS = ['attempts', 'maxAttempts', 'priority', 'startedAt', 'endedAt', 'durationMs', 'runAt', 'requestTraceFlags', 'stalls', 'progress'] as const;
-const STRINGS = ['idempotencyKey', 'reason', 'traceId', 'spanId', 'requestTraceId', 'requestSpanId', 'retryOf'] as const;
+const NUMBERS = [
+  'attempts',
+  'maxAttempts',
+  'priority',
+  'startedAt',
+  'endedAt',
+  'durationMs',
+  'runAt',
+  'requestTraceFlags',
+  'stalls',
+  'progress',
+] as const;
+const STRINGS = [
+  'idempotencyKey',
+  'reason',
+  'traceId',
+  'spanId',
+  'requestTraceId',
+  'requestSpanId',
+  'retryOf',
+] as const;
 
 /**
  * Every field present: records keep one shape. What the runtime relies on is checked, so a damaged record
@@ -160,20 +187,27 @@ function toRecord(id: string, text: unknown): TaskRecord {
 }
 
 function shapeProblem(id: string, stored: Record<string, unknown>): string | undefined {
-  if (stored === null || typeof stored !== 'object' || Array.isArray(stored)) return `${kindOf(stored)}, not a JSON object`;
-  if (stored.id !== id) return `its field "id" is ${typeof stored.id === 'string' ? 'another id' : 'missing or not a string'}, not the id it is stored under`;
+  if (stored === null || typeof stored !== 'object' || Array.isArray(stored))
+    return `${kindOf(stored)}, not a JSON object`;
+  if (stored.id !== id)
+    return `its field "id" is ${typeof stored.id === 'string' ? 'another id' : 'missing or not a string'}, not the id it is stored under`;
   if (typeof stored.name !== 'string' || stored.name === '') return 'field "name" is missing or not a non-empty string';
-  if (typeof stored.status !== 'string' || !STATUSES.has(stored.status)) return 'field "status" is missing or not a task status';
-  if (typeof stored.createdAt !== 'number' || !Number.isFinite(stored.createdAt)) return 'field "createdAt" is missing or not a number';
+  if (typeof stored.status !== 'string' || !STATUSES.has(stored.status))
+    return 'field "status" is missing or not a task status';
+  if (typeof stored.createdAt !== 'number' || !Number.isFinite(stored.createdAt))
+    return 'field "createdAt" is missing or not a number';
   const { args, tags, logs } = stored;
   if (args != null && typeof args !== 'string' && !Array.isArray(args)) return 'field "args" is not an array';
-  if (tags != null && (typeof tags !== 'object' || Array.isArray(tags) || !allStrings(tags as Record<string, unknown>))) return 'field "tags" is not an object of strings';
+  if (tags != null && (typeof tags !== 'object' || Array.isArray(tags) || !allStrings(tags as Record<string, unknown>)))
+    return 'field "tags" is not an object of strings';
   if (logs != null && !Array.isArray(logs)) return 'field "logs" is not an array';
   for (const key of ['error', 'options'] as const) {
     if (stored[key] != null && typeof stored[key] !== 'object') return `field "${key}" is not an object`;
   }
-  for (const key of NUMBERS) if (stored[key] != null && typeof stored[key] !== 'number') return `field "${key}" is not a number`;
-  for (const key of STRINGS) if (stored[key] != null && typeof stored[key] !== 'string') return `field "${key}" is not a string`;
+  for (const key of NUMBERS)
+    if (stored[key] != null && typeof stored[key] !== 'number') return `field "${key}" is not a number`;
+  for (const key of STRINGS)
+    if (stored[key] != null && typeof stored[key] !== 'string') return `field "${key}" is not a string`;
   return undefined;
 }
 

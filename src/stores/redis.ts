@@ -7,7 +7,13 @@ import type { SaveResult, StoreMetrics, TaskFilter, TaskRecord, TaskStatus, Task
 import { compileFilter, matchesFilter } from './filter.js';
 import { GroupCommittedStore } from './durable-store.js';
 import type { WriteBatch } from './group-commit.js';
-import { retentionCutoff, serialiseRecord, unreadableRecord, validateFailedRetentionDays, validateRetentionDays } from './records.js';
+import {
+  retentionCutoff,
+  serialiseRecord,
+  unreadableRecord,
+  validateFailedRetentionDays,
+  validateRetentionDays,
+} from './records.js';
 
 /** How to reach Redis: a URL (the store makes and closes its own client) or a client you own. */
 export type RedisConnection = ({ url: string } & RedisOptions) | { client: Redis };
@@ -317,22 +323,29 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   constructor(connection: RedisConnection, options: RedisStoreOptions = {}) {
     super();
     const where = 'RedisStore';
-    if (connection === null || typeof connection !== 'object') throw new TypeError(`${where}: the first argument must be { url } or { client }`);
+    if (connection === null || typeof connection !== 'object')
+      throw new TypeError(`${where}: the first argument must be { url } or { client }`);
     if (options === null || typeof options !== 'object') throw new TypeError(`${where}: options must be an object`);
     const { prefix = 'taskflow' } = options;
-    if (typeof prefix !== 'string' || prefix === '') throw new TypeError(`${where}: option "prefix" must be a non-empty string, got ${JSON.stringify(prefix)}`);
+    if (typeof prefix !== 'string' || prefix === '')
+      throw new TypeError(`${where}: option "prefix" must be a non-empty string, got ${JSON.stringify(prefix)}`);
     this.prefix = prefix;
     this.retentionDays = validateRetentionDays(where, options.retentionDays);
     this.failedRetentionDays = validateFailedRetentionDays(where, options.failedRetentionDays, this.retentionDays);
     if ('client' in connection) {
-      if (connection.client === null || typeof connection.client !== 'object' || typeof connection.client.evalsha !== 'function') {
+      if (
+        connection.client === null ||
+        typeof connection.client !== 'object' ||
+        typeof connection.client.evalsha !== 'function'
+      ) {
         throw new TypeError(`${where}: option "client" must be an ioredis client`);
       }
       this.client = connection.client;
       this.#ownsClient = false;
     } else {
       const { url, ...redisOptions } = connection;
-      if (typeof url !== 'string' || url === '') throw new TypeError(`${where}: option "url" must be a redis:// URL, got ${JSON.stringify(url)}`);
+      if (typeof url !== 'string' || url === '')
+        throw new TypeError(`${where}: option "url" must be a redis:// URL, got ${JSON.stringify(url)}`);
       // While Redis is unreachable a request is answered 503 at once rather than waiting for a reconnection:
       // nothing waits in ioredis's offline queue (#reachable), a command in flight when the connection drops
       // fails with it, a peer that stops answering is given up after socketTimeout; the client keeps
@@ -361,7 +374,9 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   #reachable(): void {
     const { status } = this.client;
     if (status !== 'ready' && this.#triedToConnect) {
-      throw new TaskStoreUnavailableError(`RedisStore: Redis is unreachable (connection ${status}); the client reconnects in the background`);
+      throw new TaskStoreUnavailableError(
+        `RedisStore: Redis is unreachable (connection ${status}); the client reconnects in the background`,
+      );
     }
   }
 
@@ -401,7 +416,8 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
         const [error, json] = results[i];
         // No record: deleted since the index was read (retention). An error: the key is not a hash.
         if (error !== null && !error.message.startsWith('WRONGTYPE')) unavailable(error);
-        if (error !== null && error.message.startsWith('WRONGTYPE')) this.unreadable(ids[i], unreadableRecord(ids[i], hashProblem(undefined)));
+        if (error !== null && error.message.startsWith('WRONGTYPE'))
+          this.unreadable(ids[i], unreadableRecord(ids[i], hashProblem(undefined)));
         if (error !== null || typeof json !== 'string') continue;
         const record = this.readRecord(ids[i], json);
         if (record === undefined || !matchesFilter(record, f)) continue;
@@ -426,7 +442,8 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     const bucket = (le: string, name: string) => {
       const key = `${le}:${name}`;
       let found = buckets.get(key);
-      if (found === undefined) buckets.set(key, (found = { name, le: le === 'inf' ? Infinity : Number(le), count: 0, sumMs: 0 }));
+      if (found === undefined)
+        buckets.set(key, (found = { name, le: le === 'inf' ? Infinity : Number(le), count: 0, sumMs: 0 }));
       return found;
     };
     for (const [field, value] of Object.entries(fields)) {
@@ -438,7 +455,10 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
       else if (kind === 'c:') bucket(head, name).count = Number(value);
       else if (kind === 'd:') bucket(head, name).sumMs = Number(value);
     }
-    return metricsFromBuckets(counts, [...buckets.values()].filter((b) => b.count > 0));
+    return metricsFromBuckets(
+      counts,
+      [...buckets.values()].filter((b) => b.count > 0),
+    );
   }
 
   /**
@@ -504,7 +524,12 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   #sweep(now: number): Promise<void> {
     let release!: () => void;
     const awaited = new Promise<void>((resolve) => (release = resolve));
-    const args = [this.prefix, retentionCutoff(now, this.retentionDays), retentionCutoff(now, this.failedRetentionDays), SWEEP_BATCH];
+    const args = [
+      this.prefix,
+      retentionCutoff(now, this.retentionDays),
+      retentionCutoff(now, this.failedRetentionDays),
+      SWEEP_BATCH,
+    ];
     const pass = (async () => {
       for (let batches = 1; this.closed === undefined; batches++) {
         if ((await this.#run(scripts.cleanup, args)) !== 1) return;
@@ -530,7 +555,8 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     this.closed ??= (async () => {
       try {
         await this.commit.flush();
-        if (this.ownerId !== '' && this.client.status === 'ready') await this.client.del(`${this.prefix}:o:${this.ownerId}`);
+        if (this.ownerId !== '' && this.client.status === 'ready')
+          await this.client.del(`${this.prefix}:o:${this.ownerId}`);
       } finally {
         if (this.#ownsClient) await this.client.quit().catch(() => this.client.disconnect());
       }
@@ -541,7 +567,18 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   protected async write({ records, released }: WriteBatch): Promise<SaveResult> {
     const args: (string | number)[] = [this.prefix, this.ownerId, this.leaseMs, this.retentionDays * DAY_MS];
     for (const r of records) {
-      args.push(r.id, r.status, r.createdAt, r.endedAt ?? '', r.name, r.idempotencyKey ?? '', JSON.stringify(r.tags), released.has(r.id) ? '1' : '0', serialiseRecord(r, this.argsCipher), successDuration(r));
+      args.push(
+        r.id,
+        r.status,
+        r.createdAt,
+        r.endedAt ?? '',
+        r.name,
+        r.idempotencyKey ?? '',
+        JSON.stringify(r.tags),
+        released.has(r.id) ? '1' : '0',
+        serialiseRecord(r, this.argsCipher),
+        successDuration(r),
+      );
     }
     const dups = (await this.#run(scripts.save, args)) as string[];
     if (dups.length === 0) return undefined;
@@ -556,7 +593,8 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
       return await this.client.evalsha(script.sha, 0, ...args);
     } catch (error) {
       // First use on this server (or after SCRIPT FLUSH): send the source once; Redis caches it by sha.
-      if (error instanceof Error && error.message.startsWith('NOSCRIPT')) return this.client.eval(script.source, 0, ...args).catch(unavailable);
+      if (error instanceof Error && error.message.startsWith('NOSCRIPT'))
+        return this.client.eval(script.source, 0, ...args).catch(unavailable);
       return unavailable(error);
     }
   }
@@ -576,13 +614,20 @@ function hashProblem(kind: string | undefined): string {
  * retried writes. Any other error is Redis refusing what we sent, and stays as it is.
  */
 function unavailable(error: unknown): never {
-  if (!(error instanceof Error) || (error.name === 'ReplyError' && !/^(OOM|LOADING|READONLY|BUSY|MASTERDOWN|NOREPLICAS|TRYAGAIN)\b/.test(error.message))) throw error;
+  if (
+    !(error instanceof Error) ||
+    (error.name === 'ReplyError' &&
+      !/^(OOM|LOADING|READONLY|BUSY|MASTERDOWN|NOREPLICAS|TRYAGAIN)\b/.test(error.message))
+  )
+    throw error;
   throw new TaskStoreUnavailableError(`RedisStore: ${error.message}`, { cause: error });
 }
 
 /** What a record adds to its name's duration histogram: the duration of a success, '' for none. */
 function successDuration(record: TaskRecord): number | '' {
-  return record.status === 'success' && typeof record.durationMs === 'number' && Number.isFinite(record.durationMs) ? record.durationMs : '';
+  return record.status === 'success' && typeof record.durationMs === 'number' && Number.isFinite(record.durationMs)
+    ? record.durationMs
+    : '';
 }
 
 /** The tag index key; the key's length (in UTF-8 bytes, as Lua's string.len counts) keeps `a=b=c` unambiguous. */

@@ -16,7 +16,10 @@ function bucketOf(ms: string): string {
  */
 function countedAs(row: string): { le: string; ms: string } {
   const timed = `${row}status = 'success' AND ${row}duration_ms IS NOT NULL`;
-  return { le: `CASE WHEN ${timed} THEN ${bucketOf(`${row}duration_ms`)} ELSE 0 END`, ms: `CASE WHEN ${timed} THEN ${row}duration_ms ELSE 0 END` };
+  return {
+    le: `CASE WHEN ${timed} THEN ${bucketOf(`${row}duration_ms`)} ELSE 0 END`,
+    ms: `CASE WHEN ${timed} THEN ${row}duration_ms ELSE 0 END`,
+  };
 }
 
 function countIn(row: 'NEW'): string {

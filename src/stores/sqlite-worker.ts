@@ -200,7 +200,10 @@ export class SqliteWorker {
 
   #start(): Worker {
     if (this.#worker !== undefined) return this.#worker;
-    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { path: this.#path, busyTimeoutMs: this.#busyTimeoutMs } });
+    const worker = new Worker(WORKER_SOURCE, {
+      eval: true,
+      workerData: { path: this.#path, busyTimeoutMs: this.#busyTimeoutMs },
+    });
     worker.unref();
     worker.on('message', (message: ReaderMessage) => {
       const pending = this.#pending.get(message.id);

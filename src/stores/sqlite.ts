@@ -4,7 +4,16 @@ import type { DatabaseSync, StatementSync } from 'node:sqlite';
 import { DatabaseSync as Database } from './node-sqlite.js';
 import { TaskflowError, TaskStoreError, TaskStoreUnavailableError } from '../errors.js';
 import { metricsFromBuckets, type DurationBucket, type StatusCount } from '../metrics.js';
-import { DEAD_LETTER_STATUSES, FINAL_STATUSES, type SaveResult, type StoreMetrics, type TaskFilter, type TaskRecord, type TaskStatus, type TaskStore } from '../types.js';
+import {
+  DEAD_LETTER_STATUSES,
+  FINAL_STATUSES,
+  type SaveResult,
+  type StoreMetrics,
+  type TaskFilter,
+  type TaskRecord,
+  type TaskStatus,
+  type TaskStore,
+} from '../types.js';
 import { compileFilter } from './filter.js';
 import { GroupCommittedStore } from './durable-store.js';
 import type { WriteBatch } from './group-commit.js';
@@ -71,11 +80,19 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   constructor(options: SqliteStoreOptions) {
     super();
     const where = 'SqliteStore';
-    if (options === null || typeof options !== 'object') throw new TypeError(`${where}: options must be an object with a "path"`);
+    if (options === null || typeof options !== 'object')
+      throw new TypeError(`${where}: options must be an object with a "path"`);
     const { path, synchronous = 'NORMAL', busyTimeoutMs = 5_000 } = options;
-    if (typeof path !== 'string' || path === '') throw new TypeError(`${where}: option "path" must be a non-empty file path, got ${JSON.stringify(path)}`);
-    if (synchronous !== 'NORMAL' && synchronous !== 'FULL') throw new TypeError(`${where}: option "synchronous" must be "NORMAL" or "FULL", got ${JSON.stringify(synchronous)}`);
-    if (!Number.isInteger(busyTimeoutMs) || busyTimeoutMs < 0) throw new RangeError(`${where}: option "busyTimeoutMs" must be an integer >= 0, got ${JSON.stringify(busyTimeoutMs)}`);
+    if (typeof path !== 'string' || path === '')
+      throw new TypeError(`${where}: option "path" must be a non-empty file path, got ${JSON.stringify(path)}`);
+    if (synchronous !== 'NORMAL' && synchronous !== 'FULL')
+      throw new TypeError(
+        `${where}: option "synchronous" must be "NORMAL" or "FULL", got ${JSON.stringify(synchronous)}`,
+      );
+    if (!Number.isInteger(busyTimeoutMs) || busyTimeoutMs < 0)
+      throw new RangeError(
+        `${where}: option "busyTimeoutMs" must be an integer >= 0, got ${JSON.stringify(busyTimeoutMs)}`,
+      );
     this.retentionDays = validateRetentionDays(where, options.retentionDays);
     this.failedRetentionDays = validateFailedRetentionDays(where, options.failedRetentionDays, this.retentionDays);
     this.path = path;
@@ -84,7 +101,8 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
       db = new Database(path);
       db.exec(`PRAGMA busy_timeout = ${busyTimeoutMs}`);
       const mode = db.prepare('PRAGMA journal_mode = WAL').get() as { journal_mode: string };
-      if (mode.journal_mode !== 'wal' && path !== ':memory:') throw new Error(`could not switch to WAL mode (got ${mode.journal_mode})`);
+      if (mode.journal_mode !== 'wal' && path !== ':memory:')
+        throw new Error(`could not switch to WAL mode (got ${mode.journal_mode})`);
       db.exec(`PRAGMA synchronous = ${synchronous}`);
       const level = (db.prepare('PRAGMA synchronous').get() as { synchronous: number }).synchronous;
       this.synchronous = level === 2 ? 'FULL' : 'NORMAL';
@@ -110,7 +128,9 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     const row = this.#read(
       () =>
         (this.#statement('SELECT id, record FROM taskflow_tasks WHERE id = ?').get(id) ??
-          this.#statement('SELECT t.id, t.record FROM taskflow_aliases a JOIN taskflow_tasks t ON t.id = a.task_id WHERE a.id = ?').get(id)) as Row | undefined,
+          this.#statement(
+            'SELECT t.id, t.record FROM taskflow_aliases a JOIN taskflow_tasks t ON t.id = a.task_id WHERE a.id = ?',
+          ).get(id)) as Row | undefined,
     );
     return row && this.getRecord(row.id, row.record);
   }
@@ -126,7 +146,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
       return out;
     }
     // A record that cannot be read is skipped: the rows after the page take its place.
-    for (let offset = 0; out.length < f.limit; ) {
+    for (let offset = 0; out.length < f.limit;) {
       const wanted = f.limit - out.length;
       let read = 0;
       await this.#rows(listQuery(f, wanted, offset), (rows) => {
@@ -155,7 +175,9 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
    */
   async metrics(): Promise<StoreMetrics> {
     this.#foldLogIfAny();
-    const [rows] = await this.#all([{ sql: 'SELECT name, status, le, count, sum_ms AS sumMs FROM taskflow_counts WHERE count > 0', params: [] }]);
+    const [rows] = await this.#all([
+      { sql: 'SELECT name, status, le, count, sum_ms AS sumMs FROM taskflow_counts WHERE count > 0', params: [] },
+    ]);
     const counts: StatusCount[] = [];
     const buckets: DurationBucket[] = [];
     for (const row of rows as (StatusCount & DurationBucket)[]) {
@@ -167,7 +189,8 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
 
   /** Admin reads: on the worker thread, else (':memory:') here. */
   async #all(queries: ReadQuery[]): Promise<unknown[][]> {
-    if (this.#worker === undefined) return this.#read(() => queries.map((q) => this.#statement(q.sql).all(...q.params)));
+    if (this.#worker === undefined)
+      return this.#read(() => queries.map((q) => this.#statement(q.sql).all(...q.params)));
     try {
       return await this.#worker.all(queries);
     } catch (error) {
@@ -176,7 +199,8 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   }
 
   async #rows(query: ReadQuery, onRows: (rows: Row[]) => void): Promise<void> {
-    if (this.#worker === undefined) return onRows(this.#read(() => this.#statement(query.sql).all(...query.params) as unknown as Row[]));
+    if (this.#worker === undefined)
+      return onRows(this.#read(() => this.#statement(query.sql).all(...query.params) as unknown as Row[]));
     try {
       await this.#worker.rows(query, (rows) => onRows(rows as Row[]));
     } catch (error) {
@@ -244,9 +268,13 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
       `INSERT INTO taskflow_tasks (id, name, status, created_at, ended_at, owner, idempotency_key, record, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at, owner = excluded.owner, record = excluded.record, duration_ms = excluded.duration_ms`,
     );
-    const insertTag = this.#statement('INSERT OR IGNORE INTO taskflow_tags (task_id, key, value, created_at) VALUES (?, ?, ?, ?)');
+    const insertTag = this.#statement(
+      'INSERT OR IGNORE INTO taskflow_tags (task_id, key, value, created_at) VALUES (?, ?, ?, ?)',
+    );
     const exists = this.#statement('SELECT 1 AS found FROM taskflow_tasks WHERE id = ?');
-    const insertAlias = this.#statement('INSERT OR REPLACE INTO taskflow_aliases (id, task_id, created_at) VALUES (?, ?, ?)');
+    const insertAlias = this.#statement(
+      'INSERT OR REPLACE INTO taskflow_aliases (id, task_id, created_at) VALUES (?, ?, ?)',
+    );
     this.#transaction(() => {
       this.#renewWithWrite(now);
       if (this.#logged.size > 0) {
@@ -269,8 +297,18 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
           }
         }
         const unfinished = record.status === 'pending' || record.status === 'running';
-        const owner = unfinished && !released.has(record.id) ? (this.ownerId || null) : null;
-        upsert.run(record.id, record.name, record.status, record.createdAt, record.endedAt ?? null, owner, key ?? null, serialiseRecord(record, this.argsCipher), durationOf(record));
+        const owner = unfinished && !released.has(record.id) ? this.ownerId || null : null;
+        upsert.run(
+          record.id,
+          record.name,
+          record.status,
+          record.createdAt,
+          record.endedAt ?? null,
+          owner,
+          key ?? null,
+          serialiseRecord(record, this.argsCipher),
+          durationOf(record),
+        );
         if (!this.#tagged.has(record.id)) {
           for (const tag in record.tags) insertTag.run(record.id, tag, record.tags[tag], record.createdAt);
           if (unfinished) this.#tagged.add(record.id);
@@ -285,12 +323,14 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   /** Acceptances: appended to the log in one transaction (see the class comment). */
   #append(records: TaskRecord[], released: ReadonlySet<string>): SaveResult {
     const now = Date.now();
-    const append = this.#statement('INSERT INTO taskflow_log (id, name, status, created_at, ended_at, owner, record, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)');
+    const append = this.#statement(
+      'INSERT INTO taskflow_log (id, name, status, created_at, ended_at, owner, record, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+    );
     this.#transaction(() => {
       this.#renewWithWrite(now);
       for (const record of records) {
         const unfinished = record.status === 'pending' || record.status === 'running';
-        const owner = unfinished && !released.has(record.id) ? (this.ownerId || null) : null;
+        const owner = unfinished && !released.has(record.id) ? this.ownerId || null : null;
         const { lastInsertRowid } = append.run(
           record.id,
           record.name,
@@ -328,7 +368,8 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
 
   /** Readers fold first (a write, so only when there is something to fold): they see what was acknowledged. */
   #foldLogIfAny(): void {
-    if (this.#read(() => this.#statement('SELECT 1 AS found FROM taskflow_log LIMIT 1').get()) !== undefined) this.#transaction(() => this.#foldLog());
+    if (this.#read(() => this.#statement('SELECT 1 AS found FROM taskflow_log LIMIT 1').get()) !== undefined)
+      this.#transaction(() => this.#foldLog());
   }
 
   /** Inside a transaction: the owner's lease travels with its writes, so tasks are covered from their first write on. */
@@ -341,16 +382,20 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
 
   /** Inside a transaction: the holder's id if `key` is held by another task that has not failed, else take it. */
   #claimKeyIn(key: string, id: string): string | undefined {
-    const row = this.#statement('SELECT k.task_id AS holder, t.status AS status FROM taskflow_keys k LEFT JOIN taskflow_tasks t ON t.id = k.task_id WHERE k.key = ?').get(key) as
-      | { holder: string; status: string | null }
-      | undefined;
+    const row = this.#statement(
+      'SELECT k.task_id AS holder, t.status AS status FROM taskflow_keys k LEFT JOIN taskflow_tasks t ON t.id = k.task_id WHERE k.key = ?',
+    ).get(key) as { holder: string; status: string | null } | undefined;
     if (row !== undefined && row.holder !== id && row.status !== null && row.status !== 'failed') return row.holder;
-    this.#statement('INSERT INTO taskflow_keys (key, task_id) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET task_id = excluded.task_id').run(key, id);
+    this.#statement(
+      'INSERT INTO taskflow_keys (key, task_id) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET task_id = excluded.task_id',
+    ).run(key, id);
     return undefined;
   }
 
   #renew(ownerId: string, until: number): void {
-    this.#statement('INSERT INTO taskflow_owners (id, lease_until) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until').run(ownerId, until);
+    this.#statement(
+      'INSERT INTO taskflow_owners (id, lease_until) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until',
+    ).run(ownerId, until);
   }
 
   /** Starts a retention pass unless one is under way. */
@@ -375,8 +420,14 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     // of one status in order (one index fewer to maintain on every write than an index on ended_at).
     const expire = `DELETE FROM taskflow_tasks WHERE rowid IN
       (SELECT rowid FROM taskflow_tasks WHERE status = ?1 AND created_at < ?2 AND ended_at < ?2 LIMIT ${EXPIRE_BATCH})`;
-    const statements: ReadQuery[] = [...this.#expiry(cutoff, failedCutoff)].map(([status, before]) => ({ sql: expire, params: [status, before] }));
-    statements.push({ sql: `DELETE FROM taskflow_aliases WHERE id IN (SELECT id FROM taskflow_aliases WHERE created_at < ? LIMIT ${EXPIRE_BATCH})`, params: [cutoff] });
+    const statements: ReadQuery[] = [...this.#expiry(cutoff, failedCutoff)].map(([status, before]) => ({
+      sql: expire,
+      params: [status, before],
+    }));
+    statements.push({
+      sql: `DELETE FROM taskflow_aliases WHERE id IN (SELECT id FROM taskflow_aliases WHERE created_at < ? LIMIT ${EXPIRE_BATCH})`,
+      params: [cutoff],
+    });
     if (this.#worker !== undefined) {
       await this.#worker.expire(statements, EXPIRE_BATCH);
       return;
@@ -479,8 +530,17 @@ function openError(path: string, error: unknown): TaskflowError {
       );
     }
   }
-  if (code === SQLITE_BUSY || code === SQLITE_LOCKED || code === SQLITE_FULL || code === SQLITE_IOERR || code === SQLITE_NOMEM) {
-    return new TaskStoreUnavailableError(`${at}: ${messageOf(error)}; it was not modified, try again once that is resolved`, { cause: error });
+  if (
+    code === SQLITE_BUSY ||
+    code === SQLITE_LOCKED ||
+    code === SQLITE_FULL ||
+    code === SQLITE_IOERR ||
+    code === SQLITE_NOMEM
+  ) {
+    return new TaskStoreUnavailableError(
+      `${at}: ${messageOf(error)}; it was not modified, try again once that is resolved`,
+      { cause: error },
+    );
   }
   return new TaskStoreError(
     `${at}: ${messageOf(error)}. If the file is damaged or is not a koa-taskflow database, move it away (it was not modified) or choose another "path"`,
@@ -530,10 +590,18 @@ function runtimeError(path: string, error: unknown): unknown {
       return new TaskStoreUnavailableError(`SqliteStore: "${path}": ${message}`, { cause: error });
     case SQLITE_CORRUPT:
     case SQLITE_NOTADB:
-      return new TaskStoreError(`SqliteStore: "${path}" is damaged (${message}); restore it from a backup or move it away`, 'ERR_STORE_UNREADABLE', { cause: error });
+      return new TaskStoreError(
+        `SqliteStore: "${path}" is damaged (${message}); restore it from a backup or move it away`,
+        'ERR_STORE_UNREADABLE',
+        { cause: error },
+      );
   }
   if (/no such (table|column|index)/.test(message)) {
-    return new TaskStoreError(`SqliteStore: "${path}" no longer has the koa-taskflow schema (${message}); it was changed while in use`, 'ERR_STORE_SCHEMA', { cause: error });
+    return new TaskStoreError(
+      `SqliteStore: "${path}" no longer has the koa-taskflow schema (${message}); it was changed while in use`,
+      'ERR_STORE_SCHEMA',
+      { cause: error },
+    );
   }
   return error;
 }
@@ -552,11 +620,17 @@ function migrate(db: DatabaseSync, path: string): void {
     }
     if (version === 0) {
       // A fresh file, or someone else's database: ours must not clash with tables already there.
-      const clash = db.prepare("SELECT name FROM sqlite_master WHERE name LIKE 'taskflow\\_%' ESCAPE '\\'").get() as { name: string } | undefined;
-      if (clash !== undefined) throw schemaError(path, `it has a table "${clash.name}" but no koa-taskflow schema version`);
+      const clash = db.prepare("SELECT name FROM sqlite_master WHERE name LIKE 'taskflow\\_%' ESCAPE '\\'").get() as
+        { name: string } | undefined;
+      if (clash !== undefined)
+        throw schemaError(path, `it has a table "${clash.name}" but no koa-taskflow schema version`);
     } else {
       const missing = missingSchema(db, version);
-      if (missing !== undefined) throw schemaError(path, `its koa-taskflow schema (version ${version}) has no ${missing}: it is damaged or is not a koa-taskflow database`);
+      if (missing !== undefined)
+        throw schemaError(
+          path,
+          `its koa-taskflow schema (version ${version}) has no ${missing}: it is damaged or is not a koa-taskflow database`,
+        );
     }
     for (let v = version; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v]);
     if (version < MIGRATIONS.length) db.exec(`PRAGMA user_version = ${MIGRATIONS.length}`);
@@ -568,7 +642,10 @@ function migrate(db: DatabaseSync, path: string): void {
 }
 
 function schemaError(path: string, why: string): TaskStoreError {
-  return new TaskStoreError(`SqliteStore: cannot open "${path}" as a task database: ${why}. Move it away (it was not modified) or choose another "path"`, 'ERR_STORE_SCHEMA');
+  return new TaskStoreError(
+    `SqliteStore: cannot open "${path}" as a task database: ${why}. Move it away (it was not modified) or choose another "path"`,
+    'ERR_STORE_SCHEMA',
+  );
 }
 
 const SCHEMA_OBJECTS = `SELECT m.type AS type, m.name AS name, p.name AS column FROM sqlite_master m LEFT JOIN pragma_table_info(m.name) p

@@ -28,7 +28,8 @@ export async function startAdmin(
     ...harness,
     admin,
     base,
-    api: (path, init = {}) => fetch(base + path, { ...init, headers: { authorization: `Bearer ${TOKEN}`, ...init.headers } }),
+    api: (path, init = {}) =>
+      fetch(base + path, { ...init, headers: { authorization: `Bearer ${TOKEN}`, ...init.headers } }),
   };
 }
 
@@ -36,6 +37,7 @@ export async function startAdmin(
 export async function expectJson<T = Record<string, unknown>>(response: Response, status: number): Promise<T> {
   const text = await response.text();
   if (response.status !== status) throw new Error(`expected HTTP ${status}, got ${response.status}: ${text}`);
-  if (!response.headers.get('content-type')?.startsWith('application/json')) throw new Error(`expected JSON, got ${response.headers.get('content-type')}: ${text}`);
+  if (!response.headers.get('content-type')?.startsWith('application/json'))
+    throw new Error(`expected JSON, got ${response.headers.get('content-type')}: ${text}`);
   return JSON.parse(text) as T;
 }

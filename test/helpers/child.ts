@@ -14,7 +14,12 @@ export interface Child {
  * Start `node <script>` on this Node (the project's Node 24); killed after the test if still running.
  * `nodeArgs` go before the script (`--import …`); `cwd` is where bare specifiers in them resolve from.
  */
-export function startNode(script: string, args: string[] = [], env: Record<string, string> = {}, options: { nodeArgs?: string[]; cwd?: string } = {}): Child {
+export function startNode(
+  script: string,
+  args: string[] = [],
+  env: Record<string, string> = {},
+  options: { nodeArgs?: string[]; cwd?: string } = {},
+): Child {
   const child = spawn(process.execPath, [...(options.nodeArgs ?? []), script, ...args], {
     cwd: options.cwd,
     env: { ...process.env, ...env },
@@ -52,7 +57,11 @@ export function startNode(script: string, args: string[] = [], env: Record<strin
         };
         const timer = setTimeout(() => {
           listeners.delete(check);
-          reject(new Error(`no line matching ${pattern} within ${timeoutMs} ms; stdout:\n${lines.join('\n')}\nstderr:\n${stderr}`));
+          reject(
+            new Error(
+              `no line matching ${pattern} within ${timeoutMs} ms; stdout:\n${lines.join('\n')}\nstderr:\n${stderr}`,
+            ),
+          );
         }, timeoutMs);
         if (!check()) listeners.add(check);
       });

@@ -27,7 +27,10 @@ export function durableFiles(prefix = 'taskflow-recovery-'): { db: string; log: 
 }
 
 /** A SqliteStore on `db` in the test process (to read what the app left), closed after the test. */
-export function openSqliteStore(db: string, options: Partial<ConstructorParameters<typeof SqliteStore>[0]> = {}): SqliteStore {
+export function openSqliteStore(
+  db: string,
+  options: Partial<ConstructorParameters<typeof SqliteStore>[0]> = {},
+): SqliteStore {
   const store = new SqliteStore({ path: db, ...options });
   onCleanup(() => store.close());
   return store;
@@ -35,7 +38,18 @@ export function openSqliteStore(db: string, options: Partial<ConstructorParamete
 
 /** A task record as a store holds it, with `fields` over the defaults (a pending task of 'job' created now). */
 export function taskRecord(id: string, fields: Partial<TaskRecord> = {}): TaskRecord {
-  return { id, name: 'job', status: 'pending', args: [], tags: {}, attempts: 0, maxAttempts: 1, createdAt: Date.now(), logs: [], ...fields };
+  return {
+    id,
+    name: 'job',
+    status: 'pending',
+    args: [],
+    tags: {},
+    attempts: 0,
+    maxAttempts: 1,
+    createdAt: Date.now(),
+    logs: [],
+    ...fields,
+  };
 }
 
 /** Start test/fixtures/durable-app.js with `env` and wait until it listens. */
@@ -95,7 +109,8 @@ export function readTaskLog(path: string): TaskLogEntry[] {
 /** How many times each id logged `event`. */
 export function countBy(path: string, event: string): Map<string, number> {
   const counts = new Map<string, number>();
-  for (const entry of readTaskLog(path)) if (entry.event === event) counts.set(entry.id, (counts.get(entry.id) ?? 0) + 1);
+  for (const entry of readTaskLog(path))
+    if (entry.event === event) counts.set(entry.id, (counts.get(entry.id) ?? 0) + 1);
   return counts;
 }
 
@@ -106,7 +121,11 @@ export function countBy(path: string, event: string): Map<string, number> {
  * (`aliases`, stores whose save() reports the losers), or to a `cancelled` duplicate naming it (stores that
  * answer save() with nothing: the manager claims the keys with claimKey after the write).
  */
-export async function expectOneExecutionAcrossInstances(stores: [TaskStore, TaskStore], count: number, { aliases = true } = {}): Promise<void> {
+export async function expectOneExecutionAcrossInstances(
+  stores: [TaskStore, TaskStore],
+  count: number,
+  { aliases = true } = {},
+): Promise<void> {
   let runs = 0;
   const gate = deferred();
   const setup = (app: Koa, m: TaskManager) => {
@@ -139,6 +158,11 @@ export async function expectOneExecutionAcrossInstances(stores: [TaskStore, Task
   expect(winner).toBeDefined();
   for (const record of resolved) {
     if (aliases || record?.id === winner!.id) expect(record).toMatchObject({ id: winner!.id, status: 'success' });
-    else expect(record).toMatchObject({ status: 'cancelled', reason: 'duplicate', error: { message: expect.stringContaining(`duplicate of ${winner!.id}`) } });
+    else
+      expect(record).toMatchObject({
+        status: 'cancelled',
+        reason: 'duplicate',
+        error: { message: expect.stringContaining(`duplicate of ${winner!.id}`) },
+      });
   }
 }

@@ -135,7 +135,7 @@ function decodeMetrics(body: MetricsPayload): ReceivedMetric[] {
           scope: scopeMetrics.scope?.name ?? '',
           points: (data.dataPoints ?? []).map((p) => ({
             attributes: decodeAttributes(p.attributes),
-            value: p.asInt !== undefined ? Number(p.asInt) : p.asDouble ?? { count: Number(p.count), sum: p.sum },
+            value: p.asInt !== undefined ? Number(p.asInt) : (p.asDouble ?? { count: Number(p.count), sum: p.sum }),
           })),
         });
       }

@@ -35,7 +35,10 @@ export function createManager(options?: TaskManagerOptions): TaskManager {
  * A real Koa app listening on a loopback port with the manager's middleware mounted first;
  * `setup` adds the routes. Closed after the test.
  */
-export async function startApp(setup: (app: Koa, manager: TaskManager) => void, options?: TaskManagerOptions | TaskManager): Promise<Harness> {
+export async function startApp(
+  setup: (app: Koa, manager: TaskManager) => void,
+  options?: TaskManagerOptions | TaskManager,
+): Promise<Harness> {
   const manager = options instanceof TaskManager ? options : createManager(options);
   const app = mountApp(manager, setup);
   await manager.start();
@@ -67,7 +70,11 @@ export async function listen(app: Koa): Promise<{ server: Server; url: string }>
 }
 
 /** A promise with its resolve exposed: lets a test hold a task until it decides. */
-export function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T) => void; reject: (error: unknown) => void } {
+export function deferred<T = void>(): {
+  promise: Promise<T>;
+  resolve: (value: T) => void;
+  reject: (error: unknown) => void;
+} {
   let resolve!: (value: T) => void;
   let reject!: (error: unknown) => void;
   const promise = new Promise<T>((res, rej) => {
@@ -78,7 +85,11 @@ export function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T)
 }
 
 /** Poll `check` until it returns true (no fixed sleeps in tests); fails after `timeoutMs`. */
-export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 5_000, what = 'condition'): Promise<void> {
+export async function waitFor(
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 5_000,
+  what = 'condition',
+): Promise<void> {
   const start = Date.now();
   while (!(await check())) {
     if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);

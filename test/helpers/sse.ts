@@ -33,7 +33,8 @@ export async function openSse(url: string, headers: Record<string, string> = {})
   let current: Partial<SseMessage> = {};
   const consume = (line: string): void => {
     if (line === '') {
-      if (current.data !== undefined) messages.push({ id: current.id, event: current.event ?? 'message', data: current.data });
+      if (current.data !== undefined)
+        messages.push({ id: current.id, event: current.event ?? 'message', data: current.data });
       current = {};
     } else if (line.startsWith(':')) {
       comments.push(line.slice(1).trim());
