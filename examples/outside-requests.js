@@ -11,9 +11,10 @@ const warmCache = manager.task(async function warmCache() {
   print('warmCache done');
 });
 
-const crawl = manager.task(async function crawl(page) {
-  const { signal } = getTaskContext();
-  print(`crawl ${page} started`);
+let page = 0;
+const crawl = manager.task(async function crawl() {
+  const { signal } = getTaskContext(); // and tickAt: the tick this run is for
+  print(`crawl ${++page} started`);
   // A long job that honours its signal: shutdown aborts it after the timeout.
   await new Promise((resolve, reject) => {
     const timer = setTimeout(resolve, 60_000);
@@ -36,16 +37,15 @@ const flushLedger = manager.task(
 
 await manager.start();
 manager.add(warmCache); // a startup job
-let page = 0;
-const ticker = setInterval(() => manager.with({ tags: { source: 'interval' } }).add(crawl, ++page), 50); // a periodic job
+// A periodic job: one run per tick, and with a shared durable store once per tick across all instances.
+manager.repeat(crawl, { every: 50 }, { tags: { source: 'repeat' } });
 manager.add(flushLedger);
 print('ready');
 
 for (const signal of ['SIGTERM', 'SIGINT']) {
   process.once(signal, async () => {
-    clearInterval(ticker);
     print(`${signal}: shutting down`);
-    await manager.shutdown();
+    await manager.shutdown(); // stops the repeat too
     const counts = (await manager.metrics()).byStatus;
     print(`stopped: ${JSON.stringify(counts)}`);
   });

@@ -2,6 +2,7 @@ import { context, ROOT_CONTEXT, trace, type Context, type Span } from '@opentele
 import { ATTEMPT_KEY, attemptStorage, kLog, kProgress, kSeq, type ActiveAttempt } from './context.js';
 import { TaskTimeoutError } from './errors.js';
 import { hasSpanIds } from './otel.js';
+import { tickOf } from './repeat.js';
 import type { LogLevel, Tags } from './types.js';
 
 /** What an attempt reports back to its task while it runs. */
@@ -10,6 +11,7 @@ export interface AttemptOwner {
   readonly name: string;
   readonly tags: Tags;
   readonly maxAttempts: number;
+  readonly idempotencyKey: string | undefined;
   log(attempt: Attempt, level: LogLevel, message: string, fields: Record<string, unknown> | undefined): void;
   progress(attempt: Attempt, value: number, fields: Record<string, unknown> | undefined): void;
   /** Called when the attempt is aborted while nothing races its promise (no timeout). */
@@ -98,6 +100,11 @@ export class Attempt implements ActiveAttempt {
       if (this.#abortReason !== undefined) this.#controller.abort(this.#abortReason);
     }
     return this.#controller.signal;
+  }
+
+  /** Read from the run's idempotency key when asked: most tasks never ask, and a resumed tick knows it too. */
+  get tickAt(): Date | undefined {
+    return tickOf(this.owner.idempotencyKey);
   }
 
   get aborted(): boolean {

@@ -3,6 +3,7 @@ export type { AdminOptions, AdminAuth, AdminMiddleware } from './admin/index.js'
 export { TaskScheduler, TaskBatch, type TaskHandle, type TaskPhase } from './scheduler.js';
 export { getTaskContext, taskLog, taskProgress } from './context.js';
 export type { TaskOptions, ResolvedTaskOptions, TraceMode } from './options.js';
+export type { RepeatSchedule, Repeating } from './repeat.js';
 export { MemoryStore, type MemoryStoreOptions } from './stores/memory.js';
 export { InMemoryObserver } from './observers/memory.js';
 export { filterObserver, type ObserverFilter } from './observers/filter.js';

@@ -30,6 +30,7 @@ import { TaskTelemetry } from './otel.js';
 import { assertPersistable, DEFAULT_LEASE_MS, persistedOptions } from './durable.js';
 import { createAdmin, type AdminMiddleware, type AdminOptions } from './admin/index.js';
 import { createRedactor, type RedactOption } from './redact.js';
+import { startRepeat, type Repeating, type RepeatSchedule } from './repeat.js';
 import { Runner } from './runner.js';
 import {
   enqueueForId,
@@ -320,6 +321,7 @@ export class TaskManager implements TaskEnqueuer {
   readonly #localKeys = new Map<string, string>();
   // Ids of stored records the store could not read, each reported once (bounded: see #unreadable).
   readonly #unreadableIds = new Set<string>();
+  readonly #repeats = new Set<Repeating>();
 
   constructor(options: TaskManagerOptions = {}) {
     validateManagerOptions(options);
@@ -462,6 +464,33 @@ export class TaskManager implements TaskEnqueuer {
   /** `add` with extra options: `manager.with({ tags }).add(fn, ...args)`. */
   with(options: TaskOptions): TaskAdder {
     return new TaskAdder(this, undefined).with(options);
+  }
+
+  /**
+   * Run `task` on a schedule (`every` ms, or a `cron` pattern in time zone `tz`): each tick is one ordinary
+   * run, once per tick across the instances sharing a durable store; see docs/api.md's Repeating tasks.
+   */
+  repeat(task: () => unknown, schedule: RepeatSchedule, options?: TaskOptions): Repeating {
+    if (this.#closing) throw new TaskManagerClosedError();
+    const repeat = startRepeat(
+      {
+        store: this.store,
+        durable: this.#durable,
+        check: (where, fn, overrides) => {
+          const resolved = this.#optionsFor(where, fn, overrides);
+          if (this.#durable) this.#checkPersist(where, fn, resolved, []);
+          return resolved.name;
+        },
+        add: (where, fn, overrides) => void this.enqueue(where, fn, [], overrides, 'now', undefined),
+        report: (stage, error) => this.#report(stage, error),
+      },
+      task,
+      schedule,
+      options,
+      (stopped) => this.#repeats.delete(stopped),
+    );
+    this.#repeats.add(repeat);
+    return repeat;
   }
 
   /**
@@ -645,6 +674,7 @@ export class TaskManager implements TaskEnqueuer {
     this.#shutdown ??= (async () => {
       this.#closing = true;
       clearInterval(this.#leaseTimer);
+      for (const repeat of this.#repeats) repeat.stop();
       await this.runner.stop(timeoutMs);
       // Status writes that failed while the store was away get one last chance before it closes.
       await this.runner.resync(true);

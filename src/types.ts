@@ -243,6 +243,8 @@ export interface TaskContext {
   readonly signal: AbortSignal;
   /** The attempt's span (a non-recording span when no OpenTelemetry SDK is registered). */
   readonly span: Span;
+  /** A run of `manager.repeat`: the time of the tick it runs for (not when it started); otherwise undefined. */
+  readonly tickAt?: Date;
 }
 
 /**
