@@ -1,5 +1,5 @@
 // manager.repeat: one ordinary run per tick, once per tick across instances sharing a durable store.
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Cron } from 'croner';
@@ -298,5 +298,17 @@ console.log('armed');
     const child = startNode(script);
     await child.waitForLine(/^armed$/);
     expect(await child.exited).toBe(0);
+  });
+});
+
+describe('examples/repeat.js', () => {
+  it("is exactly the snippet of docs/api.md's Repeating tasks, and its two instances run each tick once", async () => {
+    const example = readFileSync('examples/repeat.js', 'utf8');
+    expect(readFileSync('docs/api.md', 'utf8')).toContain('```js\n' + example + '```');
+    const app = startNode('examples/repeat.js', [], { TASKS_DB: join(tempDir('taskflow-repeat-'), 'tasks.db') });
+    expect(await app.exited).toBe(0);
+    const ticks = app.lines.map((line) => /^tick (\S+) ran on [ab]$/.exec(line)?.[1]);
+    expect(ticks).not.toContain(undefined);
+    expectOncePerTick(ticks as string[], 200, 3);
   });
 });
