@@ -252,6 +252,26 @@ describe('manager.repeat across instances sharing a durable store', () => {
     expectOncePerTick(runs, every, 6);
   });
 
+  it('a tick handed back at shutdown runs on the instance that takes it over, still knowing its tick', async () => {
+    const { db } = durableFiles('taskflow-repeat-');
+    const seen: { tickAt: string; attempt: number }[] = [];
+    const first = createManager({ store: new SqliteStore({ path: db }) });
+    const job = first.task(async function job() {
+      const { tickAt, attempt, signal } = getTaskContext()!;
+      seen.push({ tickAt: iso(tickAt!), attempt });
+      if (attempt === 1) await new Promise((resolve) => signal.addEventListener('abort', resolve));
+    });
+    first.repeat(job, { every: 300 });
+    await waitFor(() => seen.length === 1, 5_000, 'the first tick');
+    await first.shutdown({ timeoutMs: 0 });
+
+    const second = createManager({ store: new SqliteStore({ path: db }), requeuePending: true });
+    second.task(job);
+    await second.start();
+    await waitFor(() => seen.length === 2, 5_000, 'the handed-back tick');
+    expect(seen[1]).toEqual({ tickAt: seen[0].tickAt, attempt: 2 });
+  });
+
   it('ticks missed while every instance was down run once at start, from one of the instances starting; a first start catches up nothing', async () => {
     const { db } = durableFiles('taskflow-repeat-');
     const period = 400;
