@@ -233,7 +233,8 @@ class Repeat implements Repeating {
       const last = tickOf(newest.idempotencyKey)?.getTime() ?? newest.createdAt;
       if (last < latest) this.#tick(latest);
     } catch (error) {
-      this.host.report(`repeat of "${this.name}": looking for a missed tick (none is run)`, error);
+      // Stopped (or shut down) while the store was asked: nothing to report.
+      if (!this.#stopped) this.host.report(`repeat of "${this.name}": looking for a missed tick (none is run)`, error);
     }
   }
 }

@@ -209,8 +209,11 @@ describe('manager.repeat validation', () => {
   });
 });
 
-/** `count` managers on stores from `open`, each repeating `job` every `every` ms; each run notes its tick. */
-function instances(count: number, open: () => TaskStore, every: number) {
+/**
+ * `count` managers on stores from `open`, each repeating `job` every `every` ms (from `begin()`, at once unless
+ * `later`); each run notes its tick.
+ */
+function instances(count: number, open: () => TaskStore, every: number, later = false) {
   const runs: string[] = [];
   const managers = Array.from({ length: count }, () => {
     const manager = createManager({ store: open() });
@@ -219,8 +222,11 @@ function instances(count: number, open: () => TaskStore, every: number) {
     });
     return { manager, job };
   });
-  for (const { manager, job } of managers) manager.repeat(job, { every });
-  return { runs, managers: managers.map((m) => m.manager) };
+  const begin = () => {
+    for (const { manager, job } of managers) manager.repeat(job, { every });
+  };
+  if (!later) begin();
+  return { runs, begin, managers: managers.map((m) => m.manager) };
 }
 
 /** Every tick from the first to the last seen ran exactly once (no tick twice, none skipped). */
@@ -282,19 +288,21 @@ describe('manager.repeat across instances sharing a durable store', () => {
     // A first start has no earlier tick to catch up: its first run is a tick after it started.
     expect(Date.parse(first.runs[0])).toBeGreaterThan(firstStart);
 
-    // Down for at least three ticks; back early in a period, so that no tick passes while the instances start.
+    // Down for at least three ticks; the repeats start early in a period, so that no tick passes meanwhile.
+    const later = instances(3, () => new SqliteStore({ path: db }), period, true);
     const downUntil = Date.parse(first.runs[0]) + 3 * period + 1;
     await waitFor(
-      () => Date.now() > downUntil && Date.now() % period > 50 && Date.now() % period < 200,
+      () => Date.now() > downUntil && Date.now() % period > 20 && Date.now() % period < 200,
       5_000,
       'three missed ticks',
     );
     const restart = Date.now();
-    const later = instances(3, () => new SqliteStore({ path: db }), period);
+    later.begin();
     const missed = iso(Math.floor(restart / period) * period);
-    await waitFor(() => later.runs.includes(missed), 5_000, 'the catch-up run');
-    // Past the next tick, so that a second catch-up would have shown by now.
-    await waitFor(() => later.runs.some((t) => Date.parse(t) > restart), 5_000, 'the next tick');
+    // A busy machine may take seconds to start a SQLite reader thread for the first list().
+    await waitFor(() => later.runs.includes(missed), 15_000, 'the catch-up run');
+    // Past the next tick: from then on a catch-up has nothing left to do.
+    await waitFor(() => later.runs.some((t) => Date.parse(t) > restart), 15_000, 'the next tick');
     for (const manager of later.managers) await manager.shutdown({ timeoutMs: 1_000 });
     expect(later.runs.filter((t) => Date.parse(t) <= restart)).toEqual([missed]);
     expectOncePerTick(later.runs, period, 2);
