@@ -471,6 +471,9 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     try {
       return body();
     } catch (error) {
+      // A call after close() meets node:sqlite's "database is not open": a closed store is unavailable, as
+      // its save() says and RedisStore's calls do (docs/errors.md), not an error of the file.
+      if (!this.#db.isOpen) throw new TaskStoreUnavailableError('SqliteStore: the store is closed', { cause: error });
       throw runtimeError(this.path, error);
     }
   }
