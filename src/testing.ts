@@ -1,0 +1,645 @@
+/**
+ * `koa-taskflow/testing`: the conformance suite every `TaskStore` runs, the built-in ones and yours. It
+ * registers its tests through the `describe`/`it` you pass (vitest, jest, node:test, mocha…) and asserts
+ * with `node:assert`, so it depends on no test runner. See docs/api.md, "Writing a store".
+ */
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { metricsFrom } from './metrics.js';
+import { DURATION_BUCKETS } from './otel.js';
+import type { ArgsCipher, NameMetrics, TaskRecord, TaskStatus, TaskStore } from './types.js';
+
+/** How the suite gets the stores it tests. */
+export interface TaskStoreHarness<S extends TaskStore = TaskStore> {
+  /** A new, empty store (each test makes its own and closes it). */
+  create: () => S | Promise<S>;
+  /**
+   * Another instance over the same data as `store` (what a second process, or a restart, opens), called
+   * while `store` is open (two claimers) and after it was closed (durability). Required for a durable store.
+   */
+  reopen?: (store: S) => S | Promise<S>;
+  /** After each test, once its stores are closed: delete the file, flush the prefix… */
+  cleanup?: (store: S) => void | Promise<void>;
+  /** What the store promises beyond what it declares on itself. */
+  capabilities?: TaskStoreCapabilities;
+}
+
+export interface TaskStoreCapabilities {
+  /**
+   * The store deletes finished records `retentionDays` after they ended (failed and interrupted ones after
+   * `failedRetentionDays`, default twice that) at the latest when an instance opens and claims orphans.
+   */
+  retention?: { retentionDays: number; failedRetentionDays?: number };
+}
+
+/** The two functions of a test runner the suite needs (vitest's, jest's, node:test's and mocha's fit). */
+export interface TestFunctions {
+  describe: (name: string, body: () => void) => unknown;
+  it: (name: string, body: () => Promise<void>) => unknown;
+}
+
+const DAY_MS = 86_400_000;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** A record as JSON carries it (absent and `undefined` fields are the same record). */
+const plain = <T>(value: T): T => JSON.parse(JSON.stringify(value)) as T;
+const ids = (records: readonly TaskRecord[]) => records.map((r) => r.id);
+/** Records in id order, to compare sets of them. */
+const sorted = (records: TaskRecord[]) => plain(records).sort((a, b) => a.id.localeCompare(b.id));
+
+/**
+ * Registers the conformance tests of one store under `describe(name)`. Tests of something the store does
+ * not declare (`durable`, `attach`/`renewLease`/`release`, `metrics`, `encryptsArgs`, a `retention`
+ * capability) check what a store without it must do, or pass without checking.
+ */
+export function describeTaskStore<S extends TaskStore>(
+  name: string,
+  harness: TaskStoreHarness<S>,
+  { describe, it }: TestFunctions,
+): void {
+  /** Runs `body` with a new store and a way to open more over its data; closes them all and cleans up. */
+  const using =
+    (body: (store: S, reopen: () => Promise<S>) => Promise<void>): (() => Promise<void>) =>
+    async () => {
+      const store = await harness.create();
+      const opened: S[] = [store];
+      const reopen = async () => {
+        assert.ok(harness.reopen, `${name} is durable: the harness must give reopen(store)`);
+        const other = await harness.reopen(store);
+        opened.push(other);
+        return other;
+      };
+      try {
+        await body(store, reopen);
+      } finally {
+        for (const s of opened) await s.close().catch(() => {});
+        await harness.cleanup?.(store);
+      }
+    };
+  const durable = (store: TaskStore) => store.durable === true;
+  const leased = (store: TaskStore) =>
+    durable(store) && typeof store.attach === 'function' && typeof store.renewLease === 'function';
+
+  // Creation times a second apart, ending now: `since` and the order never hinge on a millisecond.
+  let clock = Date.now() - 3_600_000;
+  const record = (fields: Partial<TaskRecord> = {}): TaskRecord => ({
+    id: randomUUID(),
+    name: 'conformance',
+    status: 'pending',
+    args: [],
+    tags: {},
+    attempts: 0,
+    maxAttempts: 1,
+    createdAt: (clock += 1_000),
+    logs: [],
+    ...fields,
+  });
+  /** The same task, later in its life (a new object: a store may keep the one it was given). */
+  const next = (r: TaskRecord, fields: Partial<TaskRecord>): TaskRecord => ({ ...plain(r), ...fields });
+  const ended = (status: TaskStatus, fields: Partial<TaskRecord> = {}): TaskRecord => {
+    const createdAt = (clock += 1_000);
+    return record({ status, attempts: 1, createdAt, startedAt: createdAt, endedAt: createdAt + 5, ...fields });
+  };
+  const expectRecords = (actual: (TaskRecord | undefined)[], expected: TaskRecord[]) =>
+    assert.deepStrictEqual(plain(actual), plain(expected));
+
+  describe(name, () => {
+    describe('records', () => {
+      it(
+        'save() then get(): every field comes back as saved (args, tags, error, logs, progress, runAt, stalls…); an unknown id is undefined',
+        using(async (store) => {
+          const full = record({
+            name: 'sendInvoice',
+            status: 'pending',
+            args: [{ order: 'A-1', lines: [1, 2.5, null, true], note: 'ünïcödé ✓ "quoted"' }, 'x', 0],
+            tags: { tenant: 'acme', 'region=eu': 'a:b=c' },
+            attempts: 2,
+            maxAttempts: 4,
+            priority: 7,
+            idempotencyKey: 'invoice-A-1',
+            startedAt: clock + 10,
+            error: { type: 'Error', message: 'billing API answered 503', stack: 'Error: billing…\n    at charge' },
+            logs: [{ time: clock + 11, attempt: 2, level: 'warn', message: 'rate limited', fields: { retryIn: 200 } }],
+            traceId: 'a'.repeat(32),
+            spanId: 'b'.repeat(16),
+            requestTraceId: 'c'.repeat(32),
+            requestSpanId: 'd'.repeat(16),
+            requestTraceFlags: 1,
+            stalls: 1,
+            progress: 0.5,
+            retryOf: randomUUID(),
+            runAt: clock + 60_000,
+            options: { timeout: 1_000, delay: 200, backoff: 2, requeueOnInterrupt: false, maxStalls: 3 },
+          });
+          const others = (['running', 'success', 'failed', 'interrupted', 'cancelled'] as const).map((status) =>
+            ended(status, {
+              durationMs: 5,
+              reason: status === 'cancelled' ? 'request_failed' : undefined,
+              error: status === 'failed' ? { type: 'TaskTimeoutError', message: 'timed out' } : undefined,
+            }),
+          );
+          const saved = plain([full, ...others]);
+          await store.save([full, ...others]);
+          expectRecords(await Promise.all(saved.map((r) => store.get(r.id))), saved);
+          assert.equal(await store.get(randomUUID()), undefined);
+          await store.save([]);
+        }),
+      );
+
+      it(
+        'save() of a stored id replaces it: get() and list() answer the latest version, once',
+        using(async (store) => {
+          const accepted = record({ tags: { tenant: 'acme' } });
+          await store.save([accepted]);
+          const running = next(accepted, { status: 'running', attempts: 1, startedAt: accepted.createdAt + 1 });
+          await store.save([running]);
+          const done = next(running, {
+            status: 'success',
+            endedAt: accepted.createdAt + 9,
+            durationMs: 8,
+            progress: 1,
+          });
+          await store.save([done]);
+          expectRecords([await store.get(accepted.id)], [done]);
+          expectRecords(await store.list(), [done]);
+          expectRecords(await store.list({ status: 'success' }), [done]);
+          assert.deepStrictEqual(await store.list({ status: 'pending' }), []);
+        }),
+      );
+    });
+
+    describe('list(filter)', () => {
+      // Saved in the order they were created, as the TaskManager saves them.
+      const fill = async (store: TaskStore) => {
+        const records = [
+          record({ name: 'mail', status: 'success', tags: { tenant: 'acme', plan: 'pro' } }),
+          record({ name: 'mail', status: 'failed', tags: { tenant: 'acme' } }),
+          record({ name: 'sms', status: 'pending', tags: { tenant: 'acme', plan: 'pro' } }),
+          record({ name: 'mail', status: 'running', tags: { tenant: 'globex', plan: 'pro' } }),
+          record({ name: 'sms', status: 'interrupted', tags: {} }),
+          record({ name: 'mail', status: 'pending', tags: { tenant: 'acme', plan: 'pro' } }),
+        ];
+        for (const r of records) await store.save([r]);
+        return plain(records).reverse();
+      };
+
+      it(
+        'no filter: every record, newest first',
+        using(async (store) => {
+          const newest = await fill(store);
+          expectRecords(await store.list(), newest);
+          expectRecords(await store.list({}), newest);
+        }),
+      );
+
+      it(
+        'status: one status, or an array of them (any matches)',
+        using(async (store) => {
+          const newest = await fill(store);
+          expectRecords(
+            await store.list({ status: 'pending' }),
+            newest.filter((r) => r.status === 'pending'),
+          );
+          expectRecords(
+            await store.list({ status: ['failed', 'interrupted'] }),
+            newest.filter((r) => r.status === 'failed' || r.status === 'interrupted'),
+          );
+          assert.deepStrictEqual(await store.list({ status: 'cancelled' }), []);
+        }),
+      );
+
+      it(
+        'name, and name with status',
+        using(async (store) => {
+          const newest = await fill(store);
+          expectRecords(
+            await store.list({ name: 'sms' }),
+            newest.filter((r) => r.name === 'sms'),
+          );
+          expectRecords(
+            await store.list({ name: 'mail', status: ['pending', 'running'] }),
+            newest.filter((r) => r.name === 'mail' && (r.status === 'pending' || r.status === 'running')),
+          );
+          assert.deepStrictEqual(await store.list({ name: 'nothing' }), []);
+        }),
+      );
+
+      it(
+        'tags: every given tag must match (keys and values with "=" and ":" included)',
+        using(async (store) => {
+          const newest = await fill(store);
+          expectRecords(
+            await store.list({ tags: { tenant: 'acme' } }),
+            newest.filter((r) => r.tags.tenant === 'acme'),
+          );
+          expectRecords(
+            await store.list({ tags: { tenant: 'acme', plan: 'pro' } }),
+            newest.filter((r) => r.tags.tenant === 'acme' && r.tags.plan === 'pro'),
+          );
+          assert.deepStrictEqual(await store.list({ tags: { tenant: 'acme', plan: 'free' } }), []);
+          const odd = record({ tags: { 'a=b': 'c', a: 'b=c', 'k:1': 'v:2' } });
+          await store.save([odd]);
+          expectRecords(await store.list({ tags: { a: 'b=c' } }), [odd]);
+          expectRecords(await store.list({ tags: { 'a=b': 'c', 'k:1': 'v:2' } }), [odd]);
+          assert.deepStrictEqual(await store.list({ tags: { 'a=b': 'b=c' } }), []);
+        }),
+      );
+
+      it(
+        'limit: at most that many, newest first, with any other filter; 0 answers none',
+        using(async (store) => {
+          const newest = await fill(store);
+          expectRecords(await store.list({ limit: 2 }), newest.slice(0, 2));
+          expectRecords(
+            await store.list({ name: 'mail', limit: 3 }),
+            newest.filter((r) => r.name === 'mail').slice(0, 3),
+          );
+          expectRecords(
+            await store.list({ tags: { plan: 'pro' }, limit: 1 }),
+            newest.filter((r) => r.tags.plan === 'pro').slice(0, 1),
+          );
+          expectRecords(
+            await store.list({ status: ['pending', 'failed'], limit: 2 }),
+            newest.filter((r) => r.status === 'pending' || r.status === 'failed').slice(0, 2),
+          );
+          expectRecords(await store.list({ limit: 100 }), newest);
+          assert.deepStrictEqual(await store.list({ limit: 0 }), []);
+        }),
+      );
+
+      it(
+        'since: records created at or after a Date or epoch ms',
+        using(async (store) => {
+          const newest = await fill(store);
+          const at = newest[2].createdAt;
+          const expected = newest.filter((r) => r.createdAt >= at);
+          assert.equal(expected.length, 3);
+          expectRecords(await store.list({ since: at }), expected);
+          expectRecords(await store.list({ since: new Date(at) }), expected);
+          expectRecords(
+            await store.list({ since: at, tags: { tenant: 'acme' }, status: 'pending', name: 'mail', limit: 5 }),
+            expected.filter((r) => r.tags.tenant === 'acme' && r.status === 'pending' && r.name === 'mail'),
+          );
+          assert.deepStrictEqual(await store.list({ since: clock + 1 }), []);
+        }),
+      );
+    });
+
+    describe('idempotency keys: claimKey(key, id)', () => {
+      it(
+        'a free key is taken (undefined); the same id claiming it again gets undefined too',
+        using(async (store) => {
+          const r = record({ idempotencyKey: 'k' });
+          await store.save([r]);
+          assert.equal(await store.claimKey('k', r.id), undefined);
+          assert.equal(await store.claimKey('k', r.id), undefined);
+        }),
+      );
+
+      it(
+        'a key held by a task that has not failed answers the holder’s id, whatever its status',
+        using(async (store) => {
+          let holder = record({ idempotencyKey: 'k' });
+          await store.save([holder]);
+          assert.equal(await store.claimKey('k', holder.id), undefined);
+          for (const status of ['pending', 'running', 'success', 'cancelled', 'interrupted'] as const) {
+            holder = next(holder, { status });
+            await store.save([holder]);
+            assert.equal(await store.claimKey('k', randomUUID()), holder.id, `held while ${status}`);
+          }
+        }),
+      );
+
+      it(
+        'a key whose holder failed is free: the next claim takes it and holds it',
+        using(async (store) => {
+          const first = record({ idempotencyKey: 'k' });
+          await store.save([first]);
+          assert.equal(await store.claimKey('k', first.id), undefined);
+          await store.save([next(first, { status: 'failed', attempts: 1, endedAt: first.createdAt + 1 })]);
+          const second = record({ idempotencyKey: 'k' });
+          await store.save([second]);
+          assert.equal(await store.claimKey('k', second.id), undefined);
+          assert.equal(await store.claimKey('k', randomUUID()), second.id);
+        }),
+      );
+
+      it(
+        'ten concurrent claims of one key (two instances when durable): exactly one wins, the others get its id',
+        using(async (store, reopen) => {
+          const other = durable(store) ? await reopen() : store;
+          const contenders = Array.from({ length: 10 }, () => record({ idempotencyKey: 'race' }));
+          // Saved without the key first claimed (as the manager saves before claiming), by either instance.
+          const plainOnes = contenders.map((r) => ({ ...r, idempotencyKey: undefined }));
+          await store.save(plainOnes.slice(0, 5));
+          await other.save(plainOnes.slice(5));
+          const answers = await Promise.all(
+            contenders.map((r, i) => (i % 2 === 0 ? store : other).claimKey('race', r.id)),
+          );
+          const winners = contenders.filter((_, i) => answers[i] === undefined);
+          assert.equal(winners.length, 1, `one winner, got ${winners.length}`);
+          for (const answer of answers) if (answer !== undefined) assert.equal(answer, winners[0].id);
+        }),
+      );
+
+      it(
+        'save() that answers a map: a new record whose key is held loses, and get(loser) answers the holder',
+        using(async (store) => {
+          const holder = record({ idempotencyKey: 'order-7' });
+          const first = await store.save([holder]);
+          const loser = record({ idempotencyKey: 'order-7' });
+          const result = await store.save([loser]);
+          // A store whose save() answers nothing leaves the keys to claimKey (checked above).
+          if (!(result instanceof Map)) return;
+          assert.ok(!(first instanceof Map) || first.size === 0, 'the first record with a key does not lose');
+          assert.deepStrictEqual([...result], [[loser.id, holder.id]]);
+          assert.equal((await store.get(loser.id))?.id, holder.id);
+          assert.deepStrictEqual(ids(await store.list()), [holder.id]);
+        }),
+      );
+    });
+
+    describe('leases and orphans: attach, claimOrphans, renewLease, release', () => {
+      /** An instance attached as `ownerId` (the TaskManager attaches its store once, when it is made). */
+      const attached = (store: TaskStore, ownerId: string, leaseMs: number) => {
+        store.attach!({ ownerId, leaseMs });
+        return store;
+      };
+      const unfinishedSet = () => [
+        record({ status: 'pending' }),
+        record({ status: 'running', attempts: 1, startedAt: clock }),
+        record({ status: 'pending', attempts: 1, runAt: clock + 60_000 }),
+      ];
+
+      it(
+        'a store that keeps nothing past the process has no orphans',
+        using(async (store) => {
+          if (durable(store)) return;
+          await store.save(unfinishedSet());
+          assert.deepStrictEqual(await store.claimOrphans(randomUUID(), 30_000), []);
+        }),
+      );
+
+      it(
+        'records owned by a live lease are not claimed; finished ones never are',
+        using(async (store, reopen) => {
+          if (!leased(store)) return;
+          attached(store, 'owner-a', 60_000);
+          await store.save([...unfinishedSet(), ended('success'), ended('failed')]);
+          const b = attached(await reopen(), 'owner-b', 60_000);
+          assert.deepStrictEqual(await b.claimOrphans('owner-b', 60_000), []);
+        }),
+      );
+
+      it(
+        'once the owner’s lease expired, its unfinished records are claimed as saved, each by exactly one of two concurrent claimers, and then belong to it',
+        using(async (store, reopen) => {
+          if (!leased(store)) return;
+          attached(store, 'owner-dead', 150);
+          const orphans = unfinishedSet();
+          await store.save([...orphans, ended('success'), ended('cancelled')]);
+          await sleep(400);
+          const [b, c] = [attached(await reopen(), 'owner-b', 60_000), attached(await reopen(), 'owner-c', 60_000)];
+          const [byB, byC] = await Promise.all([b.claimOrphans('owner-b', 60_000), c.claimOrphans('owner-c', 60_000)]);
+          const both = ids(byB).filter((id) => ids(byC).includes(id));
+          assert.deepStrictEqual(both, [], 'no record is claimed twice');
+          assert.deepStrictEqual(sorted([...byB, ...byC]), sorted(orphans));
+          const d = attached(await reopen(), 'owner-d', 60_000);
+          assert.deepStrictEqual(await d.claimOrphans('owner-d', 60_000), [], 'the claimers’ leases are live');
+        }),
+      );
+
+      it(
+        'renewLease() keeps the owner’s records its own past leaseMs; without renewals they become orphans',
+        using(async (store, reopen) => {
+          if (!leased(store)) return;
+          attached(store, 'owner-a', 400);
+          const orphans = unfinishedSet();
+          await store.save(orphans);
+          const b = attached(await reopen(), 'owner-b', 60_000);
+          for (let i = 0; i < 3; i++) {
+            await sleep(160);
+            await store.renewLease!();
+          }
+          // Past the first lease (3 × 160 ms after the save, against 400 ms), but just after the last renewal.
+          assert.deepStrictEqual(await b.claimOrphans('owner-b', 60_000), []);
+          await sleep(600);
+          assert.deepStrictEqual(sorted(await b.claimOrphans('owner-b', 60_000)), sorted(orphans));
+        }),
+      );
+
+      it(
+        'release(records) hands them back: the next claimOrphans takes them at once, though the owner’s lease is live',
+        using(async (store, reopen) => {
+          if (!leased(store) || typeof store.release !== 'function') return;
+          attached(store, 'owner-a', 60_000);
+          const [kept, handedBack] = [record(), record({ status: 'pending', attempts: 1 })];
+          await store.save([kept, handedBack]);
+          await store.release([handedBack]);
+          const b = attached(await reopen(), 'owner-b', 60_000);
+          assert.deepStrictEqual(plain(await b.claimOrphans('owner-b', 60_000)), plain([handedBack]));
+        }),
+      );
+
+      it(
+        'close() gives the lease up: the owner’s unfinished records are claimed at once',
+        using(async (store, reopen) => {
+          if (!leased(store)) return;
+          attached(store, 'owner-a', 60_000);
+          const orphans = unfinishedSet();
+          await store.save(orphans);
+          const b = attached(await reopen(), 'owner-b', 60_000);
+          await store.close();
+          assert.deepStrictEqual(sorted(await b.claimOrphans('owner-b', 60_000)), sorted(orphans));
+        }),
+      );
+    });
+
+    describe('metrics()', () => {
+      /** Exact counts and success rate, the mean to a rounding, the p95 in the task.duration bucket of the exact one. */
+      const expectRecount = (actual: NameMetrics, expected: NameMetrics, what: string) => {
+        assert.deepStrictEqual(
+          { total: actual.total, byStatus: actual.byStatus, successRate: actual.successRate },
+          { total: expected.total, byStatus: expected.byStatus, successRate: expected.successRate },
+          what,
+        );
+        if (expected.avgDurationMs === null) {
+          assert.equal(actual.avgDurationMs, null, `${what}: avgDurationMs`);
+          assert.equal(actual.p95DurationMs, null, `${what}: p95DurationMs`);
+          return;
+        }
+        assert.ok(Math.abs(actual.avgDurationMs! - expected.avgDurationMs) < 1e-6, `${what}: avgDurationMs`);
+        const bounds = [0, ...DURATION_BUCKETS.map((s) => s * 1000), Infinity];
+        const i = bounds.findIndex((b) => expected.p95DurationMs! <= b);
+        const p95 = actual.p95DurationMs!;
+        assert.ok(
+          p95 >= bounds[Math.max(0, i - 1)] && p95 <= bounds[i],
+          `${what}: p95DurationMs ${p95} is in the bucket of ${expected.p95DurationMs}`,
+        );
+      };
+
+      it(
+        'counts by status and name, success rate, mean and p95 match a recount of list(), also after records change status',
+        using(async (store) => {
+          if (typeof store.metrics !== 'function') return;
+          const durations = [1, 3, 7, 12, 30, 45, 80, 120, 260, 900, 1_500];
+          const mail = durations.map((ms) => ended('success', { name: 'mail', durationMs: ms }));
+          const unfinished = [record({ name: 'sms' }), record({ name: 'mail', status: 'running', attempts: 1 })];
+          await store.save([
+            ...mail,
+            ...unfinished,
+            ended('failed', { name: 'mail', durationMs: 4 }),
+            ended('interrupted', { name: 'sms' }),
+            ended('cancelled', { name: 'sms', attempts: 0 }),
+          ]);
+          const recount = async (when: string) => {
+            const expected = metricsFrom(
+              (await store.list()).map((r) => ({ name: r.name, status: r.status, count: 1 })),
+              (await store.list({ status: 'success' })).map((r) => ({ name: r.name, duration: r.durationMs! })),
+            );
+            const actual = await store.metrics!();
+            expectRecount(actual, expected, `${when}: all`);
+            assert.deepStrictEqual(Object.keys(actual.byName).sort(), Object.keys(expected.byName).sort());
+            for (const n of Object.keys(expected.byName))
+              expectRecount(actual.byName[n], expected.byName[n], `${when}: ${n}`);
+          };
+          await recount('saved');
+          await store.save([
+            next(unfinished[0], { status: 'success', attempts: 1, endedAt: clock, durationMs: 20 }),
+            next(unfinished[1], { status: 'failed', endedAt: clock, durationMs: 2 }),
+            next(mail[0], { durationMs: 2 }),
+          ]);
+          await recount('after status changes');
+        }),
+      );
+    });
+
+    describe('retention', () => {
+      it(
+        'finished records past retentionDays are deleted (dead letters past failedRetentionDays) with their keys; unfinished and recent ones stay',
+        using(async (store, reopen) => {
+          const retention = harness.capabilities?.retention;
+          if (retention === undefined) return;
+          const { retentionDays, failedRetentionDays = 2 * retentionDays } = retention;
+          const longAgo = (days: number) => Date.now() - days * DAY_MS - 60_000;
+          const old = (status: TaskStatus, days: number, fields: Partial<TaskRecord> = {}) =>
+            ended(status, { createdAt: longAgo(days) - 10, endedAt: longAgo(days), ...fields });
+          const expired = [
+            old('success', retentionDays, { idempotencyKey: 'expired-key' }),
+            old('cancelled', retentionDays),
+            old('failed', failedRetentionDays),
+            old('interrupted', failedRetentionDays),
+          ];
+          const kept = [
+            old('failed', retentionDays),
+            old('interrupted', retentionDays),
+            ended('success'),
+            record({ createdAt: longAgo(failedRetentionDays) }),
+          ];
+          await store.save([...expired, ...kept]);
+          await store.close();
+          // Retention runs when an instance opens and claims orphans (as TaskManager.start() does).
+          const after = await reopen();
+          after.attach?.({ ownerId: 'owner-retention', leaseMs: 60_000 });
+          await after.claimOrphans('owner-retention', 60_000);
+          const gone = () => after.list().then((left) => expired.every((r) => !ids(left).includes(r.id)));
+          for (const deadline = Date.now() + 10_000; !(await gone()); await sleep(50))
+            assert.ok(Date.now() < deadline, 'expired records still there 10 s after the instance opened');
+          assert.deepStrictEqual(sorted(await after.list()), sorted(kept));
+          assert.equal(await after.claimKey('expired-key', randomUUID()), undefined);
+        }),
+      );
+    });
+
+    describe('durability', () => {
+      it(
+        'what was saved survives close() and reopening: the latest version of every record, and the keys held',
+        using(async (store, reopen) => {
+          if (!durable(store)) return;
+          const keyed = record({ idempotencyKey: 'survives', args: [{ to: 'a@b.c' }], tags: { tenant: 'acme' } });
+          const others = [ended('failed', { error: { type: 'Error', message: 'no' } }), record({ progress: 0.25 })];
+          await store.save([keyed, ...others]);
+          assert.equal(await store.claimKey('survives', keyed.id), undefined);
+          const running = next(keyed, { status: 'running', attempts: 1, startedAt: keyed.createdAt + 1 });
+          await store.save([running]);
+          await store.close();
+          const after = await reopen();
+          expectRecords(await Promise.all([running, ...others].map((r) => after.get(r.id))), [running, ...others]);
+          assert.deepStrictEqual(
+            ids(await after.list()),
+            ids([keyed, ...others].sort((a, b) => b.createdAt - a.createdAt)),
+          );
+          assert.equal(await after.claimKey('survives', randomUUID()), keyed.id);
+        }),
+      );
+    });
+
+    describe('encryptsArgs', () => {
+      it(
+        'with an argsCipher attached, args are written through seal() and read back through open(), on every read',
+        using(async (store, reopen) => {
+          if (store.encryptsArgs !== true || typeof store.attach !== 'function') return;
+          const sealed = new Map<string, string>();
+          const opened: string[] = [];
+          const cipher: ArgsCipher = {
+            seal: (taskId, argsJson) => {
+              const text = `test-sealed:${Buffer.from(argsJson).toString('base64')}`;
+              sealed.set(taskId, text);
+              return text;
+            },
+            open: (taskId, text) => {
+              assert.equal(text, sealed.get(taskId), 'open() gets what seal() gave for that task');
+              opened.push(taskId);
+              return Buffer.from(text.slice('test-sealed:'.length), 'base64').toString();
+            },
+          };
+          store.attach({ ownerId: 'owner-a', leaseMs: 60_000, argsCipher: cipher });
+          const r = record({ args: [{ card: '4242' }, 'x'] });
+          await store.save([r]);
+          assert.ok(sealed.has(r.id), 'seal() was called for the record');
+          expectRecords([await store.get(r.id)], [r]);
+          expectRecords(await store.list(), [r]);
+          assert.ok(opened.includes(r.id), 'open() was called to read it');
+          await store.close();
+          const after = await reopen();
+          after.attach!({ ownerId: 'owner-b', leaseMs: 60_000, argsCipher: cipher });
+          expectRecords(await after.claimOrphans('owner-b', 60_000), [r]);
+        }),
+      );
+    });
+
+    describe('a closed store', () => {
+      it(
+        'close() may be called twice',
+        using(async (store) => {
+          await store.save([record()]);
+          await store.close();
+          await store.close();
+        }),
+      );
+
+      it(
+        'a durable store refuses every call after close() with code ERR_STORE_UNAVAILABLE (the middleware answers 503)',
+        using(async (store) => {
+          if (!durable(store)) return;
+          const r = record({ idempotencyKey: 'k' });
+          await store.save([r]);
+          await store.close();
+          const calls: [string, () => Promise<unknown>][] = [
+            ['save', () => store.save([record()])],
+            ['get', () => store.get(r.id)],
+            ['list', () => store.list()],
+            ['claimKey', () => store.claimKey('k2', randomUUID())],
+            ['claimOrphans', () => store.claimOrphans('owner-x', 60_000)],
+          ];
+          for (const [call, run] of calls) {
+            await assert.rejects(
+              Promise.resolve().then(run),
+              (error: { code?: unknown }) => error.code === 'ERR_STORE_UNAVAILABLE',
+              `${call}() after close()`,
+            );
+          }
+        }),
+      );
+    });
+  });
+}
