@@ -396,7 +396,10 @@ export function describeTaskStore<S extends TaskStore>(
           if (!leased(store)) return;
           attached(store, 'owner-dead', 150);
           const orphans = unfinishedSet();
-          await store.save([...orphans, ended('success'), ended('cancelled')]);
+          const finishing = record();
+          await store.save([...orphans, finishing, ended('success'), ended('cancelled')]);
+          // A record that was unfinished when first saved and has ended since is no orphan.
+          await store.save([next(finishing, { status: 'success', attempts: 1, endedAt: clock, durationMs: 1 })]);
           await sleep(400);
           const [b, c] = [attached(await reopen(), 'owner-b', 60_000), attached(await reopen(), 'owner-c', 60_000)];
           const [byB, byC] = await Promise.all([b.claimOrphans('owner-b', 60_000), c.claimOrphans('owner-c', 60_000)]);

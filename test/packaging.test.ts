@@ -49,7 +49,7 @@ describe('the packed package', () => {
         { filename: string; files: { path: string }[] },
       ];
       const files = packed.files.map((f) => f.path);
-      // Exactly what the four entry points need, and none of the sources, tests or benchmarks.
+      // Exactly what the five entry points need, and none of the sources, tests or benchmarks.
       for (const file of [
         'package.json',
         'README.md',
@@ -58,6 +58,7 @@ describe('the packed package', () => {
         'dist/stores/sqlite.js',
         'dist/stores/redis.js',
         'dist/instrumentation.js',
+        'dist/testing.js',
         'instrumentation/index.js',
       ]) {
         expect(files).toContain(file);
@@ -87,7 +88,7 @@ describe('the packed package', () => {
       writeFileSync(
         probe,
         `const entries = {};
-for (const entry of ['${pkg.name}', '${pkg.name}/sqlite', '${pkg.name}/redis', '${pkg.name}/instrumentation']) {
+for (const entry of ['${pkg.name}', '${pkg.name}/sqlite', '${pkg.name}/redis', '${pkg.name}/instrumentation', '${pkg.name}/testing']) {
   entries[entry] = Object.keys(await import(entry)).sort();
 }
 console.log(JSON.stringify(entries));
@@ -104,6 +105,7 @@ console.log(JSON.stringify(entries));
       expect(entries[`${pkg.name}/sqlite`]).toContain('SqliteStore');
       expect(entries[`${pkg.name}/redis`]).toContain('RedisStore');
       expect(entries[`${pkg.name}/instrumentation`]).toContain('shutdownTelemetry');
+      expect(entries[`${pkg.name}/testing`]).toEqual(['describeTaskStore']);
 
       // The quick start, byte for byte as the README shows it, against the installed package: plain, then
       // traced through the installed instrumentation entry to a real OTLP/HTTP receiver.

@@ -48,9 +48,7 @@ const stores: [string, TaskStoreHarness<any>][] = [
   ],
 ];
 
-describe.each(stores)('%s', (name, harness) => {
-  describeTaskStore(name, harness, { describe, it });
-});
+for (const [name, harness] of stores) describeTaskStore(name, harness, { describe, it });
 
 describe('docs/api.md, "Prove it with koa-taskflow/testing"', () => {
   it('runs its snippet as it is shown, under node:test, against a custom store', async () => {
