@@ -79,7 +79,7 @@ export function describeTaskStore<S extends TaskStore>(
   const leased = (store: TaskStore) =>
     durable(store) && typeof store.attach === 'function' && typeof store.renewLease === 'function';
 
-  // Creation times a second apart, ending now: `since` and the order never hinge on a millisecond.
+  // Creation times a second apart from an hour ago: `since` and the order never hinge on a millisecond.
   let clock = Date.now() - 3_600_000;
   const record = (fields: Partial<TaskRecord> = {}): TaskRecord => ({
     id: randomUUID(),
