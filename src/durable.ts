@@ -15,6 +15,7 @@ const PERSISTED_KEYS = [
   'requeueOnInterrupt',
   'maxStalls',
   'trace',
+  'limit',
 ] as const;
 
 /**

@@ -2,7 +2,7 @@ export { TaskManager, TaskAdder, type TaskManagerOptions } from './manager.js';
 export type { AdminOptions, AdminAuth, AdminMiddleware } from './admin/index.js';
 export { TaskScheduler, TaskBatch, type TaskHandle, type TaskPhase } from './scheduler.js';
 export { getTaskContext, taskLog, taskProgress } from './context.js';
-export type { TaskOptions, ResolvedTaskOptions, TraceMode } from './options.js';
+export type { TaskOptions, ResolvedTaskOptions, TaskLimit, TraceMode } from './options.js';
 export type { RepeatSchedule, Repeating } from './repeat.js';
 export { MemoryStore, type MemoryStoreOptions } from './stores/memory.js';
 export { InMemoryObserver } from './observers/memory.js';

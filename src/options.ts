@@ -61,9 +61,25 @@ export interface TaskOptions {
   trace?: TraceMode;
   /** Called once when the task has finally failed (after its last retry). */
   onError?: (error: unknown, record: TaskRecord) => void | Promise<void>;
+  /**
+   * Per-key concurrency and rate limits, held by this process: the key is the task's name, or its name and the
+   * value of tag `by`. A task over its limit waits (`pending`, queued) without holding a `concurrency` slot.
+   * A later level's `limit` replaces a lower one's as a whole. Default none.
+   */
+  limit?: TaskLimit;
 }
 
 export type TraceMode = 'link' | 'child';
+
+/** The `limit` task option. At least one of `concurrency` and `rate`. */
+export interface TaskLimit {
+  /** Limit per value of this tag (a task without the tag shares one key with the others lacking it). Default: per task name. */
+  by?: string;
+  /** At most this many attempts of the key running at once. */
+  concurrency?: number;
+  /** At most `max` attempts of the key started in any `intervalMs` window (a sliding window). */
+  rate?: { max: number; intervalMs: number };
+}
 
 /** Options with every default filled in: what a task actually runs with. */
 export interface ResolvedTaskOptions {
@@ -88,6 +104,7 @@ export interface ResolvedTaskOptions {
   runOnError: boolean;
   trace: TraceMode;
   onError: TaskOptions['onError'];
+  limit: TaskLimit | undefined;
 }
 
 const KNOWN_OPTIONS = new Set<string>([
@@ -111,6 +128,7 @@ const KNOWN_OPTIONS = new Set<string>([
   'runOnError',
   'trace',
   'onError',
+  'limit',
 ]);
 
 const BOOLEAN_OPTIONS = ['jitter', 'eager', 'shield', 'persist', 'requeueOnInterrupt', 'runOnError'] as const;
@@ -209,7 +227,45 @@ export function validateTaskOptions(where: string, options: unknown): asserts op
     throw optionError(where, 'trace', '"link" or "child"', o.trace);
   if (o.onError !== undefined && typeof o.onError !== 'function')
     throw optionError(where, 'onError', 'a function', o.onError);
+  checkLimit(where, o.limit);
   checkEagerPriority(where, o as TaskOptions);
+}
+
+const LIMIT_KEYS = new Set(['by', 'concurrency', 'rate']);
+const RATE_KEYS = new Set(['max', 'intervalMs']);
+
+function checkKeys(where: string, option: string, value: object, known: Set<string>): void {
+  for (const key of Object.keys(value)) {
+    if (!known.has(key))
+      throw new TypeError(`${where}: unknown option "${option}.${key}"; known are ${[...known].join(', ')}`);
+  }
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+function checkLimit(where: string, limit: unknown): void {
+  if (limit === undefined) return;
+  if (!isPlainObject(limit))
+    throw optionError(where, 'limit', 'an object { by?, concurrency?, rate?: { max, intervalMs } }', limit);
+  checkKeys(where, 'limit', limit, LIMIT_KEYS);
+  if (limit.by !== undefined && (typeof limit.by !== 'string' || limit.by === ''))
+    throw optionError(where, 'limit.by', 'a non-empty string (a tag name)', limit.by);
+  checkNumber(where, 'limit.concurrency', limit.concurrency, { min: 1, integer: true });
+  const { rate } = limit;
+  if (rate !== undefined) {
+    if (!isPlainObject(rate)) throw optionError(where, 'limit.rate', 'an object { max, intervalMs }', rate);
+    checkKeys(where, 'limit.rate', rate, RATE_KEYS);
+    if (rate.max === undefined) throw optionError(where, 'limit.rate.max', 'an integer >= 1', rate.max);
+    if (rate.intervalMs === undefined)
+      throw optionError(where, 'limit.rate.intervalMs', `a number from 1 to ${MAX_TIMER_MS}`, rate.intervalMs);
+    checkNumber(where, 'limit.rate.max', rate.max, { min: 1, integer: true });
+    checkNumber(where, 'limit.rate.intervalMs', rate.intervalMs, { min: 1, max: MAX_TIMER_MS });
+  }
+  if (limit.concurrency === undefined && rate === undefined) {
+    throw new TypeError(`${where}: option "limit" must set "concurrency" or "rate" (or both), got ${describe(limit)}`);
+  }
 }
 
 function checkEagerPriority(where: string, o: Pick<TaskOptions, 'eager' | 'priority' | 'startAfter' | 'runAt'>): void {
@@ -272,6 +328,7 @@ export function resolveOptions(where: string, options: TaskOptions, fallbackName
     runOnError: options.runOnError ?? false,
     trace: options.trace ?? 'link',
     onError: options.onError,
+    limit: options.limit,
   };
 }
 

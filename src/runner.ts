@@ -2,6 +2,7 @@ import type { ObserverChain } from './observers/chain.js';
 import type { TaskTelemetry } from './otel.js';
 import type { Redactor } from './redact.js';
 import { TaskInterruptedError } from './errors.js';
+import { Limiter } from './limits.js';
 import { MAX_TIMER_MS } from './options.js';
 import type { TaskRun } from './task-run.js';
 import type { TaskRecord, TaskStore } from './types.js';
@@ -64,6 +65,13 @@ export class Runner {
   readonly redact: Redactor;
   readonly #deps: RunnerDeps;
   readonly #queue = new PriorityQueue<TaskRun>();
+  /** Tasks over their `limit` wait there, off the queue, and come back through #offer when their key allows. */
+  readonly #limiter = new Limiter((run) => this.#offer(run));
+  /**
+   * Shutdown is handing back or cancelling waiting tasks: one that its key admits meanwhile (another of the key
+   * ended) is queued rather than started, so that the same pass hands it back or cancels it too.
+   */
+  #holdStarts = false;
   /** Attempts holding a slot. A count, not a set: a run knows whether it holds one (`inSlot`). */
   #running = 0;
   // Every unfinished run in the order accepted, as a doubly linked list through the runs themselves: joining
@@ -83,8 +91,9 @@ export class Runner {
     this.redact = deps.redact;
   }
 
+  /** Tasks waiting for a slot, or over their `limit`. */
   get queued(): number {
-    return this.#queue.size;
+    return this.#queue.size + this.#limiter.waiting;
   }
 
   get running(): number {
@@ -148,7 +157,14 @@ export class Runner {
       this.retryLater(run, runAt - Date.now());
       return;
     }
-    if (this.#running < this.#deps.concurrency && this.#queue.size === 0) this.#start(run);
+    const { limit } = run.options;
+    if (limit !== undefined && !this.#limiter.enter(run, limit, run.options.priority ?? DEFAULT_PRIORITY)) return;
+    this.#offer(run);
+  }
+
+  /** A task free to start (within its limit, if any): it starts when a slot is free and nothing ranks before it. */
+  #offer(run: TaskRun): void {
+    if (this.#running < this.#deps.concurrency && this.#queue.size === 0 && !this.#holdStarts) this.#start(run);
     else this.#queue.push(run, run.options.priority ?? DEFAULT_PRIORITY);
   }
 
@@ -170,6 +186,8 @@ export class Runner {
       run.retryTimer = undefined;
     }
     this.#leave(run);
+    // A task that ended while running (cancelled) holds its key until its attempt settles, as it holds its slot.
+    if (run.options.limit !== undefined && !run.inSlot) this.#limiter.release(run);
     this.#deps.onTaskEnded?.(run.record);
     run.sequence?.ended(run);
     if (this.#liveCount === 0 && this.#idleWaiters.length > 0) {
@@ -269,11 +287,14 @@ export class Runner {
     // A delayed task in memory that is not due before the timeout cannot run now: it is cancelled at once
     // rather than holding shutdown for the whole timeout.
     const deadline = Date.now() + timeoutMs;
+    this.#holdStarts = true;
     for (const run of this.#liveRuns()) {
       if (run.current !== undefined) continue;
       if (run.recoverable) run.release();
       else if (run.record.attempts === 0 && (run.record.runAt ?? 0) > deadline) run.cancel('cancelled', 'shutdown');
     }
+    this.#holdStarts = false;
+    this.settled(undefined);
     let timer: NodeJS.Timeout | undefined;
     const timedOut = await Promise.race([
       this.whenIdle().then(() => false),
@@ -284,24 +305,31 @@ export class Runner {
     this.stopping = true;
     // Waiting tasks first, so a slot freed by an abort below cannot start one of them.
     const unshielded = this.#liveRuns().filter((run) => !run.options.shield);
+    this.#holdStarts = true;
     for (const run of unshielded) {
       if (run.current === undefined) run.cancel(run.record.attempts === 0 ? 'cancelled' : 'interrupted', 'shutdown');
     }
+    this.#holdStarts = false;
+    this.settled(undefined);
     for (const run of unshielded) run.current?.abort(new TaskInterruptedError('shutdown'));
     await this.whenIdle();
+    this.#limiter.clear();
   }
 
   #start(run: TaskRun): void {
     this.#running++;
     run.inSlot = true;
+    if (run.options.limit !== undefined) this.#limiter.started(run);
     void run.runAttempt();
   }
 
-  /** An attempt has ended (or was abandoned): its slot goes to the next queued task. */
-  settled(run: TaskRun): void {
-    if (run.inSlot) {
+  /** An attempt has ended (or was abandoned): its slot goes to the next queued task (`undefined`: just look). */
+  settled(run: TaskRun | undefined): void {
+    if (run?.inSlot) {
       run.inSlot = false;
       this.#running--;
+      // Its key's next task (if any) joins the queue before the freed slot is handed out, by priority.
+      if (run.options.limit !== undefined) this.#limiter.release(run);
     }
     while (this.#running < this.#deps.concurrency && this.#queue.size > 0) {
       const next = this.#queue.shift()!;

@@ -1,5 +1,6 @@
 import type { Span } from '@opentelemetry/api';
 import type { TaskStoreError } from './errors.js';
+import type { TaskLimit } from './options.js';
 
 /** Where a task is in its life. `pending` also covers "waiting for the next retry". */
 export type TaskStatus = 'pending' | 'running' | 'success' | 'failed' | 'interrupted' | 'cancelled';
@@ -117,6 +118,7 @@ export interface PersistedTaskOptions {
   requeueOnInterrupt?: boolean;
   maxStalls?: number;
   trace?: 'link' | 'child';
+  limit?: TaskLimit;
 }
 
 export interface TaskFilter {
