@@ -126,6 +126,23 @@ describe('metrics on the `koa-taskflow` meter', () => {
     expect(points(got.get('task.queue.depth'))).toEqual({ '-': 0 });
   });
 
+  it('`task.queue.depth` counts the tasks waiting on their `limit` too, though they hold no slot', async () => {
+    const { meterProvider, read } = meterWithReader();
+    const manager = createManager({ meterProvider, concurrency: 4 });
+    const release = deferred();
+    const limited = manager.task(
+      async function limited() {
+        await release.promise;
+      },
+      { limit: { concurrency: 1 } },
+    );
+    for (let i = 0; i < 3; i++) manager.add(limited);
+    expect(points((await read()).get('task.queue.depth'))).toEqual({ '-': 2 });
+    release.resolve();
+    await manager.drain();
+    expect(points((await read()).get('task.queue.depth'))).toEqual({ '-': 0 });
+  });
+
   it('stop reporting the queue depth of a manager that was shut down', async () => {
     // Delta: a collection shows only what was observed since the previous one.
     const { meterProvider, read } = meterWithReader(AggregationTemporality.DELTA);
