@@ -1,34 +1,14 @@
 // A delayed first attempt: the `startAfter` (ms) and `runAt` (Date or epoch ms) task options.
-import { get } from 'node:http';
 import { SpanKind } from '@opentelemetry/api';
 import { BasicTracerProvider, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { TaskQueueFullError, type TaskOptions } from 'koa-taskflow';
 import { inMemorySpans } from './helpers/otel.js';
 import { countBy, durableFiles, openSqliteStore, readTaskLog, startDurableApp } from './helpers/durable-app.js';
+import { getJson, untilReal } from './helpers/fake-clock.js';
 import { createManager, startApp, waitFor } from './helpers/server.js';
 
 const DAY = 24 * 60 * 60 * 1_000;
-
-/** GET through node:http (fetch's own timers would run on the fake clock); resolves with the parsed body. */
-function getJson(url: string): Promise<{ id: string }> {
-  return new Promise((resolve, reject) => {
-    get(url, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (body += chunk));
-      res.on('end', () => resolve(JSON.parse(body) as { id: string }));
-    }).on('error', reject);
-  });
-}
-
-/** Turns of the real event loop (setImmediate is not faked) until `check` holds. */
-async function untilReal(check: () => boolean, what: string): Promise<void> {
-  for (let turn = 0; !check(); turn++) {
-    if (turn > 10_000) throw new Error(`never saw ${what}`);
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-}
 
 describe('startAfter and runAt (fake clock)', () => {
   afterEach(() => {
@@ -54,7 +34,7 @@ describe('startAfter and runAt (fake clock)', () => {
       });
     });
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
-    const { id } = await getJson(url);
+    const { id } = await getJson<{ id: string }>(url);
     await untilReal(() => responseClosed && started.next !== undefined, 'the response sent and the next task run');
     const pending = await manager.get(id);
     expect(pending).toMatchObject({ status: 'pending', attempts: 0, runAt: pending!.createdAt + 60_000 });
@@ -136,7 +116,7 @@ describe('the request link of a delayed task', () => {
       { tracerProvider: provider },
     );
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
-    const { id } = await getJson(url);
+    const { id } = await getJson<{ id: string }>(url);
     await vi.advanceTimersByTimeAsync(HOUR);
     await manager.drain();
     const request = exporter.getFinishedSpans().find((span) => span.name === 'GET /signup')!;

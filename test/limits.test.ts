@@ -1,11 +1,11 @@
 // The `limit` task option: per task name, or per value of a tag, a concurrency cap and a rate.
-import { get } from 'node:http';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { TaskManager, TaskQueueFullError, type TaskOptions } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { startNode } from './helpers/child.js';
+import { getJson, untilReal } from './helpers/fake-clock.js';
 import { tempDir } from './helpers/files.js';
 import { createManager, deferred, onCleanup, startApp, waitFor } from './helpers/server.js';
 
@@ -36,27 +36,14 @@ function gatedWork() {
   };
   /** A distinct function per registration (registering one function under two names is refused). */
   const fn = () => (tenant: string, label: string) => work(tenant, label);
-  return { work, fn, started, running, most, gates, release };
-}
-
-/** GET through node:http (fetch's own timers would run on the fake clock); resolves with the parsed body. */
-function getJson(url: string): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    get(url, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (body += chunk));
-      res.on('end', () => resolve(JSON.parse(body)));
-    }).on('error', reject);
-  });
-}
-
-/** Turns of the real event loop (setImmediate is not faked) until `check` holds. */
-async function untilReal(check: () => boolean, what: string): Promise<void> {
-  for (let turn = 0; !check(); turn++) {
-    if (turn > 10_000) throw new Error(`never saw ${what}`);
-    await new Promise((resolve) => setImmediate(resolve));
-  }
+  /** Let `label` end, and expect `next` to be the task that starts in its place. */
+  const releaseThenNext = async (label: string, next: string) => {
+    const count = started.length;
+    release(label);
+    await waitFor(() => started.length > count, 5_000, `the task after ${label}`);
+    expect(started[count]).toBe(next);
+  };
+  return { work, fn, started, running, most, gates, release, releaseThenNext };
 }
 
 describe('limit: concurrency per tag value', () => {
@@ -69,7 +56,8 @@ describe('limit: concurrency per tag value', () => {
           const [, tenant, count] = ctx.path.split('/');
           const ids: string[] = [];
           // After the route, all at once (after-response tasks of one request run one after another).
-          for (let i = 1; i <= Number(count); i++)
+          const first = Number(ctx.query.first ?? 1);
+          for (let i = first; i < first + Number(count); i++)
             ids.push(ctx.tasks.with({ tags: { tenant } }).afterRoute.schedule(work, tenant, `${tenant}${i}`).id);
           ctx.body = { ids };
         });
@@ -88,13 +76,9 @@ describe('limit: concurrency per tag value', () => {
     expect(await manager.get(burst.ids[2])).toMatchObject({ status: 'pending', attempts: 0 });
 
     // A third globex task waits for its own key only; acme's next one takes acme's freed place.
-    await (await fetch(`${url}/globex/1`)).json();
-    w.release('acme1');
-    await waitFor(() => w.started.length === 5, 5_000, "acme's next task");
-    expect(w.started[4]).toBe('acme3');
-    w.release('globex1');
-    await waitFor(() => w.started.length === 6, 5_000, "globex's next task");
-    expect(w.started[5]).toBe('globex1');
+    await (await fetch(`${url}/globex/1?first=3`)).json();
+    await w.releaseThenNext('acme1', 'acme3');
+    await w.releaseThenNext('globex1', 'globex3');
     // Drain the rest as they come.
     while (w.started.length < 23 || w.gates.length > 0) {
       await waitFor(() => w.gates.length > 0, 5_000, 'a running task');
@@ -148,14 +132,10 @@ describe('limit: concurrency per tag value', () => {
     expect(manager.queued).toBe(6);
 
     // O1's slot: the waiting priority-10 limited tasks cannot run (L1 holds their key), so O2 (priority 1) gets it.
-    w.release('O1');
-    await waitFor(() => w.started.length === 3, 5_000, 'the next runnable task');
-    expect(w.started[2]).toBe('O2');
+    await w.releaseThenNext('O1', 'O2');
 
     // L1's slot: its key's best task joins the queue by its priority, ahead of O3.
-    w.release('L1');
-    await waitFor(() => w.started.length === 4, 5_000, "the limited key's next task");
-    expect(w.started[3]).toBe('L-high');
+    await w.releaseThenNext('L1', 'L-high');
     for (const label of ['L-high', 'L-high2', 'L-mid']) {
       w.release(label);
       await waitFor(() => w.gates.some((g) => g.label !== 'O2' && g.label !== 'O3'), 5_000, 'the next limited task');
