@@ -95,6 +95,8 @@ export class Limiter {
   #seq = 0;
   /** Runs waiting in a key's queue (a cancelled one counts until its key looks at it again). */
   waiting = 0;
+  /** Someone awaits `drain()`: rate timers keep the process alive until it resolves. */
+  #keepAlive = false;
 
   constructor(admit: (run: TaskRun) => void) {
     this.#admit = admit;
@@ -147,6 +149,19 @@ export class Limiter {
     this.#pump(key);
   }
 
+  /**
+   * Rate timers do not keep the process alive (a server does), except while someone awaits `drain()`: a script
+   * that adds rate-limited tasks and awaits drain() must not exit with them still waiting.
+   */
+  keepAlive(on: boolean): void {
+    if (this.#keepAlive === on) return;
+    this.#keepAlive = on;
+    for (const key of this.#keys.values()) {
+      if (on) key.timer?.ref();
+      else key.timer?.unref();
+    }
+  }
+
   /** Stop every rate timer (shutdown: nothing waits any more). */
   clear(): void {
     for (const key of this.#keys.values()) clearTimeout(key.timer);
@@ -181,7 +196,9 @@ export class Limiter {
         this.#pump(key);
       },
       Math.max(1, waitMs),
-    ).unref();
+    );
+    // The timer that forgets an idle key holds nothing anyone waits for.
+    if (!this.#keepAlive || (key.waiting.length === 0 && key.active === 0)) key.timer.unref();
   }
 
   /** Admit the key's next tasks while its limit allows; forget the key once nothing needs it. */

@@ -193,6 +193,7 @@ export class Runner {
     if (this.#liveCount === 0 && this.#idleWaiters.length > 0) {
       const waiters = this.#idleWaiters;
       this.#idleWaiters = [];
+      this.#limiter.keepAlive(false);
       for (const resolve of waiters) resolve();
     }
   }
@@ -274,6 +275,7 @@ export class Runner {
   /** Resolves when no accepted task is left unfinished. */
   whenIdle(): Promise<void> {
     if (this.#liveCount === 0) return Promise.resolve();
+    this.#limiter.keepAlive(true);
     return new Promise((resolve) => this.#idleWaiters.push(resolve));
   }
 
