@@ -130,6 +130,12 @@ export interface TaskFilter {
   limit?: number;
   /** Only records created at or after this time (Date or epoch ms). */
   since?: Date | number;
+  /**
+   * The next page: only records that come after this one in the list's order (newest first), e.g. the last
+   * record of the previous page. Read from the index where the page starts, however deep (no offset). A
+   * record deleted since (retention) still works: the page then starts with those created before it.
+   */
+  before?: Pick<TaskRecord, 'createdAt' | 'id'>;
 }
 
 export interface NameMetrics {

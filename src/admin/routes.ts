@@ -104,28 +104,28 @@ export function parseEventQuery(query: Query): EventFilter {
   return parseSelection(query, EVENT_KEYS);
 }
 
-/** Where the previous page ended: the last record's creation time and id, and how many records came before. */
+/** Where the previous page ended: its last record's creation time and id. */
 interface Cursor {
   createdAt: number;
   id: string;
-  offset: number;
 }
 
-function encodeCursor(record: TaskRecord, offset: number): string {
-  return Buffer.from(JSON.stringify([record.createdAt, record.id, offset])).toString('base64url');
+function encodeCursor(record: TaskRecord): string {
+  return Buffer.from(JSON.stringify([record.createdAt, record.id])).toString('base64url');
 }
 
-// A cursor we made is ~80 characters; anything much longer was not.
+// A cursor we made is ~70 characters; anything much longer was not.
 const MAX_CURSOR_LENGTH = 200;
 
 function decodeCursor(raw: string): Cursor {
-  // Strict base64url (Buffer.from skips what it does not understand) and exactly the three values we
-  // write: a safe-integer time, a task id, a safe-integer offset. Anything else is a 400, not a query.
+  // Strict base64url (Buffer.from skips what it does not understand) and exactly the values we write: a
+  // safe-integer time and a task id (and, from cursors of earlier versions, a safe-integer offset, no
+  // longer needed). Anything else is a 400, not a query.
   if (raw.length <= MAX_CURSOR_LENGTH && /^[A-Za-z0-9_-]+$/.test(raw)) {
     try {
       const value: unknown = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8'));
-      if (Array.isArray(value) && value.length === 3) {
-        const [createdAt, id, offset] = value as unknown[];
+      if (Array.isArray(value) && (value.length === 2 || value.length === 3)) {
+        const [createdAt, id, offset = 0] = value as unknown[];
         if (
           Number.isSafeInteger(createdAt) &&
           typeof id === 'string' &&
@@ -133,7 +133,7 @@ function decodeCursor(raw: string): Cursor {
           Number.isSafeInteger(offset) &&
           (offset as number) >= 0
         ) {
-          return { createdAt: createdAt as number, id, offset: offset as number };
+          return { createdAt: createdAt as number, id };
         }
       }
     } catch {
@@ -187,37 +187,42 @@ export function parseListQuery(query: Query, limits: ListLimits): ListQuery {
   };
 }
 
-const MAX_FIRST_WINDOW = 10_000;
-
 /**
- * One page of `list`, newest first. Stores only take a `limit`, so a page after a cursor is read from a
- * window that starts at the newest record: the cursor's own record is found in it by id (records added
- * since the previous page only push it further down, so pages neither repeat nor skip records), and the
- * window grows until it holds the whole next page or the store has no more.
+ * One page of `list`, newest first. The store starts the page after the cursor's record (`before`), from
+ * its index: a page deep in the history costs what the first one does, and records added since the
+ * previous page do not shift it (pages neither repeat nor skip records).
  */
 export async function listPage(
   manager: TaskManager,
   query: ListQuery,
 ): Promise<{ tasks: TaskRecord[]; nextCursor: string | null }> {
   const { filter, limit, cursor } = query;
-  // The offset only sizes the first read (the record is found by id): a forged one costs a few doublings, not a huge read.
-  let window = Math.min(cursor?.offset ?? 0, MAX_FIRST_WINDOW) + limit + 1;
-  for (;;) {
+  let rows = await manager.list({ ...filter, before: cursor, limit: limit + 1 });
+  if (cursor !== undefined && rows.some((r) => r.id === cursor.id || r.createdAt > cursor.createdAt))
+    rows = await pageByWindow(manager, filter, limit, cursor);
+  const tasks = rows.slice(0, limit);
+  return { tasks, nextCursor: rows.length > limit ? encodeCursor(tasks[tasks.length - 1]) : null };
+}
+
+const MAX_WINDOW = 10_000;
+
+/**
+ * A custom store that ignores `before` gave its first page again: the page is then found in a window read
+ * from the newest record (the cursor's record by id, or what is older than it), at most MAX_WINDOW deep.
+ */
+async function pageByWindow(
+  manager: TaskManager,
+  filter: TaskFilter,
+  limit: number,
+  cursor: Cursor,
+): Promise<TaskRecord[]> {
+  for (let window = 2 * (limit + 1); ; window *= 2) {
     const rows = await manager.list({ ...filter, limit: window });
-    const exhausted = rows.length < window;
-    let start = 0;
-    if (cursor !== undefined) {
-      const at = rows.findIndex((r) => r.id === cursor.id);
-      // The cursor's record may have been evicted since: continue with what is older than it.
-      start = at >= 0 ? at + 1 : rows.findIndex((r) => r.createdAt < cursor.createdAt);
-      if (start < 0) start = exhausted ? rows.length : -1;
-    }
-    if (start >= 0 && (exhausted || rows.length > start + limit)) {
-      const tasks = rows.slice(start, start + limit);
-      const more = rows.length > start + limit;
-      return { tasks, nextCursor: more ? encodeCursor(tasks[tasks.length - 1], start + tasks.length) : null };
-    }
-    window *= 2;
+    const at = rows.findIndex((r) => r.id === cursor.id);
+    const start = at >= 0 ? at + 1 : rows.findIndex((r) => r.createdAt < cursor.createdAt);
+    const exhausted = rows.length < window || window >= MAX_WINDOW;
+    if (start >= 0 && (exhausted || rows.length > start + limit)) return rows.slice(start, start + limit + 1);
+    if (exhausted) return [];
   }
 }
 

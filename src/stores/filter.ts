@@ -7,6 +7,8 @@ export interface CompiledFilter {
   name: string | undefined;
   tags: [string, string][];
   since: number | undefined;
+  /** Where the page starts: after this record (see TaskFilter.before). */
+  before: { createdAt: number; id: string } | undefined;
   limit: number;
 }
 
@@ -50,7 +52,14 @@ export function compileFilter(filter: TaskFilter | undefined, where = 'list'): C
     if (Number.isNaN(since))
       throw optionError(where, 'since', 'a valid Date or epoch milliseconds', f.since, RangeError);
   }
-  return { statuses, name: f.name, tags: Object.entries(f.tags ?? {}), since, limit: f.limit ?? Infinity };
+  let before: CompiledFilter['before'];
+  if (f.before !== undefined) {
+    const { createdAt, id } = (f.before ?? {}) as Partial<Record<'createdAt' | 'id', unknown>>;
+    if (f.before === null || typeof f.before !== 'object' || !Number.isFinite(createdAt) || typeof id !== 'string')
+      throw optionError(where, 'before', 'a record (an object with a numeric createdAt and a string id)', f.before);
+    before = { createdAt: createdAt as number, id };
+  }
+  return { statuses, name: f.name, tags: Object.entries(f.tags ?? {}), since, before, limit: f.limit ?? Infinity };
 }
 
 export function matchesFilter(record: TaskRecord, f: CompiledFilter): boolean {

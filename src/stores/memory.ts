@@ -97,8 +97,16 @@ export class MemoryStore implements TaskStore {
     const f = compileFilter(filter);
     const all = [...this.#records.values()];
     const out: TaskRecord[] = [];
-    // Insertion order is creation order: walk backwards for newest first.
-    for (let i = all.length - 1; i >= 0 && out.length < f.limit; i--) {
+    // Insertion order is creation order: walk backwards for newest first. A page after a record still held
+    // starts right after it; after one dropped since, with those created before it.
+    let i = all.length - 1;
+    if (f.before !== undefined) {
+      const { createdAt, id } = f.before;
+      const after = this.#records.has(id) ? all.lastIndexOf(this.#records.get(id)!) : -1;
+      if (after >= 0) i = after - 1;
+      else while (i >= 0 && all[i].createdAt >= createdAt) i--;
+    }
+    for (; i >= 0 && out.length < f.limit; i--) {
       if (matchesFilter(all[i], f)) out.push(all[i]);
     }
     return out;

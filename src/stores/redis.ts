@@ -7,6 +7,7 @@ import type { SaveResult, StoreMetrics, TaskFilter, TaskRecord, TaskStatus, Task
 import { compileFilter, matchesFilter } from './filter.js';
 import { GroupCommittedStore } from './durable-store.js';
 import type { WriteBatch } from './group-commit.js';
+import { inEvery, MergedWalk, planIndexes } from './redis-list.js';
 import {
   retentionCutoff,
   serialiseRecord,
@@ -314,6 +315,8 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   readonly client: Redis;
   readonly #ownsClient: boolean;
   #cleanedAt = -Infinity;
+  readonly #sweepEveryMs: number;
+  readonly #retentionTimer: NodeJS.Timeout;
   /** The retention pass in flight, if any (one at a time per store). */
   #sweeping: Promise<void> | undefined;
   #triedToConnect = false;
@@ -364,6 +367,11 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     }
     if (this.client.status === 'ready') this.#triedToConnect = true;
     else for (const event of ['ready', 'close']) this.client.once(event, () => (this.#triedToConnect = true));
+    // Every minute, or every retentionDays / 2 when shorter (as SqliteStore). On its own timer, so a store
+    // whose manager never claims orphans (requeuePending: false) still sweeps; recovery sweeps too when due.
+    this.#sweepEveryMs = Math.max(250, Math.min(CLEANUP_EVERY_MS, (this.retentionDays * DAY_MS) / 2));
+    // A failed pass (Redis away) waits for the next one.
+    this.#retentionTimer = setInterval(() => void this.#sweepIfDue().catch(() => {}), this.#sweepEveryMs).unref();
   }
 
   /**
@@ -397,33 +405,35 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     if (f.limit === 0) return [];
     this.#reachable();
     const p = this.prefix;
-    // Walk the most selective sorted set newest first; whatever it does not decide is checked per record.
-    let index = `${p}:created`;
-    if (f.statuses?.size === 1) index = `${p}:s:${[...f.statuses][0]}`;
-    else if (f.name !== undefined) index = `${p}:n:${f.name}`;
-    else if (f.tags.length > 0) index = tagKey(p, f.tags[0][0], f.tags[0][1]);
-    const min = f.since ?? '-inf';
+    const { walked, required } = await planIndexes(this.client, p, f, (key, value) => tagKey(p, key, value)).catch(
+      unavailable,
+    );
     const chunk = Math.min(Math.max(f.limit === Infinity ? 500 : f.limit * 2, 50), 1_000);
+    const walk = new MergedWalk(this.client, walked, f, chunk);
     const out: TaskRecord[] = [];
-    for (let offset = 0; out.length < f.limit; offset += chunk) {
-      const ids = await this.client.zrevrangebyscore(index, '+inf', min, 'LIMIT', offset, chunk).catch(unavailable);
-      if (ids.length === 0) break;
-      const pipeline = this.client.pipeline();
-      for (const id of ids) pipeline.hget(`${p}:t:${id}`, 'record');
-      // A connection lost between the index read and this one is the store being unavailable, not a short page.
-      const results = (await pipeline.exec().catch(unavailable)) ?? [];
-      for (let i = 0; i < results.length; i++) {
-        const [error, json] = results[i];
-        // No record: deleted since the index was read (retention). An error: the key is not a hash.
-        if (error !== null && !error.message.startsWith('WRONGTYPE')) unavailable(error);
-        if (error !== null && error.message.startsWith('WRONGTYPE'))
-          this.unreadable(ids[i], unreadableRecord(ids[i], hashProblem(undefined)));
-        if (error !== null || typeof json !== 'string') continue;
-        const record = this.readRecord(ids[i], json);
-        if (record === undefined || !matchesFilter(record, f)) continue;
-        if (out.push(record) === f.limit) break;
+    while (out.length < f.limit) {
+      // Without sets to check against, each id read is a record of the page (unless gone since).
+      const want = required.length === 0 ? Math.min(chunk, f.limit - out.length) : chunk;
+      const read = await walk.next(want).catch(unavailable);
+      const ids = await inEvery(this.client, read, required).catch(unavailable);
+      if (ids.length > 0) {
+        const pipeline = this.client.pipeline();
+        for (const id of ids) pipeline.hget(`${p}:t:${id}`, 'record');
+        // A connection lost between the index read and this one is the store being unavailable, not a short page.
+        const results = (await pipeline.exec().catch(unavailable)) ?? [];
+        for (let i = 0; i < results.length; i++) {
+          const [error, json] = results[i];
+          // No record: deleted since the index was read (retention). An error: the key is not a hash.
+          if (error !== null && !error.message.startsWith('WRONGTYPE')) unavailable(error);
+          if (error !== null && error.message.startsWith('WRONGTYPE'))
+            this.unreadable(ids[i], unreadableRecord(ids[i], hashProblem(undefined)));
+          if (error !== null || typeof json !== 'string') continue;
+          const record = this.readRecord(ids[i], json);
+          if (record === undefined || !matchesFilter(record, f)) continue;
+          if (out.push(record) === f.limit) break;
+        }
       }
-      if (ids.length < chunk) break;
+      if (read.length < want) break;
     }
     return out;
   }
@@ -493,13 +503,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     const claimed = (await this.#run(scripts.claimOrphans, [this.prefix, ownerId, leaseMs])) as StoredTask[];
     // Counting a history written before counts existed runs in the background; metrics() waits for it.
     this.#counted().catch(() => {});
-    const now = Date.now();
-    // Every minute, or every retentionDays / 2 when shorter (as SqliteStore).
-    const every = Math.max(250, Math.min(CLEANUP_EVERY_MS, (this.retentionDays * DAY_MS) / 2));
-    if (now - this.#cleanedAt >= every && this.#sweeping === undefined) {
-      this.#cleanedAt = now;
-      await this.#sweep(now);
-    }
+    await this.#sweepIfDue();
     // A record that cannot be read stays claimed by this owner, untouched: it is reported once and not
     // looked at again until this owner is gone.
     const records: TaskRecord[] = [];
@@ -512,6 +516,15 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
       if (record !== undefined) records.push(record);
     }
     return records;
+  }
+
+  /** A retention pass, unless one ran within the last `#sweepEveryMs` or one is in flight. */
+  #sweepIfDue(): Promise<void> {
+    const now = Date.now();
+    if (now - this.#cleanedAt < this.#sweepEveryMs || this.#sweeping !== undefined || this.closed !== undefined)
+      return Promise.resolve();
+    this.#cleanedAt = now;
+    return this.#sweep(now);
   }
 
   /**
@@ -552,6 +565,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
 
   /** Writes what is queued, gives up this process's lease (its unfinished tasks become claimable at once), closes its own client. */
   close(): Promise<void> {
+    clearInterval(this.#retentionTimer);
     this.closed ??= (async () => {
       try {
         await this.commit.flush();

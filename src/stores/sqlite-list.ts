@@ -4,6 +4,13 @@ import type { CompiledFilter } from './filter.js';
 import type { ReadQuery } from './sqlite-worker.js';
 
 /**
+ * Where a page after `filter.before` starts, as (created_at, rowid): the order of every list. The record's
+ * rowid is looked up by its id; a record deleted since gives NULL, and the comparison then keeps only what
+ * was created before it (SQLite: (a, b) < (c, NULL) is true when a < c, else NULL).
+ */
+const AFTER = '(?, (SELECT rowid FROM taskflow_tasks WHERE id = ?))';
+
+/**
  * The SQL of `list(filter)`, newest first (ties in creation order, newest last written first). Every filter
  * shape walks an index that yields its rows already in that order, so a page reads about `limit + offset`
  * rows, not the history (test/sqlite-growth.test.ts checks each shape's plan):
@@ -12,7 +19,8 @@ import type { ReadQuery } from './sqlite-worker.js';
  *   - statuses: `taskflow_tasks_status` (status, created_at), one range per status;
  *   - neither: `taskflow_tasks_created`.
  * Several ranges (the dead letters are failed + interrupted) are each read to `limit + offset` rows and
- * merged. `limit` -1: all.
+ * merged. `limit` -1: all. A page after a record (`filter.before`) starts at it in the same index, a range
+ * bound on (created_at, rowid), so a page deep in the history reads as few rows as the first one.
  */
 export function listQuery(f: CompiledFilter, limit: number, offset: number): ReadQuery {
   const params: SQLInputValue[] = [];
@@ -23,6 +31,11 @@ export function listQuery(f: CompiledFilter, limit: number, offset: number): Rea
     if (f.since !== undefined) {
       where.push('g.created_at >= ?');
       params.push(f.since);
+    }
+    if (f.before !== undefined) {
+      // The rowid part is checked on the task; the index bounds the walk by time.
+      where.push('g.created_at <= ?', `(g.created_at, t.rowid) < ${AFTER}`);
+      params.push(f.before.createdAt, f.before.createdAt, f.before.id);
     }
     if (f.statuses !== undefined) {
       where.push(`t.status IN (${[...f.statuses].map(() => '?').join(', ')})`);
@@ -55,6 +68,10 @@ export function listQuery(f: CompiledFilter, limit: number, offset: number): Rea
     if (f.since !== undefined) {
       where.push('created_at >= ?');
       params.push(f.since);
+    }
+    if (f.before !== undefined) {
+      where.push(`(created_at, rowid) < ${AFTER}`);
+      params.push(f.before.createdAt, f.before.id);
     }
     return where.length === 0 ? '' : ` WHERE ${where.join(' AND ')}`;
   };
