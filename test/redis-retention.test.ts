@@ -4,7 +4,7 @@ import { RedisStore } from 'koa-taskflow/redis';
 import { taskRecord as record } from './helpers/durable-app.js';
 import { recountMetrics } from './helpers/recount.js';
 import { startRedisServer, type RedisServer } from './helpers/redis.js';
-import { onCleanup, waitFor } from './helpers/server.js';
+import { createManager, onCleanup, waitFor } from './helpers/server.js';
 
 const DAY = 86_400_000;
 
@@ -93,6 +93,19 @@ describe('RedisStore retention keeps up with any rate', () => {
       heldAfterPass.push(await held(store));
     }
     for (const count of heldAfterPass) expect(count).toBeLessThanOrEqual(2 * perRound);
+    await expectCountsMatchRecords(store);
+  });
+
+  it('sweeps on its own timer: an instance that never claims orphans (requeuePending: false) still deletes what expired', async () => {
+    const redis = await startRedisServer();
+    // One second: a pass is due every half second.
+    const store = openStore(redis, 1 / 86_400);
+    const manager = createManager({ store, requeuePending: false });
+    await manager.start();
+    await saveAll(store, history('expired', 2_000, Date.now() - 10_000));
+    await saveAll(store, history('fresh', 10, Date.now() + 60_000));
+    await waitFor(async () => (await held(store)) === 10, 5_000, 'a pass of the store\'s own timer');
+    expect((await store.list()).map((r) => r.name)).toEqual(Array(10).fill('fresh'));
     await expectCountsMatchRecords(store);
   });
 });

@@ -150,14 +150,21 @@ describe('SqliteStore as the history grows', () => {
     ];
     for (const [filter, expected, index] of shapes) {
       expect(await ids(filter), JSON.stringify(filter)).toEqual(expected);
-      const f = compileFilter(filter);
-      // A cursor page further down reads the same index (an offset into the same order).
-      for (const offset of [0, 100]) {
+      // A page after a record (before) reads the same index from where that record sorts, not past an
+      // offset: a range on (created_at, rowid). An offset is only used to read past a damaged record.
+      const pages: [ReturnType<typeof compileFilter>, number][] = [
+        [compileFilter(filter), 0],
+        [compileFilter(filter), 100],
+        [compileFilter({ ...filter, before: { createdAt: t0 - 2, id: 'c' } }), 0],
+      ];
+      for (const [f, offset] of pages) {
         const { sql, params } = listQuery(f, f.limit === Infinity ? -1 : f.limit, offset);
         const plan = (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(...params) as { detail: string }[]).map(
           (r) => r.detail,
         );
         expect(plan.join(' | '), JSON.stringify(filter)).toMatch(index);
+        if (f.before !== undefined && f.tags.length === 0)
+          expect(plan.join(' | '), JSON.stringify(filter)).toMatch(/created_at<\?/);
         // "SCAN taskflow_tasks" (without an index) would read the whole history.
         expect(
           plan.filter((d) => /^SCAN (taskflow_tasks|t)\b(?! USING)/.test(d)),
@@ -170,6 +177,11 @@ describe('SqliteStore as the history grows', () => {
       }
     }
     expect(await ids({ name: 'mail', limit: 2 })).toEqual(['d', 'b']);
+    expect(await ids({ name: 'mail', before: { createdAt: t0 - 1, id: 'd' } })).toEqual(['b', 'a']);
+    expect(await ids({ status: ['failed', 'interrupted'], limit: 1, before: { createdAt: t0 - 2, id: 'c' } })).toEqual([
+      'b',
+    ]);
+    expect(await ids({ tags: { tenant: 'a' }, before: { createdAt: t0 - 3, id: 'b' } })).toEqual(['a']);
   });
 
   it('deletes expired records in batches that keep up with a steady load: the records held stay bounded', async () => {
