@@ -46,9 +46,9 @@ function matches(r: TaskRecord, f: TaskFilter): boolean {
   );
 }
 
-const stores: [string, () => Promise<TaskStore>][] = [
-  ['MemoryStore', async () => new MemoryStore({ maxRecords: 100_000 })],
-  ['SqliteStore', async () => openSqliteStore(join(tempDir(), 'tasks.db'))],
+const stores: [string, () => TaskStore | Promise<TaskStore>][] = [
+  ['MemoryStore', () => new MemoryStore({ maxRecords: 100_000 })],
+  ['SqliteStore', () => openSqliteStore(join(tempDir(), 'tasks.db'))],
   [
     'RedisStore',
     async () => {
