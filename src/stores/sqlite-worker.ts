@@ -55,6 +55,8 @@ async function expire({ id, statements, batch }) {
   if (writer === undefined) {
     writer = new DatabaseSync(workerData.path);
     writer.exec('PRAGMA busy_timeout = ' + workerData.busyTimeoutMs);
+    // Retention's deletes fire a trigger: their statement journals in memory, as the store's writer (sqlite.ts).
+    writer.exec('PRAGMA temp_store = MEMORY');
   }
   let deleted = 0;
   try {
