@@ -134,4 +134,19 @@ describe('RedisStore as the history grows', () => {
     expect((await second.metrics()).byStatus).toMatchObject({ success: 261, running: 239, failed: 280 });
     expect(await expectCountsMatchRecords(second)).toBe(1_300);
   });
+
+  it('a history this version wrote from the first record is never walked: the first metrics() reads the counts', async () => {
+    const redis = await startRedisServer();
+    const store = openStore(redis);
+    const now = Date.now();
+    const records = Array.from({ length: 3_000 }, (_, i) =>
+      record(`r${i}`, { name: `n${i % 3}`, status: 'success', createdAt: now - i, endedAt: now, durationMs: i % 40 }),
+    );
+    for (let i = 0; i < records.length; i += 1_000) await store.save(records.slice(i, i + 1_000));
+    const zscans = async () =>
+      Number(/cmdstat_zscan:calls=(\d+)/.exec(await store.client.info('commandstats'))?.[1] ?? 0);
+    const before = await zscans();
+    expect(await store.metrics()).toEqual(recountMetrics(records));
+    expect(await zscans()).toBe(before);
+  });
 });

@@ -73,6 +73,9 @@ end
 
 const SAVE = `${COUNT}
 local p, me, lease, aliasTtl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- The first write to an empty prefix: every record from here on is counted as it is written, so there is
+-- no older history to count (metrics() would otherwise walk all of it once, the first time it is called).
+if redis.call('ZCARD', p .. ':created') == 0 then redis.call('SET', p .. ':counts:v', '1') end
 if me ~= '' then
   redis.call('SET', p .. ':o:' .. me, '1', 'PX', lease)
   redis.call('SADD', p .. ':owners', me)
