@@ -1,17 +1,18 @@
-// One server of the durable-store benchmark: `node bench/durable-server.js <variant> [redisPort]`, prints
+// One server of the durable-store benchmark: `node bench/durable-server.ts <variant> [redisPort]`, prints
 // `ready <port>`. `GET /__stats` waits until every task has run and its record is written, then answers with
 // the process's CPU time so far, so each request is charged with all the work it caused.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Koa from 'koa';
-import { serveBenchApp } from './lib.js';
+import type { TaskStore } from 'koa-taskflow';
+import { serveBenchApp } from './lib.ts';
 
 const variant = process.argv[2];
 const redisPort = Number(process.argv[3] ?? 0);
 let ran = 0;
-let drain = async () => {};
-let close = async () => {};
+let drain = async (): Promise<void> => {};
+let close = async (): Promise<void> => {};
 const app = new Koa();
 app.silent = true;
 
@@ -31,7 +32,7 @@ if (variant === 'sqlite-by-hand') {
   );
   const finish = db.prepare("UPDATE tasks SET status = 'success', ended_at = ? WHERE id = ?");
   let running = 0;
-  let idle;
+  let idle: (() => void) | undefined;
   app.use(async (ctx, next) => {
     const id = randomUUID();
     insert.run(id, JSON.stringify([1]), Date.now());
@@ -43,14 +44,15 @@ if (variant === 'sqlite-by-hand') {
     });
     await next();
   });
-  drain = () => (running === 0 ? Promise.resolve() : new Promise((resolve) => (idle = resolve)));
-  close = async () => {
+  drain = () => (running === 0 ? Promise.resolve() : new Promise<void>((resolve) => (idle = resolve)));
+  close = () => {
     db.close();
     rmSync(dir, { recursive: true, force: true });
+    return Promise.resolve();
   };
 } else if (variant !== 'bare') {
   const { TaskManager } = await import('koa-taskflow');
-  let store;
+  let store: TaskStore;
   if (variant.startsWith('sqlite')) {
     const { SqliteStore } = await import('koa-taskflow/sqlite');
     const dir = mkdtempSync(join(tmpdir(), 'bench-sqlite-'));
@@ -58,17 +60,21 @@ if (variant === 'sqlite-by-hand') {
       path: join(dir, 'tasks.db'),
       synchronous: variant === 'sqlite-full' ? 'FULL' : 'NORMAL',
     });
-    close = async () => rmSync(dir, { recursive: true, force: true });
+    close = () => Promise.resolve(rmSync(dir, { recursive: true, force: true }));
   } else if (variant === 'null-durable') {
     // A durable store that writes nothing: the cost of the durable path (write-ahead, batching) without I/O.
+    const nothing =
+      <T>(value: T) =>
+      () =>
+        Promise.resolve(value);
     store = {
       durable: true,
-      save: async () => undefined,
-      get: async () => undefined,
-      list: async () => [],
-      claimKey: async () => undefined,
-      claimOrphans: async () => [],
-      close: async () => {},
+      save: nothing(undefined),
+      get: nothing(undefined),
+      list: nothing([]),
+      claimKey: nothing(undefined),
+      claimOrphans: nothing([]),
+      close: nothing(undefined),
     };
   } else if (variant === 'redis') {
     const { RedisStore } = await import('koa-taskflow/redis');
@@ -77,8 +83,9 @@ if (variant === 'sqlite-by-hand') {
     throw new Error(`unknown variant ${variant}`);
   }
   const manager = new TaskManager({ store });
-  const work = manager.task(async function work(_n) {
+  const work = manager.task(function work(n: number) {
     ran++;
+    return Promise.resolve(n);
   });
   await manager.start();
   app.use(manager.middleware());
@@ -103,8 +110,7 @@ const server = serveBenchApp(
   () => drain(),
   () => ({ ran }),
 );
-process.on('SIGTERM', async () => {
+process.on('SIGTERM', () => {
   server.closeAllConnections();
-  await close();
-  process.exit(0);
+  void close().then(() => process.exit(0));
 });

@@ -6,26 +6,36 @@
 import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import autocannon from 'autocannon';
-import { burst, fmt, interleavedRounds, median, startRedis, startServer } from './lib.js';
+import { capacityTarget } from './goals.ts';
+import { beside, burst, fmt, interleavedRounds, median, startRedis, startServer, type BurstSample } from './lib.ts';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const SECONDS = Number(process.env.SECONDS ?? 4);
 const WARMUP = Number(process.env.WARMUP ?? 1);
 const CONNECTIONS = Number(process.env.CONNECTIONS ?? 10);
 
-const VARIANTS = [
+interface Variant {
+  name: string;
+  label: string;
+  needsRedis?: boolean;
+}
+interface Sample extends BurstSample {
+  allTasksRan: boolean;
+}
+
+const VARIANTS: Variant[] = [
   { name: 'bare', label: 'bare Koa' },
   {
     name: 'null-durable',
     label: 'a durable store that writes nothing (the floor of the durable path), 1 task/request',
   },
-  { name: 'sqlite', label: 'SqliteStore (WAL, synchronous=NORMAL), 1 durable task/request', goal: 0.6 },
+  { name: 'sqlite', label: 'SqliteStore (WAL, synchronous=NORMAL), 1 durable task/request' },
   { name: 'sqlite-full', label: 'SqliteStore (WAL, synchronous=FULL), 1 durable task/request' },
   { name: 'redis', label: 'RedisStore (local redis-server), 1 durable task/request', needsRedis: true },
 ];
 
-async function measure(variant, redisPort) {
-  const server = await startServer(new URL('./durable-server.js', import.meta.url).pathname, [
+async function measure(variant: Variant, redisPort: number | undefined): Promise<Sample> {
+  const server = await startServer(beside('durable-server.ts', import.meta.url), [
     variant.name,
     String(redisPort ?? 0),
   ]);
@@ -41,7 +51,7 @@ async function measure(variant, redisPort) {
 const redis = await startRedis();
 const variants = VARIANTS.filter((v) => !v.needsRedis || redis);
 if (!redis) console.log('redis-server not found: the Redis variant is skipped');
-let samples;
+let samples: Map<string, Sample[]>;
 try {
   samples = await interleavedRounds(
     variants,
@@ -57,7 +67,7 @@ try {
 }
 
 const rows = variants.map((v) => {
-  const s = samples.get(v.name);
+  const s = samples.get(v.name)!;
   return {
     ...v,
     rps: median(s.map((x) => x.rps)),
@@ -65,9 +75,13 @@ const rows = variants.map((v) => {
     cpuPerRequest: median(s.map((x) => x.cpuPerRequest)),
     allTasksRan: s.every((x) => x.allTasksRan),
     errors: s.reduce((a, x) => a + x.errors, 0),
+    rpsRatio: NaN,
+    cpuRatio: NaN,
+    // The HTTP benchmark's goal for the same comparison (this one runs the servers one after the other).
+    goal: capacityTarget(v.name, 'bare'),
   };
 });
-const bare = rows.find((r) => r.name === 'bare');
+const bare = rows.find((r) => r.name === 'bare')!;
 for (const row of rows) {
   row.rpsRatio = row.rps / bare.rps;
   row.cpuRatio = bare.cpuPerRequest / row.cpuPerRequest;

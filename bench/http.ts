@@ -4,17 +4,56 @@
 // background work the request caused* (process.cpuUsage() of the server before/after, read after draining).
 // Capacity ratio = baseline CPU per request ÷ variant CPU per request (≥ 1 means as cheap or cheaper).
 import autocannon from 'autocannon';
-import { burst, fmt, median, percentile, startRedis, startServer } from './lib.js';
+import { capacityPairs } from './goals.ts';
+import {
+  beside,
+  burst,
+  fmt,
+  isMain,
+  median,
+  percentile,
+  startRedis,
+  startServer,
+  type BenchServer,
+  type BurstSample,
+} from './lib.ts';
+import type { HttpResults, HttpRow, Ratio } from './results.ts';
 
-const ROUNDS = Number(process.env.ROUNDS ?? 3);
-const BURSTS = Number(process.env.BURSTS ?? 3);
-const SECONDS = Number(process.env.SECONDS ?? 1);
-const CONNECTIONS = Number(process.env.CONNECTIONS ?? 10);
-// Long enough to fill MemoryStore's 10 000-record history and let the JIT settle: a server's steady state.
-const WARMUP = Number(process.env.WARMUP ?? 1.5);
+export interface HttpConfig {
+  ROUNDS: number;
+  BURSTS: number;
+  SECONDS: number;
+  CONNECTIONS: number;
+  /** Long enough to fill MemoryStore's 10 000-record history and let the JIT settle: a server's steady state. */
+  WARMUP: number;
+}
 
-/** variant → the baseline its capacity ratio is measured against, and the goal. */
-export const VARIANTS = [
+export const HTTP_FULL: HttpConfig = {
+  ROUNDS: Number(process.env.ROUNDS ?? 3),
+  BURSTS: Number(process.env.BURSTS ?? 3),
+  SECONDS: Number(process.env.SECONDS ?? 1),
+  CONNECTIONS: Number(process.env.CONNECTIONS ?? 10),
+  WARMUP: Number(process.env.WARMUP ?? 1.5),
+};
+export const HTTP_QUICK: HttpConfig = { ROUNDS: 1, BURSTS: 2, SECONDS: 0.5, CONNECTIONS: 4, WARMUP: 0.3 };
+
+export interface Variant {
+  name: string;
+  label: string;
+  /** The server its row in the table is compared with (its goals are in goals.ts). */
+  baseline?: string;
+  /** It runs one task per request: every one must have run once the server has drained. */
+  tasks?: boolean;
+  needsRedis?: boolean;
+  /** The server script, `server.ts` when not given. */
+  script?: string;
+}
+
+interface Sample extends BurstSample {
+  allTasksRan: boolean;
+}
+
+export const VARIANTS: readonly Variant[] = [
   { name: 'bare', label: 'bare Koa' },
   // An A/A comparison: the same server twice. Whatever it reads is the method's own noise on this machine.
   { name: 'bare-again', label: 'bare Koa again (A/A: the noise of the method)', baseline: 'bare' },
@@ -25,8 +64,8 @@ export const VARIANTS = [
     label: 'bare Koa + a 2.5 µs busy loop after each response (a known cost, for scale)',
     baseline: 'bare',
   },
-  { name: 'mounted', label: 'koa-taskflow mounted, no task', baseline: 'bare', goal: 0.97 },
-  { name: 'untraced', label: '1 untraced task/request', baseline: 'bare', goal: 0.9, tasks: true },
+  { name: 'mounted', label: 'koa-taskflow mounted, no task', baseline: 'bare' },
+  { name: 'untraced', label: '1 untraced task/request', baseline: 'bare', tasks: true },
   {
     name: 'untraced-short-history',
     label: '1 untraced task/request, MemoryStore keeping 100 records (not 10 000)',
@@ -48,7 +87,6 @@ export const VARIANTS = [
     name: 'traced',
     label: '1 traced task/request (span + link + taskLog → event + pino)',
     baseline: 'koa-span',
-    goal: 0.85,
     tasks: true,
   },
   {
@@ -66,21 +104,20 @@ export const VARIANTS = [
     tasks: true,
   },
   { name: 'bullmq', label: 'BullMQ (real redis-server) on finish', baseline: 'bare', tasks: true, needsRedis: true },
-  // The durable stores, served by bench/durable-server.js (`npm run bench:durable` compares them in more detail).
+  // The durable stores, served by bench/durable-server.ts (`npm run bench:durable` compares them in more detail).
   {
     name: 'sqlite',
     label: '1 durable task/request: SqliteStore (WAL, synchronous=NORMAL)',
     baseline: 'bare',
-    goal: 0.6,
     tasks: true,
-    script: 'durable-server.js',
+    script: 'durable-server.ts',
   },
   {
     name: 'sqlite-by-hand',
     label: 'the same persisted by hand: INSERT before the response, UPDATE when done (node:sqlite, WAL, NORMAL)',
     baseline: 'bare',
     tasks: true,
-    script: 'durable-server.js',
+    script: 'durable-server.ts',
   },
   {
     name: 'redis',
@@ -88,19 +125,17 @@ export const VARIANTS = [
     baseline: 'bare',
     tasks: true,
     needsRedis: true,
-    script: 'durable-server.js',
+    script: 'durable-server.ts',
   },
 ];
 
-function serve(variant, redisPort) {
-  return startServer(new URL(variant.script ?? './server.js', import.meta.url).pathname, [
-    variant.name,
-    String(redisPort ?? 0),
-  ]);
+export function serve(variant: Variant, redisPort: number | undefined): Promise<BenchServer> {
+  return startServer(beside(variant.script ?? 'server.ts', import.meta.url), [variant.name, String(redisPort ?? 0)]);
 }
 
 /** One burst against a warm server, and whether every task its requests caused has run. */
-async function measure(variant, server) {
+async function measure(variant: Variant, server: BenchServer, config: HttpConfig): Promise<Sample> {
+  const { SECONDS, CONNECTIONS } = config;
   const sample = await burst(server, SECONDS, CONNECTIONS);
   // A request cut off when autocannon stopped (at most one per connection) may never have finished, and a
   // task started on `finish` then never runs: that is not a backlog. More missing tasks are.
@@ -112,17 +147,23 @@ async function measure(variant, server) {
  * in turn, the order alternating. This shared VM's speed drifts from one second to the next by more than the
  * differences being measured, so a ratio is only taken between two bursts a second apart.
  */
-async function measurePair(base, variant, redisPort) {
+async function measurePair(
+  base: Variant,
+  variant: Variant,
+  redisPort: number | undefined,
+  config: HttpConfig,
+): Promise<Sample[][]> {
+  const { BURSTS, CONNECTIONS, WARMUP } = config;
   const started = await Promise.allSettled([serve(base, redisPort), serve(variant, redisPort)]);
   const servers = started.filter((s) => s.status === 'fulfilled').map((s) => s.value);
   try {
     for (const s of started) if (s.status === 'rejected') throw s.reason;
     for (const server of servers) await autocannon({ url: server.url, connections: CONNECTIONS, duration: WARMUP });
-    const bursts = [];
+    const bursts: Sample[][] = [];
     for (let i = 0; i < BURSTS; i++) {
-      const pair = [];
+      const pair: Sample[] = [];
       for (const side of i % 2 === 0 ? [0, 1] : [1, 0])
-        pair[side] = await measure(side === 0 ? base : variant, servers[side]);
+        pair[side] = await measure(side === 0 ? base : variant, servers[side], config);
       bursts.push(pair);
     }
     return bursts;
@@ -131,23 +172,20 @@ async function measurePair(base, variant, redisPort) {
   }
 }
 
-/** Every variant against its baseline, and each of ours against what a user would write by hand instead. */
-function comparisons(variants) {
+/** Every variant against its baseline, and every comparison a goal reads (ours against the same done by hand…). */
+function comparisons(variants: readonly Variant[]): [string, string][] {
   const names = new Set(variants.map((v) => v.name));
-  const pairs = variants.filter((v) => v.baseline && names.has(v.baseline)).map((v) => [v.baseline, v.name]);
-  // We must never be slower than doing it by hand while doing more.
-  for (const [handmade, ours] of [
-    ['handrolled-otel', 'traced'],
-    ['handrolled-contract', 'traced'],
-    ['handrolled-record', 'untraced'],
-    ['sqlite-by-hand', 'sqlite'],
-  ]) {
-    if (names.has(handmade) && names.has(ours)) pairs.push([handmade, ours]);
-  }
-  return pairs;
+  const pairs = new Map<string, [string, string]>();
+  for (const v of variants) if (v.baseline !== undefined) pairs.set(`${v.baseline}/${v.name}`, [v.baseline, v.name]);
+  for (const [base, name] of capacityPairs()) pairs.set(`${base}/${name}`, [base, name]);
+  return [...pairs.values()].filter(([base, name]) => names.has(base) && names.has(name));
 }
 
-export async function runHttpBench(log = console.log) {
+export async function runHttpBench(
+  config: HttpConfig = HTTP_FULL,
+  log: (line: string) => void = console.log,
+): Promise<Omit<HttpResults, 'started' | 'nodeVersion' | 'machine' | 'load'>> {
+  const { ROUNDS } = config;
   const redis = await startRedis();
   // ONLY=bare,untraced runs a subset (while profiling); the report needs them all.
   const only = process.env.ONLY?.split(',');
@@ -155,21 +193,21 @@ export async function runHttpBench(log = console.log) {
   if (!redis) log('redis-server not found: BullMQ and Redis variants skipped');
   const byName = new Map(variants.map((v) => [v.name, v]));
   const pairs = comparisons(variants);
-  const samples = new Map(variants.map((v) => [v.name, []]));
-  const paired = new Map(pairs.map(([base, name]) => [`${base}/${name}`, { cpu: [] }]));
+  const samples = new Map<string, Sample[]>(variants.map((v) => [v.name, []]));
+  const paired = new Map<string, number[]>(pairs.map(([base, name]) => [`${base}/${name}`, []]));
   try {
     for (let round = 0; round < ROUNDS; round++) {
       for (let i = 0; i < pairs.length; i++) {
         const [base, name] = pairs[(i + round) % pairs.length];
-        const bursts = await measurePair(byName.get(base), byName.get(name), redis?.port);
+        const bursts = await measurePair(byName.get(base)!, byName.get(name)!, redis?.port, config);
         for (const [baseSample, sample] of bursts) {
-          samples.get(base).push(baseSample);
-          samples.get(name).push(sample);
-          paired.get(`${base}/${name}`).cpu.push(baseSample.cpuPerRequest / sample.cpuPerRequest);
+          samples.get(base)!.push(baseSample);
+          samples.get(name)!.push(sample);
+          paired.get(`${base}/${name}`)!.push(baseSample.cpuPerRequest / sample.cpuPerRequest);
         }
         if (process.env.VERBOSE)
           log(bursts.map(([b, x]) => `${fmt(x.cpuPerRequest)}/${fmt(b.cpuPerRequest)}`).join(' '));
-        const cpu = (list) => fmt(median(list.map((x) => x.cpuPerRequest)));
+        const cpu = (list: Sample[]) => fmt(median(list.map((x) => x.cpuPerRequest)));
         const backlog = bursts.some(([, x]) => !x.allTasksRan) ? '  BACKLOG' : '';
         log(
           `round ${round + 1}/${ROUNDS} ${name.padEnd(22)} vs ${base.padEnd(20)} ${cpu(bursts.map((b) => b[1])).padStart(6)} vs ${cpu(bursts.map((b) => b[0])).padStart(6)} µs CPU/req  ratio ${fmt(median(bursts.map(([b, x]) => b.cpuPerRequest / x.cpuPerRequest)), 2)}${backlog}`,
@@ -179,53 +217,42 @@ export async function runHttpBench(log = console.log) {
   } finally {
     await redis?.stop();
   }
-  const rows = variants
-    .filter((v) => samples.get(v.name).length > 0)
+  const rows: HttpRow[] = variants
+    .filter((v) => samples.get(v.name)!.length > 0)
     .map((v) => {
-      const s = samples.get(v.name);
-      const own = paired.get(`${v.baseline}/${v.name}`);
+      const s = samples.get(v.name)!;
       return {
-        ...v,
+        name: v.name,
+        label: v.label,
+        baseline: v.baseline,
+        tasks: v.tasks,
         rps: median(s.map((x) => x.rps)),
+        rpsRatio: NaN,
         p50: median(s.map((x) => x.p50)),
         p99: median(s.map((x) => x.p99)),
         cpuPerRequest: median(s.map((x) => x.cpuPerRequest)),
         allTasksRan: s.every((x) => x.allTasksRan),
         errors: s.reduce((a, x) => a + x.errors, 0),
-        capacityRatio: own ? median(own.cpu) : NaN,
-        // The middle half of the paired ratios: how far one comparison moves on this machine.
-        spread: own ? [percentile(own.cpu, 25), percentile(own.cpu, 75)] : undefined,
       };
     });
   const bare = rows.find((r) => r.name === 'bare');
   for (const row of rows) row.rpsRatio = bare ? row.rps / bare.rps : NaN;
-  const ratio = (base, name) => {
-    const cpu = paired.get(`${base}/${name}`)?.cpu;
-    return cpu
-      ? { value: median(cpu), spread: [percentile(cpu, 25), percentile(cpu, 75)] }
-      : { value: NaN, spread: undefined };
-  };
-  const extra = {
-    tracedVsHandrolled: ratio('handrolled-otel', 'traced'),
-    tracedVsContract: ratio('handrolled-contract', 'traced'),
-    untracedVsRecord: ratio('handrolled-record', 'untraced'),
-    sqliteVsByHand: ratio('sqlite-by-hand', 'sqlite'),
-  };
-  return { rows, extra, config: { ROUNDS, BURSTS, SECONDS, CONNECTIONS, WARMUP } };
+  // The middle half of the paired ratios: how far one comparison moves on this machine.
+  const ratios: Record<string, Ratio> = {};
+  for (const [key, cpu] of paired)
+    if (cpu.length > 0) ratios[key] = { value: median(cpu), spread: [percentile(cpu, 25), percentile(cpu, 75)] };
+  return { rows, ratios, config };
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
-  const { rows, extra } = await runHttpBench();
+if (isMain(import.meta.url)) {
+  const { rows, ratios } = await runHttpBench();
   console.table(
     rows.map((r) => ({
       variant: r.name,
       'req/s': fmt(r.rps, 0),
       'µs CPU/req': fmt(r.cpuPerRequest),
-      capacity: fmt(r.capacityRatio, 2),
-      goal: r.goal ?? '',
+      capacity: fmt(ratios[`${r.baseline}/${r.name}`]?.value, 2),
     })),
   );
-  console.log(
-    `traced ÷ hand-rolled: ${fmt(extra.tracedVsHandrolled.value, 2)}, ÷ contract by hand: ${fmt(extra.tracedVsContract.value, 2)}; untraced ÷ contract by hand: ${fmt(extra.untracedVsRecord.value, 2)}`,
-  );
+  for (const [pair, ratio] of Object.entries(ratios)) console.log(`${pair}: ${fmt(ratio.value, 2)}`);
 }

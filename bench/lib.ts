@@ -1,40 +1,61 @@
 // Shared pieces of the benchmark scripts: child servers, a throwaway redis-server, medians, formatting.
-import { spawn, spawnSync } from 'node:child_process';
-import autocannon from 'autocannon';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer as createHttpServer } from 'node:http';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { createServer as createHttpServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
+import autocannon from 'autocannon';
+import type Koa from 'koa';
+import { spawnRedisServer } from '../test/helpers/redis-process.ts';
 
-export const median = (values) => {
+export const median = (values: readonly number[]): number => {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length >> 1;
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 };
 
-export function percentile(values, p) {
+export function percentile(values: readonly number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
 }
 
-export async function freePort() {
-  const server = createServer();
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return port;
+export const fmt = (value: number | null | undefined, digits = 1): string =>
+  value === undefined || value === null || Number.isNaN(value) ? 'n/a' : value.toFixed(digits);
+
+/** Where and when a part of the benchmark ran: its numbers only compare within one such run. */
+export interface RunInfo {
+  started: string;
+  nodeVersion: string;
+  machine: string;
+  /** The 1-minute load average when the part started and when it ended (other work on the machine); runs
+   * before 2026-11-29 did not record it. */
+  load?: [number, number];
+}
+
+/** Run `part` and stamp its result with the date, the Node version and the machine's load around it. */
+export async function timedPart<T extends object>(part: () => Promise<T>): Promise<T & RunInfo> {
+  const started = new Date().toISOString();
+  const loadBefore = loadavg()[0];
+  const result = await part();
+  const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB`;
+  return { ...result, started, nodeVersion: process.version, machine, load: [loadBefore, loadavg()[0]] };
+}
+
+export interface BenchServer {
+  url: string;
+  stop(): Promise<void>;
 }
 
 /** Start `node <script> ...args` and resolve once it prints `ready <port>`. */
-export function startServer(script, args) {
+export function startServer(script: string, args: string[]): Promise<BenchServer> {
   const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
   return new Promise((resolve, reject) => {
     let out = '';
-    child.stdout.on('data', (chunk) => {
-      out += chunk;
+    child.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
       const match = /ready (\d+)/.exec(out);
-      if (match) resolve({ child, url: `http://127.0.0.1:${match[1]}`, stop: () => stopChild(child) });
+      if (match) resolve({ url: `http://127.0.0.1:${match[1]}`, stop: () => stopChild(child) });
     });
     child.once('exit', (code) =>
       reject(new Error(`${script} ${args.join(' ')} exited with ${code} before it was ready`)),
@@ -42,40 +63,48 @@ export function startServer(script, args) {
   });
 }
 
-function stopChild(child) {
+function stopChild(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
-    child.once('exit', resolve);
+    child.once('exit', () => resolve());
     child.kill('SIGTERM');
   });
 }
 
-/** A redis-server on a free loopback port in a temp dir, or undefined when the binary is missing. */
-export async function startRedis() {
+/**
+ * A redis-server on a free loopback port in a temp dir, nothing written to disk (the tests' helper, without
+ * its append-only file), or undefined when the binary is missing.
+ */
+export async function startRedis(): Promise<{ port: number; url: string; stop(): Promise<void> } | undefined> {
   if (spawnSync('redis-server', ['--version']).status !== 0) return undefined;
-  const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'bench-redis-'));
-  const child = spawn(
-    'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'],
-    { stdio: 'ignore' },
-  );
-  for (let i = 0; i < 100; i++) {
-    if (
-      spawnSync('redis-cli', ['-p', String(port), 'ping'])
-        .stdout?.toString()
-        .trim() === 'PONG'
-    )
-      break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  const server = await spawnRedisServer({ dir, persistence: 'none' });
   return {
-    port,
+    port: server.port,
+    url: server.url,
     stop: async () => {
-      await stopChild(child);
+      await server.stop();
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** What a bench server's `GET /__stats` answers. */
+export interface ServerStats {
+  cpuMicros: number;
+  served: number;
+  rss: number;
+  ran?: number;
+}
+
+export interface BurstSample {
+  rps: number;
+  p50: number;
+  p99: number;
+  cpuPerRequest: number;
+  served: number;
+  ran: number;
+  errors: number;
 }
 
 /**
@@ -83,8 +112,8 @@ export async function startRedis() {
  * server's background work has drained), so the CPU time of the work each request caused is charged to it.
  * `served`/`ran` are counted by the server: requests cut off when autocannon stops were still served.
  */
-export async function burst(server, seconds, connections) {
-  const stats = async () => (await fetch(`${server.url}/__stats`)).json();
+export async function burst(server: BenchServer, seconds: number, connections: number): Promise<BurstSample> {
+  const stats = async () => (await (await fetch(`${server.url}/__stats`)).json()) as ServerStats;
   const before = await stats();
   const result = await autocannon({ url: server.url, connections, duration: seconds });
   const after = await stats();
@@ -95,24 +124,27 @@ export async function burst(server, seconds, connections) {
     p99: result.latency.p99,
     cpuPerRequest: (after.cpuMicros - before.cpuMicros) / served,
     served,
-    ran: after.ran - before.ran,
+    ran: (after.ran ?? 0) - (before.ran ?? 0),
     errors: result.errors + result.non2xx,
   };
 }
-
-export const fmt = (value, digits = 1) => (value === undefined || Number.isNaN(value) ? 'n/a' : value.toFixed(digits));
 
 /**
  * Run `measure(variant)` for every variant, `rounds` times, rotating the order each round so no variant
  * always runs first (or last) on a warming machine. Returns the samples by variant name.
  */
-export async function interleavedRounds(variants, rounds, measure, describe) {
-  const samples = new Map(variants.map((v) => [v.name, []]));
+export async function interleavedRounds<V extends { name: string }, S extends BurstSample>(
+  variants: readonly V[],
+  rounds: number,
+  measure: (variant: V) => Promise<S>,
+  describe: (line: string, sample: S) => void,
+): Promise<Map<string, S[]>> {
+  const samples = new Map<string, S[]>(variants.map((v) => [v.name, []]));
   for (let round = 0; round < rounds; round++) {
     const order = variants.map((_, i) => variants[(i + round) % variants.length]);
     for (const variant of order) {
       const sample = await measure(variant);
-      samples.get(variant.name).push(sample);
+      samples.get(variant.name)!.push(sample);
       describe(
         `round ${round + 1}/${rounds} ${variant.name.padEnd(16)} ${fmt(sample.rps, 0).padStart(7)} req/s  ${fmt(sample.cpuPerRequest)} µs CPU/req  p99 ${sample.p99} ms`,
         sample,
@@ -127,23 +159,37 @@ export async function interleavedRounds(variants, rounds, measure, describe) {
  * says the background work is done, then answers with the process's CPU time so far, the requests served
  * and `extra()`, so the driver can charge every request with the work it caused.
  */
-export function serveBenchApp(app, drain, extra = () => ({})) {
+export function serveBenchApp(app: Koa, drain: () => Promise<void>, extra: () => object = () => ({})): Server {
   let served = 0;
   const handle = app.callback();
-  const server = createHttpServer(async (req, res) => {
+  const server = createHttpServer((req, res) => {
     if (req.url === '/__stats') {
-      await drain();
-      // Let setImmediate/after-finish work of the last requests settle before reading the clock.
-      await new Promise((r) => setTimeout(r, 30));
-      await drain();
-      const cpu = process.cpuUsage();
-      res.end(JSON.stringify({ cpuMicros: cpu.user + cpu.system, served, rss: process.memoryUsage().rss, ...extra() }));
+      void (async () => {
+        await drain();
+        // Let setImmediate/after-finish work of the last requests settle before reading the clock.
+        await new Promise((r) => setTimeout(r, 30));
+        await drain();
+        const cpu = process.cpuUsage();
+        const stats: ServerStats = {
+          cpuMicros: cpu.user + cpu.system,
+          served,
+          rss: process.memoryUsage().rss,
+          ...extra(),
+        };
+        res.end(JSON.stringify(stats));
+      })();
       return;
     }
     served++;
-    handle(req, res);
+    void handle(req, res);
   });
   server.keepAliveTimeout = 60_000;
-  server.listen(0, '127.0.0.1', () => console.log(`ready ${server.address().port}`));
+  server.listen(0, '127.0.0.1', () => console.log(`ready ${(server.address() as AddressInfo).port}`));
   return server;
 }
+
+/** The path of a file next to the calling module. */
+export const beside = (file: string, moduleUrl: string): string => new URL(file, moduleUrl).pathname;
+
+/** True when the module at `moduleUrl` is the script node was started with. */
+export const isMain = (moduleUrl: string): boolean => moduleUrl === `file://${process.argv[1]}`;

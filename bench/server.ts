@@ -1,36 +1,38 @@
-// One benchmark server process: `node bench/server.js <variant> [redisPort]`. Prints `ready <port>`.
+// One benchmark server process: `node bench/server.ts <variant> [redisPort]`. Prints `ready <port>`.
 // `GET /__stats` waits until the variant's background work has drained, then answers with the process's CPU
 // time so far and how many tasks ran, so the driver can charge every request with the work it caused.
 import Koa from 'koa';
 import pino from 'pino';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, trace } from '@opentelemetry/api';
-import { serveBenchApp } from './lib.js';
+import {
+  ROOT_CONTEXT,
+  SpanKind,
+  SpanStatusCode,
+  context,
+  trace,
+  type SpanContext,
+  type Tracer,
+} from '@opentelemetry/api';
+import { serveBenchApp } from './lib.ts';
 
 const variant = process.argv[2];
 const redisPort = Number(process.argv[3] ?? 0);
 let ran = 0;
-let drain = async () => {};
+let drain = async (): Promise<void> => {};
 const app = new Koa();
 app.silent = true;
 
 // ── tracing for the traced variants: a real SDK with a batch processor whose exporter drops everything ──
-let tracer;
+let tracer: Tracer | undefined;
 const traced = ['traced', 'koa-span', 'handrolled-otel', 'handrolled-contract'].includes(variant);
 if (traced) {
-  const { BasicTracerProvider, BatchSpanProcessor } = await import('@opentelemetry/sdk-trace-base');
-  const { AsyncLocalStorageContextManager } = await import('@opentelemetry/context-async-hooks');
-  const dropping = { export: (_spans, done) => done({ code: 0 }), shutdown: async () => {} };
-  const provider = new BasicTracerProvider({
-    spanProcessors: [new BatchSpanProcessor(dropping, { maxQueueSize: 65_536 })],
-  });
-  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
-  trace.setGlobalTracerProvider(provider);
+  const { droppingTracerProvider } = await import('./tracing.ts');
+  trace.setGlobalTracerProvider(droppingTracerProvider());
   tracer = trace.getTracer('bench');
   // The request span, as HTTP instrumentation would make it: active for the whole handler, ended on finish.
   app.use((ctx, next) =>
-    tracer.startActiveSpan(`${ctx.method} /`, { kind: SpanKind.SERVER }, (span) => {
+    tracer!.startActiveSpan(`${ctx.method} /`, { kind: SpanKind.SERVER }, (span) => {
       ctx.res.once('finish', () => span.end());
       return next();
     }),
@@ -38,9 +40,28 @@ if (traced) {
 }
 const logger = traced ? pino(pino.destination({ dest: '/dev/null', sync: true })) : undefined;
 
-async function noop() {
+// Async in shape (a promise back) like the tasks users write, without an await for the linter to flag.
+function noop(value?: unknown): Promise<unknown> {
   ran++;
+  return Promise.resolve(value);
 }
+
+interface HandRecord {
+  id: string;
+  name: string;
+  status: string;
+  args: unknown[];
+  tags: Record<string, string>;
+  attempts: number;
+  createdAt: number;
+  startedAt: number | undefined;
+  endedAt: number | undefined;
+  durationMs: number | undefined;
+  error: { type: string; message: string } | undefined;
+  traceId: string | undefined;
+  spanId: string | undefined;
+}
+type HandBody = (record: HandRecord, request: SpanContext | undefined) => Promise<unknown>;
 
 /**
  * The floor of the contract, by hand: a task id, a record with its status and times kept in a bounded history
@@ -49,29 +70,36 @@ async function noop() {
  * caught into the record. `body(record, requestSpanContext)` runs the work; it resolves with the error or
  * undefined.
  */
-function handrolledTasks(body) {
-  const records = new Map();
-  const ended = [];
+function handrolledTasks(body: HandBody): void {
+  const records = new Map<string, HandRecord>();
+  const ended: string[] = [];
   let endedHead = 0;
-  const queue = [];
+  const queue: [HandRecord, SpanContext | undefined][] = [];
   let running = 0;
-  let idle;
-  const start = (record, request) => {
+  let idle: (() => void) | undefined;
+  const start = (record: HandRecord, request: SpanContext | undefined): void => {
     running++;
     record.status = 'running';
-    record.startedAt = Date.now();
+    const startedAt = Date.now();
+    record.startedAt = startedAt;
     record.attempts = 1;
-    body(record, request).then((error) => {
+    void body(record, request).then((error) => {
       record.endedAt = Date.now();
-      record.durationMs = record.endedAt - record.startedAt;
+      record.durationMs = record.endedAt - startedAt;
       record.status = error === undefined ? 'success' : 'failed';
       if (error !== undefined)
-        record.error = { type: error?.name ?? typeof error, message: String(error?.message ?? error) };
+        record.error =
+          error instanceof Error
+            ? { type: error.name, message: error.message }
+            : { type: typeof error, message: typeof error === 'string' ? error : 'a non-Error was thrown' };
       ended.push(record.id);
       if (records.size > 10_000) records.delete(ended[endedHead++]);
-      if (endedHead > 1024 && endedHead * 2 > ended.length) (ended.splice(0, endedHead), (endedHead = 0));
+      if (endedHead > 1024 && endedHead * 2 > ended.length) {
+        ended.splice(0, endedHead);
+        endedHead = 0;
+      }
       running--;
-      if (queue.length > 0) start(...queue.shift());
+      if (queue.length > 0) start(...queue.shift()!);
       else if (running === 0) idle?.();
     });
   };
@@ -80,7 +108,7 @@ function handrolledTasks(body) {
     const requestSpan = tracer && trace.getActiveSpan();
     const request = requestSpan?.spanContext();
     requestSpan?.addEvent('task.enqueued', { 'task.id': id, 'task.name': 'work' });
-    const record = {
+    const record: HandRecord = {
       id,
       name: 'work',
       status: 'pending',
@@ -99,7 +127,7 @@ function handrolledTasks(body) {
     ctx.res.once('close', () => (running < 16 ? start(record, request) : queue.push([record, request])));
     await next();
   });
-  drain = () => (running === 0 ? Promise.resolve() : new Promise((resolve) => (idle = resolve)));
+  drain = () => (running === 0 ? Promise.resolve() : new Promise<void>((resolve) => (idle = resolve)));
 }
 
 switch (variant) {
@@ -136,12 +164,12 @@ switch (variant) {
     });
     const task = manager.task(
       variant === 'traced'
-        ? async function work(n) {
+        ? function work(n: number) {
             taskLog('did the work', { n });
-            ran++;
+            return noop();
           }
-        : async function work(_n) {
-            ran++;
+        : function work(n: number) {
+            return noop(n);
           },
     );
     app.use(manager.middleware());
@@ -155,7 +183,7 @@ switch (variant) {
   case 'handrolled': {
     // What a user writes without a library: run the work after `finish`, off the response's tick.
     app.use(async (ctx, next) => {
-      ctx.res.once('finish', () => setImmediate(noop));
+      ctx.res.once('finish', () => setImmediate(() => void noop()));
       await next();
     });
     break;
@@ -166,7 +194,7 @@ switch (variant) {
       const request = trace.getActiveSpan()?.spanContext();
       ctx.res.once('finish', () =>
         setImmediate(() => {
-          const span = tracer.startSpan(
+          const span = tracer!.startSpan(
             'task work',
             { kind: SpanKind.CONSUMER, links: request ? [{ context: request }] : [] },
             ROOT_CONTEXT,
@@ -174,7 +202,7 @@ switch (variant) {
           span.setAttributes({ 'task.name': 'work', 'task.attempt': 1 });
           span.addEvent('task.log', { 'log.message': 'did the work', n: 1 });
           const sc = span.spanContext();
-          logger.info(
+          logger!.info(
             { trace_id: sc.traceId, span_id: sc.spanId, trace_flags: '01', task: { name: 'work', attempt: 1 }, n: 1 },
             'did the work',
           );
@@ -194,7 +222,7 @@ switch (variant) {
     const tags = {};
     handrolledTasks((record, request) => {
       const { id } = record;
-      const span = tracer.startSpan(
+      const span = tracer!.startSpan(
         'task work',
         { kind: SpanKind.CONSUMER, links: request ? [{ context: request }] : [] },
         ROOT_CONTEXT,
@@ -211,15 +239,15 @@ switch (variant) {
       const sc = span.spanContext();
       record.traceId = sc.traceId;
       record.spanId = sc.spanId;
-      const done = (error) => {
+      const done = (error: unknown) => {
         span.setStatus({ code: error === undefined ? SpanStatusCode.OK : SpanStatusCode.ERROR });
         span.end();
         return error;
       };
       return context
-        .with(trace.setSpan(ROOT_CONTEXT, span), async () => {
+        .with(trace.setSpan(ROOT_CONTEXT, span), () => {
           span.addEvent('task.log', { 'log.message': 'did the work', 'log.level': 'info', n: 1 });
-          logger.info(
+          logger!.info(
             {
               n: 1,
               trace_id: sc.traceId,
@@ -230,7 +258,7 @@ switch (variant) {
             },
             'did the work',
           );
-          ran++;
+          return noop();
         })
         .then(() => done(undefined), done);
     });
@@ -239,14 +267,15 @@ switch (variant) {
   case 'handrolled-record': {
     // By hand, what the contract asks of one untraced task beyond running it after the response: see
     // handrolledTasks(). The work reads its context, as getTaskContext() would.
-    const taskContext = new AsyncLocalStorage();
-    const work = async function work(_n) {
+    const taskContext = new AsyncLocalStorage<HandRecord>();
+    const work = function work(n: unknown) {
       if (taskContext.getStore() !== undefined) ran++;
+      return Promise.resolve(n);
     };
     handrolledTasks((record) =>
-      taskContext.run(record, work, ...record.args).then(
+      taskContext.run(record, work, record.args[0]).then(
         () => undefined,
-        (error) => error,
+        (error: unknown) => error,
       ),
     );
     break;

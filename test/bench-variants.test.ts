@@ -2,38 +2,17 @@
 // compares still starts, serves, and accounts for its background work, so a broken variant is caught now and
 // not in the middle of a benchmark run.
 import { describe, expect, it } from 'vitest';
+import { capacityPairs } from '../bench/goals.ts';
+import { VARIANTS, serve, type Variant } from '../bench/http.ts';
+import type { ServerStats } from '../bench/lib.ts';
 import { startRedisServer } from './helpers/redis.js';
-
-interface Variant {
-  name: string;
-  baseline?: string;
-  tasks?: boolean;
-  needsRedis?: boolean;
-  script?: string;
-}
-interface BenchServer {
-  url: string;
-  stop(): Promise<void>;
-}
-interface Stats {
-  served: number;
-  ran?: number;
-  cpuMicros: number;
-}
-
-// Plain JavaScript modules outside the typed sources: imported by a computed path, typed here.
-const { VARIANTS } = (await import(new URL('../bench/http.js', import.meta.url).href)) as { VARIANTS: Variant[] };
-const { startServer } = (await import(new URL('../bench/lib.js', import.meta.url).href)) as {
-  startServer(script: string, args: string[]): Promise<BenchServer>;
-};
 
 const REQUESTS = 40;
 
-async function exercise(variant: Variant, redisPort: number): Promise<{ before: Stats; after: Stats }> {
-  const script = new URL(`../bench/${variant.script ?? 'server.js'}`, import.meta.url).pathname;
-  const server = await startServer(script, [variant.name, String(redisPort)]);
+async function exercise(variant: Variant, redisPort: number): Promise<{ before: ServerStats; after: ServerStats }> {
+  const server = await serve(variant, redisPort);
   try {
-    const stats = async (): Promise<Stats> => (await (await fetch(`${server.url}/__stats`)).json()) as Stats;
+    const stats = async () => (await (await fetch(`${server.url}/__stats`)).json()) as ServerStats;
     const before = await stats();
     for (let i = 0; i < REQUESTS; i++) {
       const response = await fetch(server.url);
@@ -46,7 +25,7 @@ async function exercise(variant: Variant, redisPort: number): Promise<{ before: 
   }
 }
 
-describe('the benchmark variants (bench/server.js, bench/durable-server.js)', () => {
+describe('the benchmark variants (bench/server.ts, bench/durable-server.ts)', () => {
   it(
     'every variant serves its requests and, once drained, has run one task per request',
     { timeout: 120_000 },
@@ -56,6 +35,8 @@ describe('the benchmark variants (bench/server.js, bench/durable-server.js)', ()
       // Each comparison's baseline is a variant too.
       for (const variant of VARIANTS)
         if (variant.baseline) expect(names.has(variant.baseline), variant.baseline).toBe(true);
+      // And every server a goal of bench/goals.ts compares.
+      for (const pair of capacityPairs()) for (const name of pair) expect(names.has(name), name).toBe(true);
       // Two at a time: each is its own process.
       const queue = [...VARIANTS];
       const worker = async (): Promise<void> => {

@@ -1,0 +1,216 @@
+// Every goal of the benchmark, and the reference rows read beside them, defined once: the runner measures the
+// comparisons they name, the report and docs/benchmarks.md show them, evaluated from bench/results.json.
+import type { GrowthRead, GrowthRow, Ratio, Results } from './results.ts';
+
+/** `higher`: the value must be at least the target (a ratio of capacity); `lower`: at most (ms, bytes). */
+export type Direction = 'higher' | 'lower';
+
+export type Measure =
+  /** HTTP: the baseline's CPU per request ÷ the variant's, from paired bursts of both servers side by side. */
+  | { kind: 'capacity'; variant: string; baseline: string }
+  /** In process: the variant's tasks/s ÷ the baseline's. */
+  | { kind: 'throughput'; variant: string; baseline: string }
+  /** In process: heap bytes per task queued behind a blocker. */
+  | { kind: 'queuedHeap' }
+  /** History growth, at the largest history measured: a read's median latency (ms). */
+  | { kind: 'growthRead'; store: string; read: GrowthRead }
+  /** History growth, at the largest history measured: the event loop's largest delay during any read (ms). */
+  | { kind: 'growthLoopDelay'; store: string }
+  /** History growth: CPU per durable task at the largest history ÷ the same store empty. */
+  | { kind: 'growthCpu'; store: string };
+
+export interface Goal {
+  what: string;
+  measure: Measure;
+  /** Undefined for a reference row: the method's own calibration, or a floor (the same work done by hand). */
+  target?: number;
+  direction: Direction;
+  /** Where the goal comes from. */
+  issue?: string;
+}
+
+const capacity = (variant: string, baseline: string): Measure => ({ kind: 'capacity', variant, baseline });
+
+/** The history size the growth targets are set at (issue 16). */
+export const GROWTH_TARGET_SIZE = 1_000_000;
+export const GROWTH_STORES = ['sqlite', 'redis'] as const;
+
+function growthGoals(store: string): Goal[] {
+  const label = store === 'sqlite' ? 'SQLite' : 'Redis';
+  const read = (read: GrowthRead, what: string): Goal => ({
+    what: `${label}: ${what}`,
+    measure: { kind: 'growthRead', store, read },
+    target: 20,
+    direction: 'lower',
+    issue: '#16',
+  });
+  return [
+    read('metrics', '`metrics()`, ms'),
+    read('listByTag', '`list` by one tag, ms'),
+    read('deadLetters', 'the dead letters (`list({ status: "failed" })`), ms'),
+    {
+      what: `${label}: the event loop's largest delay during those reads, ms`,
+      measure: { kind: 'growthLoopDelay', store },
+      target: 20,
+      direction: 'lower',
+      issue: '#16',
+    },
+    {
+      what: `${label}: CPU per durable task ÷ the same store empty`,
+      measure: { kind: 'growthCpu', store },
+      target: 1.2,
+      direction: 'lower',
+      issue: '#16',
+    },
+  ];
+}
+
+export const GOALS: readonly Goal[] = [
+  {
+    what: 'mounted, no task ÷ bare Koa (CPU/request)',
+    measure: capacity('mounted', 'bare'),
+    target: 0.97,
+    direction: 'higher',
+  },
+  {
+    what: '(the method) bare Koa ÷ bare Koa, an A/A comparison',
+    measure: capacity('bare-again', 'bare'),
+    direction: 'higher',
+  },
+  {
+    what: '(scale) a 2.5 µs busy loop per request ÷ bare Koa',
+    measure: capacity('busy-loop', 'bare'),
+    direction: 'higher',
+  },
+  {
+    what: '1 untraced task/request ÷ bare Koa',
+    measure: capacity('untraced', 'bare'),
+    target: 0.9,
+    direction: 'higher',
+  },
+  {
+    what: '(floor) the contract of an untraced task by hand ÷ bare Koa',
+    measure: capacity('handrolled-record', 'bare'),
+    direction: 'higher',
+  },
+  {
+    what: '(floor) 1 untraced task/request ÷ the contract of an untraced task by hand',
+    measure: capacity('untraced', 'handrolled-record'),
+    direction: 'higher',
+  },
+  {
+    what: '1 traced task/request ÷ Koa + request span',
+    measure: capacity('traced', 'koa-span'),
+    target: 0.85,
+    direction: 'higher',
+  },
+  {
+    what: '(floor) the contract of a traced task by hand ÷ Koa + request span',
+    measure: capacity('handrolled-contract', 'koa-span'),
+    direction: 'higher',
+  },
+  {
+    what: '1 traced task/request ÷ hand-rolled finish + setImmediate + span + event + pino',
+    measure: capacity('traced', 'handrolled-otel'),
+    target: 1.0,
+    direction: 'higher',
+  },
+  {
+    what: '(floor) 1 traced task/request ÷ the contract of a traced task by hand',
+    measure: capacity('traced', 'handrolled-contract'),
+    direction: 'higher',
+  },
+  {
+    what: '1 durable task/request (SqliteStore) ÷ bare Koa',
+    measure: capacity('sqlite', 'bare'),
+    target: 0.6,
+    direction: 'higher',
+  },
+  {
+    what: '(floor) a task persisted by hand in SQLite ÷ bare Koa',
+    measure: capacity('sqlite-by-hand', 'bare'),
+    direction: 'higher',
+  },
+  {
+    what: '(floor) SqliteStore ÷ a task persisted by hand in SQLite',
+    measure: capacity('sqlite', 'sqlite-by-hand'),
+    direction: 'higher',
+  },
+  {
+    what: 'traced in-process tasks/s ÷ untraced p-queue',
+    measure: { kind: 'throughput', variant: 'traced', baseline: 'p-queue' },
+    target: 0.5,
+    direction: 'higher',
+  },
+  {
+    what: '(floor) the SDK alone, spans/s ÷ untraced p-queue tasks/s',
+    measure: { kind: 'throughput', variant: 'sdk-alone', baseline: 'p-queue' },
+    direction: 'higher',
+  },
+  {
+    what: 'heap bytes per queued task (100k queued)',
+    measure: { kind: 'queuedHeap' },
+    target: 1024,
+    direction: 'lower',
+  },
+  ...GROWTH_STORES.flatMap(growthGoals),
+];
+
+/** The HTTP comparisons the goals read (each a pair of servers measured side by side). */
+export const capacityPairs = (): [baseline: string, variant: string][] =>
+  GOALS.flatMap((g) => (g.measure.kind === 'capacity' ? [[g.measure.baseline, g.measure.variant]] : []));
+
+export interface Evaluated extends Ratio {
+  /** Undefined for a reference row (no target). */
+  met?: boolean;
+  /** For the growth goals: the history size the value was measured at. */
+  size?: number;
+}
+
+function largest(rows: readonly GrowthRow[], store: string): GrowthRow | undefined {
+  return rows
+    .filter((r) => r.store === store)
+    .reduce<GrowthRow | undefined>((a, r) => (a && a.size >= r.size ? a : r), undefined);
+}
+
+function measured(measure: Measure, results: Results): (Ratio & { size?: number }) | undefined {
+  switch (measure.kind) {
+    case 'capacity':
+      return results.http?.ratios[`${measure.baseline}/${measure.variant}`];
+    case 'throughput': {
+      const rate = (key: string) => results.inprocess?.throughput.find((t) => t.key === key)?.tasksPerSecond;
+      const variant = rate(measure.variant);
+      const baseline = rate(measure.baseline);
+      return variant === undefined || baseline === undefined ? undefined : { value: variant / baseline };
+    }
+    case 'queuedHeap':
+      return results.inprocess && { value: results.inprocess.memoryPerQueuedTask.heapBytes };
+    case 'growthRead': {
+      const row = largest(results.growth?.rows ?? [], measure.store);
+      return row && { value: row.reads[measure.read].ms, size: row.size };
+    }
+    case 'growthLoopDelay': {
+      const row = largest(results.growth?.rows ?? [], measure.store);
+      return row && { value: Math.max(...Object.values(row.reads).map((r) => r.maxLoopDelayMs)), size: row.size };
+    }
+    case 'growthCpu': {
+      const rows = results.growth?.rows.filter((r) => r.store === measure.store) ?? [];
+      const empty = rows.find((r) => r.size === 0);
+      const row = largest(rows, measure.store);
+      return empty && row && { value: row.cpuPerTaskUs / empty.cpuPerTaskUs, size: row.size };
+    }
+  }
+}
+
+/** A goal's value in `results` and whether it meets its target; undefined when that part was not measured. */
+export function evaluate(goal: Goal, results: Results): Evaluated | undefined {
+  const value = measured(goal.measure, results);
+  if (value === undefined || !Number.isFinite(value.value)) return undefined;
+  if (goal.target === undefined) return value;
+  return { ...value, met: goal.direction === 'higher' ? value.value >= goal.target : value.value <= goal.target };
+}
+
+/** The target of the capacity goal comparing `variant` with `baseline`, if there is one. */
+export const capacityTarget = (variant: string, baseline: string): number | undefined =>
+  GOALS.find((g) => g.measure.kind === 'capacity' && g.measure.variant === variant && g.measure.baseline === baseline)
+    ?.target;

@@ -1,0 +1,78 @@
+// The shape of bench/results.json: one section per part of `npm run bench`, each stamped with when it ran and
+// how loaded the machine was (a part can be run again alone: `node bench/run.ts --only growth`).
+import { readFileSync, writeFileSync } from 'node:fs';
+import type { RunInfo } from './lib.ts';
+
+/** A ratio taken many times: its median and the middle half (25th–75th percentile) of the samples. */
+export interface Ratio {
+  value: number;
+  spread?: [number, number];
+}
+
+export interface HttpRow {
+  name: string;
+  label: string;
+  baseline?: string;
+  tasks?: boolean;
+  rps: number;
+  rpsRatio: number;
+  p50: number;
+  p99: number;
+  cpuPerRequest: number;
+  allTasksRan: boolean;
+  errors: number;
+}
+
+export interface HttpResults extends RunInfo {
+  config: { ROUNDS: number; BURSTS: number; SECONDS: number; CONNECTIONS: number; WARMUP: number };
+  rows: HttpRow[];
+  /** Capacity ratios by `<baseline>/<variant>`: baseline CPU per request ÷ the variant's, paired bursts. */
+  ratios: Record<string, Ratio>;
+}
+
+export interface InProcessResults extends RunInfo {
+  throughput: { key: string; name: string; tasksPerSecond: number }[];
+  startLatencyMs: { p50: number; p99: number; samples: number };
+  memoryPerQueuedTask: { tasks: number; heapBytes: number; rssBytes: number };
+}
+
+export interface ReadTiming {
+  /** Median latency of the read, ms. */
+  ms: number;
+  /** The event loop's largest delay while the read ran (all its repetitions), ms. */
+  maxLoopDelayMs: number;
+}
+
+export const GROWTH_READS = ['list', 'listByTag', 'deadLetters', 'metrics'] as const;
+export type GrowthRead = (typeof GROWTH_READS)[number];
+
+export interface GrowthRow {
+  store: string;
+  size: number;
+  fillMs: number;
+  cpuPerTaskUs: number;
+  reads: Record<GrowthRead, ReadTiming>;
+  /** The event loop's largest delay over the same pattern with no read: the machine's own noise, ms. */
+  idleLoopDelayMs: number;
+}
+
+export interface GrowthResults extends RunInfo {
+  config: { tasks: number; readRepeats: number };
+  rows: GrowthRow[];
+}
+
+export interface Results {
+  http?: HttpResults;
+  inprocess?: InProcessResults;
+  growth?: GrowthResults;
+}
+
+export const RESULTS_PATH = new URL('./results.json', import.meta.url).pathname;
+
+export function readResults(path = RESULTS_PATH): Results {
+  return JSON.parse(readFileSync(path, 'utf8')) as Results;
+}
+
+export function writeResults(results: Results, path = RESULTS_PATH): void {
+  writeFileSync(path, `${JSON.stringify(results, null, 1)}\n`);
+}
