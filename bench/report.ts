@@ -44,7 +44,7 @@ export function goalTable(results: Results): string {
 /** Each store at each history size: fill time, CPU per task (and ÷ the empty store), each read (loop delay). */
 export function growthTable(results: Results): string {
   const growth = results.growth;
-  if (growth === undefined) return '_Not measured yet: `node bench/run.ts --only growth`._';
+  if (growth === undefined) return '_Not measured yet: `npm run bench:growth`._';
   const empty = new Map(growth.rows.filter((r) => r.size === 0).map((r) => [r.store, r.cpuPerTaskUs]));
   const cell = (row: GrowthRow, read: (typeof GROWTH_READS)[number]) =>
     `${fmt(row.reads[read].ms)} (${fmt(row.reads[read].maxLoopDelayMs)})`;
