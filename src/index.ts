@@ -1,6 +1,6 @@
-export { TaskManager, TaskAdder, type TaskManagerOptions } from './manager.js';
+export { TaskManager, type TaskManagerOptions } from './manager.js';
 export type { AdminOptions, AdminAuth, AdminMiddleware } from './admin/index.js';
-export { TaskScheduler, TaskBatch, type TaskHandle, type TaskPhase } from './scheduler.js';
+export { TaskScheduler, PhaseScheduler, TaskAdder, type TaskHandle, type TaskPhase } from './scheduler.js';
 export { getTaskContext, taskLog, taskProgress } from './context.js';
 export type { TaskOptions, ResolvedTaskOptions, TaskLimit, TraceMode } from './options.js';
 export type { RepeatSchedule, Repeating } from './repeat.js';

@@ -180,7 +180,8 @@ export class Runner {
     }, waitMs);
   }
 
-  finished(run: TaskRun): void {
+  /** The task has ended (a final status, or handed back to the store): it no longer counts. */
+  taskEnded(run: TaskRun): void {
     if (run.retryTimer !== undefined) {
       clearTimeout(run.retryTimer);
       run.retryTimer = undefined;
@@ -196,6 +197,22 @@ export class Runner {
       this.#limiter.keepAlive(false);
       for (const resolve of waiters) resolve();
     }
+  }
+
+  /**
+   * The write of a run's record has settled. False when it was not waiting for one; else it no longer waits,
+   * and with `proceed` it is submitted if it was meanwhile.
+   */
+  writeSettled(run: TaskRun, proceed: boolean): boolean {
+    if (!run.awaitingWrite) return false;
+    run.awaitingWrite = false;
+    if (proceed && run.submitAfterWrite) this.submit(run);
+    return true;
+  }
+
+  /** An after-response task joins its request's sequence, which is told when it has ended. */
+  sequenced(run: TaskRun, sequence: { ended(run: TaskRun): void }): void {
+    run.sequence = sequence;
   }
 
   #isLive(run: TaskRun): boolean {
@@ -258,7 +275,7 @@ export class Runner {
           this.report(`store release of task ${run.id} (it is resumed once its lease expires)`, error),
         );
     }
-    this.finished(run);
+    this.taskEnded(run);
   }
 
   /** A copy safe to hand out: args and secret-looking tags redacted, arrays not shared with the live record. */
@@ -296,7 +313,7 @@ export class Runner {
       else if (run.record.attempts === 0 && (run.record.runAt ?? 0) > deadline) run.cancel('cancelled', 'shutdown');
     }
     this.#holdStarts = false;
-    this.settled(undefined);
+    this.#fillSlots();
     let timer: NodeJS.Timeout | undefined;
     const timedOut = await Promise.race([
       this.whenIdle().then(() => false),
@@ -312,7 +329,7 @@ export class Runner {
       if (run.current === undefined) run.cancel(run.record.attempts === 0 ? 'cancelled' : 'interrupted', 'shutdown');
     }
     this.#holdStarts = false;
-    this.settled(undefined);
+    this.#fillSlots();
     for (const run of unshielded) run.current?.abort(new TaskInterruptedError('shutdown'));
     await this.whenIdle();
     this.#limiter.clear();
@@ -325,14 +342,19 @@ export class Runner {
     void run.runAttempt();
   }
 
-  /** An attempt has ended (or was abandoned): its slot goes to the next queued task (`undefined`: just look). */
-  settled(run: TaskRun | undefined): void {
-    if (run?.inSlot) {
+  /** An attempt has ended (or was abandoned): its slot goes to the next queued task. */
+  attemptEnded(run: TaskRun): void {
+    if (run.inSlot) {
       run.inSlot = false;
       this.#running--;
       // Its key's next task (if any) joins the queue before the freed slot is handed out, by priority.
       if (run.options.limit !== undefined) this.#limiter.release(run);
     }
+    this.#fillSlots();
+  }
+
+  /** Start queued tasks while slots are free. */
+  #fillSlots(): void {
     while (this.#running < this.#deps.concurrency && this.#queue.size > 0) {
       const next = this.#queue.shift()!;
       if (!next.isFinal) this.#start(next);

@@ -1,39 +1,12 @@
 import type { ServerResponse } from 'node:http';
+import type { Acceptance, AcceptingRequest, TaskPhase } from './acceptance.js';
 import type { TaskQueueFullError } from './errors.js';
-import { validateTaskOptions, mergeOptions, type ResolvedTaskOptions, type TaskOptions } from './options.js';
+import type { TaskHandle } from './handles.js';
+import { validateTaskOptions, mergeOptions, type TaskOptions } from './options.js';
 import type { Runner } from './runner.js';
 import type { TaskRun } from './task-run.js';
-import type { TaskRecord } from './types.js';
 
-/** When a task added through `ctx.tasks` runs. */
-export type TaskPhase = 'now' | 'afterRoute' | 'afterResponse';
-
-export interface TaskHandle<A extends unknown[] = unknown[]> {
-  readonly id: string;
-  readonly name: string;
-  readonly options: Readonly<ResolvedTaskOptions>;
-  readonly args: A;
-  /** Resolves when the first attempt starts; rejects with `TaskCancelledError` if the task never starts. */
-  readonly started: Promise<void>;
-  /** Resolves with the final record (`success`, `failed`, `cancelled`, `interrupted`). Never rejects. */
-  readonly done: Promise<TaskRecord>;
-}
-
-/** What the scheduler needs from its TaskManager. */
-export interface TaskEnqueuer {
-  readonly runner: Runner;
-  enqueue(
-    where: string,
-    fn: unknown,
-    args: unknown[],
-    overrides: TaskOptions | undefined,
-    phase: TaskPhase,
-    request: RequestTasks | undefined,
-  ): TaskRun | string;
-  handle(runOrId: TaskRun | string, args: unknown[]): TaskHandle;
-  /** Write the records of these tasks (one batch); rejects when the store could not take them. */
-  persist(runs: TaskRun[]): Promise<void>;
-}
+export type { TaskHandle, TaskPhase };
 
 /**
  * A request's after-response tasks, run one after another in the order added, starting once the
@@ -62,7 +35,7 @@ class ResponseSequence {
   }
 
   push(run: TaskRun): void {
-    run.sequence = this;
+    this.runner.sequenced(run, this);
     this.#runs.push(run);
     if (this.#started) this.#pump();
   }
@@ -98,7 +71,7 @@ class ResponseSequence {
 }
 
 /** The tasks of one request: its after-route list, its after-response sequence and its unsaved records. */
-export class RequestTasks {
+export class RequestTasks implements AcceptingRequest {
   #afterRoute: TaskRun[] | undefined;
   #sequence: ResponseSequence | undefined;
   #routeDone = false;
@@ -109,17 +82,17 @@ export class RequestTasks {
   queueFull: TaskQueueFullError | undefined = undefined;
 
   constructor(
-    readonly manager: TaskEnqueuer,
+    readonly acceptance: Acceptance,
     readonly res: ServerResponse,
   ) {}
 
   add(run: TaskRun, phase: TaskPhase): void {
     if (phase === 'afterResponse') {
-      (this.#sequence ??= new ResponseSequence(this.manager.runner, this.res)).push(run);
+      (this.#sequence ??= new ResponseSequence(this.acceptance.runner, this.res)).push(run);
     } else if (phase === 'afterRoute' && !this.#routeDone) {
       (this.#afterRoute ??= []).push(run);
     } else {
-      this.manager.runner.submit(run);
+      this.acceptance.runner.submit(run);
     }
   }
 
@@ -133,7 +106,7 @@ export class RequestTasks {
     this.#routeDone = true;
     const runs = this.#afterRoute;
     this.#afterRoute = undefined;
-    if (runs !== undefined) for (const run of runs) this.manager.runner.submit(run);
+    if (runs !== undefined) for (const run of runs) this.acceptance.runner.submit(run);
   }
 
   /** The downstream middleware threw: tasks waiting for the route or the response are cancelled unless `runOnError`. */
@@ -143,7 +116,7 @@ export class RequestTasks {
     this.#routeDone = true;
     if (runs !== undefined) {
       for (const run of runs) {
-        if (run.options.runOnError) this.manager.runner.submit(run);
+        if (run.options.runOnError) this.acceptance.runner.submit(run);
         else run.cancel('cancelled', 'request_failed');
       }
     }
@@ -158,7 +131,7 @@ export class RequestTasks {
     const runs = this.#unsaved;
     if (runs === undefined) return;
     this.#unsaved = undefined;
-    const written = this.manager.persist(runs);
+    const written = this.acceptance.persist(runs);
     // Awaited by flush(); until then a failure must not count as unhandled.
     written.catch(() => {});
     (this.#written ??= []).push(written);
@@ -173,7 +146,7 @@ export class RequestTasks {
       const runs = this.#unsaved;
       if (runs === undefined) return undefined;
       this.#unsaved = undefined;
-      return this.manager.persist(runs);
+      return this.acceptance.persist(runs);
     }
     this.writeNow();
     const written = this.#written;
@@ -183,7 +156,7 @@ export class RequestTasks {
 }
 
 /** The phase-bound scheduler behind `ctx.tasks.afterRoute` and `ctx.tasks.afterResponse`. */
-export class TaskBatch {
+export class PhaseScheduler {
   readonly #request: RequestTasks;
   readonly #phase: TaskPhase;
   readonly #overrides: TaskOptions | undefined;
@@ -207,8 +180,8 @@ export class TaskBatch {
   }
 
   /** The same phase with `options` merged over this one's. */
-  with(options: TaskOptions): TaskBatch {
-    return new TaskBatch(
+  with(options: TaskOptions): PhaseScheduler {
+    return new PhaseScheduler(
       this.#request,
       this.#phase,
       withOptions(`ctx.tasks.${this.#phase}.with`, this.#overrides, options),
@@ -225,7 +198,7 @@ export function withOptions(where: string, current: TaskOptions | undefined, opt
 
 /** Enqueue and answer with the id: the task's own, or the holder's on an idempotency-key hit. */
 export function enqueueForId(
-  manager: TaskEnqueuer,
+  acceptance: Acceptance,
   where: string,
   fn: unknown,
   args: unknown[],
@@ -233,7 +206,7 @@ export function enqueueForId(
   phase: TaskPhase,
   request: RequestTasks | undefined,
 ): string {
-  const result = manager.enqueue(where, fn, args, overrides, phase, request);
+  const result = acceptance.accept(where, fn, args, overrides, phase, request);
   return typeof result === 'string' ? result : result.id;
 }
 
@@ -245,8 +218,8 @@ function scheduleIn(
   overrides: TaskOptions | undefined,
   phase: TaskPhase,
 ): TaskHandle {
-  const result = request.manager.enqueue(where, fn, args, overrides, phase, request);
-  return request.manager.handle(result, args);
+  const result = request.acceptance.accept(where, fn, args, overrides, phase, request);
+  return request.acceptance.handle(result, args);
 }
 
 /**
@@ -265,7 +238,7 @@ export class TaskScheduler {
    */
   addTask<A extends unknown[]>(fn: (...args: A) => unknown, ...args: NoInfer<A>): string {
     return enqueueForId(
-      this.request.manager,
+      this.request.acceptance,
       'ctx.tasks.addTask',
       fn,
       args,
@@ -281,17 +254,34 @@ export class TaskScheduler {
   }
 
   /** Tasks that start when the downstream middleware has returned, before the response is written. */
-  get afterRoute(): TaskBatch {
-    return new TaskBatch(this.request, 'afterRoute', this.overrides);
+  get afterRoute(): PhaseScheduler {
+    return new PhaseScheduler(this.request, 'afterRoute', this.overrides);
   }
 
   /** Tasks that start once the response has been sent, one after another in the order added. */
-  get afterResponse(): TaskBatch {
-    return new TaskBatch(this.request, 'afterResponse', this.overrides);
+  get afterResponse(): PhaseScheduler {
+    return new PhaseScheduler(this.request, 'afterResponse', this.overrides);
   }
 
   /** A scheduler with `options` merged over this one's (`tags` merge key by key). */
   with(options: TaskOptions): TaskScheduler {
     return new TaskScheduler(this.request, withOptions('ctx.tasks.with', this.overrides, options));
+  }
+}
+
+/** `manager.add` / `manager.with(...).add`: enqueue outside a request. */
+export class TaskAdder {
+  constructor(
+    private readonly acceptance: Acceptance,
+    private readonly overrides: TaskOptions | undefined,
+  ) {}
+
+  /** Start `fn(...args)` as soon as a slot is free; returns the task id. */
+  add<A extends unknown[]>(fn: (...args: A) => unknown, ...args: NoInfer<A>): string {
+    return enqueueForId(this.acceptance, 'manager.add', fn, args, this.overrides, 'now', undefined);
+  }
+
+  with(options: TaskOptions): TaskAdder {
+    return new TaskAdder(this.acceptance, withOptions('manager.with', this.overrides, options));
   }
 }

@@ -49,26 +49,26 @@ interface HandleSignals {
  * runs; this decides what an attempt's outcome means (retry, fail, interrupt).
  */
 export class TaskRun implements AttemptOwner, AttemptSpanInput {
-  /** Set for after-response tasks: the request's sequence, told when this task has ended. */
+  // The runner's bookkeeping, written by the Runner alone: the request sequence told when this task has
+  // ended (after-response tasks), the retry timer, its list of unfinished runs, whether an attempt of this
+  // run holds a slot, and the write-ahead wait.
   sequence: { ended(run: TaskRun): void } | undefined;
-  current: Attempt | undefined;
   retryTimer: NodeJS.Timeout | undefined;
-  /** The runner's bookkeeping: its list of unfinished runs, and whether an attempt of this run holds a slot. */
   livePrev: TaskRun | undefined;
   liveNext: TaskRun | undefined;
   inSlot = false;
-  /** The span context of the latest recorded attempt: the next attempt links to it. */
-  previousAttempt: SpanContext | undefined;
-  /** Status changes are written to the store (false once the store refused the task or gave its key to another). */
-  stored = true;
-  /** Its record is in a durable store and it is registered: shutdown may hand it back, another process resume it. */
-  recoverable = false;
   /**
    * Its record is being written to a durable store: the runner holds it until the write is committed (a
    * durable task never runs before it is stored, and its idempotency key is claimed by that write).
    */
-  awaitingWrite = false;
+  awaitingWrite: boolean;
   submitAfterWrite = false;
+  // The run's own state, written by this class alone.
+  current: Attempt | undefined;
+  /** The span context of the latest recorded attempt: the next attempt links to it. */
+  previousAttempt: SpanContext | undefined;
+  /** Status changes are written to the store (false once the store refused the task or gave its key to another). */
+  stored = true;
   #signals: HandleSignals | undefined;
   /** Made at the first taskProgress() of the task (most tasks never report any). */
   #progress: PendingProgress | undefined;
@@ -80,7 +80,12 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     readonly args: readonly unknown[],
     readonly options: ResolvedTaskOptions,
     readonly requestLink: SpanContext | undefined,
-  ) {}
+    /** Its record is in a durable store and it is registered: shutdown may hand it back, another process resume it. */
+    readonly recoverable = false,
+    awaitingWrite = false,
+  ) {
+    this.awaitingWrite = awaitingWrite;
+  }
 
   // Read through from the record rather than copied: a queued task should cost as little memory as possible.
   get id(): string {
@@ -194,20 +199,20 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     if (this.current !== attempt) return;
     this.current = undefined;
     try {
-      this.#settle(attempt, span, startedAt, failed, error);
+      this.#recordOutcome(attempt, span, startedAt, failed, error);
     } catch (unexpected) {
       this.runner.report(`task ${this.name}`, unexpected);
       // Whatever went wrong here, the task ends: a run left unfinished holds drain() and shutdown() for ever,
       // and a durable record would stay `running` under this process's renewed lease.
       if (!this.#final && this.retryTimer === undefined) {
         try {
-          this.#finish('failed', unexpected, undefined, undefined);
+          this.#end('failed', unexpected, undefined, undefined);
         } catch (again) {
           this.runner.report(`task ${this.name}`, again);
         }
       }
     }
-    this.runner.settled(this);
+    this.runner.attemptEnded(this);
   }
 
   /**
@@ -221,20 +226,20 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     const durationMs = Date.now() - (this.record.startedAt ?? Date.now());
     this.runner.telemetry.endAttempt(attempt.span, this.name, durationMs, reason);
     if (this.#requeuesInterrupted(reason)) this.release();
-    else this.#finish('interrupted', reason, 'shutdown', durationMs);
-    this.runner.settled(this);
+    else this.#end('interrupted', reason, 'shutdown', durationMs);
+    this.runner.attemptEnded(this);
   }
 
-  #settle(attempt: Attempt, span: Span, startedAt: number, failed: boolean, error: unknown): void {
+  #recordOutcome(attempt: Attempt, span: Span, startedAt: number, failed: boolean, error: unknown): void {
     const record = this.record;
     const durationMs = Date.now() - startedAt;
     // The attempt's last progress goes out before its span ends.
     this.#flushProgress();
     this.runner.telemetry.endAttempt(span, this.name, durationMs, failed ? error : undefined);
-    if (!failed) return this.#finish('success', undefined, undefined, durationMs);
+    if (!failed) return this.#end('success', undefined, undefined, durationMs);
     if (attempt.aborted && attempt.abortReason instanceof TaskInterruptedError) {
       if (this.#requeuesInterrupted(error)) return this.release();
-      return this.#finish('interrupted', error, 'shutdown', durationMs);
+      return this.#end('interrupted', error, 'shutdown', durationMs);
     }
     if (attempt.attempt < this.maxAttempts && !this.runner.stopping) {
       const wait = retryDelay(this.options, attempt.attempt);
@@ -250,7 +255,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
 
   /** The task has finally failed: record it, then call its `onError`. */
   #fail(error: unknown, durationMs: number | undefined): void {
-    this.#finish('failed', error, undefined, durationMs);
+    this.#end('failed', error, undefined, durationMs);
     const onError = this.options.onError;
     if (onError !== undefined) {
       try {
@@ -326,7 +331,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     this.stored = false;
     const signals = this.#signals;
     this.#signals = undefined;
-    this.#finish('cancelled', new TaskCancelledError(`duplicate of ${holder}`), 'duplicate', undefined);
+    this.#end('cancelled', new TaskCancelledError(`duplicate of ${holder}`), 'duplicate', undefined);
     if (signals !== undefined) {
       follow().then((record) => {
         if (record.attempts > 0) signals.resolveStarted();
@@ -336,11 +341,20 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     }
   }
 
+  /**
+   * The write of this task's record failed and its request is answered 503: it was never accepted and does
+   * not run. `saved`: the record was written (only its key claim failed), so it is stored as cancelled.
+   */
+  refuse(saved: boolean): void {
+    this.stored = saved;
+    this.cancel('cancelled', 'store_unavailable');
+  }
+
   /** End a task that never got to run (or is waiting for a retry) without running it. */
   cancel(status: 'cancelled' | 'interrupted', reason: string, cause?: Error): void {
     if (this.#final) return;
     const error = cause ?? (status === 'cancelled' ? new TaskCancelledError(reason) : new TaskInterruptedError(reason));
-    this.#finish(status, error, reason, undefined);
+    this.#end(status, error, reason, undefined);
     this.#signals?.rejectStarted(error);
   }
 
@@ -425,7 +439,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     );
   }
 
-  #finish(status: TaskStatus, error: unknown, reason: string | undefined, lastAttemptMs: number | undefined): void {
+  #end(status: TaskStatus, error: unknown, reason: string | undefined, lastAttemptMs: number | undefined): void {
     const record = this.record;
     this.#final = true;
     const endedAt = Date.now();
@@ -436,7 +450,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     if (reason !== undefined) record.reason = reason;
     this.#transition(status, record.durationMs ?? lastAttemptMs);
     this.#signals?.resolveDone(this.runner.snapshot(record));
-    this.runner.finished(this);
+    this.runner.taskEnded(this);
   }
 
   /** The first lifecycle event: the task was accepted as `pending`. */
@@ -491,6 +505,20 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
 
 /** A task taken over from a durable store by recovery (see `confirmsStart`). */
 export class ResumedTaskRun extends TaskRun {
+  constructor(
+    runner: Runner,
+    record: TaskRecord,
+    fn: TaskFunction,
+    args: readonly unknown[],
+    options: ResolvedTaskOptions,
+    requestLink: SpanContext | undefined,
+    recoverable: boolean,
+    previousAttempt: SpanContext | undefined,
+  ) {
+    super(runner, record, fn, args, options, requestLink, recoverable, false);
+    this.previousAttempt = previousAttempt;
+  }
+
   override get confirmsStart(): boolean {
     return true;
   }

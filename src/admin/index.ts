@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Context, Middleware } from 'koa';
 import { TaskStoreError } from '../errors.js';
-import type { TaskManager } from '../manager.js';
+import type { AdminHost } from './host.js';
 import { optionError } from '../options.js';
 import { createAuthenticator, type AdminAuth } from './auth.js';
 import { dashboardHtml } from './dashboard.js';
@@ -152,7 +152,7 @@ function allow(ctx: Context, ...methods: string[]): void {
 }
 
 /** Builds the middleware behind `manager.admin(options)`. */
-export function createAdmin(manager: TaskManager, options: AdminOptions): AdminMiddleware {
+export function createAdmin(manager: AdminHost, options: AdminOptions): AdminMiddleware {
   if (options === null || typeof options !== 'object') {
     throw new TypeError(
       `${WHERE}: options are required, with at least "auth" (e.g. { auth: { token: process.env.ADMIN_TOKEN } }, or auth: 'none')`,

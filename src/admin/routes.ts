@@ -1,6 +1,6 @@
 import type { Context } from 'koa';
 import { TaskflowError } from '../errors.js';
-import type { TaskManager } from '../manager.js';
+import type { AdminHost } from './host.js';
 import { TASK_STATUSES, type TaskFilter, type TaskRecord, type TaskStatus } from '../types.js';
 import type { EventFilter } from './events.js';
 import { safeJson } from './events.js';
@@ -193,7 +193,7 @@ export function parseListQuery(query: Query, limits: ListLimits): ListQuery {
  * previous page do not shift it (pages neither repeat nor skip records).
  */
 export async function listPage(
-  manager: TaskManager,
+  manager: AdminHost,
   query: ListQuery,
 ): Promise<{ tasks: TaskRecord[]; nextCursor: string | null }> {
   const { filter, limit, cursor } = query;
@@ -211,7 +211,7 @@ const MAX_WINDOW = 10_000;
  * from the newest record (the cursor's record by id, or what is older than it), at most MAX_WINDOW deep.
  */
 async function pageByWindow(
-  manager: TaskManager,
+  manager: AdminHost,
   filter: TaskFilter,
   limit: number,
   cursor: Cursor,
@@ -233,7 +233,7 @@ async function pageByWindow(
 export class Retrier {
   readonly #inFlight = new Set<string>();
 
-  constructor(private readonly manager: TaskManager) {}
+  constructor(private readonly manager: AdminHost) {}
 
   async retry(id: string): Promise<string> {
     if (this.#inFlight.has(id)) throw new AdminHttpError(409, `task ${id} is being retried by another request`);
