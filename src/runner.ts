@@ -4,7 +4,7 @@ import type { Redactor } from './redact.js';
 import { TaskInterruptedError } from './errors.js';
 import { Limiter } from './limits.js';
 import { MAX_TIMER_MS } from './options.js';
-import type { TaskRun } from './task-run.js';
+import type { RunHost, TaskRun } from './task-run.js';
 import type { TaskRecord, TaskStore } from './types.js';
 
 /** Unset priority ranks in the middle, so 1–4 means "after ordinary work" and 6–10 "before it". */
@@ -59,7 +59,7 @@ export interface RunnerDeps {
  * The process-wide executor: one priority queue, a concurrency cap, retry timers, and the set of every
  * accepted task that has not ended (what `drain()` and `shutdown()` wait for).
  */
-export class Runner {
+export class Runner implements RunHost {
   readonly telemetry: TaskTelemetry;
   readonly chain: ObserverChain;
   readonly redact: Redactor;

@@ -2,8 +2,9 @@ import { INVALID_TRACEID, type Span, type SpanContext } from '@opentelemetry/api
 import { Attempt, type AttemptOwner } from './attempt.js';
 import { TaskCancelledError, TaskInterruptedError, TaskStalledError, toErrorInfo } from './errors.js';
 import { retryDelay, type ResolvedTaskOptions } from './options.js';
-import type { Runner } from './runner.js';
-import { ATTR_TASK_PROGRESS, EVENT_TASK_PROGRESS, type AttemptSpanInput } from './otel.js';
+import { ATTR_TASK_PROGRESS, EVENT_TASK_PROGRESS, type AttemptSpanInput, type TaskTelemetry } from './otel.js';
+import type { ObserverChain } from './observers/chain.js';
+import type { Redactor } from './redact.js';
 import { fieldsToAttributes } from './observers/span-events.js';
 import type {
   AttemptEventBase,
@@ -45,6 +46,25 @@ interface HandleSignals {
 }
 
 /**
+ * What a TaskRun needs from the runner that holds it (the Runner implements it; declared here so the
+ * dependency runs one way, runner → task-run).
+ */
+export interface RunHost {
+  readonly telemetry: TaskTelemetry;
+  readonly chain: ObserverChain;
+  readonly redact: Redactor;
+  /** Set once shutdown stops waiting: a failed attempt is not retried. */
+  readonly stopping: boolean;
+  report(stage: string, error: unknown): void;
+  snapshot(record: TaskRecord): TaskRecord;
+  recordChanged(record: TaskRecord): Promise<unknown> | undefined;
+  retryLater(run: TaskRun, waitMs: number): void;
+  attemptEnded(run: TaskRun): void;
+  taskEnded(run: TaskRun): void;
+  release(run: TaskRun): void;
+}
+
+/**
  * One accepted task, from `pending` to a final status, across its attempts. The runner decides when it
  * runs; this decides what an attempt's outcome means (retry, fail, interrupt).
  */
@@ -74,7 +94,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   #progress: PendingProgress | undefined;
 
   constructor(
-    readonly runner: Runner,
+    readonly runner: RunHost,
     readonly record: TaskRecord,
     readonly fn: TaskFunction,
     readonly args: readonly unknown[],
@@ -506,7 +526,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
 /** A task taken over from a durable store by recovery (see `confirmsStart`). */
 export class ResumedTaskRun extends TaskRun {
   constructor(
-    runner: Runner,
+    runner: RunHost,
     record: TaskRecord,
     fn: TaskFunction,
     args: readonly unknown[],
