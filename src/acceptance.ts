@@ -8,10 +8,15 @@ import type { TaskTelemetry } from './otel.js';
 import type { TaskRegistry } from './registry.js';
 import type { Reporter } from './report.js';
 import type { Runner } from './runner.js';
-import { GroupCommittedStore } from './stores/durable-store.js';
-import type { MemoryStore } from './stores/memory.js';
 import { NO_LOGS, TaskRun } from './task-run.js';
-import type { SaveResult, TaskFunction, TaskRecord, TaskStore } from './types.js';
+import {
+  kLiveRecords,
+  type LiveRecords,
+  type SaveResult,
+  type TaskFunction,
+  type TaskRecord,
+  type TaskStore,
+} from './types.js';
 
 /** When a task added through `ctx.tasks` runs. */
 export type TaskPhase = 'now' | 'afterRoute' | 'afterResponse';
@@ -32,8 +37,6 @@ export interface AcceptanceDeps {
   runner: Runner;
   telemetry: TaskTelemetry;
   store: TaskStore;
-  /** The store keeps the live records and answers synchronously (MemoryStore). */
-  memoryStore: MemoryStore | undefined;
   maxQueued: number;
   reporter: Reporter;
   /** The record as `manager.get(id)` answers it (a handle following another task reads it). */
@@ -49,6 +52,8 @@ export class Acceptance implements FollowSource {
   readonly store: TaskStore;
   readonly #deps: AcceptanceDeps;
   readonly #durable: boolean;
+  readonly #live: LiveRecords | undefined;
+  readonly #claimsKeysOnSave: boolean;
   // Durable stores: idempotency keys held by live tasks of this process, answered without a store round trip.
   readonly #localKeys = new Map<string, string>();
   closing = false;
@@ -58,6 +63,8 @@ export class Acceptance implements FollowSource {
     this.runner = deps.runner;
     this.store = deps.store;
     this.#durable = deps.store.durable === true;
+    this.#live = deps.store[kLiveRecords];
+    this.#claimsKeysOnSave = deps.store.capabilities?.claimsKeysOnSave === true;
   }
 
   get(id: string): Promise<TaskRecord | undefined> {
@@ -84,7 +91,8 @@ export class Acceptance implements FollowSource {
     if (this.closing) throw new TaskManagerClosedError();
     if (typeof fn !== 'function')
       throw new TypeError(`${where}: argument "fn" must be a function, got ${fn === null ? 'null' : typeof fn}`);
-    const { runner, memoryStore, maxQueued } = this.#deps;
+    const { runner, maxQueued } = this.#deps;
+    const live = this.#live;
     const options = this.#deps.registry.optionsFor(where, fn as TaskFunction, overrides);
     const recoverable = this.#durable && this.#checkPersist(where, fn as TaskFunction, options, args);
     // Checked before anything is recorded or claimed: a refused task leaves no trace. (So a duplicate
@@ -97,7 +105,7 @@ export class Acceptance implements FollowSource {
     const id = newTaskId();
     const key = options.idempotencyKey;
     if (key !== undefined) {
-      const holder = memoryStore !== undefined ? memoryStore.claimKeyNow(key, id) : this.#localKeys.get(key);
+      const holder = live !== undefined ? live.claimKey(key, id) : this.#localKeys.get(key);
       if (holder !== undefined) return holder;
     }
     const requestLink = this.#deps.telemetry.enqueuedFrom(id, options.name);
@@ -135,8 +143,8 @@ export class Acceptance implements FollowSource {
     const awaitingWrite = recoverable || (key !== undefined && this.#durable);
     const run = new TaskRun(runner, record, fn as TaskFunction, args, options, requestLink, recoverable, awaitingWrite);
     const effectivePhase = options.eager ? 'now' : phase;
-    if (memoryStore !== undefined) {
-      memoryStore.saveOne(record);
+    if (live !== undefined) {
+      live.add(record);
     } else {
       // Later adds with this key in this process get this id without asking the store.
       if (key !== undefined) this.#localKeys.set(key, id);
@@ -185,10 +193,9 @@ export class Acceptance implements FollowSource {
     try {
       result = await store.save(runs.length === 1 ? [runs[0].record] : runs.map((run) => run.record));
       saved = true;
-      // SqliteStore and RedisStore claim keys inside save(). A store that answers nothing may not (save() may
-      // answer void): its keys are claimed now, after the write (a claim weighs the holder by its stored
-      // record), before the runs may start.
-      if (result === undefined && !(store instanceof GroupCommittedStore)) {
+      // A store that does not claim keys inside save() (capabilities.claimsKeysOnSave) has its keys claimed
+      // now, after the write (a claim weighs the holder by its stored record), before the runs may start.
+      if (result === undefined && !this.#claimsKeysOnSave) {
         claimedHere = true;
         result = await this.#claimKeys(runs);
       }

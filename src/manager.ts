@@ -25,14 +25,15 @@ import { AesGcmArgsCipher } from './stores/args-cipher.js';
 import { compileFilter } from './stores/filter.js';
 import { MemoryStore } from './stores/memory.js';
 import type { TaskRun } from './task-run.js';
-import type {
-  TaskFilter,
-  TaskFunction,
-  TaskLogger,
-  TaskMetrics,
-  TaskObserver,
-  TaskRecord,
-  TaskStore,
+import {
+  kLiveRecords,
+  type TaskFilter,
+  type TaskFunction,
+  type TaskLogger,
+  type TaskMetrics,
+  type TaskObserver,
+  type TaskRecord,
+  type TaskStore,
 } from './types.js';
 
 export { DEFAULT_MAX_QUEUED, type TaskManagerOptions };
@@ -67,8 +68,8 @@ export class TaskManager {
     validateManagerOptions(options);
     this.logger = options.logger;
     const store = (this.store = options.store ?? new MemoryStore());
-    const memoryStore = store instanceof MemoryStore ? store : undefined;
-    this.#liveStore = memoryStore !== undefined;
+    const live = store[kLiveRecords];
+    this.#liveStore = live !== undefined;
     this.#shutdownTimeoutMs = options.shutdownTimeoutMs ?? 10_000;
     this.#observerTimeoutMs = options.observerTimeoutMs ?? DEFAULT_OBSERVER_TIMEOUT_MS;
     const reporter = (this.#reporter = new Reporter(options.logger));
@@ -110,9 +111,9 @@ export class TaskManager {
       telemetry: this.#telemetry,
       chain: this.#chain,
       store,
-      storeHoldsLiveRecords: memoryStore !== undefined,
-      onTaskEnded: memoryStore
-        ? (record) => memoryStore.ended(record)
+      storeHoldsLiveRecords: live !== undefined,
+      onTaskEnded: live
+        ? (record) => live.ended(record)
         : (record) => this.#acceptance.forgetKey(record.idempotencyKey, record.id),
       redact,
       report: (stage, error) => reporter.report(stage, error),
@@ -123,7 +124,6 @@ export class TaskManager {
       runner: this.runner,
       telemetry: this.#telemetry,
       store,
-      memoryStore,
       maxQueued: options.maxQueued ?? DEFAULT_MAX_QUEUED,
       reporter,
       get: (id) => this.get(id),

@@ -287,6 +287,36 @@ export interface ArgsCipher {
   open(taskId: string, sealed: string): string;
 }
 
+/**
+ * What a store can do beyond the methods every store has, declared by the store (`store.capabilities`);
+ * the TaskManager reads it, never the store's class.
+ */
+export interface StoreCapabilities {
+  /**
+   * `save()` claims the idempotency key of each record it inserts in the same atomic step, and answers the
+   * records that lost (a SaveResult map; nothing when none lost). Without it the manager claims the keys
+   * through `claimKey()` once `save()` has resolved.
+   */
+  readonly claimsKeysOnSave?: boolean;
+}
+
+/**
+ * @internal A store holding the very record objects it is given, in this process, reachable synchronously
+ * (MemoryStore): a task is visible the moment it is added, its status changes need no write, and an
+ * idempotency key is answered at the add. Symbol-keyed: an in-process optimisation, not an interface for users.
+ */
+export const kLiveRecords = Symbol('koa-taskflow.liveRecords');
+
+/** @internal What `store[kLiveRecords]` offers. */
+export interface LiveRecords {
+  /** Store this live record now. */
+  add(record: TaskRecord): void;
+  /** `claimKey`, answered now. */
+  claimKey(key: string, id: string): string | undefined;
+  /** The task of a live record has ended (the store may now evict it). */
+  ended(record: TaskRecord): void;
+}
+
 export interface TaskStore {
   /**
    * Insert or replace records. One request's tasks arrive in one call. Durable stores claim the
@@ -309,6 +339,10 @@ export interface TaskStore {
   readonly durable?: boolean;
   /** True when `attach()` honours `lease.argsCipher` (required by the TaskManager's `encryptionKey`). */
   readonly encryptsArgs?: boolean;
+  /** What else the store can do (see StoreCapabilities). */
+  readonly capabilities?: StoreCapabilities;
+  /** @internal */
+  readonly [kLiveRecords]?: LiveRecords;
   /**
    * Durable stores: called once by the TaskManager when it is created. Unfinished records written from
    * then on belong to `lease.ownerId`, whose lease must be renewed (`renewLease`) within `leaseMs` or

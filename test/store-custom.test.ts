@@ -127,3 +127,26 @@ describe('a custom durable store whose save() answers nothing', () => {
     expect(runs).toBe(0);
   });
 });
+
+describe('store capabilities', () => {
+  it('capabilities.claimsKeysOnSave: the manager asks claimKey() only of a store that does not claim keys in save()', async () => {
+    for (const declares of [false, true]) {
+      const store = new SharedMapStore(newBacking());
+      let claims = 0;
+      const claim = store.claimKey.bind(store);
+      store.claimKey = (key, id) => {
+        claims++;
+        return claim(key, id);
+      };
+      if (declares) Object.assign(store, { capabilities: { claimsKeysOnSave: true } });
+      const manager = createManager({ store });
+      let runs = 0;
+      const job = manager.task(function keyed() {
+        runs++;
+      });
+      manager.with({ idempotencyKey: 'once' }).add(job);
+      await manager.drain();
+      expect({ declares, claims, runs }).toEqual({ declares, claims: declares ? 0 : 1, runs: 1 });
+    }
+  });
+});

@@ -1,6 +1,6 @@
 import { DEFAULT_LEASE_MS } from '../durable.js';
 import { TaskStoreError, TaskStoreUnavailableError } from '../errors.js';
-import type { ArgsCipher, SaveResult, StoreLease, TaskRecord } from '../types.js';
+import type { ArgsCipher, SaveResult, StoreCapabilities, StoreLease, TaskRecord } from '../types.js';
 import { GroupCommit, type WriteBatch } from './group-commit.js';
 import { parseRecord } from './records.js';
 
@@ -8,6 +8,7 @@ import { parseRecord } from './records.js';
 export abstract class GroupCommittedStore {
   readonly durable = true;
   readonly encryptsArgs = true;
+  readonly capabilities: StoreCapabilities = { claimsKeysOnSave: true };
   protected readonly commit = new GroupCommit((batch) => this.write(batch));
   /** The TaskManager owning the unfinished records this store writes ('' until attached). */
   protected ownerId = '';

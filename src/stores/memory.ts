@@ -1,4 +1,12 @@
-import { DEAD_LETTER_STATUSES, FINAL_STATUSES, type TaskFilter, type TaskRecord, type TaskStore } from '../types.js';
+import {
+  DEAD_LETTER_STATUSES,
+  FINAL_STATUSES,
+  kLiveRecords,
+  type LiveRecords,
+  type TaskFilter,
+  type TaskRecord,
+  type TaskStore,
+} from '../types.js';
 import { compileFilter, matchesFilter } from './filter.js';
 
 export interface MemoryStoreOptions {
@@ -60,23 +68,22 @@ export class MemoryStore implements TaskStore {
   }
 
   async save(records: TaskRecord[]): Promise<void> {
-    this.saveNow(records);
+    for (const record of records) this.#save(record);
   }
 
-  /** Synchronous `save`, used by the manager to make a record visible the moment its task is accepted. */
-  saveNow(records: TaskRecord[]): void {
-    for (const record of records) this.saveOne(record);
-  }
+  /** @internal The manager's synchronous access: records are the live objects, visible the moment they are added. */
+  readonly [kLiveRecords]: LiveRecords = {
+    add: (record) => this.#save(record),
+    claimKey: (key, id) => this.#claimKey(key, id),
+    ended: (record) => {
+      this.#endedNow(record);
+      if (this.#records.size > this.maxRecords) this.#trim();
+    },
+  };
 
-  saveOne(record: TaskRecord): void {
+  #save(record: TaskRecord): void {
     this.#records.set(record.id, record);
     if (FINAL_STATUSES.has(record.status)) this.#endedNow(record);
-    if (this.#records.size > this.maxRecords) this.#trim();
-  }
-
-  /** The task of a live record has ended: it may now be dropped to keep within `maxRecords`. */
-  ended(record: TaskRecord): void {
-    this.#endedNow(record);
     if (this.#records.size > this.maxRecords) this.#trim();
   }
 
@@ -113,11 +120,10 @@ export class MemoryStore implements TaskStore {
   }
 
   async claimKey(key: string, id: string): Promise<string | undefined> {
-    return this.claimKeyNow(key, id);
+    return this.#claimKey(key, id);
   }
 
-  /** Synchronous `claimKey`. */
-  claimKeyNow(key: string, id: string): string | undefined {
+  #claimKey(key: string, id: string): string | undefined {
     const holder = this.#keys.get(key);
     if (holder !== undefined && holder !== id) {
       const record = this.#records.get(holder);
