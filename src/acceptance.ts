@@ -1,4 +1,4 @@
-import { TaskManagerClosedError, TaskQueueFullError } from './errors.js';
+import { TaskflowError, TaskManagerClosedError, TaskNotFoundError, TaskQueueFullError } from './errors.js';
 import { persistedOptions } from './durable.js';
 import { followingHandle, follow, handleOf, type FollowSource, type TaskHandle } from './handles.js';
 import { newTaskId } from './ids.js';
@@ -163,6 +163,32 @@ export class Acceptance implements FollowSource {
     if (request !== undefined) request.add(run, effectivePhase);
     else runner.submit(run);
     return run;
+  }
+
+  /** `manager.retry(id)`: a failed or interrupted registered task runs again as a new task; answers the new id. */
+  async retry(id: string): Promise<string> {
+    const record = typeof id === 'string' ? await this.store.get(id) : undefined;
+    if (record === undefined) throw new TaskNotFoundError(String(id));
+    if (record.status !== 'failed' && record.status !== 'interrupted') {
+      throw new TaskflowError(
+        `retry: task ${id} is ${record.status}; only failed or interrupted tasks can be retried`,
+        { code: 'ERR_TASK_NOT_RETRYABLE' },
+      );
+    }
+    const registration = this.#deps.registry.named(record.name);
+    if (registration === undefined) {
+      throw new TaskflowError(
+        `retry: no task is registered under "${record.name}" in this process; register it with manager.task()`,
+        { code: 'ERR_TASK_NOT_REGISTERED' },
+      );
+    }
+    const overrides: TaskOptions = {
+      tags: record.tags,
+      priority: record.priority,
+      idempotencyKey: record.idempotencyKey,
+    };
+    const result = this.accept('retry', registration.fn, record.args, overrides, 'now', undefined, id);
+    return typeof result === 'string' ? result : result.id;
   }
 
   /** The handle of what `accept` answered: the task's own, or one following the holder of its key. */

@@ -42,14 +42,25 @@ export function getTaskContext(): TaskContext | undefined {
 let fallbackLogger: TaskLogger | undefined;
 // Outside a task the fields leave through the fallback logger (or the console): masked like a task's.
 let fallbackRedact: Redactor | undefined;
+let fallbackOwner: object | undefined;
 
 /**
- * The logger `taskLog()` uses outside a task: the most recently created TaskManager's that has one, with
- * that manager's redaction (the console: the latest manager's, else the default secret-looking keys).
+ * The logger `taskLog()` uses outside a task: the most recently started TaskManager's that has one, with
+ * that manager's redaction (the console: the latest started manager's, else the default secret-looking keys).
+ * Set by `start()`, not by a constructor: making a manager changes nothing outside it.
  */
-export function setFallbackLogger(logger: TaskLogger | undefined, redact: Redactor): void {
-  if (logger !== undefined) fallbackLogger = logger;
+export function setFallbackLogger(owner: object, logger: TaskLogger | undefined, redact: Redactor): void {
+  if (logger !== undefined) {
+    fallbackLogger = logger;
+    fallbackOwner = owner;
+  }
   if (logger !== undefined || fallbackLogger === undefined) fallbackRedact = redact;
+}
+
+/** The manager shut down: its logger is no longer the fallback. */
+export function clearFallbackLogger(owner: object): void {
+  if (fallbackOwner !== owner) return;
+  fallbackLogger = fallbackOwner = undefined;
 }
 
 const CONSOLE_METHOD: Record<LogLevel, 'debug' | 'info' | 'warn' | 'error'> = {
@@ -74,7 +85,7 @@ export function splitLevel(
 /**
  * Log from inside a task: a span event on the attempt's span, a pino line, and a `LogEvent` through
  * the observer chain. `fields.level` picks the level (default `info`). Outside a task the line goes to
- * the logger of the latest TaskManager (or the console). Never throws.
+ * the logger of the latest started TaskManager (or the console). Never throws.
  */
 export function taskLog(message: string, fields?: Record<string, unknown> & { level?: LogLevel }): void {
   try {

@@ -47,6 +47,7 @@ export type {
   TaskContext,
   TaskStore,
   SaveResult,
+  StoreCapabilities,
   StoreLease,
   ArgsCipher,
   PersistedTaskOptions,

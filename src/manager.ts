@@ -2,29 +2,26 @@ import { randomUUID } from 'node:crypto';
 import type { Middleware } from 'koa';
 import { Acceptance } from './acceptance.js';
 import { createAdmin, type AdminMiddleware, type AdminOptions } from './admin/index.js';
-import { setFallbackLogger } from './context.js';
+import { clearFallbackLogger, setFallbackLogger } from './context.js';
 import { DEFAULT_LEASE_MS } from './durable.js';
-import { TaskflowError, TaskManagerClosedError, TaskNotFoundError } from './errors.js';
+import { TaskManagerClosedError } from './errors.js';
 import type { TaskHandle } from './handles.js';
 import { checkMs, DEFAULT_MAX_QUEUED, validateManagerOptions, type TaskManagerOptions } from './manager-options.js';
 import { computeMetrics } from './metrics.js';
 import { taskMiddleware } from './middleware.js';
-import { DEFAULT_OBSERVER_TIMEOUT_MS, ObserverChain } from './observers/chain.js';
-import { pinoObserver } from './observers/pino.js';
-import { spanEventObserver } from './observers/span-events.js';
+import { builtInChain } from './observers/built-in.js';
+import { DEFAULT_OBSERVER_TIMEOUT_MS, type ObserverChain } from './observers/chain.js';
 import type { TaskOptions } from './options.js';
 import { TaskTelemetry } from './otel.js';
 import { Recovery } from './recovery.js';
 import { startRepeat, type Repeating, type RepeatSchedule } from './repeat.js';
-import { createRedactor } from './redact.js';
+import { createRedactor, type Redactor } from './redact.js';
 import { TaskRegistry } from './registry.js';
 import { Reporter } from './report.js';
 import { Runner } from './runner.js';
 import { TaskAdder } from './scheduler.js';
-import { AesGcmArgsCipher } from './stores/args-cipher.js';
 import { compileFilter } from './stores/filter.js';
 import { MemoryStore } from './stores/memory.js';
-import type { TaskRun } from './task-run.js';
 import {
   kLiveRecords,
   type TaskFilter,
@@ -46,6 +43,7 @@ export type { TaskHandle };
  * stores), the observer chain and telemetry, and the store.
  */
 export class TaskManager {
+  /** @internal The runner (queue, slots, retries); read the counters through `queued`, `running`, `unfinished`. */
   readonly runner: Runner;
   readonly store: TaskStore;
   readonly logger: TaskLogger | undefined;
@@ -61,6 +59,7 @@ export class TaskManager {
   readonly #shutdownTimeoutMs: number;
   readonly #observerTimeoutMs: number;
   readonly #repeats = new Set<Repeating>();
+  readonly #redact: Redactor;
   #started: Promise<void> | undefined;
   #shutdown: Promise<void> | undefined;
 
@@ -74,32 +73,8 @@ export class TaskManager {
     this.#observerTimeoutMs = options.observerTimeoutMs ?? DEFAULT_OBSERVER_TIMEOUT_MS;
     const reporter = (this.#reporter = new Reporter(options.logger));
     const leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
-    if (store.durable === true) {
-      const argsCipher = options.encryptionKey === undefined ? undefined : new AesGcmArgsCipher(options.encryptionKey);
-      store.attach?.({
-        ownerId: this.instanceId,
-        leaseMs,
-        argsCipher,
-        reportUnreadable: (id, error) => reporter.unreadable(id, error),
-      });
-    }
     const redact = createRedactor(options.redact);
-    const builtIn: TaskObserver[] = [spanEventObserver()];
-    if (options.logger !== undefined) builtIn.push(pinoObserver(options.logger));
-    this.#chain = new ObserverChain(
-      [...builtIn, ...(options.observers ?? [])],
-      (observer, stage, error) =>
-        reporter.report(
-          `observer ${observer.constructor?.name ?? 'Object'}.${stage} failed (reported once per observer)`,
-          error,
-        ),
-      (label, why) =>
-        reporter.warn(
-          { observer: label },
-          `koa-taskflow: observer ${label} is dropping events: ${why}; counted in metrics().observers (reported once per observer)`,
-        ),
-      { timeoutMs: this.#observerTimeoutMs, maxInFlight: options.observerMaxInFlight },
-    );
+    this.#chain = builtInChain(options, this.#observerTimeoutMs, reporter);
     this.#telemetry = new TaskTelemetry(
       options.tracerProvider,
       options.meterProvider,
@@ -140,9 +115,10 @@ export class TaskManager {
             requeuePending: options.requeuePending ?? true,
             leaseMs,
             orphanCheckMs: options.orphanCheckMs ?? Math.round(leaseMs / 2),
+            encryptionKey: options.encryptionKey,
           })
         : undefined;
-    setFallbackLogger(options.logger, redact);
+    this.#redact = redact;
   }
 
   /**
@@ -209,6 +185,8 @@ export class TaskManager {
    */
   start(): Promise<void> {
     this.#started ??= (async () => {
+      // `taskLog()` outside a task writes through the latest started manager's logger (the console else).
+      setFallbackLogger(this, this.logger, this.#redact);
       this.#telemetry.bindMeter();
       await this.#chain.startup(this.#shutdownTimeoutMs);
     })();
@@ -249,6 +227,7 @@ export class TaskManager {
       // Status writes that failed while the store was away get one last chance before it closes.
       await this.runner.resync(true);
       this.#telemetry.close();
+      clearFallbackLogger(this);
       await this.#chain.close(Math.min(timeoutMs, this.#observerTimeoutMs) || 1);
       await this.store.close();
     })();
@@ -270,29 +249,8 @@ export class TaskManager {
   }
 
   /** Run a failed or interrupted registered task again as a new task; returns the new id. */
-  async retry(id: string): Promise<string> {
-    const record = typeof id === 'string' ? await this.store.get(id) : undefined;
-    if (record === undefined) throw new TaskNotFoundError(String(id));
-    if (record.status !== 'failed' && record.status !== 'interrupted') {
-      throw new TaskflowError(
-        `retry: task ${id} is ${record.status}; only failed or interrupted tasks can be retried`,
-        { code: 'ERR_TASK_NOT_RETRYABLE' },
-      );
-    }
-    const registration = this.#registry.named(record.name);
-    if (registration === undefined) {
-      throw new TaskflowError(
-        `retry: no task is registered under "${record.name}" in this process; register it with manager.task()`,
-        { code: 'ERR_TASK_NOT_REGISTERED' },
-      );
-    }
-    const overrides: TaskOptions = {
-      tags: record.tags,
-      priority: record.priority,
-      idempotencyKey: record.idempotencyKey,
-    };
-    const result = this.#acceptance.accept('retry', registration.fn, record.args, overrides, 'now', undefined, id);
-    return typeof result === 'string' ? result : result.id;
+  retry(id: string): Promise<string> {
+    return this.#acceptance.retry(id);
   }
 
   async metrics(): Promise<TaskMetrics> {
@@ -314,16 +272,16 @@ export class TaskManager {
     return this.runner.running;
   }
 
+  /** Tasks accepted in this process that have not ended: `queued` + `running`. What `drain()` waits for. */
+  get unfinished(): number {
+    return this.runner.unfinished;
+  }
+
   /**
    * Koa middleware serving the admin API, the live event stream and the dashboard under `prefix`
    * (default `/tasks`). `auth` is required (see `AdminAuth`); the README's Admin section has the endpoints.
    */
   admin(options: AdminOptions): AdminMiddleware {
     return createAdmin(this, options);
-  }
-
-  /** @internal The handle of what an add answered (a run, or the id holding its idempotency key). */
-  handle(runOrId: TaskRun | string, args: unknown[]): TaskHandle {
-    return this.#acceptance.handle(runOrId, args);
   }
 }

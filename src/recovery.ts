@@ -5,6 +5,7 @@ import { mergeOptions, resolveOptions, type ResolvedTaskOptions } from './option
 import { recordedOptions, type TaskRegistry } from './registry.js';
 import type { Reporter } from './report.js';
 import type { Runner } from './runner.js';
+import { AesGcmArgsCipher } from './stores/args-cipher.js';
 import { unreadableArgs } from './stores/records.js';
 import { NO_LOGS, ResumedTaskRun } from './task-run.js';
 import type { TaskFunction, TaskRecord, TaskStore } from './types.js';
@@ -20,6 +21,8 @@ export interface RecoveryDeps {
   requeuePending: boolean;
   leaseMs: number;
   orphanCheckMs: number;
+  /** Args are sealed with it in the store (AES-256-GCM). */
+  encryptionKey: Uint8Array | undefined;
 }
 
 /**
@@ -33,8 +36,16 @@ export class Recovery {
   #maintenanceFailed = false;
   #stopped = false;
 
+  /** Attaches the store: unfinished records it writes from now on are this process's, under its lease. */
   constructor(deps: RecoveryDeps) {
     this.#deps = deps;
+    const { encryptionKey, reporter } = deps;
+    deps.store.attach?.({
+      ownerId: deps.ownerId,
+      leaseMs: deps.leaseMs,
+      argsCipher: encryptionKey === undefined ? undefined : new AesGcmArgsCipher(encryptionKey),
+      reportUnreadable: (id, error) => reporter.unreadable(id, error),
+    });
   }
 
   /** Claims left-behind work once and keeps the lease alive. Rejects (and may be called again) when the store is unreachable. */

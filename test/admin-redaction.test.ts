@@ -177,7 +177,8 @@ describe('redaction has no depth hole', () => {
   });
 
   it('masks the fields of taskLog() called outside a task, at any depth, in the logger and the console', async () => {
-    const { lines } = tracedPinoManager({ redact: ['ssn'] });
+    const { lines, manager } = tracedPinoManager({ redact: ['ssn'] });
+    await manager.start();
     taskLog('outside', {
       password: 'SECRET-outside',
       nested: { deeper: { apiKey: 'SECRET-nested', ssn: 'SECRET-ssn' } },

@@ -168,7 +168,7 @@ describe('eager and priority across levels', () => {
     const manager = createManager();
     const fn = manager.task(function urgent() {}, { priority: 8 });
     expect(() => manager.with({ eager: true }).add(fn)).toThrow(/"eager" and "priority"/);
-    expect(manager.runner.unfinished).toBe(0);
+    expect(manager.unfinished).toBe(0);
   });
 });
 

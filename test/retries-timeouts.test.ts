@@ -214,7 +214,7 @@ describe('retries and timeouts of tasks added through ctx.tasks', () => {
     const response = await fetch(url);
     expect(response.status).toBe(200);
     const { id } = (await response.json()) as { id: string };
-    await waitFor(() => manager.runner.running === 1, 5_000, 'the first attempt started after the response');
+    await waitFor(() => manager.running === 1, 5_000, 'the first attempt started after the response');
     // HTTP ran on real timers; the retry waits run on a fake clock from here.
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
     gate.resolve();

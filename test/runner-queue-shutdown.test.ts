@@ -39,7 +39,7 @@ describe('priority', () => {
       await gate.promise;
     });
     for (const p of [2, 9, 4]) await fetch(`${url}/?p=${p}`);
-    await waitFor(() => manager.runner.queued === 3, 5_000, 'three queued tasks');
+    await waitFor(() => manager.queued === 3, 5_000, 'three queued tasks');
     gate.resolve();
     await manager.drain();
     expect(order).toEqual(['p9', 'p4', 'p2']);
@@ -87,7 +87,7 @@ describe('concurrency', () => {
     );
     const responses = await Promise.all(Array.from({ length: 6 }, () => fetch(url)));
     expect(responses.map((r) => r.status)).toEqual([204, 204, 204, 204, 204, 204]);
-    await waitFor(() => manager.runner.running === 2 && manager.runner.queued === 4, 5_000, 'two running, four queued');
+    await waitFor(() => manager.running === 2 && manager.queued === 4, 5_000, 'two running, four queued');
     gate.resolve();
     await manager.drain();
     expect(peak).toBe(2);
@@ -150,7 +150,7 @@ describe('shutdown', () => {
       shieldedFinished = true;
     });
     const queued = manager.add(() => {});
-    await waitFor(() => manager.runner.running === 2, 5_000, 'two running tasks');
+    await waitFor(() => manager.running === 2, 5_000, 'two running tasks');
 
     const stopping = manager.shutdown({ timeoutMs: 30 });
     await waitFor(async () => (await manager.get(stuck))!.status === 'interrupted', 5_000, 'interruption');
@@ -201,7 +201,7 @@ describe('shutdown', () => {
         return ((await response.json()) as { id: string }).id;
       }),
     );
-    await waitFor(() => manager.runner.running === 2, 5_000, 'both after-response tasks running');
+    await waitFor(() => manager.running === 2, 5_000, 'both after-response tasks running');
 
     const stopping = manager.shutdown({ timeoutMs: 30 });
     await waitFor(async () => (await manager.get(unshielded))!.status === 'interrupted', 5_000, 'interruption');
@@ -225,7 +225,7 @@ describe('shutdown', () => {
     const manager = new TaskManager({ concurrency: 1 });
     const deaf = manager.add(() => new Promise<void>(() => {}));
     const shieldedAfter = manager.with({ shield: true }).add(() => {});
-    await waitFor(() => manager.runner.running === 1, 5_000, 'the deaf task running');
+    await waitFor(() => manager.running === 1, 5_000, 'the deaf task running');
     await manager.shutdown({ timeoutMs: 20 });
     expect(await manager.get(deaf)).toMatchObject({ status: 'interrupted', reason: 'shutdown', attempts: 1 });
     // The shielded task queued behind it still ran, in the slot the abandoned attempt gave back.

@@ -167,7 +167,7 @@ describe('Redis unavailable', () => {
       { requeueOnInterrupt: true },
     );
     const leftBehind = earlier.add(earlierWork, 1);
-    await waitFor(() => earlier.runner.running === 1, 5_000, 'the earlier task running');
+    await waitFor(() => earlier.running === 1, 5_000, 'the earlier task running');
     await earlier.shutdown({ timeoutMs: 0 });
     await redis.stop();
 
@@ -231,7 +231,7 @@ describe('Redis unavailable', () => {
     const acknowledged = await Promise.all(
       [1, 2, 3].map(async (n) => ((await (await fetch(`${url}/?n=${n}`)).json()) as { id: string }).id),
     );
-    await waitFor(() => manager.runner.running === 3, 5_000, 'the tasks running');
+    await waitFor(() => manager.running === 3, 5_000, 'the tasks running');
     await redis.stop();
     expect((await fetch(`${url}/?n=4`)).status).toBe(503);
     gate.resolve();

@@ -314,7 +314,7 @@ describe('idempotency keys in a SQLite file', () => {
     const waiting = fetch(`${two.url}/?wait=1`).then(
       (r) => r.json() as Promise<{ id: string; status: string; doneId: string }>,
     );
-    await waitFor(() => one.manager.runner.running === 1, 5_000, 'the holder running');
+    await waitFor(() => one.manager.running === 1, 5_000, 'the holder running');
     gate.resolve();
     const second = await waiting;
     expect(second.id).not.toBe(first.id);

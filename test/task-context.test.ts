@@ -160,11 +160,12 @@ describe('taskLog()', () => {
     ]);
   });
 
-  it('outside a task: goes to the latest manager logger and never throws', () => {
+  it('outside a task: goes to the latest started manager logger and never throws', async () => {
     const lines: [object, string | undefined][] = [];
     const sink = (obj: object, msg?: string) => void lines.push([obj, msg]);
     const logger = { trace: sink, debug: sink, info: sink, warn: sink, error: sink, fatal: sink };
     const manager = new TaskManager({ logger });
+    await manager.start();
     taskLog('from a script', { level: 'error', job: 'nightly' });
     taskLog('bad level', { level: 'loud' as never });
     expect(() => taskLog(undefined as never, null as never)).not.toThrow();
@@ -172,7 +173,13 @@ describe('taskLog()', () => {
       [{ job: 'nightly' }, 'from a script'],
       [{}, 'bad level'],
     ]);
-    void manager.shutdown();
+    const before = lines.length;
+    await manager.shutdown();
+    // Shut down, it is no longer where such lines go.
+    const spy = vi.spyOn(console, 'info').mockImplementation(() => {});
+    taskLog('after shutdown');
+    spy.mockRestore();
+    expect(lines).toHaveLength(before);
   });
 
   it('outside a task with no logger anywhere: writes to the console', async () => {
