@@ -1,8 +1,16 @@
-import { INVALID_TRACEID, type Span, type SpanContext } from '@opentelemetry/api';
+import { INVALID_TRACEID, type Attributes, type Span, type SpanContext } from '@opentelemetry/api';
 import { Attempt, type AttemptOwner } from './attempt.js';
 import { TaskCancelledError, TaskInterruptedError, TaskStalledError, toErrorInfo } from './errors.js';
 import { retryDelay, type ResolvedTaskOptions } from './options.js';
-import { ATTR_TASK_PROGRESS, EVENT_TASK_PROGRESS, type AttemptSpanInput, type TaskTelemetry } from './otel.js';
+import {
+  ATTR_LOG_LEVEL,
+  ATTR_LOG_MESSAGE,
+  ATTR_TASK_PROGRESS,
+  EVENT_TASK_LOG,
+  EVENT_TASK_PROGRESS,
+  type AttemptSpanInput,
+  type TaskTelemetry,
+} from './otel.js';
 import type { ObserverChain } from './observers/chain.js';
 import type { Redactor } from './redact.js';
 import { fieldsToAttributes } from './observers/span-events.js';
@@ -393,8 +401,20 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       if (logs.length >= MAX_LOGS_PER_RECORD) logs.shift();
       logs.push(entry);
     }
-    if (!runner.chain.hasLog) return;
-    runner.chain.emitLog(
+    // The span event first, straight onto the attempt's span (no event object, no context lookup); the
+    // LogEvent only when an observer or the logger will read it: most tasks run with neither.
+    const span = attempt.span;
+    if (span.isRecording()) {
+      const attributes: Attributes = { [ATTR_LOG_MESSAGE]: message, [ATTR_LOG_LEVEL]: level };
+      span.addEvent(
+        EVENT_TASK_LOG,
+        safeFields === undefined ? attributes : fieldsToAttributes(safeFields, attributes),
+        time,
+      );
+    }
+    const chain = runner.chain;
+    if (!chain.hasLog || !chain.wantsLog(level)) return;
+    chain.emitLog(
       this.#attemptEvent<LogEvent>(attempt, time, { type: 'log', level, message, fields: safeFields ?? {} }),
     );
   }

@@ -98,6 +98,26 @@ describe('the observer chain', () => {
     expect(seen).toEqual(['pending', 'pending', 'success']);
   });
 
+  it('asks wantsLog(level) before building a log event: declined levels reach no observer', async () => {
+    const asked: string[] = [];
+    const seen: string[] = [];
+    const manager = createManager({
+      observers: [
+        {
+          wantsLog: (level) => (asked.push(level), level !== 'debug'),
+          onLog: (e) => void seen.push(`${e.level}:${e.message}`),
+        },
+      ],
+    });
+    manager.add(() => {
+      taskLog('detail', { level: 'debug' });
+      taskLog('worth it', { level: 'warn' });
+    });
+    await manager.drain();
+    expect(asked).toEqual(['debug', 'warn']);
+    expect(seen).toEqual(['warn:worth it']);
+  });
+
   it('treats a throwing wantsLifecycle as "wants it", reported once', async () => {
     // At `error` the built-in pino observer declines these statuses, so the user observer's hint is asked.
     const { logger, lines } = capturePino('error');

@@ -2,18 +2,19 @@ import type { Reporter } from '../report.js';
 import type { TaskLogger, TaskObserver } from '../types.js';
 import { ObserverChain } from './chain.js';
 import { pinoObserver } from './pino.js';
-import { spanEventObserver } from './span-events.js';
 
-/** The chain a TaskManager starts with: span events, pino (with a logger), then the user's observers. */
+/**
+ * The chain a TaskManager starts with: pino (with a logger), then the user's observers. Span events are not
+ * an observer here: an attempt writes its `task.log` event on its own span (see TaskRun.log), first.
+ */
 export function builtInChain(
   options: { logger?: TaskLogger; observers?: TaskObserver[]; observerMaxInFlight?: number },
   timeoutMs: number,
   reporter: Reporter,
 ): ObserverChain {
-  const builtIn: TaskObserver[] = [spanEventObserver()];
-  if (options.logger !== undefined) builtIn.push(pinoObserver(options.logger));
+  const observers = options.observers ?? [];
   return new ObserverChain(
-    [...builtIn, ...(options.observers ?? [])],
+    options.logger === undefined ? observers : [pinoObserver(options.logger), ...observers],
     (observer, stage, error) =>
       reporter.report(
         `observer ${observer.constructor?.name ?? 'Object'}.${stage} failed (reported once per observer)`,

@@ -1,6 +1,7 @@
 import type {
   LifecycleEvent,
   LogEvent,
+  LogLevel,
   ObserverMetrics,
   ProgressEvent,
   TaskEvent,
@@ -133,6 +134,20 @@ export class ObserverChain {
         if (observer.wantsLifecycle(status, retrying)) return true;
       } catch (error) {
         this.#fail(observer, 'wantsLifecycle', error);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** Whether some observer would use a log event at this level: callers skip building it otherwise. */
+  wantsLog(level: LogLevel): boolean {
+    for (const { observer } of this.#logObservers) {
+      if (typeof observer.wantsLog !== 'function') return true;
+      try {
+        if (observer.wantsLog(level)) return true;
+      } catch (error) {
+        this.#fail(observer, 'wantsLog', error);
         return true;
       }
     }

@@ -77,6 +77,10 @@ export function filterObserver(filter: ObserverFilter, inner: TaskObserver): Tas
       (statuses === undefined || statuses.has(status)) &&
       (typeof inner.wantsLifecycle !== 'function' || inner.wantsLifecycle(status, retrying));
   }
+  if (inner.onLog) {
+    observer.wantsLog = (level) =>
+      LOG_LEVELS.indexOf(level) >= minRank && (typeof inner.wantsLog !== 'function' || inner.wantsLog(level));
+  }
   if (inner.startup) observer.startup = () => inner.startup!();
   if (inner.close) observer.close = () => inner.close!();
   return observer;

@@ -26,6 +26,7 @@ export function pinoObserver(logger: TaskLogger): TaskObserver {
   const enabled =
     typeof logger.isLevelEnabled === 'function' ? (level: LogLevel) => logger.isLevelEnabled!(level) : () => true;
   return {
+    wantsLog: enabled,
     onLog(event: LogEvent): void {
       if (!enabled(event.level)) return;
       const line: Record<string, unknown> = { ...event.fields };

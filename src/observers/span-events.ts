@@ -37,7 +37,11 @@ export function fieldsToAttributes(fields: Record<string, unknown>, into: Attrib
   return into;
 }
 
-/** Each `taskLog()` becomes a `task.log` event on the attempt's span. First in the built-in chain. */
+/**
+ * Each `LogEvent` becomes a `task.log` event on the span of the attempt that is logging. The TaskManager
+ * does not need it (an attempt writes that event on its own span, before any observer runs): it is kept
+ * for observer chains driven some other way.
+ */
 export function spanEventObserver(): TaskObserver {
   return {
     onLog(event: LogEvent): void {
