@@ -99,6 +99,16 @@ function checkBound(where: string, key: string, value: unknown): void {
   );
 }
 
+/** An OpenTelemetry provider option: an object with its `method`. */
+function checkProvider(where: string, key: string, value: unknown, kind: string, method: string): void {
+  if (
+    value === undefined ||
+    (value !== null && typeof value === 'object' && typeof (value as Record<string, unknown>)[method] === 'function')
+  )
+    return;
+  throw optionError(where, key, `an OpenTelemetry ${kind} (an object with ${method}())`, value);
+}
+
 export function validateManagerOptions(options: TaskManagerOptions): void {
   const where = 'new TaskManager';
   if (options === null || typeof options !== 'object') throw new TypeError(`${where}: options must be an object`);
@@ -146,29 +156,8 @@ export function validateManagerOptions(options: TaskManagerOptions): void {
     throw optionError(where, 'observers', 'an array of observer objects', observers);
   }
   // Checked here: a non-provider would otherwise fail later, inside getTracer/getMeter, with no option named.
-  const { tracerProvider, meterProvider } = options;
-  if (
-    tracerProvider !== undefined &&
-    (tracerProvider === null || typeof tracerProvider !== 'object' || typeof tracerProvider.getTracer !== 'function')
-  ) {
-    throw optionError(
-      where,
-      'tracerProvider',
-      'an OpenTelemetry TracerProvider (an object with getTracer())',
-      tracerProvider,
-    );
-  }
-  if (
-    meterProvider !== undefined &&
-    (meterProvider === null || typeof meterProvider !== 'object' || typeof meterProvider.getMeter !== 'function')
-  ) {
-    throw optionError(
-      where,
-      'meterProvider',
-      'an OpenTelemetry MeterProvider (an object with getMeter())',
-      meterProvider,
-    );
-  }
+  checkProvider(where, 'tracerProvider', options.tracerProvider, 'TracerProvider', 'getTracer');
+  checkProvider(where, 'meterProvider', options.meterProvider, 'MeterProvider', 'getMeter');
   if (encryptionKey !== undefined) {
     if (!(encryptionKey instanceof Uint8Array) || encryptionKey.length !== 32) {
       throw optionError(
