@@ -1,4 +1,6 @@
-import type { TaskRecord } from './types.js';
+import type { TaskLimit, TaskRecord } from './types.js';
+
+export type { TaskLimit };
 
 /**
  * Per-task configuration. Levels merge `defaults < task() < with()`: a later level's value wins
@@ -70,16 +72,6 @@ export interface TaskOptions {
 }
 
 export type TraceMode = 'link' | 'child';
-
-/** The `limit` task option. At least one of `concurrency` and `rate`. */
-export interface TaskLimit {
-  /** Limit per value of this tag (a task without the tag shares one key with the others lacking it). Default: per task name. */
-  by?: string;
-  /** At most this many attempts of the key running at once. */
-  concurrency?: number;
-  /** At most `max` attempts of the key started in any `intervalMs` window (a sliding window). */
-  rate?: { max: number; intervalMs: number };
-}
 
 /** Options with every default filled in: what a task actually runs with. */
 export interface ResolvedTaskOptions {

@@ -1,6 +1,5 @@
 import type { Span } from '@opentelemetry/api';
 import type { TaskStoreError } from './errors.js';
-import type { TaskLimit } from './options.js';
 
 /** Where a task is in its life. `pending` also covers "waiting for the next retry". */
 export type TaskStatus = 'pending' | 'running' | 'success' | 'failed' | 'interrupted' | 'cancelled';
@@ -104,6 +103,16 @@ export interface TaskRecord {
    * same way (timeouts, retry waits, `requeueOnInterrupt`…). Functions (`onError`) are not kept.
    */
   options?: PersistedTaskOptions;
+}
+
+/** The `limit` task option. At least one of `concurrency` and `rate`. */
+export interface TaskLimit {
+  /** Limit per value of this tag (a task without the tag shares one key with the others lacking it). Default: per task name. */
+  by?: string;
+  /** At most this many attempts of the key running at once. */
+  concurrency?: number;
+  /** At most `max` attempts of the key started in any `intervalMs` window (a sliding window). */
+  rate?: { max: number; intervalMs: number };
 }
 
 /** The per-task options a durable store keeps with a record (everything else is on the record or the registration). */

@@ -80,6 +80,7 @@ const PUBLIC = {
     'TaskFunction',
     'TaskHandle',
     'TaskInterruptedError',
+    'TaskLimit',
     'TaskLogger',
     'TaskManager',
     'TaskManagerClosedError',
