@@ -43,8 +43,7 @@ export type { TaskHandle };
  * stores), the observer chain and telemetry, and the store.
  */
 export class TaskManager {
-  /** @internal The runner (queue, slots, retries); read the counters through `queued`, `running`, `unfinished`. */
-  readonly runner: Runner;
+  readonly #runner: Runner;
   readonly store: TaskStore;
   readonly logger: TaskLogger | undefined;
   /** This process's identity as the owner of durable tasks (leases, orphan claims). */
@@ -78,10 +77,10 @@ export class TaskManager {
     this.#telemetry = new TaskTelemetry(
       options.tracerProvider,
       options.meterProvider,
-      () => this.runner.queued,
+      () => this.#runner.queued,
       (message) => reporter.warn({}, `koa-taskflow: ${message}`),
     );
-    this.runner = new Runner({
+    this.#runner = new Runner({
       concurrency: options.concurrency ?? 16,
       telemetry: this.#telemetry,
       chain: this.#chain,
@@ -96,7 +95,7 @@ export class TaskManager {
     this.#registry = new TaskRegistry(options.defaults);
     this.#acceptance = new Acceptance({
       registry: this.#registry,
-      runner: this.runner,
+      runner: this.#runner,
       telemetry: this.#telemetry,
       store,
       maxQueued: options.maxQueued ?? DEFAULT_MAX_QUEUED,
@@ -110,7 +109,7 @@ export class TaskManager {
             store,
             registry: this.#registry,
             acceptance: this.#acceptance,
-            runner: this.runner,
+            runner: this.#runner,
             reporter,
             requeuePending: options.requeuePending ?? true,
             leaseMs,
@@ -197,9 +196,9 @@ export class TaskManager {
 
   /** Resolves when no accepted task is queued, waiting or running (and, with a durable store, their records are written). */
   drain(): Promise<void> {
-    if (this.store.durable !== true) return this.runner.whenIdle();
+    if (this.store.durable !== true) return this.#runner.whenIdle();
     // An empty save joins the pending group commit: it resolves once the last status writes are committed.
-    return this.runner.whenIdle().then(() =>
+    return this.#runner.whenIdle().then(() =>
       this.store.save([]).then(
         () => undefined,
         () => undefined,
@@ -223,9 +222,9 @@ export class TaskManager {
       this.#acceptance.closing = true;
       this.#recovery?.stop();
       for (const repeat of this.#repeats) repeat.stop();
-      await this.runner.stop(timeoutMs);
+      await this.#runner.stop(timeoutMs);
       // Status writes that failed while the store was away get one last chance before it closes.
-      await this.runner.resync(true);
+      await this.#runner.resync(true);
       this.#telemetry.close();
       clearFallbackLogger(this);
       await this.#chain.close(Math.min(timeoutMs, this.#observerTimeoutMs) || 1);
@@ -237,15 +236,15 @@ export class TaskManager {
   async get(id: string): Promise<TaskRecord | undefined> {
     if (typeof id !== 'string') throw new TypeError(`get: "id" must be a string, got ${typeof id}`);
     // A durable store lags the live record by up to one group commit: a task of this process answers first.
-    const record = (this.#liveStore ? undefined : this.runner.live(id)?.record) ?? (await this.store.get(id));
-    return record && this.runner.snapshot(record);
+    const record = (this.#liveStore ? undefined : this.#runner.live(id)?.record) ?? (await this.store.get(id));
+    return record && this.#runner.snapshot(record);
   }
 
   async list(filter?: TaskFilter): Promise<TaskRecord[]> {
     // Checked here too, so a bad filter names its option whatever the store (a custom one may not check).
     compileFilter(filter);
     const records = await this.store.list(filter);
-    return records.map((r) => this.runner.snapshot(r));
+    return records.map((r) => this.#runner.snapshot(r));
   }
 
   /** Run a failed or interrupted registered task again as a new task; returns the new id. */
@@ -264,17 +263,17 @@ export class TaskManager {
    * response, for their store write, or for a retry. What `maxQueued` bounds.
    */
   get queued(): number {
-    return this.runner.waiting;
+    return this.#runner.waiting;
   }
 
   /** Attempts running now in this process (at most `concurrency`, plus shielded ones during shutdown). */
   get running(): number {
-    return this.runner.running;
+    return this.#runner.running;
   }
 
   /** Tasks accepted in this process that have not ended: `queued` + `running`. What `drain()` waits for. */
   get unfinished(): number {
-    return this.runner.unfinished;
+    return this.#runner.unfinished;
   }
 
   /**
