@@ -16,13 +16,13 @@ export abstract class GroupCommittedStore {
   protected closed: Promise<void> | undefined;
   /** Seals args on write and opens them on read when the TaskManager has an `encryptionKey`. */
   protected argsCipher: ArgsCipher | undefined;
-  #reportUnreadable: StoreLease['reportUnreadable'];
+  #lease: StoreLease | undefined;
 
   attach(lease: StoreLease): void {
     this.ownerId = lease.ownerId;
     this.leaseMs = lease.leaseMs;
     this.argsCipher = lease.argsCipher;
-    this.#reportUnreadable = lease.reportUnreadable;
+    this.#lease = lease;
   }
 
   /**
@@ -50,7 +50,7 @@ export abstract class GroupCommittedStore {
   }
 
   protected unreadable(id: string, error: TaskStoreError): void {
-    this.#reportUnreadable?.(id, error);
+    this.#lease?.reportUnreadable?.(id, error);
   }
 
   /**

@@ -70,8 +70,8 @@ export class GroupCommit {
 
   /** Write what is queued now and wait for every write still in flight (drain, orphan checks, close). */
   async flush(): Promise<void> {
-    const pending = [this.#take(false), this.#take(true)];
-    await Promise.allSettled(pending.map((batch) => batch && this.#flush(batch)));
+    const pending = [this.#take(false), this.#take(true)].filter((batch) => batch !== undefined);
+    await Promise.allSettled(pending.map((batch) => this.#flush(batch)));
     await Promise.allSettled([...this.#inFlight]);
   }
 
