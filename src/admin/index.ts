@@ -245,7 +245,10 @@ export function createAdmin(manager: AdminHost, options: AdminOptions): AdminMid
 
   const middleware: Middleware = async function taskflowAdmin(ctx, next) {
     const path = ctx.path;
-    if (path !== prefix && !path.startsWith(`${prefix}/`)) return next();
+    if (path !== prefix && !path.startsWith(`${prefix}/`)) {
+      await next();
+      return;
+    }
     const rest = path.slice(prefix.length + 1);
     const segments = rest === '' ? [] : rest.replace(/\/$/, '').split('/');
     try {
