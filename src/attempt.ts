@@ -153,7 +153,7 @@ export class Attempt implements ActiveAttempt {
       const result = this.#call(fn, args);
       if (result === null || typeof result !== 'object' || typeof (result as PromiseLike<unknown>).then !== 'function')
         return result;
-      if (this.#abortReason !== undefined) throw this.#abortReason;
+      if (this.aborted) throw this.#abortReason;
       return await new Promise((resolve, reject) => {
         this.#rejectRunning = reject;
         (result as PromiseLike<unknown>).then(resolve, reject);

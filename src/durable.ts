@@ -25,5 +25,5 @@ export function persistedOptions(overrides: TaskOptions | undefined): PersistedT
   for (const key of PERSISTED_KEYS) {
     if (overrides[key] !== undefined) (out ??= {})[key] = overrides[key];
   }
-  return out as PersistedTaskOptions | undefined;
+  return out;
 }

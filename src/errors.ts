@@ -168,6 +168,7 @@ export function toErrorInfo(error: unknown): ErrorInfo {
   if (!attempt(() => error instanceof Error, false)) {
     return {
       type: typeof error,
+      // eslint-disable-next-line @typescript-eslint/no-base-to-string -- a thrown object's own toString() is its message
       message: capText(attempt(() => String(error), undefined) ?? unprintable(error), MAX_ERROR_TEXT),
     };
   }

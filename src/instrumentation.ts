@@ -42,7 +42,7 @@ const SHUTDOWN_TIMEOUT_MS = 5_000;
 
 /** The part of import-in-the-middle used here (it is a dependency of @opentelemetry/instrumentation, not ours). */
 interface ImportInTheMiddle {
-  createAddHookMessageChannel(): { registerOptions: object; waitForAllMessagesAcknowledged(): Promise<void> };
+  createAddHookMessageChannel(): { registerOptions: object; waitForAllMessagesAcknowledged: () => Promise<void> };
 }
 
 let sdk: NodeSDK | undefined;

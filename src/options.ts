@@ -220,7 +220,7 @@ export function validateTaskOptions(where: string, options: unknown): asserts op
   if (o.onError !== undefined && typeof o.onError !== 'function')
     throw optionError(where, 'onError', 'a function', o.onError);
   checkLimit(where, o.limit);
-  checkEagerPriority(where, o as TaskOptions);
+  checkEagerPriority(where, o);
 }
 
 const LIMIT_KEYS = new Set(['by', 'concurrency', 'rate']);

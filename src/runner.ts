@@ -267,10 +267,10 @@ export class Runner implements RunHost {
 
   /** Hand an unstarted (or interrupted) durable task back to the store for the next start; it ends here. */
   release(run: TaskRun): void {
-    const release = this.#deps.store.release;
-    if (release !== undefined) {
-      release
-        .call(this.#deps.store, [run.record])
+    const store = this.#deps.store;
+    if (store.release !== undefined) {
+      store
+        .release([run.record])
         .catch((error: unknown) =>
           this.report(`store release of task ${run.id} (it is resumed once its lease expires)`, error),
         );

@@ -274,7 +274,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       record.error = toErrorInfo(error);
       // Stored with the record, so a restarted process keeps the retry's schedule.
       record.runAt = Date.now() + wait;
-      this.#transition('pending', durationMs);
+      // Not awaited: recordChanged() handles a failed write (it is retried until it lands).
+      void this.#transition('pending', durationMs);
       this.runner.retryLater(this, wait);
       return;
     }
@@ -361,7 +362,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     this.#signals = undefined;
     this.#end('cancelled', new TaskCancelledError(`duplicate of ${holder}`), 'duplicate', undefined);
     if (signals !== undefined) {
-      follow().then((record) => {
+      // follow() never rejects: it polls through store errors until the holder ends or the manager closes.
+      void follow().then((record) => {
         if (record.attempts > 0) signals.resolveStarted();
         else signals.rejectStarted(new TaskCancelledError(record.reason ?? 'duplicate'));
         signals.resolveDone(record);
@@ -488,7 +490,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     // Assigned, never deleted: records keep one shape (a deleted property turns V8 objects into slow dictionaries).
     record.error = error === undefined ? undefined : toErrorInfo(error);
     if (reason !== undefined) record.reason = reason;
-    this.#transition(status, record.durationMs ?? lastAttemptMs);
+    void this.#transition(status, record.durationMs ?? lastAttemptMs); // a failed write is retried (recordChanged)
     this.#signals?.resolveDone(this.runner.snapshot(record));
     this.runner.taskEnded(this);
   }

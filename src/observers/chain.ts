@@ -176,11 +176,10 @@ export class ObserverChain {
   async #all(stage: 'startup' | 'close', timeoutMs: number): Promise<void> {
     const pending: Promise<unknown>[] = [];
     for (const observer of this.observers) {
-      const fn = observer[stage];
-      if (typeof fn !== 'function') continue;
+      if (typeof observer[stage] !== 'function') continue;
       pending.push(
         Promise.resolve()
-          .then(() => fn.call(observer))
+          .then(() => observer[stage]!())
           .catch((error: unknown) => this.#fail(observer, stage, error)),
       );
     }
@@ -204,8 +203,7 @@ export class ObserverChain {
             ? observer.onLifecycle!(event as LifecycleEvent)
             : observer.onProgress!(event as ProgressEvent);
       // Only a call that returned a promise is tracked: the synchronous built-ins pay for this test alone.
-      if (result != null && typeof (result as PromiseLike<void>).then === 'function')
-        this.#track(entry, stage, result as PromiseLike<void>);
+      if (result != null && typeof (result as PromiseLike<void>).then === 'function') this.#track(entry, stage, result);
     } catch (error) {
       this.#fail(observer, stage, error);
     }

@@ -17,12 +17,13 @@ function toAttributeValue(value: unknown): AttributeValue | undefined {
       return value.toString();
     default:
       if (value === null) return undefined;
-      if (Array.isArray(value) && value.every((v) => typeof v === 'string')) return value as string[];
-      if (Array.isArray(value) && value.every((v) => typeof v === 'number')) return value as number[];
+      if (Array.isArray(value) && value.every((v) => typeof v === 'string')) return value;
+      if (Array.isArray(value) && value.every((v) => typeof v === 'number')) return value;
       if (value instanceof Error) return `${value.name}: ${value.message}`;
       try {
         return JSON.stringify(value);
       } catch {
+        // eslint-disable-next-line @typescript-eslint/no-base-to-string -- not JSON (a cycle, a BigInt): its own toString()
         return String(value);
       }
   }
