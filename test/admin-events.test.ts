@@ -1,15 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { connect } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import {
-  InMemoryObserver,
-  taskLog,
-  taskProgress,
-  type LifecycleEvent,
-  type LogEvent,
-  type ProgressEvent,
-  type TaskEvent,
-} from 'koa-taskflow';
+import { InMemoryObserver, taskLog, type LifecycleEvent, type LogEvent, type TaskEvent } from 'koa-taskflow';
 import { expectJson, startAdmin, TOKEN } from './helpers/admin.js';
 import { openSse, type SseMessage } from './helpers/sse.js';
 import { createManager, deferred, onCleanup, waitFor } from './helpers/server.js';
@@ -67,7 +59,7 @@ describe('admin: GET /tasks/events (server-sent events)', () => {
     ]);
     expect(ofFlaky[2].error?.message).toBe('first attempt fails');
     // The SSE event name is the event's type; ids grow by one per event sent.
-    expect(stream.messages.every((m) => m.event === JSON.parse(m.data).type)).toBe(true);
+    expect(stream.messages.every((m) => m.event === (JSON.parse(m.data) as TaskEvent).type)).toBe(true);
     const ids = stream.messages.map((m) => Number(m.id));
     expect(ids).toEqual(ids.map((_, i) => ids[0] + i));
   });

@@ -40,7 +40,9 @@ describe('redaction: a secret never leaves a task', () => {
       'note',
     );
     await manager.drain();
-    await stream.until((m) => m.some((e) => e.event === 'lifecycle' && JSON.parse(e.data).status === 'success'));
+    await stream.until((m) =>
+      m.some((e) => e.event === 'lifecycle' && (JSON.parse(e.data) as { status: string }).status === 'success'),
+    );
 
     const record = await expectJson<TaskRecord>(await api(`/${id}`), 200);
     const surfaces: Record<string, string> = {
@@ -100,7 +102,9 @@ async function runAndCollect(
   const stream = await openSse(`${base}/events`, { authorization: `Bearer ${TOKEN}` });
   const id = add();
   await manager.drain();
-  await stream.until((m) => m.some((e) => e.event === 'lifecycle' && JSON.parse(e.data).status === 'success'));
+  await stream.until((m) =>
+    m.some((e) => e.event === 'lifecycle' && (JSON.parse(e.data) as { status: string }).status === 'success'),
+  );
   const outputs = {
     'GET /tasks/:id': JSON.stringify(await expectJson(await api(`/${id}`), 200)),
     'GET /tasks': JSON.stringify(await expectJson(await api(''), 200)),

@@ -41,17 +41,15 @@ function trees(stdout: string): { request: Row; attempts: Attempt[] }[] {
     if (h) out.push({ request: { line, bar: h[1], offsetMs: Number(h[2]), durationMs: Number(h[3]) }, attempts: [] });
     const a = attemptLine.exec(line);
     if (a)
-      out
-        .at(-1)!
-        .attempts.push({
-          line,
-          ok: a[1] === '✔',
-          name: a[2],
-          attempt: Number(a[3]),
-          bar: a[4],
-          offsetMs: Number(a[5]),
-          durationMs: Number(a[6]),
-        });
+      out.at(-1)!.attempts.push({
+        line,
+        ok: a[1] === '✔',
+        name: a[2],
+        attempt: Number(a[3]),
+        bar: a[4],
+        offsetMs: Number(a[5]),
+        durationMs: Number(a[6]),
+      });
   }
   return out;
 }
@@ -145,9 +143,9 @@ describe('npm run demo', () => {
     const taskSpans = receiver.spans.filter((s) => s.name.startsWith('task '));
     expect(taskSpans.map((s) => s.name).sort()).toEqual(
       [
-        ...Array(3).fill('task buildReport'),
-        ...Array(6).fill('task chargeCard'),
-        ...Array(3).fill('task sendWelcome'),
+        ...Array<string>(3).fill('task buildReport'),
+        ...Array<string>(6).fill('task chargeCard'),
+        ...Array<string>(3).fill('task sendWelcome'),
       ].sort(),
     );
     for (const span of taskSpans) {

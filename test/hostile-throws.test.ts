@@ -35,7 +35,7 @@ function errorWith(property: 'name' | 'message' | 'stack'): Error {
 
 /** Everything JavaScript can throw that is awkward to describe: [label, the value, error.type, error.message]. */
 const HOSTILE: [string, () => unknown, string, string | RegExp][] = [
-  ['a null-prototype object', () => Object.create(null), 'object', '[unprintable Object]'],
+  ['a null-prototype object', () => Object.create(null) as object, 'object', '[unprintable Object]'],
   ['an object whose toString throws', () => ({ toString: trap }), 'object', '[unprintable Object]'],
   [
     'an object whose toPrimitive, valueOf and toString throw',
@@ -191,8 +191,9 @@ describe('any thrown value ends the task', () => {
     );
     await stream.until(
       (messages) =>
-        messages.filter((m) => m.event === 'lifecycle' && JSON.parse(m.data).status === 'failed').length ===
-        added.length,
+        messages.filter(
+          (m) => m.event === 'lifecycle' && (JSON.parse(m.data) as { status: string }).status === 'failed',
+        ).length === added.length,
     );
     const streamed = stream.messages
       .filter((m) => m.event === 'lifecycle')

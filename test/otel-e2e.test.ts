@@ -215,7 +215,7 @@ describe('node --import koa-taskflow/instrumentation', () => {
     const counted = Object.fromEntries(
       attemptsMetric
         .flatMap((m) => m.points)
-        .map((p) => [`${p.attributes['task.name']}/${p.attributes['task.status']}`, p.value]),
+        .map((p) => [`${String(p.attributes['task.name'])}/${String(p.attributes['task.status'])}`, p.value]),
     );
     expect(counted).toEqual({ 'sendWelcome/success': 1, 'chargeCard/failed': 1, 'chargeCard/success': 1 });
   });

@@ -7,7 +7,6 @@ import {
   MeterProvider,
   MetricReader,
   type MetricData,
-  type ResourceMetrics,
 } from '@opentelemetry/sdk-metrics';
 import { TaskManager } from 'koa-taskflow';
 import { interruptEndlessTask } from './helpers/interrupt.js';
@@ -30,10 +29,7 @@ function meterWithReader(temporality = AggregationTemporality.CUMULATIVE): {
   return {
     meterProvider,
     async read() {
-      const { resourceMetrics, errors } = (await reader.collect()) as {
-        resourceMetrics: ResourceMetrics;
-        errors: unknown[];
-      };
+      const { resourceMetrics, errors } = await reader.collect();
       expect(errors).toEqual([]);
       const byName = new Map<string, MetricData>();
       for (const scope of resourceMetrics.scopeMetrics) {

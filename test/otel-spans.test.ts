@@ -207,7 +207,7 @@ describe('status', () => {
   it('names what was thrown when it is not an Error, as the record does', async () => {
     const manager = createManager({ tracerProvider: provider });
     const id = manager.add(function throwsString() {
-      throw 'plain string'; // eslint-disable-line no-throw-literal
+      throw 'plain string'; // eslint-disable-line @typescript-eslint/only-throw-error -- a thrown non-Error is the case
     });
     await manager.drain();
     const attempt = only('task throwsString');

@@ -19,7 +19,9 @@ describe('idempotency keys', () => {
     let runs = 0;
     const { url, manager } = await startApp((app) => {
       app.use(async (ctx) => {
-        ctx.body = { id: ctx.tasks.with({ idempotencyKey: `invoice:${ctx.query.order}` }).addTask(() => void runs++) };
+        ctx.body = {
+          id: ctx.tasks.with({ idempotencyKey: `invoice:${String(ctx.query.order)}` }).addTask(() => void runs++),
+        };
       });
     });
     const ids = await Promise.all(

@@ -3,7 +3,6 @@ import { fileURLToPath } from 'node:url';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { DatabaseSync } from 'node:sqlite';
 import { describe, expect, it } from 'vitest';
-import type { TaskRecord, TaskStatus } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { compileFilter } from '../src/stores/filter.js';
 import { listQuery } from '../src/stores/sqlite-list.js';

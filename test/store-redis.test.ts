@@ -46,7 +46,7 @@ describe('RedisStore', () => {
           ctx.body = {
             id: ctx.tasks
               .with({ tags: { tenant: String(ctx.query.tenant) } })
-              .addTask(sendWelcome, `${ctx.query.tenant}@b.c`),
+              .addTask(sendWelcome, `${String(ctx.query.tenant)}@b.c`),
           };
         });
       },

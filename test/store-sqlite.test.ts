@@ -425,9 +425,9 @@ describe('group commit', () => {
     const lazyWritten = commit.add([record('started')], { lazy: true });
     await commit.add([record('accepted')]);
     expect(batches).toEqual([['accepted']]);
-    commit.add([record('ended')], { lazy: true });
+    const endedWritten = commit.add([record('ended')], { lazy: true });
     await commit.add([]);
-    await lazyWritten;
+    await Promise.all([lazyWritten, endedWritten]);
     expect(batches).toEqual([['accepted'], ['started', 'ended']]);
   });
 

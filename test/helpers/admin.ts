@@ -8,7 +8,7 @@ export interface AdminHarness extends Harness {
   /** The admin API's base URL (`{url}/tasks`). */
   base: string;
   /** fetch under the admin prefix with the Bearer token (unless `headers` overrides `authorization`). */
-  api(path: string, init?: RequestInit & { headers?: Record<string, string> }): Promise<Response>;
+  api: (path: string, init?: RequestInit & { headers?: Record<string, string> }) => Promise<Response>;
 }
 
 /** A real Koa server with the manager's middleware and `manager.admin(...)` (Bearer `TOKEN` unless `auth` is given). */

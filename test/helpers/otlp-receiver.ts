@@ -1,6 +1,6 @@
 // A real OTLP/HTTP receiver on 127.0.0.1 for the tests: accepts JSON exports (`/v1/traces`, `/v1/metrics`,
 // `/v1/logs`), gunzips when asked, and decodes spans into plain objects. Closed after the test.
-import { createServer, type IncomingMessage } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { gunzipSync } from 'node:zlib';
 import { onCleanup } from './server.js';
@@ -162,18 +162,25 @@ async function readBody(req: IncomingMessage): Promise<Buffer> {
 
 export async function startOtlpReceiver(): Promise<OtlpReceiver> {
   const receiver: OtlpReceiver = { url: '', spans: [], metrics: [], requests: [] };
-  const server = createServer(async (req, res) => {
+  const receive = async (req: IncomingMessage, res: ServerResponse) => {
     const path = req.url ?? '';
     const contentType = req.headers['content-type'];
     receiver.requests.push({ path, contentType });
     const body = await readBody(req);
     if (contentType?.startsWith('application/json')) {
-      const payload = JSON.parse(body.toString('utf8'));
-      if (path === '/v1/traces') receiver.spans.push(...decodeSpans(payload));
-      if (path === '/v1/metrics') receiver.metrics.push(...decodeMetrics(payload));
+      const payload: unknown = JSON.parse(body.toString('utf8'));
+      if (path === '/v1/traces') receiver.spans.push(...decodeSpans(payload as TracesPayload));
+      if (path === '/v1/metrics') receiver.metrics.push(...decodeMetrics(payload as MetricsPayload));
     }
     res.writeHead(200, { 'content-type': 'application/json' });
     res.end('{}');
+  };
+  // A payload that cannot be read is answered 400 (the exporter reports it), not left an unhandled rejection.
+  const server = createServer((req, res) => {
+    receive(req, res).catch((error: unknown) => {
+      res.writeHead(400, { 'content-type': 'text/plain' });
+      res.end(String(error));
+    });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   receiver.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
