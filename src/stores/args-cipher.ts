@@ -32,7 +32,8 @@ export class AesGcmArgsCipher implements ArgsCipher {
     const cipher = createCipheriv('aes-256-gcm', this.#key, iv, { authTagLength: TAG_BYTES });
     cipher.setAAD(aad(taskId));
     const data = Buffer.concat([cipher.update(argsJson, 'utf8'), cipher.final()]);
-    return `${MARKER}:${VERSION}:${this.keyId}:${iv.toString('base64')}:${cipher.getAuthTag().toString('base64')}:${data.toString('base64')}`;
+    const tag = cipher.getAuthTag();
+    return `${MARKER}:${VERSION}:${this.keyId}:${iv.toString('base64')}:${tag.toString('base64')}:${data.toString('base64')}`;
   }
 
   open(taskId: string, sealed: string): string {
@@ -40,7 +41,8 @@ export class AesGcmArgsCipher implements ArgsCipher {
     if (keyId !== this.keyId) {
       throw new TaskArgsDecryptionError(
         taskId,
-        `were encrypted with another "encryptionKey" (key id ${keyId}; this TaskManager's key has id ${this.keyId}): pass the key they were written with`,
+        `were encrypted with another "encryptionKey" (key id ${keyId}; this TaskManager's key has id ` +
+          `${this.keyId}): pass the key they were written with`,
       );
     }
     try {
@@ -53,7 +55,8 @@ export class AesGcmArgsCipher implements ArgsCipher {
     } catch (error) {
       throw new TaskArgsDecryptionError(
         taskId,
-        `failed AES-256-GCM authentication with this "encryptionKey" (key id ${keyId}): the stored ciphertext was altered, corrupted or copied from another record, and is not used`,
+        `failed AES-256-GCM authentication with this "encryptionKey" (key id ${keyId}): the stored ` +
+          `ciphertext was altered, corrupted or copied from another record, and is not used`,
         { cause: error },
       );
     }
@@ -74,7 +77,9 @@ function parseSealed(taskId: string, sealed: string): { keyId: string; iv: Buffe
   if (parts.length !== 6 || parts[0] !== MARKER || parts[1] !== VERSION) {
     throw new TaskArgsDecryptionError(
       taskId,
-      `are stored in a format this koa-taskflow does not read (${JSON.stringify(parts.slice(0, 2).join(':').slice(0, 24))}), probably by a newer version: upgrade koa-taskflow and keep option "encryptionKey" set`,
+      `are stored in a format this koa-taskflow does not read ` +
+        `(${JSON.stringify(parts.slice(0, 2).join(':').slice(0, 24))}), probably by a newer version: ` +
+        `upgrade koa-taskflow and keep option "encryptionKey" set`,
     );
   }
   return {

@@ -9,7 +9,9 @@ try {
   sqlite = await import('node:sqlite');
 } catch (error) {
   throw new TaskflowError(
-    `koa-taskflow/sqlite needs Node.js >= 22.15, whose built-in node:sqlite module this Node.js ${process.version} does not provide (or it was disabled with --no-experimental-sqlite); upgrade Node.js, or use MemoryStore or RedisStore`,
+    `koa-taskflow/sqlite needs Node.js >= 22.15, whose built-in node:sqlite module this Node.js ` +
+      `${process.version} does not provide (or it was disabled with --no-experimental-sqlite); upgrade ` +
+      `Node.js, or use MemoryStore or RedisStore`,
     { cause: error, code: 'ERR_NODE_SQLITE_UNAVAILABLE' },
   );
 }

@@ -20,7 +20,8 @@ export function validateFailedRetentionDays(where: string, value: number | undef
   if (value === undefined) return 2 * retentionDays;
   if (typeof value !== 'number' || !(value >= retentionDays) || !Number.isFinite(value)) {
     throw new RangeError(
-      `${where}: option "failedRetentionDays" must be a number >= "retentionDays" (${retentionDays}): failures are kept at least as long as successes, got ${JSON.stringify(value)}`,
+      `${where}: option "failedRetentionDays" must be a number >= "retentionDays" (${retentionDays}): ` +
+        `failures are kept at least as long as successes, got ${JSON.stringify(value)}`,
     );
   }
   return value;
@@ -106,7 +107,8 @@ export function parseRecord(id: string, text: unknown, cipher?: ArgsCipher, keep
 /** The error of a stored record that is not a task record; `why` never quotes the text (it may hold args). */
 export function unreadableRecord(id: string, why: string): TaskStoreError {
   return new TaskStoreError(
-    `the stored record of task ${JSON.stringify(id)} cannot be read (${why}): list(), metrics() and recovery skip it, and it was left as it is; repair or delete it in the store`,
+    `the stored record of task ${JSON.stringify(id)} cannot be read (${why}): list(), metrics() and ` +
+      `recovery skip it, and it was left as it is; repair or delete it in the store`,
     'ERR_STORE_UNREADABLE',
   );
 }

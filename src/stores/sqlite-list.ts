@@ -82,7 +82,9 @@ export function listQuery(f: CompiledFilter, limit: number, offset: number): Rea
   }
   const window = limit === -1 ? -1 : limit + offset;
   const ranges = statuses.map((status) => {
-    const part = `SELECT id, record, created_at, r FROM (SELECT id, record, created_at, rowid AS r FROM taskflow_tasks${range(status)} ORDER BY created_at DESC, rowid DESC LIMIT ?)`;
+    const part =
+      `SELECT id, record, created_at, r FROM (SELECT id, record, created_at, rowid AS r FROM taskflow_tasks${range(status)}` +
+      ' ORDER BY created_at DESC, rowid DESC LIMIT ?)';
     params.push(window);
     return part;
   });

@@ -39,7 +39,12 @@ function prepare(sql) {
   return statement;
 }
 function errorOf(error) {
-  return { message: String(error && error.message || error), code: error && error.code, errcode: error && error.errcode, errstr: error && error.errstr };
+  return {
+    message: String(error && error.message || error),
+    code: error && error.code,
+    errcode: error && error.errcode,
+    errstr: error && error.errstr,
+  };
 }
 function slice(id, iterator) {
   const rows = [];

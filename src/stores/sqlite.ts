@@ -270,8 +270,10 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     let duplicates: Map<string, string> | undefined;
     const now = Date.now();
     const upsert = this.#statement(
-      `INSERT INTO taskflow_tasks (id, name, status, created_at, ended_at, owner, idempotency_key, record, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at, owner = excluded.owner, record = excluded.record, duration_ms = excluded.duration_ms`,
+      `INSERT INTO taskflow_tasks (id, name, status, created_at, ended_at, owner, idempotency_key, record, duration_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
+           owner = excluded.owner, record = excluded.record, duration_ms = excluded.duration_ms`,
     );
     const insertTag = this.#statement(
       'INSERT OR IGNORE INTO taskflow_tags (task_id, key, value, created_at) VALUES (?, ?, ?, ?)',
@@ -359,13 +361,16 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   #foldLog(): void {
     this.#statement(
       `INSERT INTO taskflow_tasks (id, name, status, created_at, ended_at, owner, record, duration_ms)
-         SELECT id, name, status, created_at, ended_at, owner, record, duration_ms FROM taskflow_log WHERE true ORDER BY seq
-         ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at, owner = excluded.owner, record = excluded.record, duration_ms = excluded.duration_ms`,
+         SELECT id, name, status, created_at, ended_at, owner, record, duration_ms
+           FROM taskflow_log WHERE true ORDER BY seq
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
+           owner = excluded.owner, record = excluded.record, duration_ms = excluded.duration_ms`,
     ).run();
     // json_each fails on text that is not JSON: a damaged row must not stop the fold (it is skipped when read).
     this.#statement(
       `INSERT OR IGNORE INTO taskflow_tags (task_id, key, value, created_at)
-         SELECT l.id, t.key, t.value, l.created_at FROM taskflow_log l, json_each(CASE WHEN json_valid(l.record) THEN l.record ELSE '{}' END, '$.tags') t`,
+         SELECT l.id, t.key, t.value, l.created_at
+           FROM taskflow_log l, json_each(CASE WHEN json_valid(l.record) THEN l.record ELSE '{}' END, '$.tags') t`,
     ).run();
     this.#statement('DELETE FROM taskflow_log').run();
     this.#logged.clear();
@@ -532,7 +537,8 @@ function openError(path: string, error: unknown): TaskflowError {
     const denied = path === ':memory:' ? undefined : writeDenied(path);
     if (denied !== undefined) {
       return new TaskStoreError(
-        `${at}: ${denied}. The store writes the file and, beside it, its "-wal" and "-shm" files: choose a "path" in a directory this process can write to`,
+        `${at}: ${denied}. The store writes the file and, beside it, its "-wal" and "-shm" files: choose a ` +
+          `"path" in a directory this process can write to`,
         denied.includes('does not exist') ? 'ERR_STORE_UNREADABLE' : 'ERR_STORE_READ_ONLY',
         { cause: error },
       );
@@ -551,7 +557,8 @@ function openError(path: string, error: unknown): TaskflowError {
     );
   }
   return new TaskStoreError(
-    `${at}: ${messageOf(error)}. If the file is damaged or is not a koa-taskflow database, move it away (it was not modified) or choose another "path"`,
+    `${at}: ${messageOf(error)}. If the file is damaged or is not a koa-taskflow database, move it away (it ` +
+      `was not modified) or choose another "path"`,
     'ERR_STORE_UNREADABLE',
     { cause: error },
   );
@@ -622,7 +629,8 @@ function migrate(db: DatabaseSync, path: string): void {
     const { user_version: version } = db.prepare('PRAGMA user_version').get() as { user_version: number };
     if (version > MIGRATIONS.length) {
       throw new TaskStoreError(
-        `SqliteStore: cannot open "${path}": its schema version ${version} is newer than this koa-taskflow's (${MIGRATIONS.length}); upgrade koa-taskflow (the file was not modified)`,
+        `SqliteStore: cannot open "${path}": its schema version ${version} is newer than this ` +
+          `koa-taskflow's (${MIGRATIONS.length}); upgrade koa-taskflow (the file was not modified)`,
         'ERR_STORE_NEWER_SCHEMA',
       );
     }
