@@ -34,7 +34,8 @@ function sameSecret(given: Buffer, expected: Buffer): boolean {
 
 function authError(message: string): TypeError {
   return new TypeError(
-    `admin(): option "auth" ${message}. Pass { token }, { users: { name: password } }, a function (ctx) => boolean, or the string 'none' to serve the admin API without authentication`,
+    `admin(): option "auth" ${message}. Pass { token }, { users: { name: password } }, a function (ctx) => ` +
+      `boolean, or the string 'none' to serve the admin API without authentication`,
   );
 }
 

@@ -233,7 +233,8 @@ export function createAdmin(manager: AdminHost, options: AdminOptions): AdminMid
     ctx.set('Referrer-Policy', 'no-referrer');
     ctx.set(
       'Content-Security-Policy',
-      `default-src 'none'; script-src 'nonce-${nonce}'; style-src 'nonce-${nonce}'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`,
+      `default-src 'none'; script-src 'nonce-${nonce}'; style-src 'nonce-${nonce}'; connect-src 'self'; ` +
+        `img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`,
     );
     ctx.body = dashboardHtml({ prefix, traceUrl }, nonce);
   }
