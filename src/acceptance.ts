@@ -276,7 +276,8 @@ export class Acceptance implements FollowSource {
     const registration = this.#deps.registry.of(fn);
     if (registration === undefined) {
       throw new TypeError(
-        `${where}: option "persist" (on by default with a durable store) needs a registered task, and "${options.name}" is not registered: ` +
+        `${where}: option "persist" (on by default with a durable store) needs a registered task, and ` +
+          `"${options.name}" is not registered: ` +
           'register it with manager.task(fn) so a restarted process can find it by name, or pass option "persist: false"',
       );
     }

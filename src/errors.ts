@@ -30,7 +30,8 @@ export class TaskInterruptedError extends TaskflowError {
   override readonly code = 'ERR_TASK_INTERRUPTED';
   constructor(reason = 'shutdown') {
     super(
-      `task interrupted (${reason}); mark it "shield: true" to let shutdown wait for it, or "requeueOnInterrupt: true" with a durable store to run it again on the next start`,
+      `task interrupted (${reason}); mark it "shield: true" to let shutdown wait for it, or ` +
+        `"requeueOnInterrupt: true" with a durable store to run it again on the next start`,
     );
   }
 }
@@ -93,7 +94,9 @@ export class TaskStalledError extends TaskflowError {
     readonly maxStalls: number,
   ) {
     super(
-      `the process running this task died ${stalls} time(s), more than its "maxStalls" (${maxStalls}) allows; it is not run again. Find what ends the process (memory, a native crash, process.exit) or raise "maxStalls"`,
+      `the process running this task died ${stalls} time(s), more than its "maxStalls" (${maxStalls}) ` +
+        `allows; it is not run again. Find what ends the process (memory, a native crash, process.exit) or ` +
+        `raise "maxStalls"`,
     );
   }
 }
@@ -115,7 +118,8 @@ export class TaskQueueFullError extends TaskflowError {
     readonly retryAfterSeconds = 1,
   ) {
     super(
-      `the task queue is full (${maxQueued} tasks waiting, the "maxQueued" option); the task was not accepted: retry later or raise "maxQueued"/"concurrency"`,
+      `the task queue is full (${maxQueued} tasks waiting, the "maxQueued" option); the task was not ` +
+        `accepted: retry later or raise "maxQueued"/"concurrency"`,
     );
     this.headers = { 'Retry-After': String(retryAfterSeconds) };
   }
@@ -168,7 +172,7 @@ export function toErrorInfo(error: unknown): ErrorInfo {
   if (!attempt(() => error instanceof Error, false)) {
     return {
       type: typeof error,
-      // eslint-disable-next-line @typescript-eslint/no-base-to-string -- a thrown object's own toString() is its message
+      // eslint-disable-next-line @typescript-eslint/no-base-to-string -- a thrown object's toString() is its message
       message: capText(attempt(() => String(error), undefined) ?? unprintable(error), MAX_ERROR_TEXT),
     };
   }
@@ -215,7 +219,10 @@ function textOf(read: () => unknown): string {
 
 function unprintable(value: object): string {
   // '[object Object]' → 'Object'; a Proxy is not asked at all (every trap may throw).
-  return `[unprintable ${types.isProxy(value) ? 'Proxy' : attempt(() => Object.prototype.toString.call(value).slice(8, -1), typeof value)}]`;
+  const tag = types.isProxy(value)
+    ? 'Proxy'
+    : attempt(() => Object.prototype.toString.call(value).slice(8, -1), typeof value);
+  return `[unprintable ${tag}]`;
 }
 
 /** `text`, or its first `max` characters and a marker saying how much was cut. */

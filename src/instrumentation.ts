@@ -102,7 +102,8 @@ async function loadSdkPackages() {
     pino === undefined
   ) {
     throw new Error(
-      `koa-taskflow/instrumentation needs the OpenTelemetry SDK packages, which are optional peer dependencies; missing: ${missing.join(', ')}. ` +
+      `koa-taskflow/instrumentation needs the OpenTelemetry SDK packages, which are optional peer ` +
+        `dependencies; missing: ${missing.join(', ')}. ` +
         `Install them with: npm install ${SDK_PACKAGES.join(' ')}`,
     );
   }

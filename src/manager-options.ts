@@ -174,7 +174,8 @@ export function validateManagerOptions(options: TaskManagerOptions): void {
       );
     if (store.encryptsArgs !== true || typeof store.attach !== 'function') {
       throw new TypeError(
-        `${where}: option "encryptionKey" needs a store that encrypts args (SqliteStore, RedisStore, or a store with "encryptsArgs = true" honouring attach({ argsCipher }))`,
+        `${where}: option "encryptionKey" needs a store that encrypts args (SqliteStore, RedisStore, or a ` +
+          `store with "encryptsArgs = true" honouring attach({ argsCipher }))`,
       );
     }
   }

@@ -264,7 +264,8 @@ function checkEagerPriority(where: string, o: Pick<TaskOptions, 'eager' | 'prior
   if (o.eager !== true) return;
   if (o.priority !== undefined) {
     throw new TypeError(
-      `${where}: options "eager" and "priority" cannot be combined: a prioritised task waits its turn in the queue, an eager one starts at once`,
+      `${where}: options "eager" and "priority" cannot be combined: a prioritised task waits its turn in ` +
+        `the queue, an eager one starts at once`,
     );
   }
   const delayed = o.startAfter !== undefined ? 'startAfter' : o.runAt !== undefined ? 'runAt' : undefined;

@@ -233,7 +233,8 @@ export class TaskTelemetry {
     if (requestSampled === attemptSampled) return;
     this.#warnedIncoherent = true;
     this.#onIncoherentSampling(
-      `a ${requestSampled ? 'sampled' : 'dropped'} request added a task whose attempt span was ${attemptSampled ? 'sampled' : 'dropped'}: ` +
+      `a ${requestSampled ? 'sampled' : 'dropped'} request added a task whose attempt span was ` +
+        `${attemptSampled ? 'sampled' : 'dropped'}: ` +
         `the tracer's sampler decides for each attempt on its own, so requests and their tasks are kept or dropped apart. ` +
         `Wrap the SDK's sampler with taskSampler() from koa-taskflow (new NodeSDK({ sampler: taskSampler(yourSampler) })); ` +
         `the koa-taskflow/instrumentation entry does this for you`,

@@ -72,7 +72,8 @@ export class Recovery {
       if (error instanceof TaskStoreError) throw error;
       const message = error instanceof Error ? error.message : String(error);
       throw new TaskStoreUnavailableError(
-        `start: the task store is unreachable (${message}); nothing was resumed. Requests that add persisted tasks are answered 503 until it is back; call start() again to resume left-behind work`,
+        `start: the task store is unreachable (${message}); nothing was resumed. Requests that add ` +
+          `persisted tasks are answered 503 until it is back; call start() again to resume left-behind work`,
         { cause: error },
       );
     }

@@ -323,7 +323,9 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     record.maxAttempts++;
     record.error = {
       type: 'TaskStalledError',
-      message: `the process running attempt ${record.attempts} died; the task runs again (stall ${stalls} of the ${maxStalls} that "maxStalls" allows)`,
+      message:
+        `the process running attempt ${record.attempts} died; the task runs again (stall ${stalls} ` +
+        `of the ${maxStalls} that "maxStalls" allows)`,
     };
     return undefined;
   }

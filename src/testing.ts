@@ -105,7 +105,8 @@ export function describeTaskStore<S extends TaskStore>(
   describe(name, () => {
     describe('records', () => {
       it(
-        'save() then get(): every field comes back as saved (args, tags, error, logs, progress, runAt, stalls…); an unknown id is undefined',
+        'save() then get(): every field comes back as saved (args, tags, error, logs, progress, runAt, ' +
+          'stalls…); an unknown id is undefined',
         using(async (store) => {
           const full = record({
             name: 'sendInvoice',
@@ -292,7 +293,8 @@ export function describeTaskStore<S extends TaskStore>(
       };
 
       it(
-        'a free key is taken (undefined) and the same id may claim it again; held by a task that has not failed, whatever its status, it answers the holder’s id',
+        'a free key is taken (undefined) and the same id may claim it again; held by a task that has not ' +
+          'failed, whatever its status, it answers the holder’s id',
         using(async (store) => {
           let holder = await holding(store, 'k');
           assert.equal(await store.claimKey('k', holder.id), undefined, 'the same id twice');
@@ -401,7 +403,8 @@ export function describeTaskStore<S extends TaskStore>(
       );
 
       leaseTest(
-        'once the owner’s lease expired, its unfinished records are claimed as saved, each by exactly one of two concurrent claimers, and then belong to it',
+        'once the owner’s lease expired, its unfinished records are claimed as saved, each by exactly one ' +
+          'of two concurrent claimers, and then belong to it',
         150,
         async (store, claim) => {
           const orphans = unfinishedSet();
@@ -520,7 +523,8 @@ export function describeTaskStore<S extends TaskStore>(
 
     describe('retention', () => {
       it(
-        'finished records past retentionDays are deleted (dead letters past failedRetentionDays) with their keys; unfinished and recent ones stay',
+        'finished records past retentionDays are deleted (dead letters past failedRetentionDays) with their ' +
+          'keys; unfinished and recent ones stay',
         using(async (store, reopen) => {
           const retention = harness.capabilities?.retention;
           if (retention === undefined) return;

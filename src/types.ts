@@ -244,7 +244,10 @@ export interface TaskObserver {
    * failed attempt going back to `pending`). When every observer says so, the event is not even built.
    */
   wantsLifecycle?(status: TaskStatus, retrying: boolean): boolean;
-  /** Optional hint: return false when `onLog` would ignore a log event at this level. When every observer says so, the event is not even built. */
+  /**
+   * Optional hint: return false when `onLog` would ignore a log event at this level. When every observer
+   * says so, the event is not even built.
+   */
   wantsLog?(level: LogLevel): boolean;
   startup?(): void | Promise<void>;
   close?(): void | Promise<void>;

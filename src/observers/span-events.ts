@@ -23,7 +23,7 @@ function toAttributeValue(value: unknown): AttributeValue | undefined {
       try {
         return JSON.stringify(value);
       } catch {
-        // eslint-disable-next-line @typescript-eslint/no-base-to-string -- not JSON (a cycle, a BigInt): its own toString()
+        // eslint-disable-next-line @typescript-eslint/no-base-to-string -- not JSON (a cycle, a BigInt): its toString()
         return String(value);
       }
   }
