@@ -100,7 +100,8 @@ console.table(
 const md = [
   '# Durable stores: cost of one durable task per request',
   '',
-  `\`npm run bench:durable\`, ${new Date().toISOString().slice(0, 10)}, Node ${process.version}, ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}; ` +
+  `\`npm run bench:durable\`, ${new Date().toISOString().slice(0, 10)}, Node ${process.version}, ` +
+    `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}; ` +
     `${ROUNDS} rounds × ${SECONDS} s, ${CONNECTIONS} connections, loopback; medians. The server runs the tasks in the same process, so ` +
     'its CPU time per request includes writing the record before the response, running the task and writing its end.',
   '',
@@ -108,7 +109,9 @@ const md = [
   '|---|---|---|---|---|---|---|---|',
   ...rows.map(
     (r) =>
-      `| ${r.label} | ${fmt(r.rps, 0)} | ${fmt(r.rpsRatio, 2)} | ${r.p99} | ${fmt(r.cpuPerRequest)} | ${fmt(r.cpuRatio, 2)} | ${r.goal ?? ''} | ${r.name === 'bare' ? '–' : r.allTasksRan ? 'yes' : 'no'} |`,
+      `| ${r.label} | ${fmt(r.rps, 0)} | ${fmt(r.rpsRatio, 2)} | ${r.p99} | ${fmt(r.cpuPerRequest)} | ` +
+      `${fmt(r.cpuRatio, 2)} | ${r.goal ?? ''} | ` +
+      `${r.name === 'bare' ? '–' : r.allTasksRan ? 'yes' : 'no'} |`,
   ),
   '',
 ].join('\n');

@@ -77,7 +77,8 @@ export const VARIANTS: readonly Variant[] = [
   {
     name: 'handrolled-record',
     label:
-      'hand-rolled, with what the contract adds (task id, record with status and times in a 10 000-record history, concurrency limit, task context)',
+      'hand-rolled, with what the contract adds (task id, record with status and times in a 10 000-record ' +
+      'history, concurrency limit, task context)',
     baseline: 'bare',
     tasks: true,
   },
@@ -99,7 +100,8 @@ export const VARIANTS: readonly Variant[] = [
   {
     name: 'handrolled-contract',
     label:
-      "hand-rolled, with what the contract adds (the untraced contract row's record, history, limit and context, plus 7 attributes, enqueued event, active span, status, task/tags fields)",
+      "hand-rolled, with what the contract adds (the untraced contract row's record, history, limit and " +
+      'context, plus 7 attributes, enqueued event, active span, status, task/tags fields)',
     baseline: 'koa-span',
     tasks: true,
   },
@@ -210,7 +212,10 @@ export async function runHttpBench(
         const cpu = (list: Sample[]) => fmt(median(list.map((x) => x.cpuPerRequest)));
         const backlog = bursts.some(([, x]) => !x.allTasksRan) ? '  BACKLOG' : '';
         log(
-          `round ${round + 1}/${ROUNDS} ${name.padEnd(22)} vs ${base.padEnd(20)} ${cpu(bursts.map((b) => b[1])).padStart(6)} vs ${cpu(bursts.map((b) => b[0])).padStart(6)} µs CPU/req  ratio ${fmt(median(bursts.map(([b, x]) => b.cpuPerRequest / x.cpuPerRequest)), 2)}${backlog}`,
+          `round ${round + 1}/${ROUNDS} ${name.padEnd(22)} vs ${base.padEnd(20)} ` +
+            `${cpu(bursts.map((b) => b[1])).padStart(6)} vs ${cpu(bursts.map((b) => b[0])).padStart(6)} µs ` +
+            `CPU/req  ratio ` +
+            `${fmt(median(bursts.map(([b, x]) => b.cpuPerRequest / x.cpuPerRequest)), 2)}${backlog}`,
         );
       }
     }

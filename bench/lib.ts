@@ -146,7 +146,8 @@ export async function interleavedRounds<V extends { name: string }, S extends Bu
       const sample = await measure(variant);
       samples.get(variant.name)!.push(sample);
       describe(
-        `round ${round + 1}/${rounds} ${variant.name.padEnd(16)} ${fmt(sample.rps, 0).padStart(7)} req/s  ${fmt(sample.cpuPerRequest)} µs CPU/req  p99 ${sample.p99} ms`,
+        `round ${round + 1}/${rounds} ${variant.name.padEnd(16)} ${fmt(sample.rps, 0).padStart(7)} req/s  ` +
+          `${fmt(sample.cpuPerRequest)} µs CPU/req  p99 ${sample.p99} ms`,
         sample,
       );
     }

@@ -53,14 +53,16 @@ for (let round = 0; round < ROUNDS; round++) {
 
 const noSdk = median(samples['no-sdk']);
 console.log(
-  `koa-taskflow tracing overhead — ${TASKS} tasks per run, ${ROUNDS} interleaved rounds, median; Node ${process.version}${globalThis.gc ? '' : ' (run with --expose-gc for steadier numbers)'}`,
+  `koa-taskflow tracing overhead — ${TASKS} tasks per run, ${ROUNDS} interleaved rounds, median; Node ` +
+    `${process.version}${globalThis.gc ? '' : ' (run with --expose-gc for steadier numbers)'}`,
 );
 console.log('variant   ns/task   ratio vs no-sdk   spread (min–max ns)');
 for (const name of names) {
   const values = samples[name];
   const m = median(values);
   console.log(
-    `${name.padEnd(8)} ${m.toFixed(0).padStart(8)}   ${(m / noSdk).toFixed(3).padStart(15)}   ${Math.min(...values).toFixed(0)}–${Math.max(...values).toFixed(0)}`,
+    `${name.padEnd(8)} ${m.toFixed(0).padStart(8)}   ${(m / noSdk).toFixed(3).padStart(15)}   ` +
+      `${Math.min(...values).toFixed(0)}–${Math.max(...values).toFixed(0)}`,
   );
 }
 await sdkTracer.shutdown();

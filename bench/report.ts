@@ -14,7 +14,8 @@ const range = (spread: [number, number] | undefined, digits: number) =>
   spread ? `${fmt(spread[0], digits)}–${fmt(spread[1], digits)}` : '';
 const thousands = (n: number) => n.toLocaleString('en').replace(/,/g, ' ');
 const runLine = (what: string, run: RunInfo) =>
-  `${what}: ${run.started.slice(0, 16).replace('T', ' ')} UTC, Node ${run.nodeVersion}, ${run.machine}, ${run.load ? `load average ${fmt(run.load[0], 2)} → ${fmt(run.load[1], 2)}` : 'load not recorded'}`;
+  `${what}: ${run.started.slice(0, 16).replace('T', ' ')} UTC, Node ${run.nodeVersion}, ${run.machine}, ` +
+  `${run.load ? `load average ${fmt(run.load[0], 2)} → ${fmt(run.load[1], 2)}` : 'load not recorded'}`;
 
 function digits(goal: Goal): number {
   switch (goal.measure.kind) {
@@ -49,13 +50,18 @@ export function growthTable(results: Results): string {
   const cell = (row: GrowthRow, read: (typeof GROWTH_READS)[number]) =>
     `${fmt(row.reads[read].ms)} (${fmt(row.reads[read].maxLoopDelayMs)})`;
   return [
-    `${runLine('Run', growth)}; CPU per task: the median of 5 rounds of ${thousands(growth.config.tasks)} tasks; each read the median of ${growth.config.readRepeats}, in ms, and in brackets the event loop's largest delay during them (ms); *no read*: the largest delay over the same pattern with no read, what the machine alone did to the event loop.`,
+    `${runLine('Run', growth)}; CPU per task: the median of 5 rounds of ${thousands(growth.config.tasks)} ` +
+      `tasks; each read the median of ${growth.config.readRepeats}, in ms, and in brackets the event loop's ` +
+      `largest delay during them (ms); *no read*: the largest delay over the same pattern with no read, ` +
+      `what the machine alone did to the event loop.`,
     '',
     '| store | records | fill s | µs CPU/task | ÷ empty | `list` 50 | by tag | dead letters | `metrics()` | no read |',
     '|---|---|---|---|---|---|---|---|---|---|',
     ...growth.rows.map(
       (r) =>
-        `| ${r.store} | ${thousands(r.size)} | ${fmt(r.fillMs / 1000)} | ${fmt(r.cpuPerTaskUs)} | ${fmt(r.cpuPerTaskUs / (empty.get(r.store) ?? NaN), 2)} | ${GROWTH_READS.map((read) => cell(r, read)).join(' | ')} | (${fmt(r.idleLoopDelayMs)}) |`,
+        `| ${r.store} | ${thousands(r.size)} | ${fmt(r.fillMs / 1000)} | ${fmt(r.cpuPerTaskUs)} | ` +
+        `${fmt(r.cpuPerTaskUs / (empty.get(r.store) ?? NaN), 2)} | ` +
+        `${GROWTH_READS.map((read) => cell(r, read)).join(' | ')} | (${fmt(r.idleLoopDelayMs)}) |`,
     ),
   ].join('\n');
 }
@@ -83,12 +89,17 @@ export function httpTable(results: Results): string {
   const http = results.http;
   if (http === undefined) return '_Not measured yet: `node bench/run.ts --only http`._';
   return [
-    '| variant | req/s | ÷ bare | p50 ms | p99 ms | µs CPU/request | capacity ratio | middle half of the ratios | against | every task ran |',
+    '| variant | req/s | ÷ bare | p50 ms | p99 ms | µs CPU/request | capacity ratio | middle half of the ' +
+      'ratios | against | every task ran |',
     '|---|---|---|---|---|---|---|---|---|---|',
     ...http.rows.map((r) => {
       const ratio = r.baseline === undefined ? undefined : http.ratios[`${r.baseline}/${r.name}`];
       const ran = r.tasks ? (r.allTasksRan ? 'yes' : '**no: backlog**') : '–';
-      return `| ${r.label} | ${fmt(r.rps, 0)} | ${fmt(r.rpsRatio, 2)} | ${r.p50} | ${r.p99} | ${fmt(r.cpuPerRequest)} | ${ratio ? fmt(ratio.value, 2) : '1 (baseline)'} | ${range(ratio?.spread, 2)} | ${r.baseline ?? ''} | ${ran} |`;
+      return (
+        `| ${r.label} | ${fmt(r.rps, 0)} | ${fmt(r.rpsRatio, 2)} | ${r.p50} | ${r.p99} | ` +
+        `${fmt(r.cpuPerRequest)} | ${ratio ? fmt(ratio.value, 2) : '1 (baseline)'} | ` +
+        `${range(ratio?.spread, 2)} | ${r.baseline ?? ''} | ${ran} |`
+      );
     }),
   ].join('\n');
 }

@@ -3,8 +3,9 @@
 //   http       every HTTP comparison side by side (bench/http.ts), ~17 min
 //   inprocess  tasks/s through add(), after-response start latency, memory per queued task, ~1 min
 //   growth     SQLite and Redis with 0, 200 000 and 1 000 000 finished records (bench/growth.ts), ~10 min
-// Run it with --expose-gc (npm run bench does). Options: --only growth,inprocess (the other parts keep their last results); --quick (every part small, in a
-// minute or two, written to --out or a temp file, never over the committed results); --out <file>.
+// Run it with --expose-gc (npm run bench does). Options: --only growth,inprocess (the other parts keep their
+// last results); --quick (every part small, in a minute or two, written to --out or a temp file, never over
+// the committed results); --out <file>.
 // Loopback only; bounded in time.
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';

@@ -2,8 +2,9 @@
 // its own requests. Each request is printed as a tree once its tasks have ended: the request span, then
 // every task attempt span linked to it with a waterfall bar on the request's timeline, and its log events.
 // In a terminal a status line below the trees counts queued / running / retrying / finished tasks live.
-// `--once` exits after the burst; `--every <seconds>` resends it while serving. With OTEL_EXPORTER_OTLP_ENDPOINT set, spans and metrics are also exported
-// over OTLP/HTTP (e.g. to the compose stack); pino lines always go to .tmp/demo-logs.ndjson.
+// `--once` exits after the burst; `--every <seconds>` resends it while serving. With OTEL_EXPORTER_OTLP_ENDPOINT
+// set, spans and metrics are also exported over OTLP/HTTP (e.g. to the compose stack); pino lines always go to
+// .tmp/demo-logs.ndjson.
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
