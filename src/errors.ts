@@ -36,12 +36,22 @@ export class TaskInterruptedError extends TaskflowError {
   }
 }
 
-/** A task that never started because its request failed or the manager shut down. */
+/**
+ * A task ended `cancelled`: it never started (its request failed, the manager shut down, `manager.cancel(id)`),
+ * or `manager.cancel(id)` stopped it while it ran: its attempt's `signal` aborts with this error.
+ */
 export class TaskCancelledError extends TaskflowError {
   override name = 'TaskCancelledError';
   override readonly code = 'ERR_TASK_CANCELLED';
-  constructor(readonly reason: string) {
-    super(`task cancelled before it started (${reason})`);
+  constructor(
+    readonly reason: string,
+    whileRunning = false,
+  ) {
+    super(
+      whileRunning
+        ? `task cancelled while it ran (${reason}); its AbortSignal was aborted and it is not retried`
+        : `task cancelled before it started (${reason})`,
+    );
   }
 }
 

@@ -4,6 +4,7 @@ export { TaskScheduler, PhaseScheduler, TaskAdder, type TaskHandle, type TaskPha
 export { getTaskContext, taskLog, taskProgress } from './context.js';
 export type { TaskOptions, ResolvedTaskOptions, TaskLimit, TraceMode } from './options.js';
 export type { RepeatSchedule, Repeating } from './repeat.js';
+export type { CancelOptions } from './cancellation.js';
 export { MemoryStore, type MemoryStoreOptions } from './stores/memory.js';
 export { InMemoryObserver } from './observers/memory.js';
 export { filterObserver, type ObserverFilter } from './observers/filter.js';
@@ -49,6 +50,7 @@ export type {
   SaveResult,
   StoreCapabilities,
   StoreLease,
+  CancelRequest,
   ArgsCipher,
   PersistedTaskOptions,
   TaskLogger,

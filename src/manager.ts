@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Middleware } from 'koa';
 import { Acceptance } from './acceptance.js';
+import { Cancellation, type CancelOptions } from './cancellation.js';
 import { createAdmin, type AdminMiddleware, type AdminOptions } from './admin/index.js';
 import { clearFallbackLogger, setFallbackLogger } from './context.js';
 import { DEFAULT_LEASE_MS } from './durable.js';
@@ -51,6 +52,7 @@ export class TaskManager {
   readonly #registry: TaskRegistry;
   readonly #acceptance: Acceptance;
   readonly #recovery: Recovery | undefined;
+  readonly #cancellation: Cancellation;
   readonly #reporter: Reporter;
   readonly #chain: ObserverChain;
   readonly #telemetry: TaskTelemetry;
@@ -102,6 +104,7 @@ export class TaskManager {
       reporter,
       get: (id) => this.get(id),
     });
+    const cancellation = (this.#cancellation = new Cancellation(this.#runner, store));
     this.#recovery =
       store.durable === true
         ? new Recovery({
@@ -115,6 +118,7 @@ export class TaskManager {
             leaseMs,
             orphanCheckMs: options.orphanCheckMs ?? Math.round(leaseMs / 2),
             encryptionKey: options.encryptionKey,
+            cancelRequested: (requests) => cancellation.apply(requests),
           })
         : undefined;
     this.#redact = redact;
@@ -250,6 +254,15 @@ export class TaskManager {
   /** Run a failed or interrupted registered task again as a new task; returns the new id. */
   retry(id: string): Promise<string> {
     return this.#acceptance.retry(id);
+  }
+
+  /**
+   * Cancel task `id`: one not started ends `cancelled` and never starts; a running attempt's `signal` aborts
+   * with a TaskCancelledError and the task ends `cancelled`, not retried. With a durable store, a task held by
+   * another instance is cancelled there within one lease renewal. False for an unknown or finished task.
+   */
+  cancel(id: string, options?: CancelOptions): Promise<boolean> {
+    return this.#cancellation.cancel(id, options);
   }
 
   async metrics(): Promise<TaskMetrics> {

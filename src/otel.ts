@@ -27,7 +27,7 @@ import {
 } from '@opentelemetry/api';
 import { ATTR_ERROR_TYPE } from '@opentelemetry/semantic-conventions';
 import { types } from 'node:util';
-import { TaskflowError, TaskInterruptedError, toErrorInfo } from './errors.js';
+import { TaskCancelledError, TaskflowError, TaskInterruptedError, toErrorInfo } from './errors.js';
 
 /** Every attribute, span, event and metric name koa-taskflow emits, in one place. */
 export const INSTRUMENTATION_NAME = 'koa-taskflow';
@@ -98,7 +98,7 @@ const NOOP_TRACER_PROVIDER = new ProxyTracerProvider().getDelegate();
 const NON_RECORDING_SPAN = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
 
 /** How an attempt ended, as the `task.status` of the metrics. */
-export type AttemptOutcome = 'success' | 'failed' | 'interrupted';
+export type AttemptOutcome = 'success' | 'failed' | 'interrupted' | 'cancelled';
 
 /**
  * Bucket bounds for `task.duration`, in seconds. The SDK's default bounds (0, 5, 10, 25 … 10 000) suit
@@ -245,7 +245,13 @@ export class TaskTelemetry {
     let outcome: AttemptOutcome = 'success';
     // Only our own abort reasons are interrupts; a thrown Proxy is never asked (instanceof runs its traps).
     if (error !== undefined)
-      outcome = isOwnError(error) && error instanceof TaskInterruptedError ? 'interrupted' : 'failed';
+      outcome = !isOwnError(error)
+        ? 'failed'
+        : error instanceof TaskInterruptedError
+          ? 'interrupted'
+          : error instanceof TaskCancelledError
+            ? 'cancelled'
+            : 'failed';
     if (span.isRecording()) {
       if (error === undefined) {
         span.setStatus({ code: SpanStatusCode.OK });
@@ -276,7 +282,12 @@ export class TaskTelemetry {
       });
       attributes = {
         active: { [ATTR_TASK_NAME]: taskName },
-        outcome: { success: outcome('success'), failed: outcome('failed'), interrupted: outcome('interrupted') },
+        outcome: {
+          success: outcome('success'),
+          failed: outcome('failed'),
+          interrupted: outcome('interrupted'),
+          cancelled: outcome('cancelled'),
+        },
       };
       // Task names are few (registered functions); the bound only guards against names built per call.
       if (this.#nameAttributes.size < 1_000) this.#nameAttributes.set(taskName, attributes);

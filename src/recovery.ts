@@ -8,7 +8,7 @@ import type { Runner } from './runner.js';
 import { AesGcmArgsCipher } from './stores/args-cipher.js';
 import { unreadableArgs } from './stores/records.js';
 import { NO_LOGS, ResumedTaskRun } from './task-run.js';
-import type { TaskFunction, TaskRecord, TaskStore } from './types.js';
+import type { CancelRequest, TaskFunction, TaskRecord, TaskStore } from './types.js';
 
 export interface RecoveryDeps {
   /** This process's identity as the owner of durable tasks. */
@@ -23,6 +23,8 @@ export interface RecoveryDeps {
   orphanCheckMs: number;
   /** Args are sealed with it in the store (AES-256-GCM). */
   encryptionKey: Uint8Array | undefined;
+  /** Cancel requests recorded on tasks this process holds, as a lease renewal answered them. */
+  cancelRequested(requests: readonly CancelRequest[]): void;
 }
 
 /**
@@ -91,8 +93,14 @@ export class Recovery {
 
   async #maintain(checkOrphans: boolean): Promise<void> {
     try {
+      const { store } = this.#deps;
       if (checkOrphans) await this.#claimOrphans();
-      else await this.#deps.store.renewLease?.();
+      // A store that records cancel requests answers them with the renewal: read them on every tick, so a
+      // task cancelled from another instance is stopped within one renewal interval.
+      if (!checkOrphans || store.requestCancel !== undefined) {
+        const requests = await store.renewLease?.();
+        if (requests && requests.length > 0 && !this.#stopped) this.#deps.cancelRequested(requests);
+      }
       this.#maintenanceFailed = false;
     } catch (error) {
       if (this.#stopped) return;
@@ -185,6 +193,8 @@ export class Recovery {
     );
     const stalledOut = died ? run.countStall() : undefined;
     runner.accept(run);
+    // Cancelled (from any instance) while its process was gone or after it was handed back: it ends here.
+    if (record.cancelRequested !== undefined) return run.cancel('cancelled', record.cancelRequested);
     if (reason !== undefined) return run.cancel('interrupted', reason, unreadable);
     if (stalledOut !== undefined) return run.failStalled(stalledOut);
     if (record.idempotencyKey !== undefined) this.#deps.acceptance.holdKey(record.idempotencyKey, record.id);

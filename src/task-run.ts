@@ -253,9 +253,23 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     this.current = undefined;
     const durationMs = Date.now() - (this.record.startedAt ?? Date.now());
     this.runner.telemetry.endAttempt(attempt.span, this.name, durationMs, reason);
-    if (this.#requeuesInterrupted(reason)) this.release();
+    if (reason instanceof TaskCancelledError) this.#end('cancelled', reason, reason.reason, durationMs);
+    else if (this.#requeuesInterrupted(reason)) this.release();
     else this.#end('interrupted', reason, 'shutdown', durationMs);
     this.runner.attemptEnded(this);
+  }
+
+  /**
+   * `manager.cancel(id)`: a task not running ends `cancelled` now; a running attempt's signal aborts with a
+   * TaskCancelledError and the task ends `cancelled` at once, without a retry, whether or not the task
+   * honours the signal (as on a timeout: what it does later is ignored). False once the task has ended.
+   */
+  cancelRequested(reason: string): boolean {
+    if (this.#final) return false;
+    const attempt = this.current;
+    if (attempt === undefined) this.cancel('cancelled', reason);
+    else attempt.abort(new TaskCancelledError(reason, true));
+    return true;
   }
 
   #recordOutcome(attempt: Attempt, span: Span, startedAt: number, failed: boolean, error: unknown): void {
@@ -263,7 +277,12 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     const durationMs = Date.now() - startedAt;
     // The attempt's last progress goes out before its span ends.
     this.#flushProgress();
-    this.runner.telemetry.endAttempt(span, this.name, durationMs, failed ? error : undefined);
+    // Cancelled while it ran: whatever the task threw on seeing its signal (or its result, had it finished
+    // meanwhile), the outcome is the cancellation.
+    const reason = attempt.abortReason;
+    const cancelled = reason instanceof TaskCancelledError ? reason : undefined;
+    this.runner.telemetry.endAttempt(span, this.name, durationMs, cancelled ?? (failed ? error : undefined));
+    if (cancelled !== undefined) return this.#end('cancelled', cancelled, cancelled.reason, durationMs);
     if (!failed) return this.#end('success', undefined, undefined, durationMs);
     if (attempt.aborted && attempt.abortReason instanceof TaskInterruptedError) {
       if (this.#requeuesInterrupted(error)) return this.release();

@@ -67,7 +67,10 @@ export interface TaskRecord {
   endedAt?: number;
   durationMs?: number;
   error?: TaskErrorInfo;
-  /** Why a task ended `cancelled` or `interrupted`: `request_failed`, `shutdown`, `aborted`. */
+  /**
+   * Why a task ended `cancelled` or `interrupted`: `request_failed`, `shutdown`, `aborted`, or the `reason`
+   * given to `manager.cancel(id, { reason })` (default `cancelled`).
+   */
   reason?: string;
   logs: LogEntry[];
   /** Trace of the latest attempt's span. */
@@ -91,6 +94,11 @@ export interface TaskRecord {
    * call; a durable store writes it with the task's next status change (its end at the latest).
    */
   progress?: number;
+  /**
+   * Durable stores: `manager.cancel(id)` was called for this unfinished task (on any instance), with this
+   * reason; the instance holding it ends it `cancelled`. Set on records returned by `claimOrphans()`.
+   */
+  cancelRequested?: string;
   /** For a task created by `retry(id)`: the id it retries. */
   retryOf?: string;
   /**
@@ -276,6 +284,12 @@ export interface TaskContext {
  */
 export type SaveResult = void | ReadonlyMap<string, string>;
 
+/** A cancel request recorded by `requestCancel()`, answered by `renewLease()` to the task's owner. */
+export interface CancelRequest {
+  id: string;
+  reason: string;
+}
+
 /** Who owns the unfinished records a durable store writes, and for how long without a renewal. */
 export interface StoreLease {
   ownerId: string;
@@ -363,8 +377,18 @@ export interface TaskStore {
    * another process may claim them.
    */
   attach?(lease: StoreLease): void;
-  /** Extend the attached owner's lease. One write, however many tasks it owns. */
-  renewLease?(): Promise<void>;
+  /**
+   * Extend the attached owner's lease. One write, however many tasks it owns. A store with `requestCancel`
+   * answers, in the same round trip, the cancel requests recorded on unfinished tasks this owner holds.
+   */
+  renewLease?(): Promise<void | readonly CancelRequest[]>;
+  /**
+   * Record a request to cancel task `id` on its record, atomically and only while it is `pending` or
+   * `running`: true if it was recorded (or already was), false for an unknown or finished task. The
+   * instance holding the task learns it from its next `renewLease()` (and recovery from a claimed
+   * record's `cancelRequested`) and ends it `cancelled`.
+   */
+  requestCancel?(id: string, reason: string): Promise<boolean>;
   /** Hand records back as unowned `pending` work (clean shutdown): the next `claimOrphans` takes them at once. */
   release?(records: TaskRecord[]): Promise<void>;
 }

@@ -195,6 +195,36 @@ describe('admin: the dashboard in a real Chromium', () => {
     expect(await page.textContent('#detail')).toContain(`due${iso}`);
   });
 
+  it('the Cancel button of a running task aborts its signal and the row turns cancelled; a finished task has no Cancel button', async () => {
+    const manager = createManager();
+    let aborted: unknown;
+    const exportReport = manager.task(async function exportReport() {
+      const { signal } = getTaskContext()!;
+      aborted = await new Promise((resolve) => signal.addEventListener('abort', () => resolve(signal.reason)));
+    });
+    const done = manager.add(function quick() {});
+    const id = manager.add(exportReport);
+    const { base } = await startAdmin({ auth: { users: { [USER.username]: USER.password } } }, manager);
+    const browser = await launch();
+    const page = await (await browser.newContext({ httpCredentials: USER })).newPage();
+    const problems: string[] = [];
+    page.on('pageerror', (error) => problems.push(`pageerror: ${error.message}`));
+    await page.goto(`${base}/dashboard`);
+    await page.waitForSelector('#conn.live');
+    await page.click(`#tasks tr[data-id="${done}"][data-status="success"]`);
+    await page.waitForSelector(`#detail[data-id="${done}"]`);
+    expect(await page.locator('#cancel').count()).toBe(0);
+    await page.click(`#tasks tr[data-id="${id}"][data-status="running"]`);
+    await page.waitForSelector(`#detail[data-id="${id}"] #cancel`);
+    await page.click('#cancel');
+    await page.waitForSelector(`#tasks tr[data-id="${id}"][data-status="cancelled"]`);
+    expect((aborted as Error).name).toBe('TaskCancelledError');
+    expect(await manager.get(id)).toMatchObject({ status: 'cancelled', attempts: 1 });
+    await page.waitForFunction(() => document.querySelector('#detail .badge')?.textContent === 'cancelled');
+    expect(await page.locator('#cancel').count()).toBe(0);
+    expect(problems).toEqual([]);
+  });
+
   it('the Failed view lists the dead letters past many successes with their error, retries one per row, and the rest of the failed ones with "Retry all failed"', async () => {
     const store = new MemoryStore({ maxRecords: 12 });
     // An interrupted task (its process shut down under it) in the same store, from an earlier manager.

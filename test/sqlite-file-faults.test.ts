@@ -99,10 +99,10 @@ describe('SqliteStore: a file it cannot use', () => {
 
     const newer = join(dir, 'newer.db');
     await storeFile(newer);
-    exec(newer, 'PRAGMA user_version = 3');
+    exec(newer, 'PRAGMA user_version = 4');
     expect(openError(newer)).toMatchObject({
       code: 'ERR_STORE_NEWER_SCHEMA',
-      message: expect.stringContaining("schema version 3 is newer than this koa-taskflow's (2); upgrade koa-taskflow"),
+      message: expect.stringContaining("schema version 4 is newer than this koa-taskflow's (3); upgrade koa-taskflow"),
     });
   });
 

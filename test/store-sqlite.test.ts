@@ -155,7 +155,7 @@ describe('SqliteStore', () => {
     const full = openStore(join(dir, 'full.db'), { synchronous: 'FULL' });
     expect([normal.synchronous, full.synchronous]).toEqual(['NORMAL', 'FULL']);
     await Promise.all([normal.close(), full.close()]);
-    expect(pragmas(join(dir, 'normal.db'))).toEqual({ mode: 'wal', version: 2 });
+    expect(pragmas(join(dir, 'normal.db'))).toEqual({ mode: 'wal', version: 3 });
     expect(() => new SqliteStore({ path: join(dir, 'x.db'), synchronous: 'OFF' as 'FULL' })).toThrow(
       /option "synchronous" must be "NORMAL" or "FULL"/,
     );

@@ -455,6 +455,20 @@ a { color:var(--accent); }
         }).catch(function (error) { retry.disabled = false; toast(error.message); });
       });
     }
+    // Pending (delayed or waiting for a slot or a retry) and running tasks can be cancelled (manager.cancel).
+    if (task.status === 'pending' || task.status === 'running') {
+      var cancelBox = box.appendChild(el('div', 'actions'));
+      var cancel = cancelBox.appendChild(el('button', '', 'Cancel'));
+      cancel.id = 'cancel';
+      cancel.type = 'button';
+      cancel.addEventListener('click', function () {
+        cancel.disabled = true;
+        api('/' + encodeURIComponent(task.id) + '/cancel', { method: 'POST' }).then(function (body) {
+          toast(body.status === 'cancelled' ? 'Cancelled' : 'Cancel requested: the instance running it stops it');
+          soon();
+        }).catch(function (error) { cancel.disabled = false; toast(error.message); });
+      });
+    }
   }
 
   $('retry-failed').addEventListener('click', function () {

@@ -6,6 +6,7 @@ export interface AdminHost {
   get(id: string): Promise<TaskRecord | undefined>;
   list(filter?: TaskFilter): Promise<TaskRecord[]>;
   retry(id: string): Promise<string>;
+  cancel(id: string, options?: { reason?: string }): Promise<boolean>;
   metrics(): Promise<TaskMetrics>;
   subscribe(observer: TaskObserver): () => void;
 }

@@ -8,6 +8,7 @@ import { dashboardHtml } from './dashboard.js';
 import { EventHub } from './events.js';
 import {
   AdminHttpError,
+  cancelTask,
   listPage,
   parseEventQuery,
   parseListQuery,
@@ -219,6 +220,11 @@ export function createAdmin(manager: AdminHost, options: AdminOptions): AdminMid
       const id = taskId(first);
       const newId = await retrier.retry(id);
       return sendJson(ctx, 202, { id: newId, retryOf: id });
+    }
+    if (segments.length === 2 && second === 'cancel') {
+      allow(ctx, 'POST');
+      assertSameOrigin(ctx);
+      return sendJson(ctx, 202, await cancelTask(manager, taskId(first), ctx.query));
     }
     throw new AdminHttpError(404, `no admin endpoint at ${ctx.path.slice(0, 200)}`);
   }

@@ -1,7 +1,7 @@
 import type { Context } from 'koa';
 import { TaskflowError } from '../errors.js';
 import type { AdminHost } from './host.js';
-import { TASK_STATUSES, type TaskFilter, type TaskRecord, type TaskStatus } from '../types.js';
+import { FINAL_STATUSES, TASK_STATUSES, type TaskFilter, type TaskRecord, type TaskStatus } from '../types.js';
 import type { EventFilter } from './events.js';
 import { safeJson } from './events.js';
 
@@ -224,6 +224,45 @@ async function pageByWindow(
     if (start >= 0 && (exhausted || rows.length > start + limit)) return rows.slice(start, start + limit + 1);
     if (exhausted) return [];
   }
+}
+
+/** A cancel `reason` given in the query is stored on the record: short, printable text. */
+const MAX_CANCEL_REASON = 200;
+
+/**
+ * `POST {prefix}/:id/cancel[?reason=…]`: 202 once the task is cancelled (or, held by another instance
+ * sharing the store, once the request is recorded there), 404 for an unknown id, 409 for a finished task
+ * (its status in the body).
+ */
+export async function cancelTask(
+  manager: AdminHost,
+  id: string,
+  query: Query,
+): Promise<{ id: string; status: string }> {
+  const reason = single(query, 'reason');
+  // eslint-disable-next-line no-control-regex
+  if (reason !== undefined && (reason === '' || reason.length > MAX_CANCEL_REASON || /[\u0000-\u001f]/.test(reason)))
+    throw new AdminHttpError(400, `query parameter "reason" must be 1 to ${MAX_CANCEL_REASON} printable characters`);
+  const record = await manager.get(id);
+  if (record === undefined) throw new AdminHttpError(404, `no task with id ${id}`);
+  const finished = (status: string) =>
+    new AdminHttpError(
+      409,
+      `task ${id} has already ended (${status}); only pending and running tasks can be cancelled`,
+      {
+        status,
+      },
+    );
+  if (FINAL_STATUSES.has(record.status)) throw finished(record.status);
+  try {
+    if (await manager.cancel(id, reason === undefined ? undefined : { reason })) {
+      const now = await manager.get(id);
+      return { id, status: now?.status ?? record.status };
+    }
+  } catch (error) {
+    throw httpError(error);
+  }
+  throw finished((await manager.get(id))?.status ?? record.status);
 }
 
 /**

@@ -3,7 +3,15 @@ import { Redis, type RedisOptions } from 'ioredis';
 import { TaskStoreUnavailableError } from '../errors.js';
 import { metricsFromBuckets, type DurationBucket, type StatusCount } from '../metrics.js';
 import { DURATION_BUCKETS } from '../otel.js';
-import type { SaveResult, StoreMetrics, TaskFilter, TaskRecord, TaskStatus, TaskStore } from '../types.js';
+import type {
+  CancelRequest,
+  SaveResult,
+  StoreMetrics,
+  TaskFilter,
+  TaskRecord,
+  TaskStatus,
+  TaskStore,
+} from '../types.js';
 import { compileFilter, matchesFilter } from './filter.js';
 import { GroupCommittedStore } from './durable-store.js';
 import type { WriteBatch } from './group-commit.js';
@@ -29,7 +37,8 @@ export interface RedisStoreOptions {
 }
 
 // Keys (all under the prefix `p`):
-//   p:t:<id>        hash: status, owner (unfinished only), record (JSON)
+//   p:t:<id>        hash: status, owner (unfinished only), record (JSON), cancel (the reason of a cancel request)
+//   p:cancels       set of ids with a cancel request whose task has not been seen finished by a lease renewal
 //   p:created       zset of every id by createdAt; p:s:<status>, p:n:<name>, p:g:<len>:<key>=<value> the same per filter
 //   p:ended         zset of finished ids by endedAt (retention); p:dead the same for failed and interrupted ones
 //                   (kept failedRetentionDays)
@@ -186,7 +195,8 @@ for _, owner in ipairs(owners) do
         if status == 'pending' or status == 'running' then
           redis.call('HSET', tk, 'owner', me)
           redis.call('SADD', p .. ':u:' .. me, id)
-          claimed[#claimed + 1] = {id, redis.call('HGET', tk, 'record'), kind}
+          local held = redis.call('HMGET', tk, 'record', 'cancel')
+          claimed[#claimed + 1] = {id, held[1], kind, held[2]}
         end
       elseif kind ~= 'none' then
         claimed[#claimed + 1] = {id, false, kind}
@@ -197,6 +207,38 @@ for _, owner in ipairs(owners) do
   end
 end
 return claimed
+`;
+
+// A cancel request on an unfinished task: its reason in the hash (the first one stays; the holder's writes
+// leave the field alone) and its id in p:cancels for the lease renewals. 1 if the task is unfinished, else 0.
+const REQUEST_CANCEL = `
+local p, id, reason = ARGV[1], ARGV[2], ARGV[3]
+local tk = p .. ':t:' .. id
+if redis.call('TYPE', tk).ok ~= 'hash' then return 0 end
+local status = redis.call('HGET', tk, 'status')
+if status ~= 'pending' and status ~= 'running' then return 0 end
+redis.call('HSETNX', tk, 'cancel', reason)
+redis.call('SADD', p .. ':cancels', id)
+return 1
+`;
+
+// The lease renewal, answering the cancel requests on tasks this owner holds ({id, reason, ...}); a request
+// whose task has ended (or is gone) leaves p:cancels here. p:cancels holds only requests not yet applied.
+const RENEW_LEASE = `
+local p, me, lease = ARGV[1], ARGV[2], ARGV[3]
+redis.call('SET', p .. ':o:' .. me, '1', 'PX', lease)
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', p .. ':cancels')) do
+  local tk = p .. ':t:' .. id
+  local held = redis.call('TYPE', tk).ok == 'hash' and redis.call('HMGET', tk, 'status', 'owner', 'cancel')
+  if not held or (held[1] ~= 'pending' and held[1] ~= 'running') then
+    redis.call('SREM', p .. ':cancels', id)
+  elseif held[2] == me then
+    out[#out + 1] = id
+    out[#out + 1] = held[3]
+  end
+end
+return out
 `;
 
 // {id, record or false, the key's type} of the task or of the task holding its idempotency key; false if none.
@@ -296,6 +338,8 @@ const scripts = {
   get: new Script(GET),
   cleanup: new Script(CLEANUP),
   countRecords: new Script(COUNT_RECORDS),
+  requestCancel: new Script(REQUEST_CANCEL),
+  renewLease: new Script(RENEW_LEASE),
 };
 
 const CLEANUP_EVERY_MS = 60_000;
@@ -510,13 +554,15 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     // A record that cannot be read stays claimed by this owner, untouched: it is reported once and not
     // looked at again until this owner is gone.
     const records: TaskRecord[] = [];
-    for (const [id, json, kind] of claimed) {
+    for (const [id, json, kind, cancel] of claimed) {
       if (json === null) {
         this.unreadable(id, unreadableRecord(id, hashProblem(kind)));
         continue;
       }
       const record = this.readRecord(id, json, true);
-      if (record !== undefined) records.push(record);
+      if (record === undefined) continue;
+      if (cancel != null) record.cancelRequested = cancel;
+      records.push(record);
     }
     return records;
   }
@@ -560,10 +606,19 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     return Promise.race([pass, awaited]);
   }
 
-  async renewLease(): Promise<void> {
-    if (this.ownerId === '' || this.closed !== undefined) return;
-    this.#reachable();
-    await this.client.set(`${this.prefix}:o:${this.ownerId}`, '1', 'PX', this.leaseMs);
+  /** Renews the lease and, in the same script, answers the cancel requests on this owner's unfinished tasks. */
+  async renewLease(): Promise<CancelRequest[] | undefined> {
+    if (this.ownerId === '' || this.closed !== undefined) return undefined;
+    const found = (await this.#run(scripts.renewLease, [this.prefix, this.ownerId, this.leaseMs])) as string[];
+    const requests: CancelRequest[] = [];
+    for (let i = 0; i < found.length; i += 2) requests.push({ id: found[i], reason: found[i + 1] });
+    return requests;
+  }
+
+  /** One script: recorded only while the task is unfinished; its holder reads it with its next lease renewal. */
+  async requestCancel(id: string, reason: string): Promise<boolean> {
+    await this.commit.flush();
+    return (await this.#run(scripts.requestCancel, [this.prefix, id, reason])) === 1;
   }
 
   /** Writes what is queued, gives up this process's lease (its unfinished tasks become claimable at once), closes its own client. */
@@ -617,8 +672,11 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   }
 }
 
-/** A task as the GET and CLAIM_ORPHANS scripts return it: its id, its record (null if none), its key's type. */
-type StoredTask = [id: string, record: string | null, kind: string];
+/**
+ * A task as the GET and CLAIM_ORPHANS scripts return it: its id, its record (null if none), its key's type,
+ * and (CLAIM_ORPHANS) the reason of a cancel request on it.
+ */
+type StoredTask = [id: string, record: string | null, kind: string, cancel?: string | null];
 
 function hashProblem(kind: string | undefined): string {
   if (kind === 'hash') return 'its hash has no "record" field';

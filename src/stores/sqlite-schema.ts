@@ -113,4 +113,9 @@ export const MIGRATIONS: string[] = [
      DELETE FROM taskflow_tags WHERE task_id = OLD.id;
      DELETE FROM taskflow_keys WHERE key = OLD.idempotency_key AND task_id = OLD.id;
    END;`,
+  // 3: manager.cancel(id) of a task another instance holds (issue 18). The request is a column beside the
+  // record, not a field in its JSON: the holder's next write of the record must not erase it. The lease
+  // renewal reads the requests on its owner's tasks through the partial index (a handful of rows at most).
+  `ALTER TABLE taskflow_tasks ADD COLUMN cancel_reason TEXT;
+   CREATE INDEX taskflow_tasks_cancel ON taskflow_tasks (owner) WHERE cancel_reason IS NOT NULL;`,
 ];

@@ -7,6 +7,7 @@ import { metricsFromBuckets, type DurationBucket, type StatusCount } from '../me
 import {
   DEAD_LETTER_STATUSES,
   FINAL_STATUSES,
+  type CancelRequest,
   type SaveResult,
   type StoreMetrics,
   type TaskFilter,
@@ -232,20 +233,45 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
       return this.#statement(
         `UPDATE taskflow_tasks SET owner = ?
            WHERE status IN ('pending', 'running') AND (owner IS NULL OR owner NOT IN (SELECT id FROM taskflow_owners))
-           RETURNING id, record`,
-      ).all(ownerId) as unknown as Row[];
+           RETURNING id, record, cancel_reason AS cancel`,
+      ).all(ownerId) as unknown as (Row & { cancel: string | null })[];
     });
     if (ownerId === this.ownerId) this.#leaseRenewedAt = now;
     // A record that cannot be read stays claimed by this owner, untouched: it is reported once and not
     // looked at again until this owner is gone.
-    return this.#readRows(rows, [], true);
+    const records = this.#readRows(rows, [], true);
+    const cancels = new Map(rows.filter((row) => row.cancel !== null).map((row) => [row.id, row.cancel!]));
+    if (cancels.size > 0) for (const record of records) record.cancelRequested = cancels.get(record.id);
+    return records;
   }
 
-  async renewLease(): Promise<void> {
-    if (this.ownerId === '' || this.closed !== undefined) return;
+  /** Renews the lease and, in the same transaction, reads the cancel requests on this owner's unfinished tasks. */
+  async renewLease(): Promise<CancelRequest[] | undefined> {
+    if (this.ownerId === '' || this.closed !== undefined) return undefined;
     const now = Date.now();
-    this.#read(() => this.#renew(this.ownerId, now + this.leaseMs));
+    const requests = this.#read(() => {
+      this.#renew(this.ownerId, now + this.leaseMs);
+      return this.#statement(
+        `SELECT id, cancel_reason AS reason FROM taskflow_tasks
+           WHERE owner = ? AND cancel_reason IS NOT NULL AND status IN ('pending', 'running')`,
+      ).all(this.ownerId) as unknown as CancelRequest[];
+    });
     this.#leaseRenewedAt = now;
+    return requests;
+  }
+
+  /** One UPDATE, only while the task is unfinished; the holder reads it with its next lease renewal. */
+  async requestCancel(id: string, reason: string): Promise<boolean> {
+    await this.commit.flush();
+    return this.#transaction(() => {
+      // A task accepted moments ago may still be in the log: folded first, so the request finds its row.
+      this.#foldLog();
+      const { changes } = this.#statement(
+        `UPDATE taskflow_tasks SET cancel_reason = coalesce(cancel_reason, ?)
+           WHERE id = ? AND status IN ('pending', 'running')`,
+      ).run(reason, id);
+      return Number(changes) > 0;
+    });
   }
 
   /** Writes what is queued, gives up this process's lease (its unfinished tasks become claimable at once), closes the file. */
