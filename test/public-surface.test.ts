@@ -48,6 +48,8 @@ const PUBLIC = {
     'AdminOptions',
     'ArgsCipher',
     'AttemptEventBase',
+    'CancelOptions',
+    'CancelRequest',
     'InMemoryObserver',
     'LifecycleEvent',
     'LogEntry',
@@ -128,6 +130,7 @@ describe('the published type surface', () => {
       [
         'add',
         'admin',
+        'cancel',
         'drain',
         'get',
         'instanceId',

@@ -78,7 +78,7 @@ describe('SqliteStore: a file it cannot use', () => {
     expect(openError(dropped)).toMatchObject({
       code: 'ERR_STORE_SCHEMA',
       message: expect.stringMatching(
-        /its koa-taskflow schema \(version 2\) has no column "\w+" in table "taskflow_tags": it is damaged or is not a koa-taskflow database/,
+        /its koa-taskflow schema \(version 3\) has no column "\w+" in table "taskflow_tags": it is damaged or is not a koa-taskflow database/,
       ),
     });
 

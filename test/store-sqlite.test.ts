@@ -178,7 +178,7 @@ describe('SqliteStore', () => {
     db.exec('PRAGMA user_version = 99');
     db.close();
     expect(() => new SqliteStore({ path: newer })).toThrow(
-      /schema version 99 is newer than this koa-taskflow's \(2\); upgrade koa-taskflow/,
+      /schema version 99 is newer than this koa-taskflow's \(3\); upgrade koa-taskflow/,
     );
 
     const foreign = join(dir, 'foreign.db');
