@@ -451,6 +451,45 @@ export function describeTaskStore<S extends TaskStore>(
       );
 
       leaseTest(
+        'requestCancel(id, reason): recorded only on an unfinished task, kept through the owner’s later writes, answered by its renewLease() and carried by claimOrphans()',
+        200,
+        async (store, claim) => {
+          if (typeof store.requestCancel !== 'function') return;
+          const [running, pending, done] = [
+            record({ status: 'running', attempts: 1, startedAt: clock }),
+            record(),
+            ended('success'),
+          ];
+          await store.save([running, pending, done]);
+          assert.strictEqual(await store.requestCancel(running.id, 'stop it'), true);
+          assert.strictEqual(await store.requestCancel(running.id, 'again'), true, 'twice is harmless');
+          assert.strictEqual(await store.requestCancel(done.id, 'too late'), false, 'a finished task');
+          assert.strictEqual(await store.requestCancel(randomUUID(), 'who'), false, 'an unknown id');
+          assert.strictEqual(await store.requestCancel(pending.id, 'not needed'), true);
+          // The owner writes the running record again (a retry wait): the request stays.
+          await store.save([next(running, { status: 'pending', runAt: clock + 60_000 })]);
+          const answered = (await store.renewLease!()) ?? [];
+          assert.deepStrictEqual(
+            [...answered].sort((a, b) => a.id.localeCompare(b.id)),
+            [
+              { id: running.id, reason: 'stop it' },
+              { id: pending.id, reason: 'not needed' },
+            ].sort((a, b) => a.id.localeCompare(b.id)),
+          );
+          // The owner ends one: it is no longer answered, and cannot be cancelled any more.
+          await store.save([next(pending, { status: 'cancelled', endedAt: clock, reason: 'not needed' })]);
+          assert.deepStrictEqual(await store.renewLease!(), [{ id: running.id, reason: 'stop it' }]);
+          assert.strictEqual(await store.requestCancel(pending.id, 'again'), false);
+          await sleep(500);
+          const claimed = await claim('owner-b');
+          assert.deepStrictEqual(
+            claimed.map((r) => [r.id, r.cancelRequested]),
+            [[running.id, 'stop it']],
+          );
+        },
+      );
+
+      leaseTest(
         'close() gives the lease up: the owner’s unfinished records are claimed at once',
         60_000,
         async (store, claim) => {

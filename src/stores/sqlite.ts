@@ -256,8 +256,9 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
            WHERE owner = ? AND cancel_reason IS NOT NULL AND status IN ('pending', 'running')`,
       ).all(this.ownerId) as unknown as CancelRequest[];
     });
+    // node:sqlite rows have a null prototype: plain objects for the caller.
     this.#leaseRenewedAt = now;
-    return requests;
+    return requests.map(({ id, reason }) => ({ id, reason }));
   }
 
   /** One UPDATE, only while the task is unfinished; the holder reads it with its next lease renewal. */
