@@ -156,8 +156,10 @@ describe('manager.cancel(id) in one process', () => {
     await manager.start();
     const done = manager.add(job, false);
     await manager.drain();
-    const pending = manager.with({ startAfter: 60_000 }).add(job, true);
+    const pending = manager.with({ startAfter: 60_000, idempotencyKey: 'report-7' }).add(job, true);
     expect(await manager.cancel(pending)).toBe(true);
+    // A cancelled task keeps its idempotency key, as a successful one does (docs/api.md, Cancelling).
+    expect(manager.with({ idempotencyKey: 'report-7' }).add(job, false)).toBe(pending);
     const cancelled = await manager.get(pending);
     expect(await manager.cancel(pending, { reason: 'again' })).toBe(false);
     expect(await manager.get(pending)).toEqual(cancelled);
