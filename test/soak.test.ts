@@ -75,6 +75,7 @@ describe('soak', () => {
           }
           await sleep(10);
         }
+        let replay = false;
         if (!alive(app)) {
           ends.crashedByTask++;
         } else if (step === 'sigkill') {
@@ -82,11 +83,19 @@ describe('soak', () => {
           ends.sigkill++;
         } else {
           app.process.kill('SIGTERM');
-          expect(await app.exited).toBe(0);
-          ends.sigterm++;
+          const code = await app.exited;
+          // A crash task still running during the graceful shutdown (shutdown lets running tasks finish)
+          // SIGKILLs the process first; the test only ever sends SIGTERM here, so SIGKILL is the task's.
+          if (app.process.signalCode === 'SIGKILL') {
+            ends.crashedByTask++;
+            replay = true; // the graceful stop did not happen: play this round again
+          } else {
+            expect(code).toBe(0);
+            ends.sigterm++;
+          }
         }
         await app.exited;
-        if (plan.length > 1 && Date.now() >= roundEnds) plan.shift();
+        if (!replay && plan.length > 1 && Date.now() >= roundEnds) plan.shift();
       }
 
       // Recovery: processes are started (again, while tasks still kill them) until every acknowledged task has
