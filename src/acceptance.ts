@@ -39,6 +39,8 @@ export interface AcceptanceDeps {
   store: TaskStore;
   maxQueued: number;
   reporter: Reporter;
+  /** An engine runs the tasks in another process: a task must be registered and its args JSON, as for a durable store. */
+  engine: boolean;
   /** The record as `manager.get(id)` answers it (a handle following another task reads it). */
   get(id: string): Promise<TaskRecord | undefined>;
 }
@@ -74,7 +76,7 @@ export class Acceptance implements FollowSource {
   /** The name an add of `fn` with `overrides` runs under; throws what such an add would (options, persist). */
   check(where: string, fn: TaskFunction, overrides: TaskOptions | undefined): string {
     const resolved = this.#deps.registry.optionsFor(where, fn, overrides);
-    if (this.#durable) this.#checkPersist(where, fn, resolved, []);
+    if (this.#durable || this.#deps.engine) this.#checkPersist(where, fn, resolved, []);
     return resolved.name;
   }
 
@@ -95,6 +97,7 @@ export class Acceptance implements FollowSource {
     const live = this.#live;
     const options = this.#deps.registry.optionsFor(where, fn as TaskFunction, overrides);
     const recoverable = this.#durable && this.#checkPersist(where, fn as TaskFunction, options, args);
+    if (this.#deps.engine) this.#checkPersist(where, fn as TaskFunction, options, args);
     // Checked before anything is recorded or claimed: a refused task leaves no trace. (So a duplicate
     // idempotency key is refused too while the queue is full.)
     if (runner.waiting >= maxQueued) {

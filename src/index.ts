@@ -55,3 +55,4 @@ export type {
   PersistedTaskOptions,
   TaskLogger,
 } from './types.js';
+export type { TaskEngine } from './engine.js';

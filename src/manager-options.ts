@@ -1,5 +1,6 @@
 import { optionError, validateTaskOptions, MAX_TIMER_MS, type TaskOptions } from './options.js';
 import type { MeterProvider, TracerProvider } from '@opentelemetry/api';
+import { kEngine, type TaskEngine } from './engine.js';
 import type { RedactOption } from './redact.js';
 import type { TaskLogger, TaskObserver, TaskStore } from './types.js';
 
@@ -47,6 +48,11 @@ export interface TaskManagerOptions {
   observerTimeoutMs?: number;
   /** Calls of one observer whose promises have not settled; past it, events for that observer are dropped. Default 1 000. */
   observerMaxInFlight?: number;
+  /**
+   * Run tasks on another engine instead of this process: `bullmqEngine({ connection })` from
+   * `koa-taskflow/bullmq` (web processes enqueue, `manager.work()` processes run them). Default: this process.
+   */
+  engine?: TaskEngine;
 }
 
 /** Default `maxQueued`: ~6 MB of queued tasks in the SDK itself (~570 B each, see the README's Backpressure). */
@@ -69,6 +75,7 @@ const MANAGER_OPTIONS = new Set([
   'maxQueued',
   'observerTimeoutMs',
   'observerMaxInFlight',
+  'engine',
 ]);
 
 /** A duration option in ms: from `min` to the longest wait a Node timer keeps; an integer where a timer repeats it. */
@@ -179,5 +186,17 @@ export function validateManagerOptions(options: TaskManagerOptions): void {
       );
     }
   }
+  const engine = options.engine as Partial<TaskEngine> | null | undefined;
+  if (engine !== undefined && (engine === null || typeof engine !== 'object' || engine[kEngine] === undefined))
+    throw optionError(
+      where,
+      'engine',
+      'an engine made by its entry point (bullmqEngine() of koa-taskflow/bullmq)',
+      engine,
+    );
+  if (engine !== undefined && store?.durable === true)
+    throw new TypeError(
+      `${where}: option "engine" keeps tasks in its own queue; drop option "store" (a durable store would hold records the engine never updates)`,
+    );
   validateTaskOptions(`${where}: defaults`, options.defaults);
 }

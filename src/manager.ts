@@ -5,7 +5,8 @@ import { Cancellation, type CancelOptions } from './cancellation.js';
 import { createAdmin, type AdminMiddleware, type AdminOptions } from './admin/index.js';
 import { clearFallbackLogger, setFallbackLogger } from './context.js';
 import { DEFAULT_LEASE_MS } from './durable.js';
-import { TaskManagerClosedError } from './errors.js';
+import { kEngine, type EngineHooks } from './engine.js';
+import { TaskflowError, TaskManagerClosedError } from './errors.js';
 import type { TaskHandle } from './handles.js';
 import { checkMs, DEFAULT_MAX_QUEUED, validateManagerOptions, type TaskManagerOptions } from './manager-options.js';
 import { computeMetrics } from './metrics.js';
@@ -61,6 +62,7 @@ export class TaskManager {
   readonly #observerTimeoutMs: number;
   readonly #repeats = new Set<Repeating>();
   readonly #redact: Redactor;
+  readonly #engine: EngineHooks | undefined;
   #started: Promise<void> | undefined;
   #shutdown: Promise<void> | undefined;
 
@@ -75,6 +77,7 @@ export class TaskManager {
     const reporter = (this.#reporter = new Reporter(options.logger));
     const leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
     const redact = createRedactor(options.redact);
+    const engine = (this.#engine = options.engine?.[kEngine]);
     this.#chain = builtInChain(options, this.#observerTimeoutMs, reporter);
     this.#telemetry = new TaskTelemetry(
       options.tracerProvider,
@@ -93,6 +96,7 @@ export class TaskManager {
         : (record) => this.#acceptance.forgetKey(record.idempotencyKey, record.id),
       redact,
       report: (stage, error) => reporter.report(stage, error),
+      dispatch: engine && ((run) => engine.dispatch(run)),
     });
     this.#registry = new TaskRegistry(options.defaults);
     this.#acceptance = new Acceptance({
@@ -102,9 +106,11 @@ export class TaskManager {
       store,
       maxQueued: options.maxQueued ?? DEFAULT_MAX_QUEUED,
       reporter,
+      engine: engine !== undefined,
       get: (id) => this.get(id),
     });
     const cancellation = (this.#cancellation = new Cancellation(this.#runner, store));
+    engine?.bind({ registry: this.#registry, runHost: this.#runner, reporter });
     this.#recovery =
       store.durable === true
         ? new Recovery({
@@ -192,10 +198,28 @@ export class TaskManager {
       setFallbackLogger(this, this.logger, this.#redact);
       this.#telemetry.bindMeter();
       await this.#chain.startup(this.#shutdownTimeoutMs);
+      await this.#engine?.start();
     })();
     const recovery = this.#recovery;
     if (recovery === undefined) return this.#started;
     return this.#started.then(() => recovery.start());
+  }
+
+  /**
+   * With an `engine` (BullMQ): this process also runs tasks from the engine's queue, the registered ones of
+   * this manager, until `shutdown()`. Starts the manager if needed. Without an engine it throws.
+   */
+  async work(): Promise<void> {
+    const engine = this.#engine;
+    if (engine === undefined)
+      throw new TaskflowError(
+        'work(): needs option "engine" (bullmqEngine() of koa-taskflow/bullmq); without one every process runs its own tasks',
+        {
+          code: 'ERR_NO_ENGINE',
+        },
+      );
+    await this.start();
+    await engine.work();
   }
 
   /** Resolves when no accepted task is queued, waiting or running (and, with a durable store, their records are written). */
@@ -227,6 +251,7 @@ export class TaskManager {
       this.#recovery?.stop();
       for (const repeat of this.#repeats) repeat.stop();
       await this.#runner.stop(timeoutMs);
+      await this.#engine?.close(timeoutMs);
       // Status writes that failed while the store was away get one last chance before it closes.
       await this.#runner.resync(true);
       this.#telemetry.close();

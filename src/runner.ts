@@ -53,6 +53,8 @@ export interface RunnerDeps {
   onTaskEnded?(record: TaskRecord): void;
   redact: Redactor;
   report(stage: string, error: unknown): void;
+  /** An engine (BullMQ) runs the tasks: each is handed to it when it would be queued here. */
+  dispatch?(run: TaskRun): void;
 }
 
 /**
@@ -150,6 +152,7 @@ export class Runner implements RunHost {
       run.submitAfterWrite = true;
       return;
     }
+    if (this.#deps.dispatch !== undefined) return this.#deps.dispatch(run);
     // A delayed first attempt (startAfter/runAt) waits here, off the queue, until due: checked again when the
     // timer fires, as a timer armed late in a busy turn may fire before the clock reaches runAt.
     const { runAt } = run.record;

@@ -358,7 +358,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
    * Hand the task back to the durable store as unowned `pending` work (shutdown): the next start, here or
    * in another process, runs it. It ends in this process; a handle's `done` gets the pending record.
    */
-  release(): void {
+  release(why = 'released to the store at shutdown'): void {
     if (this.#final) return;
     this.#final = true;
     const record = this.record;
@@ -366,8 +366,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     record.status = 'pending';
     if (previous !== 'pending') this.#emit('pending', previous, undefined);
     this.runner.release(this);
-    if (record.attempts === 0)
-      this.#signals?.rejectStarted(new TaskCancelledError('released to the store at shutdown'));
+    if (record.attempts === 0) this.#signals?.rejectStarted(new TaskCancelledError(why));
     this.#signals?.resolveDone(this.runner.snapshot(record));
   }
 

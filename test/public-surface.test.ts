@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 
 const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as { exports: Record<string, { types?: string }> };
 
-const entries = ['.', './sqlite', './redis', './instrumentation', './testing'];
+const entries = ['.', './sqlite', './redis', './bullmq', './instrumentation', './testing'];
 const files = entries.map((entry) => pkg.exports[entry].types!);
 // One program for every entry point: type-checking the .d.ts once is most of this file's time.
 const prog = ts.createProgram(files, {
@@ -76,6 +76,7 @@ const PUBLIC = {
     'TaskArgsDecryptionError',
     'TaskCancelledError',
     'TaskContext',
+    'TaskEngine',
     'TaskErrorInfo',
     'TaskEvent',
     'TaskFilter',
@@ -116,6 +117,7 @@ const PUBLIC = {
   ],
   './sqlite': ['SQLITE_SCHEMA_VERSION', 'SqliteStore', 'SqliteStoreOptions'],
   './redis': ['RedisConnection', 'RedisStore', 'RedisStoreOptions'],
+  './bullmq': ['BullmqEngineOptions', 'TaskEngine', 'bullmqEngine'],
   './instrumentation': ['shutdownTelemetry'],
   './testing': ['TaskStoreCapabilities', 'TaskStoreHarness', 'TestFunctions', 'describeTaskStore'],
 } as Record<string, string[]>;
@@ -149,6 +151,7 @@ describe('the published type surface', () => {
         'task',
         'unfinished',
         'with',
+        'work',
       ].sort(),
     );
   });

@@ -1,0 +1,240 @@
+/**
+ * `koa-taskflow/bullmq`: BullMQ as the engine behind a TaskManager. Web processes enqueue (one job per task);
+ * `manager.work()` processes run the same registered tasks from the queue, each BullMQ attempt as one of our
+ * attempts (span, links, taskLog, metrics). See docs/bullmq.md.
+ */
+import type { ConnectionOptions, Job, JobsOptions, Queue, Worker } from 'bullmq';
+import { kEngine, type EngineHooks, type EngineHost, type TaskEngine } from '../engine.js';
+import { TaskflowError, TaskInterruptedError } from '../errors.js';
+import { retryDelay } from '../options.js';
+import type { TaskRun } from '../task-run.js';
+import { JobHost } from './job-run.js';
+import { BACKOFF_TYPE, jobOf, type JobData } from './job.js';
+
+export type { TaskEngine };
+
+export interface BullmqEngineOptions {
+  /** BullMQ's `connection`: ioredis options (`{ host, port }`) or an ioredis instance (with `maxRetriesPerRequest: null` for workers). */
+  connection: ConnectionOptions;
+  /** The queue's name. Default `'tasks'`. */
+  queue?: string;
+  /** BullMQ's key prefix. Default BullMQ's (`'bull'`). */
+  prefix?: string;
+  /** Run tasks in this process from `manager.start()` on, as `manager.work()` does. Default `false`: enqueue only. */
+  work?: boolean;
+  /** Jobs one worker process runs at once. Default 16 (the TaskManager's `concurrency` default). */
+  concurrency?: number;
+  /**
+   * How many times a job may stall (its worker died or blocked past `lockDurationMs`) before BullMQ fails
+   * it: BullMQ's `maxStalledCount`. A task's own `maxStalls` (default 1) is checked too, the lower wins.
+   * Default 1.
+   */
+  maxStalledCount?: number;
+  /** BullMQ's `stalledInterval`: how often a worker looks for stalled jobs. Default 30 000 ms. */
+  stalledIntervalMs?: number;
+  /** BullMQ's `lockDuration`: a job whose worker stops renewing its lock for this long is stalled. Default 30 000 ms. */
+  lockDurationMs?: number;
+  /** BullMQ's `removeOnComplete`. Default: keep 7 days, at most 10 000 (the durable stores' `retentionDays`). */
+  removeOnComplete?: JobsOptions['removeOnComplete'];
+  /** BullMQ's `removeOnFail`. Default: keep 7 days. */
+  removeOnFail?: JobsOptions['removeOnFail'];
+}
+
+const WEEK_S = 7 * 24 * 3600;
+const ENGINE_OPTIONS = new Set([
+  'connection',
+  'queue',
+  'prefix',
+  'work',
+  'concurrency',
+  'maxStalledCount',
+  'stalledIntervalMs',
+  'lockDurationMs',
+  'removeOnComplete',
+  'removeOnFail',
+]);
+
+type BullMQ = typeof import('bullmq');
+let loading: Promise<BullMQ> | undefined;
+
+/** bullmq is an optional peer dependency: loaded when first needed, with a clear error when it is missing. */
+function loadBullMQ(): Promise<BullMQ> {
+  return (loading ??= import('bullmq').catch((cause: unknown) => {
+    loading = undefined;
+    throw new TaskflowError(
+      'koa-taskflow/bullmq needs the "bullmq" package: npm install bullmq (an optional peer dependency, >= 5)',
+      { code: 'ERR_BULLMQ_MISSING', cause },
+    );
+  }));
+}
+
+function checkOptions(options: BullmqEngineOptions): void {
+  const where = 'bullmqEngine';
+  if (options === null || typeof options !== 'object') throw new TypeError(`${where}: options must be an object`);
+  for (const key of Object.keys(options))
+    if (!ENGINE_OPTIONS.has(key))
+      throw new TypeError(`${where}: unknown option "${key}"; known options are ${[...ENGINE_OPTIONS].join(', ')}`);
+  if (options.connection === null || typeof options.connection !== 'object')
+    throw new TypeError(
+      `${where}: option "connection" is required: ioredis options ({ host, port }) or an ioredis instance`,
+    );
+  if (
+    options.queue !== undefined &&
+    (typeof options.queue !== 'string' || options.queue === '' || options.queue.includes(':'))
+  )
+    throw new TypeError(
+      `${where}: option "queue" must be a non-empty string without ":", got ${String(options.queue)}`,
+    );
+  if (options.work !== undefined && typeof options.work !== 'boolean')
+    throw new TypeError(`${where}: option "work" must be a boolean, got ${typeof options.work}`);
+  for (const key of ['concurrency', 'maxStalledCount', 'stalledIntervalMs', 'lockDurationMs'] as const) {
+    const value = options[key];
+    if (value !== undefined && (!Number.isInteger(value) || value < (key === 'maxStalledCount' ? 0 : 1)))
+      throw new RangeError(
+        `${where}: option "${key}" must be an integer >= ${key === 'maxStalledCount' ? 0 : 1}, got ${String(value)}`,
+      );
+  }
+}
+
+/** BullMQ as the engine of a TaskManager: `new TaskManager({ engine: bullmqEngine({ connection }) })`. */
+export function bullmqEngine(options: BullmqEngineOptions): TaskEngine {
+  checkOptions(options);
+  return { kind: 'bullmq', [kEngine]: new BullmqEngine(options) };
+}
+
+class BullmqEngine implements EngineHooks {
+  readonly #options: BullmqEngineOptions;
+  readonly #name: string;
+  readonly #keep: Pick<JobsOptions, 'removeOnComplete' | 'removeOnFail'>;
+  #host: EngineHost | undefined;
+  #jobs: JobHost | undefined;
+  #queue: Promise<Queue> | undefined;
+  #worker: Worker | undefined;
+
+  constructor(options: BullmqEngineOptions) {
+    this.#options = options;
+    this.#name = options.queue ?? 'tasks';
+    this.#keep = {
+      removeOnComplete: options.removeOnComplete ?? { age: WEEK_S, count: 10_000 },
+      removeOnFail: options.removeOnFail ?? { age: WEEK_S },
+    };
+  }
+
+  bind(host: EngineHost): void {
+    if (this.#host !== undefined)
+      throw new TypeError(
+        'new TaskManager: option "engine" is already the engine of another TaskManager; make one per manager',
+      );
+    this.#host = host;
+  }
+
+  #queueNow(): Promise<Queue> {
+    return (this.#queue ??= loadBullMQ().then(
+      ({ Queue }) => new Queue(this.#name, { connection: this.#options.connection, prefix: this.#options.prefix }),
+    ));
+  }
+
+  async start(): Promise<void> {
+    await this.#queueNow();
+    if (this.#options.work === true) await this.work();
+  }
+
+  dispatch(run: TaskRun): void {
+    const { data, opts } = jobOf(run, this.#keep);
+    // Each add is issued after the previous one of its request (the sequence waits for this run to end):
+    // a request's after-response tasks enter the queue in the order added.
+    this.#queueNow()
+      .then((queue) => queue.add(run.name, data, opts))
+      .then(
+        () => run.release('handed to BullMQ'),
+        (error: unknown) => {
+          this.#host?.reporter.report(`BullMQ add of task ${run.id}`, error);
+          run.cancel('cancelled', 'engine_unavailable', error instanceof Error ? error : undefined);
+        },
+      );
+  }
+
+  async work(): Promise<void> {
+    if (this.#worker !== undefined) return;
+    const host = this.#host;
+    if (host === undefined) throw new TypeError('work(): the engine is not the engine of a TaskManager');
+    const { Worker } = await loadBullMQ();
+    const jobs = (this.#jobs = new JobHost(host));
+    const o = this.#options;
+    this.#worker = new Worker<JobData>(this.#name, (job, token) => this.#process(jobs, job, token), {
+      connection: o.connection,
+      prefix: o.prefix,
+      concurrency: o.concurrency ?? 16,
+      maxStalledCount: o.maxStalledCount ?? 1,
+      stalledInterval: o.stalledIntervalMs,
+      lockDuration: o.lockDurationMs,
+      settings: {
+        // Our retry waits (delay, backoff, maxDelay, jitter) as BullMQ's backoff, from the task's options.
+        backoffStrategy: (attemptsMade, type, _error, job) => {
+          if (type !== BACKOFF_TYPE || job === undefined) return 0;
+          const registration = host.registry.named(job.name);
+          if (registration === undefined) return 0;
+          return retryDelay(
+            host.registry.optionsFor('worker', registration.fn, (job.data as JobData).options),
+            attemptsMade,
+          );
+        },
+      },
+    });
+    this.#worker.on('error', (error) => host.reporter.report('BullMQ worker', error));
+  }
+
+  async #process(jobs: JobHost, job: Job<JobData>, token: string | undefined): Promise<void> {
+    const { UnrecoverableError, DelayedError } = await loadBullMQ();
+    const run = jobs.runOf(job);
+    if (run === undefined)
+      throw new UnrecoverableError(
+        `no task is registered under "${job.name}" in this worker; register it with manager.task()`,
+      );
+    try {
+      const stalled = jobs.stalledOut(run);
+      if (stalled !== undefined) throw new UnrecoverableError(stalled.message);
+      await run.runAttempt();
+      const error = run.record.error;
+      const failure = (): Error =>
+        Object.assign(new Error(error?.message ?? 'task failed'), { name: error?.type ?? 'Error' });
+      switch (run.outcome) {
+        case 'success':
+          return;
+        case 'retry':
+          throw failure();
+        case 'handBack':
+          // Interrupted by shutdown: back to the queue as it was, no retry used (requeueOnInterrupt false: failed).
+          if (!run.options.requeueOnInterrupt) throw new UnrecoverableError(failure().message);
+          await job.moveToDelayed(Date.now(), token);
+          throw new DelayedError();
+        default:
+          throw new UnrecoverableError(failure().message);
+      }
+    } finally {
+      jobs.active.delete(run.record);
+    }
+  }
+
+  async close(timeoutMs: number): Promise<void> {
+    const worker = this.#worker;
+    const jobs = this.#jobs;
+    if (worker !== undefined && jobs !== undefined) {
+      // Like the runner's stop: running attempts get `timeoutMs`, then unshielded ones are aborted (handed back).
+      const closed = worker.close();
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = await Promise.race([
+        closed.then(() => false),
+        new Promise<boolean>((resolve) => (timer = setTimeout(resolve, timeoutMs, true))),
+      ]);
+      clearTimeout(timer);
+      if (timedOut) {
+        jobs.stopping = true;
+        for (const run of jobs.active.values())
+          if (!run.options.shield) run.current?.abort(new TaskInterruptedError('shutdown'));
+        await closed;
+      }
+    }
+    await (await this.#queue)?.close();
+  }
+}

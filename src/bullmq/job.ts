@@ -1,0 +1,80 @@
+import type { SpanContext } from '@opentelemetry/api';
+import type { JobsOptions } from 'bullmq';
+import type { ResolvedTaskOptions, TaskOptions } from '../options.js';
+import type { TaskRun } from '../task-run.js';
+
+/** The backoff type of our jobs: the worker computes the wait with the task's own delay/backoff/maxDelay/jitter. */
+export const BACKOFF_TYPE = 'koa-taskflow';
+
+/** A span context in a job: `[traceId, spanId, traceFlags]`. */
+export type SpanIds = [string, string, number];
+
+/** What a job carries from the process that added the task to the worker that runs it. */
+export interface JobData {
+  id: string;
+  args: unknown[];
+  /** The options the task was added with, resolved there: a `with()` on the web side holds in the worker. */
+  options: TaskOptions;
+  createdAt: number;
+  /** The span active when the task was added (the request's), with its sampling decision. */
+  link?: SpanIds;
+  /** The span of the latest attempt that started, written by the worker as it starts: the next one links to it. */
+  previous?: SpanIds;
+}
+
+// The options a worker needs to run the task as it was added (functions such as onError stay with its registration).
+const CARRIED_KEYS = [
+  'retries',
+  'delay',
+  'backoff',
+  'maxDelay',
+  'jitter',
+  'timeout',
+  'priority',
+  'shield',
+  'tags',
+  'idempotencyKey',
+  'requeueOnInterrupt',
+  'maxStalls',
+  'trace',
+] as const satisfies readonly (keyof ResolvedTaskOptions & keyof TaskOptions)[];
+
+export function toIds(context: SpanContext | undefined): SpanIds | undefined {
+  return context === undefined ? undefined : [context.traceId, context.spanId, context.traceFlags];
+}
+
+export function fromIds(ids: SpanIds | undefined): SpanContext | undefined {
+  return ids === undefined ? undefined : { traceId: ids[0], spanId: ids[1], traceFlags: ids[2], isRemote: true };
+}
+
+/**
+ * BullMQ rejects custom ids holding `:` (its key separator) or reading as integers: an idempotency key is
+ * escaped into one that is neither, one to one, so equal keys still meet on one job.
+ */
+export function jobIdOfKey(key: string): string {
+  return `key=${key.replaceAll('%', '%25').replaceAll(':', '%3A')}`;
+}
+
+/** The job of an accepted task: its data, and BullMQ's options for what BullMQ does itself. */
+export function jobOf(
+  run: TaskRun,
+  keep: Pick<JobsOptions, 'removeOnComplete' | 'removeOnFail'>,
+): { data: JobData; opts: JobsOptions } {
+  const resolved = run.options;
+  const options: Record<string, unknown> = {};
+  for (const key of CARRIED_KEYS) if (resolved[key] !== undefined) options[key] = resolved[key];
+  const record = run.record;
+  const data: JobData = { id: run.id, args: record.args, options, createdAt: record.createdAt };
+  const link = toIds(run.requestLink);
+  if (link !== undefined) data.link = link;
+  const opts: JobsOptions = {
+    jobId: resolved.idempotencyKey === undefined ? run.id : jobIdOfKey(resolved.idempotencyKey),
+    attempts: resolved.retries + 1,
+    ...keep,
+  };
+  if (resolved.retries > 0) opts.backoff = { type: BACKOFF_TYPE };
+  if (record.runAt !== undefined) opts.delay = Math.max(0, record.runAt - Date.now());
+  // Ours: 1–10, higher first. BullMQ's: 1 first, larger later.
+  if (resolved.priority !== undefined) opts.priority = 11 - resolved.priority;
+  return { data, opts };
+}
