@@ -23,6 +23,8 @@ export interface EngineHooks {
   bind(host: EngineHost): void;
   /** The task's phase has come: hand it to the engine (in the order of the calls). */
   dispatch(run: TaskRun): void;
+  /** Resolves once every task handed over so far is in the engine (`manager.drain()`). */
+  settled(): Promise<void>;
   /** `manager.start()`. */
   start(): Promise<void>;
   /** `manager.work()`: this process runs tasks from the engine too. */

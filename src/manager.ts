@@ -224,6 +224,8 @@ export class TaskManager {
 
   /** Resolves when no accepted task is queued, waiting or running (and, with a durable store, their records are written). */
   drain(): Promise<void> {
+    const engine = this.#engine;
+    if (engine !== undefined) return this.#runner.whenIdle().then(() => engine.settled());
     if (this.store.durable !== true) return this.#runner.whenIdle();
     // An empty save joins the pending group commit: it resolves once the last status writes are committed.
     return this.#runner.whenIdle().then(() =>

@@ -3,7 +3,7 @@
  * `manager.work()` processes run the same registered tasks from the queue, each BullMQ attempt as one of our
  * attempts (span, links, taskLog, metrics). See docs/bullmq.md.
  */
-import type { ConnectionOptions, Job, JobsOptions, Queue, Worker } from 'bullmq';
+import type { ConnectionOptions, FlowJob, FlowProducer, Job, JobsOptions, Queue, Worker } from 'bullmq';
 import { kEngine, type EngineHooks, type EngineHost, type TaskEngine } from '../engine.js';
 import { TaskflowError, TaskInterruptedError } from '../errors.js';
 import { retryDelay } from '../options.js';
@@ -41,6 +41,7 @@ export interface BullmqEngineOptions {
 }
 
 const WEEK_S = 7 * 24 * 3600;
+const HANDED = 'handed to BullMQ';
 const ENGINE_OPTIONS = new Set([
   'connection',
   'queue',
@@ -110,6 +111,9 @@ class BullmqEngine implements EngineHooks {
   #jobs: JobHost | undefined;
   #queue: Promise<Queue> | undefined;
   #worker: Worker | undefined;
+  #flow: Promise<FlowProducer> | undefined;
+  readonly #chains = new Map<object, TaskRun[]>();
+  readonly #adding = new Set<Promise<void>>();
 
   constructor(options: BullmqEngineOptions) {
     this.#options = options;
@@ -140,18 +144,79 @@ class BullmqEngine implements EngineHooks {
   }
 
   dispatch(run: TaskRun): void {
+    // A request's after-response tasks run one after another, in the order added, on whichever workers: they
+    // go to BullMQ together as one chain (see #chain). The request's sequence hands them over in one turn,
+    // as each ends here the moment it is handed.
+    const sequence = run.sequence;
+    if (sequence !== undefined && run.record.runAt === undefined && run.options.idempotencyKey === undefined) {
+      let chain = this.#chains.get(sequence);
+      if (chain === undefined) {
+        this.#chains.set(sequence, (chain = []));
+        queueMicrotask(() => this.#addChain(sequence));
+      }
+      chain.push(run);
+      run.release(HANDED);
+      return;
+    }
     const { data, opts } = jobOf(run, this.#keep);
-    // Each add is issued after the previous one of its request (the sequence waits for this run to end):
-    // a request's after-response tasks enter the queue in the order added.
+    // The task stays unfinished here (drain() waits for it) until BullMQ has it: its add failing cancels it.
     this.#queueNow()
       .then((queue) => queue.add(run.name, data, opts))
       .then(
-        () => run.release('handed to BullMQ'),
+        () => run.release(HANDED),
         (error: unknown) => {
           this.#host?.reporter.report(`BullMQ add of task ${run.id}`, error);
           run.cancel('cancelled', 'engine_unavailable', error instanceof Error ? error : undefined);
         },
       );
+  }
+
+  /**
+   * One request's after-response tasks: one job alone, or a BullMQ flow where each task is the parent of the
+   * one added before it, so BullMQ starts it only once that one has ended (`ignoreDependencyOnFailure`: a
+   * task that finally failed does not hold the next back, as in-process).
+   */
+  #addChain(sequence: object): void {
+    const runs = this.#chains.get(sequence)!;
+    this.#chains.delete(sequence);
+    let added: Promise<unknown>;
+    if (runs.length === 1) {
+      const { data, opts } = jobOf(runs[0], this.#keep);
+      added = this.#queueNow().then((queue) => queue.add(runs[0].name, data, opts));
+    } else {
+      let node: FlowJob | undefined;
+      for (const run of runs) {
+        const { data, opts } = jobOf(run, this.#keep);
+        if (node !== undefined) node.opts = { ...node.opts, ignoreDependencyOnFailure: true };
+        node = {
+          name: run.name,
+          queueName: this.#name,
+          prefix: this.#options.prefix,
+          data,
+          opts,
+          ...(node && { children: [node] }),
+        };
+      }
+      added = this.#flowNow().then((flow) => flow.add(node!));
+    }
+    const tracked = added.then(
+      () => undefined,
+      (error: unknown) =>
+        this.#host?.reporter.report(`BullMQ add of tasks ${runs.map((run) => run.id).join(', ')}`, error),
+    );
+    this.#adding.add(tracked);
+    void tracked.then(() => this.#adding.delete(tracked));
+  }
+
+  /** Resolves once every chain handed over so far is in BullMQ (or was reported failing). */
+  async settled(): Promise<void> {
+    while (this.#adding.size > 0) await Promise.all(this.#adding);
+  }
+
+  #flowNow(): Promise<FlowProducer> {
+    return (this.#flow ??= loadBullMQ().then(
+      ({ FlowProducer }) => new FlowProducer({ connection: this.#options.connection, prefix: this.#options.prefix }),
+    ));
   }
 
   async work(): Promise<void> {
@@ -235,6 +300,8 @@ class BullmqEngine implements EngineHooks {
         await closed;
       }
     }
+    await this.settled();
+    await (await this.#flow)?.close();
     await (await this.#queue)?.close();
   }
 }

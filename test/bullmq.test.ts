@@ -1,0 +1,220 @@
+// koa-taskflow/bullmq as a team runs it: a web process that only enqueues and two worker processes
+// (`manager.work()`), three OS processes of one app (test/fixtures/bullmq-app.js) under
+// `node --import koa-taskflow/instrumentation`, a real redis-server, requests through the web process's Koa
+// server, spans from all three through a real OTLP/HTTP receiver, and a worker SIGKILLed mid-task.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Queue } from 'bullmq';
+import { describe, expect, it } from 'vitest';
+import { startNode, type Child } from './helpers/child.js';
+import { tempDir } from './helpers/files.js';
+import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from './helpers/otlp-receiver.js';
+import { startRedisServer } from './helpers/redis.js';
+import { onCleanup, waitFor } from './helpers/server.js';
+
+const repo = fileURLToPath(new URL('..', import.meta.url));
+const appScript = fileURLToPath(new URL('./fixtures/bullmq-app.js', import.meta.url));
+
+interface Run {
+  what: 'start' | 'end';
+  id: string;
+  attempt: number;
+  pid: number;
+}
+
+interface Cluster {
+  receiver: OtlpReceiver;
+  web: Child;
+  workers: Child[];
+  url: string;
+  queue: Queue;
+  runs(): Run[];
+  get(path: string): Promise<{ ids: string[]; traceId: string; spanId: string }>;
+}
+
+async function startCluster(env: Record<string, string> = {}): Promise<Cluster> {
+  const [redis, receiver] = await Promise.all([startRedisServer(), startOtlpReceiver()]);
+  const runsFile = join(tempDir('taskflow-bullmq-'), 'runs.jsonl');
+  const base = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('OTEL_')));
+  const start = (role: string, service: string) =>
+    startNode(
+      appScript,
+      [],
+      {
+        ...base,
+        ...env,
+        ROLE: role,
+        REDIS_PORT: String(redis.port),
+        RUNS_FILE: runsFile,
+        OTEL_SERVICE_NAME: service,
+        OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+        OTEL_BSP_SCHEDULE_DELAY: '100',
+        OTEL_METRICS_EXPORTER: 'none',
+      },
+      { nodeArgs: ['--import', 'koa-taskflow/instrumentation'], cwd: repo },
+    );
+  const web = start('web', 'web');
+  const workers = [start('worker', 'worker-a'), start('worker', 'worker-b')];
+  const [listening] = await Promise.all([
+    web.waitForLine(/"msg":"listening"/, 45_000),
+    ...workers.map((worker) => worker.waitForLine(/"msg":"working"/, 45_000)),
+  ]);
+  const url = `http://127.0.0.1:${(JSON.parse(listening) as { port: number }).port}`;
+  const queue = new Queue('tasks', { connection: { host: '127.0.0.1', port: redis.port } });
+  onCleanup(() => queue.close());
+  return {
+    receiver,
+    web,
+    workers,
+    url,
+    queue,
+    runs: () => {
+      let text = '';
+      try {
+        text = readFileSync(runsFile, 'utf8');
+      } catch {
+        // No attempt has started yet.
+      }
+      return text
+        .split('\n')
+        .filter((line) => line !== '')
+        .map((line) => JSON.parse(line) as Run);
+    },
+    async get(path) {
+      const response = await fetch(url + path);
+      expect(response.status).toBe(200);
+      return (await response.json()) as { ids: string[]; traceId: string; spanId: string };
+    },
+  };
+}
+
+const attemptSpans = (receiver: OtlpReceiver, id: string): ReceivedSpan[] =>
+  receiver.spans
+    .filter((span) => span.attributes['task.id'] === id)
+    .sort((a, b) => Number(a.attributes['task.attempt']) - Number(b.attributes['task.attempt']));
+
+const ended = (cluster: Cluster, id: string) => cluster.runs().some((run) => run.id === id && run.what === 'end');
+
+// Three instrumented processes start per test: generous on a loaded two-core machine.
+describe('BullMQ engine: a web process and two workers', { timeout: 90_000 }, () => {
+  it("each attempt in a worker is a task span linked to the web request across processes; taskLog is a span event, a pino line with the trace ids and a BullMQ job log; retries link to the previous attempt; trace: 'child' parents it", async () => {
+    const cluster = await startCluster();
+    const { receiver } = cluster;
+    const welcome = await cluster.get('/sendWelcome?arg=a@b.c');
+    const flaky = await cluster.get('/flaky');
+    const child = await cluster.get('/sendWelcome?arg=c@d.e&trace=child');
+    const [welcomeId, flakyId, childId] = [welcome.ids[0], flaky.ids[0], child.ids[0]];
+    await waitFor(() => [welcomeId, flakyId, childId].every((id) => ended(cluster, id)), 15_000, 'the tasks to run');
+    await waitFor(
+      () =>
+        attemptSpans(receiver, welcomeId).length === 1 &&
+        attemptSpans(receiver, flakyId).length === 2 &&
+        attemptSpans(receiver, childId).length === 1 &&
+        [welcome, flaky, child].every((r) => receiver.spans.some((span) => span.spanId === r.spanId)),
+      10_000,
+      'the spans of both processes',
+    );
+
+    // The request's span comes from the web process, the attempt's from a worker: linked, in a new trace.
+    const requestSpan = receiver.spans.find((span) => span.spanId === welcome.spanId)!;
+    expect(requestSpan.service).toBe('web');
+    const [attempt] = attemptSpans(receiver, welcomeId);
+    expect(attempt.name).toBe('task sendWelcome');
+    expect(['worker-a', 'worker-b']).toContain(attempt.service);
+    expect(attempt.kind).toBe(5);
+    expect(attempt.traceId).not.toBe(welcome.traceId);
+    expect(attempt.links).toEqual([{ traceId: welcome.traceId, spanId: welcome.spanId }]);
+    expect(attempt.status.code).toBe(1);
+    expect(attempt.events).toContainEqual({
+      name: 'task.log',
+      attributes: { 'log.message': 'sending welcome mail', 'log.level': 'info', email: 'a@b.c' },
+    });
+    // BullMQ's own telemetry is off: the attempt is the only span of the job.
+    expect(receiver.spans.filter((span) => span.scope.toLowerCase().includes('bullmq'))).toEqual([]);
+
+    // The worker's pino line of taskLog carries the attempt's ids and the request's.
+    const worker = cluster.workers.find((w) => w.lines.some((line) => line.includes('sending welcome mail')))!;
+    const line = JSON.parse(worker.lines.find((l) => l.includes('sending welcome mail'))!) as Record<string, unknown>;
+    expect(line).toMatchObject({
+      trace_id: attempt.traceId,
+      span_id: attempt.spanId,
+      request_trace_id: welcome.traceId,
+      request_span_id: welcome.spanId,
+      task: { id: welcomeId, name: 'sendWelcome', attempt: 1 },
+      email: 'a@b.c',
+    });
+    // …and BullMQ's job log has it too (the job's id is the task's).
+    const { logs } = await cluster.queue.getJobLogs(welcomeId);
+    expect(logs).toEqual(['[info] sending welcome mail {"email":"a@b.c"}']);
+
+    // A retry is BullMQ's next attempt of the job: linked to the request and to the failed attempt.
+    const [first, second] = attemptSpans(receiver, flakyId);
+    expect([first.attributes['task.attempt'], second.attributes['task.attempt']]).toEqual([1, 2]);
+    expect(first.attributes['task.max_attempts']).toBe(3);
+    expect(first.status.code).toBe(2);
+    expect(second.status.code).toBe(1);
+    expect(second.links).toEqual([
+      { traceId: flaky.traceId, spanId: flaky.spanId },
+      { traceId: first.traceId, spanId: first.spanId },
+    ]);
+    const job = await cluster.queue.getJob(flakyId);
+    expect(await job!.getState()).toBe('completed');
+    // BullMQ counts the attempt that succeeded too.
+    expect(job!.attemptsMade).toBe(2);
+
+    // trace: 'child': the attempt is a child of the request's span, in its trace.
+    const [childAttempt] = attemptSpans(receiver, childId);
+    expect(childAttempt.traceId).toBe(child.traceId);
+    expect(childAttempt.parentSpanId).toBe(child.spanId);
+  });
+
+  it("a request's after-response tasks run one after another in the order added, across two workers", async () => {
+    const cluster = await startCluster();
+    const { ids } = await cluster.get('/step?count=4');
+    await waitFor(() => ids.every((id) => ended(cluster, id)), 15_000, 'the steps to run');
+    const order = cluster
+      .runs()
+      .filter((run) => ids.includes(run.id))
+      .map((run) => `${run.what} ${ids.indexOf(run.id)}`);
+    expect(order).toEqual(['start 0', 'end 0', 'start 1', 'end 1', 'start 2', 'end 2', 'start 3', 'end 3']);
+  });
+
+  it('a worker SIGKILLed mid-task: no acknowledged task is lost, and none runs more often than maxStalls allows', async () => {
+    // Stalls are found within about a second (lockDurationMs 1 000, stalledIntervalMs 500 in the fixture).
+    const cluster = await startCluster({ SLOW_MS: '800' });
+    const ids: string[] = [];
+    // One request per task: each acknowledged (200) before the kill.
+    for (let i = 0; i < 6; i++) ids.push(...(await cluster.get(`/slow?arg=${i}`)).ids);
+    const [victim] = cluster.workers;
+    const victimPid = victim.process.pid!;
+    await waitFor(
+      () => cluster.runs().some((run) => run.pid === victimPid && run.what === 'start'),
+      10_000,
+      'the worker to start a task',
+    );
+    victim.process.kill('SIGKILL');
+    await victim.exited;
+    const killedMidTask = cluster
+      .runs()
+      .filter((run) => run.pid === victimPid && run.what === 'start' && !ended(cluster, run.id))
+      .map((run) => run.id);
+    expect(killedMidTask.length).toBeGreaterThan(0);
+
+    await waitFor(() => ids.every((id) => ended(cluster, id)), 20_000, 'every task to end');
+    const runs = cluster.runs();
+    for (const id of ids) {
+      const starts = runs.filter((run) => run.id === id && run.what === 'start');
+      const ends = runs.filter((run) => run.id === id && run.what === 'end');
+      expect(ends).toHaveLength(1);
+      // retries 0, maxStalls 1: at most one start beyond the first, and only for a task whose worker died.
+      expect(starts.length).toBeLessThanOrEqual(killedMidTask.includes(id) ? 2 : 1);
+    }
+    for (const id of killedMidTask) {
+      const job = await cluster.queue.getJob(id);
+      expect(await job!.getState()).toBe('completed');
+      // The attempt after the stall is attempt 2, run by the surviving worker.
+      expect(runs.find((run) => run.id === id && run.what === 'end')!.attempt).toBe(2);
+    }
+  });
+});
