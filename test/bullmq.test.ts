@@ -33,7 +33,7 @@ interface Cluster {
   get(path: string): Promise<{ ids: string[]; traceId: string; spanId: string }>;
 }
 
-async function startCluster(env: Record<string, string> = {}): Promise<Cluster> {
+async function startCluster(): Promise<Cluster> {
   const [redis, receiver] = await Promise.all([startRedisServer(), startOtlpReceiver()]);
   const runsFile = join(tempDir('taskflow-bullmq-'), 'runs.jsonl');
   const base = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('OTEL_')));
@@ -43,7 +43,6 @@ async function startCluster(env: Record<string, string> = {}): Promise<Cluster> 
       [],
       {
         ...base,
-        ...env,
         ROLE: role,
         REDIS_PORT: String(redis.port),
         RUNS_FILE: runsFile,
@@ -98,12 +97,13 @@ const ended = (cluster: Cluster, id: string) => cluster.runs().some((run) => run
 
 // Three instrumented processes start per test: generous on a loaded two-core machine.
 describe('BullMQ engine: a web process and two workers', { timeout: 90_000 }, () => {
-  it("each attempt in a worker is a task span linked to the web request across processes; taskLog is a span event, a pino line with the trace ids and a BullMQ job log; retries link to the previous attempt; trace: 'child' parents it", async () => {
+  it("each attempt in a worker is a task span linked to the web request across processes; taskLog is a span event, a pino line with the trace ids and a BullMQ job log; retries link to the previous attempt; trace: 'child' parents it; a request's after-response tasks run in the order added", async () => {
     const cluster = await startCluster();
     const { receiver } = cluster;
     const welcome = await cluster.get('/sendWelcome?arg=a@b.c');
     const flaky = await cluster.get('/flaky');
     const child = await cluster.get('/sendWelcome?arg=c@d.e&trace=child');
+    const steps = (await cluster.get('/step?count=4')).ids;
     const [welcomeId, flakyId, childId] = [welcome.ids[0], flaky.ids[0], child.ids[0]];
     await waitFor(() => [welcomeId, flakyId, childId].every((id) => ended(cluster, id)), 15_000, 'the tasks to run');
     await waitFor(
@@ -134,8 +134,9 @@ describe('BullMQ engine: a web process and two workers', { timeout: 90_000 }, ()
     expect(receiver.spans.filter((span) => span.scope.toLowerCase().includes('bullmq'))).toEqual([]);
 
     // The worker's pino line of taskLog carries the attempt's ids and the request's.
-    const worker = cluster.workers.find((w) => w.lines.some((line) => line.includes('sending welcome mail')))!;
-    const line = JSON.parse(worker.lines.find((l) => l.includes('sending welcome mail'))!) as Record<string, unknown>;
+    const ownLine = (l: string) => l.includes('sending welcome mail') && l.includes(welcomeId);
+    const worker = cluster.workers.find((w) => w.lines.some(ownLine))!;
+    const line = JSON.parse(worker.lines.find(ownLine)!) as Record<string, unknown>;
     expect(line).toMatchObject({
       trace_id: attempt.traceId,
       span_id: attempt.spanId,
@@ -167,25 +168,22 @@ describe('BullMQ engine: a web process and two workers', { timeout: 90_000 }, ()
     const [childAttempt] = attemptSpans(receiver, childId);
     expect(childAttempt.traceId).toBe(child.traceId);
     expect(childAttempt.parentSpanId).toBe(child.spanId);
-  });
 
-  it("a request's after-response tasks run one after another in the order added, across two workers", async () => {
-    const cluster = await startCluster();
-    const { ids } = await cluster.get('/step?count=4');
-    await waitFor(() => ids.every((id) => ended(cluster, id)), 15_000, 'the steps to run');
+    // A request's after-response tasks ran one after another in the order added, across the two workers.
+    await waitFor(() => steps.every((id) => ended(cluster, id)), 15_000, 'the steps to run');
     const order = cluster
       .runs()
-      .filter((run) => ids.includes(run.id))
-      .map((run) => `${run.what} ${ids.indexOf(run.id)}`);
+      .filter((run) => steps.includes(run.id))
+      .map((run) => `${run.what} ${steps.indexOf(run.id)}`);
     expect(order).toEqual(['start 0', 'end 0', 'start 1', 'end 1', 'start 2', 'end 2', 'start 3', 'end 3']);
   });
 
   it('a worker SIGKILLed mid-task: no acknowledged task is lost, and none runs more often than maxStalls allows', async () => {
     // Stalls are found within about a second (lockDurationMs 1 000, stalledIntervalMs 500 in the fixture).
-    const cluster = await startCluster({ SLOW_MS: '800' });
+    const cluster = await startCluster();
     const ids: string[] = [];
     // One request per task: each acknowledged (200) before the kill.
-    for (let i = 0; i < 6; i++) ids.push(...(await cluster.get(`/slow?arg=${i}`)).ids);
+    for (let i = 0; i < 6; i++) ids.push(...(await cluster.get('/slow?arg=800')).ids);
     const [victim] = cluster.workers;
     const victimPid = victim.process.pid!;
     await waitFor(
