@@ -215,4 +215,30 @@ describe('BullMQ engine: a web process and two workers', { timeout: 90_000 }, ()
       expect(runs.find((run) => run.id === id && run.what === 'end')!.attempt).toBe(2);
     }
   });
+
+  it('examples/bullmq.js is exactly the snippet of docs/bullmq.md, and runs as a web process and a worker', async () => {
+    const example = readFileSync('examples/bullmq.js', 'utf8');
+    const doc = readFileSync('docs/bullmq.md', 'utf8');
+    expect(doc.slice(doc.indexOf('<!-- section:bullmq -->'), doc.indexOf('<!-- /section:bullmq -->'))).toContain(
+      '```js\n' + example + '```',
+    );
+    const redis = await startRedisServer();
+    const env = { REDIS_URL: redis.url, PORT: '0' };
+    const web = startNode('examples/bullmq.js', ['web'], env);
+    const worker = startNode('examples/bullmq.js', ['worker'], env);
+    const [listening] = await Promise.all([
+      web.waitForLine(/"msg":"listening"/, 30_000),
+      worker.waitForLine(/"msg":"working"/, 30_000),
+    ]);
+    const { port } = JSON.parse(listening) as { port: number };
+    const { taskId } = (await (await fetch(`http://127.0.0.1:${port}/`)).json()) as { taskId: string };
+    const line = JSON.parse(await worker.waitForLine(new RegExp(taskId), 15_000)) as Record<string, unknown>;
+    expect(line).toMatchObject({
+      msg: 'sending welcome mail',
+      email: 'a@b.c',
+      attempt: 1,
+      tags: { tenant: 'acme' },
+      task: { id: taskId, name: 'sendWelcome' },
+    });
+  });
 });

@@ -231,8 +231,9 @@ class BullmqEngine implements EngineHooks {
       prefix: o.prefix,
       concurrency: o.concurrency ?? 16,
       maxStalledCount: o.maxStalledCount ?? 1,
-      stalledInterval: o.stalledIntervalMs,
-      lockDuration: o.lockDurationMs,
+      // BullMQ's defaults hold unless set (an explicit `undefined` would replace them).
+      ...(o.stalledIntervalMs !== undefined && { stalledInterval: o.stalledIntervalMs }),
+      ...(o.lockDurationMs !== undefined && { lockDuration: o.lockDurationMs }),
       settings: {
         // Our retry waits (delay, backoff, maxDelay, jitter) as BullMQ's backoff, from the task's options.
         backoffStrategy: (attemptsMade, type, _error, job) => {
@@ -259,7 +260,8 @@ class BullmqEngine implements EngineHooks {
     try {
       const stalled = jobs.stalledOut(run);
       if (stalled !== undefined) throw new UnrecoverableError(stalled.message);
-      await run.runAttempt();
+      void run.runAttempt();
+      await run.attemptEnded;
       const error = run.record.error;
       const failure = (): Error =>
         Object.assign(new Error(error?.message ?? 'task failed'), { name: error?.type ?? 'Error' });

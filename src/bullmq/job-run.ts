@@ -15,6 +15,12 @@ export type JobOutcome = 'success' | 'retry' | 'failed' | 'cancelled' | 'handBac
  */
 export class JobRun extends TaskRun {
   outcome: JobOutcome | undefined;
+  /**
+   * Resolves when the attempt has ended as far as BullMQ is concerned: at its end, or when shutdown gave up
+   * on it (an attempt without a timeout is abandoned while its body may still run; the job goes back now).
+   */
+  readonly attemptEnded: Promise<void>;
+  endAttempt!: () => void;
 
   constructor(
     host: RunHost,
@@ -25,6 +31,7 @@ export class JobRun extends TaskRun {
   ) {
     super(host, record, fn, record.args, options, fromIds(job.data.link), false, false);
     this.previousAttempt = fromIds(job.data.previous);
+    this.attemptEnded = new Promise((resolve) => (this.endAttempt = resolve));
   }
 
   /** Its `running` is written to the job (the attempt's span ids) before the body runs: a stall's next attempt links to it. */
@@ -77,7 +84,9 @@ export class JobHost implements RunHost {
     (run as JobRun).outcome = 'retry';
   }
 
-  attemptEnded(): void {}
+  attemptEnded(run: TaskRun): void {
+    (run as JobRun).endAttempt();
+  }
 
   taskEnded(run: TaskRun): void {
     const status: TaskStatus = run.record.status;
