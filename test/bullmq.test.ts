@@ -97,7 +97,7 @@ const ended = (cluster: Cluster, id: string) => cluster.runs().some((run) => run
 
 // Three instrumented processes start per test: generous on a loaded two-core machine.
 describe('BullMQ engine: a web process and two workers', { timeout: 90_000 }, () => {
-  it("each attempt in a worker is a task span linked to the web request across processes; taskLog is a span event, a pino line with the trace ids and a BullMQ job log; retries link to the previous attempt; trace: 'child' parents it; a request's after-response tasks run in the order added", async () => {
+  it("each attempt in a worker is a task span linked to the web request across processes (taskLog: span event, pino line, job log); retries and a worker's graceful shutdown link to the previous attempt; trace: 'child'; per-request order", async () => {
     const cluster = await startCluster();
     const { receiver } = cluster;
     const welcome = await cluster.get('/sendWelcome?arg=a@b.c');
@@ -168,6 +168,26 @@ describe('BullMQ engine: a web process and two workers', { timeout: 90_000 }, ()
     const [childAttempt] = attemptSpans(receiver, childId);
     expect(childAttempt.traceId).toBe(child.traceId);
     expect(childAttempt.parentSpanId).toBe(child.spanId);
+
+    // Graceful shutdown of a worker (SIGTERM; shutdownTimeoutMs 300 in the fixture) running a task: the
+    // attempt is aborted and its job goes back to the queue without using a retry (it has none), and the
+    // other worker runs it as attempt 2, linked to the interrupted one.
+    const slowId = (await cluster.get('/slow?arg=2000')).ids[0];
+    await waitFor(() => cluster.runs().some((run) => run.id === slowId), 15_000, 'the slow task to start');
+    const firstPid = cluster.runs().find((run) => run.id === slowId)!.pid;
+    const stopping = cluster.workers.find((w) => w.process.pid === firstPid)!;
+    stopping.process.kill('SIGTERM');
+    await waitFor(() => ended(cluster, slowId), 15_000, 'the slow task to run again');
+    expect(cluster.runs().filter((run) => run.id === slowId && run.what === 'end')).toEqual([
+      expect.objectContaining({ attempt: 2, pid: cluster.workers.find((w) => w !== stopping)!.process.pid }),
+    ]);
+    const slowJob = await cluster.queue.getJob(slowId);
+    expect(await slowJob!.getState()).toBe('completed');
+    await waitFor(() => attemptSpans(receiver, slowId).length === 2, 10_000, 'both attempts of the slow task');
+    const [interrupted, resumed] = attemptSpans(receiver, slowId);
+    expect(interrupted.status.code).toBe(2);
+    expect(interrupted.attributes['error.type']).toBe('TaskInterruptedError');
+    expect(resumed.links[1]).toEqual({ traceId: interrupted.traceId, spanId: interrupted.spanId });
 
     // A request's after-response tasks ran one after another in the order added, across the two workers.
     await waitFor(() => steps.every((id) => ended(cluster, id)), 15_000, 'the steps to run');
