@@ -8,7 +8,7 @@ import type { TaskTelemetry } from './otel.js';
 import type { TaskRegistry } from './registry.js';
 import type { Reporter } from './report.js';
 import type { Runner } from './runner.js';
-import { NO_LOGS, TaskRun } from './task-run.js';
+import { pendingRecord, TaskRun } from './task-run.js';
 import {
   kLiveRecords,
   type LiveRecords,
@@ -113,34 +113,17 @@ export class Acceptance implements FollowSource {
     }
     const requestLink = this.#deps.telemetry.enqueuedFrom(id, options.name);
     const createdAt = Date.now();
-    // Every field is declared up front, so all records share one hidden class (cheaper to keep thousands).
-    const record: TaskRecord = {
+    const record = pendingRecord(
       id,
-      name: options.name,
-      status: 'pending',
+      options,
       args,
-      tags: options.tags,
-      attempts: 0,
-      maxAttempts: options.retries + 1,
-      priority: options.priority,
-      idempotencyKey: options.idempotencyKey,
       createdAt,
-      startedAt: undefined,
-      endedAt: undefined,
-      durationMs: undefined,
-      error: undefined,
-      reason: undefined,
-      logs: NO_LOGS,
-      traceId: undefined,
-      spanId: undefined,
-      requestTraceId: requestLink?.traceId,
-      requestSpanId: requestLink?.spanId,
-      requestTraceFlags: requestLink?.traceFlags,
+      requestLink,
       retryOf,
       // A delayed first attempt (startAfter/runAt), due from the add; `retry(id)` runs at once.
-      runAt: retryOf === undefined ? dueTime(options, createdAt) : undefined,
-      options: recoverable ? persistedOptions(overrides) : undefined,
-    };
+      retryOf === undefined ? dueTime(options, createdAt) : undefined,
+      recoverable ? persistedOptions(overrides) : undefined,
+    );
     // Write-ahead: a durable task starts only once its record is committed, so a task whose write failed
     // (503) never runs, and its idempotency key, claimed by that same write, is known before it runs.
     const awaitingWrite = recoverable || (key !== undefined && this.#durable);

@@ -20,6 +20,7 @@ import type {
   LogEntry,
   LogEvent,
   LogLevel,
+  PersistedTaskOptions,
   ProgressEvent,
   TaskRecord,
   TaskStatus,
@@ -31,6 +32,45 @@ export const MAX_LOGS_PER_RECORD = 100;
 
 /** The `logs` of every record that has none yet: shared, frozen, replaced by a real array on the first log. */
 export const NO_LOGS: LogEntry[] = Object.freeze([]) as unknown as LogEntry[];
+
+/** A new `pending` record. Every field is declared up front, so all records share one hidden class (cheaper to keep thousands). */
+export function pendingRecord(
+  id: string,
+  options: ResolvedTaskOptions,
+  args: unknown[],
+  createdAt: number,
+  request: SpanContext | undefined,
+  retryOf: string | undefined,
+  runAt: number | undefined,
+  persisted: PersistedTaskOptions | undefined,
+): TaskRecord {
+  return {
+    id,
+    name: options.name,
+    status: 'pending',
+    args,
+    tags: options.tags,
+    attempts: 0,
+    maxAttempts: options.retries + 1,
+    priority: options.priority,
+    idempotencyKey: options.idempotencyKey,
+    createdAt,
+    startedAt: undefined,
+    endedAt: undefined,
+    durationMs: undefined,
+    error: undefined,
+    reason: undefined,
+    logs: NO_LOGS,
+    traceId: undefined,
+    spanId: undefined,
+    requestTraceId: request?.traceId,
+    requestSpanId: request?.spanId,
+    requestTraceFlags: request?.traceFlags,
+    retryOf,
+    runAt,
+    options: persisted,
+  };
+}
 
 /** At most one progress report per task per this many ms leaves for spans, observers and the event stream. */
 export const PROGRESS_INTERVAL_MS = 100;

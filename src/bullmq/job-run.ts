@@ -1,7 +1,7 @@
 import type { Job } from 'bullmq';
 import type { EngineHost } from '../engine.js';
 import { TaskStalledError } from '../errors.js';
-import { NO_LOGS, TaskRun, type RunHost } from '../task-run.js';
+import { pendingRecord, TaskRun, type RunHost } from '../task-run.js';
 import type { Attempt } from '../attempt.js';
 import type { LogLevel, TaskRecord, TaskStatus } from '../types.js';
 import { fromIds, toIds, type JobData } from './job.js';
@@ -115,32 +115,19 @@ export class JobHost implements RunHost {
     const options = this.#host.registry.optionsFor('worker', registration.fn, data.options);
     const started = Math.max(1, job.attemptsStarted);
     const freeStarts = Math.max(0, started - 1 - job.attemptsMade);
-    const record: TaskRecord = {
-      id: data.id,
-      name: registration.name,
-      status: 'pending',
-      args: data.args,
-      tags: options.tags,
-      attempts: started - 1,
-      maxAttempts: options.retries + 1 + freeStarts,
-      priority: options.priority,
-      idempotencyKey: options.idempotencyKey,
-      createdAt: data.createdAt,
-      startedAt: undefined,
-      endedAt: undefined,
-      durationMs: undefined,
-      error: undefined,
-      reason: undefined,
-      logs: NO_LOGS,
-      traceId: undefined,
-      spanId: undefined,
-      requestTraceId: data.link?.[0],
-      requestSpanId: data.link?.[1],
-      requestTraceFlags: data.link?.[2],
-      retryOf: undefined,
-      runAt: undefined,
-      options: undefined,
-    };
+    const record = pendingRecord(
+      data.id,
+      options,
+      data.args,
+      data.createdAt,
+      fromIds(data.link),
+      undefined,
+      undefined,
+      undefined,
+    );
+    record.attempts = started - 1;
+    // Starts that failed nothing (a stall, a hand-back at shutdown) use up no retry.
+    record.maxAttempts += freeStarts;
     const run = new JobRun(this, record, registration.fn, options, job);
     this.active.set(record, run);
     return run;

@@ -1,6 +1,7 @@
 import type { SpanContext } from '@opentelemetry/api';
 import type { JobsOptions } from 'bullmq';
-import type { ResolvedTaskOptions, TaskOptions } from '../options.js';
+import { persistedOptions } from '../durable.js';
+import type { TaskOptions } from '../options.js';
 import type { TaskRun } from '../task-run.js';
 
 /** The backoff type of our jobs: the worker computes the wait with the task's own delay/backoff/maxDelay/jitter. */
@@ -21,23 +22,6 @@ export interface JobData {
   /** The span of the latest attempt that started, written by the worker as it starts: the next one links to it. */
   previous?: SpanIds;
 }
-
-// The options a worker needs to run the task as it was added (functions such as onError stay with its registration).
-const CARRIED_KEYS = [
-  'retries',
-  'delay',
-  'backoff',
-  'maxDelay',
-  'jitter',
-  'timeout',
-  'priority',
-  'shield',
-  'tags',
-  'idempotencyKey',
-  'requeueOnInterrupt',
-  'maxStalls',
-  'trace',
-] as const satisfies readonly (keyof ResolvedTaskOptions & keyof TaskOptions)[];
 
 export function toIds(context: SpanContext | undefined): SpanIds | undefined {
   return context === undefined ? undefined : [context.traceId, context.spanId, context.traceFlags];
@@ -61,8 +45,11 @@ export function jobOf(
   keep: Pick<JobsOptions, 'removeOnComplete' | 'removeOnFail'>,
 ): { data: JobData; opts: JobsOptions } {
   const resolved = run.options;
-  const options: Record<string, unknown> = {};
-  for (const key of CARRIED_KEYS) if (resolved[key] !== undefined) options[key] = resolved[key];
+  // What a restarted process would read back from a durable store, and what a record carries besides
+  // (functions such as onError stay with the worker's registration).
+  const options: TaskOptions = { ...persistedOptions(resolved), tags: resolved.tags, retries: resolved.retries };
+  if (resolved.priority !== undefined) options.priority = resolved.priority;
+  if (resolved.idempotencyKey !== undefined) options.idempotencyKey = resolved.idempotencyKey;
   const record = run.record;
   const data: JobData = { id: run.id, args: record.args, options, createdAt: record.createdAt };
   const link = toIds(run.requestLink);
