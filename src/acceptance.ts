@@ -76,7 +76,8 @@ export class Acceptance implements FollowSource {
   /** The name an add of `fn` with `overrides` runs under; throws what such an add would (options, persist). */
   check(where: string, fn: TaskFunction, overrides: TaskOptions | undefined): string {
     const resolved = this.#deps.registry.optionsFor(where, fn, overrides);
-    if (this.#durable || this.#deps.engine) this.#checkPersist(where, fn, resolved, []);
+    if (this.#durable) this.#checkPersist(where, fn, resolved, []);
+    if (this.#deps.engine) this.#checkForEngine(where, fn, resolved, []);
     return resolved.name;
   }
 
@@ -97,7 +98,7 @@ export class Acceptance implements FollowSource {
     const live = this.#live;
     const options = this.#deps.registry.optionsFor(where, fn as TaskFunction, overrides);
     const recoverable = this.#durable && this.#checkPersist(where, fn as TaskFunction, options, args);
-    if (this.#deps.engine) this.#checkPersist(where, fn as TaskFunction, options, args);
+    if (this.#deps.engine) this.#checkForEngine(where, fn as TaskFunction, options, args);
     // Checked before anything is recorded or claimed: a refused task leaves no trace. (So a duplicate
     // idempotency key is refused too while the queue is full.)
     if (runner.waiting >= maxQueued) {
@@ -251,6 +252,15 @@ export class Acceptance implements FollowSource {
     }
     await Promise.all(claims);
     return lost;
+  }
+
+  /** An engine's worker finds the task by its registered name and reads its args as JSON. */
+  #checkForEngine(where: string, fn: TaskFunction, options: ResolvedTaskOptions, args: unknown[]): void {
+    if (this.#deps.registry.of(fn)?.name !== options.name)
+      throw new TypeError(
+        `${where}: with option "engine" a task runs in a worker process, which finds it by its registered name: register "${options.name}" with manager.task(fn) in both processes (and do not rename it with option "name")`,
+      );
+    assertPersistable(where, options.name, args);
   }
 
   /**

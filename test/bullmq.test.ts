@@ -6,6 +6,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Queue } from 'bullmq';
+import { TaskManager } from 'koa-taskflow';
+import { bullmqEngine } from 'koa-taskflow/bullmq';
 import { describe, expect, it } from 'vitest';
 import { startNode, type Child } from './helpers/child.js';
 import { tempDir } from './helpers/files.js';
@@ -260,5 +262,24 @@ describe('BullMQ engine: a web process and two workers', { timeout: 90_000 }, ()
       tags: { tenant: 'acme' },
       task: { id: taskId, name: 'sendWelcome' },
     });
+  });
+
+  it('refuses bad input at the call, naming the option', async () => {
+    const connection = { host: '127.0.0.1', port: 1 };
+    expect(() => new TaskManager({ engine: {} as never })).toThrow(/option "engine"/);
+    expect(() => bullmqEngine({} as never)).toThrow(/option "connection" is required/);
+    expect(() => bullmqEngine({ connection, concurrency: 0 })).toThrow(RangeError);
+    expect(() => bullmqEngine({ connection, queue: 'a:b' })).toThrow(/option "queue"/);
+    expect(() => bullmqEngine({ connection, workers: 2 } as never)).toThrow(/unknown option "workers"/);
+    const engine = bullmqEngine({ connection });
+    const manager = new TaskManager({ engine });
+    expect(() => new TaskManager({ engine })).toThrow(/already the engine of another TaskManager/);
+    await expect(new TaskManager().work()).rejects.toMatchObject({ code: 'ERR_NO_ENGINE' });
+    // A worker finds a task by its registered name and reads its args as JSON: checked at the add.
+    expect(() => manager.add(function unregistered() {})).toThrow(/register "unregistered" with manager.task/);
+    const registered = manager.task(function registered(when: unknown) {
+      return when;
+    });
+    expect(() => manager.add(registered, new Map())).toThrow(TypeError);
   });
 });
