@@ -99,13 +99,18 @@ const ended = (cluster: Cluster, id: string) => cluster.runs().some((run) => run
 
 // Three instrumented processes start per test: generous on a loaded two-core machine.
 describe('BullMQ engine: a web process and two workers', { timeout: 90_000 }, () => {
-  it("each attempt in a worker is a task span linked to the web request across processes (taskLog: span event, pino line, job log); retries and a worker's graceful shutdown link to the previous attempt; trace: 'child'; per-request order", async () => {
+  it("each attempt in a worker is a task span linked to the web request across processes (taskLog: span event, pino line, job log); retries and a worker's graceful shutdown link to the previous attempt; trace: 'child'; idempotencyKey → jobId; startAfter → a delayed job; per-request order", async () => {
     const cluster = await startCluster();
     const { receiver } = cluster;
     const welcome = await cluster.get('/sendWelcome?arg=a@b.c');
     const flaky = await cluster.get('/flaky');
     const child = await cluster.get('/sendWelcome?arg=c@d.e&trace=child');
     const steps = (await cluster.get('/step?count=4')).ids;
+    // idempotencyKey → jobId: a second add with the key (another request) is the same job, run once.
+    const keyed = (await cluster.get('/sendWelcome?arg=k@x.y&key=order:42')).ids[0];
+    const again = (await cluster.get('/sendWelcome?arg=k@x.y&key=order:42')).ids[0];
+    // startAfter → a delayed job.
+    const later = (await cluster.get('/sendWelcome?arg=later@x.y&after=500')).ids[0];
     const [welcomeId, flakyId, childId] = [welcome.ids[0], flaky.ids[0], child.ids[0]];
     await waitFor(() => [welcomeId, flakyId, childId].every((id) => ended(cluster, id)), 15_000, 'the tasks to run');
     await waitFor(
@@ -190,6 +195,17 @@ describe('BullMQ engine: a web process and two workers', { timeout: 90_000 }, ()
     expect(interrupted.status.code).toBe(2);
     expect(interrupted.attributes['error.type']).toBe('TaskInterruptedError');
     expect(resumed.links[1]).toEqual({ traceId: interrupted.traceId, spanId: interrupted.spanId });
+
+    await waitFor(() => ended(cluster, keyed) && ended(cluster, later), 15_000, 'the keyed and the delayed task');
+    const keyedJob = await cluster.queue.getJob('key=order%3A42');
+    expect((keyedJob!.data as { id: string }).id).toBe(keyed);
+    // The same web process answers the holder's id, as in-process; another one's add BullMQ drops.
+    expect(again).toBe(keyed);
+    expect(await cluster.queue.getJobCountByTypes('completed')).toBeGreaterThan(0);
+    expect(cluster.runs().filter((run) => run.what === 'start' && (run.id === keyed || run.id === again))).toHaveLength(
+      1,
+    );
+    expect((await cluster.queue.getJob(later))!.opts.delay).toBeGreaterThan(0);
 
     // A request's after-response tasks ran one after another in the order added, across the two workers.
     await waitFor(() => steps.every((id) => ended(cluster, id)), 15_000, 'the steps to run');
