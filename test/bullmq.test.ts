@@ -112,14 +112,14 @@ describe('BullMQ engine: a web process and two workers', { timeout: 90_000 }, ()
     // startAfter → a delayed job.
     const later = (await cluster.get('/sendWelcome?arg=later@x.y&after=500')).ids[0];
     const [welcomeId, flakyId, childId] = [welcome.ids[0], flaky.ids[0], child.ids[0]];
-    await waitFor(() => [welcomeId, flakyId, childId].every((id) => ended(cluster, id)), 15_000, 'the tasks to run');
+    await waitFor(() => [welcomeId, flakyId, childId].every((id) => ended(cluster, id)), 30_000, 'the tasks to run');
     await waitFor(
       () =>
         attemptSpans(receiver, welcomeId).length === 1 &&
         attemptSpans(receiver, flakyId).length === 2 &&
         attemptSpans(receiver, childId).length === 1 &&
         [welcome, flaky, child].every((r) => receiver.spans.some((span) => span.spanId === r.spanId)),
-      10_000,
+      30_000,
       'the spans of both processes',
     );
 
@@ -190,7 +190,7 @@ describe('BullMQ engine: a web process and two workers', { timeout: 90_000 }, ()
     ]);
     const slowJob = await cluster.queue.getJob(slowId);
     expect(await slowJob!.getState()).toBe('completed');
-    await waitFor(() => attemptSpans(receiver, slowId).length === 2, 10_000, 'both attempts of the slow task');
+    await waitFor(() => attemptSpans(receiver, slowId).length === 2, 30_000, 'both attempts of the slow task');
     const [interrupted, resumed] = attemptSpans(receiver, slowId);
     expect(interrupted.status.code).toBe(2);
     expect(interrupted.attributes['error.type']).toBe('TaskInterruptedError');
