@@ -8,6 +8,10 @@ export type Direction = 'higher' | 'lower';
 export type Measure =
   /** HTTP: the baseline's CPU per request ÷ the variant's, from paired bursts of both servers side by side. */
   | { kind: 'capacity'; variant: string; baseline: string }
+  /** The durable part: the baseline's CPU per request ÷ the variant's, measured as `capacity` is. */
+  | { kind: 'durable'; variant: string; baseline: string }
+  /** The OpenTelemetry part: in-process ns per task ÷ no SDK's, the same round's. */
+  | { kind: 'otel'; variant: string }
   /** In process: the variant's tasks/s ÷ the baseline's. */
   | { kind: 'throughput'; variant: string; baseline: string }
   /** In process: heap bytes per task queued behind a blocker. */
@@ -153,6 +157,32 @@ export const GOALS: readonly Goal[] = [
     target: 1024,
     direction: 'lower',
   },
+  // The durable part's SqliteStore row is read against the HTTP part's goal above (capacityTarget).
+  {
+    what: '(durable part, floor) a durable store that writes nothing ÷ bare Koa',
+    measure: { kind: 'durable', variant: 'null-durable', baseline: 'bare' },
+    direction: 'higher',
+  },
+  {
+    what: '(durable part) SqliteStore, synchronous=FULL ÷ bare Koa',
+    measure: { kind: 'durable', variant: 'sqlite-full', baseline: 'bare' },
+    direction: 'higher',
+  },
+  {
+    what: '(durable part) RedisStore ÷ bare Koa',
+    measure: { kind: 'durable', variant: 'redis', baseline: 'bare' },
+    direction: 'higher',
+  },
+  {
+    what: '(OpenTelemetry) ns per task, a tracer provider that records nothing ÷ no SDK',
+    measure: { kind: 'otel', variant: 'noop-provider' },
+    direction: 'lower',
+  },
+  {
+    what: '(OpenTelemetry, scale) ns per task, a real SDK ÷ no SDK',
+    measure: { kind: 'otel', variant: 'sdk' },
+    direction: 'lower',
+  },
   ...GROWTH_STORES.flatMap(growthGoals),
 ];
 
@@ -177,6 +207,10 @@ function measured(measure: Measure, results: Results): (Ratio & { size?: number 
   switch (measure.kind) {
     case 'capacity':
       return results.http?.ratios[`${measure.baseline}/${measure.variant}`];
+    case 'durable':
+      return results.durable?.ratios[`${measure.baseline}/${measure.variant}`];
+    case 'otel':
+      return results.otel?.rows.find((r) => r.name === measure.variant)?.ratio;
     case 'throughput': {
       const rate = (key: string) => results.inprocess?.throughput.find((t) => t.key === key)?.tasksPerSecond;
       const variant = rate(measure.variant);

@@ -28,6 +28,12 @@ export interface GrowthOptions {
   log?: (line: string) => void;
 }
 
+export const GROWTH_DEFAULT: GrowthOptions = {
+  sizes: [0, 100_000],
+  stores: ['sqlite', 'redis'],
+  tasks: 2_000,
+  readRepeats: 5,
+};
 export const GROWTH_FULL: GrowthOptions = {
   sizes: [0, 200_000, 1_000_000],
   stores: ['sqlite', 'redis'],

@@ -26,16 +26,38 @@ export interface HttpConfig {
   CONNECTIONS: number;
   /** Long enough to fill MemoryStore's 10 000-record history and let the JIT settle: a server's steady state. */
   WARMUP: number;
+  /** Every variant against its baseline (`--full`), not only the comparisons the goals read. */
+  EVERY_VARIANT: boolean;
 }
 
-export const HTTP_FULL: HttpConfig = {
-  ROUNDS: Number(process.env.ROUNDS ?? 3),
-  BURSTS: Number(process.env.BURSTS ?? 3),
-  SECONDS: Number(process.env.SECONDS ?? 1),
-  CONNECTIONS: Number(process.env.CONNECTIONS ?? 10),
-  WARMUP: Number(process.env.WARMUP ?? 1.5),
+const fromEnv = (config: HttpConfig): HttpConfig => ({
+  ROUNDS: Number(process.env.ROUNDS ?? config.ROUNDS),
+  BURSTS: Number(process.env.BURSTS ?? config.BURSTS),
+  SECONDS: Number(process.env.SECONDS ?? config.SECONDS),
+  CONNECTIONS: Number(process.env.CONNECTIONS ?? config.CONNECTIONS),
+  WARMUP: Number(process.env.WARMUP ?? config.WARMUP),
+  EVERY_VARIANT: config.EVERY_VARIANT,
+});
+
+/** `npm run bench`: the comparisons the goals read, 2 rounds (about 6 minutes on a loaded 2-core machine). */
+export const HTTP_DEFAULT = fromEnv({
+  ROUNDS: 2,
+  BURSTS: 3,
+  SECONDS: 1,
+  CONNECTIONS: 10,
+  WARMUP: 1.5,
+  EVERY_VARIANT: false,
+});
+/** `npm run bench -- --full`: every variant against its baseline too, 3 rounds (about 15 minutes). */
+export const HTTP_FULL = fromEnv({ ...HTTP_DEFAULT, ROUNDS: 3, EVERY_VARIANT: true });
+export const HTTP_QUICK: HttpConfig = {
+  ROUNDS: 1,
+  BURSTS: 2,
+  SECONDS: 0.5,
+  CONNECTIONS: 4,
+  WARMUP: 0.3,
+  EVERY_VARIANT: true,
 };
-export const HTTP_QUICK: HttpConfig = { ROUNDS: 1, BURSTS: 2, SECONDS: 0.5, CONNECTIONS: 4, WARMUP: 0.3 };
 
 export interface Variant {
   name: string;
@@ -106,7 +128,7 @@ export const VARIANTS: readonly Variant[] = [
     tasks: true,
   },
   { name: 'bullmq', label: 'BullMQ (real redis-server) on finish', baseline: 'bare', tasks: true, needsRedis: true },
-  // The durable stores, served by bench/durable-server.ts (`npm run bench:durable` compares them in more detail).
+  // The durable stores, served by bench/durable-server.ts (the durable part, bench/durable.ts, compares them all).
   {
     name: 'sqlite',
     label: '1 durable task/request: SqliteStore (WAL, synchronous=NORMAL)',
@@ -174,27 +196,30 @@ async function measurePair(
   }
 }
 
-/** Every variant against its baseline, and every comparison a goal reads (ours against the same done by hand…). */
-function comparisons(variants: readonly Variant[]): [string, string][] {
+/** Every comparison a goal reads (ours against the same done by hand…), and every variant against its baseline. */
+function comparisons(variants: readonly Variant[], everyVariant: boolean): [string, string][] {
   const names = new Set(variants.map((v) => v.name));
   const pairs = new Map<string, [string, string]>();
-  for (const v of variants) if (v.baseline !== undefined) pairs.set(`${v.baseline}/${v.name}`, [v.baseline, v.name]);
+  if (everyVariant)
+    for (const v of variants) if (v.baseline !== undefined) pairs.set(`${v.baseline}/${v.name}`, [v.baseline, v.name]);
   for (const [base, name] of capacityPairs()) pairs.set(`${base}/${name}`, [base, name]);
   return [...pairs.values()].filter(([base, name]) => names.has(base) && names.has(name));
 }
 
+/** The HTTP part of `npm run bench`; the durable part is the same with its own `variants` (bench/durable.ts). */
 export async function runHttpBench(
-  config: HttpConfig = HTTP_FULL,
+  config: HttpConfig = HTTP_DEFAULT,
   log: (line: string) => void = console.log,
+  all: readonly Variant[] = VARIANTS,
 ): Promise<Omit<HttpResults, 'started' | 'nodeVersion' | 'machine' | 'load'>> {
   const { ROUNDS } = config;
   const redis = await startRedis();
   // ONLY=bare,untraced runs a subset (while profiling); the report needs them all.
   const only = process.env.ONLY?.split(',');
-  const variants = VARIANTS.filter((v) => (!v.needsRedis || redis) && (only === undefined || only.includes(v.name)));
+  const variants = all.filter((v) => (!v.needsRedis || redis) && (only === undefined || only.includes(v.name)));
   if (!redis) log('redis-server not found: BullMQ and Redis variants skipped');
   const byName = new Map(variants.map((v) => [v.name, v]));
-  const pairs = comparisons(variants);
+  const pairs = comparisons(variants, config.EVERY_VARIANT);
   const samples = new Map<string, Sample[]>(variants.map((v) => [v.name, []]));
   const paired = new Map<string, number[]>(pairs.map(([base, name]) => [`${base}/${name}`, []]));
   try {
@@ -250,7 +275,7 @@ export async function runHttpBench(
 }
 
 if (isMain(import.meta.url)) {
-  const { rows, ratios } = await runHttpBench();
+  const { rows, ratios } = await runHttpBench(process.argv.includes('--full') ? HTTP_FULL : HTTP_DEFAULT);
   console.table(
     rows.map((r) => ({
       variant: r.name,

@@ -31,15 +31,19 @@ export interface RunInfo {
   /** The 1-minute load average when the part started and when it ended (other work on the machine); runs
    * before 2026-11-29 did not record it. */
   load?: [number, number];
+  /** How long the part took, s (not recorded before 2026-11-29). */
+  seconds?: number;
 }
 
 /** Run `part` and stamp its result with the date, the Node version and the machine's load around it. */
 export async function timedPart<T extends object>(part: () => Promise<T>): Promise<T & RunInfo> {
-  const started = new Date().toISOString();
+  const start = new Date();
   const loadBefore = loadavg()[0];
   const result = await part();
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB`;
-  return { ...result, started, nodeVersion: process.version, machine, load: [loadBefore, loadavg()[0]] };
+  const seconds = Math.round((Date.now() - start.getTime()) / 1000);
+  const load: [number, number] = [loadBefore, loadavg()[0]];
+  return { ...result, started: start.toISOString(), nodeVersion: process.version, machine, load, seconds };
 }
 
 export interface BenchServer {
@@ -127,32 +131,6 @@ export async function burst(server: BenchServer, seconds: number, connections: n
     ran: (after.ran ?? 0) - (before.ran ?? 0),
     errors: result.errors + result.non2xx,
   };
-}
-
-/**
- * Run `measure(variant)` for every variant, `rounds` times, rotating the order each round so no variant
- * always runs first (or last) on a warming machine. Returns the samples by variant name.
- */
-export async function interleavedRounds<V extends { name: string }, S extends BurstSample>(
-  variants: readonly V[],
-  rounds: number,
-  measure: (variant: V) => Promise<S>,
-  describe: (line: string, sample: S) => void,
-): Promise<Map<string, S[]>> {
-  const samples = new Map<string, S[]>(variants.map((v) => [v.name, []]));
-  for (let round = 0; round < rounds; round++) {
-    const order = variants.map((_, i) => variants[(i + round) % variants.length]);
-    for (const variant of order) {
-      const sample = await measure(variant);
-      samples.get(variant.name)!.push(sample);
-      describe(
-        `round ${round + 1}/${rounds} ${variant.name.padEnd(16)} ${fmt(sample.rps, 0).padStart(7)} req/s  ` +
-          `${fmt(sample.cpuPerRequest)} µs CPU/req  p99 ${sample.p99} ms`,
-        sample,
-      );
-    }
-  }
-  return samples;
 }
 
 /**

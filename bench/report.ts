@@ -1,21 +1,25 @@
-// `npm run bench:report`: bench/results.md, bench/ratios.svg and the tables of docs/benchmarks.md (between
-// `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`), all made from bench/results.json and goals.ts alone, so
-// the docs cannot drift from the measurements (test/bench-report.test.ts checks the committed files).
+// `npm run bench:report`: bench/results.md, bench/ratios.svg and the tables of docs/benchmarks.md,
+// docs/durable-stores.md and docs/opentelemetry.md (between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`),
+// all made from bench/results.json and goals.ts alone, so the docs cannot drift from the measurements
+// (test/bench-report.test.ts checks the committed files).
 import { readFileSync, writeFileSync } from 'node:fs';
-import { GOALS, evaluate, type Goal } from './goals.ts';
+import { GOALS, capacityTarget, evaluate, type Goal } from './goals.ts';
 import { beside, fmt, isMain, type RunInfo } from './lib.ts';
-import { GROWTH_READS, readResults, type GrowthRow, type Results } from './results.ts';
+import { GROWTH_READS, readResults, type GrowthRow, type HttpResults, type Results } from './results.ts';
 
 export const RESULTS_MD = beside('results.md', import.meta.url);
 export const RATIOS_SVG = beside('ratios.svg', import.meta.url);
 export const BENCHMARKS_DOC = beside('../docs/benchmarks.md', import.meta.url);
+export const DURABLE_DOC = beside('../docs/durable-stores.md', import.meta.url);
+export const OTEL_DOC = beside('../docs/opentelemetry.md', import.meta.url);
 
 const range = (spread: [number, number] | undefined, digits: number) =>
   spread ? `${fmt(spread[0], digits)}–${fmt(spread[1], digits)}` : '';
 const thousands = (n: number) => n.toLocaleString('en').replace(/,/g, ' ');
 const runLine = (what: string, run: RunInfo) =>
   `${what}: ${run.started.slice(0, 16).replace('T', ' ')} UTC, Node ${run.nodeVersion}, ${run.machine}, ` +
-  `${run.load ? `load average ${fmt(run.load[0], 2)} → ${fmt(run.load[1], 2)}` : 'load not recorded'}`;
+  `${run.load ? `load average ${fmt(run.load[0], 2)} → ${fmt(run.load[1], 2)}` : 'load not recorded'}` +
+  `${run.seconds === undefined ? '' : `, ${fmt(run.seconds / 60)} min`}`;
 
 function digits(goal: Goal): number {
   switch (goal.measure.kind) {
@@ -84,23 +88,54 @@ export function inProcessTable(results: Results): string {
   ].join('\n');
 }
 
-/** Every HTTP variant: req/s, latency, CPU per request, its capacity ratio against its baseline. */
-export function httpTable(results: Results): string {
-  const http = results.http;
-  if (http === undefined) return '_Not measured yet: `node bench/run.ts --only http`._';
+/** Every variant of an HTTP-measured part: req/s, latency, CPU per request, its capacity ratio and goal. */
+export function variantTable(part: HttpResults | undefined, command: string): string {
+  if (part === undefined) return `_Not measured yet: \`${command}\`._`;
   return [
     '| variant | req/s | ÷ bare | p50 ms | p99 ms | µs CPU/request | capacity ratio | middle half of the ' +
-      'ratios | against | every task ran |',
-    '|---|---|---|---|---|---|---|---|---|---|',
-    ...http.rows.map((r) => {
-      const ratio = r.baseline === undefined ? undefined : http.ratios[`${r.baseline}/${r.name}`];
+      'ratios | against | goal | every task ran |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
+    ...part.rows.map((r) => {
+      const ratio = r.baseline === undefined ? undefined : part.ratios[`${r.baseline}/${r.name}`];
+      const goal = r.baseline === undefined ? undefined : capacityTarget(r.name, r.baseline);
       const ran = r.tasks ? (r.allTasksRan ? 'yes' : '**no: backlog**') : '–';
       return (
         `| ${r.label} | ${fmt(r.rps, 0)} | ${fmt(r.rpsRatio, 2)} | ${r.p50} | ${r.p99} | ` +
         `${fmt(r.cpuPerRequest)} | ${ratio ? fmt(ratio.value, 2) : '1 (baseline)'} | ` +
-        `${range(ratio?.spread, 2)} | ${r.baseline ?? ''} | ${ran} |`
+        `${range(ratio?.spread, 2)} | ${r.baseline ?? ''} | ${goal === undefined ? '' : `≥ ${goal}`} | ${ran} |`
       );
     }),
+  ].join('\n');
+}
+
+/** The durable part: its run, how it measures, every store against bare Koa. */
+export function durableTable(results: Results): string {
+  const durable = results.durable;
+  const run = durable
+    ? `${runLine('Run', durable)}; ${durable.config.ROUNDS} rounds of ${durable.config.BURSTS} paired ` +
+      `${durable.config.SECONDS} s bursts per store, ${durable.config.CONNECTIONS} connections, loopback, each ` +
+      "store's server beside bare Koa's (the method of [Benchmarks](benchmarks.md#how-it-measures)). The server " +
+      'runs its tasks in the same process, so its CPU time per request includes writing the record before the ' +
+      'response, running the task and writing its end.\n\n'
+    : '';
+  return `${run}${variantTable(durable, 'node --expose-gc bench/run.ts --only durable')}`;
+}
+
+/** The OpenTelemetry part: ns per task in process with no SDK, a provider that records nothing, a real SDK. */
+export function otelTable(results: Results): string {
+  const otel = results.otel;
+  if (otel === undefined) return '_Not measured yet: `node --expose-gc bench/run.ts --only otel`._';
+  return [
+    `${runLine('Run', otel)}; in one process, the variants interleaved, ${otel.config.ROUNDS} rounds of ` +
+      `${thousands(otel.config.TASKS)} tasks each (one \`taskLog\` per task); the median, and each round's ratio ` +
+      "to the same round's no-SDK run.",
+    '',
+    '| variant | ns per task | ÷ no SDK | middle half |',
+    '|---|---|---|---|',
+    ...otel.rows.map(
+      (r) =>
+        `| ${r.label} | ${thousands(Math.round(r.nsPerTask))} | ${fmt(r.ratio.value, 3)} | ${range(r.ratio.spread, 3)} |`,
+    ),
   ].join('\n');
 }
 
@@ -132,13 +167,21 @@ ${goalTable(results)}
 
 ${method}
 
-${httpTable(results)}
+${variantTable(http, 'node --expose-gc bench/run.ts --only http')}
 
 ![capacity ratios](ratios.svg)
+
+## Durable stores
+
+${durableTable(results).replace('(benchmarks.md#', '(../docs/benchmarks.md#')}
 
 ## In process
 
 ${inProcessTable(results)}
+
+## OpenTelemetry
+
+${otelTable(results)}
 
 ## History growth
 
@@ -146,30 +189,36 @@ ${growthTable(results)}
 `;
 }
 
-/** The tables of docs/benchmarks.md, by marker name. */
-export function docsSections(results: Results): Record<string, string> {
+/** The generated tables of each doc, by the doc's path and then by marker name. */
+export function docsSections(results: Results): Record<string, Record<string, string>> {
   const note = '<!-- generated by `npm run bench:report` from bench/results.json: edit bench/report.ts, not this -->';
+  const runs = (
+    [
+      ['HTTP', results.http],
+      ['Durable stores', results.durable],
+      ['In process', results.inprocess],
+      ['OpenTelemetry', results.otel],
+    ] as const
+  ).flatMap(([what, run]) => (run ? [`${runLine(what, run)}.`] : []));
   return {
-    goals: `${note}\n${[
-      results.http && runLine('HTTP', results.http),
-      results.inprocess && runLine('In process', results.inprocess),
-    ]
-      .filter(Boolean)
-      .map((line) => `${line}.`)
-      .join('\n')}\n\n${goalTable(results)}`,
-    growth: `${note}\n${growthTable(results)}`,
+    [BENCHMARKS_DOC]: {
+      goals: `${note}\n${runs.join('\n')}\n\n${goalTable(results)}`,
+      growth: `${note}\n${growthTable(results)}`,
+    },
+    [DURABLE_DOC]: { durable: `${note}\n${durableTable(results)}` },
+    [OTEL_DOC]: { otel: `${note}\n${otelTable(results)}` },
   };
 }
 
 /** `text` with the content between each `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` replaced. */
-export function replaceSections(text: string, sections: Record<string, string>): string {
+export function replaceSections(text: string, sections: Record<string, string>, file = 'the doc'): string {
   let out = text;
   for (const [name, content] of Object.entries(sections)) {
     const open = `<!-- bench:${name} -->`;
     const close = `<!-- /bench:${name} -->`;
     const start = out.indexOf(open);
     const end = out.indexOf(close);
-    if (start < 0 || end < start) throw new Error(`docs/benchmarks.md has no ${open} … ${close} section`);
+    if (start < 0 || end < start) throw new Error(`${file} has no ${open} … ${close} section`);
     out = `${out.slice(0, start + open.length)}\n${content}\n${out.slice(end)}`;
   }
   return out;
@@ -226,8 +275,9 @@ function escapeXml(text: string): string {
 export function writeReport(results: Results): string {
   writeFileSync(RESULTS_MD, resultsMarkdown(results));
   writeFileSync(RATIOS_SVG, ratiosChart(results));
-  writeFileSync(BENCHMARKS_DOC, replaceSections(readFileSync(BENCHMARKS_DOC, 'utf8'), docsSections(results)));
-  return `${goalTable(results)}\n\nwrote bench/results.md, bench/ratios.svg and the tables of docs/benchmarks.md`;
+  for (const [doc, sections] of Object.entries(docsSections(results)))
+    writeFileSync(doc, replaceSections(readFileSync(doc, 'utf8'), sections, doc));
+  return `${goalTable(results)}\n\nwrote bench/results.md, bench/ratios.svg and the tables of docs/`;
 }
 
 if (isMain(import.meta.url)) console.log(writeReport(readResults()));

@@ -24,7 +24,15 @@ export interface HttpRow {
 }
 
 export interface HttpResults extends RunInfo {
-  config: { ROUNDS: number; BURSTS: number; SECONDS: number; CONNECTIONS: number; WARMUP: number };
+  /** EVERY_VARIANT: every variant against its baseline; runs before 2026-11-29 all did, without the field. */
+  config: {
+    ROUNDS: number;
+    BURSTS: number;
+    SECONDS: number;
+    CONNECTIONS: number;
+    WARMUP: number;
+    EVERY_VARIANT?: boolean;
+  };
   rows: HttpRow[];
   /** Capacity ratios by `<baseline>/<variant>`: baseline CPU per request ÷ the variant's, paired bursts. */
   ratios: Record<string, Ratio>;
@@ -61,8 +69,25 @@ export interface GrowthResults extends RunInfo {
   rows: GrowthRow[];
 }
 
+/** In process, ns per task through `add()` with one `taskLog()`, each telemetry setting interleaved (bench/otel.ts). */
+export interface OtelRow {
+  name: string;
+  label: string;
+  nsPerTask: number;
+  /** ns per task ÷ the `no-sdk` row's of the same round: the median and middle half over the rounds. */
+  ratio: Ratio;
+}
+
+export interface OtelResults extends RunInfo {
+  config: { TASKS: number; ROUNDS: number };
+  rows: OtelRow[];
+}
+
 export interface Results {
   http?: HttpResults;
+  /** The durable stores against bare Koa, measured the way the HTTP part is (bench/durable.ts). */
+  durable?: HttpResults;
+  otel?: OtelResults;
   inprocess?: InProcessResults;
   growth?: GrowthResults;
 }

@@ -1,59 +1,91 @@
 // `npm run bench`: every part of the benchmark, then bench/results.json (the measurements) and the report made
-// from it (bench/report.ts: bench/results.md, bench/ratios.svg and the tables of docs/benchmarks.md).
-//   http       every HTTP comparison side by side (bench/http.ts), ~17 min
-//   inprocess  tasks/s through add(), after-response start latency, memory per queued task, ~1 min
-//   growth     SQLite and Redis with 0, 200 000 and 1 000 000 finished records (bench/growth.ts), ~10 min
-// Run it with --expose-gc (npm run bench does). Options: --only growth,inprocess (the other parts keep their
-// last results); --quick (every part small, in a minute or two, written to --out or a temp file, never over
-// the committed results); --out <file>.
-// Loopback only; bounded in time.
+// from it (bench/report.ts: bench/results.md, bench/ratios.svg and the tables of docs/). Default sizes, about
+// 9 minutes on a 2-core machine loaded by other work, load average 12–16 (`--full`: ~30 minutes):
+//   http       the comparisons the goals read, side by side, 2 rounds (bench/http.ts); --full: every variant
+//              against its baseline too, 3 rounds
+//   durable    each durable store against bare Koa, the same method (bench/durable.ts); --full: 3 rounds
+//   inprocess  tasks/s through add(), after-response start latency, memory per queued task (bench/inprocess.ts)
+//   otel       ns per task with no SDK, a provider that records nothing, a real SDK (bench/otel.ts); --full: 15 rounds
+//   growth     SQLite and Redis with 0 and 100 000 finished records (bench/growth.ts); --full: 0, 200 000 and
+//              1 000 000, where the #16 goals are set
+// Run it with --expose-gc (npm run bench does). Options: --only growth,inprocess (the other parts keep their last
+// results); --full; --quick (every part small, in a minute or two, written to --out or a temp file, never over
+// the committed results); --out <file>. Loopback only; bounded in time.
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { GROWTH_FULL, GROWTH_QUICK, runGrowthBench } from './growth.ts';
-import { HTTP_FULL, HTTP_QUICK, runHttpBench } from './http.ts';
+import { DURABLE_VARIANTS } from './durable.ts';
+import { GROWTH_DEFAULT, GROWTH_FULL, GROWTH_QUICK, runGrowthBench } from './growth.ts';
+import { HTTP_DEFAULT, HTTP_FULL, HTTP_QUICK, runHttpBench } from './http.ts';
 import { beside, timedPart } from './lib.ts';
 import { writeReport } from './report.ts';
-import { RESULTS_PATH, readResults, writeResults, type InProcessResults, type Results } from './results.ts';
+import { RESULTS_PATH, readResults, writeResults, type Results } from './results.ts';
 
-const PARTS = ['http', 'inprocess', 'growth'] as const;
+const PARTS = ['http', 'durable', 'inprocess', 'otel', 'growth'] as const;
 type Part = (typeof PARTS)[number];
 
 const { values } = parseArgs({
-  options: { only: { type: 'string' }, quick: { type: 'boolean', default: false }, out: { type: 'string' } },
+  options: {
+    only: { type: 'string' },
+    quick: { type: 'boolean', default: false },
+    full: { type: 'boolean', default: false },
+    out: { type: 'string' },
+  },
 });
 const parts = (values.only?.split(',') ?? PARTS) as Part[];
 for (const part of parts)
   if (!PARTS.includes(part)) throw new Error(`--only: unknown part ${part} (${PARTS.join(', ')})`);
-const quick = values.quick;
+const { quick, full } = values;
+if (quick && full) throw new Error('--quick and --full: pick one');
+const size = <T>(sizes: { quick: T; default: T; full: T }): T =>
+  quick ? sizes.quick : full ? sizes.full : sizes.default;
 const out = values.out ?? (quick ? join(tmpdir(), 'koa-taskflow-bench-quick.json') : RESULTS_PATH);
 const log = (line: string) => console.log(line);
 
-function inProcess(): Promise<Omit<InProcessResults, 'started' | 'nodeVersion' | 'machine' | 'load'>> {
-  const env = quick ? { ...process.env, QUEUED: '10000', BENCH_MS: '200' } : process.env;
-  const output = execFileSync(process.execPath, ['--expose-gc', beside('inprocess.ts', import.meta.url)], {
+/** A part that runs in a process of its own (it sets process-wide state) and prints its result as a JSON line. */
+function childPart<T>(script: string, env: Record<string, string>): Promise<T> {
+  const output = execFileSync(process.execPath, ['--expose-gc', beside(script, import.meta.url)], {
     encoding: 'utf8',
-    env,
+    env: { ...env, ...process.env },
   });
-  return Promise.resolve(JSON.parse(output.trim().split('\n').at(-1)!) as InProcessResults);
+  return Promise.resolve(JSON.parse(output.trim().split('\n').at(-1)!) as T);
 }
 
 // A part run alone replaces its own section; the others keep what was measured before.
 const results: Results = existsSync(out) ? readResults(out) : {};
+const http = size({ quick: HTTP_QUICK, default: HTTP_DEFAULT, full: HTTP_FULL });
 if (parts.includes('http')) {
-  results.http = await timedPart(() => runHttpBench(quick ? HTTP_QUICK : HTTP_FULL, log));
+  log('HTTP comparisons…');
+  results.http = await timedPart(() => runHttpBench(http, log));
+  writeResults(results, out);
+}
+if (parts.includes('durable')) {
+  log('durable stores…');
+  results.durable = await timedPart(() => runHttpBench({ ...http, EVERY_VARIANT: true }, log, DURABLE_VARIANTS));
   writeResults(results, out);
 }
 if (parts.includes('inprocess')) {
   log('in-process measurements…');
-  results.inprocess = await timedPart(inProcess);
+  const env = size<Record<string, string>>({ quick: { QUEUED: '10000', BENCH_MS: '200' }, default: {}, full: {} });
+  results.inprocess = await timedPart(() => childPart<NonNullable<Results['inprocess']>>('inprocess.ts', env));
+  writeResults(results, out);
+}
+if (parts.includes('otel')) {
+  log('OpenTelemetry overhead…');
+  const env = size<Record<string, string>>({
+    quick: { TASKS: '2000', ROUNDS: '3' },
+    default: { ROUNDS: '7' },
+    full: {},
+  });
+  results.otel = await timedPart(() => childPart<NonNullable<Results['otel']>>('otel.ts', env));
   writeResults(results, out);
 }
 if (parts.includes('growth')) {
   log('history growth…');
-  results.growth = await timedPart(() => runGrowthBench({ ...(quick ? GROWTH_QUICK : GROWTH_FULL), log }));
+  const growth = size({ quick: GROWTH_QUICK, default: GROWTH_DEFAULT, full: GROWTH_FULL });
+  results.growth = await timedPart(() => runGrowthBench({ ...growth, log }));
   writeResults(results, out);
 }
 log(`wrote ${out}`);

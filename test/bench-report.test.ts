@@ -7,6 +7,8 @@ import { GOALS, evaluate } from '../bench/goals.ts';
 import { runGrowthBench } from '../bench/growth.ts';
 import {
   BENCHMARKS_DOC,
+  DURABLE_DOC,
+  OTEL_DOC,
   RATIOS_SVG,
   RESULTS_MD,
   docsSections,
@@ -23,9 +25,25 @@ describe('the benchmark report (bench/report.ts)', () => {
     const doc = readFileSync(BENCHMARKS_DOC, 'utf8');
     expect(doc).toContain('<!-- bench:goals -->');
     expect(doc).toContain('<!-- bench:growth -->');
-    expect(replaceSections(doc, docsSections(results))).toBe(doc);
+    expect(replaceSections(doc, docsSections(results)[BENCHMARKS_DOC])).toBe(doc);
     expect(readFileSync(RESULTS_MD, 'utf8')).toBe(resultsMarkdown(results));
     expect(readFileSync(RATIOS_SVG, 'utf8')).toBe(ratiosChart(results));
+  });
+
+  it.each([
+    ['docs/durable-stores.md', DURABLE_DOC, 'durable', 'SqliteStore (WAL, synchronous=FULL)'],
+    ['docs/opentelemetry.md', OTEL_DOC, 'otel', 'no SDK registered (the default)'],
+  ])('the measured table of %s is what npm run bench:report makes of results.json', (_, path, name, row) => {
+    const doc = readFileSync(path, 'utf8');
+    const sections = docsSections(results)[path];
+    expect(Object.keys(sections)).toEqual([name]);
+    expect(sections[name]).toContain(row);
+    expect(replaceSections(doc, sections)).toBe(doc);
+  });
+
+  it('every part of npm run bench has its section in the committed results, with the load it ran under', () => {
+    for (const part of ['http', 'durable', 'inprocess', 'otel', 'growth'] as const)
+      expect(results[part]?.load, part).toHaveLength(2);
   });
 
   it('the committed results measure every goal of bench/goals.ts', () => {

@@ -2,6 +2,7 @@
 // compares still starts, serves, and accounts for its background work, so a broken variant is caught now and
 // not in the middle of a benchmark run.
 import { describe, expect, it } from 'vitest';
+import { DURABLE_VARIANTS } from '../bench/durable.ts';
 import { capacityPairs } from '../bench/goals.ts';
 import { VARIANTS, serve, type Variant } from '../bench/http.ts';
 import type { ServerStats } from '../bench/lib.ts';
@@ -25,20 +26,22 @@ async function exercise(variant: Variant, redisPort: number): Promise<{ before: 
   }
 }
 
-describe('the benchmark variants (bench/server.ts, bench/durable-server.ts)', () => {
+describe('the benchmark variants (bench/server.ts, bench/durable-server.ts, bench/durable.ts)', () => {
   it(
     'every variant serves its requests and, once drained, has run one task per request',
     { timeout: 120_000 },
     async () => {
       const redis = await startRedisServer();
-      const names = new Set(VARIANTS.map((v) => v.name));
+      // The HTTP part's variants and the durable part's (which shares some of them).
+      const variants = [...new Map([...VARIANTS, ...DURABLE_VARIANTS].map((v) => [v.name, v])).values()];
+      const names = new Set(variants.map((v) => v.name));
       // Each comparison's baseline is a variant too.
-      for (const variant of VARIANTS)
+      for (const variant of variants)
         if (variant.baseline) expect(names.has(variant.baseline), variant.baseline).toBe(true);
       // And every server a goal of bench/goals.ts compares.
       for (const pair of capacityPairs()) for (const name of pair) expect(names.has(name), name).toBe(true);
       // Two at a time: each is its own process.
-      const queue = [...VARIANTS];
+      const queue = [...variants];
       const worker = async (): Promise<void> => {
         for (let variant = queue.shift(); variant !== undefined; variant = queue.shift()) {
           const { before, after } = await exercise(variant, redis.port);
