@@ -1,5 +1,5 @@
 import { DEFAULT_LEASE_MS } from '../durable.js';
-import { TaskStoreError, TaskStoreUnavailableError } from '../errors.js';
+import { TaskflowError, TaskStoreError, TaskStoreUnavailableError, toErrorInfo } from '../errors.js';
 import type { ArgsCipher, SaveResult, StoreCapabilities, StoreLease, TaskRecord } from '../types.js';
 import { GroupCommit, type WriteBatch } from './group-commit.js';
 import { parseRecord } from './records.js';
@@ -9,7 +9,9 @@ export abstract class GroupCommittedStore {
   readonly durable = true;
   readonly encryptsArgs = true;
   readonly capabilities: StoreCapabilities = { claimsKeysOnSave: true };
-  protected readonly commit = new GroupCommit((batch) => this.write(batch));
+  protected readonly commit = new GroupCommit((batch) => this.write(batch), {
+    failure: (error, records) => this.writeFailed(error, records),
+  });
   /** The TaskManager owning the unfinished records this store writes ('' until attached). */
   protected ownerId = '';
   protected leaseMs = DEFAULT_LEASE_MS;
@@ -66,6 +68,26 @@ export abstract class GroupCommittedStore {
 
   release(records: TaskRecord[]): Promise<void> {
     return this.commit.add(records, { release: true }).then(() => undefined);
+  }
+
+  /**
+   * What the callers of a batch whose write failed get: the store's own errors as they are; anything else
+   * (a thrown non-Error, a record that cannot be serialised, a bug) as a TaskStoreUnavailableError that keeps
+   * it as its cause, so a request gets its 503 and a status write is retried like any failed write.
+   */
+  protected writeFailed(error: unknown, records: number): TaskflowError {
+    let ours = false;
+    try {
+      ours = error instanceof TaskflowError;
+    } catch {
+      // a Proxy whose prototype cannot be read: not one of ours
+    }
+    if (ours) return error as TaskflowError;
+    const { message } = toErrorInfo(error);
+    return new TaskStoreUnavailableError(
+      `${this.constructor.name}: the write of ${records} task record(s) failed: ${message}`,
+      { cause: error },
+    );
   }
 
   /** Write one group commit's records (unfinished ones owned by `ownerId`, `released` ones by nobody). */

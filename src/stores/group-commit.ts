@@ -29,6 +29,13 @@ class PendingBatch {
 }
 
 /**
+ * Records one store round trip writes at most (one SQLite transaction, one Lua call): a few milliseconds of
+ * work, so a bulk save neither holds the app's thread or Redis for long nor runs past a client's socket
+ * timeout, and no argument list grows with it.
+ */
+export const MAX_BATCH_RECORDS = 200;
+
+/**
  * Group commit: writes go out together, in one transaction (SQLite) or one round trip (Redis), and every
  * caller awaits that same write.
  *
@@ -38,6 +45,10 @@ class PendingBatch {
  *   out in one larger batch; nobody waits on them, and a larger batch is much cheaper per record. The
  *   cost: a crash within that window forgets the last status change, so the task runs again
  *   (at-least-once).
+ * - A batch holds `maxRecords` at most. A save() that does not fit in the open batch closes it; a save()
+ *   of up to `maxRecords` records is always written by one round trip (all or nothing), a larger one in
+ *   batches of `maxRecords`, in order. Closed batches are written one after another, the event loop
+ *   running between two, so a bulk save of any size cannot stall the app.
  *
  * Records are kept by id and serialised when the batch is written, so a record changed several times
  * before its batch goes out (accepted, started, finished) is written once, as it is by then.
@@ -46,40 +57,71 @@ export class GroupCommit {
   #urgent: PendingBatch | undefined;
   #lazy: PendingBatch | undefined;
   readonly #inFlight = new Set<Promise<unknown>>();
+  /** Full batches, written in order by #drain (one at a time). */
+  #closed: PendingBatch[] = [];
+  #draining: Promise<void> | undefined;
 
-  constructor(private readonly write: (batch: WriteBatch) => SaveResult | Promise<SaveResult>) {}
+  readonly #failure: (error: unknown, records: number) => unknown;
+  readonly #maxRecords: number;
+
+  constructor(
+    private readonly write: (batch: WriteBatch) => SaveResult | Promise<SaveResult>,
+    options: {
+      /** What the callers of a failed write get (the store's typed error), whatever the write threw. */
+      failure?: (error: unknown, records: number) => unknown;
+      /** Records per batch at most. Default MAX_BATCH_RECORDS. */
+      maxRecords?: number;
+    } = {},
+  ) {
+    this.#failure = options.failure ?? ((error) => error);
+    this.#maxRecords = options.maxRecords ?? MAX_BATCH_RECORDS;
+  }
 
   /**
-   * Queue `records`; resolves once their batch is committed. `add([])` writes everything queued now and
+   * Queue `records`; resolves once their batches are committed. `add([])` writes everything queued now and
    * resolves once that and every write in flight has settled.
    */
   add(records: readonly TaskRecord[], options: { release?: boolean; lazy?: boolean } = {}): Promise<SaveResult> {
     if (records.length === 0) return this.flush().then(() => undefined);
-    let batch: PendingBatch;
-    if (options.lazy) {
-      batch = this.#lazy ??= this.#open(true);
-    } else {
-      batch = this.#urgent ??= this.#open(false);
+    const lazy = options.lazy === true;
+    let batch = lazy ? this.#lazy : this.#urgent;
+    // A save that fits in one batch is never split: it is committed, or not, as a whole.
+    if (batch !== undefined && batch.records.size + records.length > this.#maxRecords) {
+      this.#close(lazy);
+      batch = undefined;
     }
+    const large = records.length > this.#maxRecords;
+    // Batches of a save larger than one batch are all closed, so they are written in order, after the ones before.
+    let parts: Promise<SaveResult>[] | undefined;
     for (const record of records) {
+      if (batch === undefined || (batch.records.size >= this.#maxRecords && !batch.records.has(record.id))) {
+        if (batch !== undefined) this.#close(lazy);
+        batch = this.#open(lazy);
+        if (lazy) this.#lazy = batch;
+        else this.#urgent = batch;
+        if (large) (parts ??= []).push(batch.promise);
+      }
       batch.records.set(record.id, record);
       if (options.release) batch.released.add(record.id);
     }
-    return batch.promise;
+    if (parts === undefined) return batch!.promise;
+    this.#close(lazy);
+    return joined(parts);
   }
 
   /** Write what is queued now and wait for every write still in flight (drain, orphan checks, close). */
   async flush(): Promise<void> {
-    const pending = [this.#take(false), this.#take(true)].filter((batch) => batch !== undefined);
-    await Promise.allSettled(pending.map((batch) => this.#flush(batch)));
+    this.#close(false);
+    this.#close(true);
+    await this.#draining;
     await Promise.allSettled([...this.#inFlight]);
   }
 
   #open(lazy: boolean): PendingBatch {
     const batch = new PendingBatch(lazy);
     batch.timer = lazy
-      ? setTimeout(() => void this.#flush(this.#take(true)!), LAZY_WRITE_MS)
-      : setImmediate(() => void this.#flush(this.#take(false)!));
+      ? setTimeout(() => void this.#flush(this.#take(true)), LAZY_WRITE_MS)
+      : setImmediate(() => void this.#flush(this.#take(false)));
     return batch;
   }
 
@@ -93,7 +135,28 @@ export class GroupCommit {
     return batch;
   }
 
-  async #flush(batch: PendingBatch): Promise<void> {
+  /** The open batch of that kind takes no more records: it is written after the batches closed before it. */
+  #close(lazy: boolean): void {
+    const batch = this.#take(lazy);
+    if (batch === undefined) return;
+    this.#closed.push(batch);
+    this.#draining ??= this.#drain();
+  }
+
+  async #drain(): Promise<void> {
+    // A closed batch waits for the end of this turn, as an urgent one does: its caller is still adding.
+    for (let i = 0; i < this.#closed.length; i++) {
+      await new Promise((resolve) => setImmediate(resolve));
+      await this.#flush(this.#closed[i]);
+      this.#closed[i] = undefined as unknown as PendingBatch;
+    }
+    this.#closed = [];
+    this.#draining = undefined;
+  }
+
+  /** Writes `batch` and settles its promise, whatever `write` does: every waiter gets an answer. */
+  async #flush(batch: PendingBatch | undefined): Promise<void> {
+    if (batch === undefined) return;
     let done: Promise<SaveResult> | undefined;
     try {
       const result = this.write({ records: [...batch.records.values()], released: batch.released, lazy: batch.lazy });
@@ -102,9 +165,31 @@ export class GroupCommit {
       this.#inFlight.add(done);
       batch.settle.resolve(await done);
     } catch (error) {
-      batch.settle.reject(error);
+      batch.settle.reject(this.#typed(error, batch.records.size));
     } finally {
       if (done !== undefined) this.#inFlight.delete(done);
     }
   }
+
+  #typed(error: unknown, records: number): unknown {
+    try {
+      return this.#failure(error, records);
+    } catch (thrown) {
+      return thrown;
+    }
+  }
+}
+
+/** Resolves once every part has, with the duplicates all of them reported; rejects with the first failure. */
+function joined(parts: readonly Promise<SaveResult>[]): Promise<SaveResult> {
+  return new Promise<SaveResult>((resolve, reject) => {
+    let left = parts.length;
+    let duplicates: Map<string, string> | undefined;
+    for (const part of parts) {
+      part.then((result) => {
+        if (result !== undefined) for (const [id, holder] of result) (duplicates ??= new Map()).set(id, holder);
+        if (--left === 0) resolve(duplicates);
+      }, reject);
+    }
+  });
 }

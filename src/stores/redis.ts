@@ -661,12 +661,15 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
 
   async #run(script: Script, args: (string | number)[]): Promise<unknown> {
     this.#reachable();
+    // As one array (ioredis flattens it), never spread: a spread's arguments live on the stack, and a batch
+    // of a few thousand records overflowed it ("Maximum call stack size exceeded").
+    const argv = args.map(String);
     try {
-      return await this.client.evalsha(script.sha, 0, ...args);
+      return await this.client.evalsha(script.sha, 0, argv);
     } catch (error) {
       // First use on this server (or after SCRIPT FLUSH): send the source once; Redis caches it by sha.
       if (error instanceof Error && error.message.startsWith('NOSCRIPT'))
-        return this.client.eval(script.source, 0, ...args).catch(unavailable);
+        return this.client.eval(script.source, 0, argv).catch(unavailable);
       return unavailable(error);
     }
   }
