@@ -102,6 +102,28 @@ export function describeTaskStore<S extends TaskStore>(
   const expectRecords = (actual: (TaskRecord | undefined)[], expected: TaskRecord[]) =>
     assert.deepStrictEqual(plain(actual), plain(expected));
 
+  /** Exact counts and success rate, the mean to a rounding, the p95 in the task.duration bucket of the exact one. */
+  const expectRecount = (actual: NameMetrics, expected: NameMetrics, what: string) => {
+    assert.deepStrictEqual(
+      { total: actual.total, byStatus: actual.byStatus, successRate: actual.successRate },
+      { total: expected.total, byStatus: expected.byStatus, successRate: expected.successRate },
+      what,
+    );
+    if (expected.avgDurationMs === null) {
+      assert.equal(actual.avgDurationMs, null, `${what}: avgDurationMs`);
+      assert.equal(actual.p95DurationMs, null, `${what}: p95DurationMs`);
+      return;
+    }
+    assert.ok(Math.abs(actual.avgDurationMs! - expected.avgDurationMs) < 1e-6, `${what}: avgDurationMs`);
+    const bounds = [0, ...DURATION_BUCKETS.map((s) => s * 1000), Infinity];
+    const i = bounds.findIndex((b) => expected.p95DurationMs! <= b);
+    const p95 = actual.p95DurationMs!;
+    assert.ok(
+      p95 >= bounds[Math.max(0, i - 1)] && p95 <= bounds[i],
+      `${what}: p95DurationMs ${p95} is in the bucket of ${expected.p95DurationMs}`,
+    );
+  };
+
   describe(name, () => {
     describe('records', () => {
       it(
@@ -502,28 +524,6 @@ export function describeTaskStore<S extends TaskStore>(
     });
 
     describe('metrics()', () => {
-      /** Exact counts and success rate, the mean to a rounding, the p95 in the task.duration bucket of the exact one. */
-      const expectRecount = (actual: NameMetrics, expected: NameMetrics, what: string) => {
-        assert.deepStrictEqual(
-          { total: actual.total, byStatus: actual.byStatus, successRate: actual.successRate },
-          { total: expected.total, byStatus: expected.byStatus, successRate: expected.successRate },
-          what,
-        );
-        if (expected.avgDurationMs === null) {
-          assert.equal(actual.avgDurationMs, null, `${what}: avgDurationMs`);
-          assert.equal(actual.p95DurationMs, null, `${what}: p95DurationMs`);
-          return;
-        }
-        assert.ok(Math.abs(actual.avgDurationMs! - expected.avgDurationMs) < 1e-6, `${what}: avgDurationMs`);
-        const bounds = [0, ...DURATION_BUCKETS.map((s) => s * 1000), Infinity];
-        const i = bounds.findIndex((b) => expected.p95DurationMs! <= b);
-        const p95 = actual.p95DurationMs!;
-        assert.ok(
-          p95 >= bounds[Math.max(0, i - 1)] && p95 <= bounds[i],
-          `${what}: p95DurationMs ${p95} is in the bucket of ${expected.p95DurationMs}`,
-        );
-      };
-
       it(
         'counts by status and name, success rate, mean and p95 match a recount of list(), also after records change status',
         using(async (store) => {
@@ -556,6 +556,64 @@ export function describeTaskStore<S extends TaskStore>(
             next(mail[0], { durationMs: 2 }),
           ]);
           await recount('after status changes');
+        }),
+      );
+    });
+
+    describe('large saves', () => {
+      it(
+        'a save of N records settles, whatever N: three concurrent saves of 5 000 and then one of 20 000 all resolve, every record is readable after, metrics() matches a recount',
+        using(async (store) => {
+          const statuses: TaskStatus[] = ['success', 'success', 'failed', 'cancelled', 'pending', 'running'];
+          // Times of their own (a millisecond apart, two hours ago): the suite's clock is left as it is.
+          let at = Date.now() - 7_200_000;
+          const many = (count: number, name: string): TaskRecord[] =>
+            Array.from({ length: count }, (_, i) => {
+              const status = statuses[i % statuses.length];
+              const createdAt = at++;
+              const finished = status !== 'pending' && status !== 'running';
+              return {
+                id: randomUUID(),
+                name,
+                status,
+                args: [i],
+                tags: { batch: name },
+                attempts: status === 'pending' ? 0 : 1,
+                maxAttempts: 1,
+                createdAt,
+                ...(finished ? { endedAt: createdAt + 1, durationMs: i % 700 } : {}),
+                logs: [],
+              };
+            });
+          const concurrent = ['bulk-a', 'bulk-b', 'bulk-c'].map((batch) => many(5_000, batch));
+          const outcomes = await Promise.allSettled(concurrent.map((records) => store.save(records)));
+          for (const outcome of outcomes)
+            assert.equal(
+              outcome.status,
+              'fulfilled',
+              `a concurrent save() of 5 000 records: ${String((outcome as PromiseRejectedResult).reason)}`,
+            );
+          const large = many(20_000, 'bulk-large');
+          await store.save(large);
+          const saved = [...concurrent.flat(), ...large];
+          // A store may bound what it keeps (MemoryStore's maxRecords): the unfinished records, at least, stay.
+          const expected = durable(store)
+            ? saved
+            : saved.filter((r) => r.status === 'pending' || r.status === 'running');
+          const all = await store.list();
+          const held = new Set(ids(all));
+          const missing = expected.filter((r) => !held.has(r.id));
+          assert.equal(missing.length, 0, `${missing.length} of ${expected.length} saved records are not listed`);
+          for (const r of [expected[0], expected[expected.length >> 1], expected[expected.length - 1]])
+            expectRecords([await store.get(r.id)], [r]);
+          if (typeof store.metrics !== 'function') return;
+          const recount = metricsFrom(
+            all.map((r) => ({ name: r.name, status: r.status, count: 1 })),
+            all.filter((r) => r.status === 'success').map((r) => ({ name: r.name, duration: r.durationMs! })),
+          );
+          const metrics = await store.metrics();
+          expectRecount(metrics, recount, 'after the large saves: all');
+          for (const n of Object.keys(recount.byName)) expectRecount(metrics.byName[n], recount.byName[n], n);
         }),
       );
     });

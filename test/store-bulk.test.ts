@@ -1,0 +1,175 @@
+// Large writes: a bulk save or a burst of tasks is written in bounded batches (one SQLite transaction, one
+// Lua call each), every caller's promise settles, and a batch whose write throws rejects all of its callers
+// with the store's typed error. The conformance suite (koa-taskflow/testing, "large saves") checks the
+// promise every store makes; this file checks how the built-in stores keep it.
+import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { MemoryStore, TaskStoreUnavailableError, type TaskRecord, type TaskStore } from 'koa-taskflow';
+import { RedisStore } from 'koa-taskflow/redis';
+import { SqliteStore } from 'koa-taskflow/sqlite';
+import { taskRecord } from './helpers/durable-app.js';
+import { tempDir } from './helpers/files.js';
+import { recountMetrics } from './helpers/recount.js';
+import { startRedisServer } from './helpers/redis.js';
+import { createManager, onCleanup } from './helpers/server.js';
+
+const STORES: [string, () => Promise<TaskStore>][] = [
+  ['MemoryStore', () => Promise.resolve(new MemoryStore({ maxRecords: 100_000 }))],
+  ['SqliteStore', () => Promise.resolve(new SqliteStore({ path: join(tempDir(), 'tasks.db') }))],
+  ['RedisStore', async () => new RedisStore({ url: (await startRedisServer()).url }, { prefix: 'bulk' })],
+];
+
+async function open(create: () => Promise<TaskStore>): Promise<TaskStore> {
+  const store = await create();
+  onCleanup(() => store.close());
+  return store;
+}
+
+/** `count` finished records of task `name` (successes of 0–699 ms, one in ten failed), created a ms apart. */
+function finished(count: number, name: string): TaskRecord[] {
+  const since = Date.now() - 3_600_000;
+  return Array.from({ length: count }, (_, i) =>
+    taskRecord(randomUUID(), {
+      name,
+      status: i % 10 === 0 ? 'failed' : 'success',
+      attempts: 1,
+      createdAt: since + i,
+      endedAt: since + i + 1,
+      durationMs: i % 700,
+      tags: { import: name },
+    }),
+  );
+}
+
+/** Event-loop turns (check phases) until `promise` settles. */
+async function turnsDuring<T>(promise: Promise<T>): Promise<{ value: T; turns: number }> {
+  let turns = 0;
+  let counting = true;
+  const tick = () => {
+    turns++;
+    if (counting) setImmediate(tick);
+  };
+  setImmediate(tick);
+  try {
+    return { value: await promise, turns };
+  } finally {
+    counting = false;
+  }
+}
+
+describe.each(STORES)('%s: large writes', (_name, create) => {
+  it('one save() of 50 000 records resolves, in batches the event loop runs between; every record is listed and metrics match a recount', async () => {
+    const store = await open(create);
+    const records = finished(50_000, 'import');
+    const { turns } = await turnsDuring(store.save(records));
+    const listed = await store.list();
+    expect(listed.length).toBe(records.length);
+    expect(new Set(listed.map((r) => r.id))).toEqual(new Set(records.map((r) => r.id)));
+    if (store.durable) {
+      // One transaction (or Lua call) of 50 000 records held the app's thread (or Redis) for seconds, with
+      // no turn of the event loop in between: now a batch is at most a few hundred records.
+      expect(turns).toBeGreaterThan(50_000 / 500);
+      expect(await store.metrics!()).toEqual(recountMetrics(listed));
+    }
+  }, 120_000);
+
+  it('a manager adding 15 000 tasks outside requests in one go: each is stored, runs once and ends; metrics() counts them all', async () => {
+    const store = await open(create);
+    const manager = createManager({ store, maxQueued: 20_000 });
+    const ran = new Set<number>();
+    const work = manager.task(function bulkWork(n: number) {
+      ran.add(n);
+    });
+    await manager.start();
+    const ids = Array.from({ length: 15_000 }, (_, n) => manager.add(work, n));
+    await manager.drain();
+    expect(ran.size).toBe(15_000);
+    const metrics = await manager.metrics();
+    expect(metrics.total).toBe(15_000);
+    expect(metrics.byStatus.success).toBe(15_000);
+    for (const id of [ids[0], ids[7_500], ids[14_999]])
+      expect(await manager.get(id)).toMatchObject({ status: 'success', name: 'bulkWork' });
+    if (store.durable) expect(await store.metrics!()).toEqual(recountMetrics(await store.list()));
+  }, 120_000);
+});
+
+/** A record whose args cannot be read: serialising it throws `thrown` inside the batch's write. */
+function poisoned(thrown: () => unknown): TaskRecord {
+  const record = taskRecord(randomUUID(), { name: 'poisoned' });
+  Object.defineProperty(record, 'args', { enumerable: true, get: () => thrown() as never });
+  return record;
+}
+
+/**
+ * A store of your own that wraps a built-in one and hands it a record that cannot be serialised among the
+ * records of one call: the built-in store's batch (which also holds the other callers' records) throws.
+ */
+class PoisoningStore implements TaskStore {
+  readonly durable = true;
+  constructor(
+    readonly inner: TaskStore,
+    readonly thrown: () => unknown,
+  ) {}
+  save(records: TaskRecord[]) {
+    return this.inner.save([...records, poisoned(this.thrown)]);
+  }
+  get(id: string) {
+    return this.inner.get(id);
+  }
+  list() {
+    return this.inner.list();
+  }
+  claimKey(key: string, id: string) {
+    return this.inner.claimKey(key, id);
+  }
+  claimOrphans(ownerId: string, leaseMs: number) {
+    return this.inner.claimOrphans(ownerId, leaseMs);
+  }
+  close() {
+    return this.inner.close();
+  }
+}
+
+const THROWN: [string, () => unknown][] = [
+  ['an Error', () => new Error('cannot read args')],
+  ['a string', () => 'cannot read args'],
+  ['undefined', () => undefined],
+  [
+    'an object whose toString throws',
+    () => ({
+      toString: () => {
+        throw new Error('nope');
+      },
+    }),
+  ],
+];
+
+describe.each(STORES.filter(([name]) => name !== 'MemoryStore'))('%s: a batch whose write throws', (_name, create) => {
+  it.each(THROWN)(
+    'rejects every caller of that batch with a TaskStoreUnavailableError (thrown: %s), and the next batch is written',
+    async (_what, thrown) => {
+      const inner = await open(create);
+      const store = new PoisoningStore(inner, () => {
+        throw thrown();
+      });
+      // Three callers in one event-loop turn share one batch: two with good records, one through the wrapper.
+      const good = [taskRecord(randomUUID()), taskRecord(randomUUID())];
+      const outcomes = await Promise.allSettled([
+        inner.save([good[0]]),
+        store.save([taskRecord(randomUUID())]),
+        inner.save([good[1]]),
+      ]);
+      for (const outcome of outcomes) {
+        expect(outcome.status).toBe('rejected');
+        const reason = (outcome as PromiseRejectedResult).reason as unknown;
+        expect(reason).toBeInstanceOf(TaskStoreUnavailableError);
+        expect(reason).toMatchObject({ code: 'ERR_STORE_UNAVAILABLE' });
+      }
+      // Nothing of the failed batch was written; the store is not wedged.
+      expect(await inner.list()).toEqual([]);
+      await inner.save(good);
+      expect((await inner.list()).map((r) => r.id).sort()).toEqual(good.map((r) => r.id).sort());
+    },
+  );
+});
