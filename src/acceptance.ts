@@ -18,6 +18,9 @@ import {
   type TaskStore,
 } from './types.js';
 
+/** claimKey() calls in flight at once, when the store does not claim keys in save(). */
+const CLAIMS_IN_FLIGHT = 100;
+
 /** When a task added through `ctx.tasks` runs. */
 export type TaskPhase = 'now' | 'afterRoute' | 'afterResponse';
 
@@ -245,7 +248,7 @@ export class Acceptance implements FollowSource {
       const key = run.record.idempotencyKey;
       if (!run.awaitingWrite || key === undefined) continue;
       claims.push(
-        this.store.claimKey(key, run.id).then((holder) => {
+        this.#claimKey(key, run.id).then((holder) => {
           if (holder !== undefined && holder !== run.id) (lost ??= new Map()).set(run.id, holder);
         }),
       );
@@ -261,6 +264,23 @@ export class Acceptance implements FollowSource {
         `${where}: with option "engine" a task runs in a worker process, which finds it by its registered name: register "${options.name}" with manager.task(fn) in both processes (and do not rename it with option "name")`,
       );
     assertPersistable(where, options.name, args);
+  }
+
+  // A bulk add of keyed tasks (one write per task outside requests, or one request's batch) claims at most
+  // CLAIMS_IN_FLIGHT keys at a time, not one call per task at once; a call ending hands its slot to the next.
+  #claiming = 0;
+  readonly #claimQueue: (() => void)[] = [];
+
+  async #claimKey(key: string, id: string): Promise<string | undefined> {
+    if (this.#claiming < CLAIMS_IN_FLIGHT) this.#claiming++;
+    else await new Promise<void>((resolve) => this.#claimQueue.push(resolve));
+    try {
+      return await this.store.claimKey(key, id);
+    } finally {
+      const next = this.#claimQueue.shift();
+      if (next !== undefined) next();
+      else this.#claiming--;
+    }
   }
 
   /**

@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { MemoryStore, TaskStoreUnavailableError, type TaskRecord, type TaskStore } from 'koa-taskflow';
 import { RedisStore } from 'koa-taskflow/redis';
 import { SqliteStore } from 'koa-taskflow/sqlite';
+import { MapStore } from './fixtures/map-store.js';
 import { taskRecord } from './helpers/durable-app.js';
 import { tempDir } from './helpers/files.js';
 import { recountMetrics } from './helpers/recount.js';
@@ -172,4 +173,38 @@ describe.each(STORES.filter(([name]) => name !== 'MemoryStore'))('%s: a batch wh
       expect((await inner.list()).map((r) => r.id).sort()).toEqual(good.map((r) => r.id).sort());
     },
   );
+});
+
+/** A store of your own that claims keys through claimKey() alone, counting the calls in flight at once. */
+class CountingClaims extends MapStore {
+  inFlight = 0;
+  mostInFlight = 0;
+  override async claimKey(key: string, id: string): Promise<string | undefined> {
+    this.mostInFlight = Math.max(this.mostInFlight, ++this.inFlight);
+    try {
+      return await super.claimKey(key, id);
+    } finally {
+      this.inFlight--;
+    }
+  }
+}
+
+describe('a store that claims keys through claimKey()', () => {
+  it('a bulk add of 2 000 keyed tasks claims their keys 100 at a time, each task once, the duplicates not run', async () => {
+    const store = new CountingClaims();
+    const manager = createManager({ store });
+    const ran: number[] = [];
+    const work = manager.task(function keyedWork(n: number) {
+      ran.push(n);
+    });
+    await manager.start();
+    for (let n = 0; n < 2_000; n++) manager.with({ idempotencyKey: `bulk-${n}` }).add(work, n);
+    // The same keys again once the first ones are stored: each answers the task holding it.
+    await manager.drain();
+    for (let n = 0; n < 2_000; n += 500) manager.with({ idempotencyKey: `bulk-${n}` }).add(work, n);
+    await manager.drain();
+    expect(ran.length).toBe(2_000);
+    expect(store.mostInFlight).toBeGreaterThan(1);
+    expect(store.mostInFlight).toBeLessThanOrEqual(100);
+  }, 60_000);
 });

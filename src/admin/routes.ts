@@ -329,7 +329,9 @@ export class Retrier {
     const found = new Map<string, string>();
     if (records.length === 0) return found;
     const wanted = new Set(records.map((r) => r.id));
-    const since = Math.min(...records.map((r) => r.createdAt));
+    // A loop, not Math.min(...): a spread of `maxLimit` records' times could overflow the stack.
+    let since = Infinity;
+    for (const r of records) since = Math.min(since, r.createdAt);
     for (const r of await this.manager.list({ since })) {
       if (r.retryOf !== undefined && wanted.has(r.retryOf) && !found.has(r.retryOf)) found.set(r.retryOf, r.id);
     }

@@ -39,7 +39,8 @@ export async function planIndexes(
     if (error !== null) throw error;
     return Number(size);
   });
-  const smallest = sizes.indexOf(Math.min(...sizes));
+  let smallest = 0;
+  for (let i = 1; i < sizes.length; i++) if (sizes[i] < sizes[smallest]) smallest = i;
   return { walked: [required[smallest]], required: required.filter((_, i) => i !== smallest) };
 }
 
