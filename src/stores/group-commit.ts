@@ -58,7 +58,7 @@ export class GroupCommit {
   #lazy: PendingBatch | undefined;
   readonly #inFlight = new Set<Promise<unknown>>();
   /** Full batches, written in order by #drain (one at a time). */
-  #closed: PendingBatch[] = [];
+  #closed: (PendingBatch | undefined)[] = [];
   #draining: Promise<void> | undefined;
 
   readonly #failure: (error: unknown, records: number) => unknown;
@@ -144,11 +144,12 @@ export class GroupCommit {
   }
 
   async #drain(): Promise<void> {
-    // A closed batch waits for the end of this turn, as an urgent one does: its caller is still adding.
+    // A closed batch waits for the end of this turn, as an urgent one does: its caller may still be adding.
+    // #flush never throws (it settles its batch whatever happens), so every batch queued here is written.
     for (let i = 0; i < this.#closed.length; i++) {
       await new Promise((resolve) => setImmediate(resolve));
       await this.#flush(this.#closed[i]);
-      this.#closed[i] = undefined as unknown as PendingBatch;
+      this.#closed[i] = undefined;
     }
     this.#closed = [];
     this.#draining = undefined;
