@@ -431,6 +431,23 @@ describe('group commit', () => {
     expect(batches).toEqual([['accepted'], ['started', 'ended']]);
   });
 
+  it('cuts batches at maxRecords: a save that fits is never split, a larger one is written in full batches, in order', async () => {
+    const { GroupCommit } = await import('../src/stores/group-commit.js');
+    const batches: string[][] = [];
+    const commit = new GroupCommit(
+      ({ records }) => {
+        batches.push(records.map((r) => r.id));
+      },
+      { maxRecords: 3 },
+    );
+    const first = commit.add(['a', 'b'].map((id) => record(id)));
+    const second = commit.add(['c', 'd'].map((id) => record(id)));
+    const large = commit.add(['e', 'f', 'g', 'h', 'i', 'j', 'k'].map((id) => record(id)));
+    expect(second).not.toBe(first);
+    await Promise.all([first, second, large]);
+    expect(batches).toEqual([['a', 'b'], ['c', 'd'], ['e', 'f', 'g'], ['h', 'i', 'j'], ['k']]);
+  });
+
   it('rejects every caller of a failed write, and later turns write again', async () => {
     const { GroupCommit } = await import('../src/stores/group-commit.js');
     let fail = true;
