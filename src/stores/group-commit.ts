@@ -111,9 +111,15 @@ export class GroupCommit {
 
   /** Write what is queued now and wait for every write still in flight (drain, orphan checks, close). */
   async flush(): Promise<void> {
-    this.#close(false);
-    this.#close(true);
-    await this.#draining;
+    const open = [this.#take(false), this.#take(true)].filter((batch) => batch !== undefined);
+    if (this.#draining === undefined) {
+      // Nothing closed is waiting: the open batches are written now, as they always were.
+      await Promise.allSettled(open.map((batch) => this.#flush(batch)));
+    } else {
+      // After the closed batches before them, in order.
+      this.#closed.push(...open);
+      await this.#draining;
+    }
     await Promise.allSettled([...this.#inFlight]);
   }
 
