@@ -2,6 +2,7 @@ import { TaskflowError, TaskManagerClosedError, TaskNotFoundError, TaskQueueFull
 import { persistedOptions } from './durable.js';
 import { followingHandle, follow, handleOf, type FollowSource, type TaskHandle } from './handles.js';
 import { newTaskId } from './ids.js';
+import { checkCloneable } from './isolate.js';
 import { assertPersistable } from './json-check.js';
 import { dueTime, type ResolvedTaskOptions, type TaskOptions } from './options.js';
 import type { TaskTelemetry } from './otel.js';
@@ -102,6 +103,7 @@ export class Acceptance implements FollowSource {
     const options = this.#deps.registry.optionsFor(where, fn as TaskFunction, overrides);
     const recoverable = this.#durable && this.#checkPersist(where, fn as TaskFunction, options, args);
     if (this.#deps.engine) this.#checkForEngine(where, fn as TaskFunction, options, args);
+    if (options.isolate === 'thread') checkCloneable(where, options.name, args);
     // Checked before anything is recorded or claimed: a refused task leaves no trace. (So a duplicate
     // idempotency key is refused too while the queue is full.)
     if (runner.waiting >= maxQueued) {

@@ -16,6 +16,7 @@ const PERSISTED_KEYS = [
   'maxStalls',
   'trace',
   'limit',
+  'isolate',
 ] as const;
 
 /** The part of a task's `with()` overrides that a restarted process needs; undefined when there is none. */

@@ -1,6 +1,7 @@
 import { optionError, validateTaskOptions, MAX_TIMER_MS, type TaskOptions } from './options.js';
 import type { MeterProvider, TracerProvider } from '@opentelemetry/api';
 import { kEngine, type TaskEngine } from './engine.js';
+import { checkThreadPoolOptions, type ThreadPoolOptions } from './isolate.js';
 import type { RedactOption } from './redact.js';
 import type { TaskLogger, TaskObserver, TaskStore } from './types.js';
 
@@ -53,6 +54,8 @@ export interface TaskManagerOptions {
    * `koa-taskflow/bullmq` (web processes enqueue, `manager.work()` processes run them). Default: this process.
    */
   engine?: TaskEngine;
+  /** The worker threads of `isolate: 'thread'` tasks (a piscina pool, started at the first such attempt). */
+  threads?: ThreadPoolOptions;
 }
 
 /** Default `maxQueued`: ~6 MB of queued tasks in the SDK itself (~570 B each, see the README's Backpressure). */
@@ -76,6 +79,7 @@ const MANAGER_OPTIONS = new Set([
   'observerTimeoutMs',
   'observerMaxInFlight',
   'engine',
+  'threads',
 ]);
 
 /** A duration option in ms: from `min` to the longest wait a Node timer keeps; an integer where a timer repeats it. */
@@ -198,5 +202,6 @@ export function validateManagerOptions(options: TaskManagerOptions): void {
     throw new TypeError(
       `${where}: option "engine" keeps tasks in its own queue; drop option "store" (a durable store would hold records the engine never updates)`,
     );
+  checkThreadPoolOptions(where, options.threads);
   validateTaskOptions(`${where}: defaults`, options.defaults);
 }

@@ -9,6 +9,7 @@ import { kEngine, type EngineHooks } from './engine.js';
 import { TaskflowError, TaskManagerClosedError } from './errors.js';
 import type { TaskHandle } from './handles.js';
 import { checkMs, DEFAULT_MAX_QUEUED, validateManagerOptions, type TaskManagerOptions } from './manager-options.js';
+import { ThreadPool } from './isolate.js';
 import { computeMetrics } from './metrics.js';
 import { taskMiddleware } from './middleware.js';
 import { builtInChain } from './observers/built-in.js';
@@ -63,6 +64,7 @@ export class TaskManager {
   readonly #repeats = new Set<Repeating>();
   readonly #redact: Redactor;
   readonly #engine: EngineHooks | undefined;
+  readonly #threads: ThreadPool;
   #started: Promise<void> | undefined;
   #shutdown: Promise<void> | undefined;
 
@@ -85,7 +87,9 @@ export class TaskManager {
       () => this.#runner.queued,
       (message) => reporter.warn({}, `koa-taskflow: ${message}`),
     );
+    const threads = (this.#threads = new ThreadPool(options.threads));
     this.#runner = new Runner({
+      threads,
       concurrency: options.concurrency ?? 16,
       telemetry: this.#telemetry,
       chain: this.#chain,
@@ -254,6 +258,8 @@ export class TaskManager {
       for (const repeat of this.#repeats) repeat.stop();
       await this.#runner.stop(timeoutMs);
       await this.#engine?.close(timeoutMs);
+      // Every attempt has ended or been given up: threads still busy with a given-up one are stopped.
+      await this.#threads.close();
       // Status writes that failed while the store was away get one last chance before it closes.
       await this.#runner.resync(true);
       this.#telemetry.close();

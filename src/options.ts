@@ -1,3 +1,5 @@
+import { isAbsolute } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import type { TaskLimit, TaskRecord } from './types.js';
 
 export type { TaskLimit };
@@ -69,9 +71,24 @@ export interface TaskOptions {
    * A later level's `limit` replaces a lower one's as a whole. Default none.
    */
   limit?: TaskLimit;
+  /**
+   * Where an attempt runs. `'thread'`: in the manager's pool of worker threads (piscina), so CPU-heavy work
+   * does not block the app's event loop; the task must be registered with option `module`, and its args and
+   * result cross by structured clone. `'none'` (default): on the app's event loop. See docs/api.md,
+   * "CPU-heavy tasks: isolate".
+   */
+  isolate?: IsolateMode;
+  /**
+   * `task()` only: the module that exports the task's function, as a `URL` (`new URL('./resize.js',
+   * import.meta.url)`), a `file:` URL string or an absolute path. A thread imports it and calls the export
+   * named like the function (else the default export). Needed by `isolate: 'thread'`.
+   */
+  module?: URL | string;
 }
 
 export type TraceMode = 'link' | 'child';
+
+export type IsolateMode = 'none' | 'thread';
 
 /** Options with every default filled in: what a task actually runs with. */
 export interface ResolvedTaskOptions {
@@ -97,6 +114,9 @@ export interface ResolvedTaskOptions {
   trace: TraceMode;
   onError: TaskOptions['onError'];
   limit: TaskLimit | undefined;
+  isolate: IsolateMode;
+  /** The `module` option as a URL string (`file:` for a path). */
+  module: string | undefined;
 }
 
 const KNOWN_OPTIONS = new Set<string>([
@@ -121,6 +141,8 @@ const KNOWN_OPTIONS = new Set<string>([
   'trace',
   'onError',
   'limit',
+  'isolate',
+  'module',
 ]);
 
 const BOOLEAN_OPTIONS = ['jitter', 'eager', 'shield', 'persist', 'requeueOnInterrupt', 'runOnError'] as const;
@@ -220,6 +242,15 @@ export function validateTaskOptions(where: string, options: unknown): asserts op
   if (o.onError !== undefined && typeof o.onError !== 'function')
     throw optionError(where, 'onError', 'a function', o.onError);
   checkLimit(where, o.limit);
+  if (o.isolate !== undefined && o.isolate !== 'none' && o.isolate !== 'thread')
+    throw optionError(where, 'isolate', '"none" or "thread"', o.isolate);
+  if (o.module !== undefined) {
+    if (where !== 'task()')
+      throw new TypeError(
+        `${where}: option "module" is given to manager.task() only: it says where the registered function lives`,
+      );
+    moduleHref(where, o.module);
+  }
   checkEagerPriority(where, o);
 }
 
@@ -276,6 +307,25 @@ function checkEagerPriority(where: string, o: Pick<TaskOptions, 'eager' | 'prior
   }
 }
 
+/**
+ * The `module` option as a URL string a thread can import: a `URL`, a `file:` URL string or an absolute path.
+ * A relative path is refused: relative to what would be a guess (the app's cwd, this package's folder).
+ */
+export function moduleHref(where: string, value: unknown): string {
+  if (value instanceof URL) {
+    if (value.protocol === 'file:' || value.protocol === 'data:') return value.href;
+  } else if (typeof value === 'string') {
+    if (isAbsolute(value)) return pathToFileURL(value).href;
+    if (value.startsWith('file:') && URL.canParse(value)) return value;
+  }
+  throw optionError(
+    where,
+    'module',
+    "a file URL or an absolute path, such as new URL('./resize.js', import.meta.url)",
+    value instanceof URL ? value.href : value,
+  );
+}
+
 /** `base` overlaid with the defined values of `over`; tags merged. Returns `base` itself when `over` adds nothing. */
 export function mergeOptions(base: TaskOptions, over: TaskOptions | undefined): TaskOptions {
   if (over === undefined) return base;
@@ -322,6 +372,8 @@ export function resolveOptions(where: string, options: TaskOptions, fallbackName
     trace: options.trace ?? 'link',
     onError: options.onError,
     limit: options.limit,
+    isolate: options.isolate ?? 'none',
+    module: options.module === undefined ? undefined : moduleHref(where, options.module),
   };
 }
 

@@ -1,4 +1,5 @@
 import { TaskflowError } from './errors.js';
+import { checkThreadTask } from './isolate.js';
 import {
   mergeOptions,
   resolveOptions,
@@ -52,6 +53,7 @@ export class TaskRegistry {
     }
     const merged = mergeOptions(this.#defaults, options);
     const registration: Registration = { fn, name, options: merged, resolved: resolveOptions('task()', merged, name) };
+    if (registration.resolved.isolate === 'thread') checkThreadTask('task()', name, registration.resolved.module);
     this.#byName.set(name, registration);
     this.#byFunction.set(fn, registration);
     return fn;
@@ -70,7 +72,7 @@ export class TaskRegistry {
     const registration = this.#byFunction.get(fn);
     if (registration !== undefined) {
       if (overrides === undefined) return registration.resolved;
-      return resolveOptions(where, mergeOptions(registration.options, overrides), registration.name);
+      return isolatable(where, resolveOptions(where, mergeOptions(registration.options, overrides), registration.name));
     }
     const fallbackName = fn.name || 'anonymous';
     if (overrides === undefined) {
@@ -82,6 +84,12 @@ export class TaskRegistry {
       }
       return resolved;
     }
-    return resolveOptions(where, mergeOptions(this.#defaults, overrides), fallbackName);
+    return isolatable(where, resolveOptions(where, mergeOptions(this.#defaults, overrides), fallbackName));
   }
+}
+
+/** Options that turn `isolate: 'thread'` on at an add are checked there too. */
+function isolatable(where: string, resolved: ResolvedTaskOptions): ResolvedTaskOptions {
+  if (resolved.isolate === 'thread') checkThreadTask(where, resolved.name, resolved.module);
+  return resolved;
 }

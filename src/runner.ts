@@ -1,4 +1,5 @@
 import type { ObserverChain } from './observers/chain.js';
+import type { ThreadPool } from './isolate.js';
 import type { TaskTelemetry } from './otel.js';
 import type { Redactor } from './redact.js';
 import { TaskInterruptedError } from './errors.js';
@@ -52,6 +53,7 @@ export interface RunnerDeps {
   /** Told when a task has ended, so a bounded in-memory store can drop old records. */
   onTaskEnded?(record: TaskRecord): void;
   redact: Redactor;
+  threads: ThreadPool;
   report(stage: string, error: unknown): void;
   /** An engine (BullMQ) runs the tasks: each is handed to it when it would be queued here. */
   dispatch?(run: TaskRun): void;
@@ -65,6 +67,7 @@ export class Runner implements RunHost {
   readonly telemetry: TaskTelemetry;
   readonly chain: ObserverChain;
   readonly redact: Redactor;
+  readonly threads: ThreadPool;
   readonly #deps: RunnerDeps;
   readonly #queue = new PriorityQueue<TaskRun>();
   /** Tasks over their `limit` wait there, off the queue, and come back through #offer when their key allows. */
@@ -91,6 +94,7 @@ export class Runner implements RunHost {
     this.telemetry = deps.telemetry;
     this.chain = deps.chain;
     this.redact = deps.redact;
+    this.threads = deps.threads;
   }
 
   /** Tasks waiting for a slot, or over their `limit`. */

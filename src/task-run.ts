@@ -12,6 +12,7 @@ import {
   type TaskTelemetry,
 } from './otel.js';
 import type { ObserverChain } from './observers/chain.js';
+import type { ThreadPool } from './isolate.js';
 import type { Redactor } from './redact.js';
 import { fieldsToAttributes } from './observers/span-events.js';
 import type {
@@ -101,6 +102,8 @@ export interface RunHost {
   readonly telemetry: TaskTelemetry;
   readonly chain: ObserverChain;
   readonly redact: Redactor;
+  /** Where `isolate: 'thread'` attempts run. */
+  readonly threads: ThreadPool;
   /** Set once shutdown stops waiting: a failed attempt is not retried. */
   readonly stopping: boolean;
   report(stage: string, error: unknown): void;
@@ -256,8 +259,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       // lazy write, where waiting would cost every durable task a commit's latency).
       if ((this.confirmsStart || (attemptNo > 1 && this.recoverable)) && written !== undefined) await written;
       // Shutdown may have given up on the attempt while its start was being written.
-      if (this.current === attempt)
-        await attempt.execute(this.fn as (...a: unknown[]) => unknown, this.args, this.options.timeout);
+      if (this.current === attempt) await attempt.execute(this.#body(attempt), this.args, this.options.timeout);
     } catch (caught) {
       failed = true;
       // Anything may be thrown; `undefined` would read as success below, so a nullish value becomes an Error.
@@ -281,6 +283,13 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       }
     }
     this.runner.attemptEnded(this);
+  }
+
+  /** What an attempt calls: the task's function, or for `isolate: 'thread'` its run in a thread of the pool. */
+  #body(attempt: Attempt): (...args: unknown[]) => unknown {
+    const { isolate, module } = this.options;
+    if (isolate !== 'thread' || module === undefined) return this.fn as (...args: unknown[]) => unknown;
+    return (...args) => this.runner.threads.run(attempt, module, this.fn.name, args);
   }
 
   /**

@@ -136,6 +136,7 @@ export interface PersistedTaskOptions {
   maxStalls?: number;
   trace?: 'link' | 'child';
   limit?: TaskLimit;
+  isolate?: 'none' | 'thread';
 }
 
 export interface TaskFilter {

@@ -1,0 +1,206 @@
+// The thread side of `isolate: 'thread'`: piscina loads this file in each worker thread and calls its default
+// export once per attempt. The task's module imports koa-taskflow, which resolves to this same build, so
+// `getTaskContext()`, `taskLog()` and `taskProgress()` find the attempt entered below.
+import type { MessagePort } from 'node:worker_threads';
+import {
+  context,
+  ROOT_CONTEXT,
+  trace,
+  type Attributes,
+  type AttributeValue,
+  type Exception,
+  type Span,
+  type SpanContext,
+  type SpanStatus,
+  type TimeInput,
+} from '@opentelemetry/api';
+import { attemptStorage, kLog, kProgress, kSeq, type ActiveAttempt } from './context.js';
+import { TaskCancelledError, TaskflowError, TaskInterruptedError, TaskTimeoutError } from './errors.js';
+import {
+  crossedError,
+  rebuiltError,
+  type AbortMessage,
+  type CrossedError,
+  type ThreadMessage,
+  type ThreadTask,
+} from './isolate.js';
+import type { LogLevel, Tags } from './types.js';
+
+/** Sends one message; a value the port cannot clone is replaced by its string form rather than lost. */
+function send(port: MessagePort, message: ThreadMessage): void {
+  try {
+    port.postMessage(message);
+  } catch {
+    port.postMessage(JSON.parse(JSON.stringify(message, (_key, value: unknown) => cloneSafe(value))) as ThreadMessage);
+  }
+}
+
+function cloneSafe(value: unknown): unknown {
+  return typeof value === 'function' || typeof value === 'symbol' || typeof value === 'bigint' ? String(value) : value;
+}
+
+/**
+ * The attempt's span as the thread sees it: its span context (parent of any span an SDK in this thread
+ * makes), and events, attributes and status sent to the main thread, which writes them on the real span.
+ */
+class PortSpan implements Span {
+  readonly #context: SpanContext;
+  readonly #recording: boolean;
+
+  constructor(
+    readonly port: MessagePort,
+    task: ThreadTask['context'],
+  ) {
+    this.#context = { traceId: task.traceId, spanId: task.spanId, traceFlags: task.traceFlags, isRemote: true };
+    this.#recording = task.recording;
+  }
+
+  spanContext(): SpanContext {
+    return this.#context;
+  }
+
+  isRecording(): boolean {
+    return this.#recording;
+  }
+
+  setAttribute(key: string, value: AttributeValue): this {
+    return this.setAttributes({ [key]: value });
+  }
+
+  setAttributes(attributes: Attributes): this {
+    if (this.#recording) send(this.port, { type: 'attributes', attributes });
+    return this;
+  }
+
+  addEvent(name: string, attributesOrTime?: Attributes | TimeInput, time?: TimeInput): this {
+    if (!this.#recording) return this;
+    const isTime =
+      typeof attributesOrTime === 'number' || attributesOrTime instanceof Date || Array.isArray(attributesOrTime);
+    send(this.port, {
+      type: 'event',
+      name,
+      attributes: isTime ? undefined : attributesOrTime,
+      time: isTime ? attributesOrTime : time,
+    });
+    return this;
+  }
+
+  addLink(): this {
+    return this;
+  }
+
+  addLinks(): this {
+    return this;
+  }
+
+  setStatus(status: SpanStatus): this {
+    if (this.#recording) send(this.port, { type: 'status', status });
+    return this;
+  }
+
+  updateName(): this {
+    return this;
+  }
+
+  /** The attempt's span is ended by the main thread, when the attempt's outcome is known. */
+  end(): void {}
+
+  recordException(exception: Exception, time?: TimeInput): void {
+    const error = typeof exception === 'string' ? { name: 'Error', message: exception } : exception;
+    const attributes: Attributes = {};
+    if (error.name !== undefined) attributes['exception.type'] = error.name;
+    if (error.message !== undefined) attributes['exception.message'] = error.message;
+    if (error.stack !== undefined) attributes['exception.stacktrace'] = error.stack;
+    this.addEvent('exception', attributes, time);
+  }
+}
+
+let attemptsStarted = 0;
+
+/** What `getTaskContext()` answers in the thread; logs and progress go to the main thread over the port. */
+class ThreadAttempt implements ActiveAttempt {
+  readonly [kSeq] = ++attemptsStarted;
+  readonly id: string;
+  readonly name: string;
+  readonly attempt: number;
+  readonly maxAttempts: number;
+  readonly tags: Tags;
+  readonly tickAt: Date | undefined;
+  readonly span: PortSpan;
+
+  constructor(
+    task: ThreadTask,
+    readonly signal: AbortSignal,
+  ) {
+    const { context: c } = task;
+    this.id = c.id;
+    this.name = c.name;
+    this.attempt = c.attempt;
+    this.maxAttempts = c.maxAttempts;
+    this.tags = c.tags;
+    this.tickAt = c.tickAt === undefined ? undefined : new Date(c.tickAt);
+    this.span = new PortSpan(task.port, c);
+  }
+
+  [kLog](level: LogLevel, message: string, fields: Record<string, unknown> | undefined): void {
+    send(this.span.port, { type: 'log', level, message, fields });
+  }
+
+  [kProgress](value: number, fields: Record<string, unknown> | undefined): void {
+    send(this.span.port, { type: 'progress', value, fields });
+  }
+}
+
+const ABORT_REASONS: Record<string, { prototype: Error }> = {
+  TaskTimeoutError,
+  TaskInterruptedError,
+  TaskCancelledError,
+  TaskflowError,
+};
+
+/** The main thread's abort reason, of the same class where it is ours: `signal.reason instanceof TaskTimeoutError`. */
+function abortReason(crossed: CrossedError): Error {
+  const error = rebuiltError(crossed);
+  const known = ABORT_REASONS[crossed.name];
+  if (known !== undefined) Object.setPrototypeOf(error, known.prototype);
+  return error;
+}
+
+/** Runs one attempt; its outcome goes over the port (after its logs), never through piscina's result. */
+export default async function runInThread(task: ThreadTask): Promise<void> {
+  const { port } = task;
+  port.postMessage({ type: 'started' } satisfies ThreadMessage);
+  const controller = new AbortController();
+  port.on('message', (message: AbortMessage) => {
+    if (message.type === 'abort') controller.abort(abortReason(message.reason));
+  });
+  try {
+    const exports = (await import(task.module)) as Record<string, unknown>;
+    const named = exports[task.exportName];
+    const fn = typeof named === 'function' ? named : exports.default;
+    if (typeof fn !== 'function')
+      throw new TypeError(
+        `the module ${task.module} of task "${task.context.name}" exports no function "${task.exportName}" and no default function`,
+      );
+    const attempt = new ThreadAttempt(task, controller.signal);
+    // Our storage carries the attempt for getTaskContext(); the OpenTelemetry context carries its span for
+    // the spans the task makes, when an SDK (a context manager) is registered in this thread.
+    const spanContext = trace.setSpan(ROOT_CONTEXT, attempt.span);
+    const value: unknown = await attemptStorage.run(attempt, () =>
+      context.with(spanContext, fn as (...args: unknown[]) => unknown, undefined, ...task.args),
+    );
+    try {
+      port.postMessage({ type: 'result', value } satisfies ThreadMessage);
+    } catch (error) {
+      throw new TypeError(
+        `the result of task "${task.context.name}" cannot be sent back from its thread (structured clone): ${(error as Error).message}`,
+        { cause: error },
+      );
+    }
+  } catch (error) {
+    port.postMessage({ type: 'error', error: crossedError(error) } satisfies ThreadMessage);
+  } finally {
+    // The main thread closes its end once it has the outcome; this end must not keep the thread waiting.
+    port.unref();
+  }
+}
