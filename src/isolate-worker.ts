@@ -171,8 +171,13 @@ export default async function runInThread(task: ThreadTask): Promise<void> {
   const { port } = task;
   port.postMessage({ type: 'started' } satisfies ThreadMessage);
   const controller = new AbortController();
+  let attempt: ThreadAttempt | undefined;
   port.on('message', (message: AbortMessage) => {
-    if (message.type === 'abort') controller.abort(abortReason(message.reason));
+    if (message.type !== 'abort') return;
+    const reason = abortReason(message.reason);
+    // The signal's listeners run inside the task (a taskLog there is the task's), as on the main thread.
+    if (attempt === undefined) controller.abort(reason);
+    else attemptStorage.run(attempt, () => controller.abort(reason));
   });
   try {
     const exports = (await import(task.module)) as Record<string, unknown>;
@@ -182,11 +187,11 @@ export default async function runInThread(task: ThreadTask): Promise<void> {
       throw new TypeError(
         `the module ${task.module} of task "${task.context.name}" exports no function "${task.exportName}" and no default function`,
       );
-    const attempt = new ThreadAttempt(task, controller.signal);
+    attempt = new ThreadAttempt(task, controller.signal);
     // Our storage carries the attempt for getTaskContext(); the OpenTelemetry context carries its span for
     // the spans the task makes, when an SDK (a context manager) is registered in this thread.
     const spanContext = trace.setSpan(ROOT_CONTEXT, attempt.span);
-    const value: unknown = await attemptStorage.run(attempt, () =>
+    const value: unknown = await attemptStorage.run(attempt, (): unknown =>
       context.with(spanContext, fn as (...args: unknown[]) => unknown, undefined, ...task.args),
     );
     try {
