@@ -21,7 +21,9 @@ export type Measure =
   /** History growth, at the largest history measured: the event loop's largest delay during any read (ms). */
   | { kind: 'growthLoopDelay'; store: string }
   /** History growth: CPU per durable task at the largest history ÷ the same store empty. */
-  | { kind: 'growthCpu'; store: string };
+  | { kind: 'growthCpu'; store: string }
+  /** Isolate: the variant's p99 latency ÷ the baseline's, at the same request rate; only if every task ran. */
+  | { kind: 'latency'; variant: string; baseline: string };
 
 export interface Goal {
   what: string;
@@ -181,6 +183,16 @@ export const GOALS: readonly Goal[] = [
   {
     what: '(OpenTelemetry, scale) ns per task, a real SDK ÷ no SDK',
     measure: { kind: 'otel', variant: 'sdk' },
+  {
+    what: "one 50 ms CPU task/request, `isolate: 'thread'`: p99 latency ÷ bare Koa at the same rate (every task ran)",
+    measure: { kind: 'latency', variant: 'thread', baseline: 'bare' },
+    target: 1.5,
+    direction: 'lower',
+    issue: '#20',
+  },
+  {
+    what: '(reference) the same tasks in process: p99 latency ÷ bare Koa at the same rate',
+    measure: { kind: 'latency', variant: 'in-process', baseline: 'bare' },
     direction: 'lower',
   },
   ...GROWTH_STORES.flatMap(growthGoals),
@@ -232,6 +244,15 @@ function measured(measure: Measure, results: Results): (Ratio & { size?: number 
       const empty = rows.find((r) => r.size === 0);
       const row = largest(rows, measure.store);
       return empty && row && { value: row.cpuPerTaskUs / empty.cpuPerTaskUs, size: row.size };
+    }
+    case 'latency': {
+      const row = (variant: string) => results.isolate?.rows.find((r) => r.variant === variant);
+      const variant = row(measure.variant);
+      const baseline = row(measure.baseline);
+      if (variant === undefined || baseline === undefined) return undefined;
+      // A row whose tasks did not all run has not done the work the goal is about: no value.
+      if (variant.ran < variant.served) return { value: NaN };
+      return { value: variant.p99 / baseline.p99 };
     }
   }
 }

@@ -83,11 +83,28 @@ export interface OtelResults extends RunInfo {
   rows: OtelRow[];
 }
 
+/** The isolate part: one row per server, medians over the rounds (latencies in ms), counts summed. */
+export interface IsolateRow {
+  variant: string;
+  p50: number;
+  p99: number;
+  served: number;
+  /** Tasks that ended `success` (the `thread` and `in-process` servers: one per request). */
+  ran: number;
+  errors: number;
+}
+
+export interface IsolateResults {
+  config: { ROUNDS: number; SECONDS: number; RATE: number; threads: number };
+  rows: IsolateRow[];
+}
+
 export interface Results {
   http?: HttpResults;
   /** The durable stores against bare Koa, measured the way the HTTP part is (bench/durable.ts). */
   durable?: HttpResults;
   otel?: OtelResults;
+  isolate?: IsolateResults;
   inprocess?: InProcessResults;
   growth?: GrowthResults;
 }

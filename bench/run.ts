@@ -6,6 +6,7 @@
 //   durable    each durable store against bare Koa, the same method (bench/durable.ts); --full: 3 rounds
 //   inprocess  tasks/s through add(), after-response start latency, memory per queued task (bench/inprocess.ts)
 //   otel       ns per task with no SDK, a provider that records nothing, a real SDK (bench/otel.ts); --full: 15 rounds
+//   isolate    one 50 ms CPU task per request at a fixed rate: threads, in process, bare Koa (bench/isolate.ts)
 //   growth     SQLite and Redis with 0 and 100 000 finished records (bench/growth.ts); --full: 0, 200 000 and
 //              1 000 000, where the #16 goals are set
 // Run it with --expose-gc (npm run bench does). Options: --only growth,inprocess (the other parts keep their last
@@ -19,11 +20,12 @@ import { parseArgs } from 'node:util';
 import { DURABLE_VARIANTS } from './durable.ts';
 import { GROWTH_DEFAULT, GROWTH_FULL, GROWTH_QUICK, runGrowthBench } from './growth.ts';
 import { HTTP_DEFAULT, HTTP_FULL, HTTP_QUICK, runHttpBench } from './http.ts';
+import { ISOLATE_FULL, ISOLATE_QUICK, runIsolateBench } from './isolate.ts';
 import { beside, timedPart } from './lib.ts';
 import { writeReport } from './report.ts';
 import { RESULTS_PATH, readResults, writeResults, type Results } from './results.ts';
 
-const PARTS = ['http', 'durable', 'inprocess', 'otel', 'growth'] as const;
+const PARTS = ['http', 'durable', 'inprocess', 'otel', 'isolate', 'growth'] as const;
 type Part = (typeof PARTS)[number];
 
 const { values } = parseArgs({
@@ -80,6 +82,11 @@ if (parts.includes('otel')) {
     full: {},
   });
   results.otel = await timedPart(() => childPart<NonNullable<Results['otel']>>('otel.ts', env));
+  writeResults(results, out);
+}
+if (parts.includes('isolate')) {
+  log('CPU-heavy tasks: isolate…');
+  results.isolate = await timedPart(() => runIsolateBench(quick ? ISOLATE_QUICK : ISOLATE_FULL, log));
   writeResults(results, out);
 }
 if (parts.includes('growth')) {

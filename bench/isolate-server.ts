@@ -1,0 +1,37 @@
+// A server of the isolate benchmark: `node bench/isolate-server.ts <bare|thread|in-process>`. Prints `ready <port>`.
+// `thread` and `in-process` add one 50 ms CPU task per request (after the response), run with `isolate: 'thread'`
+// or on the event loop; `bare` is Koa alone. `GET /__stats` answers once every task has run (see lib.ts).
+import Koa from 'koa';
+import { TaskManager } from 'koa-taskflow';
+import { render } from './cpu-task.ts';
+import { serveBenchApp } from './lib.ts';
+
+export const TASK_MS = 50;
+
+const variant = process.argv[2];
+if (!['bare', 'thread', 'in-process'].includes(variant)) throw new Error(`unknown variant ${variant}`);
+const app = new Koa();
+app.silent = true;
+let ran = 0;
+const manager = new TaskManager({ maxQueued: Infinity });
+const task = manager.task(render, {
+  isolate: variant === 'thread' ? 'thread' : 'none',
+  module: new URL('./cpu-task.ts', import.meta.url),
+  onError: (error) => console.error(error),
+});
+manager.subscribe({
+  onLifecycle: (event) => {
+    if (event.status === 'success') ran++;
+  },
+});
+if (variant !== 'bare') app.use(manager.middleware());
+app.use((ctx) => {
+  if (variant !== 'bare') ctx.tasks.addTask(task, TASK_MS);
+  ctx.body = 'ok';
+});
+await manager.start();
+serveBenchApp(
+  app,
+  () => manager.drain(),
+  () => ({ ran }),
+);

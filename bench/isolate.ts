@@ -1,0 +1,72 @@
+// The isolate benchmark (issue #20): requests at a fixed rate, each adding one 50 ms CPU task, served by a Koa app
+// running the tasks in worker threads (`isolate: 'thread'`) or in process, beside bare Koa at the same rate. The
+// goal reads p99 latency ÷ bare Koa's; every task must have run. The rate stays under what the pool can compute
+// (maxThreads = cores − 1 threads × 20 tasks/s each), so the thread row measures latency, not a growing queue.
+import { availableParallelism } from 'node:os';
+import autocannon from 'autocannon';
+import { beside, fmt, median, startServer, type ServerStats } from './lib.ts';
+import type { IsolateResults, IsolateRow } from './results.ts';
+
+export interface IsolateConfig {
+  ROUNDS: number;
+  SECONDS: number;
+  /** Requests per second, all variants. */
+  RATE: number;
+}
+
+const threads = Math.max(1, availableParallelism() - 1);
+// Half of the pool's capacity (20 tasks of 50 ms per thread per second), at most 20 req/s.
+const rate = Math.min(20, threads * 10);
+export const ISOLATE_FULL: IsolateConfig = { ROUNDS: 3, SECONDS: 6, RATE: rate };
+export const ISOLATE_QUICK: IsolateConfig = { ROUNDS: 1, SECONDS: 2, RATE: rate };
+
+export const ISOLATE_VARIANTS = ['bare', 'thread', 'in-process'] as const;
+
+export async function runIsolateBench(config: IsolateConfig, log: (line: string) => void): Promise<IsolateResults> {
+  const samples = new Map<string, IsolateRow[]>(ISOLATE_VARIANTS.map((v) => [v, []]));
+  for (let round = 0; round < config.ROUNDS; round++) {
+    for (let i = 0; i < ISOLATE_VARIANTS.length; i++) {
+      const variant = ISOLATE_VARIANTS[(i + round) % ISOLATE_VARIANTS.length];
+      const server = await startServer(beside('isolate-server.ts', import.meta.url), [variant]);
+      try {
+        const stats = async () => (await (await fetch(`${server.url}/__stats`)).json()) as ServerStats;
+        // Warm-up: the thread pool starts and loads the task's module; the JIT settles.
+        await autocannon({ url: server.url, connections: 2, duration: 1, overallRate: config.RATE });
+        const before = await stats();
+        const result = await autocannon({
+          url: server.url,
+          connections: 10,
+          duration: config.SECONDS,
+          overallRate: config.RATE,
+        });
+        const after = await stats();
+        const row: IsolateRow = {
+          variant,
+          p50: result.latency.p50,
+          p99: result.latency.p99,
+          served: after.served - before.served,
+          ran: (after.ran ?? 0) - (before.ran ?? 0),
+          errors: result.errors + result.non2xx,
+        };
+        samples.get(variant)!.push(row);
+        log(
+          `isolate round ${round + 1}/${config.ROUNDS} ${variant.padEnd(10)} p50 ${fmt(row.p50)} ms  p99 ${fmt(row.p99)} ms  served ${row.served}  tasks ran ${row.ran}`,
+        );
+      } finally {
+        await server.stop();
+      }
+    }
+  }
+  const rows = ISOLATE_VARIANTS.map((variant): IsolateRow => {
+    const all = samples.get(variant)!;
+    return {
+      variant,
+      p50: median(all.map((r) => r.p50)),
+      p99: median(all.map((r) => r.p99)),
+      served: all.reduce((n, r) => n + r.served, 0),
+      ran: all.reduce((n, r) => n + r.ran, 0),
+      errors: all.reduce((n, r) => n + r.errors, 0),
+    };
+  });
+  return { config: { ...config, threads }, rows };
+}
