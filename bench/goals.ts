@@ -22,7 +22,8 @@ export type Measure =
   | { kind: 'growthLoopDelay'; store: string }
   /** History growth: CPU per durable task at the largest history ÷ the same store empty. */
   | { kind: 'growthCpu'; store: string }
-  /** Isolate: the variant's p99 latency ÷ the baseline's, at the same request rate; only if every task ran. */
+  /** Isolate: the variant's p99 latency ÷ the baseline's in the same round, at the same request rate (the median
+   * over the rounds); only if every task ran. */
   | { kind: 'latency'; variant: string; baseline: string };
 
 export interface Goal {
@@ -191,6 +192,16 @@ export const GOALS: readonly Goal[] = [
     issue: '#20',
   },
   {
+    what: '(floor) the same work sent to one worker thread written by hand, no library: p99 latency ÷ bare Koa',
+    measure: { kind: 'latency', variant: 'by-hand', baseline: 'bare' },
+    direction: 'lower',
+  },
+  {
+    what: "(floor) `isolate: 'thread'` ÷ that hand-written worker thread, p99 latency",
+    measure: { kind: 'latency', variant: 'thread', baseline: 'by-hand' },
+    direction: 'lower',
+  },
+  {
     what: '(reference) the same tasks in process: p99 latency ÷ bare Koa at the same rate',
     measure: { kind: 'latency', variant: 'in-process', baseline: 'bare' },
     direction: 'lower',
@@ -252,6 +263,8 @@ function measured(measure: Measure, results: Results): (Ratio & { size?: number 
       if (variant === undefined || baseline === undefined) return undefined;
       // A row whose tasks did not all run has not done the work the goal is about: no value.
       if (variant.ran < variant.served) return { value: NaN };
+      // Against bare Koa: the paired ratio of each round; against another row: the ratio of their medians.
+      if (measure.baseline === 'bare' && variant.p99Ratio !== undefined) return variant.p99Ratio;
       return { value: variant.p99 / baseline.p99 };
     }
   }

@@ -1,6 +1,9 @@
-// A server of the isolate benchmark: `node bench/isolate-server.ts <bare|thread|in-process>`. Prints `ready <port>`.
-// `thread` and `in-process` add one 50 ms CPU task per request (after the response), run with `isolate: 'thread'`
-// or on the event loop; `bare` is Koa alone. `GET /__stats` answers once every task has run (see lib.ts).
+// A server of the isolate benchmark: `node bench/isolate-server.ts <bare|thread|in-process|by-hand>`. Prints
+// `ready <port>`. `thread` and `in-process` add one 50 ms CPU task per request (after the response), run with
+// `isolate: 'thread'` or on the event loop; `by-hand` sends the same work to one worker thread written by hand
+// (no library: the floor of what a thread beside the event loop costs on this machine); `bare` is Koa alone.
+// `GET /__stats` answers once every task has run (see lib.ts).
+import { Worker } from 'node:worker_threads';
 import Koa from 'koa';
 import { TaskManager } from 'koa-taskflow';
 import { render } from './cpu-task.ts';
@@ -9,7 +12,7 @@ import { serveBenchApp } from './lib.ts';
 export const TASK_MS = 50;
 
 const variant = process.argv[2];
-if (!['bare', 'thread', 'in-process'].includes(variant)) throw new Error(`unknown variant ${variant}`);
+if (!['bare', 'thread', 'in-process', 'by-hand'].includes(variant)) throw new Error(`unknown variant ${variant}`);
 const app = new Koa();
 app.silent = true;
 let ran = 0;
@@ -24,14 +27,42 @@ manager.subscribe({
     if (event.status === 'success') ran++;
   },
 });
-if (variant !== 'bare') app.use(manager.middleware());
-app.use((ctx) => {
-  if (variant !== 'bare') ctx.tasks.addTask(task, TASK_MS);
-  ctx.body = 'ok';
-});
+let drain = () => manager.drain();
+if (variant === 'by-hand') {
+  const worker = new Worker(
+    `const { parentPort } = require('node:worker_threads');
+     parentPort.on('message', (ms) => {
+       const end = performance.now() + ms;
+       let x = 0;
+       while (performance.now() < end) x += Math.sqrt(x + 1);
+       parentPort.postMessage(x);
+     });`,
+    { eval: true },
+  );
+  let pending = 0;
+  let idle: (() => void) | undefined;
+  worker.on('message', () => {
+    ran++;
+    if (--pending === 0) idle?.();
+  });
+  drain = () => (pending === 0 ? Promise.resolve() : new Promise<void>((resolve) => (idle = resolve)));
+  app.use((ctx) => {
+    ctx.res.once('finish', () => {
+      pending++;
+      worker.postMessage(TASK_MS);
+    });
+    ctx.body = 'ok';
+  });
+} else {
+  if (variant !== 'bare') app.use(manager.middleware());
+  app.use((ctx) => {
+    if (variant !== 'bare') ctx.tasks.addTask(task, TASK_MS);
+    ctx.body = 'ok';
+  });
+}
 await manager.start();
 serveBenchApp(
   app,
-  () => manager.drain(),
+  () => drain(),
   () => ({ ran }),
 );

@@ -4,34 +4,47 @@
 // (maxThreads = cores − 1 threads × 20 tasks/s each), so the thread row measures latency, not a growing queue.
 import { availableParallelism } from 'node:os';
 import autocannon from 'autocannon';
-import { beside, fmt, median, startServer, type ServerStats } from './lib.ts';
+import { beside, fmt, median, percentile, startServer, type BenchServer, type ServerStats } from './lib.ts';
 import type { IsolateResults, IsolateRow } from './results.ts';
 
 export interface IsolateConfig {
+  /** Rounds of one burst per server, in a rotating order; the ratio is the median of each round's. */
   ROUNDS: number;
   SECONDS: number;
-  /** Requests per second, all variants. */
+  /** Requests per second, all servers. */
   RATE: number;
 }
 
 const threads = Math.max(1, availableParallelism() - 1);
 // Half of the pool's capacity (20 tasks of 50 ms per thread per second), at most 20 req/s.
 const rate = Math.min(20, threads * 10);
-export const ISOLATE_FULL: IsolateConfig = { ROUNDS: 3, SECONDS: 6, RATE: rate };
-export const ISOLATE_QUICK: IsolateConfig = { ROUNDS: 1, SECONDS: 2, RATE: rate };
+export const ISOLATE_FULL: IsolateConfig = { ROUNDS: 8, SECONDS: 3, RATE: rate };
+export const ISOLATE_QUICK: IsolateConfig = { ROUNDS: 2, SECONDS: 1, RATE: rate };
 
-export const ISOLATE_VARIANTS = ['bare', 'thread', 'in-process'] as const;
+export const ISOLATE_VARIANTS = ['bare', 'thread', 'in-process', 'by-hand'] as const;
 
+/**
+ * The three servers stay up side by side and are measured in alternating bursts (the machine's other load
+ * then weighs on each about equally): each round gives a p99 per server, and the ratio of a round is read from
+ * that round's bursts alone.
+ */
 export async function runIsolateBench(config: IsolateConfig, log: (line: string) => void): Promise<IsolateResults> {
+  const servers = new Map<string, BenchServer>();
   const samples = new Map<string, IsolateRow[]>(ISOLATE_VARIANTS.map((v) => [v, []]));
-  for (let round = 0; round < config.ROUNDS; round++) {
-    for (let i = 0; i < ISOLATE_VARIANTS.length; i++) {
-      const variant = ISOLATE_VARIANTS[(i + round) % ISOLATE_VARIANTS.length];
+  const ratios = new Map<string, number[]>(ISOLATE_VARIANTS.map((v) => [v, []]));
+  try {
+    for (const variant of ISOLATE_VARIANTS) {
       const server = await startServer(beside('isolate-server.ts', import.meta.url), [variant]);
-      try {
+      servers.set(variant, server);
+      // Warm-up: the thread pool starts and loads the task's module; the JIT settles.
+      await autocannon({ url: server.url, connections: 2, duration: 1, overallRate: config.RATE });
+    }
+    for (let round = 0; round < config.ROUNDS; round++) {
+      const p99 = new Map<string, number>();
+      for (let i = 0; i < ISOLATE_VARIANTS.length; i++) {
+        const variant = ISOLATE_VARIANTS[(i + round) % ISOLATE_VARIANTS.length];
+        const server = servers.get(variant)!;
         const stats = async () => (await (await fetch(`${server.url}/__stats`)).json()) as ServerStats;
-        // Warm-up: the thread pool starts and loads the task's module; the JIT settles.
-        await autocannon({ url: server.url, connections: 2, duration: 1, overallRate: config.RATE });
         const before = await stats();
         const result = await autocannon({
           url: server.url,
@@ -39,6 +52,7 @@ export async function runIsolateBench(config: IsolateConfig, log: (line: string)
           duration: config.SECONDS,
           overallRate: config.RATE,
         });
+        // Answers once every task has run: the next burst starts on an idle machine.
         const after = await stats();
         const row: IsolateRow = {
           variant,
@@ -49,20 +63,24 @@ export async function runIsolateBench(config: IsolateConfig, log: (line: string)
           errors: result.errors + result.non2xx,
         };
         samples.get(variant)!.push(row);
+        p99.set(variant, row.p99);
         log(
           `isolate round ${round + 1}/${config.ROUNDS} ${variant.padEnd(10)} p50 ${fmt(row.p50)} ms  p99 ${fmt(row.p99)} ms  served ${row.served}  tasks ran ${row.ran}`,
         );
-      } finally {
-        await server.stop();
       }
+      for (const variant of ISOLATE_VARIANTS) ratios.get(variant)!.push(p99.get(variant)! / p99.get('bare')!);
     }
+  } finally {
+    for (const server of servers.values()) await server.stop();
   }
   const rows = ISOLATE_VARIANTS.map((variant): IsolateRow => {
     const all = samples.get(variant)!;
+    const paired = ratios.get(variant)!;
     return {
       variant,
       p50: median(all.map((r) => r.p50)),
       p99: median(all.map((r) => r.p99)),
+      p99Ratio: { value: median(paired), spread: [percentile(paired, 25), percentile(paired, 75)] },
       served: all.reduce((n, r) => n + r.served, 0),
       ran: all.reduce((n, r) => n + r.ran, 0),
       errors: all.reduce((n, r) => n + r.errors, 0),

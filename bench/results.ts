@@ -88,6 +88,8 @@ export interface IsolateRow {
   variant: string;
   p50: number;
   p99: number;
+  /** p99 ÷ bare Koa's p99 in the same round, over the rounds (absent from the per-burst samples). */
+  p99Ratio?: Ratio;
   served: number;
   /** Tasks that ended `success` (the `thread` and `in-process` servers: one per request). */
   ran: number;

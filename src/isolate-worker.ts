@@ -1,6 +1,7 @@
 // The thread side of `isolate: 'thread'`: piscina loads this file in each worker thread and calls its default
 // export once per attempt. The task's module imports koa-taskflow, which resolves to this same build, so
 // `getTaskContext()`, `taskLog()` and `taskProgress()` find the attempt entered below.
+import { setPriority } from 'node:os';
 import type { MessagePort } from 'node:worker_threads';
 import {
   context,
@@ -166,9 +167,27 @@ function abortReason(crossed: CrossedError): Error {
   return error;
 }
 
+let niced = false;
+
+/**
+ * Linux schedules threads one by one, and `setPriority(0, n)` there lowers the calling thread alone: a task
+ * thread that yields the CPU to the app's event loop whenever both want it. (Elsewhere pid 0 is the whole
+ * process, so nothing is changed.)
+ */
+function lowerPriority(nice: number): void {
+  niced = true;
+  if (process.platform !== 'linux' || nice === 0) return;
+  try {
+    setPriority(0, nice);
+  } catch {
+    // Not allowed here (a container's policy): the thread keeps the app's priority.
+  }
+}
+
 /** Runs one attempt; its outcome goes over the port (after its logs), never through piscina's result. */
 export default async function runInThread(task: ThreadTask): Promise<void> {
   const { port } = task;
+  if (!niced) lowerPriority(task.nice);
   port.postMessage({ type: 'started' } satisfies ThreadMessage);
   const controller = new AbortController();
   let attempt: ThreadAttempt | undefined;

@@ -16,9 +16,14 @@ export interface ThreadPoolOptions {
   minThreads?: number;
   /** Heap limits of each thread (a thread past them dies: that attempt fails, the app goes on). */
   resourceLimits?: ResourceLimits;
+  /**
+   * Linux: the threads' nice value, 0 (the app's priority) to 19 (the lowest). Default 10: when the CPU is
+   * short, the event loop serving requests runs first and tasks wait. Ignored on other systems.
+   */
+  nice?: number;
 }
 
-const POOL_OPTIONS = new Set(['maxThreads', 'minThreads', 'resourceLimits']);
+const POOL_OPTIONS = new Set(['maxThreads', 'minThreads', 'resourceLimits', 'nice']);
 
 /** The TaskManager's `threads` option: known keys, thread counts that are integers (maxThreads >= 1). */
 export function checkThreadPoolOptions(where: string, value: unknown): void {
@@ -30,16 +35,17 @@ export function checkThreadPoolOptions(where: string, value: unknown): void {
     if (!POOL_OPTIONS.has(key))
       throw new TypeError(`${where}: unknown option "threads.${key}"; known are ${[...POOL_OPTIONS].join(', ')}`);
   }
-  for (const [key, min] of [
-    ['maxThreads', 1],
-    ['minThreads', 0],
+  for (const [key, min, max] of [
+    ['maxThreads', 1, Infinity],
+    ['minThreads', 0, Infinity],
+    ['nice', 0, 19],
   ] as const) {
     const count = options[key];
-    if (count !== undefined && (!Number.isInteger(count) || (count as number) < min))
+    if (count !== undefined && (!Number.isInteger(count) || (count as number) < min || (count as number) > max))
       throw optionError(
         where,
         `threads.${key}`,
-        `an integer >= ${min}`,
+        max === Infinity ? `an integer >= ${min}` : `an integer from ${min} to ${max}`,
         count,
         typeof count === 'number' ? RangeError : TypeError,
       );
@@ -54,6 +60,8 @@ export interface ThreadTask {
   module: string;
   exportName: string;
   args: readonly unknown[];
+  /** The thread's nice value (Linux), set once by its first task. */
+  nice: number;
   port: MessagePort;
   context: {
     id: string;
@@ -100,6 +108,8 @@ interface Pool {
   destroy(): Promise<void>;
 }
 type PoolClass = new (options: Record<string, unknown>) => Pool;
+
+const DEFAULT_NICE = 10;
 
 const WORKER_URL = new URL('./isolate-worker.js', import.meta.url).href;
 
@@ -245,6 +255,7 @@ export class ThreadPool {
         module,
         exportName,
         args,
+        nice: this.#options.nice ?? DEFAULT_NICE,
         port: port2,
         context: {
           id: attempt.id,
