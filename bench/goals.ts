@@ -184,6 +184,8 @@ export const GOALS: readonly Goal[] = [
   {
     what: '(OpenTelemetry, scale) ns per task, a real SDK ÷ no SDK',
     measure: { kind: 'otel', variant: 'sdk' },
+    direction: 'lower',
+  },
   {
     what: "one 50 ms CPU task/request, `isolate: 'thread'`: p99 latency ÷ bare Koa at the same rate (every task ran)",
     measure: { kind: 'latency', variant: 'thread', baseline: 'bare' },
