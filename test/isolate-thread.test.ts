@@ -241,6 +241,9 @@ describe("isolate: 'thread'", () => {
     expect(() => manager.task(function resize3() {}, { isolate: 'process' as 'thread' })).toThrow(
       /option "isolate" must be "none" or "thread", got "process"/,
     );
+    expect(() => createManager({ threads: { nice: 20 } })).toThrow(
+      /option "threads.nice" must be an integer from 0 to 19/,
+    );
     expect(() => createManager({ threads: { maxThreads: 0 } })).toThrow(
       /option "threads.maxThreads" must be an integer >= 1/,
     );
