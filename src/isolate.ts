@@ -276,7 +276,6 @@ export class ThreadPool {
         () => undefined,
         (error: unknown) => {
           settle();
-          // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- the attempt's own abort reason
           if (queued.signal.aborted) return reject(queued.signal.reason);
           reject(
             new TaskflowError(
