@@ -102,8 +102,8 @@ export interface RunHost {
   readonly telemetry: TaskTelemetry;
   readonly chain: ObserverChain;
   readonly redact: Redactor;
-  /** Where `isolate: 'thread'` attempts run. */
-  readonly threads: ThreadPool;
+  /** Where `isolate: 'thread'` attempts run; without one (a BullMQ worker's host) they run in process. */
+  readonly threads?: ThreadPool;
   /** Set once shutdown stops waiting: a failed attempt is not retried. */
   readonly stopping: boolean;
   report(stage: string, error: unknown): void;
@@ -288,8 +288,10 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   /** What an attempt calls: the task's function, or for `isolate: 'thread'` its run in a thread of the pool. */
   #body(attempt: Attempt): (...args: unknown[]) => unknown {
     const { isolate, module } = this.options;
-    if (isolate !== 'thread' || module === undefined) return this.fn as (...args: unknown[]) => unknown;
-    return (...args) => this.runner.threads.run(attempt, module, this.fn.name, args);
+    const threads = this.runner.threads;
+    if (isolate !== 'thread' || module === undefined || threads === undefined)
+      return this.fn as (...args: unknown[]) => unknown;
+    return (...args) => threads.run(attempt, module, this.fn.name, args);
   }
 
   /**
