@@ -1,32 +1,19 @@
 import { randomUUID } from 'node:crypto';
 import type { Middleware } from 'koa';
-import { Acceptance } from './acceptance.js';
-import { Cancellation, type CancelOptions } from './cancellation.js';
+import type { CancelOptions } from './cancellation.js';
 import { createAdmin, type AdminMiddleware, type AdminOptions } from './admin/index.js';
 import { clearFallbackLogger, setFallbackLogger } from './context.js';
-import { DEFAULT_LEASE_MS } from './durable.js';
-import { kEngine, type EngineHooks } from './engine.js';
+import { composeParts, type ManagerParts } from './composition.js';
 import { TaskflowError, TaskManagerClosedError } from './errors.js';
 import type { TaskHandle } from './handles.js';
 import { checkMs, DEFAULT_MAX_QUEUED, validateManagerOptions, type TaskManagerOptions } from './manager-options.js';
-import { ThreadPool } from './isolate.js';
 import { computeMetrics } from './metrics.js';
 import { taskMiddleware } from './middleware.js';
-import { builtInChain } from './observers/built-in.js';
-import { DEFAULT_OBSERVER_TIMEOUT_MS, type ObserverChain } from './observers/chain.js';
 import type { TaskOptions } from './options.js';
-import { TaskTelemetry } from './otel.js';
-import { Recovery } from './recovery.js';
 import { startRepeat, type Repeating, type RepeatSchedule } from './repeat.js';
-import { createRedactor, type Redactor } from './redact.js';
-import { TaskRegistry } from './registry.js';
-import { Reporter } from './report.js';
-import { Runner } from './runner.js';
 import { TaskAdder } from './scheduler.js';
 import { compileFilter } from './stores/filter.js';
-import { MemoryStore } from './stores/memory.js';
 import {
-  kLiveRecords,
   type TaskFilter,
   type TaskFunction,
   type TaskLogger,
@@ -46,92 +33,20 @@ export type { TaskHandle };
  * stores), the observer chain and telemetry, and the store.
  */
 export class TaskManager {
-  readonly #runner: Runner;
   readonly store: TaskStore;
   readonly logger: TaskLogger | undefined;
   /** This process's identity as the owner of durable tasks (leases, orphan claims). */
   readonly instanceId = randomUUID();
-  readonly #registry: TaskRegistry;
-  readonly #acceptance: Acceptance;
-  readonly #recovery: Recovery | undefined;
-  readonly #cancellation: Cancellation;
-  readonly #reporter: Reporter;
-  readonly #chain: ObserverChain;
-  readonly #telemetry: TaskTelemetry;
-  readonly #liveStore: boolean;
-  readonly #shutdownTimeoutMs: number;
-  readonly #observerTimeoutMs: number;
+  readonly #parts: ManagerParts;
   readonly #repeats = new Set<Repeating>();
-  readonly #redact: Redactor;
-  readonly #engine: EngineHooks | undefined;
-  readonly #threads: ThreadPool;
   #started: Promise<void> | undefined;
   #shutdown: Promise<void> | undefined;
 
   constructor(options: TaskManagerOptions = {}) {
     validateManagerOptions(options);
     this.logger = options.logger;
-    const store = (this.store = options.store ?? new MemoryStore());
-    const live = store[kLiveRecords];
-    this.#liveStore = live !== undefined;
-    this.#shutdownTimeoutMs = options.shutdownTimeoutMs ?? 10_000;
-    this.#observerTimeoutMs = options.observerTimeoutMs ?? DEFAULT_OBSERVER_TIMEOUT_MS;
-    const reporter = (this.#reporter = new Reporter(options.logger));
-    const leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
-    const redact = createRedactor(options.redact);
-    const engine = (this.#engine = options.engine?.[kEngine]);
-    this.#chain = builtInChain(options, this.#observerTimeoutMs, reporter);
-    this.#telemetry = new TaskTelemetry(
-      options.tracerProvider,
-      options.meterProvider,
-      () => this.#runner.queued,
-      (message) => reporter.warn({}, `koa-taskflow: ${message}`),
-    );
-    const threads = (this.#threads = new ThreadPool(options.threads));
-    this.#runner = new Runner({
-      threads,
-      concurrency: options.concurrency ?? 16,
-      telemetry: this.#telemetry,
-      chain: this.#chain,
-      store,
-      storeHoldsLiveRecords: live !== undefined,
-      onTaskEnded: live
-        ? (record) => live.ended(record)
-        : (record) => this.#acceptance.forgetKey(record.idempotencyKey, record.id),
-      redact,
-      report: (stage, error) => reporter.report(stage, error),
-      dispatch: engine && ((run) => engine.dispatch(run)),
-    });
-    this.#registry = new TaskRegistry(options.defaults);
-    this.#acceptance = new Acceptance({
-      registry: this.#registry,
-      runner: this.#runner,
-      telemetry: this.#telemetry,
-      store,
-      maxQueued: options.maxQueued ?? DEFAULT_MAX_QUEUED,
-      reporter,
-      engine: engine !== undefined,
-      get: (id) => this.get(id),
-    });
-    const cancellation = (this.#cancellation = new Cancellation(this.#runner, store));
-    engine?.bind({ registry: this.#registry, runHost: this.#runner, reporter });
-    this.#recovery =
-      store.durable === true
-        ? new Recovery({
-            ownerId: this.instanceId,
-            store,
-            registry: this.#registry,
-            acceptance: this.#acceptance,
-            runner: this.#runner,
-            reporter,
-            requeuePending: options.requeuePending ?? true,
-            leaseMs,
-            orphanCheckMs: options.orphanCheckMs ?? Math.round(leaseMs / 2),
-            encryptionKey: options.encryptionKey,
-            cancelRequested: (requests) => cancellation.apply(requests),
-          })
-        : undefined;
-    this.#redact = redact;
+    this.#parts = composeParts(options, this.instanceId, (id) => this.get(id));
+    this.store = this.#parts.store;
   }
 
   /**
@@ -139,22 +54,22 @@ export class TaskManager {
    * still callable directly. A registered task can be retried by id and recovered after a restart.
    */
   task<F extends TaskFunction>(fn: F, options: TaskOptions = {}): F {
-    return this.#registry.register(fn, options);
+    return this.#parts.registry.register(fn, options);
   }
 
   /** Koa middleware putting a `TaskScheduler` on `ctx.tasks` and `ctx.state.tasks`. */
   middleware(): Middleware {
-    return taskMiddleware(this.#acceptance, this.#reporter);
+    return taskMiddleware(this.#parts.acceptance, this.#parts.reporter);
   }
 
   /** Enqueue outside a request (startup hooks, scripts): starts as soon as a slot is free. */
   add<A extends unknown[]>(fn: (...args: A) => unknown, ...args: NoInfer<A>): string {
-    return new TaskAdder(this.#acceptance, undefined).add(fn, ...args);
+    return new TaskAdder(this.#parts.acceptance, undefined).add(fn, ...args);
   }
 
   /** `add` with extra options: `manager.with({ tags }).add(fn, ...args)`. */
   with(options: TaskOptions): TaskAdder {
-    return new TaskAdder(this.#acceptance, undefined).with(options);
+    return new TaskAdder(this.#parts.acceptance, undefined).with(options);
   }
 
   /**
@@ -162,7 +77,7 @@ export class TaskManager {
    * run, once per tick across the instances sharing a durable store; see docs/api.md's Repeating tasks.
    */
   repeat(task: () => unknown, schedule: RepeatSchedule, options?: TaskOptions): Repeating {
-    const acceptance = this.#acceptance;
+    const acceptance = this.#parts.acceptance;
     if (acceptance.closing) throw new TaskManagerClosedError();
     const repeat = startRepeat(
       {
@@ -170,7 +85,7 @@ export class TaskManager {
         durable: this.store.durable === true,
         check: (where, fn, overrides) => acceptance.check(where, fn, overrides),
         add: (where, fn, overrides) => void acceptance.accept(where, fn, [], overrides, 'now', undefined),
-        report: (stage, error) => this.#reporter.report(stage, error),
+        report: (stage, error) => this.#parts.reporter.report(stage, error),
       },
       task,
       schedule,
@@ -188,7 +103,7 @@ export class TaskManager {
   subscribe(observer: TaskObserver): () => void {
     if (observer === null || typeof observer !== 'object')
       throw new TypeError('subscribe: argument "observer" must be an observer object');
-    return this.#chain.subscribe(observer);
+    return this.#parts.chain.subscribe(observer);
   }
 
   /**
@@ -199,12 +114,12 @@ export class TaskManager {
   start(): Promise<void> {
     this.#started ??= (async () => {
       // `taskLog()` outside a task writes through the latest started manager's logger (the console else).
-      setFallbackLogger(this, this.logger, this.#redact);
-      this.#telemetry.bindMeter();
-      await this.#chain.startup(this.#shutdownTimeoutMs);
-      await this.#engine?.start();
+      setFallbackLogger(this, this.logger, this.#parts.redact);
+      this.#parts.telemetry.bindMeter();
+      await this.#parts.chain.startup(this.#parts.shutdownTimeoutMs);
+      await this.#parts.engine?.start();
     })();
-    const recovery = this.#recovery;
+    const recovery = this.#parts.recovery;
     if (recovery === undefined) return this.#started;
     return this.#started.then(() => recovery.start());
   }
@@ -214,7 +129,7 @@ export class TaskManager {
    * this manager, until `shutdown()`. Starts the manager if needed. Without an engine it throws.
    */
   async work(): Promise<void> {
-    const engine = this.#engine;
+    const engine = this.#parts.engine;
     if (engine === undefined)
       throw new TaskflowError(
         'work(): needs option "engine" (bullmqEngine() of koa-taskflow/bullmq); without one every process runs its own tasks',
@@ -228,11 +143,11 @@ export class TaskManager {
 
   /** Resolves when no accepted task is queued, waiting or running (and, with a durable store, their records are written). */
   drain(): Promise<void> {
-    const engine = this.#engine;
-    if (engine !== undefined) return this.#runner.whenIdle().then(() => engine.settled());
-    if (this.store.durable !== true) return this.#runner.whenIdle();
+    const engine = this.#parts.engine;
+    if (engine !== undefined) return this.#parts.runner.whenIdle().then(() => engine.settled());
+    if (this.store.durable !== true) return this.#parts.runner.whenIdle();
     // An empty save joins the pending group commit: it resolves once the last status writes are committed.
-    return this.#runner.whenIdle().then(() =>
+    return this.#parts.runner.whenIdle().then(() =>
       this.store.save([]).then(
         () => undefined,
         () => undefined,
@@ -250,21 +165,21 @@ export class TaskManager {
       throw new TypeError(
         `shutdown: argument "options" must be an object, got ${options === null ? 'null' : typeof options}`,
       );
-    const timeoutMs = options.timeoutMs ?? this.#shutdownTimeoutMs;
+    const timeoutMs = options.timeoutMs ?? this.#parts.shutdownTimeoutMs;
     checkMs('shutdown', 'timeoutMs', timeoutMs, 0, false);
     this.#shutdown ??= (async () => {
-      this.#acceptance.closing = true;
-      this.#recovery?.stop();
+      this.#parts.acceptance.closing = true;
+      this.#parts.recovery?.stop();
       for (const repeat of this.#repeats) repeat.stop();
-      await this.#runner.stop(timeoutMs);
-      await this.#engine?.close(timeoutMs);
+      await this.#parts.runner.stop(timeoutMs);
+      await this.#parts.engine?.close(timeoutMs);
       // Every attempt has ended or been given up: threads still busy with a given-up one are stopped.
-      await this.#threads.close();
+      await this.#parts.threads.close();
       // Status writes that failed while the store was away get one last chance before it closes.
-      await this.#runner.resync(true);
-      this.#telemetry.close();
+      await this.#parts.runner.resync(true);
+      this.#parts.telemetry.close();
       clearFallbackLogger(this);
-      await this.#chain.close(Math.min(timeoutMs, this.#observerTimeoutMs) || 1);
+      await this.#parts.chain.close(Math.min(timeoutMs, this.#parts.observerTimeoutMs) || 1);
       await this.store.close();
     })();
     return this.#shutdown;
@@ -273,20 +188,22 @@ export class TaskManager {
   async get(id: string): Promise<TaskRecord | undefined> {
     if (typeof id !== 'string') throw new TypeError(`get: "id" must be a string, got ${typeof id}`);
     // A durable store lags the live record by up to one group commit: a task of this process answers first.
-    const record = (this.#liveStore ? undefined : this.#runner.live(id)?.record) ?? (await this.store.get(id));
-    return record && this.#runner.snapshot(record);
+    const record =
+      (this.#parts.storeHoldsLiveRecords ? undefined : this.#parts.runner.live(id)?.record) ??
+      (await this.store.get(id));
+    return record && this.#parts.runner.snapshot(record);
   }
 
   async list(filter?: TaskFilter): Promise<TaskRecord[]> {
     // Checked here too, so a bad filter names its option whatever the store (a custom one may not check).
     compileFilter(filter);
     const records = await this.store.list(filter);
-    return records.map((r) => this.#runner.snapshot(r));
+    return records.map((r) => this.#parts.runner.snapshot(r));
   }
 
   /** Run a failed or interrupted registered task again as a new task; returns the new id. */
   retry(id: string): Promise<string> {
-    return this.#acceptance.retry(id);
+    return this.#parts.acceptance.retry(id);
   }
 
   /**
@@ -295,13 +212,13 @@ export class TaskManager {
    * another instance is cancelled there within one lease renewal. False for an unknown or finished task.
    */
   cancel(id: string, options?: CancelOptions): Promise<boolean> {
-    return this.#cancellation.cancel(id, options);
+    return this.#parts.cancellation.cancel(id, options);
   }
 
   async metrics(): Promise<TaskMetrics> {
     const counted =
       typeof this.store.metrics === 'function' ? await this.store.metrics() : computeMetrics(await this.store.list());
-    return { ...counted, observers: this.#chain.metrics() };
+    return { ...counted, observers: this.#parts.chain.metrics() };
   }
 
   /**
@@ -309,17 +226,17 @@ export class TaskManager {
    * response, for their store write, or for a retry. What `maxQueued` bounds.
    */
   get queued(): number {
-    return this.#runner.waiting;
+    return this.#parts.runner.waiting;
   }
 
   /** Attempts running now in this process (at most `concurrency`, plus shielded ones during shutdown). */
   get running(): number {
-    return this.#runner.running;
+    return this.#parts.runner.running;
   }
 
   /** Tasks accepted in this process that have not ended: `queued` + `running`. What `drain()` waits for. */
   get unfinished(): number {
-    return this.#runner.unfinished;
+    return this.#parts.runner.unfinished;
   }
 
   /**
