@@ -11,6 +11,7 @@ import { RedisStore } from 'koa-taskflow/redis';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { expectJson, startAdmin } from './helpers/admin.js';
 import { countBy, readTaskLog, startDurableApp } from './helpers/durable-app.js';
+import { recordingLogger } from './helpers/logger.js';
 import { tempDir } from './helpers/files.js';
 import { startRedisServer } from './helpers/redis.js';
 import { createManager, onCleanup, waitFor } from './helpers/server.js';
@@ -35,20 +36,6 @@ function record(n: number, fields: Partial<TaskRecord> = {}): TaskRecord {
     logs: [],
     ...fields,
   };
-}
-
-function recordingLogger() {
-  const errors: string[] = [];
-  const noop = () => {};
-  const logger = {
-    trace: noop,
-    debug: noop,
-    info: noop,
-    warn: noop,
-    fatal: noop,
-    error: (obj: object, msg?: string) => void errors.push(`${msg} ${(obj as { err?: Error }).err?.message}`),
-  };
-  return { errors, logger };
 }
 
 interface Damage {

@@ -4,26 +4,12 @@ import { MemoryStore, type TaskRecord, type TaskStatus, type TaskStore } from 'k
 import { RedisStore } from 'koa-taskflow/redis';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { expectJson, startAdmin } from './helpers/admin.js';
+import { taskRecord as record } from './helpers/durable-app.js';
 import { tempDir } from './helpers/files.js';
 import { startRedisServer } from './helpers/redis.js';
 import { createManager, onCleanup } from './helpers/server.js';
 
 const DAY = 86_400_000;
-
-function record(id: string, fields: Partial<TaskRecord> = {}): TaskRecord {
-  return {
-    id,
-    name: 'job',
-    status: 'pending',
-    args: [],
-    tags: {},
-    attempts: 0,
-    maxAttempts: 1,
-    createdAt: Date.now(),
-    logs: [],
-    ...fields,
-  };
-}
 
 function ended(id: string, status: TaskStatus, daysAgo: number): TaskRecord {
   const at = Date.now() - daysAgo * DAY;

@@ -17,6 +17,7 @@ import {
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { RedisStore } from 'koa-taskflow/redis';
 import { tempDir } from './helpers/files.js';
+import { recordingLogger } from './helpers/logger.js';
 import { startRedisServer } from './helpers/redis.js';
 import { createManager, onCleanup, startApp, waitFor } from './helpers/server.js';
 
@@ -146,16 +147,7 @@ describe('encryptionKey with SqliteStore', () => {
     await expect(noKey.list()).rejects.toThrow(/"encryptionKey"/);
 
     // The wrong key's manager claims the orphan at start and cannot run it: it ends, it does not crash.
-    const reported: string[] = [];
-    const noop = () => {};
-    const logger = {
-      trace: noop,
-      debug: noop,
-      info: noop,
-      warn: noop,
-      fatal: noop,
-      error: (obj: object, msg?: string) => void reported.push(`${msg} ${(obj as { err: Error }).err.message}`),
-    };
+    const { errors: reported, logger } = recordingLogger();
     const wrong = chargingManager({ store: sqliteStore(path), encryptionKey: randomBytes(32), logger });
     await expect(wrong.manager.get(id)).rejects.toThrow(
       /were encrypted with another "encryptionKey" \(key id [0-9a-f]{8}; this TaskManager's key has id [0-9a-f]{8}\)/,

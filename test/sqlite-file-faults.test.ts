@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { TaskStoreError } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { mountTmpfs, readOnlyDirectory, tempDir } from './helpers/files.js';
+import { recordingLogger } from './helpers/logger.js';
 import { createManager, onCleanup, startApp, waitFor } from './helpers/server.js';
 
 /** The error `new SqliteStore({ path })` throws (the test fails if it opens). */
@@ -145,16 +146,7 @@ describe('SqliteStore on a full disk', () => {
     const dir = tempDir('taskflow-full-');
     if (!mountTmpfs(dir, 'size=2m')) return context.skip('this process may not mount a size-limited tmpfs');
     const store = new SqliteStore({ path: join(dir, 'tasks.db') });
-    const errors: string[] = [];
-    const noop = () => {};
-    const logger = {
-      trace: noop,
-      debug: noop,
-      info: noop,
-      warn: noop,
-      fatal: noop,
-      error: (obj: object, msg?: string) => void errors.push(`${msg} ${(obj as { err?: Error }).err?.name}`),
-    };
+    const { errors, logger } = recordingLogger('name');
     const { url, manager } = await startApp(
       (app, m) => {
         const job = m.task(function job(payload: string) {

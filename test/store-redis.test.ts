@@ -2,7 +2,13 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { TaskflowError, type TaskRecord } from 'koa-taskflow';
 import { RedisStore } from 'koa-taskflow/redis';
-import { countBy, expectOneExecutionAcrossInstances, readTaskLog, startDurableApp } from './helpers/durable-app.js';
+import {
+  countBy,
+  expectOneExecutionAcrossInstances,
+  readTaskLog,
+  startDurableApp,
+  taskRecord as record,
+} from './helpers/durable-app.js';
 import { tempDir } from './helpers/files.js';
 import { startRedisServer, type RedisServer } from './helpers/redis.js';
 import { createManager, deferred, listen, mountApp, onCleanup, startApp, waitFor } from './helpers/server.js';
@@ -11,21 +17,6 @@ function openStore(redis: RedisServer, prefix = 'test'): RedisStore {
   const store = new RedisStore({ url: redis.url }, { prefix });
   onCleanup(() => store.close());
   return store;
-}
-
-function record(id: string, fields: Partial<TaskRecord> = {}): TaskRecord {
-  return {
-    id,
-    name: 'job',
-    status: 'pending',
-    args: [],
-    tags: {},
-    attempts: 0,
-    maxAttempts: 1,
-    createdAt: Date.now(),
-    logs: [],
-    ...fields,
-  };
 }
 
 const quietLogger = () => {
