@@ -6,6 +6,7 @@ import { recordedOptions, type TaskRegistry } from './registry.js';
 import type { Reporter } from './report.js';
 import type { Runner } from './runner.js';
 import { AesGcmArgsCipher } from './stores/args-cipher.js';
+import { MAX_ORPHANS_PER_CLAIM } from './stores/durable-store.js';
 import { unreadableArgs } from './stores/records.js';
 import { NO_LOGS, ResumedTaskRun } from './task-run.js';
 import type { CancelRequest, TaskFunction, TaskRecord, TaskStore } from './types.js';
@@ -111,8 +112,18 @@ export class Recovery {
   }
 
   async #claimOrphans(): Promise<void> {
-    const { store, ownerId, leaseMs, runner, reporter } = this.#deps;
-    const records = await store.claimOrphans(ownerId, leaseMs);
+    const { store, ownerId, leaseMs } = this.#deps;
+    // A full call (SqliteStore and RedisStore claim MAX_ORPHANS_PER_CLAIM at most) may have left more
+    // behind: claimed at once, not an orphan check later.
+    let records: TaskRecord[];
+    do {
+      records = await store.claimOrphans(ownerId, leaseMs);
+      this.#resumeAll(records);
+    } while (records.length >= MAX_ORPHANS_PER_CLAIM && !this.#stopped);
+  }
+
+  #resumeAll(records: readonly TaskRecord[]): void {
+    const { runner, reporter } = this.#deps;
     for (const record of records) {
       if (this.#stopped) break;
       // Our own lease ran out while we were alive (a long stall): the task still lives here.

@@ -96,6 +96,63 @@ describe.each(STORES)('%s: large writes', (_name, create) => {
 });
 
 /** A record whose args cannot be read: serialising it throws `thrown` inside the batch's write. */
+/** MAX_ORPHANS_PER_CLAIM (src/stores/durable-store.ts): orphans one claimOrphans() call takes at most. */
+const ORPHAN_CLAIM_CAP = 1_000;
+
+/** Makers of stores that share one database (a SQLite file, a Redis), as instances of one app do. */
+const SHARED: [string, () => Promise<() => TaskStore>][] = [
+  [
+    'SqliteStore',
+    () => {
+      const path = join(tempDir(), 'tasks.db');
+      return Promise.resolve(() => new SqliteStore({ path }));
+    },
+  ],
+  [
+    'RedisStore',
+    async () => {
+      const { url } = await startRedisServer();
+      return () => new RedisStore({ url }, { prefix: 'orphans' });
+    },
+  ],
+];
+
+describe.each(SHARED)('%s: a crash that left many tasks', (_name, shared) => {
+  it('5 000 orphans of a dead owner are claimed once each by two concurrent claimers, no call taking more than the cap', async () => {
+    const create = await shared();
+    const open = (ownerId: string, leaseMs: number): TaskStore => {
+      const store = create();
+      onCleanup(() => store.close());
+      store.attach!({ ownerId, leaseMs });
+      return store;
+    };
+    const dead = open('dead', 100);
+    const orphans = Array.from({ length: 5_000 }, (_, i) =>
+      taskRecord(randomUUID(), i % 2 === 0 ? {} : { status: 'running', attempts: 1, startedAt: Date.now() }),
+    );
+    await dead.save(orphans);
+    await new Promise((resolve) => setTimeout(resolve, 300)); // its lease runs out: the owner is gone
+    const claimers = ['b', 'c'].map((ownerId) => ({ ownerId, store: open(ownerId, 60_000) }));
+    const calls: number[] = [];
+    const claimed: string[] = [];
+    // Each claims until a call comes back short (as the recovery does): nothing was left at that moment.
+    await Promise.all(
+      claimers.map(async ({ ownerId, store }) => {
+        for (;;) {
+          const records = await store.claimOrphans(ownerId, 60_000);
+          calls.push(records.length);
+          for (const record of records) claimed.push(record.id);
+          if (records.length < ORPHAN_CLAIM_CAP) return;
+        }
+      }),
+    );
+    expect(Math.max(...calls)).toBeLessThanOrEqual(ORPHAN_CLAIM_CAP);
+    expect(claimed.length).toBe(orphans.length);
+    expect(new Set(claimed)).toEqual(new Set(orphans.map((r) => r.id)));
+    expect(await claimers[0].store.claimOrphans('b', 60_000)).toEqual([]);
+  }, 60_000);
+});
+
 function poisoned(thrown: () => unknown): TaskRecord {
   const record = taskRecord(randomUUID(), { name: 'poisoned' });
   Object.defineProperty(record, 'args', { enumerable: true, get: () => thrown() as never });

@@ -1,8 +1,21 @@
 import { DEFAULT_LEASE_MS } from '../durable.js';
 import { TaskflowError, TaskStoreError, TaskStoreUnavailableError, toErrorInfo } from '../errors.js';
 import type { ArgsCipher, SaveResult, StoreCapabilities, StoreLease, TaskRecord } from '../types.js';
-import { GroupCommit, type WriteBatch } from './group-commit.js';
+import { GroupCommit, MAX_BATCH_RECORDS, type WriteBatch } from './group-commit.js';
 import { parseRecord } from './records.js';
+
+/**
+ * Orphans one `claimOrphans()` call takes at most, in batches of MAX_BATCH_RECORDS: a crash that left
+ * 100 000 tasks behind is claimed a few batches per call, none holding Redis past a client's socket timeout
+ * or the app's thread for long. The recovery calls again at once when a call comes back full.
+ */
+export const MAX_ORPHANS_PER_CLAIM = 5 * MAX_BATCH_RECORDS;
+
+/** One batch of an orphan claim: the records it took, and how many tasks it took (unreadable ones too). */
+export interface OrphanBatch {
+  records: TaskRecord[];
+  taken: number;
+}
 
 /** What SqliteStore and RedisStore share: the owner they write for, and group-committed writes. */
 export abstract class GroupCommittedStore {
@@ -53,6 +66,24 @@ export abstract class GroupCommittedStore {
 
   protected unreadable(id: string, error: TaskStoreError): void {
     this.#lease?.reportUnreadable?.(id, error);
+  }
+
+  /**
+   * Claims orphans a batch at a time (`claimBatch(limit)` takes at most `limit` tasks), yielding to the event
+   * loop between batches, until a batch comes back short or MAX_ORPHANS_PER_CLAIM are taken.
+   */
+  protected async claimInBatches(claimBatch: (limit: number) => Promise<OrphanBatch>): Promise<TaskRecord[]> {
+    const records: TaskRecord[] = [];
+    // The first batch runs even on a closed store: it is what refuses the call.
+    for (let taken = 0; ;) {
+      const limit = Math.min(MAX_BATCH_RECORDS, MAX_ORPHANS_PER_CLAIM - taken);
+      const batch = await claimBatch(limit);
+      for (const record of batch.records) records.push(record);
+      taken += batch.taken;
+      if (batch.taken < limit || taken >= MAX_ORPHANS_PER_CLAIM || this.closed !== undefined) break;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    return records;
   }
 
   /**

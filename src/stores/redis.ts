@@ -13,7 +13,7 @@ import type {
   TaskStore,
 } from '../types.js';
 import { compileFilter, matchesFilter } from './filter.js';
-import { GroupCommittedStore } from './durable-store.js';
+import { GroupCommittedStore, type OrphanBatch } from './durable-store.js';
 import type { WriteBatch } from './group-commit.js';
 import { inEvery, MergedWalk, planIndexes } from './redis-list.js';
 import {
@@ -175,19 +175,25 @@ redis.call('SET', kk, id)
 return false
 `;
 
+// At most ARGV[4] task ids are taken (popped) from the dead owners' sets per call; an owner is forgotten once
+// its set is empty. Returns {ids taken, claimed}: fewer taken than the limit means none is left.
 const CLAIM_ORPHANS = `
-local p, me, lease = ARGV[1], ARGV[2], ARGV[3]
+local p, me, lease, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 redis.call('SET', p .. ':o:' .. me, '1', 'PX', lease)
 redis.call('SADD', p .. ':owners', me)
 local claimed = {}
+local taken = 0
 local owners = redis.call('SMEMBERS', p .. ':owners')
 -- A task key that is not a hash (written by something else) is returned as {id, false, its type} and left
 -- as it is: recovery skips it rather than failing every claim.
 owners[#owners + 1] = ''
 for _, owner in ipairs(owners) do
+  if taken >= limit then break end
   if owner == '' or (owner ~= me and redis.call('EXISTS', p .. ':o:' .. owner) == 0) then
     local set = p .. ':u:' .. owner
-    for _, id in ipairs(redis.call('SMEMBERS', set)) do
+    local ids = redis.call('SPOP', set, limit - taken)
+    taken = taken + #ids
+    for _, id in ipairs(ids) do
       local tk = p .. ':t:' .. id
       local kind = redis.call('TYPE', tk).ok
       if kind == 'hash' then
@@ -202,11 +208,10 @@ for _, owner in ipairs(owners) do
         claimed[#claimed + 1] = {id, false, kind}
       end
     end
-    redis.call('DEL', set)
-    if owner ~= '' then redis.call('SREM', p .. ':owners', owner) end
+    if owner ~= '' and redis.call('EXISTS', set) == 0 then redis.call('SREM', p .. ':owners', owner) end
   end
 end
-return claimed
+return {taken, claimed}
 `;
 
 // A cancel request on an unfinished task: its reason in the hash (the first one stays; the holder's writes
@@ -547,10 +552,19 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
 
   async claimOrphans(ownerId: string, leaseMs: number): Promise<TaskRecord[]> {
     await this.commit.flush();
-    const claimed = (await this.#run(scripts.claimOrphans, [this.prefix, ownerId, leaseMs])) as StoredTask[];
+    const records = await this.claimInBatches((limit) => this.#claimOrphanBatch(ownerId, leaseMs, limit));
     // Counting a history written before counts existed runs in the background; metrics() waits for it.
     this.#counted().catch(() => {});
     await this.#sweepIfDue();
+    return records;
+  }
+
+  /** One Lua call: at most `limit` orphans (one call taking 100 000 ran past the client's socket timeout). */
+  async #claimOrphanBatch(ownerId: string, leaseMs: number, limit: number): Promise<OrphanBatch> {
+    const [taken, claimed] = (await this.#run(scripts.claimOrphans, [this.prefix, ownerId, leaseMs, limit])) as [
+      number,
+      StoredTask[],
+    ];
     // A record that cannot be read stays claimed by this owner, untouched: it is reported once and not
     // looked at again until this owner is gone.
     const records: TaskRecord[] = [];
@@ -564,7 +578,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
       if (cancel != null) record.cancelRequested = cancel;
       records.push(record);
     }
-    return records;
+    return { records, taken };
   }
 
   /** A retention pass, unless one ran within the last `#sweepEveryMs` or one is in flight. */

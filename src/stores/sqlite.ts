@@ -16,7 +16,7 @@ import {
   type TaskStore,
 } from '../types.js';
 import { compileFilter } from './filter.js';
-import { GroupCommittedStore } from './durable-store.js';
+import { GroupCommittedStore, type OrphanBatch } from './durable-store.js';
 import type { WriteBatch } from './group-commit.js';
 import { listQuery } from './sqlite-list.js';
 import { SqliteWorker, type ReadQuery } from './sqlite-worker.js';
@@ -223,6 +223,11 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
 
   async claimOrphans(ownerId: string, leaseMs: number): Promise<TaskRecord[]> {
     await this.commit.flush();
+    return this.claimInBatches((limit) => Promise.resolve(this.#claimOrphanBatch(ownerId, leaseMs, limit)));
+  }
+
+  /** One transaction: at most `limit` orphans (one synchronous statement of 100 000 held the app's thread). */
+  #claimOrphanBatch(ownerId: string, leaseMs: number, limit: number): OrphanBatch {
     const now = Date.now();
     const rows = this.#transaction(() => {
       // Acceptances of a process that died before its log was folded are found like any other orphan.
@@ -232,9 +237,11 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
       // Served by the status index: only unfinished rows are visited, however many finished ones are kept.
       return this.#statement(
         `UPDATE taskflow_tasks SET owner = ?
-           WHERE status IN ('pending', 'running') AND (owner IS NULL OR owner NOT IN (SELECT id FROM taskflow_owners))
+           WHERE id IN (SELECT id FROM taskflow_tasks
+             WHERE status IN ('pending', 'running') AND (owner IS NULL OR owner NOT IN (SELECT id FROM taskflow_owners))
+             LIMIT ?)
            RETURNING id, record, cancel_reason AS cancel`,
-      ).all(ownerId) as unknown as (Row & { cancel: string | null })[];
+      ).all(ownerId, limit) as unknown as (Row & { cancel: string | null })[];
     });
     if (ownerId === this.ownerId) this.#leaseRenewedAt = now;
     // A record that cannot be read stays claimed by this owner, untouched: it is reported once and not
@@ -242,7 +249,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     const records = this.#readRows(rows, [], true);
     const cancels = new Map(rows.filter((row) => row.cancel !== null).map((row) => [row.id, row.cancel!]));
     if (cancels.size > 0) for (const record of records) record.cancelRequested = cancels.get(record.id);
-    return records;
+    return { records, taken: rows.length };
   }
 
   /** Renews the lease and, in the same transaction, reads the cancel requests on this owner's unfinished tasks. */
