@@ -95,7 +95,6 @@ describe.each(STORES)('%s: large writes', (_name, create) => {
   }, 120_000);
 });
 
-/** A record whose args cannot be read: serialising it throws `thrown` inside the batch's write. */
 /** MAX_ORPHANS_PER_CLAIM (src/stores/durable-store.ts): orphans one claimOrphans() call takes at most. */
 const ORPHAN_CLAIM_CAP = 1_000;
 
@@ -117,6 +116,16 @@ const SHARED: [string, () => Promise<() => TaskStore>][] = [
   ],
 ];
 
+/** `count` unfinished tasks (pending and running) saved by `dead`, once its lease ran out: orphans. */
+async function leftBehind(dead: TaskStore, count: number, name = 'job'): Promise<TaskRecord[]> {
+  const orphans = Array.from({ length: count }, (_, i) =>
+    taskRecord(randomUUID(), i % 2 === 0 ? { name } : { name, status: 'running', attempts: 1, startedAt: Date.now() }),
+  );
+  await dead.save(orphans);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  return orphans;
+}
+
 describe.each(SHARED)('%s: a crash that left many tasks', (_name, shared) => {
   it('5 000 orphans of a dead owner are claimed once each by two concurrent claimers, no call taking more than the cap', async () => {
     const create = await shared();
@@ -126,12 +135,7 @@ describe.each(SHARED)('%s: a crash that left many tasks', (_name, shared) => {
       store.attach!({ ownerId, leaseMs });
       return store;
     };
-    const dead = open('dead', 100);
-    const orphans = Array.from({ length: 5_000 }, (_, i) =>
-      taskRecord(randomUUID(), i % 2 === 0 ? {} : { status: 'running', attempts: 1, startedAt: Date.now() }),
-    );
-    await dead.save(orphans);
-    await new Promise((resolve) => setTimeout(resolve, 300)); // its lease runs out: the owner is gone
+    const orphans = await leftBehind(open('dead', 100), 5_000);
     const claimers = ['b', 'c'].map((ownerId) => ({ ownerId, store: open(ownerId, 60_000) }));
     const calls: number[] = [];
     const claimed: string[] = [];
@@ -151,8 +155,26 @@ describe.each(SHARED)('%s: a crash that left many tasks', (_name, shared) => {
     expect(new Set(claimed)).toEqual(new Set(orphans.map((r) => r.id)));
     expect(await claimers[0].store.claimOrphans('b', 60_000)).toEqual([]);
   }, 60_000);
+
+  it('a manager starting after the crash claims all 1 500 orphans at start(), not 1 000 per orphan check', async () => {
+    const create = await shared();
+    const dead = create();
+    onCleanup(() => dead.close());
+    dead.attach!({ ownerId: 'dead', leaseMs: 100 });
+    await leftBehind(dead, 1_500, 'resumed');
+    const store = create();
+    const manager = createManager({ store, maxQueued: 5_000 });
+    manager.task(function resumed() {});
+    await manager.start();
+    const other = create();
+    onCleanup(() => other.close());
+    other.attach!({ ownerId: 'other', leaseMs: 60_000 });
+    // Nothing is left to another instance: the manager took every orphan before start() resolved.
+    expect(await other.claimOrphans('other', 60_000)).toEqual([]);
+  }, 60_000);
 });
 
+/** A record whose args cannot be read: serialising it throws `thrown` inside the batch's write. */
 function poisoned(thrown: () => unknown): TaskRecord {
   const record = taskRecord(randomUUID(), { name: 'poisoned' });
   Object.defineProperty(record, 'args', { enumerable: true, get: () => thrown() as never });
