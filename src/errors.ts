@@ -30,8 +30,8 @@ export class TaskInterruptedError extends TaskflowError {
   override readonly code = 'ERR_TASK_INTERRUPTED';
   constructor(reason = 'shutdown') {
     super(
-      `task interrupted (${reason}); mark it "shield: true" to let shutdown wait for it, or ` +
-        `"requeueOnInterrupt: true" with a durable store to run it again on the next start`,
+      `task interrupted (${reason}); mark it "shield: true" to let shutdown wait for it (with a durable ` +
+        `store it runs again on the next start unless "requeueOnInterrupt" is false)`,
     );
   }
 }

@@ -107,7 +107,7 @@ describe('admin: hostile queries are 400s naming the parameter', () => {
 });
 
 describe('admin: library errors keep their meaning', () => {
-  it('a store that is unavailable is a 503 with its message, not a 500', async () => {
+  it('a store that is unavailable is a 503 with its message and a Retry-After, not a 500', async () => {
     let down = false;
     class FlakyStore extends MemoryStore {
       override async get(id: string) {
@@ -133,6 +133,7 @@ describe('admin: library errors keep their meaning', () => {
       await api(`/${id}/retry`, { method: 'POST' }),
       await api('/retry-failed', { method: 'POST' }),
     ]) {
+      expect(response.headers.get('retry-after')).toBe('5');
       expect(await expectJson(response, 503)).toEqual({ error: 'the disk holding the task store is gone' });
     }
     down = false;

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { Context, Middleware } from 'koa';
-import { TaskStoreError } from '../errors.js';
+import { TaskQueueFullError, TaskStoreError } from '../errors.js';
 import type { AdminHost } from './host.js';
 import { optionError } from '../options.js';
 import { createAuthenticator, type AdminAuth } from './auth.js';
@@ -269,7 +269,12 @@ export function createAdmin(manager: AdminHost, options: AdminOptions): AdminMid
       await route(ctx, segments);
     } catch (error) {
       const http = toHttpError(error);
-      if (http !== undefined) return sendJson(ctx, http.status, { error: http.message, ...http.extra });
+      if (http !== undefined) {
+        // What cannot be served now (store away, queue full, shutting down) says when to come back.
+        if (http.status === 503 && !ctx.response.get('Retry-After'))
+          ctx.set('Retry-After', error instanceof TaskQueueFullError ? error.headers['Retry-After'] : '5');
+        return sendJson(ctx, http.status, { error: http.message, ...http.extra });
+      }
       report(error);
       // What is wrong with the store's data (GET /tasks/:id of a record that cannot be read): the message names
       // the task and the problem, never the record's content.
