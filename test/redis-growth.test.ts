@@ -4,7 +4,7 @@ import type { TaskRecord } from 'koa-taskflow';
 import { RedisStore } from 'koa-taskflow/redis';
 import { computeMetrics } from '../src/metrics.js';
 import { taskRecord as record } from './helpers/durable-app.js';
-import { recountMetrics, runMixedOutcomes } from './helpers/recount.js';
+import { oldRecords, recountMetrics, runMixedOutcomes } from './helpers/recount.js';
 import { startRedisServer, type RedisServer } from './helpers/redis.js';
 import { createManager, onCleanup } from './helpers/server.js';
 
@@ -60,18 +60,7 @@ describe('RedisStore as the history grows', () => {
     const [store] = stores;
     // Records written straight through save(): rewritten with other statuses and durations, cancelled, and old ones.
     const old = Date.now() - 30 * DAY;
-    await store.save(
-      Array.from({ length: 30 }, (_, i) =>
-        record(`old-${i}`, {
-          name: 'old',
-          status: i % 2 ? 'success' : 'failed',
-          createdAt: old,
-          endedAt: old,
-          durationMs: i * 100,
-          tags: { t: 'x' },
-        }),
-      ),
-    );
+    await store.save(oldRecords(old));
     await store.save([record('r', { name: 'rewritten', status: 'success', durationMs: 3, endedAt: Date.now() })]);
     await stores[1].save([
       record('r', { name: 'rewritten', status: 'success', durationMs: 7_000, endedAt: Date.now() }),

@@ -10,18 +10,11 @@ import { RedisStore } from 'koa-taskflow/redis';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { startNode } from './helpers/child.js';
 import { durableFiles } from './helpers/durable-app.js';
+import { untilReal } from './helpers/fake-clock.js';
 import { tempDir } from './helpers/files.js';
 import { inMemorySpans } from './helpers/otel.js';
 import { startRedisServer } from './helpers/redis.js';
 import { createManager, waitFor } from './helpers/server.js';
-
-/** Turns of the real event loop (setImmediate is not faked) until `check` holds. */
-async function untilReal(check: () => boolean, what: string): Promise<void> {
-  for (let turn = 0; !check(); turn++) {
-    if (turn > 10_000) throw new Error(`never saw ${what}`);
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-}
 
 const iso = (time: number | Date) => new Date(time).toISOString();
 

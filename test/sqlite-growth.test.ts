@@ -10,7 +10,7 @@ import { MIGRATIONS } from '../src/stores/sqlite-schema.js';
 import { startNode } from './helpers/child.js';
 import { openSqliteStore, taskRecord } from './helpers/durable-app.js';
 import { tempDir } from './helpers/files.js';
-import { recountMetrics, runMixedOutcomes } from './helpers/recount.js';
+import { oldRecords, recountMetrics, runMixedOutcomes } from './helpers/recount.js';
 import { createManager, onCleanup, waitFor } from './helpers/server.js';
 
 const DAY = 86_400_000;
@@ -38,18 +38,7 @@ describe('SqliteStore as the history grows', () => {
     await runMixedOutcomes(manager, 0, 120);
     // Records written straight through save(): rewritten with other statuses and durations, and old ones.
     const old = Date.now() - 30 * DAY;
-    await store.save(
-      Array.from({ length: 30 }, (_, i) =>
-        record(`old-${i}`, {
-          name: 'old',
-          status: i % 2 ? 'success' : 'failed',
-          createdAt: old,
-          endedAt: old,
-          durationMs: i * 100,
-          tags: { t: 'x' },
-        }),
-      ),
-    );
+    await store.save(oldRecords(old));
     await store.save([record('r', { name: 'rewritten', status: 'success', durationMs: 3, endedAt: Date.now() })]);
     await store.save([record('r', { name: 'rewritten', status: 'success', durationMs: 7_000, endedAt: Date.now() })]);
     await store.save([record('q', { name: 'rewritten', status: 'running' })]);

@@ -1,5 +1,6 @@
 import type { TaskManager, TaskRecord } from 'koa-taskflow';
 import { metricsFromBuckets, type DurationBucket, type StatusCount } from '../../src/metrics.js';
+import { taskRecord } from './durable-app.js';
 
 // The task.duration histogram's bucket bounds, in ms.
 const BOUNDS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000, Infinity];
@@ -42,4 +43,21 @@ export async function runMixedOutcomes(manager: TaskManager, from: number, to: n
   await manager.start();
   for (let n = from; n < to; n++) manager.add(flaky, n);
   await manager.drain();
+}
+
+/**
+ * 30 ended records of task 'old' created and ended at `at` (alternately success and failed, durations 0–2 900 ms,
+ * tag t=x), for a retention pass to delete and the counts to follow.
+ */
+export function oldRecords(at: number): TaskRecord[] {
+  return Array.from({ length: 30 }, (_, i) =>
+    taskRecord(`old-${i}`, {
+      name: 'old',
+      status: i % 2 ? 'success' : 'failed',
+      createdAt: at,
+      endedAt: at,
+      durationMs: i * 100,
+      tags: { t: 'x' },
+    }),
+  );
 }
