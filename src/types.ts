@@ -356,7 +356,11 @@ export interface TaskStore {
   list(filter?: TaskFilter): Promise<TaskRecord[]>;
   /** Atomically claim an idempotency key; returns the id holding it if taken by a task that has not failed. */
   claimKey(key: string, id: string): Promise<string | undefined>;
-  /** Take ownership of tasks left pending/running by a process that is gone. */
+  /**
+   * Take ownership of tasks left pending/running by a process that is gone. A store may claim a bounded
+   * batch per call, as the built-in stores do (at most 1 000): an answer of 1 000 or more records makes the
+   * manager call again at once; a shorter answer is taken as all there was until the next orphan check.
+   */
   claimOrphans(ownerId: string, leaseMs: number): Promise<TaskRecord[]>;
   close(): Promise<void>;
   /**
