@@ -17,10 +17,13 @@ export interface CancelOptions {
 export class Cancellation {
   readonly #runner: Runner;
   readonly #store: TaskStore;
+  readonly #engine: ((id: string, reason: string) => Promise<boolean>) | undefined;
 
-  constructor(runner: Runner, store: TaskStore) {
+  /** `engine`: the engine's cancel of a task handed to it (`EngineHooks.cancel`). */
+  constructor(runner: Runner, store: TaskStore, engine?: (id: string, reason: string) => Promise<boolean>) {
     this.#runner = runner;
     this.#store = store;
+    this.#engine = engine;
   }
 
   /** Bad arguments throw at the call; the rest answers asynchronously. */
@@ -39,6 +42,7 @@ export class Cancellation {
   async #cancel(id: string, reason: string): Promise<boolean> {
     const live = this.#runner.live(id);
     if (live !== undefined) return live.cancelRequested(reason);
+    if (this.#engine !== undefined) return this.#engine(id, reason);
     const store = this.#store;
     if (store.durable !== true || store.requestCancel === undefined) return false;
     // This process's last status writes land first (an empty save joins the pending group commit): a task

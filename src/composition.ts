@@ -87,7 +87,7 @@ export function composeParts(
     engine: engine !== undefined,
     get,
   }));
-  const cancellation = new Cancellation(runner, store);
+  const cancellation = new Cancellation(runner, store, engine?.cancel && ((id, reason) => engine.cancel!(id, reason)));
   engine?.bind({ registry, runHost: runner, reporter });
   const recovery =
     store.durable === true

@@ -1,4 +1,5 @@
 import type { Reporter } from './report.js';
+import type { StoreMetrics, TaskFilter, TaskObserver, TaskRecord } from './types.js';
 import type { TaskRegistry } from './registry.js';
 import type { RunHost, TaskRun } from './task-run.js';
 
@@ -31,6 +32,32 @@ export interface EngineHooks {
   work(): Promise<void>;
   /** `manager.shutdown()`: stop taking work, wait for running tasks up to `timeoutMs`, close connections. */
   close(timeoutMs: number): Promise<void>;
+  /**
+   * `manager.cancel(id)` of a task this process no longer holds (handed to the engine): true once the engine
+   * has cancelled it (or asked the worker running it to), false for an unknown or finished task.
+   */
+  cancel?(id: string, reason: string): Promise<boolean>;
+  /**
+   * Where the engine keeps task records itself (BullMQ's jobs): the manager's reads and the admin's actions go
+   * here instead of this process's store, so every process sees what the workers did.
+   */
+  readonly records?: EngineRecords;
+}
+
+/**
+ * @internal The engine's records, read and acted on as a store's would be: the same filters (checked by the
+ * manager first), the same record shapes, newest first.
+ */
+export interface EngineRecords {
+  get(id: string): Promise<TaskRecord | undefined>;
+  list(filter: TaskFilter | undefined): Promise<TaskRecord[]>;
+  metrics(): Promise<StoreMetrics>;
+  /** Run a failed task again; answers the id it runs under (the same one when the engine retries in place). */
+  retry(id: string): Promise<string>;
+  /** A retry runs the same task again under its id (no new record, no `retryOf`). */
+  readonly retriesInPlace: boolean;
+  /** Lifecycle and progress events of every process (the admin's event stream); returns the unsubscribe. */
+  subscribe(observer: TaskObserver): () => void;
 }
 
 /**

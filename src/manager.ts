@@ -188,22 +188,24 @@ export class TaskManager {
   async get(id: string): Promise<TaskRecord | undefined> {
     if (typeof id !== 'string') throw new TypeError(`get: "id" must be a string, got ${typeof id}`);
     // A durable store lags the live record by up to one group commit: a task of this process answers first.
+    const records = this.#parts.engine?.records;
     const record =
-      (this.#parts.storeHoldsLiveRecords ? undefined : this.#parts.runner.live(id)?.record) ??
-      (await this.store.get(id));
+      (this.#parts.storeHoldsLiveRecords && records === undefined ? undefined : this.#parts.runner.live(id)?.record) ??
+      (await (records ?? this.store).get(id));
     return record && this.#parts.runner.snapshot(record);
   }
 
   async list(filter?: TaskFilter): Promise<TaskRecord[]> {
     // Checked here too, so a bad filter names its option whatever the store (a custom one may not check).
     compileFilter(filter);
-    const records = await this.store.list(filter);
+    const records = await (this.#parts.engine?.records ?? this.store).list(filter);
     return records.map((r) => this.#parts.runner.snapshot(r));
   }
 
   /** Run a failed or interrupted registered task again as a new task; returns the new id. */
   retry(id: string): Promise<string> {
-    return this.#parts.acceptance.retry(id);
+    const records = this.#parts.engine?.records;
+    return records !== undefined ? records.retry(id) : this.#parts.acceptance.retry(id);
   }
 
   /**
@@ -216,8 +218,13 @@ export class TaskManager {
   }
 
   async metrics(): Promise<TaskMetrics> {
+    const records = this.#parts.engine?.records;
     const counted =
-      typeof this.store.metrics === 'function' ? await this.store.metrics() : computeMetrics(await this.store.list());
+      records !== undefined
+        ? await records.metrics()
+        : typeof this.store.metrics === 'function'
+          ? await this.store.metrics()
+          : computeMetrics(await this.store.list());
     return { ...counted, observers: this.#parts.chain.metrics() };
   }
 
@@ -244,6 +251,8 @@ export class TaskManager {
    * (default `/tasks`). `auth` is required (see `AdminAuth`); the README's Admin section has the endpoints.
    */
   admin(options: AdminOptions): AdminMiddleware {
-    return createAdmin(this, options);
+    // Over an engine's records, the event stream is the engine's (every process's), not this process's chain.
+    const records = this.#parts.engine?.records;
+    return createAdmin(this, options, records && { events: records, retriesInPlace: records.retriesInPlace });
   }
 }

@@ -5,7 +5,7 @@ import type { AdminHost } from './host.js';
 import { optionError } from '../options.js';
 import { createAuthenticator, type AdminAuth } from './auth.js';
 import { dashboardHtml } from './dashboard.js';
-import { EventHub } from './events.js';
+import { EventHub, type EventSource } from './events.js';
 import {
   AdminHttpError,
   cancelTask,
@@ -152,8 +152,17 @@ function allow(ctx: Context, ...methods: string[]): void {
   throw new AdminHttpError(405, `${ctx.method} is not allowed here; use ${methods.join(' or ')}`);
 }
 
+/**
+ * Where an engine keeps the records (BullMQ): its event stream stands for the manager's observer chain, and
+ * whether its retries run the same task again under its id.
+ */
+export interface EngineAdmin {
+  events: EventSource;
+  retriesInPlace: boolean;
+}
+
 /** Builds the middleware behind `manager.admin(options)`. */
-export function createAdmin(manager: AdminHost, options: AdminOptions): AdminMiddleware {
+export function createAdmin(manager: AdminHost, options: AdminOptions, engine?: EngineAdmin): AdminMiddleware {
   if (options === null || typeof options !== 'object') {
     throw new TypeError(
       `${WHERE}: options are required, with at least "auth" (e.g. { auth: { token: process.env.ADMIN_TOKEN } }, or auth: 'none')`,
@@ -171,12 +180,12 @@ export function createAdmin(manager: AdminHost, options: AdminOptions): AdminMid
     maxLimit,
     defaultLimit: integerOption(options, 'defaultLimit', 1, maxLimit, Math.min(50, maxLimit)),
   };
-  const hub = new EventHub(manager, {
+  const hub = new EventHub(engine?.events ?? manager, {
     maxClients: integerOption(options, 'maxSseClients', 1, 10_000, 32),
     heartbeatMs: integerOption(options, 'heartbeatMs', 10, 3_600_000, 15_000),
     maxBufferedBytes: 1 << 20,
   });
-  const retrier = new Retrier(manager);
+  const retrier = new Retrier(manager, engine?.retriesInPlace === true);
 
   async function route(ctx: Context, segments: string[]): Promise<void> {
     const [first, second] = segments;

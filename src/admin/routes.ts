@@ -272,7 +272,11 @@ export async function cancelTask(
 export class Retrier {
   readonly #inFlight = new Set<string>();
 
-  constructor(private readonly manager: AdminHost) {}
+  /** `inPlace`: a retry runs the task again under its id (BullMQ), so a retried task is no longer failed. */
+  constructor(
+    private readonly manager: AdminHost,
+    private readonly inPlace = false,
+  ) {}
 
   async retry(id: string): Promise<string> {
     if (this.#inFlight.has(id)) throw new AdminHttpError(409, `task ${id} is being retried by another request`);
@@ -327,7 +331,8 @@ export class Retrier {
   /** original id → id of its retry, for the given records (a retry is always created after its original). */
   async #retriesOf(records: readonly TaskRecord[]): Promise<Map<string, string>> {
     const found = new Map<string, string>();
-    if (records.length === 0) return found;
+    // Retried in place, a task is pending again, not failed: nothing to look up (and no history to read).
+    if (records.length === 0 || this.inPlace) return found;
     const wanted = new Set(records.map((r) => r.id));
     // A loop, not Math.min(...): a spread of `maxLimit` records' times could overflow the stack.
     let since = Infinity;

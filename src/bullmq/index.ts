@@ -9,7 +9,9 @@ import { TaskflowError, TaskInterruptedError } from '../errors.js';
 import { retryDelay } from '../options.js';
 import type { TaskRun } from '../task-run.js';
 import { JobHost } from './job-run.js';
+import { FleetEvents } from './events.js';
 import { BACKOFF_TYPE, jobOf, type JobData } from './job.js';
+import { BullmqRecords, jobFailure } from './records.js';
 
 export type { TaskEngine };
 
@@ -97,6 +99,17 @@ function checkOptions(options: BullmqEngineOptions): void {
   }
 }
 
+/** How long index entries are kept: as long as BullMQ keeps the longer-lived of completed and failed jobs. */
+function retentionMs(keep: Pick<JobsOptions, 'removeOnComplete' | 'removeOnFail'>): number {
+  const ageOf = (option: JobsOptions['removeOnComplete']): number =>
+    option === true
+      ? 0
+      : typeof option === 'object' && 'age' in option && option.age !== undefined
+        ? option.age * 1000
+        : WEEK_S * 1000;
+  return Math.max(ageOf(keep.removeOnComplete), ageOf(keep.removeOnFail));
+}
+
 /** BullMQ as the engine of a TaskManager: `new TaskManager({ engine: bullmqEngine({ connection }) })`. */
 export function bullmqEngine(options: BullmqEngineOptions): TaskEngine {
   checkOptions(options);
@@ -114,6 +127,9 @@ class BullmqEngine implements EngineHooks {
   #flow: Promise<FlowProducer> | undefined;
   readonly #chains = new Map<object, TaskRun[]>();
   readonly #adding = new Set<Promise<void>>();
+  readonly #events: FleetEvents;
+  /** The manager's reads and the admin over BullMQ's jobs (see records.ts). */
+  readonly records: BullmqRecords;
 
   constructor(options: BullmqEngineOptions) {
     this.#options = options;
@@ -122,6 +138,22 @@ class BullmqEngine implements EngineHooks {
       removeOnComplete: options.removeOnComplete ?? { age: WEEK_S, count: 10_000 },
       removeOnFail: options.removeOnFail ?? { age: WEEK_S },
     };
+    const report = (stage: string, error: unknown) => this.#host?.reporter.report(stage, error);
+    this.#events = new FleetEvents({
+      connection: options.connection,
+      name: this.#name,
+      prefix: options.prefix,
+      queue: () => this.#queueNow(),
+      loadQueueEvents: () => loadBullMQ().then((bullmq) => bullmq.QueueEvents),
+      redact: () => this.#host?.runHost.redact,
+      report,
+    });
+    this.records = new BullmqRecords({
+      queue: () => this.#queueNow(),
+      retentionMs: retentionMs(this.#keep),
+      report,
+      subscribe: (observer) => this.#events.subscribe(observer),
+    });
   }
 
   bind(host: EngineHost): void {
@@ -158,6 +190,7 @@ class BullmqEngine implements EngineHooks {
       run.release(HANDED);
       return;
     }
+    this.records.index([run]);
     const { data, opts } = jobOf(run, this.#keep);
     // The task stays unfinished here (drain() waits for it) until BullMQ has it: its add failing cancels it.
     this.#queueNow()
@@ -179,6 +212,7 @@ class BullmqEngine implements EngineHooks {
   #addChain(sequence: object): void {
     const runs = this.#chains.get(sequence)!;
     this.#chains.delete(sequence);
+    this.records.index(runs);
     let added: Promise<unknown>;
     if (runs.length === 1) {
       const { data, opts } = jobOf(runs[0], this.#keep);
@@ -259,24 +293,22 @@ class BullmqEngine implements EngineHooks {
       );
     try {
       const stalled = jobs.stalledOut(run);
-      if (stalled !== undefined) throw new UnrecoverableError(stalled.message);
+      if (stalled !== undefined) throw jobFailure({ type: stalled.name, message: stalled.message }, UnrecoverableError);
       void run.runAttempt();
       await run.attemptEnded;
       const error = run.record.error;
-      const failure = (): Error =>
-        Object.assign(new Error(error?.message ?? 'task failed'), { name: error?.type ?? 'Error' });
       switch (run.outcome) {
         case 'success':
           return;
         case 'retry':
-          throw failure();
+          throw jobFailure(error);
         case 'handBack':
           // Interrupted by shutdown: back to the queue as it was, no retry used (requeueOnInterrupt false: failed).
-          if (!run.options.requeueOnInterrupt) throw new UnrecoverableError(failure().message);
+          if (!run.options.requeueOnInterrupt) throw jobFailure(error, UnrecoverableError);
           await job.moveToDelayed(Date.now(), token);
           throw new DelayedError();
         default:
-          throw new UnrecoverableError(failure().message);
+          throw jobFailure(error, UnrecoverableError);
       }
     } finally {
       jobs.active.delete(run.record);
@@ -303,6 +335,7 @@ class BullmqEngine implements EngineHooks {
       }
     }
     await this.settled();
+    await this.#events.close();
     await (await this.#flow)?.close();
     await (await this.#queue)?.close();
   }

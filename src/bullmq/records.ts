@@ -1,0 +1,433 @@
+/**
+ * The manager's reads and the admin's actions over BullMQ's own data: a job is read back as a TaskRecord
+ * (state, attempts, times, error, logs, progress, trace ids), and lists come from our index of jobs by
+ * creation time, by name and by tag, kept beside BullMQ's keys under the queue's prefix.
+ */
+import type { Queue } from 'bullmq';
+import type { ChainableCommander, Redis } from 'ioredis';
+import type { EngineRecords } from '../engine.js';
+import { TaskflowError, TaskNotFoundError } from '../errors.js';
+import { metricsFrom, type StatusCount, type SuccessDuration } from '../metrics.js';
+import { compileFilter, matchesFilter, type CompiledFilter } from '../stores/filter.js';
+import type { TaskRun } from '../task-run.js';
+import {
+  LOG_LEVELS,
+  type LogEntry,
+  type LogLevel,
+  type StoreMetrics,
+  type TaskErrorInfo,
+  type TaskFilter,
+  type TaskObserver,
+  type TaskRecord,
+  type TaskStatus,
+} from '../types.js';
+import { jobIdOfKey, type JobData } from './job.js';
+
+/** A job's hash as BullMQ writes it (`HGETALL <prefix>:<queue>:<jobId>`). */
+export type JobHash = Record<string, string | undefined>;
+
+const TYPED = /^([A-Za-z_$][\w$]*): ([\s\S]*)$/;
+// BullMQ's own reason for a job failed by its stalled-job check (past maxStalledCount).
+const BULLMQ_STALLED = 'job stalled more than allowable limit';
+const LEVELS: ReadonlySet<string> = new Set(LOG_LEVELS);
+/** An index entry whose job is missing is dropped when read, once it is older than this (its add may be under way). */
+const GRACE_MS = 60_000;
+/** How often one process trims one index key by age. */
+const TRIM_EVERY_MS = 60_000;
+const BATCH = 200;
+
+/**
+ * The error a worker gives BullMQ for a failed attempt. BullMQ keeps only its message (`failedReason`) and
+ * stack (`stacktrace`): the type leads the message (`TaskTimeoutError: …`, as Node prints errors), and the
+ * stack is the task's own, so both BullMQ's tools and our records show what failed.
+ */
+export function jobFailure(error: TaskErrorInfo | undefined, Base: new (message: string) => Error = Error): Error {
+  const type = error?.type ?? 'Error';
+  const message = `${type}: ${error?.message ?? 'task failed'}`;
+  return Object.assign(new Base(message), { stack: error?.stack ?? message });
+}
+
+/** A failedReason read back: our `Type: message`, or BullMQ's own reason. */
+export function failureOf(reason: string, stack: string | undefined): TaskErrorInfo {
+  const typed = TYPED.exec(reason);
+  const error: TaskErrorInfo =
+    typed !== null
+      ? { type: typed[1], message: typed[2] }
+      : { type: reason === BULLMQ_STALLED ? 'TaskStalledError' : 'Error', message: reason };
+  if (stack !== undefined) error.stack = stack;
+  return error;
+}
+
+/** A failed job's status: a task cancelled or interrupted for good fails its job, told apart by the error's type. */
+export function failedStatusOf(error: TaskErrorInfo | undefined): TaskStatus {
+  if (error?.type === 'TaskCancelledError') return 'cancelled';
+  if (error?.type === 'TaskInterruptedError') return 'interrupted';
+  return 'failed';
+}
+
+/** Our status of a job: from its hash (finished or not) and whether it is in the active list. */
+function statusOf(hash: JobHash, active: boolean, error: TaskErrorInfo | undefined): TaskStatus {
+  // BullMQ writes `returnvalue` only when the job completes (a job that failed, then succeeded, has both).
+  if (hash.finishedOn !== undefined) return hash.returnvalue !== undefined ? 'success' : failedStatusOf(error);
+  return active ? 'running' : 'pending';
+}
+
+function parse<T>(text: string | undefined): T | undefined {
+  if (text === undefined) return undefined;
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+function int(text: string | undefined): number | undefined {
+  const n = text === undefined ? NaN : Number(text);
+  return Number.isFinite(n) ? n : undefined;
+}
+
+/** A job log line written by JobRun.log: `[level] message {fields}`. */
+function logEntry(line: string, time: number, attempt: number): LogEntry {
+  const levelled = /^\[(\w+)\] ([\s\S]*)$/.exec(line);
+  const level = levelled !== null && LEVELS.has(levelled[1]) ? (levelled[1] as LogLevel) : 'info';
+  let message = levelled !== null && LEVELS.has(levelled[1]) ? levelled[2] : line;
+  let fields: Record<string, unknown> | undefined;
+  const brace = message.indexOf(' {');
+  if (brace >= 0 && message.endsWith('}')) {
+    const parsed = parse<unknown>(message.slice(brace + 1));
+    if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) {
+      fields = parsed as Record<string, unknown>;
+      message = message.slice(0, brace);
+    }
+  }
+  const entry: LogEntry = { time, level, message, attempt };
+  if (fields !== undefined) entry.fields = fields;
+  return entry;
+}
+
+/**
+ * The TaskRecord of a job of ours (undefined for a job that is gone or not ours). BullMQ keeps lines in a
+ * job's log, not times: each log entry carries the latest attempt's start and number.
+ */
+export function recordOfJob(hash: JobHash, active: boolean, logs: readonly string[]): TaskRecord | undefined {
+  const data = parse<JobData>(hash.data);
+  if (data === undefined || typeof data.id !== 'string' || hash.name === undefined) return undefined;
+  const options = data.options ?? {};
+  const failedReason = hash.failedReason;
+  const error =
+    failedReason === undefined || failedReason === ''
+      ? undefined
+      : failureOf(failedReason, parse<string[]>(hash.stacktrace)?.at(-1));
+  const status = statusOf(hash, active, error);
+  const started = int(hash.ats) ?? int(hash.atm) ?? 0;
+  const made = int(hash.atm) ?? 0;
+  const attempts = parse<{ attempts?: number }>(hash.opts)?.attempts ?? (options.retries ?? 0) + 1;
+  const record: TaskRecord = {
+    id: data.id,
+    name: hash.name,
+    status,
+    args: Array.isArray(data.args) ? data.args : [],
+    tags: { ...options.tags },
+    attempts: started,
+    // Starts that failed nothing (a stall, a hand-back at shutdown) use up no retry, as in the worker.
+    maxAttempts: attempts + Math.max(0, started - made - (status === 'running' ? 1 : 0)),
+    createdAt: data.createdAt,
+    logs: [],
+  };
+  if (options.priority !== undefined) record.priority = options.priority;
+  if (options.idempotencyKey !== undefined) record.idempotencyKey = options.idempotencyKey;
+  const startedAt = int(hash.processedOn);
+  const endedAt = int(hash.finishedOn);
+  if (startedAt !== undefined) record.startedAt = startedAt;
+  if (endedAt !== undefined) {
+    record.endedAt = endedAt;
+    if (startedAt !== undefined) record.durationMs = Math.max(0, endedAt - startedAt);
+  }
+  if (error !== undefined && status !== 'success') record.error = error;
+  if (status === 'cancelled' || status === 'interrupted')
+    record.reason = /\(([^)]*)\)/.exec(error?.message ?? '')?.[1] ?? status;
+  const delay = int(hash.delay);
+  if (status === 'pending' && delay !== undefined && delay > 0 && started === 0)
+    record.runAt = (int(hash.timestamp) ?? data.createdAt) + delay;
+  const progress = parse<unknown>(hash.progress);
+  const value = typeof progress === 'number' ? progress : (progress as { value?: unknown } | undefined | null)?.value;
+  if (typeof value === 'number' && value >= 0 && value <= 1) record.progress = value;
+  if (data.previous !== undefined) [record.traceId, record.spanId] = data.previous;
+  if (data.link !== undefined) [record.requestTraceId, record.requestSpanId, record.requestTraceFlags] = data.link;
+  const logTime = startedAt ?? data.createdAt;
+  record.logs = logs.map((line) => logEntry(line, logTime, started));
+  return record;
+}
+
+/** The raw Redis client of a Queue (BullMQ 6 behind its backend, BullMQ 5 on the queue). */
+export function redisOf(queue: Queue): Promise<Redis> {
+  const q = queue as unknown as { getBackend?: () => { client: Promise<Redis> }; client?: Promise<Redis> };
+  return typeof q.getBackend === 'function' ? q.getBackend().client : q.client!;
+}
+
+export interface RecordsOptions {
+  queue: () => Promise<Queue>;
+  /** How long index entries are kept (the longer of BullMQ's removeOnComplete/removeOnFail ages). */
+  retentionMs: number;
+  report: (stage: string, error: unknown) => void;
+  subscribe: (observer: TaskObserver) => () => void;
+}
+
+type Scored = [member: string, createdAt: number];
+
+/**
+ * Lists read our index: `tf:all`, `tf:name:<name>` and `tf:tag:<key>=<value>` sorted sets (score: the task's
+ * creation time, member: its job id) under the queue's prefix, written by the web process as it adds the
+ * job. A tag filter reads its tag's set, so it loads only the jobs holding the tag; entries of jobs BullMQ
+ * has removed since (removeOnComplete/removeOnFail) are dropped as they are read, and old ones trimmed by age.
+ */
+export class BullmqRecords implements EngineRecords {
+  readonly retriesInPlace = true;
+  readonly #options: RecordsOptions;
+  readonly #trimmed = new Map<string, number>();
+
+  constructor(options: RecordsOptions) {
+    this.#options = options;
+  }
+
+  subscribe(observer: TaskObserver): () => void {
+    return this.#options.subscribe(observer);
+  }
+
+  /** Index the jobs of `runs` (called as they are added): one pipeline of ZADDs, plus a trim now and then. */
+  index(runs: readonly TaskRun[]): void {
+    void this.#options
+      .queue()
+      .then(async (queue) => {
+        const redis = await redisOf(queue);
+        const now = Date.now();
+        const pipeline = redis.pipeline();
+        const keys = new Set<string>();
+        for (const run of runs) {
+          const key = run.options.idempotencyKey;
+          const member = key === undefined ? run.id : jobIdOfKey(key);
+          const createdAt = run.record.createdAt;
+          const sets = [queue.toKey('tf:all'), nameKey(queue, run.name)];
+          for (const tag of Object.entries(run.record.tags)) sets.push(tagKey(queue, tag));
+          for (const set of sets) {
+            pipeline.zadd(set, createdAt, member);
+            keys.add(set);
+          }
+          // A keyed task's job has the key as its id: its task id finds it through this (expiring with the index).
+          if (key !== undefined) pipeline.set(queue.toKey(`tf:id:${run.id}`), member, 'PX', this.#options.retentionMs);
+        }
+        for (const set of keys) this.#trim(pipeline, set, now);
+        await pipeline.exec();
+      })
+      .catch((error: unknown) => this.#options.report('BullMQ task index write', error));
+  }
+
+  #trim(pipeline: ChainableCommander, key: string, now: number): void {
+    const last = this.#trimmed.get(key);
+    if (last !== undefined && now - last < TRIM_EVERY_MS) return;
+    if (this.#trimmed.size >= 10_000) this.#trimmed.clear();
+    this.#trimmed.set(key, now);
+    pipeline.zremrangebyscore(key, '-inf', `(${now - this.#options.retentionMs}`);
+  }
+
+  async get(id: string): Promise<TaskRecord | undefined> {
+    const queue = await this.#options.queue();
+    const redis = await redisOf(queue);
+    let found = await this.#read(queue, redis, id, true);
+    if (found === undefined) {
+      const jobId = await redis.get(queue.toKey(`tf:id:${id}`));
+      if (jobId !== null) found = await this.#read(queue, redis, jobId, true);
+    }
+    return found?.id === id ? found : undefined;
+  }
+
+  /** One job as a record: its hash, whether it is active, and (for `get`) its log, in one round trip. */
+  async #read(queue: Queue, redis: Redis, jobId: string, withLogs: boolean): Promise<TaskRecord | undefined> {
+    const pipeline = redis.pipeline().hgetall(queue.toKey(jobId)).lpos(queue.toKey('active'), jobId);
+    if (withLogs) pipeline.lrange(queue.toKey(`${jobId}:logs`), 0, -1);
+    const [[, hash], [, at], logs] = (await pipeline.exec()) as [unknown, unknown][];
+    return recordOfJob(hash as JobHash, at !== null, withLogs ? ((logs[1] as string[] | undefined) ?? []) : []);
+  }
+
+  async list(filter: TaskFilter | undefined): Promise<TaskRecord[]> {
+    const f = compileFilter(filter);
+    if (f.limit === 0) return [];
+    const queue = await this.#options.queue();
+    const redis = await redisOf(queue);
+    const source =
+      f.tags.length > 0
+        ? tagKey(queue, f.tags[0])
+        : f.name !== undefined
+          ? nameKey(queue, f.name)
+          : queue.toKey('tf:all');
+    // Running and dead tasks are few beside the rest: read them from BullMQ's active list and failed set
+    // when those are smaller than the index.
+    const dead = f.statuses !== undefined && [...f.statuses].every((s) => s !== 'pending' && s !== 'success');
+    if (dead) {
+      const [[, indexed], [, active], [, failed]] = (await redis
+        .pipeline()
+        .zcard(source)
+        .llen(queue.toKey('active'))
+        .zcard(queue.toKey('failed'))
+        .exec()) as [unknown, number][];
+      if (active + failed < indexed) return this.#listByState(queue, redis, f);
+    }
+    return this.#listByIndex(queue, redis, source, f);
+  }
+
+  /** Newest first from an index set, a batch at a time, until `limit` records match. */
+  async #listByIndex(queue: Queue, redis: Redis, source: string, f: CompiledFilter): Promise<TaskRecord[]> {
+    const out: TaskRecord[] = [];
+    const max = f.before === undefined ? '+inf' : String(f.before.createdAt);
+    const min = f.since === undefined ? '-inf' : String(f.since);
+    for (let offset = 0; out.length < f.limit;) {
+      const flat = await redis.zrevrangebyscore(source, max, min, 'WITHSCORES', 'LIMIT', offset, BATCH);
+      const batch: Scored[] = [];
+      for (let i = 0; i < flat.length; i += 2) batch.push([flat[i], Number(flat[i + 1])]);
+      // Entries dropped from the set shift the ones after them down.
+      offset += BATCH - (await this.#take(queue, redis, source, afterCursor(batch, f), f, out));
+      if (batch.length < BATCH) break;
+    }
+    return out;
+  }
+
+  /** Running and failed jobs by BullMQ's own sets, ordered by their creation time from the index. */
+  async #listByState(queue: Queue, redis: Redis, f: CompiledFilter): Promise<TaskRecord[]> {
+    const ids = [
+      ...(f.statuses!.has('running') ? await redis.lrange(queue.toKey('active'), 0, -1) : []),
+      ...([...f.statuses!].some((s) => s !== 'running') ? await redis.zrange(queue.toKey('failed'), '0', '-1') : []),
+    ];
+    if (ids.length === 0) return [];
+    const scores = await redis.zmscore(queue.toKey('tf:all'), ...ids);
+    const scored: Scored[] = ids.map((id, i) => [id, Number(scores[i] ?? 0)]);
+    scored.sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? 1 : a[0] > b[0] ? -1 : 0));
+    const candidates = afterCursor(scored, f).filter(([, t]) => f.since === undefined || t >= f.since);
+    const out: TaskRecord[] = [];
+    for (let i = 0; i < candidates.length && out.length < f.limit; i += BATCH)
+      await this.#take(queue, redis, undefined, candidates.slice(i, i + BATCH), f, out);
+    return out;
+  }
+
+  /**
+   * Load a batch of jobs in one pipeline, keep those matching, drop index entries of jobs gone for good;
+   * answers how many entries it dropped.
+   */
+  async #take(
+    queue: Queue,
+    redis: Redis,
+    source: string | undefined,
+    batch: readonly Scored[],
+    f: CompiledFilter,
+    out: TaskRecord[],
+  ): Promise<number> {
+    if (batch.length === 0) return 0;
+    const pipeline = redis.pipeline().lrange(queue.toKey('active'), 0, -1);
+    for (const [member] of batch) pipeline.hgetall(queue.toKey(member));
+    const replies = (await pipeline.exec()) as [unknown, unknown][];
+    const active = new Set(replies[0][1] as string[]);
+    const gone: string[] = [];
+    const now = Date.now();
+    for (let i = 0; i < batch.length && out.length < f.limit; i++) {
+      const [member, createdAt] = batch[i];
+      const record = recordOfJob(replies[i + 1][1] as JobHash, active.has(member), []);
+      if (record === undefined) {
+        if (now - createdAt > GRACE_MS) gone.push(member);
+        continue;
+      }
+      if (matchesFilter(record, f)) out.push(record);
+    }
+    if (source === undefined || gone.length === 0) return 0;
+    return redis.zrem(source, ...gone).catch((error: unknown) => {
+      this.#options.report('BullMQ index cleanup', error);
+      return 0;
+    });
+  }
+
+  /**
+   * Fleet-wide counts by status and name, and durations of successes, from every job BullMQ keeps (so as
+   * many as removeOnComplete/removeOnFail keep): its state lists and sets give the status, one HMGET per job
+   * its name and times.
+   */
+  async metrics(): Promise<StoreMetrics> {
+    const queue = await this.#options.queue();
+    const redis = await redisOf(queue);
+    const lists = ['wait', 'paused', 'active'];
+    const sets = ['prioritized', 'delayed', 'waiting-children', 'completed', 'failed'];
+    const pipeline = redis.pipeline();
+    for (const list of lists) pipeline.lrange(queue.toKey(list), 0, -1);
+    for (const set of sets) pipeline.zrange(queue.toKey(set), '0', '-1');
+    const replies = (await pipeline.exec()) as [unknown, string[]][];
+    const states = [...lists, ...sets];
+    const jobs: [id: string, state: string][] = [];
+    replies.forEach(([, ids], i) => {
+      for (const id of ids) jobs.push([id, states[i]]);
+    });
+    const counts = new Map<string, StatusCount>();
+    const durations: SuccessDuration[] = [];
+    for (let i = 0; i < jobs.length; i += 1_000) {
+      const chunk = jobs.slice(i, i + 1_000);
+      const read = redis.pipeline();
+      for (const [id] of chunk) read.hmget(queue.toKey(id), 'name', 'processedOn', 'finishedOn', 'failedReason');
+      const fields = (await read.exec()) as [unknown, (string | null)[]][];
+      chunk.forEach(([, state], j) => {
+        const [name, processedOn, finishedOn, failedReason] = fields[j][1];
+        if (name === null) return;
+        const status: TaskStatus =
+          state === 'active'
+            ? 'running'
+            : state === 'completed'
+              ? 'success'
+              : state === 'failed'
+                ? failedStatusOf(failureOf(failedReason ?? '', undefined))
+                : 'pending';
+        const key = `${status}\u0000${name}`;
+        const known = counts.get(key);
+        if (known === undefined) counts.set(key, { name, status, count: 1 });
+        else known.count++;
+        if (status === 'success' && processedOn !== null && finishedOn !== null)
+          durations.push({ name, duration: Math.max(0, Number(finishedOn) - Number(processedOn)) });
+      });
+    }
+    return metricsFrom(counts.values(), durations);
+  }
+
+  /**
+   * A failed (or interrupted) task runs again as BullMQ retries a job: the same job, under the same id, back
+   * in the queue with its attempts counted from 1 again; its first attempt links to the last one that failed.
+   */
+  async retry(id: string): Promise<string> {
+    const record = typeof id === 'string' ? await this.get(id) : undefined;
+    if (record === undefined) throw new TaskNotFoundError(String(id));
+    const notRetryable = () =>
+      new TaskflowError(`retry: task ${id} is ${record.status}; only failed or interrupted tasks can be retried`, {
+        code: 'ERR_TASK_NOT_RETRYABLE',
+      });
+    if (record.status !== 'failed' && record.status !== 'interrupted') throw notRetryable();
+    const queue = await this.#options.queue();
+    const job = await queue.getJob(record.idempotencyKey === undefined ? id : jobIdOfKey(record.idempotencyKey));
+    if (job === undefined) throw new TaskNotFoundError(id);
+    try {
+      await job.retry('failed', { resetAttemptsMade: true, resetAttemptsStarted: true });
+    } catch (error) {
+      // Another admin retried it first: it is no longer failed.
+      if (await job.isFailed().catch(() => true)) throw error;
+      throw notRetryable();
+    }
+    return id;
+  }
+}
+
+/** Entries after the page cursor (`before`): ties on the creation time are ordered by member, descending. */
+function afterCursor(batch: readonly Scored[], f: CompiledFilter): Scored[] {
+  const before = f.before;
+  if (before === undefined) return batch.slice();
+  return batch.filter(([member, t]) => t < before.createdAt || (t === before.createdAt && member < before.id));
+}
+
+function nameKey(queue: Queue, name: string): string {
+  return queue.toKey(`tf:name:${encodeURIComponent(name)}`);
+}
+
+function tagKey(queue: Queue, [key, value]: readonly [string, string]): string {
+  return queue.toKey(`tf:tag:${encodeURIComponent(key)}=${encodeURIComponent(value)}`);
+}

@@ -1,0 +1,161 @@
+// The admin API over BullMQ's own data: a web process (enqueue only, admin mounted) and a worker
+// (manager.work()) as two TaskManagers on one real redis-server, requests through the web process's Koa
+// server. What the web process answers is what the worker did: list, filters, get, metrics, retry, events.
+import { type LifecycleEvent, type TaskManager, type TaskRecord } from 'koa-taskflow';
+import { bullmqEngine } from 'koa-taskflow/bullmq';
+import { setTimeout } from 'node:timers/promises';
+import { Redis } from 'ioredis';
+import { describe, expect, it } from 'vitest';
+import { expectJson, startAdmin, TOKEN } from './helpers/admin.js';
+import { startRedisServer } from './helpers/redis.js';
+import { createManager, onCleanup, waitFor } from './helpers/server.js';
+import { openSse } from './helpers/sse.js';
+
+interface Page {
+  tasks: TaskRecord[];
+  nextCursor: string | null;
+}
+
+/** The same tasks, registered by the web process and the worker alike (the worker finds them by name). */
+function register(manager: TaskManager, health: { ok: boolean }) {
+  return {
+    welcome: manager.task(async function welcome(email: string) {
+      return email;
+    }),
+    charge: manager.task(async function charge() {
+      if (!health.ok) throw new TypeError('card declined');
+    }),
+  };
+}
+
+/** A web process with the admin and, unless `work` is false, a worker: two managers on one redis-server. */
+async function startFleet(queue: string, work = true) {
+  const redis = await startRedisServer();
+  const connection = { host: '127.0.0.1', port: redis.port, maxRetriesPerRequest: null };
+  const health = { ok: false };
+  const web = createManager({ engine: bullmqEngine({ connection, queue }) });
+  const tasks = register(web, health);
+  const harness = await startAdmin({}, web);
+  const worker = createManager({ engine: bullmqEngine({ connection, queue, work, concurrency: 4 }) });
+  register(worker, health);
+  await worker.start();
+  const client = new Redis(redis.port, '127.0.0.1');
+  onCleanup(() => void client.disconnect());
+  return { ...harness, web, worker, tasks, health, client };
+}
+
+describe('admin over BullMQ', { timeout: 60_000 }, () => {
+  it("list, filters, get and metrics answer what the worker did; a failed task's retry runs again in the worker; bad filters are 400", async () => {
+    const fleet = await startFleet('admin');
+    const { web, api, tasks } = fleet;
+    // One millisecond apart: the list's order (newest first) is then the order added.
+    const add = async (adding: () => string) => {
+      const id = adding();
+      await setTimeout(2);
+      return id;
+    };
+    const done = [
+      await add(() => web.with({ tags: { tenant: 'acme' } }).add(tasks.welcome, 'a@b.c')),
+      await add(() => web.add(tasks.welcome, 'x@y.z')),
+    ];
+    const failed = await add(() => web.with({ tags: { tenant: 'acme' } }).add(tasks.charge));
+    const waiting = await add(() =>
+      web.with({ startAfter: 60_000, tags: { tenant: 'zeta' } }).add(tasks.welcome, 'later@x.y'),
+    );
+    await web.drain();
+    await waitFor(
+      async () => (await web.get(failed))?.status === 'failed' && (await web.get(done[1]))?.status === 'success',
+      20_000,
+      'the worker to run the tasks',
+    );
+
+    const all = await expectJson<Page>(await api(''), 200);
+    expect(all.tasks.map((t) => t.id)).toEqual([waiting, failed, ...done.toReversed()]);
+    const ok = all.tasks.find((t) => t.id === done[0])!;
+    expect(ok).toMatchObject({ name: 'welcome', status: 'success', args: ['a@b.c'], tags: { tenant: 'acme' } });
+    expect(ok.attempts).toBe(1);
+    expect(ok.durationMs).toBeGreaterThanOrEqual(0);
+    const dead = await expectJson<TaskRecord>(await api(`/${failed}`), 200);
+    expect(dead).toMatchObject({ status: 'failed', attempts: 1, maxAttempts: 1 });
+    expect(dead.error).toMatchObject({ type: 'TypeError', message: 'card declined' });
+    expect(dead.error!.stack).toContain('card declined');
+    expect((await expectJson<TaskRecord>(await api(`/${waiting}`), 200)).status).toBe('pending');
+
+    // Filters: status, name, tag (all must match), and keyset pages.
+    const ids = async (query: string) => (await expectJson<Page>(await api(query), 200)).tasks.map((t) => t.id);
+    expect(await ids('?status=failed')).toEqual([failed]);
+    expect(await ids('?status=success')).toEqual(done.toReversed());
+    expect(await ids('?status=pending&name=welcome')).toEqual([waiting]);
+    expect(await ids('?tag.tenant=acme')).toEqual([failed, done[0]]);
+    expect(await ids('?tag.tenant=acme&status=success')).toEqual([done[0]]);
+    expect(await ids('?name=charge')).toEqual([failed]);
+    const first = await expectJson<Page>(await api('?limit=2'), 200);
+    expect(first.tasks.map((t) => t.id)).toEqual([waiting, failed]);
+    expect(await ids(`?limit=2&cursor=${first.nextCursor}`)).toEqual(done.toReversed());
+    for (const bad of ['?status=done', '?limit=0', '?tag.=x', '?cursor=nope', '?color=red'])
+      expect((await api(bad)).status, bad).toBe(400);
+    expect((await api('/0b8e6a38-3f5d-4c1e-9a57-1d2f3c4b5a69')).status).toBe(404);
+
+    const metrics = await expectJson<{ byStatus: Record<string, number>; byName: Record<string, unknown> }>(
+      await api('/metrics'),
+      200,
+    );
+    expect(metrics.byStatus).toMatchObject({ success: 2, failed: 1, pending: 1, running: 0 });
+    expect(metrics.byName).toMatchObject({ welcome: { total: 3 }, charge: { total: 1, successRate: 0 } });
+
+    // Retry: BullMQ's job.retry(), the same task under its id, run again by the worker.
+    fleet.health.ok = true;
+    const retried = await expectJson<{ id: string; retryOf: string }>(
+      await api(`/${failed}/retry`, { method: 'POST' }),
+      202,
+    );
+    expect(retried).toEqual({ id: failed, retryOf: failed });
+    await waitFor(async () => (await web.get(failed))?.status === 'success', 20_000, 'the retry to run');
+    expect((await api(`/${failed}/retry`, { method: 'POST' })).status).toBe(409);
+    expect(await ids('?status=failed')).toEqual([]);
+  });
+
+  it('the event stream shows a task of the worker going pending → running → success', async () => {
+    const { web, base, tasks } = await startFleet('events');
+    const stream = await openSse(`${base}/events`, { authorization: `Bearer ${TOKEN}` });
+    expect(stream.response.status).toBe(200);
+    // The stream reads BullMQ's events from the moment it is open: give its reader a moment to subscribe.
+    await waitFor(async () => (await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).ok);
+    const id = web.with({ tags: { tenant: 'acme' } }).add(tasks.welcome, 'a@b.c');
+    const events = () =>
+      stream.messages
+        .filter((m) => m.event === 'lifecycle')
+        .map((m) => JSON.parse(m.data) as LifecycleEvent)
+        .filter((e) => e.taskId === id);
+    await stream.until(() => events().some((e) => e.status === 'success'), 'the task to succeed');
+    expect(events().map((e) => e.status)).toEqual(['pending', 'running', 'success']);
+    expect(events()[2]).toMatchObject({
+      name: 'welcome',
+      tags: { tenant: 'acme' },
+      attempt: 1,
+      previousStatus: 'running',
+    });
+  });
+
+  it('a tag filter reads only the jobs holding the tag (INFO commandstats), and drops entries of jobs BullMQ removed', async () => {
+    const { web, tasks, client } = await startFleet('tags', false);
+    const many = Array.from({ length: 300 }, (_, i) =>
+      web.with({ tags: { tenant: 'big' } }).add(tasks.welcome, `${i}`),
+    );
+    const few = [1, 2, 3].map((i) => web.with({ tags: { tenant: 'small' } }).add(tasks.welcome, `s${i}`));
+    await web.drain();
+    const reads = async () => Number(/cmdstat_hgetall:calls=(\d+)/.exec(await client.info('commandstats'))?.[1] ?? 0);
+    const before = await reads();
+    const small = await web.list({ tags: { tenant: 'small' } });
+    expect(small.map((r) => r.id).sort()).toEqual(few.toSorted());
+    expect((await reads()) - before).toBe(3);
+    expect(many).toHaveLength(300);
+
+    // An entry whose job BullMQ has removed (removeOnComplete/removeOnFail) is skipped and dropped as read.
+    const index = 'bull:tags:tf:tag:tenant=small';
+    await client.zadd(index, Date.now() - 3_600_000, 'removed-job');
+    expect((await web.list({ tags: { tenant: 'small' } })).map((r) => r.id).sort()).toEqual(few.toSorted());
+    expect(await client.zscore(index, 'removed-job')).toBeNull();
+    expect(await client.zcard(index)).toBe(3);
+  });
+});
