@@ -5,6 +5,7 @@ import { type LifecycleEvent, type TaskManager, type TaskRecord } from 'koa-task
 import { bullmqEngine } from 'koa-taskflow/bullmq';
 import { setTimeout } from 'node:timers/promises';
 import { Redis } from 'ioredis';
+import { chromium } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
 import { expectJson, startAdmin, TOKEN } from './helpers/admin.js';
 import { startRedisServer } from './helpers/redis.js';
@@ -157,5 +158,32 @@ describe('admin over BullMQ', { timeout: 60_000 }, () => {
     expect((await web.list({ tags: { tenant: 'small' } })).map((r) => r.id).sort()).toEqual(few.toSorted());
     expect(await client.zscore(index, 'removed-job')).toBeNull();
     expect(await client.zcard(index)).toBe(3);
+  });
+
+  it('the dashboard loads over BullMQ: the rows and counts of what the worker did, a task added later shown live', async () => {
+    const { web, base, tasks } = await startFleet('dashboard');
+    const failed = web.add(tasks.charge);
+    web.add(tasks.welcome, 'a@b.c');
+    await waitFor(async () => (await web.metrics()).byStatus.failed === 1, 20_000, 'the worker to run the tasks');
+    await waitFor(async () => (await web.metrics()).byStatus.success === 1, 20_000, 'the worker to run the tasks');
+    const browser = await chromium.launch({
+      executablePath: '/usr/bin/chromium',
+      args: ['--headless', '--no-sandbox'],
+    });
+    onCleanup(() => browser.close());
+    const page = await browser.newPage({ extraHTTPHeaders: { authorization: `Bearer ${TOKEN}` } });
+    const problems: string[] = [];
+    page.on('console', (message) => {
+      if (message.type() === 'error') problems.push(message.text());
+    });
+    page.on('pageerror', (error) => problems.push(error.message));
+    expect((await page.goto(`${base}/dashboard`))?.status()).toBe(200);
+    await page.waitForSelector('#conn.live');
+    await page.waitForFunction(() => document.querySelectorAll('#tasks tbody tr[data-id]').length === 2);
+    expect(await page.textContent('#count-failed')).toBe('1');
+    await page.waitForSelector(`#tasks tr[data-id="${failed}"][data-status="failed"]`);
+    const late = web.add(tasks.welcome, 'late@x.y');
+    await page.waitForSelector(`#tasks tr[data-id="${late}"][data-status="success"]`);
+    expect(problems).toEqual([]);
   });
 });
