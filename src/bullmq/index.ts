@@ -245,6 +245,7 @@ class BullmqEngine implements EngineHooks {
   /** Resolves once every chain handed over so far is in BullMQ (or was reported failing). */
   async settled(): Promise<void> {
     while (this.#adding.size > 0) await Promise.all(this.#adding);
+    await this.records.settled();
   }
 
   #flowNow(): Promise<FlowProducer> {

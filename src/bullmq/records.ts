@@ -35,6 +35,8 @@ const GRACE_MS = 60_000;
 /** How often one process trims one index key by age. */
 const TRIM_EVERY_MS = 60_000;
 const BATCH = 200;
+/** How long index entries of added jobs are gathered before they are written together. */
+const INDEX_WINDOW_MS = 20;
 
 /**
  * The error a worker gives BullMQ for a failed attempt. BullMQ keeps only its message (`failedReason`) and
@@ -185,6 +187,9 @@ export class BullmqRecords implements EngineRecords {
   readonly retriesInPlace = true;
   readonly #options: RecordsOptions;
   readonly #trimmed = new Map<string, number>();
+  readonly #unindexed: TaskRun[] = [];
+  readonly #writing = new Set<Promise<void>>();
+  #flushTimer: NodeJS.Timeout | undefined;
 
   constructor(options: RecordsOptions) {
     this.#options = options;
@@ -194,32 +199,62 @@ export class BullmqRecords implements EngineRecords {
     return this.#options.subscribe(observer);
   }
 
-  /** Index the jobs of `runs` (called as they are added): one pipeline of ZADDs, plus a trim now and then. */
+  /**
+   * Index the jobs of `runs` as they are added. The adds of INDEX_WINDOW_MS go in one pipeline, one ZADD per
+   * set touched: a round trip of its own per add would cost the web process about as much CPU as the add.
+   */
   index(runs: readonly TaskRun[]): void {
-    void this.#options
-      .queue()
-      .then(async (queue) => {
-        const redis = await redisOf(queue);
-        const now = Date.now();
-        const pipeline = redis.pipeline();
-        const keys = new Set<string>();
-        for (const run of runs) {
-          const key = run.options.idempotencyKey;
-          const member = key === undefined ? run.id : jobIdOfKey(key);
-          const createdAt = run.record.createdAt;
-          const sets = [queue.toKey('tf:all'), nameKey(queue, run.name)];
-          for (const tag of Object.entries(run.record.tags)) sets.push(tagKey(queue, tag));
-          for (const set of sets) {
-            pipeline.zadd(set, createdAt, member);
-            keys.add(set);
-          }
-          // A keyed task's job has the key as its id: its task id finds it through this (expiring with the index).
-          if (key !== undefined) pipeline.set(queue.toKey(`tf:id:${run.id}`), member, 'PX', this.#options.retentionMs);
-        }
-        for (const set of keys) this.#trim(pipeline, set, now);
-        await pipeline.exec();
-      })
-      .catch((error: unknown) => this.#options.report('BullMQ task index write', error));
+    this.#unindexed.push(...runs);
+    this.#flushTimer ??= setTimeout(() => this.#flush(), INDEX_WINDOW_MS).unref();
+  }
+
+  #flush(): void {
+    clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
+    if (this.#unindexed.length > 0) this.#track(this.#writeIndex(this.#unindexed.splice(0)));
+  }
+
+  /** Resolves once the jobs added so far are indexed (the engine's `settled()`: `manager.drain()`, shutdown). */
+  async settled(): Promise<void> {
+    this.#flush();
+    while (this.#writing.size > 0) await Promise.all(this.#writing);
+  }
+
+  #track(writing: Promise<void>): void {
+    this.#writing.add(writing);
+    void writing.then(() => this.#writing.delete(writing));
+  }
+
+  async #writeIndex(runs: readonly TaskRun[]): Promise<void> {
+    try {
+      const queue = await this.#options.queue();
+      const redis = await redisOf(queue);
+      const now = Date.now();
+      const pipeline = redis.pipeline();
+      const sets = new Map<string, (string | number)[]>();
+      const add = (set: string, score: number, member: string) => {
+        const entries = sets.get(set);
+        if (entries === undefined) sets.set(set, [score, member]);
+        else entries.push(score, member);
+      };
+      for (const run of runs) {
+        const key = run.options.idempotencyKey;
+        const member = key === undefined ? run.id : jobIdOfKey(key);
+        const createdAt = run.record.createdAt;
+        add(queue.toKey('tf:all'), createdAt, member);
+        add(nameKey(queue, run.name), createdAt, member);
+        for (const tag of Object.entries(run.record.tags)) add(tagKey(queue, tag), createdAt, member);
+        // A keyed task's job has the key as its id: its task id finds it through this (expiring with the index).
+        if (key !== undefined) pipeline.set(queue.toKey(`tf:id:${run.id}`), member, 'PX', this.#options.retentionMs);
+      }
+      for (const [set, entries] of sets) {
+        pipeline.zadd(set, ...entries);
+        this.#trim(pipeline, set, now);
+      }
+      await pipeline.exec();
+    } catch (error) {
+      this.#options.report('BullMQ task index write', error);
+    }
   }
 
   #trim(pipeline: ChainableCommander, key: string, now: number): void {
