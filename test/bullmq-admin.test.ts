@@ -116,6 +116,31 @@ describe('admin over BullMQ', { timeout: 60_000 }, () => {
     expect(await ids('?status=failed')).toEqual([]);
   });
 
+  it('retry-failed runs every failed job again in place; a second call finds none', async () => {
+    const { web, api, tasks, health } = await startFleet('retry-failed');
+    const failed = [web.add(tasks.charge), web.add(tasks.charge)];
+    await waitFor(
+      async () => (await web.list({ status: 'failed' })).length === 2,
+      20_000,
+      'both tasks to fail in the worker',
+    );
+    health.ok = true;
+    const body = await expectJson<{ retried: { id: string; newId: string }[] }>(
+      await api('/retry-failed', { method: 'POST' }),
+      200,
+    );
+    expect(body.retried.map((r) => r.id).sort()).toEqual(failed.toSorted());
+    expect(body.retried.every((r) => r.newId === r.id)).toBe(true);
+    await waitFor(
+      async () => (await web.list({ status: 'success' })).length === 2,
+      20_000,
+      'both retries to run in the worker',
+    );
+    expect(
+      (await expectJson<{ retried: unknown[] }>(await api('/retry-failed', { method: 'POST' }), 200)).retried,
+    ).toEqual([]);
+  });
+
   it('the event stream shows a task of the worker going pending → running → success', async () => {
     const { web, base, tasks } = await startFleet('events');
     const stream = await openSse(`${base}/events`, { authorization: `Bearer ${TOKEN}` });
@@ -158,6 +183,12 @@ describe('admin over BullMQ', { timeout: 60_000 }, () => {
     expect((await web.list({ tags: { tenant: 'small' } })).map((r) => r.id).sort()).toEqual(few.toSorted());
     expect(await client.zscore(index, 'removed-job')).toBeNull();
     expect(await client.zcard(index)).toBe(3);
+
+    // A task with an idempotencyKey is the job `key=<key>`: get() by the task's id still finds it.
+    const keyed = web.with({ idempotencyKey: 'order:42', tags: { tenant: 'small' } }).add(tasks.welcome, 'k');
+    await web.drain();
+    expect(await web.get(keyed)).toMatchObject({ id: keyed, status: 'pending', idempotencyKey: 'order:42' });
+    expect((await web.list({ tags: { tenant: 'small' }, limit: 1 }))[0].id).toBe(keyed);
   });
 
   it('the dashboard loads over BullMQ: the rows and counts of what the worker did, a task added later shown live', async () => {
