@@ -1,7 +1,7 @@
 // The admin API over BullMQ's own data: a web process (enqueue only, admin mounted) and a worker
 // (manager.work()) as two TaskManagers on one real redis-server, requests through the web process's Koa
 // server. What the web process answers is what the worker did: list, filters, get, metrics, retry, events.
-import { type LifecycleEvent, type TaskManager, type TaskRecord } from 'koa-taskflow';
+import { getTaskContext, type LifecycleEvent, type TaskManager, type TaskRecord } from 'koa-taskflow';
 import { bullmqEngine } from 'koa-taskflow/bullmq';
 import { setTimeout } from 'node:timers/promises';
 import { Redis } from 'ioredis';
@@ -25,6 +25,11 @@ function register(manager: TaskManager, health: { ok: boolean }) {
     }),
     charge: manager.task(async function charge() {
       if (!health.ok) throw new TypeError('card declined');
+    }),
+    // Runs until its signal aborts.
+    hold: manager.task(async function hold() {
+      const { signal } = getTaskContext()!;
+      await new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason as Error)));
     }),
   };
 }
@@ -111,6 +116,11 @@ describe('admin over BullMQ', { timeout: 60_000 }, () => {
       202,
     );
     expect(retried).toEqual({ id: failed, retryOf: failed });
+    // Cancel of a job BullMQ holds goes to the engine's cancel (a 409 naming the status while it has none).
+    const cancel = await api(`/${waiting}/cancel`, { method: 'POST' });
+    expect([202, 409]).toContain(cancel.status);
+    if (cancel.status === 409) expect(await cancel.json()).toMatchObject({ status: 'pending' });
+    else await waitFor(async () => (await web.get(waiting))?.status === 'cancelled', 20_000, 'the cancel');
     await waitFor(async () => (await web.get(failed))?.status === 'success', 20_000, 'the retry to run');
     expect((await api(`/${failed}/retry`, { method: 'POST' })).status).toBe(409);
     expect(await ids('?status=failed')).toEqual([]);
@@ -139,6 +149,22 @@ describe('admin over BullMQ', { timeout: 60_000 }, () => {
     expect(
       (await expectJson<{ retried: unknown[] }>(await api('/retry-failed', { method: 'POST' }), 200)).retried,
     ).toEqual([]);
+  });
+
+  it("a task running in the worker is running in the admin; interrupted by the worker's shutdown (requeueOnInterrupt: false), it is interrupted", async () => {
+    const { web, worker, api, tasks } = await startFleet('interrupt');
+    const id = web.with({ requeueOnInterrupt: false }).add(tasks.hold);
+    await waitFor(async () => (await web.get(id))?.status === 'running', 20_000, 'the task to start in the worker');
+    const running = await expectJson<Page>(await api('?status=running'), 200);
+    expect(running.tasks.map((t) => t.id)).toEqual([id]);
+    await worker.shutdown({ timeoutMs: 50 });
+    const record = await expectJson<TaskRecord>(await api(`/${id}`), 200);
+    expect(record).toMatchObject({
+      status: 'interrupted',
+      reason: 'shutdown',
+      error: { type: 'TaskInterruptedError' },
+    });
+    expect((await web.metrics()).byStatus).toMatchObject({ interrupted: 1, running: 0 });
   });
 
   it('the event stream shows a task of the worker going pending → running → success', async () => {

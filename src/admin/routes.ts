@@ -262,7 +262,10 @@ export async function cancelTask(
   } catch (error) {
     throw httpError(error);
   }
-  throw finished((await manager.get(id))?.status ?? record.status);
+  const now = (await manager.get(id))?.status ?? record.status;
+  if (FINAL_STATUSES.has(now)) throw finished(now);
+  // Unfinished, yet not cancelled: where it is (an engine without a cancel of the jobs it holds) cannot be reached.
+  throw new AdminHttpError(409, `task ${id} is ${now} where this process cannot cancel it`, { status: now });
 }
 
 /**
