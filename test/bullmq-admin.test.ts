@@ -95,6 +95,7 @@ describe('admin over BullMQ', { timeout: 60_000 }, () => {
     expect(await ids('?tag.tenant=acme')).toEqual([failed, done[0]]);
     expect(await ids('?tag.tenant=acme&status=success')).toEqual([done[0]]);
     expect(await ids('?name=charge')).toEqual([failed]);
+    expect(await ids(`?since=${dead.createdAt}`)).toEqual([waiting, failed]);
     const first = await expectJson<Page>(await api('?limit=2'), 200);
     expect(first.tasks.map((t) => t.id)).toEqual([waiting, failed]);
     expect(await ids(`?limit=2&cursor=${first.nextCursor}`)).toEqual(done.toReversed());
