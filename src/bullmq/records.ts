@@ -267,7 +267,8 @@ export class BullmqRecords implements EngineRecords {
         if (key !== undefined) pipeline.set(queue.toKey(`tf:id:${run.id}`), member, 'PX', this.#options.retentionMs);
       }
       for (const [set, entries] of sets) {
-        pipeline.zadd(set, ...entries);
+        // NX: a second add of a keyed job (BullMQ drops it) leaves the job where its first add put it.
+        pipeline.zadd(set, 'NX', ...entries);
         this.#trim(pipeline, set, now);
       }
       await pipeline.exec();
