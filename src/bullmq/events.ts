@@ -58,7 +58,11 @@ export class FleetEvents {
 
   subscribe(observer: TaskObserver): () => void {
     this.#observers.add(observer);
-    this.#events ??= this.#open();
+    if (this.#events === undefined) {
+      const opening = (this.#events = this.#open());
+      // Not reading (bullmq missing, Redis away): reported; the next subscriber after the last one left tries again.
+      opening.catch((error: unknown) => this.#options.report('BullMQ QueueEvents', error));
+    }
     return () => {
       if (!this.#observers.delete(observer) || this.#observers.size > 0) return;
       const events = this.#events;
