@@ -1,3 +1,5 @@
+import type { TaskOptions } from './options.js';
+import type { Repeating, RepeatSchedule } from './repeat.js';
 import type { Reporter } from './report.js';
 import type { StoreMetrics, TaskFilter, TaskObserver, TaskRecord } from './types.js';
 import type { TaskRegistry } from './registry.js';
@@ -30,6 +32,12 @@ export interface EngineHooks {
   start(): Promise<void>;
   /** `manager.work()`: this process runs tasks from the engine too. */
   work(): Promise<void>;
+  /**
+   * `manager.repeat()`, checked by the manager: the engine runs the schedule (`name` is the registered task's,
+   * `options` the repeat's own, its `repeat` tag included). `stop()` ends it for every process; this
+   * process's `shutdown()` leaves it. Without it, a repeat runs in-process as without an engine.
+   */
+  repeat?(name: string, schedule: RepeatSchedule, options: TaskOptions): Repeating;
   /** `manager.shutdown()`: stop taking work, wait for running tasks up to `timeoutMs`, close connections. */
   close(timeoutMs: number): Promise<void>;
   /**

@@ -10,7 +10,7 @@ import { checkMs, DEFAULT_MAX_QUEUED, validateManagerOptions, type TaskManagerOp
 import { computeMetrics } from './metrics.js';
 import { taskMiddleware } from './middleware.js';
 import type { TaskOptions } from './options.js';
-import { startRepeat, type Repeating, type RepeatSchedule } from './repeat.js';
+import { checkRepeat, startRepeat, type Repeating, type RepeatSchedule } from './repeat.js';
 import { TaskAdder } from './scheduler.js';
 import { compileFilter } from './stores/filter.js';
 import {
@@ -79,11 +79,19 @@ export class TaskManager {
   repeat(task: () => unknown, schedule: RepeatSchedule, options?: TaskOptions): Repeating {
     const acceptance = this.#parts.acceptance;
     if (acceptance.closing) throw new TaskManagerClosedError();
+    const check = (where: string, fn: TaskFunction, overrides: TaskOptions): string =>
+      acceptance.check(where, fn, overrides);
+    const engine = this.#parts.engine;
+    if (engine?.repeat !== undefined) {
+      // The engine's schedule is the fleet's: shutting this process down leaves it running (only stop() ends it).
+      const checked = checkRepeat({ check }, task, schedule, options);
+      return engine.repeat(checked.name, checked.schedule, checked.options);
+    }
     const repeat = startRepeat(
       {
         store: this.store,
         durable: this.store.durable === true,
-        check: (where, fn, overrides) => acceptance.check(where, fn, overrides),
+        check,
         add: (where, fn, overrides) => void acceptance.accept(where, fn, [], overrides, 'now', undefined),
         report: (stage, error) => this.#parts.reporter.report(stage, error),
       },

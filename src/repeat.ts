@@ -53,7 +53,7 @@ export function tickOf(idempotencyKey: string | undefined): Date | undefined {
 }
 
 /** Tick times of a schedule, in epoch ms: the same on every instance. */
-interface Ticks {
+export interface Ticks {
   /** The repeat tag's value: the schedule as written. */
   readonly label: string;
   /** The first tick strictly after `time`, or undefined when the pattern has no more. */
@@ -128,17 +128,21 @@ function scheduleTicks(schedule: unknown): Ticks {
   return cronTicks(cron, tz);
 }
 
-/**
- * Validates everything at the call, then arms the timer. With a durable store it also looks for a missed tick:
- * see `catchUp`.
- */
-export function startRepeat(
-  host: RepeatHost,
+/** A repeat checked at the call: the name its ticks run under, its schedule, and its options (with the `repeat` tag). */
+export interface CheckedRepeat {
+  readonly fn: TaskFunction;
+  readonly name: string;
+  readonly schedule: RepeatSchedule;
+  readonly options: TaskOptions;
+}
+
+/** Validates everything at the call, naming the option: what `startRepeat` and an engine's repeat both start from. */
+export function checkRepeat(
+  host: Pick<RepeatHost, 'check'>,
   fn: unknown,
   schedule: unknown,
   options: unknown,
-  onStop: (repeat: Repeating) => void,
-): Repeating {
+): CheckedRepeat & { readonly ticks: Ticks } {
   if (typeof fn !== 'function')
     throw new TypeError(`${WHERE}: argument "task" must be a function, got ${fn === null ? 'null' : typeof fn}`);
   const ticks = scheduleTicks(schedule);
@@ -150,7 +154,22 @@ export function startRepeat(
     throw new TypeError(`${WHERE}: option "tags.${REPEAT_TAG}" is set by the repeat (to its schedule)`);
   const tags = { ...options?.tags, [REPEAT_TAG]: ticks.label };
   const name = host.check(WHERE, fn as TaskFunction, { ...options, tags });
-  const repeat = new Repeat(host, fn as TaskFunction, name, ticks, { ...options, tags }, onStop);
+  return { fn: fn as TaskFunction, name, schedule: schedule as RepeatSchedule, options: { ...options, tags }, ticks };
+}
+
+/**
+ * Validates everything at the call, then arms the timer. With a durable store it also looks for a missed tick:
+ * see `catchUp`.
+ */
+export function startRepeat(
+  host: RepeatHost,
+  fn: unknown,
+  schedule: unknown,
+  options: unknown,
+  onStop: (repeat: Repeating) => void,
+): Repeating {
+  const checked = checkRepeat(host, fn, schedule, options);
+  const repeat = new Repeat(host, checked.fn, checked.name, checked.ticks, checked.options, onStop);
   repeat.arm(Date.now());
   if (host.durable) void repeat.catchUp();
   return repeat;

@@ -546,11 +546,15 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     const span = attempt.span;
     if (span.isRecording())
       span.addEvent(EVENT_TASK_PROGRESS, fieldsToAttributes(fields ?? {}, { [ATTR_TASK_PROGRESS]: value }), time);
+    this.progressEmitted(value, fields);
     if (!runner.chain.hasProgress) return;
     runner.chain.emitProgress(
       this.#attemptEvent<ProgressEvent>(attempt, time, { type: 'progress', value, fields: fields ?? {} }),
     );
   }
+
+  /** A throttled progress report has left for the span and observers: an engine's run sends it on (BullMQ's job). */
+  protected progressEmitted(_value: number, _fields: Record<string, unknown> | undefined): void {}
 
   #end(status: TaskStatus, error: unknown, reason: string | undefined, lastAttemptMs: number | undefined): void {
     const record = this.record;

@@ -4,14 +4,19 @@
  * attempts (span, links, taskLog, metrics). See docs/bullmq.md.
  */
 import type { ConnectionOptions, FlowJob, FlowProducer, Job, JobsOptions, Queue, Worker } from 'bullmq';
+import { DEFAULT_CANCEL_REASON } from '../cancellation.js';
 import { kEngine, type EngineHooks, type EngineHost, type TaskEngine } from '../engine.js';
 import { TaskflowError, TaskInterruptedError } from '../errors.js';
-import { retryDelay } from '../options.js';
+import { retryDelay, type TaskOptions } from '../options.js';
+import type { Repeating, RepeatSchedule } from '../repeat.js';
 import type { TaskRun } from '../task-run.js';
-import { JobHost } from './job-run.js';
+import { CancelChannel } from './cancel.js';
 import { FleetEvents } from './events.js';
-import { BACKOFF_TYPE, jobOf, type JobData } from './job.js';
+import { JobHost, type JobRun } from './job-run.js';
+import { BACKOFF_TYPE, jobOf, jobRunOptions, jobTaskOptions, type JobData } from './job.js';
+import { FleetLimits } from './limit.js';
 import { BullmqRecords, jobFailure } from './records.js';
+import { JobScheduleRepeat } from './schedule.js';
 
 export type { TaskEngine };
 
@@ -126,7 +131,9 @@ class BullmqEngine implements EngineHooks {
   #worker: Worker | undefined;
   #flow: Promise<FlowProducer> | undefined;
   readonly #chains = new Map<object, TaskRun[]>();
-  readonly #adding = new Set<Promise<void>>();
+  readonly #adding = new Set<Promise<unknown>>();
+  #cancels: CancelChannel | undefined;
+  #limits: FleetLimits | undefined;
   readonly #events: FleetEvents;
   /** The manager's reads and the admin over BullMQ's jobs (see records.ts). */
   readonly records: BullmqRecords;
@@ -162,6 +169,11 @@ class BullmqEngine implements EngineHooks {
         'new TaskManager: option "engine" is already the engine of another TaskManager; make one per manager',
       );
     this.#host = host;
+    const base = `${this.#options.prefix ?? 'bull'}:${this.#name}`;
+    this.#cancels = new CancelChannel(`${base}:taskflow:cancel`, host);
+    this.#limits = new FleetLimits(base, this.#options.lockDurationMs ?? 30_000, (stage, error) =>
+      host.reporter.report(stage, error),
+    );
   }
 
   #queueNow(): Promise<Queue> {
@@ -196,7 +208,8 @@ class BullmqEngine implements EngineHooks {
     this.#queueNow()
       .then((queue) => queue.add(run.name, data, opts))
       .then(
-        () => run.release(HANDED),
+        // Cancelled here while BullMQ took it: cancelled there too.
+        () => (run.isFinal ? this.#track(this.#cancelNow(run.id, run.record.reason)) : run.release(HANDED)),
         (error: unknown) => {
           this.#host?.reporter.report(`BullMQ add of task ${run.id}`, error);
           run.cancel('cancelled', 'engine_unavailable', error instanceof Error ? error : undefined);
@@ -233,13 +246,46 @@ class BullmqEngine implements EngineHooks {
       }
       added = this.#flowNow().then((flow) => flow.add(node!));
     }
-    const tracked = added.then(
-      () => undefined,
-      (error: unknown) =>
+    this.#track(
+      added.catch((error: unknown) =>
         this.#host?.reporter.report(`BullMQ add of tasks ${runs.map((run) => run.id).join(', ')}`, error),
+      ),
     );
-    this.#adding.add(tracked);
-    void tracked.then(() => this.#adding.delete(tracked));
+  }
+
+  /** Work on BullMQ that `settled()` (drain, shutdown) waits for; `work` never rejects. */
+  #track(work: Promise<unknown>): void {
+    this.#adding.add(work);
+    void work.then(() => this.#adding.delete(work));
+  }
+
+  async cancel(id: string, reason = DEFAULT_CANCEL_REASON): Promise<boolean> {
+    // A request's chain handed over a moment ago may not be in BullMQ yet.
+    await this.settled();
+    return this.#cancelNow(id, reason);
+  }
+
+  async #cancelNow(id: string, reason = DEFAULT_CANCEL_REASON): Promise<boolean> {
+    return this.#cancels!.cancel(await this.#queueNow(), id, reason).catch((error: unknown) => {
+      this.#host?.reporter.report(`BullMQ cancel of task ${id}`, error);
+      return false;
+    });
+  }
+
+  repeat(name: string, schedule: RepeatSchedule, options: TaskOptions): Repeating {
+    const host = this.#host!;
+    const registration = host.registry.named(name)!;
+    const resolved = host.registry.optionsFor('manager.repeat', registration.fn, options);
+    // A tick's job has no task id of its own: the worker gives it the job's id (`repeat:<name>:<tick ms>`).
+    const data: JobData = { id: '', args: [], options: jobTaskOptions(resolved), createdAt: 0 };
+    return new JobScheduleRepeat(
+      this.#queueNow(),
+      name,
+      schedule,
+      { data, opts: jobRunOptions(resolved, this.#keep) },
+      (work) => this.#track(work),
+      (stage, error) => host.reporter.report(stage, error),
+    );
   }
 
   /** Resolves once every chain handed over so far is in BullMQ (or was reported failing). */
@@ -260,6 +306,11 @@ class BullmqEngine implements EngineHooks {
     if (host === undefined) throw new TypeError('work(): the engine is not the engine of a TaskManager');
     const { Worker } = await loadBullMQ();
     const jobs = (this.#jobs = new JobHost(host));
+    // Subscribed before the worker takes a job: a cancel of a job it runs cannot be missed.
+    await this.#cancels!.subscribe(await this.#queueNow(), (id, reason) => {
+      for (const run of jobs.active.values()) if (run.id === id) return run.cancelRequested(reason) || true;
+      return false;
+    });
     const o = this.#options;
     this.#worker = new Worker<JobData>(this.#name, (job, token) => this.#process(jobs, job, token), {
       connection: o.connection,
@@ -292,11 +343,25 @@ class BullmqEngine implements EngineHooks {
       throw new UnrecoverableError(
         `no task is registered under "${job.name}" in this worker; register it with manager.task()`,
       );
+    let holds = false;
     try {
       const stalled = jobs.stalledOut(run);
       if (stalled !== undefined) throw jobFailure({ type: stalled.name, message: stalled.message }, UnrecoverableError);
-      void run.runAttempt();
-      await run.attemptEnded;
+      const early = this.#cancels!.take(run.id);
+      if (early !== undefined) run.cancelRequested(early);
+      else if (run.options.limit !== undefined) {
+        const waitMs = await this.#limits!.acquire(await this.#queueNow(), run, job.id!, run.options.limit);
+        holds = waitMs === 0;
+        // Over its key's limit: back to BullMQ delayed, using up no retry (unless cancelled meanwhile).
+        if (!holds && !run.isFinal) {
+          await job.moveToDelayed(Date.now() + waitMs, token);
+          throw new DelayedError();
+        }
+      }
+      if (!run.isFinal) {
+        void run.runAttempt();
+        await run.attemptEnded;
+      }
       const error = run.record.error;
       switch (run.outcome) {
         case 'success':
@@ -313,7 +378,14 @@ class BullmqEngine implements EngineHooks {
       }
     } finally {
       jobs.active.delete(run.record);
+      if (holds) await this.#release(run, job.id!);
     }
+  }
+
+  async #release(run: JobRun, jobId: string): Promise<void> {
+    await this.#limits!.release(run, jobId).catch((error: unknown) =>
+      this.#host?.reporter.report(`limit release of task ${run.id}`, error),
+    );
   }
 
   async close(timeoutMs: number): Promise<void> {
@@ -335,6 +407,7 @@ class BullmqEngine implements EngineHooks {
         await closed;
       }
     }
+    await this.#cancels?.close();
     await this.settled();
     await this.#events.close();
     await (await this.#flow)?.close();

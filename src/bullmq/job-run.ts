@@ -46,6 +46,13 @@ export class JobRun extends TaskRun {
       .log(`[${level}] ${message}${safe}`)
       .catch((error: unknown) => this.runner.report(`job.log of task ${this.id}`, error));
   }
+
+  /** taskProgress() as BullMQ's job progress, throttled as for spans and observers: the value, or `{ value, ...fields }`. */
+  protected override progressEmitted(value: number, fields: Record<string, unknown> | undefined): void {
+    this.job
+      .updateProgress(fields === undefined ? value : { ...fields, value })
+      .catch((error: unknown) => this.runner.report(`job.updateProgress of task ${this.id}`, error));
+  }
 }
 
 /** The RunHost of job attempts: status changes go to the job, and an outcome is noted for the processor. */
@@ -115,11 +122,12 @@ export class JobHost implements RunHost {
     const options = this.#host.registry.optionsFor('worker', registration.fn, data.options);
     const started = Math.max(1, job.attemptsStarted);
     const freeStarts = Math.max(0, started - 1 - job.attemptsMade);
+    // A repeat's tick (a job of its scheduler's template) is the task whose id is the job's.
     const record = pendingRecord(
-      data.id,
+      data.id === '' ? job.id! : data.id,
       options,
       data.args,
-      data.createdAt,
+      data.id === '' ? job.timestamp : data.createdAt,
       fromIds(data.link),
       undefined,
       undefined,

@@ -1,7 +1,7 @@
 import type { SpanContext } from '@opentelemetry/api';
 import type { JobsOptions } from 'bullmq';
 import { persistedOptions } from '../durable.js';
-import type { TaskOptions } from '../options.js';
+import type { ResolvedTaskOptions, TaskOptions } from '../options.js';
 import type { TaskRun } from '../task-run.js';
 
 /** The backoff type of our jobs: the worker computes the wait with the task's own delay/backoff/maxDelay/jitter. */
@@ -12,6 +12,7 @@ export type SpanIds = [string, string, number];
 
 /** What a job carries from the process that added the task to the worker that runs it. */
 export interface JobData {
+  /** The task's id; empty in the jobs of a repeat's scheduler, whose task id is the job's id. */
   id: string;
   args: unknown[];
   /** The options the task was added with, resolved there: a `with()` on the web side holds in the worker. */
@@ -39,29 +40,46 @@ export function jobIdOfKey(key: string): string {
   return `key=${key.replaceAll('%', '%25').replaceAll(':', '%3A')}`;
 }
 
+/**
+ * What a job carries of a task's resolved options: what a restarted process would read back from a durable
+ * store, and what a record carries besides (functions such as onError stay with the worker's registration).
+ */
+export function jobTaskOptions(resolved: ResolvedTaskOptions): TaskOptions {
+  const options: TaskOptions = { ...persistedOptions(resolved), tags: resolved.tags, retries: resolved.retries };
+  if (resolved.priority !== undefined) options.priority = resolved.priority;
+  if (resolved.idempotencyKey !== undefined) options.idempotencyKey = resolved.idempotencyKey;
+  return options;
+}
+
+/** BullMQ's options for what BullMQ does itself of a task's options: attempts, backoff, priority, retention. */
+export function jobRunOptions(
+  resolved: ResolvedTaskOptions,
+  keep: Pick<JobsOptions, 'removeOnComplete' | 'removeOnFail'>,
+): JobsOptions {
+  const opts: JobsOptions = { attempts: resolved.retries + 1, ...keep };
+  if (resolved.retries > 0) opts.backoff = { type: BACKOFF_TYPE };
+  // Ours: 1–10, higher first. BullMQ's: 1 first, larger later.
+  if (resolved.priority !== undefined) opts.priority = 11 - resolved.priority;
+  return opts;
+}
+
 /** The job of an accepted task: its data, and BullMQ's options for what BullMQ does itself. */
 export function jobOf(
   run: TaskRun,
   keep: Pick<JobsOptions, 'removeOnComplete' | 'removeOnFail'>,
 ): { data: JobData; opts: JobsOptions } {
   const resolved = run.options;
-  // What a restarted process would read back from a durable store, and what a record carries besides
-  // (functions such as onError stay with the worker's registration).
-  const options: TaskOptions = { ...persistedOptions(resolved), tags: resolved.tags, retries: resolved.retries };
-  if (resolved.priority !== undefined) options.priority = resolved.priority;
-  if (resolved.idempotencyKey !== undefined) options.idempotencyKey = resolved.idempotencyKey;
   const record = run.record;
-  const data: JobData = { id: run.id, args: record.args, options, createdAt: record.createdAt };
+  const data: JobData = {
+    id: run.id,
+    args: record.args,
+    options: jobTaskOptions(resolved),
+    createdAt: record.createdAt,
+  };
   const link = toIds(run.requestLink);
   if (link !== undefined) data.link = link;
-  const opts: JobsOptions = {
-    jobId: resolved.idempotencyKey === undefined ? run.id : jobIdOfKey(resolved.idempotencyKey),
-    attempts: resolved.retries + 1,
-    ...keep,
-  };
-  if (resolved.retries > 0) opts.backoff = { type: BACKOFF_TYPE };
+  const opts = jobRunOptions(resolved, keep);
+  opts.jobId = resolved.idempotencyKey === undefined ? run.id : jobIdOfKey(resolved.idempotencyKey);
   if (record.runAt !== undefined) opts.delay = Math.max(0, record.runAt - Date.now());
-  // Ours: 1–10, higher first. BullMQ's: 1 first, larger later.
-  if (resolved.priority !== undefined) opts.priority = 11 - resolved.priority;
   return { data, opts };
 }
