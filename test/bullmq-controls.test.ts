@@ -1,0 +1,226 @@
+// cancel, repeat, limit and progress through the BullMQ engine: a web manager that only enqueues and worker
+// managers (`work: true`), each with its own Redis connections as separate processes would have, on a real
+// redis-server.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Queue, QueueEvents } from 'bullmq';
+import { getTaskContext, InMemoryObserver, taskProgress, TaskCancelledError, type TaskManager } from 'koa-taskflow';
+import { bullmqEngine, type BullmqEngineOptions } from 'koa-taskflow/bullmq';
+import { BasicTracerProvider, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { describe, expect, it } from 'vitest';
+import { inMemorySpans } from './helpers/otel.js';
+import { startRedisServer } from './helpers/redis.js';
+import { createManager, deferred, onCleanup, waitFor } from './helpers/server.js';
+
+const exporter = inMemorySpans();
+
+interface Started {
+  id: string;
+  attempt: number;
+  worker: string;
+  at: number;
+}
+
+/** What the tasks saw: starts, ends, and the reason a signal aborted with. */
+const seen = { starts: [] as Started[], ends: [] as Started[], aborts: new Map<string, unknown>() };
+/** Tasks that wait for their signal keep running until the test lets them go (or they are aborted). */
+let hold = deferred();
+
+function note(list: Started[], worker: string): void {
+  const { id, attempt } = getTaskContext()!;
+  list.push({ id, attempt, worker, at: Date.now() });
+}
+
+/** The same task functions, registered in every manager (a worker finds them by name). */
+function register(manager: TaskManager, worker: string) {
+  return {
+    waitForSignal: manager.task(
+      async function waitForSignal() {
+        note(seen.starts, worker);
+        const { id, signal } = getTaskContext()!;
+        await new Promise<void>((resolve) => {
+          signal.addEventListener('abort', () => (seen.aborts.set(id, signal.reason), resolve()));
+          void hold.promise.then(resolve);
+        });
+        signal.throwIfAborted();
+        note(seen.ends, worker);
+      },
+      { retries: 2 },
+    ),
+    quick: manager.task(async function quick() {
+      note(seen.starts, worker);
+      note(seen.ends, worker);
+    }),
+    oneAtATime: manager.task(
+      async function oneAtATime() {
+        note(seen.starts, worker);
+        await sleep(40);
+        note(seen.ends, worker);
+      },
+      { limit: { concurrency: 1 } },
+    ),
+    twoPerSecond: manager.task(
+      async function twoPerSecond() {
+        note(seen.starts, worker);
+        note(seen.ends, worker);
+      },
+      { limit: { rate: { max: 2, intervalMs: 1_000 } } },
+    ),
+    reporting: manager.task(async function reporting() {
+      note(seen.starts, worker);
+      // 500 reports in one turn: throttled to one job update, the latest.
+      for (let i = 1; i <= 500; i++) taskProgress(i / 500, i === 500 ? { step: 'done' } : undefined);
+      note(seen.ends, worker);
+    }),
+  };
+}
+
+async function startFleet(workers: number, extra: Partial<BullmqEngineOptions> = {}) {
+  seen.starts.length = 0;
+  seen.ends.length = 0;
+  seen.aborts.clear();
+  hold = deferred();
+  onCleanup(() => hold.resolve());
+  const redis = await startRedisServer();
+  const connection = { host: '127.0.0.1', port: redis.port, maxRetriesPerRequest: null };
+  const engine = (work: boolean) =>
+    bullmqEngine({ connection, work, concurrency: 4, lockDurationMs: 2_000, stalledIntervalMs: 1_000, ...extra });
+  const observer = new InMemoryObserver();
+  const web = createManager({ engine: engine(false), observers: [observer], shutdownTimeoutMs: 500 });
+  const tasks = register(web, 'web');
+  const workerManagers = Array.from({ length: workers }, (_, i) => {
+    const manager = createManager({
+      engine: engine(true),
+      shutdownTimeoutMs: 500,
+      tracerProvider: new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }),
+    });
+    register(manager, `worker-${i}`);
+    return manager;
+  });
+  await Promise.all([web, ...workerManagers].map((manager) => manager.start()));
+  const queue = new Queue('tasks', { connection });
+  onCleanup(() => queue.close());
+  return { web, workers: workerManagers, tasks, queue, observer, connection };
+}
+
+const startsOf = (id: string) => seen.starts.filter((s) => s.id === id);
+
+describe('BullMQ engine: cancel, repeat, limit and progress', { timeout: 30_000 }, () => {
+  it('manager.cancel(id): a delayed job is removed and never runs; a running one is aborted in its worker and fails as cancelled, not retried; from the web process or a worker', async () => {
+    const { web, workers, tasks, queue, observer } = await startFleet(1);
+
+    // Waiting in BullMQ (a delayed job): removed, announced `cancelled` by the process that cancelled it.
+    const delayed = web.with({ startAfter: 60_000 }).add(tasks.quick);
+    await waitFor(async () => (await queue.getJob(delayed)) !== undefined, 5_000, 'the delayed job');
+    expect(await web.cancel(delayed, { reason: 'not needed' })).toBe(true);
+    expect(await queue.getJob(delayed)).toBeUndefined();
+    expect(observer.forTask(delayed).at(-1)).toMatchObject({
+      type: 'lifecycle',
+      status: 'cancelled',
+      previousStatus: 'pending',
+      reason: 'not needed',
+      name: 'quick',
+    });
+    expect(await web.cancel(delayed)).toBe(false);
+
+    // Running in the worker: its signal aborts with TaskCancelledError, and the job fails for good (retries: 2).
+    const running = web.add(tasks.waitForSignal);
+    await waitFor(() => startsOf(running).length === 1, 5_000, 'the task to start');
+    expect(await web.cancel(running, { reason: 'user clicked stop' })).toBe(true);
+    await waitFor(async () => (await queue.getJob(running))?.finishedOn !== undefined, 5_000, 'the job to end');
+    const job = (await queue.getJob(running))!;
+    expect(await job.getState()).toBe('failed');
+    expect(job.failedReason).toMatch(/task cancelled while it ran \(user clicked stop\)/);
+    expect(seen.aborts.get(running)).toBeInstanceOf(TaskCancelledError);
+    expect((seen.aborts.get(running) as TaskCancelledError).reason).toBe('user clicked stop');
+    expect(startsOf(running)).toHaveLength(1);
+    expect(await web.cancel(running)).toBe(false);
+
+    // From a worker process, of a task its own worker runs.
+    const other = web.add(tasks.waitForSignal);
+    await waitFor(() => startsOf(other).length === 1, 5_000, 'the second task to start');
+    expect(await workers[0].cancel(other)).toBe(true);
+    await waitFor(async () => (await queue.getJob(other))?.finishedOn !== undefined, 5_000, 'the second job to end');
+    expect(await (await queue.getJob(other))!.getState()).toBe('failed');
+    expect(startsOf(other)).toHaveLength(1);
+
+    // Finished and unknown tasks: false.
+    const done = web.add(tasks.quick);
+    await waitFor(async () => (await queue.getJob(done))?.finishedOn !== undefined, 5_000, 'the quick task');
+    expect(await web.cancel(done)).toBe(false);
+    expect(await web.cancel('00000000-0000-4000-8000-000000000000')).toBe(false);
+  });
+
+  it('manager.repeat(): one BullMQ job scheduler for all web processes, each tick run by a worker as the task with its attempt span; stop() removes the scheduler, shutdown() leaves it', async () => {
+    const { web, tasks, queue, connection } = await startFleet(1);
+    const other = createManager({ engine: bullmqEngine({ connection }) });
+    const otherTasks = register(other, 'web-2');
+    await other.start();
+    const repeating = web.repeat(tasks.quick, { every: 200 });
+    other.repeat(otherTasks.quick, { every: 200 });
+    await web.drain();
+    await other.drain();
+    const schedulers = await queue.getJobSchedulers();
+    expect(schedulers).toHaveLength(1);
+    expect(schedulers[0]).toMatchObject({ key: 'quick', every: 200 });
+
+    await waitFor(() => seen.ends.length >= 3, 10_000, 'three ticks');
+    const ids = seen.ends.map((end) => end.id);
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(ids.every((id) => id.startsWith('repeat:quick:'))).toBe(true);
+    expect(seen.ends.every((end) => end.attempt === 1)).toBe(true);
+    await waitFor(() => exporter.getFinishedSpans().length >= 3, 5_000, 'the ticks’ spans');
+    const span = exporter.getFinishedSpans().find((s) => s.attributes['task.id'] === ids[0])!;
+    expect(span.name).toBe('task quick');
+    expect(span.attributes['task.tag.repeat']).toBe('every 200ms');
+
+    // A web process shutting down leaves the fleet's schedule; stop() removes it.
+    await other.shutdown();
+    expect(await queue.getJobSchedulers()).toHaveLength(1);
+    repeating.stop();
+    await web.drain();
+    expect(await queue.getJobSchedulers()).toEqual([]);
+    const ran = seen.ends.length;
+    await sleep(600);
+    // At most the tick that was already due (its job was added before the scheduler went).
+    expect(seen.ends.length).toBeLessThanOrEqual(ran + 1);
+  });
+
+  it('limit: concurrency 1 across two workers: never two attempts of the key at once, none using a retry; rate: at most max starts per interval', async () => {
+    const { web, tasks } = await startFleet(2);
+    const ids = Array.from({ length: 8 }, () => web.add(tasks.oneAtATime));
+    await waitFor(() => ids.every((id) => seen.ends.some((end) => end.id === id)), 20_000, 'every limited task');
+    const spans = ids.map((id) => ({
+      start: seen.starts.find((s) => s.id === id)!,
+      end: seen.ends.find((s) => s.id === id)!,
+    }));
+    spans.sort((a, b) => a.start.at - b.start.at);
+    for (let i = 1; i < spans.length; i++) expect(spans[i].start.at).toBeGreaterThanOrEqual(spans[i - 1].end.at);
+    // Each ran once, as attempt 1: going back delayed over the limit used up no attempt.
+    expect(seen.starts.filter((s) => ids.includes(s.id))).toHaveLength(ids.length);
+    expect(spans.every((s) => s.start.attempt === 1)).toBe(true);
+    // Both workers took part (the limit is fleet-wide, not per worker).
+    expect(new Set(spans.map((s) => s.start.worker)).size).toBe(2);
+
+    const rated = Array.from({ length: 3 }, () => web.add(tasks.twoPerSecond));
+    await waitFor(() => rated.every((id) => seen.ends.some((end) => end.id === id)), 10_000, 'the rated tasks');
+    const starts = rated.map((id) => seen.starts.find((s) => s.id === id)!.at).sort((a, b) => a - b);
+    // Redis's clock counts whole ms: the third start is a full interval after the first, give or take one.
+    expect(starts[2] - starts[0]).toBeGreaterThanOrEqual(999);
+  });
+
+  it('taskProgress() is the job’s progress in BullMQ, throttled like the span events', async () => {
+    const { web, tasks, queue, connection } = await startFleet(1);
+    const events = new QueueEvents('tasks', { connection });
+    onCleanup(() => events.close());
+    await events.waitUntilReady();
+    const reports: unknown[] = [];
+    const completed: string[] = [];
+    events.on('progress', ({ data }) => reports.push(data));
+    events.on('completed', ({ jobId }) => completed.push(jobId));
+    const id = web.add(tasks.reporting);
+    await waitFor(() => completed.includes(id) && reports.length >= 1, 5_000, 'the task and its progress');
+    const job = await queue.getJob(id);
+    expect(job!.progress).toEqual({ value: 1, step: 'done' });
+    expect(reports).toEqual([{ value: 1, step: 'done' }]);
+  });
+});
