@@ -32,7 +32,7 @@ interface Cluster {
   url: string;
   queue: Queue;
   runs(): Run[];
-  get(path: string): Promise<{ ids: string[]; traceId: string; spanId: string }>;
+  get(path: string, headers?: Record<string, string>): Promise<{ ids: string[]; traceId: string; spanId: string }>;
 }
 
 async function startCluster(): Promise<Cluster> {
@@ -82,8 +82,8 @@ async function startCluster(): Promise<Cluster> {
         .filter((line) => line !== '')
         .map((line) => JSON.parse(line) as Run);
     },
-    async get(path) {
-      const response = await fetch(url + path);
+    async get(path, headers) {
+      const response = await fetch(url + path, { headers });
       expect(response.status).toBe(200);
       return (await response.json()) as { ids: string[]; traceId: string; spanId: string };
     },
@@ -111,6 +111,14 @@ describe('BullMQ engine: a web process and two workers', { timeout: 90_000 }, ()
     const again = (await cluster.get('/sendWelcome?arg=k@x.y&key=order:42')).ids[0];
     // startAfter → a delayed job.
     const later = (await cluster.get('/sendWelcome?arg=later@x.y&after=500')).ids[0];
+    // A request whose trace the caller did not sample (parent-based sampler): the task runs and logs in a
+    // worker, and its attempt follows the request's decision (checked at the end, once later spans of both
+    // workers are in).
+    const unsampledTrace = 'a1'.repeat(16);
+    const unsampled = await cluster.get('/sendWelcome?arg=unsampled@x.y', {
+      traceparent: `00-${unsampledTrace}-${'b2'.repeat(8)}-00`,
+    });
+    expect(unsampled.traceId).toBe(unsampledTrace);
     const [welcomeId, flakyId, childId] = [welcome.ids[0], flaky.ids[0], child.ids[0]];
     await waitFor(() => [welcomeId, flakyId, childId].every((id) => ended(cluster, id)), 30_000, 'the tasks to run');
     await waitFor(
@@ -214,6 +222,17 @@ describe('BullMQ engine: a web process and two workers', { timeout: 90_000 }, ()
       .filter((run) => steps.includes(run.id))
       .map((run) => `${run.what} ${steps.indexOf(run.id)}`);
     expect(order).toEqual(['start 0', 'end 0', 'start 1', 'end 1', 'start 2', 'end 2', 'start 3', 'end 3']);
+
+    // The unsampled request's task ran and logged in a worker (its pino line unsampled, with the request's
+    // trace), yet no process exported a span of it: neither the request's nor any attempt's.
+    const unsampledId = unsampled.ids[0];
+    expect(ended(cluster, unsampledId)).toBe(true);
+    const unsampledLine = cluster.workers
+      .flatMap((w) => w.lines)
+      .find((l) => l.includes('sending welcome mail') && l.includes(unsampledId));
+    expect(JSON.parse(unsampledLine!)).toMatchObject({ trace_flags: '00', request_trace_id: unsampledTrace });
+    expect(receiver.spans.filter((span) => span.traceId === unsampledTrace)).toEqual([]);
+    expect(attemptSpans(receiver, unsampledId)).toEqual([]);
   });
 
   it('a worker SIGKILLed mid-task: no acknowledged task is lost, and none runs more often than maxStalls allows', async () => {
