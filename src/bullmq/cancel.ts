@@ -6,10 +6,27 @@ import type { JobData } from './job.js';
 /** A cancel that reached a worker before the job's run did (it was just taken) is kept this long for it. */
 const EARLY_CANCEL_MS = 60_000;
 
+/** How long a cancel of a request's step waiting for the one before is kept for it (BullMQ's default retention). */
+const MARK_MS = 7 * 24 * 3600 * 1000;
+
+/**
+ * Marks a job cancelled if it still waits for its children (atomically: once marked, it cannot have been
+ * taken by a worker before the mark). KEYS: the queue's waiting-children set, the mark.
+ */
+const MARK = `
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+`;
+const MARK_COMMAND = 'taskflowCancelMark';
+
 /** ioredis commands beyond BullMQ's client interface (its ioredis client passes them through). */
 interface PubSub {
   publish(channel: string, message: string): Promise<number>;
   subscribe(channel: string): Promise<unknown>;
+  getdel(key: string): Promise<string | null>;
 }
 
 interface CancelMessage {
@@ -25,13 +42,17 @@ interface CancelMessage {
  */
 export class CancelChannel {
   readonly #channel: string;
+  /** The queue's keys (`bull:tasks`). */
+  readonly #base: string;
   readonly #host: EngineHost;
+  #defined = false;
   #subscriber: RedisClient | undefined;
   /** Cancels of jobs not running here (yet): a worker that takes the job within EARLY_CANCEL_MS cancels it. */
   readonly #early = new Map<string, { reason: string; at: number }>();
 
-  constructor(channel: string, host: EngineHost) {
-    this.#channel = channel;
+  constructor(base: string, host: EngineHost) {
+    this.#base = base;
+    this.#channel = `${base}:taskflow:cancel`;
     this.#host = host;
   }
 
@@ -53,6 +74,13 @@ export class CancelChannel {
         return true;
       }
       if (job.repeatJobKey !== undefined) return false;
+      // A step of a request waiting for the one before, with a next step waiting for it: removing it would
+      // start the next step at once, beside the one still running. It is marked instead, and ends cancelled
+      // without running when its turn comes (a cancelled step does not hold the next one back).
+      if (state === 'waiting-children' && job.parentKey !== undefined) {
+        if (await this.#mark(queue, id, reason)) return true;
+        continue;
+      }
       try {
         // A later task of the same request's chain is the parent of this one: it stays (and runs next).
         await job.remove({ removeChildren: false });
@@ -63,6 +91,31 @@ export class CancelChannel {
       }
     }
     return false;
+  }
+
+  async #mark(queue: Queue, id: string, reason: string): Promise<boolean> {
+    const client = await queue.backend.client;
+    if (!this.#defined) {
+      client.defineCommand(MARK_COMMAND, { numberOfKeys: 2, lua: MARK });
+      this.#defined = true;
+    }
+    const keys = [`${this.#base}:waiting-children`, this.#markKey(id)];
+    return (await client.runCommand(MARK_COMMAND, [...keys, id, reason, MARK_MS])) === 1;
+  }
+
+  #markKey(id: string): string {
+    return `${this.#base}:taskflow:cancelled:${id}`;
+  }
+
+  /**
+   * The reason of a cancel waiting for job `id`: one that reached this worker just before the job (taken: it
+   * applies once), or the mark of a request's step cancelled while it waited for the one before.
+   */
+  async pending(queue: Queue, job: Job<JobData>): Promise<string | undefined> {
+    const early = this.#take(job.id!);
+    if (early !== undefined || job.parentKey === undefined) return early;
+    const client = (await queue.backend.client) as RedisClient & PubSub;
+    return (await client.getdel(this.#markKey(job.id!))) ?? undefined;
   }
 
   /** The removed job's task ends `cancelled` in the observers (pino, admin events) of the process that cancelled it. */
@@ -105,8 +158,7 @@ export class CancelChannel {
     await subscriber.subscribe(this.#channel);
   }
 
-  /** The reason of a cancel of job `id` that arrived before its run here, if any (taken: it applies once). */
-  take(id: string): string | undefined {
+  #take(id: string): string | undefined {
     if (this.#early.size === 0) return undefined;
     const early = this.#early.get(id);
     if (early === undefined) return undefined;

@@ -170,7 +170,7 @@ class BullmqEngine implements EngineHooks {
       );
     this.#host = host;
     const base = `${this.#options.prefix ?? 'bull'}:${this.#name}`;
-    this.#cancels = new CancelChannel(`${base}:taskflow:cancel`, host);
+    this.#cancels = new CancelChannel(base, host);
     this.#limits = new FleetLimits(base, this.#options.lockDurationMs ?? 30_000, (stage, error) =>
       host.reporter.report(stage, error),
     );
@@ -347,8 +347,8 @@ class BullmqEngine implements EngineHooks {
     try {
       const stalled = jobs.stalledOut(run);
       if (stalled !== undefined) throw jobFailure({ type: stalled.name, message: stalled.message }, UnrecoverableError);
-      const early = this.#cancels!.take(run.id);
-      if (early !== undefined) run.cancelRequested(early);
+      const cancelled = await this.#cancels!.pending(await this.#queueNow(), job);
+      if (cancelled !== undefined) run.cancelRequested(cancelled);
       else if (run.options.limit !== undefined) {
         const waitMs = await this.#limits!.acquire(await this.#queueNow(), run, job.id!, run.options.limit);
         holds = waitMs === 0;
