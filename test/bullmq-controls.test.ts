@@ -154,13 +154,16 @@ describe('BullMQ engine: cancel, repeat, limit and progress', { timeout: 30_000 
     const { web, tasks, queue } = await startFleet(1);
     const { url } = await startApp((app) => {
       app.use((ctx) => {
-        ctx.body = [tasks.waitForSignal, tasks.quick, tasks.quick].map((task) => ctx.tasks.addTask(task));
+        ctx.body = [tasks.waitForSignal, tasks.quick, tasks.quick, tasks.quick].map((task) => ctx.tasks.addTask(task));
       });
     }, web);
-    const [first, second, third] = (await (await fetch(url)).json()) as string[];
+    const [first, second, third, last] = (await (await fetch(url)).json()) as string[];
     await waitFor(() => startsOf(first).length === 1, 5_000, 'the first step to start');
     expect(await (await queue.getJob(second))!.getState()).toBe('waiting-children');
     expect(await web.cancel(second, { reason: 'skip' })).toBe(true);
+    // The last step waits too, but nothing waits for it: it is removed.
+    expect(await web.cancel(last)).toBe(true);
+    expect(await queue.getJob(last)).toBeUndefined();
     // The third step does not start beside the first while the first still runs (it would, were the
     // second simply removed): worker concurrency is 4 here, and the first is held until released below.
     await sleep(300);
@@ -168,6 +171,7 @@ describe('BullMQ engine: cancel, repeat, limit and progress', { timeout: 30_000 
     hold.resolve();
     await waitFor(() => seen.ends.some((end) => end.id === third), 5_000, 'the third step');
     expect(startsOf(second)).toEqual([]);
+    expect(startsOf(last)).toEqual([]);
     expect(startsOf(third)[0].at).toBeGreaterThanOrEqual(seen.ends.find((end) => end.id === first)!.at);
     const cancelled = (await queue.getJob(second))!;
     expect(await cancelled.getState()).toBe('failed');
