@@ -215,9 +215,10 @@ describe('BullMQ engine: cancel, repeat, limit and progress', { timeout: 30_000 
   });
 
   it('limit: concurrency 1 across two workers: never two attempts of the key at once, none using a retry; rate: at most max starts per interval', async () => {
-    const { web, tasks } = await startFleet(2);
+    // A parked job waits lockDurationMs at most: 30 s here, so each must be woken by the attempt before it.
+    const { web, tasks } = await startFleet(2, { lockDurationMs: 30_000 });
     const ids = Array.from({ length: 8 }, () => web.add(tasks.oneAtATime));
-    await waitFor(() => ids.every((id) => seen.ends.some((end) => end.id === id)), 20_000, 'every limited task');
+    await waitFor(() => ids.every((id) => seen.ends.some((end) => end.id === id)), 10_000, 'every limited task');
     const spans = ids.map((id) => ({
       start: seen.starts.find((s) => s.id === id)!,
       end: seen.ends.find((s) => s.id === id)!,

@@ -14,7 +14,7 @@ import { CancelChannel } from './cancel.js';
 import { FleetEvents } from './events.js';
 import { JobHost, type JobRun } from './job-run.js';
 import { BACKOFF_TYPE, jobOf, jobRunOptions, jobTaskOptions, type JobData } from './job.js';
-import { FleetLimits } from './limit.js';
+import { FleetLimits, LIMIT_PARK } from './limit.js';
 import { BullmqRecords, jobFailure } from './records.js';
 import { JobScheduleRepeat } from './schedule.js';
 
@@ -350,11 +350,15 @@ class BullmqEngine implements EngineHooks {
       const cancelled = await this.#cancels!.pending(await this.#queueNow(), job);
       if (cancelled !== undefined) run.cancelRequested(cancelled);
       else if (run.options.limit !== undefined) {
-        const waitMs = await this.#limits!.acquire(await this.#queueNow(), run, job.id!, run.options.limit);
-        holds = waitMs === 0;
-        // Over its key's limit: back to BullMQ delayed, using up no retry (unless cancelled meanwhile).
+        const limits = this.#limits!;
+        const queue = await this.#queueNow();
+        const answer = await limits.acquire(queue, run, job.id!, run.options.limit);
+        holds = answer === 0;
+        // Over its key's limit: back to BullMQ delayed, using up no retry (unless cancelled meanwhile); over
+        // the concurrency it parks until an attempt of its key ends, over the rate until the window opens.
         if (!holds && !run.isFinal) {
-          await job.moveToDelayed(Date.now() + waitMs, token);
+          await job.moveToDelayed(Date.now() + (answer === LIMIT_PARK ? limits.parkMs : answer), token);
+          if (answer === LIMIT_PARK) await limits.park(queue, run, job.id!, run.options.limit);
           throw new DelayedError();
         }
       }
@@ -383,7 +387,7 @@ class BullmqEngine implements EngineHooks {
   }
 
   async #release(run: JobRun, jobId: string): Promise<void> {
-    await this.#limits!.release(run, jobId).catch((error: unknown) =>
+    await this.#limits!.release(await this.#queueNow(), run, jobId).catch((error: unknown) =>
       this.#host?.reporter.report(`limit release of task ${run.id}`, error),
     );
   }

@@ -2,26 +2,30 @@ import type { Queue, RedisClient } from 'bullmq';
 import type { TaskLimit } from '../options.js';
 import type { TaskRun } from '../task-run.js';
 
-/**
- * Takes a key's slot and rate window atomically, on Redis's clock (workers' clocks differ). KEYS: the key's
- * running set (job id → when its hold expires), its window of starts, the job's hash. Answers 0 when the job
- * may start (it is counted), else how many ms to wait. A job sent back to wait gives back the start BullMQ
- * counted when it took it (`ats`), so that its attempt number and retries are as if it had waited in the queue.
- */
-const ACQUIRE = `
+/** Redis's clock, in ms, inside a script: workers' clocks differ. */
+const NOW = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`;
+
+/**
+ * Takes a key's slot and rate window atomically. KEYS: the key's running set (job id → when its hold
+ * expires), its window of starts, the job's hash. Answers 0 when the job may start (it is counted), -1 when
+ * the key's concurrency is full (the job parks), else the ms until the rate window opens. A job sent back
+ * gives back the start BullMQ counted when it took it (`ats`), so that its attempt number and retries are as
+ * if it had waited in the queue.
+ */
+const ACQUIRE = `${NOW}
 local id = ARGV[1]
 local concurrency = tonumber(ARGV[2])
 local max = tonumber(ARGV[3])
 local interval = tonumber(ARGV[4])
 local holdMs = tonumber(ARGV[5])
-local busyMs = tonumber(ARGV[6])
 if concurrency > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   if not redis.call('ZSCORE', KEYS[1], id) and redis.call('ZCARD', KEYS[1]) >= concurrency then
     redis.call('HINCRBY', KEYS[3], 'ats', -1)
-    return busyMs
+    return -1
   end
 end
 if max > 0 then
@@ -41,98 +45,159 @@ end
 return 0
 `;
 
-/** Extends a running job's hold on its key (its worker is alive). */
-const RENEW = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1]) >= 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+/**
+ * Gives a free slot of the key to its longest parked job: answers that job's id (to promote), or false.
+ * KEYS: the running set, the parked set; ARGV[2] the key's concurrency.
+ */
+const WAKE = `
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  local next = redis.call('ZPOPMIN', KEYS[2])
+  if next[1] then return next[1] end
 end
+return false
+`;
+
+/** A job parks (after it has gone back delayed): it is woken at once if the slot freed meanwhile. ARGV[3]: hold ms. */
+const PARK = `${NOW}
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) * 2)
+${WAKE}`;
+
+/** A job's attempt has ended (ARGV[1], or '' to only wake): its slot goes to the next parked job. */
+const RELEASE = `${NOW}
+if ARGV[1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[1]) end
+${WAKE}`;
+
+/** Extends a running job's hold on its key (its worker is alive). */
+const RENEW = `${NOW}
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 0
 `;
 
-const ACQUIRE_COMMAND = 'taskflowLimitAcquire';
-const RENEW_COMMAND = 'taskflowLimitRenew';
+const COMMANDS = {
+  taskflowLimitAcquire: { numberOfKeys: 3, lua: ACQUIRE },
+  taskflowLimitPark: { numberOfKeys: 2, lua: PARK },
+  taskflowLimitRelease: { numberOfKeys: 2, lua: RELEASE },
+  taskflowLimitRenew: { numberOfKeys: 1, lua: RENEW },
+};
 
-/** How long a job over a key's concurrency waits before it asks again: about this, jittered ±50 %. */
-export const LIMIT_BUSY_RETRY_MS = 200;
-
-/** ioredis's ZREM, beyond BullMQ's client interface (its ioredis client passes it through). */
-interface Zrem {
-  zrem(key: string, member: string): Promise<number>;
-}
+/** A job over its key's concurrency: ACQUIRE's answer. */
+export const LIMIT_PARK = -1;
 
 interface Hold {
-  running: string;
+  keys: [running: string, parked: string];
+  concurrency: number;
   timer: NodeJS.Timeout;
 }
 
 /**
- * The `limit` task option across a worker fleet: a key's running jobs are a Redis sorted set of job ids whose
+ * The `limit` task option across a worker fleet. A key's running jobs are a Redis sorted set of job ids whose
  * holds expire (`holdMs`, renewed while the job runs: a SIGKILLed worker's holds lapse), its rate a sliding
- * window of start times. A job over the limit goes back to BullMQ delayed, using up no retry.
+ * window of start times. A job over the concurrency goes back to BullMQ delayed and parks: the attempt that
+ * frees a slot promotes the longest parked job (no polling); one whose waker died looks again after `holdMs`.
+ * A job over the rate goes back delayed until the window opens. Neither uses up a retry.
  */
 export class FleetLimits {
   readonly #base: string;
-  readonly #holdMs: number;
+  /** How long a hold lasts without renewal, and a parked job waits at most: BullMQ's lock duration. */
+  readonly parkMs: number;
   readonly #holds = new Map<TaskRun, Hold>();
   readonly #report: (stage: string, error: unknown) => void;
-  #client: Promise<RedisClient & Zrem> | undefined;
+  #client: Promise<RedisClient> | undefined;
 
   /** `base`: the queue's key prefix (`bull:tasks`); `holdMs`: BullMQ's lock duration. */
   constructor(base: string, holdMs: number, report: (stage: string, error: unknown) => void) {
     this.#base = base;
-    this.#holdMs = holdMs;
+    this.parkMs = holdMs;
     this.#report = report;
   }
 
-  #commands(queue: Queue): Promise<RedisClient & Zrem> {
+  #commands(queue: Queue): Promise<RedisClient> {
     return (this.#client ??= queue.backend.client.then((client) => {
-      client.defineCommand(ACQUIRE_COMMAND, { numberOfKeys: 3, lua: ACQUIRE });
-      client.defineCommand(RENEW_COMMAND, { numberOfKeys: 1, lua: RENEW });
-      return client as RedisClient & Zrem;
+      for (const [name, definition] of Object.entries(COMMANDS)) client.defineCommand(name, definition);
+      return client;
     }));
   }
 
-  /** 0: the run holds its key now (release it when its attempt ends); else the ms to wait before asking again. */
-  async acquire(queue: Queue, run: TaskRun, jobId: string, limit: TaskLimit): Promise<number> {
+  #keys(run: TaskRun, limit: TaskLimit): [running: string, parked: string] {
     const key = `${this.#base}:taskflow:limit:${limitKeyOf(run, limit)}`;
-    const running = `${key}:running`;
+    return [`${key}:running`, `${key}:parked`];
+  }
+
+  /**
+   * 0: the run holds its key now (release it when its attempt ends); LIMIT_PARK: the key's concurrency is full
+   * (move the job to delayed for `parkMs`, then `park` it); else the ms until the rate lets it start.
+   */
+  async acquire(queue: Queue, run: TaskRun, jobId: string, limit: TaskLimit): Promise<number> {
+    const keys = this.#keys(run, limit);
     const client = await this.#commands(queue);
-    const busyMs = Math.round(LIMIT_BUSY_RETRY_MS * (0.5 + Math.random()));
-    const wait = (await client.runCommand(ACQUIRE_COMMAND, [
-      running,
-      `${key}:starts`,
+    const answer = (await client.runCommand('taskflowLimitAcquire', [
+      keys[0],
+      `${keys[0].slice(0, -':running'.length)}:starts`,
       `${this.#base}:${jobId}`,
       jobId,
       limit.concurrency ?? 0,
       limit.rate?.max ?? 0,
       limit.rate?.intervalMs ?? 0,
-      this.#holdMs,
-      busyMs,
+      this.parkMs,
     ])) as number;
-    if (wait > 0 || limit.concurrency === undefined) return wait;
+    if (answer !== 0 || limit.concurrency === undefined) return answer;
     const timer = setInterval(
       () => {
-        (client.runCommand(RENEW_COMMAND, [running, jobId, this.#holdMs]) as Promise<unknown>).catch((error: unknown) =>
-          this.#report(`limit hold of task ${run.id}`, error),
+        (client.runCommand('taskflowLimitRenew', [keys[0], jobId, this.parkMs]) as Promise<unknown>).catch(
+          (error: unknown) => this.#report(`limit hold of task ${run.id}`, error),
         );
       },
-      Math.max(1, Math.floor(this.#holdMs / 2)),
+      Math.max(1, Math.floor(this.parkMs / 2)),
     );
     timer.unref();
-    this.#holds.set(run, { running, timer });
+    this.#holds.set(run, { keys, concurrency: limit.concurrency, timer });
     return 0;
   }
 
-  /** The run's attempt has ended: its key's slot frees at once (not when its hold would expire). */
-  async release(run: TaskRun, jobId: string): Promise<void> {
+  /** The job (now delayed) waits for its key's next free slot; if one freed meanwhile, it is woken at once. */
+  async park(queue: Queue, run: TaskRun, jobId: string, limit: TaskLimit): Promise<void> {
+    const keys = this.#keys(run, limit);
+    const client = await this.#commands(queue);
+    const next = (await client.runCommand('taskflowLimitPark', [...keys, jobId, limit.concurrency!, this.parkMs])) as
+      string | null;
+    await this.#wake(queue, client, keys, limit.concurrency!, next);
+  }
+
+  /** The run's attempt has ended: its key's slot frees at once, for the longest parked job. */
+  async release(queue: Queue, run: TaskRun, jobId: string): Promise<void> {
     const hold = this.#holds.get(run);
     if (hold === undefined) return;
     this.#holds.delete(run);
     clearInterval(hold.timer);
-    const client = await this.#client!;
-    await client.zrem(hold.running, jobId);
+    const client = await this.#commands(queue);
+    const next = (await client.runCommand('taskflowLimitRelease', [...hold.keys, jobId, hold.concurrency])) as
+      string | null;
+    await this.#wake(queue, client, hold.keys, hold.concurrency, next);
+  }
+
+  /** Promote the woken job; one that is gone (cancelled, or not delayed any more) passes the slot on. */
+  async #wake(
+    queue: Queue,
+    client: RedisClient,
+    keys: [string, string],
+    concurrency: number,
+    next: string | null,
+  ): Promise<void> {
+    for (let tries = 0; next !== null && tries < 5; tries++) {
+      const job = await queue.getJob(next);
+      if (
+        job !== undefined &&
+        (await job.promote().then(
+          () => true,
+          () => false,
+        ))
+      )
+        return;
+      next = (await client.runCommand('taskflowLimitRelease', [...keys, '', concurrency])) as string | null;
+    }
   }
 }
 
