@@ -122,6 +122,20 @@ describe('BullMQ engine: cancel, repeat, limit and progress', { timeout: 30_000 
     });
     expect(await web.cancel(delayed)).toBe(false);
 
+    // Cancelled while its add to BullMQ is on the way: once added, the job is removed, or, when a worker has
+    // taken it meanwhile, ended there as cancelled (the task cannot finish before: it waits for its signal).
+    const racing = web.add(tasks.waitForSignal);
+    expect(await web.cancel(racing, { reason: 'changed my mind' })).toBe(true);
+    await waitFor(
+      async () => {
+        const job = await queue.getJob(racing);
+        return job === undefined || /^task cancelled .*\(changed my mind\)/.test(job.failedReason ?? '');
+      },
+      5_000,
+      'the racing job to be removed or cancelled',
+    );
+    expect(observer.forTask(racing).filter((e) => e.type === 'lifecycle' && e.status === 'cancelled')).toHaveLength(1);
+
     // Running in the worker: its signal aborts with TaskCancelledError, and the job fails for good (retries: 2).
     const running = web.add(tasks.waitForSignal);
     await waitFor(() => startsOf(running).length === 1, 5_000, 'the task to start');

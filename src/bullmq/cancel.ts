@@ -58,9 +58,10 @@ export class CancelChannel {
 
   /**
    * True when the job was waiting (removed now) or running (its worker is told); false when BullMQ has no such
-   * job or it has ended. A repeat's next tick is not cancelled (stop the repeat): false.
+   * job or it has ended. A repeat's next tick is not cancelled (stop the repeat): false. `announce`: a
+   * removed job's task ends `cancelled` in this process's observers (false: it already has here).
    */
-  async cancel(queue: Queue, id: string, reason: string): Promise<boolean> {
+  async cancel(queue: Queue, id: string, reason: string, announce = true): Promise<boolean> {
     const job = (await queue.getJob(id)) as Job<JobData> | undefined;
     if (job === undefined) return false;
     // A job that starts between the state read and the removal is locked: removal fails, the next read says active.
@@ -84,7 +85,7 @@ export class CancelChannel {
       try {
         // A later task of the same request's chain is the parent of this one: it stays (and runs next).
         await job.remove({ removeChildren: false });
-        this.#removed(job, reason);
+        if (announce) this.#removed(job, reason);
         return true;
       } catch {
         // Locked by a worker that has just taken it: read its state again.
