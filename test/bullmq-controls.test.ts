@@ -2,11 +2,13 @@
 // managers (`work: true`), each with its own Redis connections as separate processes would have, on a real
 // redis-server.
 import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
 import { Queue, QueueEvents } from 'bullmq';
 import { getTaskContext, InMemoryObserver, taskProgress, TaskCancelledError, type TaskManager } from 'koa-taskflow';
 import { bullmqEngine, type BullmqEngineOptions } from 'koa-taskflow/bullmq';
 import { BasicTracerProvider, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { describe, expect, it } from 'vitest';
+import { startNode } from './helpers/child.js';
 import { inMemorySpans } from './helpers/otel.js';
 import { startRedisServer } from './helpers/redis.js';
 import { createManager, deferred, onCleanup, startApp, waitFor } from './helpers/server.js';
@@ -248,6 +250,35 @@ describe('BullMQ engine: cancel, repeat, limit and progress', { timeout: 30_000 
     const starts = rated.map((id) => seen.starts.find((s) => s.id === id)!.at).sort((a, b) => a - b);
     // Redis's clock counts whole ms: the third start is a full interval after the first, give or take one.
     expect(starts[2] - starts[0]).toBeGreaterThanOrEqual(999);
+  });
+
+  it('limit: the key a SIGKILLed worker held is free again once its hold lapses (lockDurationMs)', async () => {
+    // This fleet's worker starts after the kill, and fails a stalled job instead of running it again
+    // (maxStalledCount 0): only the lapse of the dead worker's hold can let the second task start.
+    const { web, tasks, queue, connection } = await startFleet(0);
+    const dead = startNode(fileURLToPath(new URL('./fixtures/bullmq-limit-worker.js', import.meta.url)), [], {
+      REDIS_PORT: String(connection.port),
+    });
+    await dead.waitForLine(/^working$/, 20_000);
+    const first = web.add(tasks.oneAtATime);
+    await dead.waitForLine(new RegExp(`^started ${first}$`), 10_000);
+    dead.process.kill('SIGKILL');
+    await dead.exited;
+    const second = web.add(tasks.oneAtATime);
+    const worker = createManager({
+      engine: bullmqEngine({
+        connection,
+        work: true,
+        lockDurationMs: 1_000,
+        stalledIntervalMs: 500,
+        maxStalledCount: 0,
+      }),
+    });
+    register(worker, 'after-the-kill');
+    await worker.start();
+    await waitFor(() => seen.ends.some((end) => end.id === second), 15_000, 'the second task to run');
+    expect(startsOf(first)).toEqual([]);
+    expect(await (await queue.getJob(first))!.getState()).toBe('failed');
   });
 
   it('taskProgress() is the job’s progress in BullMQ, throttled like the span events', async () => {
