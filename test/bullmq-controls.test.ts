@@ -60,6 +60,14 @@ function register(manager: TaskManager, worker: string) {
       },
       { limit: { concurrency: 1 } },
     ),
+    perTenant: manager.task(
+      async function perTenant() {
+        note(seen.starts, worker);
+        await sleep(40);
+        note(seen.ends, worker);
+      },
+      { limit: { by: 'tenant', concurrency: 1 } },
+    ),
     twoPerSecond: manager.task(
       async function twoPerSecond() {
         note(seen.starts, worker);
@@ -105,6 +113,17 @@ async function startFleet(workers: number, extra: Partial<BullmqEngineOptions> =
 }
 
 const startsOf = (id: string) => seen.starts.filter((s) => s.id === id);
+
+/** The attempts of `ids`, in start order; asserts that none started before the one before it had ended. */
+function oneAfterAnother(ids: string[]): { start: Started; end: Started }[] {
+  const spans = ids.map((id) => ({
+    start: seen.starts.find((s) => s.id === id)!,
+    end: seen.ends.find((s) => s.id === id)!,
+  }));
+  spans.sort((a, b) => a.start.at - b.start.at);
+  for (let i = 1; i < spans.length; i++) expect(spans[i].start.at).toBeGreaterThanOrEqual(spans[i - 1].end.at);
+  return spans;
+}
 
 describe('BullMQ engine: cancel, repeat, limit and progress', { timeout: 30_000 }, () => {
   it('manager.cancel(id): a delayed job is removed and never runs; a running one is aborted in its worker and fails as cancelled, not retried; from the web process or a worker', async () => {
@@ -230,20 +249,25 @@ describe('BullMQ engine: cancel, repeat, limit and progress', { timeout: 30_000 
     expect(seen.ends.length).toBeLessThanOrEqual(ran + 1);
   });
 
-  it('limit: concurrency 1 across two workers: never two attempts of the key at once, none using a retry; rate: at most max starts per interval', async () => {
+  it('limit: concurrency 1 across two workers: never two attempts of the key at once, none using a retry; per tenant (by); rate: at most max starts per interval', async () => {
     // A parked job waits lockDurationMs at most: 30 s here, so each must be woken by the attempt before it.
     const { web, tasks } = await startFleet(2, { lockDurationMs: 30_000 });
     const ids = Array.from({ length: 8 }, () => web.add(tasks.oneAtATime));
     await waitFor(() => ids.every((id) => seen.ends.some((end) => end.id === id)), 10_000, 'every limited task');
-    const spans = ids.map((id) => ({
-      start: seen.starts.find((s) => s.id === id)!,
-      end: seen.ends.find((s) => s.id === id)!,
-    }));
-    spans.sort((a, b) => a.start.at - b.start.at);
-    for (let i = 1; i < spans.length; i++) expect(spans[i].start.at).toBeGreaterThanOrEqual(spans[i - 1].end.at);
+    const spans = oneAfterAnother(ids);
     // Each ran once, as attempt 1: going back delayed over the limit used up no attempt.
     expect(seen.starts.filter((s) => ids.includes(s.id))).toHaveLength(ids.length);
     expect(spans.every((s) => s.start.attempt === 1)).toBe(true);
+
+    // Per tenant (limit.by): each tenant's tasks one at a time.
+    const tenants = { a: [] as string[], b: [] as string[] };
+    for (let i = 0; i < 3; i++)
+      for (const tenant of ['a', 'b'] as const)
+        tenants[tenant].push(web.with({ tags: { tenant } }).add(tasks.perTenant));
+    const all = [...tenants.a, ...tenants.b];
+    await waitFor(() => all.every((id) => seen.ends.some((end) => end.id === id)), 10_000, 'the tenants’ tasks');
+    oneAfterAnother(tenants.a);
+    oneAfterAnother(tenants.b);
 
     const rated = Array.from({ length: 3 }, () => web.add(tasks.twoPerSecond));
     await waitFor(() => rated.every((id) => seen.ends.some((end) => end.id === id)), 10_000, 'the rated tasks');
