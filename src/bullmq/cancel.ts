@@ -26,7 +26,6 @@ const MARK_COMMAND = 'taskflowCancelMark';
 interface PubSub {
   publish(channel: string, message: string): Promise<number>;
   subscribe(channel: string): Promise<unknown>;
-  getdel(key: string): Promise<string | null>;
 }
 
 interface CancelMessage {
@@ -115,8 +114,13 @@ export class CancelChannel {
   async pending(queue: Queue, job: Job<JobData>): Promise<string | undefined> {
     const early = this.#take(job.id!);
     if (early !== undefined || job.parentKey === undefined) return early;
-    const client = (await queue.backend.client) as RedisClient & PubSub;
-    return (await client.getdel(this.#markKey(job.id!))) ?? undefined;
+    // Read, then deleted: only this worker holds the job's lock, so nobody else reads the mark meanwhile.
+    const client = await queue.backend.client;
+    const mark = this.#markKey(job.id!);
+    const reason = await client.get(mark);
+    if (reason === null) return undefined;
+    await client.del(mark);
+    return reason;
   }
 
   /** The removed job's task ends `cancelled` in the observers (pino, admin events) of the process that cancelled it. */

@@ -2,8 +2,12 @@ import type { Queue, RedisClient } from 'bullmq';
 import type { TaskLimit } from '../options.js';
 import type { TaskRun } from '../task-run.js';
 
-/** Redis's clock, in ms, inside a script: workers' clocks differ. */
+/**
+ * Redis's clock, in ms, inside a script: workers' clocks differ. (Before Redis 7 a script must ask for effects
+ * replication to write after reading the clock; from 7 on that is how every script replicates.)
+ */
 const NOW = `
+redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 `;
