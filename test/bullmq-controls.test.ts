@@ -126,34 +126,36 @@ function oneAfterAnother(ids: string[]): { start: Started; end: Started }[] {
 }
 
 describe('BullMQ engine: cancel, repeat, limit and progress', { timeout: 30_000 }, () => {
-  it('manager.cancel(id): a delayed job is removed and never runs; a running one is aborted in its worker and fails as cancelled, not retried; from the web process or a worker', async () => {
+  it('manager.cancel(id): a delayed or waiting job ends cancelled without running; a running one is aborted in its worker; either way its job fails as cancelled, not retried, and reads back cancelled; from the web process or a worker, keyed tasks too', async () => {
     const { web, workers, tasks, queue, observer } = await startFleet(1);
 
-    // Waiting in BullMQ (a delayed job): removed, announced `cancelled` by the process that cancelled it.
+    // Waiting in BullMQ (a job delayed a minute): marked and brought forward; the worker ends it cancelled at
+    // once, without running it, and its job fails with the TaskCancelledError (read back as `cancelled`).
     const delayed = web.with({ startAfter: 60_000 }).add(tasks.quick);
     await waitFor(async () => (await queue.getJob(delayed)) !== undefined, 5_000, 'the delayed job');
     expect(await web.cancel(delayed, { reason: 'not needed' })).toBe(true);
-    expect(await queue.getJob(delayed)).toBeUndefined();
-    expect(observer.forTask(delayed).at(-1)).toMatchObject({
-      type: 'lifecycle',
-      status: 'cancelled',
-      previousStatus: 'pending',
-      reason: 'not needed',
-      name: 'quick',
-    });
+    await waitFor(async () => (await web.get(delayed))?.status === 'cancelled', 5_000, 'the delayed task to end');
+    expect((await queue.getJob(delayed))!.failedReason).toBe(
+      'TaskCancelledError: task cancelled before it started (not needed)',
+    );
+    expect(startsOf(delayed)).toEqual([]);
     expect(await web.cancel(delayed)).toBe(false);
 
-    // Cancelled while its add to BullMQ is on the way: once added, the job is removed, or, when a worker has
-    // taken it meanwhile, ended there as cancelled (the task cannot finish before: it waits for its signal).
+    // A keyed task (its job's id is the key's) is found by its task id.
+    const keyed = web.with({ startAfter: 60_000, idempotencyKey: 'order:7' }).add(tasks.quick);
+    await web.drain();
+    expect(await web.cancel(keyed)).toBe(true);
+    await waitFor(async () => (await web.get(keyed))?.status === 'cancelled', 5_000, 'the keyed task to end');
+    expect((await queue.getJob('key=order%3A7'))!.failedReason).toMatch(/^TaskCancelledError: /);
+
+    // Cancelled while its add to BullMQ is on the way: once added, its job is cancelled there too (marked, or
+    // aborted in the worker that has taken it meanwhile): the task cannot finish first, it waits for its signal.
     const racing = web.add(tasks.waitForSignal);
     expect(await web.cancel(racing, { reason: 'changed my mind' })).toBe(true);
     await waitFor(
-      async () => {
-        const job = await queue.getJob(racing);
-        return job === undefined || /^task cancelled .*\(changed my mind\)/.test(job.failedReason ?? '');
-      },
+      async () => /^TaskCancelledError: .*\(changed my mind\)/.test((await queue.getJob(racing))?.failedReason ?? ''),
       5_000,
-      'the racing job to be removed or cancelled',
+      'the racing job to be cancelled',
     );
     expect(observer.forTask(racing).filter((e) => e.type === 'lifecycle' && e.status === 'cancelled')).toHaveLength(1);
 
@@ -164,6 +166,7 @@ describe('BullMQ engine: cancel, repeat, limit and progress', { timeout: 30_000 
     await waitFor(async () => (await queue.getJob(running))?.finishedOn !== undefined, 5_000, 'the job to end');
     const job = (await queue.getJob(running))!;
     expect(await job.getState()).toBe('failed');
+    expect((await web.get(running))!.status).toBe('cancelled');
     expect(job.failedReason).toMatch(/task cancelled while it ran \(user clicked stop\)/);
     expect(seen.aborts.get(running)).toBeInstanceOf(TaskCancelledError);
     expect((seen.aborts.get(running) as TaskCancelledError).reason).toBe('user clicked stop');
@@ -196,22 +199,21 @@ describe('BullMQ engine: cancel, repeat, limit and progress', { timeout: 30_000 
     await waitFor(() => startsOf(first).length === 1, 5_000, 'the first step to start');
     expect(await (await queue.getJob(second))!.getState()).toBe('waiting-children');
     expect(await web.cancel(second, { reason: 'skip' })).toBe(true);
-    // The last step waits too, but nothing waits for it: it is removed.
     expect(await web.cancel(last)).toBe(true);
-    expect(await queue.getJob(last)).toBeUndefined();
-    // The third step does not start beside the first while the first still runs (it would, were the
-    // second simply removed): worker concurrency is 4 here, and the first is held until released below.
+    // The third step does not start beside the first while the first still runs (it would, were the second
+    // removed from BullMQ): worker concurrency is 4 here, and the first is held until released below.
     await sleep(300);
     expect(startsOf(third)).toEqual([]);
     hold.resolve();
-    await waitFor(() => seen.ends.some((end) => end.id === third), 5_000, 'the third step');
+    await waitFor(async () => (await web.get(last))?.status === 'cancelled', 5_000, 'the last step to end');
     expect(startsOf(second)).toEqual([]);
     expect(startsOf(last)).toEqual([]);
     expect(startsOf(third)[0].at).toBeGreaterThanOrEqual(seen.ends.find((end) => end.id === first)!.at);
     const cancelled = (await queue.getJob(second))!;
     expect(await cancelled.getState()).toBe('failed');
-    expect(cancelled.failedReason).toBe('task cancelled before it started (skip)');
+    expect(cancelled.failedReason).toBe('TaskCancelledError: task cancelled before it started (skip)');
     expect(await (await queue.getJob(third))!.getState()).toBe('completed');
+    expect((await web.get(second))!.status).toBe('cancelled');
   });
 
   it('manager.repeat(): one BullMQ job scheduler for all web processes, each tick run by a worker as the task with its attempt span; stop() removes the scheduler, shutdown() leaves it', async () => {

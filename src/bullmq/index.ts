@@ -209,7 +209,7 @@ class BullmqEngine implements EngineHooks {
       .then((queue) => queue.add(run.name, data, opts))
       .then(
         // Cancelled here while BullMQ took it: cancelled there too.
-        () => (run.isFinal ? this.#track(this.#cancelNow(run.id, run.record.reason, false)) : run.release(HANDED)),
+        () => (run.isFinal ? this.#track(this.#cancelNow(run.id, run.record.reason)) : run.release(HANDED)),
         (error: unknown) => {
           this.#host?.reporter.report(`BullMQ add of task ${run.id}`, error);
           run.cancel('cancelled', 'engine_unavailable', error instanceof Error ? error : undefined);
@@ -265,8 +265,8 @@ class BullmqEngine implements EngineHooks {
     return this.#cancelNow(id, reason);
   }
 
-  async #cancelNow(id: string, reason = DEFAULT_CANCEL_REASON, announce = true): Promise<boolean> {
-    return this.#cancels!.cancel(await this.#queueNow(), id, reason, announce).catch((error: unknown) => {
+  async #cancelNow(id: string, reason = DEFAULT_CANCEL_REASON): Promise<boolean> {
+    return this.#cancels!.cancel(await this.#queueNow(), id, reason).catch((error: unknown) => {
       this.#host?.reporter.report(`BullMQ cancel of task ${id}`, error);
       return false;
     });
@@ -347,7 +347,7 @@ class BullmqEngine implements EngineHooks {
     try {
       const stalled = jobs.stalledOut(run);
       if (stalled !== undefined) throw jobFailure({ type: stalled.name, message: stalled.message }, UnrecoverableError);
-      const cancelled = await this.#cancels!.pending(await this.#queueNow(), job);
+      const cancelled = this.#cancels!.pending(await this.#queueNow(), job, run.id);
       if (cancelled !== undefined) run.cancelRequested(cancelled);
       else if (run.options.limit !== undefined) {
         const limits = this.#limits!;
