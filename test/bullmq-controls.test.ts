@@ -216,7 +216,7 @@ describe('BullMQ engine: cancel, repeat, limit and progress', { timeout: 30_000 
     expect((await web.get(second))!.status).toBe('cancelled');
   });
 
-  it('manager.repeat(): one BullMQ job scheduler for all web processes, each tick run by a worker as the task with its attempt span; stop() removes the scheduler, shutdown() leaves it', async () => {
+  it('manager.repeat(): one BullMQ job scheduler for all web processes, each tick run by a worker as the task with its attempt span; stop() removes the scheduler, shutdown() leaves it; cron with tz', async () => {
     const { web, tasks, queue, connection } = await startFleet(1);
     const other = createManager({ engine: bullmqEngine({ connection }) });
     const otherTasks = register(other, 'web-2');
@@ -249,6 +249,18 @@ describe('BullMQ engine: cancel, repeat, limit and progress', { timeout: 30_000 
     await sleep(600);
     // At most the tick that was already due (its job was added before the scheduler went).
     expect(seen.ends.length).toBeLessThanOrEqual(ran + 1);
+
+    // A cron pattern (6 fields: every second) in a time zone: BullMQ's scheduler, ticks on whole seconds.
+    const before = seen.ends.length;
+    const cron = web.repeat(tasks.quick, { cron: '* * * * * *', tz: 'Europe/Paris' });
+    await waitFor(() => seen.ends.length > before, 5_000, 'a cron tick');
+    expect(await queue.getJobSchedulers()).toMatchObject([
+      { key: 'quick', pattern: '* * * * * *', tz: 'Europe/Paris' },
+    ]);
+    expect(Number(seen.ends.at(-1)!.id.split(':').at(-1)) % 1_000).toBe(0);
+    cron.stop();
+    await web.drain();
+    expect(await queue.getJobSchedulers()).toEqual([]);
   });
 
   it('limit: concurrency 1 across two workers: never two attempts of the key at once, none using a retry; per tenant (by); rate: at most max starts per interval', async () => {
