@@ -133,7 +133,7 @@ export class Acceptance implements FollowSource {
     // Write-ahead: a durable task starts only once its record is committed, so a task whose write failed
     // (503) never runs, and its idempotency key, claimed by that same write, is known before it runs.
     const awaitingWrite = recoverable || (key !== undefined && this.#durable);
-    const run = new TaskRun(runner, record, fn as TaskFunction, args, options, requestLink, recoverable, awaitingWrite);
+    const run = new TaskRun(runner, record, fn as TaskFunction, options, requestLink, recoverable, awaitingWrite);
     const effectivePhase = options.eager ? 'now' : phase;
     if (live !== undefined) {
       live.add(record);

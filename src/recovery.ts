@@ -192,16 +192,7 @@ export class Recovery {
       record.traceId !== undefined && record.spanId !== undefined
         ? { traceId: record.traceId, spanId: record.spanId, traceFlags: TraceFlags.SAMPLED, isRemote: true }
         : undefined;
-    const run = new ResumedTaskRun(
-      runner,
-      record,
-      fn,
-      record.args,
-      options,
-      link,
-      registration !== undefined,
-      previousAttempt,
-    );
+    const run = new ResumedTaskRun(runner, record, fn, options, link, registration !== undefined, previousAttempt);
     const stalledOut = died ? run.countStall() : undefined;
     runner.accept(run);
     // Cancelled (from any instance) while its process was gone or after it was handed back: it ends here.

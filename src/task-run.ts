@@ -34,7 +34,12 @@ export const MAX_LOGS_PER_RECORD = 100;
 /** The `logs` of every record that has none yet: shared, frozen, replaced by a real array on the first log. */
 export const NO_LOGS: LogEntry[] = Object.freeze([]) as unknown as LogEntry[];
 
-/** A new `pending` record. Every field is declared up front, so all records share one hidden class (cheaper to keep thousands). */
+/**
+ * A new `pending` record. Only the fields every record has are made here, in one order (records built here
+ * share one hidden class); an optional one is added when it has a value, so a queued task does not carry a
+ * dozen empty slots (8 bytes each, for every record in memory). The ones a run sets later (startedAt,
+ * endedAt, durationMs) are then added in that order.
+ */
 export function pendingRecord(
   id: string,
   options: ResolvedTaskOptions,
@@ -45,7 +50,7 @@ export function pendingRecord(
   runAt: number | undefined,
   persisted: PersistedTaskOptions | undefined,
 ): TaskRecord {
-  return {
+  const record: TaskRecord = {
     id,
     name: options.name,
     status: 'pending',
@@ -53,24 +58,20 @@ export function pendingRecord(
     tags: options.tags,
     attempts: 0,
     maxAttempts: options.retries + 1,
-    priority: options.priority,
-    idempotencyKey: options.idempotencyKey,
     createdAt,
-    startedAt: undefined,
-    endedAt: undefined,
-    durationMs: undefined,
-    error: undefined,
-    reason: undefined,
     logs: NO_LOGS,
-    traceId: undefined,
-    spanId: undefined,
-    requestTraceId: request?.traceId,
-    requestSpanId: request?.spanId,
-    requestTraceFlags: request?.traceFlags,
-    retryOf,
-    runAt,
-    options: persisted,
   };
+  if (options.priority !== undefined) record.priority = options.priority;
+  if (options.idempotencyKey !== undefined) record.idempotencyKey = options.idempotencyKey;
+  if (request !== undefined) {
+    record.requestTraceId = request.traceId;
+    record.requestSpanId = request.spanId;
+    record.requestTraceFlags = request.traceFlags;
+  }
+  if (retryOf !== undefined) record.retryOf = retryOf;
+  if (runAt !== undefined) record.runAt = runAt;
+  if (persisted !== undefined) record.options = persisted;
+  return record;
 }
 
 /** At most one progress report per task per this many ms leaves for spans, observers and the event stream. */
@@ -119,43 +120,145 @@ export interface RunHost {
  * One accepted task, from `pending` to a final status, across its attempts. The runner decides when it
  * runs; this decides what an attempt's outcome means (retry, fail, interrupt).
  */
+/** What few runs need (a retry's timer, a handle, progress reports, a previous attempt): one object, made on first use. */
+interface RunExtras {
+  retryTimer: NodeJS.Timeout | undefined;
+  previousAttempt: SpanContext | undefined;
+  signals: HandleSignals | undefined;
+  progress: PendingProgress | undefined;
+}
+
+// The run's yes/no state, packed into one small integer: a queued task is kept for every request waiting,
+// and six boolean fields would cost it 48 bytes where this costs 8.
+const RECOVERABLE = 1;
+const AWAITING_WRITE = 2;
+const SUBMIT_AFTER_WRITE = 4;
+const IN_SLOT = 8;
+const NOT_STORED = 16;
+const FINAL = 32;
+
 export class TaskRun implements AttemptOwner, AttemptSpanInput {
   // The runner's bookkeeping, written by the Runner alone: the request sequence told when this task has
-  // ended (after-response tasks), the retry timer, its list of unfinished runs, whether an attempt of this
-  // run holds a slot, and the write-ahead wait.
+  // ended (after-response tasks), its list of unfinished runs, and (through the accessors below) the retry
+  // timer, whether an attempt of this run holds a slot, and the write-ahead wait.
   sequence: { ended(run: TaskRun): void } | undefined;
-  retryTimer: NodeJS.Timeout | undefined;
   livePrev: TaskRun | undefined;
   liveNext: TaskRun | undefined;
-  inSlot = false;
-  /**
-   * Its record is being written to a durable store: the runner holds it until the write is committed (a
-   * durable task never runs before it is stored, and its idempotency key is claimed by that write).
-   */
-  awaitingWrite: boolean;
-  submitAfterWrite = false;
   // The run's own state, written by this class alone.
   current: Attempt | undefined;
-  /** The span context of the latest recorded attempt: the next attempt links to it. */
-  previousAttempt: SpanContext | undefined;
-  /** Status changes are written to the store (false once the store refused the task or gave its key to another). */
-  stored = true;
-  #signals: HandleSignals | undefined;
-  /** Made at the first taskProgress() of the task (most tasks never report any). */
-  #progress: PendingProgress | undefined;
+  #flags: number;
+  #extras: RunExtras | undefined;
 
   constructor(
     readonly runner: RunHost,
     readonly record: TaskRecord,
     readonly fn: TaskFunction,
-    readonly args: readonly unknown[],
     readonly options: ResolvedTaskOptions,
     readonly requestLink: SpanContext | undefined,
     /** Its record is in a durable store and it is registered: shutdown may hand it back, another process resume it. */
-    readonly recoverable = false,
+    recoverable = false,
     awaitingWrite = false,
   ) {
-    this.awaitingWrite = awaitingWrite;
+    this.#flags = (recoverable ? RECOVERABLE : 0) | (awaitingWrite ? AWAITING_WRITE : 0);
+  }
+
+  #flag(flag: number): boolean {
+    return (this.#flags & flag) !== 0;
+  }
+
+  #set(flag: number, on: boolean): void {
+    this.#flags = on ? this.#flags | flag : this.#flags & ~flag;
+  }
+
+  #more(): RunExtras {
+    return (this.#extras ??= {
+      retryTimer: undefined,
+      previousAttempt: undefined,
+      signals: undefined,
+      progress: undefined,
+    });
+  }
+
+  /** The arguments it runs with: the record's own array (read through, not kept twice). */
+  get args(): readonly unknown[] {
+    return this.record.args;
+  }
+
+  /** Its record is in a durable store and it is registered: shutdown may hand it back, another process resume it. */
+  get recoverable(): boolean {
+    return this.#flag(RECOVERABLE);
+  }
+
+  /**
+   * Its record is being written to a durable store: the runner holds it until the write is committed (a
+   * durable task never runs before it is stored, and its idempotency key is claimed by that write).
+   */
+  get awaitingWrite(): boolean {
+    return this.#flag(AWAITING_WRITE);
+  }
+
+  set awaitingWrite(on: boolean) {
+    this.#set(AWAITING_WRITE, on);
+  }
+
+  get submitAfterWrite(): boolean {
+    return this.#flag(SUBMIT_AFTER_WRITE);
+  }
+
+  set submitAfterWrite(on: boolean) {
+    this.#set(SUBMIT_AFTER_WRITE, on);
+  }
+
+  /** An attempt of this run holds a slot of the runner's concurrency. */
+  get inSlot(): boolean {
+    return this.#flag(IN_SLOT);
+  }
+
+  set inSlot(on: boolean) {
+    this.#set(IN_SLOT, on);
+  }
+
+  /** Status changes are written to the store (false once the store refused the task or gave its key to another). */
+  get stored(): boolean {
+    return !this.#flag(NOT_STORED);
+  }
+
+  set stored(on: boolean) {
+    this.#set(NOT_STORED, !on);
+  }
+
+  get retryTimer(): NodeJS.Timeout | undefined {
+    return this.#extras?.retryTimer;
+  }
+
+  set retryTimer(timer: NodeJS.Timeout | undefined) {
+    if (timer !== undefined || this.#extras !== undefined) this.#more().retryTimer = timer;
+  }
+
+  /** The span context of the latest recorded attempt: the next attempt links to it. */
+  get previousAttempt(): SpanContext | undefined {
+    return this.#extras?.previousAttempt;
+  }
+
+  set previousAttempt(spanContext: SpanContext | undefined) {
+    if (spanContext !== undefined || this.#extras !== undefined) this.#more().previousAttempt = spanContext;
+  }
+
+  get #signals(): HandleSignals | undefined {
+    return this.#extras?.signals;
+  }
+
+  set #signals(signals: HandleSignals | undefined) {
+    this.#more().signals = signals;
+  }
+
+  /** Made at the first taskProgress() of the task (most tasks never report any). */
+  get #progress(): PendingProgress | undefined {
+    return this.#extras?.progress;
+  }
+
+  set #progress(progress: PendingProgress | undefined) {
+    this.#more().progress = progress;
   }
 
   // Read through from the record rather than copied: a queued task should cost as little memory as possible.
@@ -191,9 +294,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   }
 
   get isFinal(): boolean {
-    return this.#final;
+    return this.#flag(FINAL);
   }
-  #final = false;
 
   get priority(): number | undefined {
     return this.record.priority;
@@ -222,7 +324,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     const done = new Promise<TaskRecord>((resolve) => (resolveDone = resolve));
     this.#signals = { started, done, resolveStarted, rejectStarted, resolveDone };
     if (this.record.attempts > 0) resolveStarted();
-    if (this.#final) resolveDone(this.runner.snapshot(this.record));
+    if (this.isFinal) resolveDone(this.runner.snapshot(this.record));
     return this.#signals;
   }
 
@@ -274,7 +376,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
       this.runner.report(`task ${this.name}`, unexpected);
       // Whatever went wrong here, the task ends: a run left unfinished holds drain() and shutdown() for ever,
       // and a durable record would stay `running` under this process's renewed lease.
-      if (!this.#final && this.retryTimer === undefined) {
+      if (!this.isFinal && this.retryTimer === undefined) {
         try {
           this.#end('failed', unexpected, undefined, undefined);
         } catch (again) {
@@ -299,7 +401,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
    * `interrupted` now and free its slot; whatever the task still does later is ignored.
    */
   abandon(attempt: Attempt, reason: unknown): void {
-    if (this.current !== attempt || this.#final) return;
+    if (this.current !== attempt || this.isFinal) return;
     this.#flushProgress();
     this.current = undefined;
     const durationMs = Date.now() - (this.record.startedAt ?? Date.now());
@@ -316,7 +418,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
    * honours the signal (as on a timeout: what it does later is ignored). False once the task has ended.
    */
   cancelRequested(reason: string): boolean {
-    if (this.#final) return false;
+    if (this.isFinal) return false;
     const attempt = this.current;
     if (attempt === undefined) this.cancel('cancelled', reason);
     else attempt.abort(new TaskCancelledError(reason, true));
@@ -402,7 +504,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
 
   /** Recovery: end a task whose process died under it more often than `maxStalls` allows; `onError` is called. */
   failStalled(error: TaskStalledError): void {
-    if (!this.#final) this.#fail(error, undefined);
+    if (!this.isFinal) this.#fail(error, undefined);
   }
 
   /**
@@ -410,8 +512,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
    * in another process, runs it. It ends in this process; a handle's `done` gets the pending record.
    */
   release(why = 'released to the store at shutdown'): void {
-    if (this.#final) return;
-    this.#final = true;
+    if (this.isFinal) return;
+    this.#set(FINAL, true);
     const record = this.record;
     const previous = record.status;
     record.status = 'pending';
@@ -427,7 +529,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
    * before this was known follows the holder instead (`follow` resolves with its final record).
    */
   duplicateOf(holder: string, follow: () => Promise<TaskRecord>): void {
-    if (this.#final) return;
+    if (this.isFinal) return;
     this.stored = false;
     const signals = this.#signals;
     this.#signals = undefined;
@@ -453,7 +555,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
 
   /** End a task that never got to run (or is waiting for a retry) without running it. */
   cancel(status: 'cancelled' | 'interrupted', reason: string, cause?: Error): void {
-    if (this.#final) return;
+    if (this.isFinal) return;
     const error = cause ?? (status === 'cancelled' ? new TaskCancelledError(reason) : new TaskInterruptedError(reason));
     this.#end(status, error, reason, undefined);
     this.#signals?.rejectStarted(error);
@@ -558,12 +660,14 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
 
   #end(status: TaskStatus, error: unknown, reason: string | undefined, lastAttemptMs: number | undefined): void {
     const record = this.record;
-    this.#final = true;
+    this.#set(FINAL, true);
     const endedAt = Date.now();
     record.endedAt = endedAt;
     if (record.startedAt !== undefined) record.durationMs = endedAt - record.startedAt;
-    // Assigned, never deleted: records keep one shape (a deleted property turns V8 objects into slow dictionaries).
-    record.error = error === undefined ? undefined : toErrorInfo(error);
+    // Assigned, never deleted (a deleted property turns a V8 object into a slow dictionary); not added when
+    // there is none, as a success has none.
+    if (error !== undefined) record.error = toErrorInfo(error);
+    else if (record.error !== undefined) record.error = undefined;
     if (reason !== undefined) record.reason = reason;
     void this.#transition(status, record.durationMs ?? lastAttemptMs); // a failed write is retried (recordChanged)
     this.#signals?.resolveDone(this.runner.snapshot(record));
@@ -626,13 +730,12 @@ export class ResumedTaskRun extends TaskRun {
     runner: RunHost,
     record: TaskRecord,
     fn: TaskFunction,
-    args: readonly unknown[],
     options: ResolvedTaskOptions,
     requestLink: SpanContext | undefined,
     recoverable: boolean,
     previousAttempt: SpanContext | undefined,
   ) {
-    super(runner, record, fn, args, options, requestLink, recoverable, false);
+    super(runner, record, fn, options, requestLink, recoverable, false);
     this.previousAttempt = previousAttempt;
   }
 

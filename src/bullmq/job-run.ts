@@ -29,7 +29,7 @@ export class JobRun extends TaskRun {
     options: TaskRun['options'],
     readonly job: Job<JobData>,
   ) {
-    super(host, record, fn, record.args, options, fromIds(job.data.link), false, false);
+    super(host, record, fn, options, fromIds(job.data.link), false, false);
     this.previousAttempt = fromIds(job.data.previous);
     this.attemptEnded = new Promise((resolve) => (this.endAttempt = resolve));
   }
