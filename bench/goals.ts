@@ -14,6 +14,11 @@ export type Measure =
   | { kind: 'otel'; variant: string }
   /** In process: the variant's tasks/s ÷ the baseline's. */
   | { kind: 'throughput'; variant: string; baseline: string }
+  /**
+   * In process: what a traced task costs (ns per task) ÷ what its parts cost apart, the SDK's span alone plus
+   * an untraced task: 1.00 when tracing a task adds nothing beyond the SDK's own work; all rows of one run.
+   */
+  | { kind: 'tracedCost'; traced: string; sdk: string; untraced: string }
   /** In process: heap bytes per task queued behind a blocker. */
   | { kind: 'queuedHeap' }
   /** History growth, at the largest history measured: a read's median latency (ms). */
@@ -81,12 +86,8 @@ function growthGoals(store: string): Goal[] {
 }
 
 export const GOALS: readonly Goal[] = [
-  {
-    what: 'mounted, no task ÷ bare Koa (CPU/request)',
-    measure: capacity('mounted', 'bare'),
-    target: 0.97,
-    direction: 'higher',
-  },
+  // Issue 20's goals: each a ratio against a baseline measured in the same run, with the reference rows that
+  // explain them (the method's own noise and scale, and the floors: the same work written by hand).
   {
     what: '(the method) bare Koa ÷ bare Koa, an A/A comparison',
     measure: capacity('bare-again', 'bare'),
@@ -98,14 +99,39 @@ export const GOALS: readonly Goal[] = [
     direction: 'higher',
   },
   {
-    what: '1 untraced task/request ÷ bare Koa',
-    measure: capacity('untraced', 'bare'),
-    target: 0.9,
+    what: '(reference) mounted, no task ÷ bare Koa (CPU/request)',
+    measure: capacity('mounted', 'bare'),
     direction: 'higher',
   },
   {
-    what: '(floor) the contract of an untraced task by hand ÷ bare Koa',
-    measure: capacity('handrolled-record', 'bare'),
+    what: '1 traced task/request ÷ the contract of a traced task by hand',
+    measure: capacity('traced', 'handrolled-contract'),
+    target: 1.0,
+    direction: 'higher',
+    issue: '#20',
+  },
+  {
+    what: '(floor) the contract of a traced task by hand ÷ Koa + request span',
+    measure: capacity('handrolled-contract', 'koa-span'),
+    direction: 'higher',
+  },
+  {
+    what: 'in process: ns per traced task ÷ (ns per span of the SDK alone + ns per untraced task)',
+    measure: { kind: 'tracedCost', traced: 'traced', sdk: 'sdk-alone', untraced: 'untraced' },
+    target: 1.0,
+    direction: 'lower',
+    issue: '#20',
+  },
+  {
+    what: '1 untraced task/request ÷ p-queue on `finish`',
+    measure: capacity('untraced', 'p-queue'),
+    target: 1.0,
+    direction: 'higher',
+    issue: '#20',
+  },
+  {
+    what: '(floor) the contract of an untraced task by hand ÷ p-queue on `finish`',
+    measure: capacity('handrolled-record', 'p-queue'),
     direction: 'higher',
   },
   {
@@ -114,32 +140,23 @@ export const GOALS: readonly Goal[] = [
     direction: 'higher',
   },
   {
-    what: '1 traced task/request ÷ Koa + request span',
-    measure: capacity('traced', 'koa-span'),
-    target: 0.85,
+    what: 'in process: untraced tasks/s ÷ p-queue',
+    measure: { kind: 'throughput', variant: 'untraced', baseline: 'p-queue' },
+    target: 0.75,
+    direction: 'higher',
+    issue: '#20',
+  },
+  {
+    what: '(floor) in process: the SDK alone, spans/s ÷ p-queue tasks/s',
+    measure: { kind: 'throughput', variant: 'sdk-alone', baseline: 'p-queue' },
     direction: 'higher',
   },
   {
-    what: '(floor) the contract of a traced task by hand ÷ Koa + request span',
-    measure: capacity('handrolled-contract', 'koa-span'),
+    what: '1 durable task/request (SqliteStore) ÷ 1 untraced task/request in memory',
+    measure: capacity('sqlite', 'untraced'),
+    target: 0.9,
     direction: 'higher',
-  },
-  {
-    what: '1 traced task/request ÷ hand-rolled finish + setImmediate + span + event + pino',
-    measure: capacity('traced', 'handrolled-otel'),
-    target: 1.0,
-    direction: 'higher',
-  },
-  {
-    what: '(floor) 1 traced task/request ÷ the contract of a traced task by hand',
-    measure: capacity('traced', 'handrolled-contract'),
-    direction: 'higher',
-  },
-  {
-    what: '1 durable task/request (SqliteStore) ÷ bare Koa',
-    measure: capacity('sqlite', 'bare'),
-    target: 0.6,
-    direction: 'higher',
+    issue: '#20',
   },
   {
     what: '(floor) a task persisted by hand in SQLite ÷ bare Koa',
@@ -152,26 +169,21 @@ export const GOALS: readonly Goal[] = [
     direction: 'higher',
   },
   {
-    what: 'traced in-process tasks/s ÷ untraced p-queue',
-    measure: { kind: 'throughput', variant: 'traced', baseline: 'p-queue' },
-    target: 0.5,
-    direction: 'higher',
-  },
-  {
-    what: '(floor) the SDK alone, spans/s ÷ untraced p-queue tasks/s',
-    measure: { kind: 'throughput', variant: 'sdk-alone', baseline: 'p-queue' },
-    direction: 'higher',
-  },
-  {
     what: 'heap bytes per queued task (100k queued)',
     measure: { kind: 'queuedHeap' },
-    target: 1024,
+    target: 400,
     direction: 'lower',
+    issue: '#20',
   },
-  // The durable part's SqliteStore row is read against the HTTP part's goal above (capacityTarget).
+  // The durable part's rows: each store against bare Koa, for scale.
   {
     what: '(durable part, floor) a durable store that writes nothing ÷ bare Koa',
     measure: { kind: 'durable', variant: 'null-durable', baseline: 'bare' },
+    direction: 'higher',
+  },
+  {
+    what: '(durable part) SqliteStore, synchronous=NORMAL ÷ bare Koa',
+    measure: { kind: 'durable', variant: 'sqlite', baseline: 'bare' },
     direction: 'higher',
   },
   {
@@ -227,6 +239,9 @@ function largest(rows: readonly GrowthRow[], store: string): GrowthRow | undefin
     .reduce<GrowthRow | undefined>((a, r) => (a && a.size >= r.size ? a : r), undefined);
 }
 
+const tasksPerSecond = (results: Results, key: string): number | undefined =>
+  results.inprocess?.throughput.find((t) => t.key === key)?.tasksPerSecond;
+
 function measured(measure: Measure, results: Results): (Ratio & { size?: number }) | undefined {
   switch (measure.kind) {
     case 'capacity':
@@ -236,10 +251,15 @@ function measured(measure: Measure, results: Results): (Ratio & { size?: number 
     case 'otel':
       return results.otel?.rows.find((r) => r.name === measure.variant)?.ratio;
     case 'throughput': {
-      const rate = (key: string) => results.inprocess?.throughput.find((t) => t.key === key)?.tasksPerSecond;
-      const variant = rate(measure.variant);
-      const baseline = rate(measure.baseline);
+      const variant = tasksPerSecond(results, measure.variant);
+      const baseline = tasksPerSecond(results, measure.baseline);
       return variant === undefined || baseline === undefined ? undefined : { value: variant / baseline };
+    }
+    case 'tracedCost': {
+      const rates = [measure.traced, measure.sdk, measure.untraced].map((key) => tasksPerSecond(results, key));
+      if (rates.some((rate) => rate === undefined)) return undefined;
+      const [traced, sdk, untraced] = rates.map((rate) => 1e9 / rate!);
+      return { value: traced / (sdk + untraced) };
     }
     case 'queuedHeap':
       return results.inprocess && { value: results.inprocess.memoryPerQueuedTask.heapBytes };

@@ -1,5 +1,7 @@
 // In-process measurements, printed as one JSON line (run by bench/run.ts with --expose-gc):
-//  - no-op tasks/s through manager.add, untraced and traced, against p-queue (tinybench, batches of 1 000);
+//  - no-op tasks/s through manager.add, untraced and traced, against p-queue and against the OpenTelemetry SDK's
+//    own work for one span (tinybench, batches of 1 000), in ROUNDS rounds that take turns, the median of each;
+//    goals.ts reads their ratios (tasks/s ÷ p-queue's; ns per traced task ÷ the SDK's + an untraced task's);
 //  - after-response start latency: response `finish` → first line of the task, over real HTTP requests;
 //  - memory per queued task with 100 000 tasks waiting behind a blocker (heap and RSS).
 import { once } from 'node:events';
@@ -10,7 +12,7 @@ import Koa from 'koa';
 import PQueue from 'p-queue';
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { MemoryStore, TaskManager, taskLog } from 'koa-taskflow';
-import { percentile } from './lib.ts';
+import { median, percentile } from './lib.ts';
 import type { InProcessResults } from './results.ts';
 import { droppingTracerProvider } from './tracing.ts';
 
@@ -36,7 +38,6 @@ const noopTraced = traced.task(function noop() {
 });
 const pqueue = new PQueue({ concurrency: 16 });
 
-const bench = new Bench({ time: Number(process.env.BENCH_MS ?? 2_000), warmupTime: 500 });
 // Each task's key is what goals.ts reads; its name is what the report shows.
 const KEYS: Record<string, string> = {
   'p-queue (no-op)': 'p-queue',
@@ -44,45 +45,62 @@ const KEYS: Record<string, string> = {
   'OpenTelemetry SDK alone (span + 7 attributes + event + end, no task)': 'sdk-alone',
   'koa-taskflow traced (span + taskLog event)': 'traced',
 };
-bench
-  .add('p-queue (no-op)', async () => {
-    for (let i = 0; i < BATCH; i++) void pqueue.add(noop);
-    await pqueue.onIdle();
-  })
-  .add('koa-taskflow untraced (no-op)', async () => {
-    for (let i = 0; i < BATCH; i++) untraced.add(noopUntraced);
-    await untraced.drain();
-  })
-  // The floor of any traced task: the SDK's own work for one attempt span with its attributes and one event,
-  // with no queue, record or context around it.
-  .add('OpenTelemetry SDK alone (span + 7 attributes + event + end, no task)', () => {
-    for (let i = 0; i < BATCH; i++) {
-      const span = sdkTracer.startSpan('task noop', { kind: SpanKind.CONSUMER }, ROOT_CONTEXT);
-      span.setAttributes({
-        'task.id': 'id',
-        'task.name': 'noop',
-        'task.attempt': 1,
-        'task.max_attempts': 1,
-        'messaging.system': 'koa-taskflow',
-        'messaging.operation.type': 'process',
-        'messaging.message.id': 'id',
-      });
-      span.addEvent('task.log', { 'log.message': 'tick', 'log.level': 'info' });
-      span.setStatus({ code: SpanStatusCode.OK });
-      span.end();
-    }
-    return Promise.resolve();
-  })
-  .add('koa-taskflow traced (span + taskLog event)', async () => {
-    for (let i = 0; i < BATCH; i++) traced.add(noopTraced);
-    await traced.drain();
-  });
-await bench.run();
-results.throughput = bench.tasks.map((t) => {
-  const result = t.result as { latency?: { mean: number }; mean?: number };
-  const mean = result.latency?.mean ?? result.mean ?? NaN;
-  return { key: KEYS[t.name], name: t.name, tasksPerSecond: (BATCH * 1000) / mean };
-});
+
+function addRows(bench: Bench): void {
+  bench
+    .add('p-queue (no-op)', async () => {
+      for (let i = 0; i < BATCH; i++) void pqueue.add(noop);
+      await pqueue.onIdle();
+    })
+    .add('koa-taskflow untraced (no-op)', async () => {
+      for (let i = 0; i < BATCH; i++) untraced.add(noopUntraced);
+      await untraced.drain();
+    })
+    // The floor of any traced task: the SDK's own work for one attempt span with its attributes and one event,
+    // with no queue, record or context around it.
+    .add('OpenTelemetry SDK alone (span + 7 attributes + event + end, no task)', () => {
+      for (let i = 0; i < BATCH; i++) {
+        const span = sdkTracer.startSpan('task noop', { kind: SpanKind.CONSUMER }, ROOT_CONTEXT);
+        span.setAttributes({
+          'task.id': 'id',
+          'task.name': 'noop',
+          'task.attempt': 1,
+          'task.max_attempts': 1,
+          'messaging.system': 'koa-taskflow',
+          'messaging.operation.type': 'process',
+          'messaging.message.id': 'id',
+        });
+        span.addEvent('task.log', { 'log.message': 'tick', 'log.level': 'info' });
+        span.setStatus({ code: SpanStatusCode.OK });
+        span.end();
+      }
+      return Promise.resolve();
+    })
+    .add('koa-taskflow traced (span + taskLog event)', async () => {
+      for (let i = 0; i < BATCH; i++) traced.add(noopTraced);
+      await traced.drain();
+    });
+}
+
+// The rows take turns, ROUNDS times (the machine's speed drifts within seconds): each row's figure is the median
+// of its rounds, so the ratios goals.ts takes compare rows measured side by side.
+const ROUNDS = Number(process.env.ROUNDS ?? 5);
+const roundMs = Number(process.env.BENCH_MS ?? 2_000) / ROUNDS;
+const rates = new Map<string, number[]>(Object.keys(KEYS).map((name) => [name, []]));
+for (let round = 0; round < ROUNDS; round++) {
+  const bench = new Bench({ time: roundMs, warmupTime: round === 0 ? 500 : 100 });
+  addRows(bench);
+  await bench.run();
+  for (const t of bench.tasks) {
+    const result = t.result as { latency?: { mean: number }; mean?: number };
+    rates.get(t.name)!.push((BATCH * 1000) / (result.latency?.mean ?? result.mean ?? NaN));
+  }
+}
+results.throughput = [...rates].map(([name, perRound]) => ({
+  key: KEYS[name],
+  name,
+  tasksPerSecond: median(perRound),
+}));
 await untraced.shutdown();
 await traced.shutdown();
 await tracerProvider.shutdown();
