@@ -316,8 +316,10 @@ export class BullmqRecords implements EngineRecords {
           ? nameKey(queue, f.name)
           : queue.toKey('tf:all');
     // Running and dead tasks are few beside the rest: read them from BullMQ's active list and failed set
-    // when those are smaller than the index.
+    // when those are smaller than the index. Without a tag or name they are always read there: BullMQ's own
+    // lists are current, while the index of the newest adds is written up to 20 ms later.
     const dead = f.statuses !== undefined && [...f.statuses].every((s) => s !== 'pending' && s !== 'success');
+    if (dead && f.tags.length === 0 && f.name === undefined) return this.#listByState(queue, redis, f);
     if (dead) {
       const [[, indexed], [, active], [, failed]] = (await redis
         .pipeline()
@@ -354,7 +356,9 @@ export class BullmqRecords implements EngineRecords {
     ];
     if (ids.length === 0) return [];
     const scores = await redis.zmscore(queue.toKey('tf:all'), ...ids);
-    const scored: Scored[] = ids.map((id, i) => [id, Number(scores[i] ?? 0)]);
+    // A job not in the index yet is one of the newest adds (the index is written up to 20 ms after them).
+    const now = Date.now();
+    const scored: Scored[] = ids.map((id, i) => [id, scores[i] === null ? now : Number(scores[i])]);
     scored.sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? 1 : a[0] > b[0] ? -1 : 0));
     const candidates = afterCursor(scored, f).filter(([, t]) => f.since === undefined || t >= f.since);
     const out: TaskRecord[] = [];
