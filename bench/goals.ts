@@ -29,7 +29,10 @@ export type Measure =
   | { kind: 'growthCpu'; store: string }
   /** Isolate: the variant's p99 latency ÷ the baseline's in the same round, at the same request rate (the median
    * over the rounds); only if every task ran. */
-  | { kind: 'latency'; variant: string; baseline: string };
+  | { kind: 'latency'; variant: string; baseline: string }
+  /** The BullMQ part: one of its ratios (results.bullmq), by key: `<baseline>/<variant>` (web: CPU per request,
+   * as `capacity`; worker: CPU per job) or `<baseline>/<variant> jobs/s` (the variant's ÷ the baseline's). */
+  | { kind: 'bullmq'; key: string };
 
 export interface Goal {
   what: string;
@@ -84,6 +87,31 @@ function growthGoals(store: string): Goal[] {
     },
   ];
 }
+
+/** The BullMQ part's rows (issue 19): ours against raw BullMQ doing the same, in the same run. */
+const bullmq = (what: string, key: string, target?: number): Goal => ({
+  what,
+  measure: { kind: 'bullmq', key },
+  direction: 'higher',
+  ...(target === undefined ? {} : { target, issue: '#19' }),
+});
+const BULLMQ_GOALS: readonly Goal[] = [
+  bullmq(
+    'BullMQ web process, 1 untraced task/request ÷ raw BullMQ (`queue.add` on `finish`), CPU/request',
+    'bq-raw/bq-untraced',
+    0.9,
+  ),
+  bullmq(
+    'BullMQ web process, 1 traced task/request ÷ raw BullMQ + bullmq-otel, CPU/request',
+    'bq-raw-otel/bq-traced',
+    1.0,
+  ),
+  bullmq('(the method) raw BullMQ ÷ raw BullMQ, an A/A comparison', 'bq-raw/bq-raw-again'),
+  bullmq('BullMQ worker: CPU per job, a plain BullMQ `Worker` ÷ ours', 'w-raw/w-ours'),
+  bullmq('BullMQ worker: jobs/s through one worker, ours ÷ a plain BullMQ `Worker`', 'w-raw/w-ours jobs/s'),
+  bullmq('BullMQ worker, traced: CPU per job, bullmq-otel ÷ ours', 'w-raw-otel/w-traced'),
+  bullmq('BullMQ worker, traced: jobs/s, ours ÷ bullmq-otel', 'w-raw-otel/w-traced jobs/s'),
+];
 
 export const GOALS: readonly Goal[] = [
   // Issue 20's goals: each a ratio against a baseline measured in the same run, with the reference rows that
@@ -220,6 +248,7 @@ export const GOALS: readonly Goal[] = [
   latency("(floor) `isolate: 'thread'` ÷ that hand-written worker thread, p99 latency", 'thread', 'by-hand'),
   latency('(reference) the same tasks in process: p99 latency ÷ bare Koa at the same rate', 'in-process', 'bare'),
   ...GROWTH_STORES.flatMap(growthGoals),
+  ...BULLMQ_GOALS,
 ];
 
 /** The HTTP comparisons the goals read (each a pair of servers measured side by side). */
@@ -277,6 +306,8 @@ function measured(measure: Measure, results: Results): (Ratio & { size?: number 
       const row = largest(rows, measure.store);
       return empty && row && { value: row.cpuPerTaskUs / empty.cpuPerTaskUs, size: row.size };
     }
+    case 'bullmq':
+      return results.bullmq?.ratios[measure.key] ?? results.bullmq?.worker.ratios[measure.key];
     case 'latency': {
       const row = (variant: string) => results.isolate?.rows.find((r) => r.variant === variant);
       const variant = row(measure.variant);
@@ -303,3 +334,7 @@ export function evaluate(goal: Goal, results: Results): Evaluated | undefined {
 export const capacityTarget = (variant: string, baseline: string): number | undefined =>
   GOALS.find((g) => g.measure.kind === 'capacity' && g.measure.variant === variant && g.measure.baseline === baseline)
     ?.target;
+
+/** The target of the BullMQ part's goal comparing `variant` with `baseline`, if there is one. */
+export const bullmqTarget = (variant: string, baseline: string): number | undefined =>
+  BULLMQ_GOALS.find((g) => g.measure.kind === 'bullmq' && g.measure.key === `${baseline}/${variant}`)?.target;

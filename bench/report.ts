@@ -3,7 +3,7 @@
 // all made from bench/results.json and goals.ts alone, so the docs cannot drift from the measurements
 // (test/bench-report.test.ts checks the committed files).
 import { readFileSync, writeFileSync } from 'node:fs';
-import { GOALS, capacityTarget, evaluate, type Goal } from './goals.ts';
+import { GOALS, bullmqTarget, capacityTarget, evaluate, type Goal } from './goals.ts';
 import { beside, fmt, isMain, type RunInfo } from './lib.ts';
 import { GROWTH_READS, readResults, type GrowthRow, type HttpResults, type Results } from './results.ts';
 
@@ -89,15 +89,20 @@ export function inProcessTable(results: Results): string {
 }
 
 /** Every variant of an HTTP-measured part: req/s, latency, CPU per request, its capacity ratio and goal. */
-export function variantTable(part: HttpResults | undefined, command: string): string {
+export function variantTable(
+  part: HttpResults | undefined,
+  command: string,
+  reference = 'bare',
+  targets?: (variant: string, baseline: string) => number | undefined,
+): string {
   if (part === undefined) return `_Not measured yet: \`${command}\`._`;
   return [
-    '| variant | req/s | ÷ bare | p50 ms | p99 ms | µs CPU/request | capacity ratio | middle half of the ' +
+    `| variant | req/s | ÷ ${reference} | p50 ms | p99 ms | µs CPU/request | capacity ratio | middle half of the ` +
       'ratios | against | goal | every task ran |',
     '|---|---|---|---|---|---|---|---|---|---|---|',
     ...part.rows.map((r) => {
       const ratio = r.baseline === undefined ? undefined : part.ratios[`${r.baseline}/${r.name}`];
-      const goal = r.baseline === undefined ? undefined : capacityTarget(r.name, r.baseline);
+      const goal = r.baseline === undefined ? undefined : (targets ?? capacityTarget)(r.name, r.baseline);
       const ran = r.tasks ? (r.allTasksRan ? 'yes' : '**no: backlog**') : '–';
       return (
         `| ${r.label} | ${fmt(r.rps, 0)} | ${fmt(r.rpsRatio, 2)} | ${r.p50} | ${r.p99} | ` +
@@ -136,6 +141,42 @@ export function otelTable(results: Results): string {
       (r) =>
         `| ${r.label} | ${thousands(Math.round(r.nsPerTask))} | ${fmt(r.ratio.value, 3)} | ${range(r.ratio.spread, 3)} |`,
     ),
+  ].join('\n');
+}
+
+/** The BullMQ part: its run, the web processes against raw BullMQ, and the worker runs. */
+export function bullmqTable(results: Results): string {
+  const bullmq = results.bullmq;
+  if (bullmq === undefined) return '_Not measured yet: `node --expose-gc bench/run.ts --only bullmq`._';
+  const web = bullmq.config;
+  const worker = bullmq.worker;
+  const ratio = (key: string) => {
+    const r = worker.ratios[key];
+    return r ? `${fmt(r.value, 2)} (${range(r.spread, 2)})` : '';
+  };
+  return [
+    `${runLine('Run', bullmq)}; redis-server on loopback, started by the part.`,
+    '',
+    `**Web process**, one job enqueued per request and none run there: ${web.ROUNDS} rounds of ${web.BURSTS} ` +
+      `paired ${web.SECONDS} s bursts per comparison, ${web.CONNECTIONS} connections, each server beside its ` +
+      "baseline's (the HTTP method); *every task ran*: every request served left one job in Redis.",
+    '',
+    variantTable(bullmq, 'node --expose-gc bench/run.ts --only bullmq', 'raw BullMQ', bullmqTarget),
+    '',
+    `**One worker** running ${thousands(worker.config.JOBS)} queued jobs (after ${thousands(worker.config.WARMUP_JOBS)} ` +
+      `to warm up) with a body that returns at once; ${worker.config.ROUNDS} rounds, each running every worker ` +
+      "once; ratios within a round, median (middle half). *CPU ratio*: the baseline's CPU per job ÷ the row's.",
+    '',
+    '| worker | µs CPU/job | jobs/s | CPU ratio | jobs/s ratio | against |',
+    '|---|---|---|---|---|---|',
+    ...worker.rows.map((r) => {
+      const base = r.baseline;
+      const key = `${base}/${r.variant}`;
+      return (
+        `| ${r.label} | ${fmt(r.cpuPerJob)} | ${fmt(r.jobsPerSecond, 0)} | ` +
+        `${base ? ratio(key) : '1 (baseline)'} | ${base ? ratio(`${key} jobs/s`) : '1 (baseline)'} | ${base ?? ''} |`
+      );
+    }),
   ].join('\n');
 }
 
@@ -183,6 +224,10 @@ ${inProcessTable(results)}
 
 ${otelTable(results)}
 
+## BullMQ
+
+${bullmqTable(results)}
+
 ## History growth
 
 ${growthTable(results)}
@@ -198,12 +243,14 @@ export function docsSections(results: Results): Record<string, Record<string, st
       ['Durable stores', results.durable],
       ['In process', results.inprocess],
       ['OpenTelemetry', results.otel],
+      ['BullMQ', results.bullmq],
     ] as const
   ).flatMap(([what, run]) => (run ? [`${runLine(what, run)}.`] : []));
   return {
     [BENCHMARKS_DOC]: {
       goals: `${note}\n${runs.join('\n')}\n\n${goalTable(results)}`,
       growth: `${note}\n${growthTable(results)}`,
+      bullmq: `${note}\n${bullmqTable(results)}`,
     },
     [DURABLE_DOC]: { durable: `${note}\n${durableTable(results)}` },
     [OTEL_DOC]: { otel: `${note}\n${otelTable(results)}` },

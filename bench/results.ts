@@ -101,6 +101,30 @@ export interface IsolateResults {
   rows: IsolateRow[];
 }
 
+/** The BullMQ part's worker runs: medians over the rounds. */
+export interface BullmqWorkerRow {
+  variant: string;
+  label: string;
+  /** The row it is compared with, if any. */
+  baseline?: string;
+  /** µs of the worker process's CPU time per job. */
+  cpuPerJob: number;
+  jobsPerSecond: number;
+}
+
+/**
+ * The BullMQ part (bench/bullmq.ts): its web processes measured as the HTTP part is (their ratios keyed
+ * `<baseline>/<variant>`), and its worker runs, whose ratios are keyed `<baseline>/<variant>` (CPU per job:
+ * the baseline's ÷ the variant's) and `<baseline>/<variant> jobs/s` (the variant's ÷ the baseline's).
+ */
+export interface BullmqResults extends HttpResults {
+  worker: {
+    config: { ROUNDS: number; WARMUP_JOBS: number; JOBS: number };
+    rows: BullmqWorkerRow[];
+    ratios: Record<string, Ratio>;
+  };
+}
+
 export interface Results {
   http?: HttpResults;
   /** The durable stores against bare Koa, measured the way the HTTP part is (bench/durable.ts). */
@@ -109,6 +133,8 @@ export interface Results {
   isolate?: IsolateResults;
   inprocess?: InProcessResults;
   growth?: GrowthResults;
+  /** koa-taskflow on BullMQ against raw BullMQ: web processes and workers (bench/bullmq.ts). */
+  bullmq?: BullmqResults;
 }
 
 export const RESULTS_PATH = new URL('./results.json', import.meta.url).pathname;

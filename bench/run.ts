@@ -7,6 +7,8 @@
 //   inprocess  tasks/s through add(), after-response start latency, memory per queued task (bench/inprocess.ts)
 //   otel       ns per task with no SDK, a provider that records nothing, a real SDK (bench/otel.ts); --full: 15 rounds
 //   isolate    one 50 ms CPU task per request at a fixed rate: threads, in process, bare Koa (bench/isolate.ts)
+//   bullmq     koa-taskflow on BullMQ against raw BullMQ (and bullmq-otel): a web process's CPU per request, a
+//              worker's CPU per job and jobs/s, on a redis-server it starts (bench/bullmq.ts), about 90 s
 //   growth     SQLite and Redis with 0 and 100 000 finished records (bench/growth.ts); --full: 0, 200 000 and
 //              1 000 000, where the #16 goals are set
 // Run it with --expose-gc (npm run bench does). Options: --only growth,inprocess (the other parts keep their last
@@ -17,6 +19,7 @@ import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { BULLMQ_DEFAULT, BULLMQ_FULL, BULLMQ_QUICK, runBullmqBench } from './bullmq.ts';
 import { DURABLE_VARIANTS } from './durable.ts';
 import { GROWTH_DEFAULT, GROWTH_FULL, GROWTH_QUICK, runGrowthBench } from './growth.ts';
 import { HTTP_DEFAULT, HTTP_FULL, HTTP_QUICK, runHttpBench } from './http.ts';
@@ -25,7 +28,7 @@ import { beside, timedPart } from './lib.ts';
 import { writeReport } from './report.ts';
 import { RESULTS_PATH, readResults, writeResults, type Results } from './results.ts';
 
-const PARTS = ['http', 'durable', 'inprocess', 'otel', 'isolate', 'growth'] as const;
+const PARTS = ['http', 'durable', 'inprocess', 'otel', 'isolate', 'bullmq', 'growth'] as const;
 type Part = (typeof PARTS)[number];
 
 const { values } = parseArgs({
@@ -87,6 +90,12 @@ if (parts.includes('otel')) {
 if (parts.includes('isolate')) {
   log('CPU-heavy tasks: isolate…');
   results.isolate = await timedPart(() => runIsolateBench(quick ? ISOLATE_QUICK : ISOLATE_FULL, log));
+  writeResults(results, out);
+}
+if (parts.includes('bullmq')) {
+  log('BullMQ: koa-taskflow against raw BullMQ…');
+  const bullmq = size({ quick: BULLMQ_QUICK, default: BULLMQ_DEFAULT, full: BULLMQ_FULL });
+  results.bullmq = await timedPart(() => runBullmqBench(bullmq, log));
   writeResults(results, out);
 }
 if (parts.includes('growth')) {
