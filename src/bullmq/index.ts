@@ -128,6 +128,7 @@ class BullmqEngine implements EngineHooks {
   #host: EngineHost | undefined;
   #jobs: JobHost | undefined;
   #queue: Promise<Queue> | undefined;
+  #ready: Queue | undefined;
   #worker: Worker | undefined;
   #flow: Promise<FlowProducer> | undefined;
   readonly #chains = new Map<object, TaskRun[]>();
@@ -178,8 +179,18 @@ class BullmqEngine implements EngineHooks {
 
   #queueNow(): Promise<Queue> {
     return (this.#queue ??= loadBullMQ().then(
-      ({ Queue }) => new Queue(this.#name, { connection: this.#options.connection, prefix: this.#options.prefix }),
+      ({ Queue }) =>
+        (this.#ready = new Queue(this.#name, { connection: this.#options.connection, prefix: this.#options.prefix })),
     ));
+  }
+
+  /** Add one job: straight to the queue once it is made (no promise hop per task on the hot path). */
+  #add(run: TaskRun): Promise<unknown> {
+    const { data, opts } = jobOf(run, this.#keep);
+    const queue = this.#ready;
+    return queue !== undefined
+      ? queue.add(run.name, data, opts)
+      : this.#queueNow().then((made) => made.add(run.name, data, opts));
   }
 
   async start(): Promise<void> {
@@ -203,18 +214,15 @@ class BullmqEngine implements EngineHooks {
       return;
     }
     this.records.index([run]);
-    const { data, opts } = jobOf(run, this.#keep);
     // The task stays unfinished here (drain() waits for it) until BullMQ has it: its add failing cancels it.
-    this.#queueNow()
-      .then((queue) => queue.add(run.name, data, opts))
-      .then(
-        // Cancelled here while BullMQ took it: cancelled there too.
-        () => (run.isFinal ? this.#track(this.#cancelNow(run.id, run.record.reason)) : run.release(HANDED)),
-        (error: unknown) => {
-          this.#host?.reporter.report(`BullMQ add of task ${run.id}`, error);
-          run.cancel('cancelled', 'engine_unavailable', error instanceof Error ? error : undefined);
-        },
-      );
+    this.#add(run).then(
+      // Cancelled here while BullMQ took it: cancelled there too.
+      () => (run.isFinal ? this.#track(this.#cancelNow(run.id, run.record.reason)) : run.release(HANDED)),
+      (error: unknown) => {
+        this.#host?.reporter.report(`BullMQ add of task ${run.id}`, error);
+        run.cancel('cancelled', 'engine_unavailable', error instanceof Error ? error : undefined);
+      },
+    );
   }
 
   /**
@@ -227,10 +235,8 @@ class BullmqEngine implements EngineHooks {
     this.#chains.delete(sequence);
     this.records.index(runs);
     let added: Promise<unknown>;
-    if (runs.length === 1) {
-      const { data, opts } = jobOf(runs[0], this.#keep);
-      added = this.#queueNow().then((queue) => queue.add(runs[0].name, data, opts));
-    } else {
+    if (runs.length === 1) added = this.#add(runs[0]);
+    else {
       let node: FlowJob | undefined;
       for (const run of runs) {
         const { data, opts } = jobOf(run, this.#keep);
