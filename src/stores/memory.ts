@@ -147,8 +147,10 @@ export class MemoryStore implements TaskStore {
   #trim(): void {
     for (let id = this.#ended.shift(); id !== undefined; id = this.#ended.shift()) {
       const record = this.#records.get(id);
-      if (record === undefined || !isFinal(record.status) || (this.#deadIds.size > 0 && this.#deadIds.has(id)))
-        continue;
+      // Ended here: final, or `pending` as handed over (to BullMQ, or to a restart at shutdown), which this
+      // process never changes again. Without the latter a web process on BullMQ kept every task it enqueued.
+      const endedHere = record !== undefined && (record.status === 'pending' || isFinal(record.status));
+      if (!endedHere || (this.#deadIds.size > 0 && this.#deadIds.has(id))) continue;
       this.#delete(record);
       if (this.#records.size <= this.maxRecords) return;
     }
