@@ -8,7 +8,8 @@
 //   otel       ns per task with no SDK, a provider that records nothing, a real SDK (bench/otel.ts); --full: 15 rounds
 //   isolate    one 50 ms CPU task per request at a fixed rate: threads, in process, bare Koa (bench/isolate.ts)
 //   bullmq     koa-taskflow on BullMQ against raw BullMQ (and bullmq-otel): a web process's CPU per request, a
-//              worker's CPU per job and jobs/s, on a redis-server it starts (bench/bullmq.ts), about 90 s
+//              worker's CPU per job and jobs/s, on a redis-server it starts (bench/bullmq.ts), about 90 s;
+//              --full: 3 rounds of 3 bursts, 5 worker rounds
 //   growth     SQLite and Redis with 0 and 100 000 finished records (bench/growth.ts); --full: 0, 200 000 and
 //              1 000 000, where the #16 goals are set
 // Run it with --expose-gc (npm run bench does). Options: --only growth,inprocess (the other parts keep their last

@@ -42,7 +42,7 @@ describe('the benchmark report (bench/report.ts)', () => {
   });
 
   it('every part of npm run bench has its section in the committed results, with the load it ran under', () => {
-    for (const part of ['http', 'durable', 'inprocess', 'otel', 'growth'] as const)
+    for (const part of ['http', 'durable', 'inprocess', 'otel', 'growth', 'bullmq'] as const)
       expect(results[part]?.load, part).toHaveLength(2);
   });
 

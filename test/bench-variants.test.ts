@@ -2,8 +2,9 @@
 // compares still starts, serves, and accounts for its background work, so a broken variant is caught now and
 // not in the middle of a benchmark run.
 import { describe, expect, it } from 'vitest';
+import { BULLMQ_QUICK, BULLMQ_VARIANTS, runBullmqWorkers } from '../bench/bullmq.ts';
 import { DURABLE_VARIANTS } from '../bench/durable.ts';
-import { capacityPairs } from '../bench/goals.ts';
+import { GOALS, capacityPairs, evaluate } from '../bench/goals.ts';
 import { VARIANTS, serve, type Variant } from '../bench/http.ts';
 import type { ServerStats } from '../bench/lib.ts';
 import { startRedisServer } from './helpers/redis.js';
@@ -26,14 +27,17 @@ async function exercise(variant: Variant, redisPort: number): Promise<{ before: 
   }
 }
 
-describe('the benchmark variants (bench/server.ts, bench/durable-server.ts, bench/durable.ts)', () => {
+describe('the benchmark variants (bench/server.ts, bench/durable-server.ts, bench/durable.ts, bench/bullmq.ts)', () => {
   it(
     'every variant serves its requests and, once drained, has run one task per request',
     { timeout: 120_000 },
     async () => {
       const redis = await startRedisServer();
-      // The HTTP part's variants and the durable part's (which shares some of them).
-      const variants = [...new Map([...VARIANTS, ...DURABLE_VARIANTS].map((v) => [v.name, v])).values()];
+      // The HTTP part's variants, the durable part's (which shares some of them) and the BullMQ part's web
+      // processes (their `ran`: the jobs their requests left in Redis).
+      const variants = [
+        ...new Map([...VARIANTS, ...DURABLE_VARIANTS, ...BULLMQ_VARIANTS].map((v) => [v.name, v])).values(),
+      ];
       const names = new Set(variants.map((v) => v.name));
       // Each comparison's baseline is a variant too.
       for (const variant of variants)
@@ -52,6 +56,25 @@ describe('the benchmark variants (bench/server.ts, bench/durable-server.ts, benc
         }
       };
       await Promise.all([worker(), worker()]);
+    },
+  );
+
+  it(
+    'the BullMQ part runs every worker (ours, a plain Worker, each traced) over queued jobs, and its worker rows read it',
+    { timeout: 120_000 },
+    async () => {
+      const worker = await runBullmqWorkers({ ...BULLMQ_QUICK, WARMUP_JOBS: 20, JOBS: 100 }, () => {});
+      expect(worker.rows.map((r) => r.variant)).toEqual(['w-raw', 'w-raw-otel', 'w-ours', 'w-traced']);
+      for (const row of worker.rows) {
+        expect(row.cpuPerJob, row.variant).toBeGreaterThan(0);
+        expect(row.jobsPerSecond, row.variant).toBeGreaterThan(0);
+      }
+      const at = {
+        bullmq: { rows: [], ratios: {}, config: BULLMQ_QUICK.web, worker, started: '', nodeVersion: '', machine: '' },
+      };
+      const workerGoals = GOALS.filter((g) => g.measure.kind === 'bullmq' && g.measure.key.startsWith('w-'));
+      expect(workerGoals).toHaveLength(4);
+      for (const goal of workerGoals) expect(evaluate(goal, at)?.value, goal.what).toBeGreaterThan(0);
     },
   );
 });
