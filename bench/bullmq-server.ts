@@ -15,7 +15,7 @@ import pino from 'pino';
 import type { JobsOptions } from 'bullmq';
 import { SpanKind, context, propagation, trace } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
-import { isMain, serveBenchApp } from './lib.ts';
+import { isMain, oneTaskPerRequest, serveBenchApp } from './lib.ts';
 
 /** What both sides keep in Redis: the retention bullmqEngine sets by default (7 days, 10 000 completed). */
 export const KEEP: Pick<JobsOptions, 'removeOnComplete' | 'removeOnFail'> = {
@@ -87,12 +87,7 @@ async function main(variant: string, redisPort: number): Promise<void> {
         return Promise.resolve(n);
       });
       await manager.start();
-      app.use(manager.middleware());
-      app.use(async (ctx, next) => {
-        ctx.tasks.addTask(task, 1);
-        await next();
-      });
-      drain = () => manager.drain();
+      drain = oneTaskPerRequest(app, manager, task);
       break;
     }
     default:

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Koa from 'koa';
 import type { TaskStore } from 'koa-taskflow';
-import { serveBenchApp } from './lib.ts';
+import { oneTaskPerRequest, serveBenchApp } from './lib.ts';
 
 const variant = process.argv[2];
 const redisPort = Number(process.argv[3] ?? 0);
@@ -88,12 +88,7 @@ if (variant === 'sqlite-by-hand') {
     return Promise.resolve(n);
   });
   await manager.start();
-  app.use(manager.middleware());
-  app.use(async (ctx, next) => {
-    ctx.tasks.addTask(work, 1);
-    await next();
-  });
-  drain = () => manager.drain();
+  drain = oneTaskPerRequest(app, manager, work);
   const previousClose = close;
   close = async () => {
     await manager.shutdown();

@@ -7,6 +7,7 @@ import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
 import type Koa from 'koa';
+import type { TaskManager } from 'koa-taskflow';
 import { spawnRedisServer } from '../test/helpers/redis-process.ts';
 
 export const median = (values: readonly number[]): number => {
@@ -165,6 +166,16 @@ export function serveBenchApp(app: Koa, drain: () => Promise<void>, extra: () =>
   server.keepAliveTimeout = 60_000;
   server.listen(0, '127.0.0.1', () => console.log(`ready ${(server.address() as AddressInfo).port}`));
   return server;
+}
+
+/** Mount `manager` on `app` and add one `task(1)` per request (after the response); answers the drain. */
+export function oneTaskPerRequest(app: Koa, manager: TaskManager, task: (n: number) => unknown): () => Promise<void> {
+  app.use(manager.middleware());
+  app.use(async (ctx, next) => {
+    ctx.tasks.addTask(task, 1);
+    await next();
+  });
+  return () => manager.drain();
 }
 
 /** The path of a file next to the calling module. */

@@ -14,7 +14,7 @@ import {
   type SpanContext,
   type Tracer,
 } from '@opentelemetry/api';
-import { serveBenchApp } from './lib.ts';
+import { oneTaskPerRequest, serveBenchApp } from './lib.ts';
 
 const variant = process.argv[2];
 const redisPort = Number(process.argv[3] ?? 0);
@@ -172,12 +172,7 @@ switch (variant) {
             return noop(n);
           },
     );
-    app.use(manager.middleware());
-    app.use(async (ctx, next) => {
-      ctx.tasks.addTask(task, 1);
-      await next();
-    });
-    drain = () => manager.drain();
+    drain = oneTaskPerRequest(app, manager, task);
     break;
   }
   case 'handrolled': {
