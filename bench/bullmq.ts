@@ -53,7 +53,7 @@ export interface BullmqConfig {
   JOBS: number;
 }
 
-/** `npm run bench`: about 90 s on a loaded 2-core machine (2 paired bursts per comparison and round). */
+/** `npm run bench`: about 2 minutes on a 2-core machine at load average 10–14 (2 paired bursts per comparison and round). */
 export const BULLMQ_DEFAULT: BullmqConfig = {
   web: { ...HTTP_DEFAULT, BURSTS: 2, EVERY_VARIANT: true },
   ROUNDS: 3,

@@ -1,6 +1,7 @@
 // `npm run bench`: every part of the benchmark, then bench/results.json (the measurements) and the report made
 // from it (bench/report.ts: bench/results.md, bench/ratios.svg and the tables of docs/). Default sizes, about
-// 9 minutes on a 2-core machine loaded by other work, load average 12–16 (`--full`: ~30 minutes):
+// 12 minutes on a 2-core machine loaded by other work, load average 10–16, the bullmq part 2 of them (`--full`:
+// ~30 minutes):
 //   http       the comparisons the goals read, side by side, 2 rounds (bench/http.ts); --full: every variant
 //              against its baseline too, 3 rounds
 //   durable    each durable store against bare Koa, the same method (bench/durable.ts); --full: 3 rounds
@@ -8,7 +9,7 @@
 //   otel       ns per task with no SDK, a provider that records nothing, a real SDK (bench/otel.ts); --full: 15 rounds
 //   isolate    one 50 ms CPU task per request at a fixed rate: threads, in process, bare Koa (bench/isolate.ts)
 //   bullmq     koa-taskflow on BullMQ against raw BullMQ (and bullmq-otel): a web process's CPU per request, a
-//              worker's CPU per job and jobs/s, on a redis-server it starts (bench/bullmq.ts), about 90 s;
+//              worker's CPU per job and jobs/s, on a redis-server it starts (bench/bullmq.ts), about 2 minutes;
 //              --full: 3 rounds of 3 bursts, 5 worker rounds
 //   growth     SQLite and Redis with 0 and 100 000 finished records (bench/growth.ts); --full: 0, 200 000 and
 //              1 000 000, where the #16 goals are set
