@@ -57,14 +57,17 @@ const probe = trace.wrapSpanContext({ traceId: '1'.repeat(32), spanId: '1'.repea
 /** False if an API version keys spans differently: attempts then build their context the API's way. */
 const attemptContextWorks = trace.getSpan(new AttemptContext({ span: probe })) === probe;
 
-/** Runs `fn` inside `attemptContext`, or in our own storage when no context manager holds it (no SDK's). */
+/**
+ * Runs `fn` inside `attemptContext`, or in our own storage when no context manager holds it (no SDK's). The
+ * attempt comes as an argument, not as `this`: the context manager binds a `thisArg` (a new function per call).
+ */
 function runIn(
-  this: Attempt,
+  attempt: Attempt,
   attemptContext: Context,
   fn: (...args: unknown[]) => unknown,
   args: readonly unknown[],
 ): unknown {
-  return context.active() === attemptContext ? fn(...args) : attemptStorage.run(this, fn, ...args);
+  return context.active() === attemptContext ? fn(...args) : attemptStorage.run(attempt, fn, ...args);
 }
 
 /**
@@ -174,7 +177,7 @@ export class Attempt implements ActiveAttempt {
       const attemptContext = attemptContextWorks ? new AttemptContext(this) : expandedContext(this);
       // With a working context manager (the SDK's) the OpenTelemetry context alone carries the attempt; a
       // no-op manager does not even hold it for this call, so our own storage takes over.
-      return context.with(attemptContext, runIn, this, attemptContext, fn, args);
+      return context.with(attemptContext, runIn, undefined, this, attemptContext, fn, args);
     }
     return attemptStorage.run(this, fn, ...args);
   }

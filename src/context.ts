@@ -92,6 +92,8 @@ export function taskLog(message: string, fields?: Record<string, unknown> & { le
     const text = typeof message === 'string' ? message : String(message);
     const attempt = currentAttempt();
     if (attempt !== undefined) {
+      // Most calls pass no fields: no [level, rest] pair to make for them.
+      if (fields === undefined) return attempt[kLog]('info', text, undefined);
       const [level, rest] = splitLevel(fields);
       attempt[kLog](level, text, rest);
       return;

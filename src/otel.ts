@@ -97,6 +97,9 @@ export interface AttemptSpanInput {
 const NOOP_TRACER_PROVIDER = new ProxyTracerProvider().getDelegate();
 const NON_RECORDING_SPAN = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
 
+/** Copied by the SDK's setStatus: one object for every successful attempt. */
+const OK_STATUS = Object.freeze({ code: SpanStatusCode.OK });
+
 /** How an attempt ended, as the `task.status` of the metrics. */
 export type AttemptOutcome = 'success' | 'failed' | 'interrupted' | 'cancelled';
 
@@ -107,8 +110,9 @@ export type AttemptOutcome = 'success' | 'failed' | 'interrupted' | 'cancelled';
  */
 export const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
-/** The metric attribute sets of one task name, built once: the hot path allocates none. */
+/** The span name and metric attribute sets of one task name, built once: the hot path allocates none. */
 interface NameAttributes {
+  span: string;
   active: Attributes;
   outcome: Record<AttemptOutcome, Attributes>;
 }
@@ -203,7 +207,7 @@ export class TaskTelemetry {
   }
 
   startAttempt(input: AttemptSpanInput, attempt: number): Span {
-    if (this.#metricsOn) this.#active.add(1, this.#attributesFor(input.name).active);
+    if (this.#metricsOn) this.#active.add(1, this.#names(input.name).active);
     if (this.tracingOff) return NON_RECORDING_SPAN;
     const request = input.requestLink;
     const child = request !== undefined && input.traceMode === 'child';
@@ -212,13 +216,17 @@ export class TaskTelemetry {
     let links: Link[] | undefined;
     if (request !== undefined && !child) links = [{ context: request }];
     if (input.previousAttempt !== undefined) (links ??= []).push({ context: input.previousAttempt });
-    // The attributes go in at the start so that a sampler sees them (taskSampler knows an attempt by task.id).
+    // What names the attempt goes in at the start, for the sampler (taskSampler knows an attempt by task.id);
+    // the rest only onto a span that records. The SDK copies start attributes twice (sanitised, then merged
+    // with the sampler's) before setting them one by one: for all of them that was a third of its startSpan.
     const parent = child ? trace.setSpanContext(ROOT_CONTEXT, request) : ROOT_CONTEXT;
+    const names = this.#names(input.name);
     const span = this.tracer.startSpan(
-      spanName(input.name),
-      { kind: SpanKind.CONSUMER, links, attributes: attemptAttributes(input, attempt) },
+      names.span,
+      { kind: SpanKind.CONSUMER, links, attributes: { [ATTR_TASK_ID]: input.id, [ATTR_TASK_NAME]: input.name } },
       parent,
     );
+    if (span.isRecording()) span.setAttributes(attemptAttributes(input, attempt));
     if (request !== undefined && !this.#warnedIncoherent) this.#checkSampling(request, span);
     return span;
   }
@@ -254,7 +262,7 @@ export class TaskTelemetry {
             : 'failed';
     if (span.isRecording()) {
       if (error === undefined) {
-        span.setStatus({ code: SpanStatusCode.OK });
+        span.setStatus(OK_STATUS);
       } else {
         // Recorded from the info, not the error: the thrown value itself may throw when the SDK reads its
         // name, message, stack or code, and the SDK would name an Error with a `code` (ours all have one) by
@@ -267,13 +275,13 @@ export class TaskTelemetry {
     }
     span.end();
     if (!this.#metricsOn) return;
-    const attributes = this.#attributesFor(taskName);
+    const attributes = this.#names(taskName);
     this.#active.add(-1, attributes.active);
     this.#duration.record(durationMs / 1000, attributes.outcome[outcome]);
     this.#attempts.add(1, attributes.outcome[outcome]);
   }
 
-  #attributesFor(taskName: string): NameAttributes {
+  #names(taskName: string): NameAttributes {
     let attributes = this.#nameAttributes.get(taskName);
     if (attributes === undefined) {
       const outcome = (status: AttemptOutcome): Attributes => ({
@@ -281,6 +289,7 @@ export class TaskTelemetry {
         [ATTR_TASK_STATUS]: status,
       });
       attributes = {
+        span: spanName(taskName),
         active: { [ATTR_TASK_NAME]: taskName },
         outcome: {
           success: outcome('success'),
@@ -301,10 +310,9 @@ function isOwnError(error: unknown): error is TaskflowError {
   return error !== null && typeof error === 'object' && !types.isProxy(error) && error instanceof TaskflowError;
 }
 
+/** The attempt span's attributes besides task.id and task.name (given at its start). */
 function attemptAttributes(input: AttemptSpanInput, attempt: number): Attributes {
   const attributes: Attributes = {
-    [ATTR_TASK_ID]: input.id,
-    [ATTR_TASK_NAME]: input.name,
     [ATTR_TASK_ATTEMPT]: attempt,
     [ATTR_TASK_MAX_ATTEMPTS]: input.maxAttempts,
     [ATTR_MESSAGING_SYSTEM]: MESSAGING_SYSTEM,

@@ -117,6 +117,38 @@ describe('taskSampler', () => {
     expect(new Set(kept)).toEqual(new Set([0, 2]));
   });
 
+  it('shows the wrapped sampler the task.id and task.name of an attempt it decides; a kept attempt gets every attribute after', async () => {
+    const seen: Record<string, unknown>[] = [];
+    const sampler = taskSampler({
+      shouldSample: (_c, _t, _name, _kind, attributes) => {
+        seen.push({ ...attributes });
+        return { decision: attributes['task.name'] === 'kept' ? 2 : 0 };
+      },
+      toString: () => 'ByName',
+    });
+    const manager = createManager({ tracerProvider: providerWith(sampler) });
+    const kept = manager.task(async function kept() {}, { tags: { tenant: 'acme' } });
+    const dropped = manager.task(async function dropped() {});
+    const keptId = manager.add(kept);
+    const droppedId = manager.add(dropped);
+    await manager.drain();
+    expect(seen).toEqual([
+      { 'task.id': keptId, 'task.name': 'kept' },
+      { 'task.id': droppedId, 'task.name': 'dropped' },
+    ]);
+    expect(attemptsOf(droppedId)).toEqual([]);
+    expect(attemptsOf(keptId)[0].attributes).toEqual({
+      'task.id': keptId,
+      'task.name': 'kept',
+      'task.attempt': 1,
+      'task.max_attempts': 1,
+      'task.tag.tenant': 'acme',
+      'messaging.system': 'koa-taskflow',
+      'messaging.operation.type': 'process',
+      'messaging.message.id': keptId,
+    });
+  });
+
   it('passes every other span to the wrapped sampler', () => {
     const seen: string[] = [];
     const sampler = taskSampler({
