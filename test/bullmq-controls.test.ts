@@ -4,6 +4,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { Queue, QueueEvents } from 'bullmq';
+import { Redis } from 'ioredis';
 import { getTaskContext, InMemoryObserver, taskProgress, TaskCancelledError, type TaskManager } from 'koa-taskflow';
 import { bullmqEngine, type BullmqEngineOptions } from 'koa-taskflow/bullmq';
 import { BasicTracerProvider, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
@@ -261,6 +262,23 @@ describe('BullMQ engine: cancel, repeat, limit and progress', { timeout: 30_000 
     cron.stop();
     await web.drain();
     expect(await queue.getJobSchedulers()).toEqual([]);
+  });
+
+  it('a worker starting drops cancel marks older than 7 days or unreadable (jobs BullMQ removed before any worker took them), and keeps the others', async () => {
+    const redis = await startRedisServer();
+    const client = new Redis(redis.port, '127.0.0.1');
+    onCleanup(() => void client.disconnect());
+    const marks = 'bull:tasks:taskflow:cancelled';
+    const day = 24 * 3600 * 1000;
+    await client.hset(marks, {
+      fresh: JSON.stringify({ reason: 'user', at: Date.now() - day }),
+      old: JSON.stringify({ reason: 'user', at: Date.now() - 8 * day }),
+      garbage: '{not json',
+    });
+    const connection = { host: '127.0.0.1', port: redis.port, maxRetriesPerRequest: null };
+    const worker = createManager({ engine: bullmqEngine({ connection, work: true }) });
+    await worker.start();
+    expect((await client.hkeys(marks)).sort()).toEqual(['fresh']);
   });
 
   it('limit: concurrency 1 across two workers: never two attempts of the key at once, none using a retry; per tenant (by); rate: at most max starts per interval', async () => {

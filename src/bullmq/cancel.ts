@@ -135,10 +135,15 @@ export class CancelChannel {
       const stored = await client.hgetall(this.#marksKey);
       this.#marks.clear();
       const now = Date.now();
+      const stale: string[] = [];
       for (const [jobId, text] of Object.entries(stored)) {
         const mark = parseMark(text);
         if (mark !== undefined && mark.at > now - MARK_MS) this.#marks.set(jobId, mark);
+        else stale.push(jobId);
       }
+      // Marks of jobs BullMQ removed before any worker took them (or unreadable ones): dropped, so the hash
+      // does not grow with every such cancel.
+      for (let i = 0; i < stale.length; i += 1000) await client.hdel(this.#marksKey, ...stale.slice(i, i + 1000));
     };
     subscriber.on('error', (error: unknown) => this.#host.reporter.report('BullMQ cancel channel', error));
     subscriber.on('message', (channel: string, text: string) => {
