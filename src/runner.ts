@@ -6,7 +6,7 @@ import { TaskInterruptedError } from './errors.js';
 import { Limiter } from './limits.js';
 import { MAX_TIMER_MS } from './options.js';
 import type { RunHost, TaskRun } from './task-run.js';
-import type { TaskRecord, TaskStore } from './types.js';
+import { kSaveSoon, type TaskRecord, type TaskStore } from './types.js';
 
 /** Unset priority ranks in the middle, so 1–4 means "after ordinary work" and 6–10 "before it". */
 export const DEFAULT_PRIORITY = 5;
@@ -238,9 +238,13 @@ export class Runner implements RunHost {
   }
 
   /** Write a status change; resolves once it is committed (or, failing that, queued to be written again). */
-  recordChanged(record: TaskRecord): Promise<unknown> | undefined {
+  recordChanged(record: TaskRecord, awaited = false): Promise<unknown> | undefined {
     if (this.#deps.storeHoldsLiveRecords) return undefined;
-    return this.#deps.store.save([record]).catch((error: unknown) => this.#writeFailed([record], error));
+    const store = this.#deps.store;
+    // A write the task waits for before it runs goes out at the end of this turn, not in the next lazy batch.
+    const save = awaited ? store[kSaveSoon] : undefined;
+    const written = save !== undefined ? save([record]) : store.save([record]);
+    return written.catch((error: unknown) => this.#writeFailed([record], error));
   }
 
   // Status writes that failed (store down) are retried until they land: a record left `running` under

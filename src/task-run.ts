@@ -109,7 +109,8 @@ export interface RunHost {
   readonly stopping: boolean;
   report(stage: string, error: unknown): void;
   snapshot(record: TaskRecord): TaskRecord;
-  recordChanged(record: TaskRecord): Promise<unknown> | undefined;
+  /** `awaited`: the task waits for this write before it runs, so it is not left to the lazy batch. */
+  recordChanged(record: TaskRecord, awaited?: boolean): Promise<unknown> | undefined;
   retryLater(run: TaskRun, waitMs: number): void;
   attemptEnded(run: TaskRun): void;
   taskEnded(run: TaskRun): void;
@@ -354,12 +355,13 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     let error: unknown;
     let failed = false;
     try {
-      const written = this.#transition('running', undefined);
+      const confirms = this.confirmsStart || (attemptNo > 1 && this.recoverable);
+      const written = this.#transition('running', undefined, confirms);
       this.#signals?.resolveStarted();
       // A retry of a durable task waits for its `running` too: were it lost with the process, the next
       // recovery would run that attempt again without counting a stall (only a first start is left to the
       // lazy write, where waiting would cost every durable task a commit's latency).
-      if ((this.confirmsStart || (attemptNo > 1 && this.recoverable)) && written !== undefined) await written;
+      if (confirms && written !== undefined) await written;
       // Shutdown may have given up on the attempt while its start was being written.
       if (this.current === attempt) await attempt.execute(this.#body(attempt), this.args, this.options.timeout);
     } catch (caught) {
@@ -680,11 +682,11 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   }
 
   /** Answers the status write when there is one (see `confirmsStart`). */
-  #transition(status: TaskStatus, durationMs: number | undefined): Promise<unknown> | undefined {
+  #transition(status: TaskStatus, durationMs: number | undefined, awaited = false): Promise<unknown> | undefined {
     const record = this.record;
     const previousStatus = record.status;
     record.status = status;
-    const written = this.stored ? this.runner.recordChanged(record) : undefined;
+    const written = this.stored ? this.runner.recordChanged(record, awaited) : undefined;
     this.#emit(status, previousStatus, durationMs);
     return written;
   }

@@ -336,6 +336,13 @@ export interface StoreCapabilities {
  */
 export const kLiveRecords = Symbol('koa-taskflow.liveRecords');
 
+/**
+ * @internal A store that batches status changes lazily and can write one sooner when somebody waits for it
+ * (`store[kSaveSoon](records)`: a resumed task confirming its start before it runs). Symbol-keyed, like
+ * kLiveRecords: the built-in durable stores have it; without it `save()` is used.
+ */
+export const kSaveSoon = Symbol('koa-taskflow.saveSoon');
+
 /** @internal What `store[kLiveRecords]` offers. */
 export interface LiveRecords {
   /** Store this live record now. */
@@ -376,6 +383,8 @@ export interface TaskStore {
   readonly capabilities?: StoreCapabilities;
   /** @internal */
   readonly [kLiveRecords]?: LiveRecords;
+  /** @internal */
+  readonly [kSaveSoon]?: (records: TaskRecord[]) => Promise<SaveResult>;
   /**
    * Durable stores: called once by the TaskManager when it is created. Unfinished records written from
    * then on belong to `lease.ownerId`, whose lease must be renewed (`renewLease`) within `leaseMs` or

@@ -4,8 +4,8 @@
 // promise every store makes; this file checks how the built-in stores keep it.
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
-import { MemoryStore, TaskStoreUnavailableError, type TaskRecord, type TaskStore } from 'koa-taskflow';
+import { describe, expect, it, vi } from 'vitest';
+import { getTaskContext, MemoryStore, TaskStoreUnavailableError, type TaskRecord, type TaskStore } from 'koa-taskflow';
 import { RedisStore } from 'koa-taskflow/redis';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { MapStore } from './fixtures/map-store.js';
@@ -172,6 +172,35 @@ describe.each(SHARED)('%s: a crash that left many tasks', (_name, shared) => {
     // Nothing is left to another instance: the manager took every orphan before start() resolved.
     expect(await other.claimOrphans('other', 60_000)).toEqual([]);
   }, 60_000);
+
+  it("resumed tasks confirm their start in a write at the end of the turn, not the next lazy batch's timer: 60 orphans run through 4 slots with setTimeout stopped", async () => {
+    const create = await shared();
+    const dead = create();
+    onCleanup(() => dead.close());
+    dead.attach!({ ownerId: 'dead', leaseMs: 100 });
+    const orphans = await leftBehind(dead, 60, 'resumed');
+    const store = create();
+    const manager = createManager({ store, concurrency: 4 });
+    const ran = new Set<string>();
+    manager.task(async function resumed() {
+      ran.add(getTaskContext()!.id);
+      await new Promise((resolve) => setImmediate(resolve));
+    });
+    await manager.start();
+    // Each resumed task waits for its `running` to be committed before it runs (a crash then counts a stall).
+    // Those writes used to wait for the lazy batch's 50 ms timer: 4 slots, 15 rounds of it. With timers
+    // stopped, the tasks still all run, each round's writes going out at the end of its turn.
+    vi.useFakeTimers({ toFake: ['setTimeout', 'setInterval'] });
+    try {
+      // Stopped timers never fire: waiting longer only makes a failure slower (the bound is not the test).
+      const giveUpAt = performance.now() + 15_000;
+      while (ran.size < orphans.length && performance.now() < giveUpAt)
+        await new Promise((resolve) => setImmediate(resolve));
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(ran.size).toBe(orphans.length);
+  }, 30_000);
 });
 
 /** A record whose args cannot be read: serialising it throws `thrown` inside the batch's write. */

@@ -1,6 +1,13 @@
 import { DEFAULT_LEASE_MS } from '../durable.js';
 import { TaskflowError, TaskStoreError, TaskStoreUnavailableError, toErrorInfo } from '../errors.js';
-import type { ArgsCipher, SaveResult, StoreCapabilities, StoreLease, TaskRecord } from '../types.js';
+import {
+  kSaveSoon,
+  type ArgsCipher,
+  type SaveResult,
+  type StoreCapabilities,
+  type StoreLease,
+  type TaskRecord,
+} from '../types.js';
 import { GroupCommit, MAX_BATCH_RECORDS, type WriteBatch } from './group-commit.js';
 import { parseRecord } from './records.js';
 
@@ -96,6 +103,15 @@ export abstract class GroupCommittedStore {
       return Promise.reject(new TaskStoreUnavailableError(`${this.constructor.name}: the store is closed`));
     return this.commit.add(records, { lazy: records.every((r) => r.attempts > 0 || r.status !== 'pending') });
   }
+
+  /** save(), a status change written at the end of this turn rather than in the next lazy batch. */
+  readonly [kSaveSoon] = (records: TaskRecord[]): Promise<SaveResult> => {
+    if (this.closed !== undefined) return this.save(records);
+    return this.commit.add(records, {
+      lazy: records.every((r) => r.attempts > 0 || r.status !== 'pending'),
+      soon: true,
+    });
+  };
 
   release(records: TaskRecord[]): Promise<void> {
     return this.commit.add(records, { release: true }).then(() => undefined);

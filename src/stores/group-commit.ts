@@ -19,6 +19,8 @@ class PendingBatch {
   readonly lazy: boolean;
   settle!: { resolve(result: SaveResult): void; reject(error: unknown): void };
   timer: NodeJS.Immediate | NodeJS.Timeout | undefined;
+  /** A lazy batch somebody waits for: written at the end of the turn. */
+  soon = false;
 
   constructor(lazy: boolean) {
     this.lazy = lazy;
@@ -81,7 +83,10 @@ export class GroupCommit {
    * Queue `records`; resolves once their batches are committed. `add([])` writes everything queued now and
    * resolves once that and every write in flight has settled.
    */
-  add(records: readonly TaskRecord[], options: { release?: boolean; lazy?: boolean } = {}): Promise<SaveResult> {
+  add(
+    records: readonly TaskRecord[],
+    options: { release?: boolean; lazy?: boolean; soon?: boolean } = {},
+  ): Promise<SaveResult> {
     if (records.length === 0) return this.flush().then(() => undefined);
     const lazy = options.lazy === true;
     let batch = lazy ? this.#lazy : this.#urgent;
@@ -104,6 +109,9 @@ export class GroupCommit {
       batch.records.set(record.id, record);
       if (options.release) batch.released.add(record.id);
     }
+    // Somebody waits for this lazy write (a resumed task confirming its start): its batch goes at the end of
+    // this turn instead of LAZY_WRITE_MS later, with whatever else it holds by then.
+    if (options.soon === true && lazy && parts === undefined) this.#soon(batch!);
     if (parts === undefined) return batch!.promise;
     this.#close(lazy);
     return joined(parts);
@@ -129,6 +137,13 @@ export class GroupCommit {
       ? setTimeout(() => void this.#flush(this.#take(true)), LAZY_WRITE_MS)
       : setImmediate(() => void this.#flush(this.#take(false)));
     return batch;
+  }
+
+  #soon(batch: PendingBatch): void {
+    if (batch !== this.#lazy || batch.soon) return;
+    batch.soon = true;
+    clearTimeout(batch.timer as NodeJS.Timeout);
+    batch.timer = setImmediate(() => void this.#flush(this.#take(true)));
   }
 
   #take(lazy: boolean): PendingBatch | undefined {
