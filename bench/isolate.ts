@@ -19,6 +19,7 @@ const threads = Math.max(1, availableParallelism() - 1);
 // Half of the pool's capacity (20 tasks of 50 ms per thread per second), at most 20 req/s.
 const rate = Math.min(20, threads * 10);
 export const ISOLATE_FULL: IsolateConfig = { ROUNDS: 8, SECONDS: 3, RATE: rate };
+export const ISOLATE_DEFAULT: IsolateConfig = { ...ISOLATE_FULL, ROUNDS: 5 };
 export const ISOLATE_QUICK: IsolateConfig = { ROUNDS: 2, SECONDS: 1, RATE: rate };
 
 export const ISOLATE_VARIANTS = ['bare', 'thread', 'in-process', 'by-hand'] as const;

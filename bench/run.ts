@@ -7,7 +7,8 @@
 //   durable    each durable store against bare Koa, the same method (bench/durable.ts), 1 round; --full: 3 rounds
 //   inprocess  tasks/s through add(), after-response start latency, memory per queued task (bench/inprocess.ts)
 //   otel       ns per task with no SDK, a provider that records nothing, a real SDK (bench/otel.ts); --full: 15 rounds
-//   isolate    one 50 ms CPU task per request at a fixed rate: threads, in process, bare Koa (bench/isolate.ts)
+//   isolate    one 50 ms CPU task per request at a fixed rate: threads, in process, bare Koa (bench/isolate.ts),
+//              5 rounds of 3 s bursts; --full: 8 rounds
 //   bullmq     koa-taskflow on BullMQ against raw BullMQ (and bullmq-otel): a web process's CPU per request, a
 //              worker's CPU per job and jobs/s, on a redis-server it starts (bench/bullmq.ts), about 2 minutes;
 //              --full: 3 rounds of 3 bursts, 5 worker rounds
@@ -25,7 +26,7 @@ import { BULLMQ_DEFAULT, BULLMQ_FULL, BULLMQ_QUICK, runBullmqBench } from './bul
 import { DURABLE_VARIANTS } from './durable.ts';
 import { GROWTH_DEFAULT, GROWTH_FULL, GROWTH_QUICK, runGrowthBench } from './growth.ts';
 import { HTTP_DEFAULT, HTTP_FULL, HTTP_QUICK, runHttpBench } from './http.ts';
-import { ISOLATE_FULL, ISOLATE_QUICK, runIsolateBench } from './isolate.ts';
+import { ISOLATE_DEFAULT, ISOLATE_FULL, ISOLATE_QUICK, runIsolateBench } from './isolate.ts';
 import { beside, timedPart } from './lib.ts';
 import { writeReport } from './report.ts';
 import { RESULTS_PATH, readResults, writeResults, type Results } from './results.ts';
@@ -96,7 +97,9 @@ if (parts.includes('otel')) {
 }
 if (parts.includes('isolate')) {
   log('CPU-heavy tasks: isolate…');
-  results.isolate = await timedPart(() => runIsolateBench(quick ? ISOLATE_QUICK : ISOLATE_FULL, log));
+  results.isolate = await timedPart(() =>
+    runIsolateBench(size({ quick: ISOLATE_QUICK, default: ISOLATE_DEFAULT, full: ISOLATE_FULL }), log),
+  );
   writeResults(results, out);
 }
 if (parts.includes('bullmq')) {
