@@ -151,6 +151,17 @@ export const GOALS: readonly Goal[] = [
     issue: '#20',
   },
   {
+    what: '(floor) in process: ns per traced task ÷ ns per untraced task that makes the same span by hand',
+    // tasks/s of the floor ÷ the traced task's: the same ratio of ns per task.
+    measure: { kind: 'throughput', variant: 'span-by-hand', baseline: 'traced' },
+    direction: 'lower',
+  },
+  {
+    what: '(floor) in process: ns per untraced task that makes that span by hand ÷ (ns per span of the SDK alone + ns per untraced task)',
+    measure: { kind: 'tracedCost', traced: 'span-by-hand', sdk: 'sdk-alone', untraced: 'untraced' },
+    direction: 'lower',
+  },
+  {
     what: '1 untraced task/request ÷ p-queue on `finish`',
     measure: capacity('untraced', 'p-queue'),
     target: 1.0,
@@ -173,6 +184,11 @@ export const GOALS: readonly Goal[] = [
     target: 0.75,
     direction: 'higher',
     issue: '#20',
+  },
+  {
+    what: '(floor) in process: p-queue + an id, a record in a bounded map and AsyncLocalStorage.run, tasks/s ÷ p-queue',
+    measure: { kind: 'throughput', variant: 'p-queue-contract', baseline: 'p-queue' },
+    direction: 'higher',
   },
   {
     what: '(floor) in process: the SDK alone, spans/s ÷ p-queue tasks/s',
