@@ -1,3 +1,4 @@
+import { AsyncResource } from 'node:async_hooks';
 import { context, ROOT_CONTEXT, trace, type Context, type Span } from '@opentelemetry/api';
 import { ATTEMPT_KEY, attemptStorage, kLog, kProgress, kSeq, type ActiveAttempt } from './context.js';
 import { TaskTimeoutError } from './errors.js';
@@ -68,6 +69,12 @@ function runIn(
   args: readonly unknown[],
 ): unknown {
   return context.active() === attemptContext ? fn(...args) : attemptStorage.run(attempt, fn, ...args);
+}
+
+/** Makes `attempt` the store of our AsyncLocalStorage and calls the task: inside an AsyncResource's scope. */
+function enterAndCall(attempt: Attempt, fn: (...args: unknown[]) => unknown, args: readonly unknown[]): unknown {
+  attemptStorage.enterWith(attempt);
+  return fn(...args);
 }
 
 /**
@@ -179,6 +186,11 @@ export class Attempt implements ActiveAttempt {
       // no-op manager does not even hold it for this call, so our own storage takes over.
       return context.with(attemptContext, runIn, undefined, this, attemptContext, fn, args);
     }
-    return attemptStorage.run(this, fn, ...args);
+    // AsyncLocalStorage.run() copies the async context frame (a map of every store) twice on Node 24: once to
+    // enter, once to restore the caller's. An AsyncResource holds the caller's frame and puts it back as it
+    // was, so only the entering copy is made.
+    return new AsyncResource(RESOURCE_TYPE).runInAsyncScope(enterAndCall, undefined, this, fn, args);
   }
 }
+
+const RESOURCE_TYPE = 'koa-taskflow.attempt';

@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { describe, expect, it, vi } from 'vitest';
 import { getTaskContext, InMemoryObserver, taskLog, TaskManager, type TaskContext } from 'koa-taskflow';
 import { createManager, startApp } from './helpers/server.js';
@@ -119,6 +120,24 @@ describe('getTaskContext()', () => {
     await fetch(url);
     await manager.drain();
     expect(inHandler).toBeUndefined();
+  });
+
+  it("leaves the app's own AsyncLocalStorage as it was where the task started: seen inside it, and the caller's context unchanged after", async () => {
+    const manager = createManager();
+    const appStorage = new AsyncLocalStorage<string>();
+    const seen: (string | undefined)[] = [];
+    const note = () => seen.push(`${appStorage.getStore()} ${getTaskContext()?.name}`);
+    appStorage.run('request-1', () => {
+      manager.add(async function job() {
+        note();
+        await new Promise((r) => setTimeout(r, 1));
+        note();
+      });
+      note();
+    });
+    note();
+    await manager.drain();
+    expect(seen.sort()).toEqual(['request-1 job', 'request-1 job', 'request-1 undefined', 'undefined undefined']);
   });
 });
 
