@@ -60,7 +60,13 @@ interface HandRecord {
   error: { type: string; message: string } | undefined;
   traceId: string | undefined;
   spanId: string | undefined;
+  /** The request's span (`requestTraceId`/`requestSpanId` of a TaskRecord), set by the traced floor. */
+  requestTraceId: string | undefined;
+  requestSpanId: string | undefined;
+  /** A TaskRecord's `logs`: none until the task logs (the same empty array until then). */
+  logs: { time: number; level: string; message: string; attempt: number; fields?: Record<string, unknown> }[];
 }
+const NO_LOGS: HandRecord['logs'] = [];
 type HandBody = (record: HandRecord, request: SpanContext | undefined) => Promise<unknown>;
 
 /**
@@ -122,6 +128,9 @@ function handrolledTasks(body: HandBody): void {
       error: undefined,
       traceId: undefined,
       spanId: undefined,
+      requestTraceId: undefined,
+      requestSpanId: undefined,
+      logs: NO_LOGS,
     };
     records.set(id, record);
     ctx.res.once('close', () => (running < 16 ? start(record, request) : queue.push([record, request])));
@@ -212,8 +221,9 @@ switch (variant) {
   case 'handrolled-contract': {
     // By hand, what the contract asks of one traced task beyond a span, an event and a log line: everything of
     // 'handrolled-record' below, plus the `task.enqueued` event on the request span, the attempt's
-    // attributes, the span active while the work runs (so its own spans are children), an OK status, and
-    // `task`/`tags` on the line. No retries, options, observers or handle.
+    // attributes (the request's ids among them), the span active while the work runs (so its own spans are
+    // children), an OK status, the log kept on the record (`logs`, as a TaskRecord has it) and `task`/`tags`
+    // and the request's ids on the line. No retries, options, observers or handle.
     const tags = {};
     handrolledTasks((record, request) => {
       const { id } = record;
@@ -231,6 +241,12 @@ switch (variant) {
         'messaging.operation.type': 'process',
         'messaging.message.id': id,
       });
+      if (request !== undefined) {
+        span.setAttribute('task.request.trace_id', request.traceId);
+        span.setAttribute('task.request.span_id', request.spanId);
+        record.requestTraceId = request.traceId;
+        record.requestSpanId = request.spanId;
+      }
       const sc = span.spanContext();
       record.traceId = sc.traceId;
       record.spanId = sc.spanId;
@@ -241,13 +257,17 @@ switch (variant) {
       };
       return context
         .with(trace.setSpan(ROOT_CONTEXT, span), () => {
+          const fields = { n: 1 };
           span.addEvent('task.log', { 'log.message': 'did the work', 'log.level': 'info', n: 1 });
+          record.logs = [{ time: Date.now(), level: 'info', message: 'did the work', attempt: 1, fields }];
           logger!.info(
             {
               n: 1,
               trace_id: sc.traceId,
               span_id: sc.spanId,
               trace_flags: '01',
+              request_trace_id: record.requestTraceId,
+              request_span_id: record.requestSpanId,
               task: { id, name: 'work', attempt: 1 },
               tags,
             },
