@@ -7,13 +7,13 @@ import type { ConnectionOptions, FlowJob, FlowProducer, Job, JobsOptions, Queue,
 import { DEFAULT_CANCEL_REASON } from '../cancellation.js';
 import { kEngine, type EngineHooks, type EngineHost, type TaskEngine } from '../engine.js';
 import { TaskflowError, TaskInterruptedError } from '../errors.js';
-import { retryDelay, type TaskOptions } from '../options.js';
+import { retryDelay, type ResolvedTaskOptions, type TaskOptions } from '../options.js';
 import type { Repeating, RepeatSchedule } from '../repeat.js';
 import type { TaskRun } from '../task-run.js';
 import { CancelChannel } from './cancel.js';
 import { FleetEvents } from './events.js';
 import { JobHost, type JobRun } from './job-run.js';
-import { BACKOFF_TYPE, jobOf, jobRunOptions, jobTaskOptions, type JobData } from './job.js';
+import { BACKOFF_TYPE, jobOf, jobRunOptions, jobShape, jobTaskOptions, type JobData, type JobShape } from './job.js';
 import { FleetLimits, LIMIT_PARK } from './limit.js';
 import { BullmqRecords, jobFailure } from './records.js';
 import { JobScheduleRepeat } from './schedule.js';
@@ -132,6 +132,8 @@ class BullmqEngine implements EngineHooks {
   #worker: Worker | undefined;
   #flow: Promise<FlowProducer> | undefined;
   readonly #chains = new Map<object, TaskRun[]>();
+  /** The job shape of each registration's own resolved options, built on its first add. */
+  readonly #shapes = new WeakMap<ResolvedTaskOptions, JobShape>();
   readonly #adding = new Set<Promise<unknown>>();
   #cancels: CancelChannel | undefined;
   #limits: FleetLimits | undefined;
@@ -184,9 +186,21 @@ class BullmqEngine implements EngineHooks {
     ));
   }
 
+  /** The job of `run`: its registration's shape unless it was added with options of its own. */
+  #jobOf(run: TaskRun): ReturnType<typeof jobOf> {
+    const resolved = run.options;
+    let shape = this.#shapes.get(resolved);
+    if (shape === undefined) {
+      const registered = this.#host!.registry.named(run.name)?.resolved === resolved;
+      shape = jobShape(resolved, registered, this.#keep);
+      if (registered) this.#shapes.set(resolved, shape);
+    }
+    return jobOf(run, shape);
+  }
+
   /** Add one job: straight to the queue once it is made (no promise hop per task on the hot path). */
   #add(run: TaskRun): Promise<unknown> {
-    const { data, opts } = jobOf(run, this.#keep);
+    const { data, opts } = this.#jobOf(run);
     const queue = this.#ready;
     return queue !== undefined
       ? queue.add(run.name, data, opts)
@@ -213,7 +227,7 @@ class BullmqEngine implements EngineHooks {
       run.release(HANDED);
       return;
     }
-    this.records.index([run]);
+    this.records.index(run);
     // The task stays unfinished here (drain() waits for it) until BullMQ has it: its add failing cancels it.
     this.#add(run).then(
       // Cancelled here while BullMQ took it: cancelled there too.
@@ -233,13 +247,13 @@ class BullmqEngine implements EngineHooks {
   #addChain(sequence: object): void {
     const runs = this.#chains.get(sequence)!;
     this.#chains.delete(sequence);
-    this.records.index(runs);
+    for (const run of runs) this.records.index(run);
     let added: Promise<unknown>;
     if (runs.length === 1) added = this.#add(runs[0]);
     else {
       let node: FlowJob | undefined;
       for (const run of runs) {
-        const { data, opts } = jobOf(run, this.#keep);
+        const { data, opts } = this.#jobOf(run);
         if (node !== undefined) node.opts = { ...node.opts, ignoreDependencyOnFailure: true };
         node = {
           name: run.name,

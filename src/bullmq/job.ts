@@ -15,8 +15,12 @@ export interface JobData {
   /** The task's id; empty in the jobs of a repeat's scheduler, whose task id is the job's id. */
   id: string;
   args: unknown[];
-  /** The options the task was added with, resolved there: a `with()` on the web side holds in the worker. */
-  options: TaskOptions;
+  /**
+   * The options the task was added with, resolved there: a `with()` on the web side holds in the worker.
+   * Absent when it was added with its registration's own options (the worker resolves those from its own
+   * registration), or only the tags and priority then, which the admin reads back without a registration.
+   */
+  options?: TaskOptions;
   createdAt: number;
   /** The span active when the task was added (the request's), with its sampling decision. */
   link?: SpanIds;
@@ -63,23 +67,43 @@ export function jobRunOptions(
   return opts;
 }
 
-/** The job of an accepted task: its data, and BullMQ's options for what BullMQ does itself. */
-export function jobOf(
-  run: TaskRun,
+/** What every job added with one set of resolved options carries besides the task's own id, args and link. */
+export interface JobShape {
+  options: TaskOptions | undefined;
+  opts: JobsOptions;
+}
+
+/**
+ * The shape of a task added with `resolved` options. A task added with its registration's own options
+ * (`registered`: no `with()`, no per-add override) carries only what the admin reads back without the
+ * registration; the web process builds that shape once per registration, not once per add.
+ */
+export function jobShape(
+  resolved: ResolvedTaskOptions,
+  registered: boolean,
   keep: Pick<JobsOptions, 'removeOnComplete' | 'removeOnFail'>,
-): { data: JobData; opts: JobsOptions } {
+): JobShape {
+  const opts = jobRunOptions(resolved, keep);
+  if (!registered) return { options: jobTaskOptions(resolved), opts };
+  let options: TaskOptions | undefined = Object.keys(resolved.tags).length > 0 ? { tags: resolved.tags } : undefined;
+  if (resolved.priority !== undefined) (options ??= {}).priority = resolved.priority;
+  return { options, opts };
+}
+
+/** The job of an accepted task: its data, and BullMQ's options for what BullMQ does itself. */
+export function jobOf(run: TaskRun, shape: JobShape): { data: JobData; opts: JobsOptions } {
   const resolved = run.options;
   const record = run.record;
-  const data: JobData = {
-    id: run.id,
-    args: record.args,
-    options: jobTaskOptions(resolved),
-    createdAt: record.createdAt,
-  };
+  const data: JobData =
+    shape.options === undefined
+      ? { id: run.id, args: record.args, createdAt: record.createdAt }
+      : { id: run.id, args: record.args, options: shape.options, createdAt: record.createdAt };
   const link = toIds(run.requestLink);
   if (link !== undefined) data.link = link;
-  const opts = jobRunOptions(resolved, keep);
-  opts.jobId = resolved.idempotencyKey === undefined ? run.id : jobIdOfKey(resolved.idempotencyKey);
+  const opts: JobsOptions = {
+    ...shape.opts,
+    jobId: resolved.idempotencyKey === undefined ? run.id : jobIdOfKey(resolved.idempotencyKey),
+  };
   if (record.runAt !== undefined) opts.delay = Math.max(0, record.runAt - Date.now());
   return { data, opts };
 }
