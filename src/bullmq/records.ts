@@ -53,6 +53,20 @@ end
 return out`;
 /** How long one read of every job's state answers `metrics()`. */
 const METRICS_TTL_MS = 1_000;
+/**
+ * The index entries of a batch of unkeyed jobs (KEYS[1] the index's key prefix, `<prefix>:<queue>:tf:`), from
+ * one packed ARGV[1]: a line per job, `<createdAt> <jobId> <set> <set>…` (sets as `name:<name>`,
+ * `tag:<key>=<value>`, URI-encoded, so no spaces), each added to `all` too. NX: an entry is written once.
+ */
+const WRITE_INDEX = `
+local prefix = KEYS[1]
+for score, member, sets in string.gmatch(ARGV[1], '(%d+) (%S+) ([^\\n]*)\\n') do
+  redis.call('ZADD', prefix .. 'all', 'NX', score, member)
+  for set in string.gmatch(sets, '%S+') do
+    redis.call('ZADD', prefix .. set, 'NX', score, member)
+  end
+end
+return 0`;
 /** How long index entries of added jobs are gathered before they are written together. */
 const INDEX_WINDOW_MS = 20;
 
@@ -206,6 +220,7 @@ export class BullmqRecords implements EngineRecords {
   readonly #options: RecordsOptions;
   readonly #trimmed = new Map<string, number>();
   readonly #unindexed: TaskRun[] = [];
+  readonly #nameSets = new Map<string, string>();
   readonly #writing = new Set<Promise<void>>();
   #flushTimer: NodeJS.Timeout | undefined;
   #metrics: { at: number; counted: Promise<StoreMetrics> } | undefined;
@@ -219,11 +234,11 @@ export class BullmqRecords implements EngineRecords {
   }
 
   /**
-   * Index the jobs of `runs` as they are added. The adds of INDEX_WINDOW_MS go in one pipeline, one ZADD per
-   * set touched: a round trip of its own per add would cost the web process about as much CPU as the add.
+   * Index the job of `run` as it is added. The adds of INDEX_WINDOW_MS are written together (see
+   * #writeIndex): a round trip of its own per add would cost the web process about as much CPU as the add.
    */
-  index(runs: readonly TaskRun[]): void {
-    this.#unindexed.push(...runs);
+  index(run: TaskRun): void {
+    this.#unindexed.push(run);
     this.#flushTimer ??= setTimeout(() => this.#flush(), INDEX_WINDOW_MS).unref();
   }
 
@@ -244,37 +259,57 @@ export class BullmqRecords implements EngineRecords {
     void writing.then(() => this.#writing.delete(writing));
   }
 
+  /**
+   * One EVAL per batch writes the entries of unkeyed jobs server-side from one packed argument (a line per
+   * job: its creation time, its id, then the suffixes of its name and tag sets): the web process encodes one
+   * string instead of a score and a member per set per job. A keyed job's id can hold any character, so its
+   * entries go as plain ZADDs beside it (keyed adds are the rare ones).
+   */
   async #writeIndex(runs: readonly TaskRun[]): Promise<void> {
     try {
       const queue = await this.#options.queue();
       const redis = await redisOf(queue);
       const now = Date.now();
       const pipeline = redis.pipeline();
-      const sets = new Map<string, (string | number)[]>();
-      const add = (set: string, score: number, member: string) => {
-        const entries = sets.get(set);
-        if (entries === undefined) sets.set(set, [score, member]);
-        else entries.push(score, member);
-      };
+      const touched = new Set<string>();
+      let packed = '';
       for (const run of runs) {
         const key = run.options.idempotencyKey;
-        const member = key === undefined ? run.id : jobIdOfKey(key);
         const createdAt = run.record.createdAt;
-        add(queue.toKey('tf:all'), createdAt, member);
-        add(nameKey(queue, run.name), createdAt, member);
-        for (const tag of Object.entries(run.record.tags)) add(tagKey(queue, tag), createdAt, member);
-        // A keyed task's job has the key as its id: its task id finds it through this (expiring with the index).
-        if (key !== undefined) pipeline.set(queue.toKey(`tf:id:${run.id}`), member, 'PX', this.#options.retentionMs);
-      }
-      for (const [set, entries] of sets) {
+        let sets = this.#nameSet(run.name);
+        touched.add(sets);
+        for (const tag in run.record.tags) {
+          const set = tagSet(tag, run.record.tags[tag]);
+          touched.add(set);
+          sets += ` ${set}`;
+        }
+        if (key === undefined) {
+          packed += `${createdAt} ${run.id} ${sets}\n`;
+          continue;
+        }
         // NX: a second add of a keyed job (BullMQ drops it) leaves the job where its first add put it.
-        pipeline.zadd(set, 'NX', ...entries);
-        this.#trim(pipeline, set, now);
+        const member = jobIdOfKey(key);
+        for (const set of ['all', ...sets.split(' ')]) pipeline.zadd(queue.toKey(`tf:${set}`), 'NX', createdAt, member);
+        // A keyed task's job has the key as its id: its task id finds it through this (expiring with the index).
+        pipeline.set(queue.toKey(`tf:id:${run.id}`), member, 'PX', this.#options.retentionMs);
       }
+      if (packed !== '') pipeline.eval(WRITE_INDEX, 1, queue.toKey('tf:'), packed);
+      this.#trim(pipeline, queue.toKey('tf:all'), now);
+      for (const set of touched) this.#trim(pipeline, queue.toKey(`tf:${set}`), now);
       await pipeline.exec();
     } catch (error) {
       this.#options.report('BullMQ task index write', error);
     }
+  }
+
+  /** `name:<name>`, encoded once per name. */
+  #nameSet(name: string): string {
+    let set = this.#nameSets.get(name);
+    if (set === undefined) {
+      if (this.#nameSets.size >= 10_000) this.#nameSets.clear();
+      this.#nameSets.set(name, (set = `name:${encodeURIComponent(name)}`));
+    }
+    return set;
   }
 
   #trim(pipeline: ChainableCommander, key: string, now: number): void {
@@ -498,6 +533,10 @@ function nameKey(queue: Queue, name: string): string {
   return queue.toKey(`tf:name:${encodeURIComponent(name)}`);
 }
 
+function tagSet(key: string, value: string): string {
+  return `tag:${encodeURIComponent(key)}=${encodeURIComponent(value)}`;
+}
+
 function tagKey(queue: Queue, [key, value]: readonly [string, string]): string {
-  return queue.toKey(`tf:tag:${encodeURIComponent(key)}=${encodeURIComponent(value)}`);
+  return queue.toKey(`tf:${tagSet(key, value)}`);
 }
