@@ -4,7 +4,7 @@
  * creation time, by name and by tag, kept beside BullMQ's keys under the queue's prefix.
  */
 import type { Queue } from 'bullmq';
-import type { ChainableCommander, Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import type { EngineRecords } from '../engine.js';
 import { TaskflowError, TaskNotFoundError } from '../errors.js';
 import { metricsFrom, type StatusCount, type SuccessDuration } from '../metrics.js';
@@ -263,14 +263,16 @@ export class BullmqRecords implements EngineRecords {
    * One EVAL per batch writes the entries of unkeyed jobs server-side from one packed argument (a line per
    * job: its creation time, its id, then the suffixes of its name and tag sets): the web process encodes one
    * string instead of a score and a member per set per job. A keyed job's id can hold any character, so its
-   * entries go as plain ZADDs beside it (keyed adds are the rare ones).
+   * entries go as plain ZADDs beside it (keyed adds are the rare ones). Commands, not a pipeline: ioredis
+   * copies every script BullMQ defines into each new pipeline, which cost more than the writes (the profile
+   * of a web process under load); commands sent in one turn go out together all the same.
    */
   async #writeIndex(runs: readonly TaskRun[]): Promise<void> {
     try {
       const queue = await this.#options.queue();
       const redis = await redisOf(queue);
       const now = Date.now();
-      const pipeline = redis.pipeline();
+      const writes: Promise<unknown>[] = [];
       const touched = new Set<string>();
       let packed = '';
       for (const run of runs) {
@@ -289,14 +291,15 @@ export class BullmqRecords implements EngineRecords {
         }
         // NX: a second add of a keyed job (BullMQ drops it) leaves the job where its first add put it.
         const member = jobIdOfKey(key);
-        for (const set of ['all', ...sets.split(' ')]) pipeline.zadd(queue.toKey(`tf:${set}`), 'NX', createdAt, member);
+        for (const set of ['all', ...sets.split(' ')])
+          writes.push(redis.zadd(queue.toKey(`tf:${set}`), 'NX', createdAt, member));
         // A keyed task's job has the key as its id: its task id finds it through this (expiring with the index).
-        pipeline.set(queue.toKey(`tf:id:${run.id}`), member, 'PX', this.#options.retentionMs);
+        writes.push(redis.set(queue.toKey(`tf:id:${run.id}`), member, 'PX', this.#options.retentionMs));
       }
-      if (packed !== '') pipeline.eval(WRITE_INDEX, 1, queue.toKey('tf:'), packed);
-      this.#trim(pipeline, queue.toKey('tf:all'), now);
-      for (const set of touched) this.#trim(pipeline, queue.toKey(`tf:${set}`), now);
-      await pipeline.exec();
+      if (packed !== '') writes.push(redis.eval(WRITE_INDEX, 1, queue.toKey('tf:'), packed));
+      this.#trim(redis, writes, queue.toKey('tf:all'), now);
+      for (const set of touched) this.#trim(redis, writes, queue.toKey(`tf:${set}`), now);
+      await Promise.all(writes);
     } catch (error) {
       this.#options.report('BullMQ task index write', error);
     }
@@ -312,12 +315,12 @@ export class BullmqRecords implements EngineRecords {
     return set;
   }
 
-  #trim(pipeline: ChainableCommander, key: string, now: number): void {
+  #trim(redis: Redis, writes: Promise<unknown>[], key: string, now: number): void {
     const last = this.#trimmed.get(key);
     if (last !== undefined && now - last < TRIM_EVERY_MS) return;
     if (this.#trimmed.size >= 10_000) this.#trimmed.clear();
     this.#trimmed.set(key, now);
-    pipeline.zremrangebyscore(key, '-inf', `(${now - this.#options.retentionMs}`);
+    writes.push(redis.zremrangebyscore(key, '-inf', `(${now - this.#options.retentionMs}`));
   }
 
   async get(id: string): Promise<TaskRecord | undefined> {
