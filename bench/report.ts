@@ -117,7 +117,7 @@ export function variantTable(
 export function durableTable(results: Results): string {
   const durable = results.durable;
   const run = durable
-    ? `${runLine('Run', durable)}; ${durable.config.ROUNDS} rounds of ${durable.config.BURSTS} paired ` +
+    ? `${runLine('Run', durable)}; ${durable.config.ROUNDS} round${durable.config.ROUNDS === 1 ? '' : 's'} of ${durable.config.BURSTS} paired ` +
       `${durable.config.SECONDS} s bursts per store, ${durable.config.CONNECTIONS} connections, loopback, each ` +
       "store's server beside bare Koa's (the method of [Benchmarks](benchmarks.md#how-it-measures)). The server " +
       'runs its tasks in the same process, so its CPU time per request includes writing the record before the ' +

@@ -1,7 +1,7 @@
 // `npm run bench`: every part of the benchmark, then bench/results.json (the measurements) and the report made
-// from it (bench/report.ts: bench/results.md, bench/ratios.svg and the tables of docs/). Default sizes, about
-// 12 minutes on a 2-core machine loaded by other work, load average 10–16, the bullmq part 2 of them (`--full`:
-// ~30 minutes):
+// from it (bench/report.ts: bench/results.md, bench/ratios.svg and the tables of docs/). Default sizes: 8 minutes
+// on the 2-core machine with nothing else running (session 14's run; load average 2–3), the bullmq part 1.6 of
+// them; under heavy other load the same sizes took up to 12 (`--full`: ~30 minutes):
 //   http       the comparisons the goals read, side by side, 2 rounds (bench/http.ts); --full: every variant
 //              against its baseline too, 3 rounds
 //   durable    each durable store against bare Koa, the same method (bench/durable.ts), 1 round; --full: 3 rounds
