@@ -117,10 +117,6 @@ export interface RunHost {
   release(run: TaskRun): void;
 }
 
-/**
- * One accepted task, from `pending` to a final status, across its attempts. The runner decides when it
- * runs; this decides what an attempt's outcome means (retry, fail, interrupt).
- */
 /** What few runs need (a retry's timer, a handle, progress reports, a previous attempt): one object, made on first use. */
 interface RunExtras {
   retryTimer: NodeJS.Timeout | undefined;
@@ -138,6 +134,10 @@ const IN_SLOT = 8;
 const NOT_STORED = 16;
 const FINAL = 32;
 
+/**
+ * One accepted task, from `pending` to a final status, across its attempts. The runner decides when it
+ * runs; this decides what an attempt's outcome means (retry, fail, interrupt).
+ */
 export class TaskRun implements AttemptOwner, AttemptSpanInput {
   // The runner's bookkeeping, written by the Runner alone: the request sequence told when this task has
   // ended (after-response tasks), its list of unfinished runs, and (through the accessors below) the retry
