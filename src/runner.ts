@@ -242,8 +242,7 @@ export class Runner implements RunHost {
     if (this.#deps.storeHoldsLiveRecords) return undefined;
     const store = this.#deps.store;
     // A write the task waits for before it runs goes out at the end of this turn, not in the next lazy batch.
-    const save = awaited ? store[kSaveSoon] : undefined;
-    const written = save !== undefined ? save([record]) : store.save([record]);
+    const written = awaited && store[kSaveSoon] !== undefined ? store[kSaveSoon]([record]) : store.save([record]);
     return written.catch((error: unknown) => this.#writeFailed([record], error));
   }
 

@@ -384,7 +384,7 @@ export interface TaskStore {
   /** @internal */
   readonly [kLiveRecords]?: LiveRecords;
   /** @internal */
-  readonly [kSaveSoon]?: (records: TaskRecord[]) => Promise<SaveResult>;
+  [kSaveSoon]?(records: TaskRecord[]): Promise<SaveResult>;
   /**
    * Durable stores: called once by the TaskManager when it is created. Unfinished records written from
    * then on belong to `lease.ownerId`, whose lease must be renewed (`renewLease`) within `leaseMs` or

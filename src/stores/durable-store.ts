@@ -99,19 +99,19 @@ export abstract class GroupCommittedStore {
    * once everything saved before it is committed.
    */
   save(records: TaskRecord[]): Promise<SaveResult> {
-    if (this.closed !== undefined)
-      return Promise.reject(new TaskStoreUnavailableError(`${this.constructor.name}: the store is closed`));
-    return this.commit.add(records, { lazy: records.every((r) => r.attempts > 0 || r.status !== 'pending') });
+    return this.#save(records, false);
   }
 
   /** save(), a status change written at the end of this turn rather than in the next lazy batch. */
-  readonly [kSaveSoon] = (records: TaskRecord[]): Promise<SaveResult> => {
-    if (this.closed !== undefined) return this.save(records);
-    return this.commit.add(records, {
-      lazy: records.every((r) => r.attempts > 0 || r.status !== 'pending'),
-      soon: true,
-    });
-  };
+  [kSaveSoon](records: TaskRecord[]): Promise<SaveResult> {
+    return this.#save(records, true);
+  }
+
+  #save(records: TaskRecord[], soon: boolean): Promise<SaveResult> {
+    if (this.closed !== undefined)
+      return Promise.reject(new TaskStoreUnavailableError(`${this.constructor.name}: the store is closed`));
+    return this.commit.add(records, { lazy: records.every((r) => r.attempts > 0 || r.status !== 'pending'), soon });
+  }
 
   release(records: TaskRecord[]): Promise<void> {
     return this.commit.add(records, { release: true }).then(() => undefined);
