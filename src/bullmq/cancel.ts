@@ -1,6 +1,7 @@
 import type { Job, Queue, RedisClient } from 'bullmq';
 import type { EngineHost } from '../engine.js';
 import type { JobData } from './job.js';
+import { idKey } from './records.js';
 
 /** A cancel of a job running nowhere here yet (a worker has just taken it) is kept this long for it. */
 const EARLY_CANCEL_MS = 60_000;
@@ -80,7 +81,7 @@ export class CancelChannel {
     let job = (await queue.getJob(id)) as Job<JobData> | undefined;
     if (job === undefined) {
       // A task with an idempotencyKey: its job's id is the key's, found through the admin's index.
-      const jobId = await client.get(queue.toKey(`tf:id:${id}`));
+      const jobId = await client.get(idKey(queue, id));
       if (jobId !== null) job = (await queue.getJob(jobId)) as Job<JobData> | undefined;
     }
     if (job === undefined || (job.data.id !== '' && job.data.id !== id)) return false;

@@ -2,11 +2,12 @@
  * Live events of the whole fleet: BullMQ's QueueEvents (its queue's event stream, written by every worker)
  * turned into our lifecycle and progress events, for the admin's event stream in any process.
  */
+import { INVALID_SPANID, INVALID_TRACEID } from '@opentelemetry/api';
 import type { ConnectionOptions, Queue, QueueEvents } from 'bullmq';
 import type { Redactor } from '../redact.js';
-import type { LifecycleEvent, ProgressEvent, TaskObserver, TaskStatus } from '../types.js';
+import type { LifecycleEvent, ProgressEvent, TaskObserver } from '../types.js';
 import type { JobData, SpanIds } from './job.js';
-import { failedStatusOf, failureOf, redisOf } from './records.js';
+import { failureOf, redisOf, statusOfState } from './records.js';
 
 export interface FleetEventsOptions {
   connection: ConnectionOptions;
@@ -27,18 +28,17 @@ interface JobInfo {
   previous: SpanIds | undefined;
 }
 
-const ZERO_TRACE = '00000000000000000000000000000000';
-const ZERO_SPAN = '0000000000000000';
 const MAX_CACHED = 10_000;
-const STATUS_OF_STATE: Readonly<Record<string, TaskStatus>> = {
-  waiting: 'pending',
-  delayed: 'pending',
-  prioritized: 'pending',
-  'waiting-children': 'pending',
-  active: 'running',
-  completed: 'success',
-  failed: 'failed',
-};
+/** The QueueEvents read as lifecycle events (their status: statusOfState). */
+const STATES: ReadonlySet<string> = new Set([
+  'waiting',
+  'delayed',
+  'prioritized',
+  'waiting-children',
+  'active',
+  'completed',
+  'failed',
+]);
 
 /**
  * One QueueEvents reader while at least one observer is subscribed (none otherwise: an idle admin costs the
@@ -92,7 +92,7 @@ export class FleetEvents {
       events.on(state as 'waiting', (args: { jobId: string; prev?: string; failedReason?: string }, id: string) =>
         this.#queue(() => this.#lifecycle(state, args, id)),
       );
-    for (const state of Object.keys(STATUS_OF_STATE)) on(state);
+    for (const state of STATES) on(state);
     events.on('progress', ({ jobId, data }: { jobId: string; data: unknown }, id: string) =>
       this.#queue(() => this.#progress(jobId, data, id)),
     );
@@ -133,22 +133,18 @@ export class FleetEvents {
     const read = await this.#read(args.jobId);
     if (read === undefined) return;
     const [info, [ats, processedOn, finishedOn]] = read;
+    const error = state === 'failed' ? failureOf(args.failedReason ?? '', undefined) : undefined;
     const event: LifecycleEvent = {
       type: 'lifecycle',
       taskId: info.taskId,
       name: info.name,
       attempt: Number(ats ?? 0),
-      status: STATUS_OF_STATE[state],
+      status: statusOfState(state, error),
       tags: info.tags,
       time: Number(streamId.split('-')[0]) || Date.now(),
     };
-    if (args.prev !== undefined && STATUS_OF_STATE[args.prev] !== undefined)
-      event.previousStatus = STATUS_OF_STATE[args.prev];
-    if (state === 'failed') {
-      const error = failureOf(args.failedReason ?? '', undefined);
-      event.status = failedStatusOf(error);
-      event.error = error;
-    }
+    if (args.prev !== undefined && STATES.has(args.prev)) event.previousStatus = statusOfState(args.prev, undefined);
+    if (error !== undefined) event.error = error;
     if ((state === 'completed' || state === 'failed') && processedOn !== null && finishedOn !== null)
       event.durationMs = Math.max(0, Number(finishedOn) - Number(processedOn));
     if (info.link !== undefined) [event.requestTraceId, event.requestSpanId] = info.link;
@@ -170,8 +166,8 @@ export class FleetEvents {
       attempt: Number(ats ?? 0),
       tags: info.tags,
       time: Number(streamId.split('-')[0]) || Date.now(),
-      traceId: info.previous?.[0] ?? ZERO_TRACE,
-      spanId: info.previous?.[1] ?? ZERO_SPAN,
+      traceId: info.previous?.[0] ?? INVALID_TRACEID,
+      spanId: info.previous?.[1] ?? INVALID_SPANID,
       value,
       fields: {},
     };

@@ -99,6 +99,17 @@ export function failedStatusOf(error: TaskErrorInfo | undefined): TaskStatus {
   return 'failed';
 }
 
+/**
+ * Our status of a job in a BullMQ state (the name of its list or set, or of its event): waiting, paused,
+ * prioritized, delayed and waiting-children are `pending`; a failed one's `error` tells its status.
+ */
+export function statusOfState(state: string, error: TaskErrorInfo | undefined): TaskStatus {
+  if (state === 'active') return 'running';
+  if (state === 'completed') return 'success';
+  if (state === 'failed') return failedStatusOf(error);
+  return 'pending';
+}
+
 /** Our status of a job: from its hash (finished or not) and whether it is in the active list. */
 function statusOf(hash: JobHash, active: boolean, error: TaskErrorInfo | undefined): TaskStatus {
   // BullMQ writes `returnvalue` only when the job completes (a job that failed, then succeeded, has both).
@@ -294,7 +305,7 @@ export class BullmqRecords implements EngineRecords {
         for (const set of ['all', ...sets.split(' ')])
           writes.push(redis.zadd(queue.toKey(`tf:${set}`), 'NX', createdAt, member));
         // A keyed task's job has the key as its id: its task id finds it through this (expiring with the index).
-        writes.push(redis.set(queue.toKey(`tf:id:${run.id}`), member, 'PX', this.#options.retentionMs));
+        writes.push(redis.set(idKey(queue, run.id), member, 'PX', this.#options.retentionMs));
       }
       if (packed !== '') writes.push(redis.eval(WRITE_INDEX, 1, queue.toKey('tf:'), packed));
       this.#trim(redis, writes, queue.toKey('tf:all'), now);
@@ -305,12 +316,12 @@ export class BullmqRecords implements EngineRecords {
     }
   }
 
-  /** `name:<name>`, encoded once per name. */
+  /** nameSet(name), encoded once per name. */
   #nameSet(name: string): string {
     let set = this.#nameSets.get(name);
     if (set === undefined) {
       if (this.#nameSets.size >= 10_000) this.#nameSets.clear();
-      this.#nameSets.set(name, (set = `name:${encodeURIComponent(name)}`));
+      this.#nameSets.set(name, (set = nameSet(name)));
     }
     return set;
   }
@@ -328,7 +339,7 @@ export class BullmqRecords implements EngineRecords {
     const redis = await redisOf(queue);
     let found = await this.#read(queue, redis, id, true);
     if (found === undefined) {
-      const jobId = await redis.get(queue.toKey(`tf:id:${id}`));
+      const jobId = await redis.get(idKey(queue, id));
       if (jobId !== null) found = await this.#read(queue, redis, jobId, true);
     }
     return found?.id === id ? found : undefined;
@@ -480,14 +491,7 @@ export class BullmqRecords implements EngineRecords {
       chunk.forEach(([, state], j) => {
         const [name, processedOn, finishedOn, failedReason] = fields.slice(4 * j, 4 * j + 4);
         if (name === '') return;
-        const status: TaskStatus =
-          state === 'active'
-            ? 'running'
-            : state === 'completed'
-              ? 'success'
-              : state === 'failed'
-                ? failedStatusOf(failureOf(failedReason, undefined))
-                : 'pending';
+        const status = statusOfState(state, state === 'failed' ? failureOf(failedReason, undefined) : undefined);
         const key = `${status}\u0000${name}`;
         const known = counts.get(key);
         if (known === undefined) counts.set(key, { name, status, count: 1 });
@@ -532,8 +536,18 @@ function afterCursor(batch: readonly Scored[], f: CompiledFilter): Scored[] {
   return batch.filter(([member, t]) => t < before.createdAt || (t === before.createdAt && member < before.id));
 }
 
+/** The index set of a task name, under `tf:` (as written in WRITE_INDEX's packed lines). */
+function nameSet(name: string): string {
+  return `name:${encodeURIComponent(name)}`;
+}
+
 function nameKey(queue: Queue, name: string): string {
-  return queue.toKey(`tf:name:${encodeURIComponent(name)}`);
+  return queue.toKey(`tf:${nameSet(name)}`);
+}
+
+/** Where a keyed task's job id is found by its task id (the job's id is its key's, see jobIdOfKey). */
+export function idKey(queue: Queue, taskId: string): string {
+  return queue.toKey(`tf:id:${taskId}`);
 }
 
 function tagSet(key: string, value: string): string {
