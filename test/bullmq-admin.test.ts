@@ -174,6 +174,28 @@ describe('admin over BullMQ', { timeout: 60_000 }, () => {
     expect((await web.metrics()).byStatus).toMatchObject({ interrupted: 1, running: 0 });
   });
 
+  it('the dead letters list over a failed set of 200 000 jobs (more ids than one call takes as arguments)', async () => {
+    const { web, tasks, client } = await startFleet('deadletters');
+    const failed = [web.add(tasks.charge), web.add(tasks.charge)];
+    await waitFor(
+      async () => (await web.list({ status: 'failed' })).length === 2,
+      20_000,
+      'the worker to fail both tasks',
+    );
+    // Failed jobs BullMQ no longer holds, older than ours in the index: what a busy queue's failed set becomes.
+    await client.eval(
+      `for i = 1, 200000 do
+         redis.call('ZADD', KEYS[1], 0, 'gone' .. i)
+         redis.call('ZADD', KEYS[2], 1, 'gone' .. i)
+       end`,
+      2,
+      'bull:deadletters:failed',
+      'bull:deadletters:tf:all',
+    );
+    const deadLetters = await web.list({ status: 'failed', limit: 2 });
+    expect(deadLetters.map((r) => r.id).sort()).toEqual(failed.toSorted());
+  });
+
   it('the event stream shows a task of the worker going pending → running → success', async () => {
     const { web, base, tasks } = await startFleet('events');
     const stream = await openSse(`${base}/events`, { authorization: `Bearer ${TOKEN}` });

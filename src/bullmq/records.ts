@@ -404,7 +404,8 @@ export class BullmqRecords implements EngineRecords {
       ...([...f.statuses!].some((s) => s !== 'running') ? await redis.zrange(queue.toKey('failed'), '0', '-1') : []),
     ];
     if (ids.length === 0) return [];
-    const scores = await redis.zmscore(queue.toKey('tf:all'), ...ids);
+    // The ids as one array argument, not spread: the failed set can hold more than a call takes arguments.
+    const scores = await redis.zmscore(queue.toKey('tf:all'), ids);
     // A job not in the index yet is one of the newest adds (the index is written up to 20 ms after them).
     const now = Date.now();
     const scored: Scored[] = ids.map((id, i) => [id, scores[i] === null ? now : Number(scores[i])]);
