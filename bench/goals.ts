@@ -46,6 +46,13 @@ export interface Goal {
 
 const capacity = (variant: string, baseline: string): Measure => ({ kind: 'capacity', variant, baseline });
 
+/** A reference row of the durable part: a store's server against bare Koa's. */
+const durable = (what: string, variant: string): Goal => ({
+  what,
+  measure: { kind: 'durable', variant, baseline: 'bare' },
+  direction: 'higher',
+});
+
 /** The isolate part's rows: p99 latency ÷ another server's at the same request rate (lower is better). */
 const latency = (what: string, variant: string, baseline: string, target?: number): Goal => ({
   what,
@@ -220,26 +227,10 @@ export const GOALS: readonly Goal[] = [
     issue: '#20',
   },
   // The durable part's rows: each store against bare Koa, for scale.
-  {
-    what: '(durable part, floor) a durable store that writes nothing ÷ bare Koa',
-    measure: { kind: 'durable', variant: 'null-durable', baseline: 'bare' },
-    direction: 'higher',
-  },
-  {
-    what: '(durable part) SqliteStore, synchronous=NORMAL ÷ bare Koa',
-    measure: { kind: 'durable', variant: 'sqlite', baseline: 'bare' },
-    direction: 'higher',
-  },
-  {
-    what: '(durable part) SqliteStore, synchronous=FULL ÷ bare Koa',
-    measure: { kind: 'durable', variant: 'sqlite-full', baseline: 'bare' },
-    direction: 'higher',
-  },
-  {
-    what: '(durable part) RedisStore ÷ bare Koa',
-    measure: { kind: 'durable', variant: 'redis', baseline: 'bare' },
-    direction: 'higher',
-  },
+  durable('(durable part, floor) a durable store that writes nothing ÷ bare Koa', 'null-durable'),
+  durable('(durable part) SqliteStore, synchronous=NORMAL ÷ bare Koa', 'sqlite'),
+  durable('(durable part) SqliteStore, synchronous=FULL ÷ bare Koa', 'sqlite-full'),
+  durable('(durable part) RedisStore ÷ bare Koa', 'redis'),
   {
     what: '(OpenTelemetry) ns per task, a tracer provider that records nothing ÷ no SDK',
     measure: { kind: 'otel', variant: 'noop-provider' },
