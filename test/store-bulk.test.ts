@@ -116,6 +116,14 @@ const SHARED: [string, () => Promise<() => TaskStore>][] = [
   ],
 ];
 
+/** A store of `create` attached as the instance `ownerId` (closed after the test). */
+function attached(create: () => TaskStore, ownerId: string, leaseMs: number): TaskStore {
+  const store = create();
+  onCleanup(() => store.close());
+  store.attach!({ ownerId, leaseMs });
+  return store;
+}
+
 /** `count` unfinished tasks (pending and running) saved by `dead`, once its lease ran out: orphans. */
 async function leftBehind(dead: TaskStore, count: number, name = 'job'): Promise<TaskRecord[]> {
   const orphans = Array.from({ length: count }, (_, i) =>
@@ -129,14 +137,8 @@ async function leftBehind(dead: TaskStore, count: number, name = 'job'): Promise
 describe.each(SHARED)('%s: a crash that left many tasks', (_name, shared) => {
   it('5 000 orphans of a dead owner are claimed once each by two concurrent claimers, no call taking more than the cap', async () => {
     const create = await shared();
-    const open = (ownerId: string, leaseMs: number): TaskStore => {
-      const store = create();
-      onCleanup(() => store.close());
-      store.attach!({ ownerId, leaseMs });
-      return store;
-    };
-    const orphans = await leftBehind(open('dead', 100), 5_000);
-    const claimers = ['b', 'c'].map((ownerId) => ({ ownerId, store: open(ownerId, 60_000) }));
+    const orphans = await leftBehind(attached(create, 'dead', 100), 5_000);
+    const claimers = ['b', 'c'].map((ownerId) => ({ ownerId, store: attached(create, ownerId, 60_000) }));
     const calls: number[] = [];
     const claimed: string[] = [];
     // Each claims until a call comes back short (as the recovery does): nothing was left at that moment.
@@ -158,27 +160,19 @@ describe.each(SHARED)('%s: a crash that left many tasks', (_name, shared) => {
 
   it('a manager starting after the crash claims all 1 500 orphans at start(), not 1 000 per orphan check', async () => {
     const create = await shared();
-    const dead = create();
-    onCleanup(() => dead.close());
-    dead.attach!({ ownerId: 'dead', leaseMs: 100 });
-    await leftBehind(dead, 1_500, 'resumed');
+    await leftBehind(attached(create, 'dead', 100), 1_500, 'resumed');
     const store = create();
     const manager = createManager({ store, maxQueued: 5_000 });
     manager.task(function resumed() {});
     await manager.start();
-    const other = create();
-    onCleanup(() => other.close());
-    other.attach!({ ownerId: 'other', leaseMs: 60_000 });
+    const other = attached(create, 'other', 60_000);
     // Nothing is left to another instance: the manager took every orphan before start() resolved.
     expect(await other.claimOrphans('other', 60_000)).toEqual([]);
   }, 60_000);
 
   it("resumed tasks confirm their start in a write at the end of the turn, not the next lazy batch's timer: 60 orphans run through 4 slots with setTimeout stopped", async () => {
     const create = await shared();
-    const dead = create();
-    onCleanup(() => dead.close());
-    dead.attach!({ ownerId: 'dead', leaseMs: 100 });
-    const orphans = await leftBehind(dead, 60, 'resumed');
+    const orphans = await leftBehind(attached(create, 'dead', 100), 60, 'resumed');
     const store = create();
     const manager = createManager({ store, concurrency: 4 });
     const ran = new Set<string>();
