@@ -22,6 +22,15 @@ export const FINAL_STATUSES: ReadonlySet<TaskStatus> = new Set(['success', 'fail
  */
 export const DEAD_LETTER_STATUSES: ReadonlySet<TaskStatus> = new Set(['failed', 'interrupted']);
 
+/**
+ * @internal FINAL_STATUSES.has() and DEAD_LETTER_STATUSES.has() by comparison, for hot paths (MemoryStore
+ * checks every task that ends three times; no hash probe).
+ */
+export const isDeadLetterStatus = (status: TaskStatus): boolean => status === 'failed' || status === 'interrupted';
+/** @internal */
+export const isFinalStatus = (status: TaskStatus): boolean =>
+  status === 'success' || status === 'cancelled' || isDeadLetterStatus(status);
+
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
 
 export const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'];

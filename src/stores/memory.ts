@@ -1,9 +1,10 @@
 import {
+  isDeadLetterStatus,
+  isFinalStatus,
   kLiveRecords,
   type LiveRecords,
   type TaskFilter,
   type TaskRecord,
-  type TaskStatus,
   type TaskStore,
 } from '../types.js';
 import { compileFilter, matchesFilter } from './filter.js';
@@ -16,11 +17,6 @@ export interface MemoryStoreOptions {
    */
   maxRecords?: number;
 }
-
-// FINAL_STATUSES and DEAD_LETTER_STATUSES by comparison rather than a Set lookup (a hash table probe): every
-// task that ends is checked three times.
-const isDeadLetter = (status: TaskStatus): boolean => status === 'failed' || status === 'interrupted';
-const isFinal = (status: TaskStatus): boolean => status === 'success' || status === 'cancelled' || isDeadLetter(status);
 
 /**
  * Ids in the order their tasks ended: eviction takes from the front, so it never scans unfinished records.
@@ -87,12 +83,12 @@ export class MemoryStore implements TaskStore {
 
   #save(record: TaskRecord): void {
     this.#records.set(record.id, record);
-    if (isFinal(record.status)) this.#endedNow(record);
+    if (isFinalStatus(record.status)) this.#endedNow(record);
     if (this.#records.size > this.maxRecords) this.#trim();
   }
 
   #endedNow(record: TaskRecord): void {
-    if (!isDeadLetter(record.status)) {
+    if (!isDeadLetterStatus(record.status)) {
       this.#ended.push(record.id);
     } else if (!this.#deadIds.has(record.id)) {
       this.#deadIds.add(record.id);
@@ -149,7 +145,7 @@ export class MemoryStore implements TaskStore {
       const record = this.#records.get(id);
       // Ended here: final, or `pending` as handed over (to BullMQ, or to a restart at shutdown), which this
       // process never changes again. Without the latter a web process on BullMQ kept every task it enqueued.
-      const endedHere = record !== undefined && (record.status === 'pending' || isFinal(record.status));
+      const endedHere = record !== undefined && (record.status === 'pending' || isFinalStatus(record.status));
       if (!endedHere || (this.#deadIds.size > 0 && this.#deadIds.has(id))) continue;
       this.#delete(record);
       if (this.#records.size <= this.maxRecords) return;
@@ -160,7 +156,7 @@ export class MemoryStore implements TaskStore {
       const id = this.#dead.shift()!;
       if (!this.#deadIds.delete(id)) continue;
       const record = this.#records.get(id);
-      if (record !== undefined && isFinal(record.status)) this.#delete(record);
+      if (record !== undefined && isFinalStatus(record.status)) this.#delete(record);
     }
   }
 
