@@ -136,7 +136,10 @@ export class Acceptance implements FollowSource {
     const run = new TaskRun(runner, record, fn as TaskFunction, options, requestLink, recoverable, awaitingWrite);
     const effectivePhase = options.eager ? 'now' : phase;
     if (live !== undefined) {
-      live.add(record);
+      // A task an engine runs is read back from the engine (its records), not from this process's store: only
+      // a keyed one is held here, as the holder later adds of its key answer. The rest would only age in
+      // the history, each record kept past two scavenges for nothing (the bullmq part's web process).
+      if (!this.#deps.engine || key !== undefined) live.add(record);
     } else {
       // Later adds with this key in this process get this id without asking the store.
       if (key !== undefined) this.#localKeys.set(key, id);

@@ -76,6 +76,8 @@ export class MemoryStore implements TaskStore {
     add: (record) => this.#save(record),
     claimKey: (key, id) => this.#claimKey(key, id),
     ended: (record) => {
+      // Not held (an engine's unkeyed task, see Acceptance): nothing to age.
+      if (this.#records.get(record.id) !== record) return;
       this.#endedNow(record);
       if (this.#records.size > this.maxRecords) this.#trim();
     },
