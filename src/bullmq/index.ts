@@ -205,7 +205,9 @@ class BullmqEngine implements EngineHooks {
   #coalesce(): void {
     const client = this.#client;
     if (this.#corked || client === undefined || client.status !== 'ready') return;
-    const stream = client.stream;
+    // An ioredis Cluster has no one socket (`stream`): its adds go out as they come.
+    const stream = client.stream as Redis['stream'] | undefined;
+    if (typeof stream?.cork !== 'function') return;
     this.#corked = true;
     stream.cork();
     setImmediate(() => {
