@@ -5,7 +5,8 @@
 import net from 'node:net';
 import { Queue } from 'bullmq';
 import { bullmqEngine } from 'koa-taskflow/bullmq';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
+import { getJson } from './helpers/fake-clock.js';
 import { startRedisServer } from './helpers/redis.js';
 import { onCleanup, startApp } from './helpers/server.js';
 
@@ -56,5 +57,32 @@ describe('a web process on BullMQ writes the adds of one turn together', () => {
     onCleanup(() => queue.close());
     expect((await Promise.all(ids.map((id) => queue.getJob(id)))).map((job) => job?.id)).toEqual(ids);
     expect(await queue.getWaitingCount()).toBe(21);
+  });
+
+  it("an app's tests that fake the global setImmediate do not hold the adds back", async () => {
+    const redis = await startRedisServer();
+    const connection = { host: '127.0.0.1', port: redis.port };
+    const { manager, url } = await startApp(
+      (app, m) => {
+        const work = m.task(function work(n: number) {
+          return n;
+        });
+        app.use((ctx) => {
+          ctx.body = { ids: [ctx.tasks.schedule(work, 1).id, ctx.tasks.schedule(work, 2).id] };
+        });
+      },
+      { engine: bullmqEngine({ connection, queue: 'faked' }) },
+    );
+    await getJson(url);
+    await manager.drain();
+    vi.useFakeTimers({ toFake: ['setImmediate'] });
+    onCleanup(() => void vi.useRealTimers());
+    const { ids } = await getJson<{ ids: string[] }>(url);
+    const queue = new Queue('faked', { connection });
+    onCleanup(() => queue.close());
+    // Never advanced: the adds reach Redis all the same.
+    for (let tries = 0; (await queue.getWaitingCount()) < 4 && tries < 100; tries++)
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    expect((await Promise.all(ids.map((id) => queue.getJob(id)))).map((job) => job?.id)).toEqual(ids);
   });
 });

@@ -3,6 +3,7 @@
  * `manager.work()` processes run the same registered tasks from the queue, each BullMQ attempt as one of our
  * attempts (span, links, taskLog, metrics). See docs/bullmq.md.
  */
+import { setImmediate as afterThisTurn } from 'node:timers';
 import type { ConnectionOptions, FlowJob, FlowProducer, Job, JobsOptions, Queue, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { DEFAULT_CANCEL_REASON } from '../cancellation.js';
@@ -210,7 +211,9 @@ class BullmqEngine implements EngineHooks {
     if (typeof stream?.cork !== 'function') return;
     this.#corked = true;
     stream.cork();
-    setImmediate(() => {
+    // node:timers' own binding, not the global: an app's tests that fake the global setImmediate would
+    // otherwise hold every add in the socket until they advance their clock.
+    afterThisTurn(() => {
       this.#corked = false;
       stream.uncork();
     });
