@@ -219,6 +219,34 @@ describe('pinoObserver', () => {
     expect(byMsg('task broken failed')).toMatchObject({ level: 50, status: 'failed', error: { type: 'TypeError' } });
   });
 
+  it("follows the logger's level when it changes at run time, for log lines and lifecycle lines", async () => {
+    const { logger, lines } = capturePino('info');
+    const manager = createManager({ logger });
+    const job = manager.task(function levels(round: string) {
+      taskLog(`debug ${round}`, { level: 'debug' });
+      taskLog(`info ${round}`);
+      taskLog(`warn ${round}`, { level: 'warn' });
+    });
+    const run = async (round: string) => {
+      const id = manager.add(job, round);
+      await manager.drain();
+      const own = lines.filter((l) => (l.task as { id?: string } | undefined)?.id === id);
+      return own.map((l) => String(l.msg));
+    };
+    expect(await run('at info')).toEqual(['info at info', 'warn at info']);
+    logger.level = 'warn';
+    expect(await run('at warn')).toEqual(['warn at warn']);
+    logger.level = 'debug';
+    expect(await run('at debug')).toEqual([
+      'task levels pending',
+      'task levels running',
+      'debug at debug',
+      'info at debug',
+      'warn at debug',
+      'task levels success',
+    ]);
+  });
+
   it('rejects something that is not a logger', () => {
     expect(() => pinoObserver({} as never)).toThrow(/"logger"/);
   });

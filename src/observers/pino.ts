@@ -1,6 +1,14 @@
 import { INVALID_TRACEID } from '@opentelemetry/api';
 import { formatTraceFlags } from '../otel.js';
-import type { LifecycleEvent, LogEvent, LogLevel, TaskLogger, TaskObserver, TaskStatus } from '../types.js';
+import {
+  LOG_LEVELS,
+  type LifecycleEvent,
+  type LogEvent,
+  type LogLevel,
+  type TaskLogger,
+  type TaskObserver,
+  type TaskStatus,
+} from '../types.js';
 
 // Successes are `debug`: the span and the metrics already count them, and at `info` a line per task would
 // double the log volume of a task that logs once. Problems are `warn`/`error`.
@@ -23,8 +31,7 @@ export function pinoObserver(logger: TaskLogger): TaskObserver {
     throw new TypeError('pinoObserver: "logger" must be a pino logger (an object with info/warn/error… methods)');
   }
   // pino's own check: a line below the logger's level is not even built.
-  const enabled =
-    typeof logger.isLevelEnabled === 'function' ? (level: LogLevel) => logger.isLevelEnabled!(level) : () => true;
+  const enabled = levelCheck(logger);
   return {
     wantsLog: enabled,
     onLog(event: LogEvent): void {
@@ -70,5 +77,27 @@ export function pinoObserver(logger: TaskLogger): TaskObserver {
       const verb = event.status === 'pending' && event.error ? 'attempt failed, retrying' : event.status;
       logger[level](line, `task ${event.name} ${verb}`);
     },
+  };
+}
+
+/**
+ * Whether the logger writes a level. A task asks up to four times (its log line, and its pending, running and
+ * success events, which are `debug`): for a pino logger the answers are computed once per level the logger
+ * is set to (pino's `levelVal`), so changing `logger.level` at run time still takes effect at the next call.
+ */
+function levelCheck(logger: TaskLogger): (level: LogLevel) => boolean {
+  if (typeof logger.isLevelEnabled !== 'function') return () => true;
+  const isLevelEnabled = (level: LogLevel) => logger.isLevelEnabled!(level);
+  const pino = logger as TaskLogger & { readonly levelVal?: unknown };
+  if (typeof pino.levelVal !== 'number') return isLevelEnabled;
+  let answeredFor: unknown;
+  const answers = new Map<LogLevel, boolean>();
+  return (level) => {
+    const now = pino.levelVal;
+    if (now !== answeredFor) {
+      answeredFor = now;
+      for (const each of LOG_LEVELS) answers.set(each, isLevelEnabled(each));
+    }
+    return answers.get(level) ?? isLevelEnabled(level);
   };
 }
