@@ -1,3 +1,5 @@
+import { types } from 'node:util';
+
 export const REDACTED = '[redacted]';
 /** Replaces what is nested deeper than MAX_REDACT_DEPTH: it was not searched for secrets, so it does not leave. */
 export const TOO_DEEP = '[too deep]';
@@ -106,8 +108,29 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
     return copy ?? value;
   }
 
+  /**
+   * Log fields are most often a flat object of a few scalars under keys already judged: nothing to copy and
+   * nothing nested, so the walk (its ancestors, its copy-on-write) is skipped. Only for a plain object (not a
+   * Proxy, whose traps the walk guards) whose every value is a scalar under a key that is not secret; anything
+   * else, or a getter that throws, is left to the walk.
+   */
+  const flatAndClean = (value: object): boolean => {
+    if (paths.length > 0 || types.isProxy(value) || Object.getPrototypeOf(value) !== Object.prototype) return false;
+    try {
+      for (const key in value) {
+        if (secretKey(key)) return false;
+        const child = (value as Record<string, unknown>)[key];
+        if (child !== null && typeof child === 'object') return false;
+      }
+    } catch {
+      return false;
+    }
+    return true;
+  };
+
   // Paths start at each argument, so the argument list itself is walked item by item.
   const redact = <T>(value: T): T => {
+    if (value !== null && typeof value === 'object' && !Array.isArray(value) && flatAndClean(value)) return value;
     const outerVisited = visited;
     const outerWalked = walkedOnce;
     visited = 0;

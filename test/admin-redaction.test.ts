@@ -160,6 +160,31 @@ describe('redaction has no depth hole', () => {
     expect(args.cyclic).toEqual({ label: 'visible-cycle', token: REDACTED, self: '[circular]' });
   });
 
+  it('masks flat log fields of scalars too (a secret-looking key, a configured key name), and drops unreadable ones', async () => {
+    // The common shape of log fields (a few scalars, nothing nested) is checked without the full walk.
+    const traced = tracedPinoManager({ redact: ['customerSsn'] });
+    const { manager } = traced;
+    const job = manager.task(async function flatJob() {
+      taskLog('flat fields', { sessionToken: 'SECRET-token', customerSsn: 'SECRET-ssn', note: 'visible-note' });
+      const broken = { note: 'visible-broken' };
+      Object.defineProperty(broken, 'amount', {
+        enumerable: true,
+        get: () => {
+          throw new Error('SECRET-getter');
+        },
+      });
+      taskLog('a getter throws', broken);
+    });
+    const { outputs } = await runAndCollect(traced, () => manager.add(job));
+    for (const [where, text] of Object.entries(outputs)) {
+      expect(text, where).not.toContain('SECRET');
+      expect(text, where).toContain('visible-note');
+      expect(text, where).toContain(REDACTED);
+      // Fields that cannot be read are not logged at all (taskLog never throws), as before the shortcut.
+      expect(text, where).not.toContain('a getter throws');
+    }
+  });
+
   it('walks a value that shares its parts (2^20 paths through 20 levels) about once per part', async () => {
     const { createRedactor } = await import('../src/redact.js');
     let reads = 0;
