@@ -200,10 +200,16 @@ export class TaskTelemetry {
     return spanContext;
   }
 
+  /** Set once an SDK is behind the tracer: a proxy's delegate is set once, so on stays on. */
+  #tracingOn = false;
+
   /** True while the tracer is the API's no-op one (no SDK registered, no provider given). */
   get tracingOff(): boolean {
+    if (this.#tracingOn) return false;
     const provider = this.#tracerProvider;
-    return provider instanceof ProxyTracerProvider && provider.getDelegate() === NOOP_TRACER_PROVIDER;
+    const off = provider instanceof ProxyTracerProvider && provider.getDelegate() === NOOP_TRACER_PROVIDER;
+    this.#tracingOn = !off;
+    return off;
   }
 
   startAttempt(input: AttemptSpanInput, attempt: number): Span {
@@ -341,5 +347,8 @@ export function hasSpanIds(spanContext: SpanContext): boolean {
 
 /** pino / instrumentation-pino render trace flags as two hex digits. */
 export function formatTraceFlags(flags: number): string {
+  // The two values every line has, without building the string per line.
+  if (flags === 1) return '01';
+  if (flags === 0) return '00';
   return flags < 16 ? `0${flags.toString(16)}` : flags.toString(16);
 }
