@@ -123,8 +123,8 @@ export const VARIANTS: readonly Variant[] = [
     name: 'handrolled-contract',
     label:
       "hand-rolled, with what the contract adds (the untraced contract row's record, history, limit and " +
-      'context, plus 9 attributes with the request ids, enqueued event, active span, status, the log on the ' +
-      'record, task/tags/request ids on the line)',
+      'context, plus 9 attributes with the request ids, enqueued event, active span with the task in its ' +
+      'context, status, secret-looking log keys masked, the log on the record, task/tags/request ids on the line)',
     baseline: 'koa-span',
     tasks: true,
   },

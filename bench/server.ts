@@ -10,6 +10,7 @@ import {
   SpanKind,
   SpanStatusCode,
   context,
+  createContextKey,
   trace,
   type SpanContext,
   type Tracer,
@@ -222,9 +223,40 @@ switch (variant) {
     // By hand, what the contract asks of one traced task beyond a span, an event and a log line: everything of
     // 'handrolled-record' below, plus the `task.enqueued` event on the request span, the attempt's
     // attributes (the request's ids among them), the span active while the work runs (so its own spans are
-    // children), an OK status, the log kept on the record (`logs`, as a TaskRecord has it) and `task`/`tags`
-    // and the request's ids on the line. No retries, options, observers or handle.
+    // children) with the task beside it in the context (what getTaskContext() and taskLog() find the task by;
+    // the log below finds it there), an OK status, the log fields masked under a secret-looking key (the
+    // default of option `redact`), the log kept on the record (`logs`, as a TaskRecord has it) and
+    // `task`/`tags` and the request's ids on the line. No retries, options, observers or handle.
     const tags = {};
+    const TASK = createContextKey('the running task');
+    const SECRET = /passw(or)?d|secret|token|authori[sz]ation|api[-_]?key|cookie|private[-_]?key|credential/i;
+    const masked = (fields: Record<string, unknown>): Record<string, unknown> => {
+      let copy: Record<string, unknown> | undefined;
+      for (const key in fields) if (SECRET.test(key)) (copy ??= { ...fields })[key] = '[redacted]';
+      return copy ?? fields;
+    };
+    const log = (message: string, unsafe: Record<string, unknown>) => {
+      const active = context.active();
+      const task = active.getValue(TASK) as HandRecord;
+      const span = trace.getSpan(active)!;
+      const sc = span.spanContext();
+      const fields = masked(unsafe);
+      span.addEvent('task.log', { 'log.message': message, 'log.level': 'info', ...fields });
+      task.logs = [{ time: Date.now(), level: 'info', message, attempt: 1, fields }];
+      logger!.info(
+        {
+          ...fields,
+          trace_id: sc.traceId,
+          span_id: sc.spanId,
+          trace_flags: '01',
+          request_trace_id: task.requestTraceId,
+          request_span_id: task.requestSpanId,
+          task: { id: task.id, name: task.name, attempt: 1 },
+          tags,
+        },
+        message,
+      );
+    };
     handrolledTasks((record, request) => {
       const { id } = record;
       const span = tracer!.startSpan(
@@ -256,23 +288,8 @@ switch (variant) {
         return error;
       };
       return context
-        .with(trace.setSpan(ROOT_CONTEXT, span), () => {
-          const fields = { n: 1 };
-          span.addEvent('task.log', { 'log.message': 'did the work', 'log.level': 'info', n: 1 });
-          record.logs = [{ time: Date.now(), level: 'info', message: 'did the work', attempt: 1, fields }];
-          logger!.info(
-            {
-              n: 1,
-              trace_id: sc.traceId,
-              span_id: sc.spanId,
-              trace_flags: '01',
-              request_trace_id: record.requestTraceId,
-              request_span_id: record.requestSpanId,
-              task: { id, name: 'work', attempt: 1 },
-              tags,
-            },
-            'did the work',
-          );
+        .with(trace.setSpan(ROOT_CONTEXT, span).setValue(TASK, record), () => {
+          log('did the work', { n: 1 });
           return noop();
         })
         .then(() => done(undefined), done);
