@@ -1,8 +1,8 @@
 // The thread side of `isolate: 'thread'`: piscina loads this file in each worker thread and calls its default
-// export once per attempt. The task's module imports koa-taskflow, which resolves to this same build, so
+// export once per attempt (the channels it uses are described at ThreadPool in isolate.ts). The task's module imports koa-taskflow, which resolves to this same build, so
 // `getTaskContext()`, `taskLog()` and `taskProgress()` find the attempt entered below.
 import { setPriority } from 'node:os';
-import type { MessagePort } from 'node:worker_threads';
+import { BroadcastChannel, parentPort, workerData } from 'node:worker_threads';
 import {
   context,
   ROOT_CONTEXT,
@@ -19,20 +19,27 @@ import { attemptStorage, kLog, kProgress, kSeq, type ActiveAttempt } from './con
 import { TaskCancelledError, TaskflowError, TaskInterruptedError, TaskTimeoutError } from './errors.js';
 import {
   crossedError,
+  DROPPED,
+  QUEUED,
   rebuiltError,
+  RUNNING,
   type AbortMessage,
   type CrossedError,
+  type ThreadData,
   type ThreadMessage,
+  type ThreadReply,
   type ThreadTask,
 } from './isolate.js';
 import type { LogLevel, Tags } from './types.js';
 
-/** Sends one message; a value the port cannot clone is replaced by its string form rather than lost. */
-function send(port: MessagePort, message: ThreadMessage): void {
+/** Sends one message; a value that cannot be cloned is replaced by its string form rather than lost. */
+function send(message: ThreadMessage): void {
   try {
-    port.postMessage(message);
+    parentPort!.postMessage(message);
   } catch {
-    port.postMessage(JSON.parse(JSON.stringify(message, (_key, value: unknown) => cloneSafe(value))) as ThreadMessage);
+    parentPort!.postMessage(
+      JSON.parse(JSON.stringify(message, (_key, value: unknown) => cloneSafe(value))) as ThreadMessage,
+    );
   }
 }
 
@@ -49,7 +56,7 @@ class PortSpan implements Span {
   readonly #recording: boolean;
 
   constructor(
-    readonly port: MessagePort,
+    readonly attempt: ThreadAttempt,
     task: ThreadTask['context'],
   ) {
     this.#context = { traceId: task.traceId, spanId: task.spanId, traceFlags: task.traceFlags, isRemote: true };
@@ -69,7 +76,7 @@ class PortSpan implements Span {
   }
 
   setAttributes(attributes: Attributes): this {
-    if (this.#recording) send(this.port, { type: 'attributes', attributes });
+    if (this.#recording) this.attempt.send({ key: this.attempt.key, type: 'attributes', attributes });
     return this;
   }
 
@@ -77,7 +84,8 @@ class PortSpan implements Span {
     if (!this.#recording) return this;
     const isTime =
       typeof attributesOrTime === 'number' || attributesOrTime instanceof Date || Array.isArray(attributesOrTime);
-    send(this.port, {
+    this.attempt.send({
+      key: this.attempt.key,
       type: 'event',
       name,
       attributes: isTime ? undefined : attributesOrTime,
@@ -95,7 +103,7 @@ class PortSpan implements Span {
   }
 
   setStatus(status: SpanStatus): this {
-    if (this.#recording) send(this.port, { type: 'status', status });
+    if (this.#recording) this.attempt.send({ key: this.attempt.key, type: 'status', status });
     return this;
   }
 
@@ -118,9 +126,10 @@ class PortSpan implements Span {
 
 let attemptsStarted = 0;
 
-/** What `getTaskContext()` answers in the thread; logs and progress go to the main thread over the port. */
+/** What `getTaskContext()` answers in the thread; logs and progress go to the main thread, tagged with its key. */
 class ThreadAttempt implements ActiveAttempt {
   readonly [kSeq] = ++attemptsStarted;
+  readonly key: number;
   readonly id: string;
   readonly name: string;
   readonly attempt: number;
@@ -128,27 +137,35 @@ class ThreadAttempt implements ActiveAttempt {
   readonly tags: Tags;
   readonly tickAt: Date | undefined;
   readonly span: PortSpan;
+  /** Messages sent so far: piscina's answer carries the count (the main thread waits for them all). */
+  sent = 0;
 
   constructor(
     task: ThreadTask,
     readonly signal: AbortSignal,
   ) {
     const { context: c } = task;
+    this.key = task.key;
     this.id = c.id;
     this.name = c.name;
     this.attempt = c.attempt;
     this.maxAttempts = c.maxAttempts;
     this.tags = c.tags;
     this.tickAt = c.tickAt === undefined ? undefined : new Date(c.tickAt);
-    this.span = new PortSpan(task.port, c);
+    this.span = new PortSpan(this, c);
+  }
+
+  send(message: ThreadMessage): void {
+    send(message);
+    this.sent++;
   }
 
   [kLog](level: LogLevel, message: string, fields: Record<string, unknown> | undefined): void {
-    send(this.span.port, { type: 'log', level, message, fields });
+    this.send({ key: this.key, type: 'log', level, message, fields });
   }
 
   [kProgress](value: number, fields: Record<string, unknown> | undefined): void {
-    send(this.span.port, { type: 'progress', value, fields });
+    this.send({ key: this.key, type: 'progress', value, fields });
   }
 }
 
@@ -167,15 +184,12 @@ function abortReason(crossed: CrossedError): Error {
   return error;
 }
 
-let niced = false;
-
 /**
  * Linux schedules threads one by one, and `setPriority(0, n)` there lowers the calling thread alone: a task
  * thread that yields the CPU to the app's event loop whenever both want it. (Elsewhere pid 0 is the whole
  * process, so nothing is changed.)
  */
 function lowerPriority(nice: number): void {
-  niced = true;
   if (process.platform !== 'linux' || nice === 0) return;
   try {
     setPriority(0, nice);
@@ -184,47 +198,72 @@ function lowerPriority(nice: number): void {
   }
 }
 
-/** Runs one attempt; its outcome goes over the port (after its logs), never through piscina's result. */
-export default async function runInThread(task: ThreadTask): Promise<void> {
-  const { port } = task;
-  if (!niced) lowerPriority(task.nice);
-  port.postMessage({ type: 'started' } satisfies ThreadMessage);
+const data = workerData as ThreadData;
+const states = new Int32Array(data.states);
+lowerPriority(data.nice);
+
+/** The aborts of this thread's attempts, by key, from the start of the task to its answer. */
+const aborts = new Map<number, (reason: CrossedError) => void>();
+const abortChannel = new BroadcastChannel(data.aborts);
+// The thread ends when piscina says so, not when this channel is quiet.
+abortChannel.unref();
+abortChannel.onmessage = (event) => {
+  const { key, reason } = (event as { data: AbortMessage }).data;
+  aborts.get(key)?.(reason);
+};
+
+/** The tasks' functions by module and export: an import() per attempt, even of a loaded module, costs an await. */
+const functions = new Map<string, (...args: unknown[]) => unknown>();
+
+async function load(task: ThreadTask): Promise<(...args: unknown[]) => unknown> {
+  const exports = (await import(task.module)) as Record<string, unknown>;
+  const named = exports[task.exportName];
+  const fn = typeof named === 'function' ? named : exports.default;
+  if (typeof fn !== 'function')
+    throw new TypeError(
+      `the module ${task.module} of task "${task.context.name}" exports no function "${task.exportName}" and no default function`,
+    );
+  functions.set(`${task.module}#${task.exportName}`, fn as (...args: unknown[]) => unknown);
+  return fn as (...args: unknown[]) => unknown;
+}
+
+/** Runs one attempt; its logs go to the main thread as they happen, its outcome in piscina's answer. */
+export default async function runInThread(task: ThreadTask): Promise<ThreadReply> {
+  // Aborted while it waited for a thread: the main thread has failed it already.
+  if (Atomics.compareExchange(states, task.slot, QUEUED, RUNNING) === DROPPED) return { sent: 0, outcome: 'dropped' };
   const controller = new AbortController();
   let attempt: ThreadAttempt | undefined;
-  port.on('message', (message: AbortMessage) => {
-    if (message.type !== 'abort') return;
-    const reason = abortReason(message.reason);
+  aborts.set(task.key, (crossed) => {
+    const reason = abortReason(crossed);
     // The signal's listeners run inside the task (a taskLog there is the task's), as on the main thread.
     if (attempt === undefined) controller.abort(reason);
     else attemptStorage.run(attempt, () => controller.abort(reason));
   });
   try {
-    const exports = (await import(task.module)) as Record<string, unknown>;
-    const named = exports[task.exportName];
-    const fn = typeof named === 'function' ? named : exports.default;
-    if (typeof fn !== 'function')
-      throw new TypeError(
-        `the module ${task.module} of task "${task.context.name}" exports no function "${task.exportName}" and no default function`,
-      );
+    const fn = functions.get(`${task.module}#${task.exportName}`) ?? (await load(task));
     attempt = new ThreadAttempt(task, controller.signal);
     // Our storage carries the attempt for getTaskContext(); the OpenTelemetry context carries its span for
     // the spans the task makes, when an SDK (a context manager) is registered in this thread.
     const spanContext = trace.setSpan(ROOT_CONTEXT, attempt.span);
     const value: unknown = await attemptStorage.run(attempt, (): unknown =>
-      context.with(spanContext, fn as (...args: unknown[]) => unknown, undefined, ...task.args),
+      context.with(spanContext, fn, undefined, ...task.args),
     );
+    // A primitive always clones; an object is sent here, where a failure to clone is this attempt's error
+    // (in piscina's answer it would take the thread down).
+    if (value === null || (typeof value !== 'object' && typeof value !== 'function' && typeof value !== 'symbol'))
+      return { sent: attempt.sent, outcome: 'value', value };
     try {
-      port.postMessage({ type: 'result', value } satisfies ThreadMessage);
+      parentPort!.postMessage({ key: task.key, type: 'result', value } satisfies ThreadMessage);
     } catch (error) {
       throw new TypeError(
         `the result of task "${task.context.name}" cannot be sent back from its thread (structured clone): ${(error as Error).message}`,
         { cause: error },
       );
     }
+    return { sent: attempt.sent + 1, outcome: 'sent' };
   } catch (error) {
-    port.postMessage({ type: 'error', error: crossedError(error) } satisfies ThreadMessage);
+    return { sent: attempt?.sent ?? 0, outcome: 'error', error: crossedError(error) };
   } finally {
-    // The main thread closes its end once it has the outcome; this end must not keep the thread waiting.
-    port.unref();
+    aborts.delete(task.key);
   }
 }

@@ -210,6 +210,83 @@ describe("isolate: 'thread'", () => {
     expect((await finished(harness, await post(harness, 'flaky'))).attempts).toBe(1);
   });
 
+  it('a thread that dies with attempts of two threads in flight fails only its own; the others get their own logs', async () => {
+    const harness = await isolatedApp({ threads: { maxThreads: 2, minThreads: 2 } });
+    // Five attempts share the pool's channels at once, their messages told apart by attempt alone.
+    const ids = await Promise.all([
+      post(harness, 'whereAmI', ['a']),
+      post(harness, 'crash', ['exit']),
+      post(harness, 'whereAmI', ['b']),
+      post(harness, 'whereAmI', ['c']),
+      post(harness, 'whereAmI', ['d']),
+    ]);
+    const records = await Promise.all(ids.map((id) => finished(harness, id)));
+    expect(records[1].error?.message).toMatch(/died .*exited with code: 3/);
+    for (const [i, label] of [
+      [0, 'a'],
+      [2, 'b'],
+      [3, 'c'],
+      [4, 'd'],
+    ] as const) {
+      expect(records[i].status).toBe('success');
+      expect(records[i].logs).toHaveLength(1);
+      expect(records[i].logs[0].fields).toMatchObject({ label, seen: { id: ids[i] } });
+      expect(records[i].progress).toBe(0.5);
+    }
+  });
+
+  it("every message an attempt sent reaches its record before its outcome, when two threads' answers cross", async () => {
+    const harness = await isolatedApp({ threads: { maxThreads: 2, minThreads: 2 } });
+    // Each logs and returns at once: one thread's answer is often read while the other's log is still on its way.
+    const ids = await Promise.all(Array.from({ length: 40 }, () => post(harness, 'countRuns')));
+    for (const id of ids) {
+      const record = await finished(harness, id);
+      expect(record.status).toBe('success');
+      expect(record.logs.map((l) => l.message)).toEqual(['counted']);
+    }
+  });
+
+  it('an attempt cancelled while it waits for a thread fails at once and never runs there; the thread goes on', async () => {
+    const harness = await isolatedApp();
+    await finished(harness, await post(harness, 'spin', [1]));
+    const running = await post(harness, 'waitForAbort');
+    await waitFor(async () => (await harness.manager.get(running))!.logs.length > 0, 10_000, 'the task to run');
+    // maxThreads 1: this one is started by the manager and waits in the pool's queue.
+    const queued = await post(harness, 'countRuns');
+    await waitFor(async () => (await harness.manager.get(queued))?.status === 'running', 10_000, 'the second start');
+    expect(await harness.manager.cancel(queued)).toBe(true);
+    expect((await harness.manager.get(queued))!.status).toBe('cancelled');
+    expect(await harness.manager.cancel(running)).toBe(true);
+    const next = await finished(harness, await post(harness, 'countRuns'));
+    expect(next.status).toBe('success');
+    // The same thread ran the next one, and counts it as its first run of countRuns.
+    expect(next.logs[0].fields).toMatchObject({ runs: 1 });
+    expect((await harness.manager.get(queued))!.logs).toEqual([]);
+  });
+
+  it("two managers' pools in one process: an abort reaches only its own pool's attempt", async () => {
+    const [a, b] = await Promise.all([isolatedApp(), isolatedApp({}, { waitForAbort: { timeout: 1_000 } })]);
+    // The same steps in each pool: their attempts carry the same numbers there.
+    for (const harness of [a, b]) await finished(harness, await post(harness, 'spin', [1]));
+    const [inA, inB] = await Promise.all([post(a, 'waitForAbort'), post(b, 'waitForAbort')]);
+    for (const [harness, id] of [
+      [a, inA],
+      [b, inB],
+    ] as const)
+      await waitFor(async () => (await harness.manager.get(id))!.logs.length > 0, 10_000, 'the task to run');
+    expect(await a.manager.cancel(inA)).toBe(true);
+    for (const [harness, id] of [
+      [a, inA],
+      [b, inB],
+    ] as const)
+      await waitFor(async () => (await harness.manager.get(id))!.logs.length > 1, 10_000, 'the log of the abort');
+    expect((await a.manager.get(inA))!.logs[1].fields).toMatchObject({ reason: 'TaskCancelledError' });
+    // b's attempt ran on until its own timeout.
+    const inBRecord = (await b.manager.get(inB))!;
+    expect(inBRecord.logs[1].fields).toMatchObject({ reason: 'TaskTimeoutError' });
+    expect(inBRecord.error).toMatchObject({ type: 'TaskTimeoutError' });
+  });
+
   it('a request is not delayed by a 50 ms CPU task in a thread; the same task in process blocks the event loop for 50 ms', async () => {
     const harness = await isolatedApp();
     // A first run starts the thread and loads the module: what is measured is a warm pool, as in an app.
