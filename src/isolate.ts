@@ -234,15 +234,15 @@ interface InFlight {
  * The manager's pool of worker threads for `isolate: 'thread'` tasks (piscina), made at the first isolated
  * attempt and destroyed by `shutdown()`.
  *
- * A dispatch is one piscina task and nothing else; the traffic of all attempts shares three long-lived
- * channels, each message tagged with its attempt's `key` and dispatched through `#inFlight`:
+ * A dispatch is one piscina task and nothing else; what else crosses between the threads is shared by all
+ * attempts and set up once, each message tagged with its attempt's `key` and dispatched through `#inFlight`:
  * - thread → main: each thread's own parentPort (piscina re-emits its messages as the pool's 'message' event),
  *   carrying logs, progress and span writes in the order the task made them. The outcome rides on piscina's
  *   answer, which says how many messages came before it; as the two ports keep no order between them, an
- *   answer that overtook its messages waits for them. (A MessageChannel per attempt, as before, cost ~30 µs
- *   to make and transfer, a 'started' message and a close: ~140 µs of main-thread CPU per task in all, against
- *   ~4 µs for a plain postMessage. One channel per thread handed over once was the other candidate; it needs
- *   the thread of an attempt to be known for an abort, which piscina does not tell.)
+ *   answer that overtook its messages waits for them. (A MessageChannel per attempt, a transferred port, a
+ *   'started' message and a close, as before, took the main thread about twice the CPU per attempt of
+ *   piscina's own run(): bench/isolate-dispatch.ts. A MessageChannel per thread, handed over once, was the
+ *   other candidate; an abort would then need to know the thread of an attempt, which piscina does not tell.)
  * - queued or running: a shared Int32 per attempt (its `slot`), which the thread moves QUEUED → RUNNING as it
  *   starts the attempt; an abort moves it QUEUED → DROPPED instead, and the thread then skips the task. This
  *   replaces a 'started' message, and piscina's own signal (which on a task already handed to a thread kills
