@@ -6,9 +6,8 @@
 // of a batch up to the next check phase, what a clump of requests waits behind) and in all (with the answer). The
 // threads' own CPU is not counted: what a task takes from the event loop serving requests is the point.
 // TASKFLOW_ENTRY=<path of another build's index.js> measures that build instead (before/after a change).
-import { Worker } from 'node:worker_threads';
 import type { TaskManager as Manager } from 'koa-taskflow';
-import { render } from './cpu-task.ts';
+import { ByHandWorker, render } from './cpu-task.ts';
 import { median } from './lib.ts';
 
 const { TaskManager } = (await import(process.env.TASKFLOW_ENTRY ?? 'koa-taskflow')) as {
@@ -59,29 +58,12 @@ async function managerBatch(isolate: 'thread' | 'none', ms: number): Promise<Var
 }
 
 function byHandBatch(): Variant {
-  const worker = new Worker(
-    `const { parentPort } = require('node:worker_threads');
-     parentPort.on('message', (ms) => {
-       const end = performance.now() + ms;
-       while (performance.now() < end);
-       parentPort.postMessage(ms);
-     });`,
-    { eval: true },
-  );
-  let pending = 0;
-  let idle: (() => void) | undefined;
-  worker.on('message', () => {
-    if (--pending === 0) idle?.();
-  });
+  const worker = new ByHandWorker();
   return {
-    dispatch: () =>
-      new Promise<void>((resolve) => {
-        idle = resolve;
-        for (let i = 0; i < BATCH; i++) {
-          pending++;
-          worker.postMessage(2);
-        }
-      }),
+    dispatch: () => {
+      for (let i = 0; i < BATCH; i++) worker.post(2);
+      return worker.idle();
+    },
     stop: () => worker.terminate(),
   };
 }

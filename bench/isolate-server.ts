@@ -3,10 +3,9 @@
 // `isolate: 'thread'` or on the event loop; `by-hand` sends the same work to one worker thread written by hand
 // (no library: the floor of what a thread beside the event loop costs on this machine); `bare` is Koa alone.
 // `GET /__stats` answers once every task has run (see lib.ts).
-import { Worker } from 'node:worker_threads';
 import Koa from 'koa';
 import { TaskManager } from 'koa-taskflow';
-import { render } from './cpu-task.ts';
+import { ByHandWorker, render } from './cpu-task.ts';
 import { serveBenchApp } from './lib.ts';
 
 export const TASK_MS = 50;
@@ -29,27 +28,11 @@ manager.subscribe({
 });
 let drain = () => manager.drain();
 if (variant === 'by-hand') {
-  const worker = new Worker(
-    `const { parentPort } = require('node:worker_threads');
-     parentPort.on('message', (ms) => {
-       const end = performance.now() + ms;
-       let x = 0;
-       while (performance.now() < end) x += Math.sqrt(x + 1);
-       parentPort.postMessage(x);
-     });`,
-    { eval: true },
-  );
-  let pending = 0;
-  let idle: (() => void) | undefined;
-  worker.on('message', () => {
-    ran++;
-    if (--pending === 0) idle?.();
-  });
-  drain = () => (pending === 0 ? Promise.resolve() : new Promise<void>((resolve) => (idle = resolve)));
+  const worker = new ByHandWorker(() => ran++);
+  drain = () => worker.idle();
   app.use((ctx) => {
     ctx.res.once('finish', () => {
-      pending++;
-      worker.postMessage(TASK_MS);
+      worker.post(TASK_MS);
     });
     ctx.body = 'ok';
   });
