@@ -2,7 +2,7 @@
 // `ready <port>`. `thread` and `in-process` add one 50 ms CPU task per request (after the response), run with
 // `isolate: 'thread'` or on the event loop; `by-hand` sends the same work to one worker thread written by hand
 // (no library: the floor of what a thread beside the event loop costs on this machine); `bare` is Koa alone.
-// `GET /__stats` answers once every task has run (see lib.ts).
+// `GET /__stats` answers once every task has run (see lib.ts), with `ran` and the main thread's CPU time.
 import Koa from 'koa';
 import { TaskManager } from 'koa-taskflow';
 import { ByHandWorker, render } from './cpu-task.ts';
@@ -47,5 +47,9 @@ await manager.start();
 serveBenchApp(
   app,
   () => drain(),
-  () => ({ ran }),
+  () => {
+    // The main thread's CPU alone (process.cpuUsage() also counts the task threads'): what serving costs it.
+    const { user, system } = process.threadCpuUsage();
+    return { ran, mainCpuMicros: user + system };
+  },
 );

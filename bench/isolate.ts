@@ -45,7 +45,8 @@ export async function runIsolateBench(config: IsolateConfig, log: (line: string)
       for (let i = 0; i < ISOLATE_VARIANTS.length; i++) {
         const variant = ISOLATE_VARIANTS[(i + round) % ISOLATE_VARIANTS.length];
         const server = servers.get(variant)!;
-        const stats = async () => (await (await fetch(`${server.url}/__stats`)).json()) as ServerStats;
+        const stats = async () =>
+          (await (await fetch(`${server.url}/__stats`)).json()) as ServerStats & { mainCpuMicros: number };
         const before = await stats();
         const result = await autocannon({
           url: server.url,
@@ -65,8 +66,10 @@ export async function runIsolateBench(config: IsolateConfig, log: (line: string)
         };
         samples.get(variant)!.push(row);
         p99.set(variant, row.p99);
+        // (The CPU of the /__stats request itself is in it too, the same for every server.)
+        const mainCpu = (after.mainCpuMicros - before.mainCpuMicros) / row.served;
         log(
-          `isolate round ${round + 1}/${config.ROUNDS} ${variant.padEnd(10)} p50 ${fmt(row.p50)} ms  p99 ${fmt(row.p99)} ms  served ${row.served}  tasks ran ${row.ran}`,
+          `isolate round ${round + 1}/${config.ROUNDS} ${variant.padEnd(10)} p50 ${fmt(row.p50)} ms  p99 ${fmt(row.p99)} ms  served ${row.served}  tasks ran ${row.ran}  main thread ${fmt(mainCpu, 0)} µs CPU/request`,
         );
       }
       for (const variant of ISOLATE_VARIANTS) ratios.get(variant)!.push(p99.get(variant)! / p99.get('bare')!);
