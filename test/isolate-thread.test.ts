@@ -265,7 +265,7 @@ describe("isolate: 'thread'", () => {
   });
 
   it("two managers' pools in one process: an abort reaches only its own pool's attempt", async () => {
-    const [a, b] = await Promise.all([isolatedApp(), isolatedApp({}, { waitForAbort: { timeout: 1_000 } })]);
+    const [a, b] = await Promise.all([isolatedApp(), isolatedApp({}, { waitForAbort: { timeout: 2_000 } })]);
     // The same steps in each pool: their attempts carry the same numbers there.
     for (const harness of [a, b]) await finished(harness, await post(harness, 'spin', [1]));
     const [inA, inB] = await Promise.all([post(a, 'waitForAbort'), post(b, 'waitForAbort')]);
