@@ -16,6 +16,10 @@ export const OTEL_DOC = beside('../docs/opentelemetry.md', import.meta.url);
 const range = (spread: [number, number] | undefined, digits: number) =>
   spread ? `${fmt(spread[0], digits)}–${fmt(spread[1], digits)}` : '';
 const thousands = (n: number) => n.toLocaleString('en').replace(/,/g, ' ');
+const warmup = (config: { WARMUP_REQUESTS?: number; WARMUP?: number }) =>
+  config.WARMUP_REQUESTS !== undefined
+    ? `with ${thousands(config.WARMUP_REQUESTS)} requests`
+    : `for ${config.WARMUP} s`;
 const runLine = (what: string, run: RunInfo) =>
   `${what}: ${run.started.slice(0, 16).replace('T', ' ')} UTC, Node ${run.nodeVersion}, ${run.machine}, ` +
   `${run.load ? `load average ${fmt(run.load[0], 2)} → ${fmt(run.load[1], 2)}` : 'load not recorded'}` +
@@ -185,10 +189,10 @@ export function resultsMarkdown(results: Results): string {
   const method = http
     ? `${runLine('HTTP', http)}.
 Autocannon on loopback, ${http.config.CONNECTIONS} connections. Every comparison (a variant against its baseline, and
-ours against the same work written by hand) runs **both servers side by side**, each in its own process, warmed for
-${http.config.WARMUP} s (long enough to fill MemoryStore's 10 000-record history), then measured in ${http.config.BURSTS} bursts of
-${http.config.SECONDS} s each, taking turns; **${http.config.ROUNDS} rounds** with fresh processes, the order of the comparisons
-rotating. A ratio is only taken between two bursts a second apart, as a shared machine's speed drifts by more than
+ours against the same work written by hand) runs **both servers side by side**, each in its own process, warmed
+${warmup(http.config)} (the 10 000-record history full and the JIT settled), then measured in ${http.config.BURSTS} bursts of
+${http.config.SECONDS} s each, taking turns, the side that goes first alternating; **${http.config.ROUNDS} rounds** with fresh
+processes, the order of the comparisons rotating. A ratio is only taken between two bursts a second apart, as a shared machine's speed drifts by more than
 the differences measured. *µs CPU/request* is the server's \`process.cpuUsage()\` (all threads) over a burst's
 requests, read after the background work they caused has drained, divided by the request count (median of all the
 variant's bursts). *Capacity ratio* = baseline CPU/request ÷ variant CPU/request of two neighbouring bursts, median

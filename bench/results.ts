@@ -30,7 +30,9 @@ export interface HttpResults extends RunInfo {
     BURSTS: number;
     SECONDS: number;
     CONNECTIONS: number;
-    WARMUP: number;
+    /** Requests per server before measuring (runs before 2026-11-30 warmed for `WARMUP` seconds instead). */
+    WARMUP_REQUESTS?: number;
+    WARMUP?: number;
     EVERY_VARIANT?: boolean;
   };
   rows: HttpRow[];
