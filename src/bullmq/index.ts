@@ -117,6 +117,16 @@ function retentionMs(keep: Pick<JobsOptions, 'removeOnComplete' | 'removeOnFail'
   return Math.max(ageOf(keep.removeOnComplete), ageOf(keep.removeOnFail));
 }
 
+/**
+ * `queue.add` without BullMQ's telemetry wrapper, which our queue never has a `telemetry` for (our spans
+ * replace it): `add` runs `addJob` inside two more async functions and builds a span name it does not use,
+ * per job. BullMQ documents `addJob` as that telemetry-free add, for subclasses; a BullMQ without it gets `add`.
+ */
+function telemetryFreeAdd(queue: Queue): Queue['add'] {
+  const addJob = (queue as unknown as { addJob?: Queue['add'] }).addJob;
+  return typeof addJob === 'function' ? addJob.bind(queue) : queue.add.bind(queue);
+}
+
 /** BullMQ as the engine of a TaskManager: `new TaskManager({ engine: bullmqEngine({ connection }) })`. */
 export function bullmqEngine(options: BullmqEngineOptions): TaskEngine {
   checkOptions(options);
@@ -130,7 +140,8 @@ class BullmqEngine implements EngineHooks {
   #host: EngineHost | undefined;
   #jobs: JobHost | undefined;
   #queue: Promise<Queue> | undefined;
-  #ready: Queue | undefined;
+  /** The made queue's add, as `#telemetryFreeAdd` answers it. */
+  #addTo: Queue['add'] | undefined;
   /** The queue's Redis connection, once made: the adds of one event-loop turn are written to it together. */
   #client: Redis | undefined;
   #corked = false;
@@ -192,7 +203,8 @@ class BullmqEngine implements EngineHooks {
         (client) => (this.#client = client),
         () => {},
       );
-      return (this.#ready = queue);
+      this.#addTo = telemetryFreeAdd(queue);
+      return queue;
     }));
   }
 
@@ -234,11 +246,11 @@ class BullmqEngine implements EngineHooks {
   /** Add one job: straight to the queue once it is made (no promise hop per task on the hot path). */
   #add(run: TaskRun): Promise<unknown> {
     const { data, opts } = this.#jobOf(run);
-    const queue = this.#ready;
+    const add = this.#addTo;
     this.#coalesce();
-    return queue !== undefined
-      ? queue.add(run.name, data, opts)
-      : this.#queueNow().then((made) => made.add(run.name, data, opts));
+    return add !== undefined
+      ? add(run.name, data, opts)
+      : this.#queueNow().then(() => this.#addTo!(run.name, data, opts));
   }
 
   async start(): Promise<void> {
