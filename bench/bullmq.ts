@@ -53,7 +53,7 @@ export interface BullmqConfig {
   JOBS: number;
 }
 
-/** `npm run bench`: about 2 minutes on a 2-core machine (3 paired bursts per comparison and round). */
+/** `npm run bench`: about 1.5 minutes on a 2-core machine (the HTTP part's 1 round of 6 paired bursts). */
 export const BULLMQ_DEFAULT: BullmqConfig = {
   web: { ...HTTP_DEFAULT, WARMUP_REQUESTS: 10_000, EVERY_VARIANT: true },
   ROUNDS: 3,

@@ -76,7 +76,11 @@ if (parts.includes('durable')) {
   const rounds = full ? http.ROUNDS : 1;
   const warmup = full ? http.WARMUP_REQUESTS : http.WARMUP_REQUESTS / 2;
   results.durable = await timedPart(() =>
-    runHttpBench({ ...http, ROUNDS: rounds, WARMUP_REQUESTS: warmup, EVERY_VARIANT: true }, log, DURABLE_VARIANTS),
+    runHttpBench(
+      { ...http, ROUNDS: rounds, BURSTS: 3, WARMUP_REQUESTS: warmup, EVERY_VARIANT: true },
+      log,
+      DURABLE_VARIANTS,
+    ),
   );
   writeResults(results, out);
 }
