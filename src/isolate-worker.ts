@@ -1,6 +1,7 @@
 // The thread side of `isolate: 'thread'`: piscina loads this file in each worker thread and calls its default
-// export once per attempt (the channels it uses are described at ThreadPool in isolate.ts). The task's module imports koa-taskflow, which resolves to this same build, so
-// `getTaskContext()`, `taskLog()` and `taskProgress()` find the attempt entered below.
+// export once per attempt (the channels it uses are described at ThreadPool in isolate.ts). The task's module
+// imports koa-taskflow, which resolves to this same build, so `getTaskContext()`, `taskLog()` and
+// `taskProgress()` find the attempt entered below.
 import { setPriority } from 'node:os';
 import { BroadcastChannel, parentPort, workerData } from 'node:worker_threads';
 import {
@@ -18,6 +19,7 @@ import {
 import { attemptStorage, kLog, kProgress, kSeq, type ActiveAttempt } from './context.js';
 import { TaskCancelledError, TaskflowError, TaskInterruptedError, TaskTimeoutError } from './errors.js';
 import {
+  alwaysClones,
   crossedError,
   DROPPED,
   QUEUED,
@@ -215,7 +217,7 @@ abortChannel.onmessage = (event) => {
 /** The tasks' functions by module and export: an import() per attempt, even of a loaded module, costs an await. */
 const functions = new Map<string, (...args: unknown[]) => unknown>();
 
-async function load(task: ThreadTask): Promise<(...args: unknown[]) => unknown> {
+async function load(task: ThreadTask, key: string): Promise<(...args: unknown[]) => unknown> {
   const exports = (await import(task.module)) as Record<string, unknown>;
   const named = exports[task.exportName];
   const fn = typeof named === 'function' ? named : exports.default;
@@ -223,7 +225,7 @@ async function load(task: ThreadTask): Promise<(...args: unknown[]) => unknown> 
     throw new TypeError(
       `the module ${task.module} of task "${task.context.name}" exports no function "${task.exportName}" and no default function`,
     );
-  functions.set(`${task.module}#${task.exportName}`, fn as (...args: unknown[]) => unknown);
+  functions.set(key, fn as (...args: unknown[]) => unknown);
   return fn as (...args: unknown[]) => unknown;
 }
 
@@ -240,7 +242,8 @@ export default async function runInThread(task: ThreadTask): Promise<ThreadReply
     else attemptStorage.run(attempt, () => controller.abort(reason));
   });
   try {
-    const fn = functions.get(`${task.module}#${task.exportName}`) ?? (await load(task));
+    const fnKey = `${task.module}#${task.exportName}`;
+    const fn = functions.get(fnKey) ?? (await load(task, fnKey));
     attempt = new ThreadAttempt(task, controller.signal);
     // Our storage carries the attempt for getTaskContext(); the OpenTelemetry context carries its span for
     // the spans the task makes, when an SDK (a context manager) is registered in this thread.
@@ -248,10 +251,9 @@ export default async function runInThread(task: ThreadTask): Promise<ThreadReply
     const value: unknown = await attemptStorage.run(attempt, (): unknown =>
       context.with(spanContext, fn, undefined, ...task.args),
     );
-    // A primitive always clones; an object is sent here, where a failure to clone is this attempt's error
-    // (in piscina's answer it would take the thread down).
-    if (value === null || (typeof value !== 'object' && typeof value !== 'function' && typeof value !== 'symbol'))
-      return { sent: attempt.sent, outcome: 'value', value };
+    // A primitive rides in piscina's answer; an object is sent here, where a failure to clone is this attempt's
+    // error (in piscina's answer it would take the thread down).
+    if (alwaysClones(value)) return { sent: attempt.sent, outcome: 'value', value };
     try {
       parentPort!.postMessage({ key: task.key, type: 'result', value } satisfies ThreadMessage);
     } catch (error) {

@@ -180,12 +180,17 @@ export function checkThreadTask(where: string, name: string, module: string | un
   }
 }
 
+/** A primitive other than a symbol: structured clone always copies it, so no copy is made to find out. */
+export function alwaysClones(value: unknown): boolean {
+  return value === null || (typeof value !== 'object' && typeof value !== 'function' && typeof value !== 'symbol');
+}
+
 /** Args of an isolated task are copied to the thread by structured clone: one that cannot be is refused at the add. */
 export function checkCloneable(where: string, name: string, args: readonly unknown[]): void {
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
-    // A primitive other than a symbol always clones: no copy made to find out (most args are ids and numbers).
-    if (arg === null || (typeof arg !== 'object' && typeof arg !== 'function' && typeof arg !== 'symbol')) continue;
+    // Most args are ids and numbers.
+    if (alwaysClones(arg)) continue;
     try {
       structuredClone(arg);
     } catch (error) {

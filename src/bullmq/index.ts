@@ -140,7 +140,7 @@ class BullmqEngine implements EngineHooks {
   #host: EngineHost | undefined;
   #jobs: JobHost | undefined;
   #queue: Promise<Queue> | undefined;
-  /** The made queue's add, as `#telemetryFreeAdd` answers it. */
+  /** The made queue's add, as `telemetryFreeAdd` answers it. */
   #addTo: Queue['add'] | undefined;
   /** The queue's Redis connection, once made: the adds of one event-loop turn are written to it together. */
   #client: Redis | undefined;
