@@ -79,7 +79,7 @@ describe('SqliteStore: a file it cannot use', () => {
     expect(openError(dropped)).toMatchObject({
       code: 'ERR_STORE_SCHEMA',
       message: expect.stringMatching(
-        /its koa-taskflow schema \(version 3\) has no column "\w+" in table "taskflow_tags": it is damaged or is not a koa-taskflow database/,
+        /its koa-taskflow schema \(version 4\) has no column "\w+" in table "taskflow_tags": it is damaged or is not a koa-taskflow database/,
       ),
     });
 
@@ -100,10 +100,10 @@ describe('SqliteStore: a file it cannot use', () => {
 
     const newer = join(dir, 'newer.db');
     await storeFile(newer);
-    exec(newer, 'PRAGMA user_version = 4');
+    exec(newer, 'PRAGMA user_version = 5');
     expect(openError(newer)).toMatchObject({
       code: 'ERR_STORE_NEWER_SCHEMA',
-      message: expect.stringContaining("schema version 4 is newer than this koa-taskflow's (3); upgrade koa-taskflow"),
+      message: expect.stringContaining("schema version 5 is newer than this koa-taskflow's (4); upgrade koa-taskflow"),
     });
   });
 

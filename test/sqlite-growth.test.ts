@@ -111,6 +111,54 @@ describe('SqliteStore as the history grows', () => {
     expect(await expectCountsMatchRecords(store)).toBe(42);
   });
 
+  it('upgrades a database of schema version 3, whose triggers kept the counts: they carry on through rewrites, folds and a second store on the file', async () => {
+    const path = join(tempDir(), 'tasks.db');
+    const db = new DatabaseSync(path);
+    for (const migration of MIGRATIONS.slice(0, 3)) db.exec(migration);
+    db.exec('PRAGMA user_version = 3');
+    const t0 = Date.now() - 1_000;
+    const insert = db.prepare(
+      'INSERT INTO taskflow_tasks (id, name, status, created_at, ended_at, record, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?)',
+    );
+    const v3 = (i: number) =>
+      record(`v3-${i}`, {
+        name: i % 2 ? 'mail' : 'sms',
+        status: i % 5 === 0 ? 'pending' : i % 4 === 0 ? 'failed' : 'success',
+        createdAt: t0 + i,
+        endedAt: i % 5 === 0 ? undefined : t0 + i,
+        durationMs: i % 5 === 0 ? undefined : i * 7,
+      });
+    for (let i = 0; i < 30; i++) {
+      const r = v3(i);
+      insert.run(r.id, r.name, r.status, r.createdAt, r.endedAt ?? null, JSON.stringify(r), r.durationMs ?? null);
+    }
+    // An acceptance the version-3 process logged and never folded.
+    const logged = record('v3-log', { name: 'mail', createdAt: t0 + 100 });
+    db.prepare('INSERT INTO taskflow_log (id, name, status, created_at, record) VALUES (?, ?, ?, ?, ?)').run(
+      logged.id,
+      logged.name,
+      logged.status,
+      logged.createdAt,
+      JSON.stringify(logged),
+    );
+    db.close();
+
+    const store = openStore(path);
+    const other = openStore(path);
+    expect(await expectCountsMatchRecords(store)).toBe(31);
+    // The pending ones end (rewritten: counted out of pending, into their outcome and duration bucket), one of
+    // them twice with another duration; some from the other store; new ones are logged, then folded by a read.
+    const ended = (i: number, durationMs: number) =>
+      record(`v3-${i}`, { ...v3(i), status: 'success', endedAt: Date.now(), durationMs });
+    await store.save([ended(0, 3), ended(5, 40), record('v3-log', { ...logged, status: 'failed', endedAt: t0 + 200 })]);
+    await other.save([ended(10, 700), ended(15, 2)]);
+    await store.save([ended(0, 9_000)]);
+    await other.save([record('fresh', { name: 'sms', createdAt: Date.now() })]);
+    expect(await expectCountsMatchRecords(other)).toBe(32);
+    expect(await store.metrics()).toMatchObject({ byStatus: { pending: 3, failed: 7 } });
+    await other.close();
+  });
+
   it('serves every filter shape from an index, newest first, never scanning the tasks table', async () => {
     const path = join(tempDir(), 'tasks.db');
     const store = openStore(path);

@@ -155,7 +155,7 @@ describe('SqliteStore', () => {
     const full = openStore(join(dir, 'full.db'), { synchronous: 'FULL' });
     expect([normal.synchronous, full.synchronous]).toEqual(['NORMAL', 'FULL']);
     await Promise.all([normal.close(), full.close()]);
-    expect(pragmas(join(dir, 'normal.db'))).toEqual({ mode: 'wal', version: 3 });
+    expect(pragmas(join(dir, 'normal.db'))).toEqual({ mode: 'wal', version: 4 });
     expect(() => new SqliteStore({ path: join(dir, 'x.db'), synchronous: 'OFF' as 'FULL' })).toThrow(
       /option "synchronous" must be "NORMAL" or "FULL"/,
     );
@@ -178,7 +178,7 @@ describe('SqliteStore', () => {
     db.exec('PRAGMA user_version = 99');
     db.close();
     expect(() => new SqliteStore({ path: newer })).toThrow(
-      /schema version 99 is newer than this koa-taskflow's \(3\); upgrade koa-taskflow/,
+      /schema version 99 is newer than this koa-taskflow's \(4\); upgrade koa-taskflow/,
     );
 
     const foreign = join(dir, 'foreign.db');

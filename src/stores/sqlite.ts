@@ -16,6 +16,7 @@ import {
   type TaskStore,
 } from '../types.js';
 import { compileFilter } from './filter.js';
+import { CountChanges, type Counted } from './sqlite-counts.js';
 import { GroupCommittedStore, type OrphanBatch } from './durable-store.js';
 import type { WriteBatch } from './group-commit.js';
 import { listQuery } from './sqlite-list.js';
@@ -72,6 +73,8 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   // This process's rows in taskflow_log by task id: a lazy write of the same task deletes its logged row
   // (the record it writes is newer) instead of indexing the task twice, once pending and once ended.
   readonly #logged = new Map<string, number | bigint>();
+  // What the open transaction changes in taskflow_counts, written before its commit (see sqlite-counts.ts).
+  readonly #counts: CountChanges;
   #leaseRenewedAt = -Infinity;
   // Admin reads (list, metrics) and retention run there, off the app's thread; none for ':memory:'.
   readonly #worker: SqliteWorker | undefined;
@@ -105,14 +108,16 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
       if (mode.journal_mode !== 'wal' && path !== ':memory:')
         throw new Error(`could not switch to WAL mode (got ${mode.journal_mode})`);
       db.exec(`PRAGMA synchronous = ${synchronous}`);
-      // A write that fires the counts triggers changes two tables in one statement, so SQLite keeps a
-      // statement journal to undo it alone; on a temporary file that was ~14 page writes (pwrite64) per
-      // task, most of the CPU a task cost over a store without triggers (issue 16). In memory it is a few
-      // pages per statement, and the WAL still makes each commit crash-safe.
+      // A statement that fires a trigger (retention's deletes; every write up to schema version 3) changes
+      // two tables, so SQLite keeps a statement journal to undo it alone; on a temporary file that was ~14
+      // page writes (pwrite64) per task (issue 16). In memory it is a copy of each page the statement
+      // changes, and the WAL still makes each commit crash-safe.
       db.exec('PRAGMA temp_store = MEMORY');
       const level = (db.prepare('PRAGMA synchronous').get() as { synchronous: number }).synchronous;
       this.synchronous = level === 2 ? 'FULL' : 'NORMAL';
       migrate(db, path);
+      const bounds = db.prepare('SELECT le FROM taskflow_buckets ORDER BY le').all() as { le: number }[];
+      this.#counts = new CountChanges(bounds.map((row) => row.le));
     } catch (error) {
       try {
         db?.close();
@@ -303,12 +308,6 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     if (!lazy && !records.some((r) => r.idempotencyKey !== undefined)) return this.#append(records, released);
     let duplicates: Map<string, string> | undefined;
     const now = Date.now();
-    const upsert = this.#statement(
-      `INSERT INTO taskflow_tasks (id, name, status, created_at, ended_at, owner, idempotency_key, record, duration_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
-           owner = excluded.owner, record = excluded.record, duration_ms = excluded.duration_ms`,
-    );
     const insertTag = this.#statement(
       'INSERT OR IGNORE INTO taskflow_tags (task_id, key, value, created_at) VALUES (?, ?, ?, ?)',
     );
@@ -339,17 +338,17 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
         }
         const unfinished = record.status === 'pending' || record.status === 'running';
         const owner = unfinished && !released.has(record.id) ? this.ownerId || null : null;
-        upsert.run(
-          record.id,
-          record.name,
-          record.status,
-          record.createdAt,
-          record.endedAt ?? null,
+        this.#putRow({
+          id: record.id,
+          name: record.name,
+          status: record.status,
+          created_at: record.createdAt,
+          ended_at: record.endedAt ?? null,
           owner,
-          key ?? null,
-          serialiseRecord(record, this.argsCipher),
-          durationOf(record),
-        );
+          idempotency_key: key ?? null,
+          record: serialiseRecord(record, this.argsCipher),
+          duration_ms: durationOf(record),
+        });
         if (!this.#tagged.has(record.id)) {
           for (const tag in record.tags) insertTag.run(record.id, tag, record.tags[tag], record.createdAt);
           if (unfinished) this.#tagged.add(record.id);
@@ -393,13 +392,11 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
    * written, with their tags.
    */
   #foldLog(): void {
-    this.#statement(
-      `INSERT INTO taskflow_tasks (id, name, status, created_at, ended_at, owner, record, duration_ms)
-         SELECT id, name, status, created_at, ended_at, owner, record, duration_ms
-           FROM taskflow_log WHERE true ORDER BY seq
-         ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
-           owner = excluded.owner, record = excluded.record, duration_ms = excluded.duration_ms`,
-    ).run();
+    const logged = this.#statement(
+      `SELECT id, name, status, created_at, ended_at, owner, NULL AS idempotency_key, record, duration_ms
+         FROM taskflow_log ORDER BY seq`,
+    ).iterate() as Iterable<TaskRow>;
+    for (const row of logged) this.#putRow(row);
     // json_each fails on text that is not JSON: a damaged row must not stop the fold (it is skipped when read).
     this.#statement(
       `INSERT OR IGNORE INTO taskflow_tags (task_id, key, value, created_at)
@@ -408,6 +405,37 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     ).run();
     this.#statement('DELETE FROM taskflow_log').run();
     this.#logged.clear();
+  }
+
+  /**
+   * Inside a transaction: `row` inserted into taskflow_tasks, or the row of its id rewritten (its status, end,
+   * owner, record and duration: a task's name, creation and key never change), and counted. One table per
+   * statement, so SQLite keeps no statement journal (see sqlite-schema.ts, version 4).
+   */
+  #putRow(row: TaskRow): void {
+    const { changes } = this.#statement(
+      `INSERT INTO taskflow_tasks (id, name, status, created_at, ended_at, owner, idempotency_key, record, duration_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+    ).run(
+      row.id,
+      row.name,
+      row.status,
+      row.created_at,
+      row.ended_at,
+      row.owner,
+      row.idempotency_key,
+      row.record,
+      row.duration_ms,
+    );
+    const after: Counted = { name: row.name, status: row.status, durationMs: row.duration_ms };
+    if (Number(changes) > 0) return this.#counts.add(after, 1);
+    const before = this.#statement(
+      'SELECT name, status, duration_ms AS durationMs FROM taskflow_tasks WHERE id = ?',
+    ).get(row.id) as unknown as Counted;
+    this.#statement(
+      'UPDATE taskflow_tasks SET status = ?, ended_at = ?, owner = ?, record = ?, duration_ms = ? WHERE id = ?',
+    ).run(row.status, row.ended_at, row.owner, row.record, row.duration_ms, row.id);
+    this.#counts.replace(before, { ...after, name: before.name });
   }
 
   /** Readers fold first (a write, so only when there is something to fold): they see what was acknowledged. */
@@ -497,9 +525,16 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
       this.#db.exec('BEGIN IMMEDIATE');
       try {
         const result = body();
+        this.#counts.apply(() =>
+          this.#statement(
+            `INSERT INTO taskflow_counts (name, status, le, count, sum_ms) VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT (name, status, le) DO UPDATE SET count = count + excluded.count, sum_ms = sum_ms + excluded.sum_ms`,
+          ),
+        );
         this.#db.exec('COMMIT');
         return result;
       } catch (error) {
+        this.#counts.clear();
         try {
           if (this.#db.isTransaction) this.#db.exec('ROLLBACK');
         } catch {
@@ -730,7 +765,20 @@ function missingSchema(db: DatabaseSync, version: number): string | undefined {
   return expected.find((object) => !present.has(object));
 }
 
-/** The duration kept beside a record for the histogram (the triggers count successful ones only). */
+/** A row of taskflow_tasks as written (the columns beside the record that filters, recovery and counts read). */
+interface TaskRow {
+  id: string;
+  name: string;
+  status: string;
+  created_at: number;
+  ended_at: number | null;
+  owner: string | null;
+  idempotency_key: string | null;
+  record: string;
+  duration_ms: number | null;
+}
+
+/** The duration kept beside a record for the histogram (successful ones are counted by it). */
 function durationOf(record: TaskRecord): number | null {
   return typeof record.durationMs === 'number' && Number.isFinite(record.durationMs) ? record.durationMs : null;
 }
