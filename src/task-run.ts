@@ -590,10 +590,13 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     }
     const chain = runner.chain;
     if (!chain.hasLog || !chain.wantsLog(level)) return;
-    // One literal: every field in place at once, where adding ten to a smaller object grows its property
-    // store step by step (this runs for every log line of every task).
     const spanContext = span.spanContext();
     const record = this.record;
+    // The manager's logger alone: its line is written from these parts, no LogEvent made for it.
+    if (chain.writesLogDirectly)
+      return chain.writeLog(level, message, safeFields, record, attempt.attempt, this.safeTags, spanContext);
+    // One literal: every field in place at once, where adding ten to a smaller object grows its property
+    // store step by step (this runs for every log line of every task).
     chain.emitLog({
       type: 'log',
       level,

@@ -1,3 +1,5 @@
+import type { SpanContext } from '@opentelemetry/api';
+import { kWriteLog, type WriteLog } from './pino.js';
 import type {
   LifecycleEvent,
   LogEvent,
@@ -6,6 +8,7 @@ import type {
   ProgressEvent,
   TaskEvent,
   TaskObserver,
+  TaskRecord,
   TaskStatus,
 } from '../types.js';
 
@@ -32,6 +35,9 @@ interface Entry {
   inFlight: number;
   dropReported: boolean;
 }
+
+/** A pinoObserver, which can write a task's log line without a LogEvent. */
+type PinoWriter = TaskObserver & { [kWriteLog]?: WriteLog };
 
 /** How an observer is named in `metrics().observers` and in the drop report. */
 function labelOf(observer: TaskObserver): string {
@@ -66,6 +72,12 @@ export class ObserverChain {
   hasLog = false;
   hasLifecycle = false;
   hasProgress = false;
+  /**
+   * Set when the one log observer is a pinoObserver (a manager's `logger` and no other): callers write its line
+   * with `writeLog` from the attempt's parts instead of building a LogEvent for it.
+   */
+  writesLogDirectly = false;
+  #writeLog: WriteLog | undefined;
 
   constructor(
     observers: readonly TaskObserver[],
@@ -105,6 +117,9 @@ export class ObserverChain {
     this.#logObservers = entries.filter((e) => typeof e.observer.onLog === 'function');
     this.#lifecycleObservers = entries.filter((e) => typeof e.observer.onLifecycle === 'function');
     this.hasLog = this.#logObservers.length > 0;
+    const only = this.#logObservers.length === 1 ? (this.#logObservers[0].observer as PinoWriter) : undefined;
+    this.#writeLog = typeof only?.[kWriteLog] === 'function' ? only[kWriteLog] : undefined;
+    this.writesLogDirectly = this.#writeLog !== undefined;
     this.hasLifecycle = this.#lifecycleObservers.length > 0;
     this.#progressObservers = entries.filter((e) => typeof e.observer.onProgress === 'function');
     this.hasProgress = this.#progressObservers.length > 0;
@@ -112,6 +127,26 @@ export class ObserverChain {
 
   emitLog(event: LogEvent): void {
     this.#emit(this.#logObservers, 'onLog', event);
+  }
+
+  /**
+   * The line `emitLog` would have the one log observer (a pinoObserver) write, from the attempt's parts; for
+   * callers that saw `writesLogDirectly` and `wantsLog(level)`. A throw is reported as its `onLog`'s would be.
+   */
+  writeLog(
+    level: LogLevel,
+    message: string,
+    fields: Record<string, unknown> | undefined,
+    record: Pick<TaskRecord, 'id' | 'name' | 'requestTraceId' | 'requestSpanId'>,
+    attempt: number,
+    tags: Readonly<Record<string, string>>,
+    spanContext: SpanContext,
+  ): void {
+    try {
+      this.#writeLog!(level, message, fields, record, attempt, tags, spanContext);
+    } catch (error) {
+      this.#fail(this.#logObservers[0].observer, 'onLog', error);
+    }
   }
 
   emitProgress(event: ProgressEvent): void {

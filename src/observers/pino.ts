@@ -1,14 +1,31 @@
-import { INVALID_TRACEID } from '@opentelemetry/api';
+import { INVALID_TRACEID, type SpanContext } from '@opentelemetry/api';
 import { formatTraceFlags } from '../otel.js';
 import {
-  LOG_LEVELS,
   type LifecycleEvent,
   type LogEvent,
   type LogLevel,
   type TaskLogger,
   type TaskObserver,
+  type TaskRecord,
   type TaskStatus,
 } from '../types.js';
+
+/**
+ * @internal The pino observer's `onLog` line written straight from an attempt's parts, after the chain's
+ * `wantsLog(level)`: when it is the only log observer (a manager's `logger` and no other), no LogEvent is
+ * built for a line that reads five of its fields. Same line, same level check (already made by the caller).
+ */
+export const kWriteLog = Symbol('koa-taskflow.writeLog');
+
+export type WriteLog = (
+  level: LogLevel,
+  message: string,
+  fields: Record<string, unknown> | undefined,
+  record: Pick<TaskRecord, 'id' | 'name' | 'requestTraceId' | 'requestSpanId'>,
+  attempt: number,
+  tags: Readonly<Record<string, string>>,
+  spanContext: SpanContext,
+) => void;
 
 // Successes are `debug`: the span and the metrics already count them, and at `info` a line per task would
 // double the log volume of a task that logs once. Problems are `warn`/`error`.
@@ -32,24 +49,64 @@ export function pinoObserver(logger: TaskLogger): TaskObserver {
   }
   // pino's own check: a line below the logger's level is not even built.
   const enabled = levelCheck(logger);
-  return {
+  /** A task's log line: its fields, then the ids of its attempt span and its request's, the task, its tags. */
+  const writeLine = (
+    level: LogLevel,
+    message: string,
+    fields: Record<string, unknown> | undefined,
+    traceId: string,
+    spanId: string,
+    traceFlags: number | undefined,
+    requestTraceId: string | undefined,
+    requestSpanId: string | undefined,
+    task: { id: string; name: string; attempt: number },
+    tags: Readonly<Record<string, string>>,
+  ): void => {
+    const line: Record<string, unknown> = { ...fields };
+    if (traceId !== INVALID_TRACEID && traceId !== '') {
+      line.trace_id = traceId;
+      line.span_id = spanId;
+      line.trace_flags = formatTraceFlags(traceFlags ?? 0);
+    }
+    if (requestTraceId !== undefined) {
+      line.request_trace_id = requestTraceId;
+      line.request_span_id = requestSpanId;
+    }
+    line.task = task;
+    line.tags = tags;
+    logger[level](line, message);
+  };
+  const writeLog: WriteLog = (level, message, fields, record, attempt, tags, spanContext) =>
+    writeLine(
+      level,
+      message,
+      fields,
+      spanContext.traceId,
+      spanContext.spanId,
+      spanContext.traceFlags,
+      record.requestTraceId,
+      record.requestSpanId,
+      { id: record.id, name: record.name, attempt },
+      tags,
+    );
+  const observer: TaskObserver & { [kWriteLog]: WriteLog } = {
     wantsLog: enabled,
     onLog(event: LogEvent): void {
       if (!enabled(event.level)) return;
-      const line: Record<string, unknown> = { ...event.fields };
-      if (event.traceId !== INVALID_TRACEID && event.traceId !== '') {
-        line.trace_id = event.traceId;
-        line.span_id = event.spanId;
-        line.trace_flags = formatTraceFlags(event.traceFlags ?? 0);
-      }
-      if (event.requestTraceId !== undefined) {
-        line.request_trace_id = event.requestTraceId;
-        line.request_span_id = event.requestSpanId;
-      }
-      line.task = { id: event.taskId, name: event.name, attempt: event.attempt };
-      line.tags = event.tags;
-      logger[event.level](line, event.message);
+      writeLine(
+        event.level,
+        event.message,
+        event.fields,
+        event.traceId,
+        event.spanId,
+        event.traceFlags,
+        event.requestTraceId,
+        event.requestSpanId,
+        { id: event.taskId, name: event.name, attempt: event.attempt },
+        event.tags,
+      );
     },
+    [kWriteLog]: writeLog,
     wantsLifecycle(status: TaskStatus, retrying: boolean): boolean {
       return enabled(retrying ? 'warn' : LIFECYCLE_LEVEL[status]);
     },
@@ -78,6 +135,7 @@ export function pinoObserver(logger: TaskLogger): TaskObserver {
       logger[level](line, `task ${event.name} ${verb}`);
     },
   };
+  return observer;
 }
 
 /**
@@ -91,13 +149,21 @@ function levelCheck(logger: TaskLogger): (level: LogLevel) => boolean {
   const pino = logger as TaskLogger & { readonly levelVal?: unknown };
   if (typeof pino.levelVal !== 'number') return isLevelEnabled;
   let answeredFor: unknown;
-  const answers = new Map<LogLevel, boolean>();
+  // A literal of the six levels, not a Map: read by name without hashing, up to four times per task.
+  let answers: Readonly<Record<LogLevel, boolean>> | undefined;
   return (level) => {
     const now = pino.levelVal;
-    if (now !== answeredFor) {
+    if (now !== answeredFor || answers === undefined) {
       answeredFor = now;
-      for (const each of LOG_LEVELS) answers.set(each, isLevelEnabled(each));
+      answers = {
+        trace: isLevelEnabled('trace'),
+        debug: isLevelEnabled('debug'),
+        info: isLevelEnabled('info'),
+        warn: isLevelEnabled('warn'),
+        error: isLevelEnabled('error'),
+        fatal: isLevelEnabled('fatal'),
+      };
     }
-    return answers.get(level) ?? isLevelEnabled(level);
+    return answers[level] ?? isLevelEnabled(level);
   };
 }
