@@ -170,6 +170,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     this.#flags = on ? this.#flags | flag : this.#flags & ~flag;
   }
 
+  // Read and written in place (`this.#extras?.signals`), not through private accessors: V8 calls into its
+  // runtime for every `get #x()`, three times per attempt here.
   #more(): RunExtras {
     return (this.#extras ??= {
       retryTimer: undefined,
@@ -244,23 +246,6 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     if (spanContext !== undefined || this.#extras !== undefined) this.#more().previousAttempt = spanContext;
   }
 
-  get #signals(): HandleSignals | undefined {
-    return this.#extras?.signals;
-  }
-
-  set #signals(signals: HandleSignals | undefined) {
-    this.#more().signals = signals;
-  }
-
-  /** Made at the first taskProgress() of the task (most tasks never report any). */
-  get #progress(): PendingProgress | undefined {
-    return this.#extras?.progress;
-  }
-
-  set #progress(progress: PendingProgress | undefined) {
-    this.#more().progress = progress;
-  }
-
   // Read through from the record rather than copied: a queued task should cost as little memory as possible.
   get id(): string {
     return this.record.id;
@@ -311,7 +296,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
 
   /** Promises for a TaskHandle; created on first request. */
   signals(): HandleSignals {
-    if (this.#signals !== undefined) return this.#signals;
+    const made = this.#extras?.signals;
+    if (made !== undefined) return made;
     let resolveStarted!: () => void;
     let rejectStarted!: (error: unknown) => void;
     let resolveDone!: (record: TaskRecord) => void;
@@ -322,10 +308,11 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     // A handle's `started` rejects for a task that never starts; nobody has to listen to it.
     started.catch(() => {});
     const done = new Promise<TaskRecord>((resolve) => (resolveDone = resolve));
-    this.#signals = { started, done, resolveStarted, rejectStarted, resolveDone };
+    const signals: HandleSignals = { started, done, resolveStarted, rejectStarted, resolveDone };
+    this.#more().signals = signals;
     if (this.record.attempts > 0) resolveStarted();
     if (this.isFinal) resolveDone(this.runner.snapshot(this.record));
-    return this.#signals;
+    return signals;
   }
 
   /**
@@ -356,7 +343,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     try {
       const confirms = this.confirmsStart || (attemptNo > 1 && this.recoverable);
       const written = this.#transition('running', undefined, confirms);
-      this.#signals?.resolveStarted();
+      this.#extras?.signals?.resolveStarted();
       // A retry of a durable task waits for its `running` too: were it lost with the process, the next
       // recovery would run that attempt again without counting a stall (only a first start is left to the
       // lazy write, where waiting would cost every durable task a commit's latency).
@@ -520,8 +507,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     record.status = 'pending';
     if (previous !== 'pending') this.#emit('pending', previous, undefined);
     this.runner.release(this);
-    if (record.attempts === 0) this.#signals?.rejectStarted(new TaskCancelledError(why));
-    this.#signals?.resolveDone(this.runner.snapshot(record));
+    if (record.attempts === 0) this.#extras?.signals?.rejectStarted(new TaskCancelledError(why));
+    this.#extras?.signals?.resolveDone(this.runner.snapshot(record));
   }
 
   /**
@@ -532,8 +519,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   duplicateOf(holder: string, follow: () => Promise<TaskRecord>): void {
     if (this.isFinal) return;
     this.stored = false;
-    const signals = this.#signals;
-    this.#signals = undefined;
+    const signals = this.#extras?.signals;
+    if (signals !== undefined) this.#more().signals = undefined;
     this.#end('cancelled', new TaskCancelledError(`duplicate of ${holder}`), 'duplicate', undefined);
     if (signals !== undefined) {
       // follow() never rejects: it polls through store errors until the holder ends or the manager closes.
@@ -559,7 +546,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     if (this.isFinal) return;
     const error = cause ?? (status === 'cancelled' ? new TaskCancelledError(reason) : new TaskInterruptedError(reason));
     this.#end(status, error, reason, undefined);
-    this.#signals?.rejectStarted(error);
+    this.#extras?.signals?.rejectStarted(error);
   }
 
   log(attempt: Attempt, level: LogLevel, message: string, fields: Record<string, unknown> | undefined): void {
@@ -640,8 +627,8 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   progress(attempt: Attempt, value: number, fields: Record<string, unknown> | undefined): void {
     if (this.current !== attempt) return;
     this.record.progress = value;
-    let pending = this.#progress;
-    if (pending === undefined) pending = this.#progress = { attempt, value, fields, time: 0, timer: undefined };
+    let pending = this.#extras?.progress;
+    if (pending === undefined) pending = this.#more().progress = { attempt, value, fields, time: 0, timer: undefined };
     pending.attempt = attempt;
     pending.value = value;
     pending.fields = fields;
@@ -654,7 +641,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
 
   /** Emit the pending progress report, if any: a span event on its attempt, then the observers. */
   #flushProgress(): void {
-    const pending = this.#progress;
+    const pending = this.#extras?.progress;
     if (pending === undefined || pending.timer === undefined) return;
     clearTimeout(pending.timer);
     pending.timer = undefined;
@@ -685,7 +672,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     else if (record.error !== undefined) record.error = undefined;
     if (reason !== undefined) record.reason = reason;
     void this.#transition(status, record.durationMs ?? lastAttemptMs); // a failed write is retried (recordChanged)
-    this.#signals?.resolveDone(this.runner.snapshot(record));
+    this.#extras?.signals?.resolveDone(this.runner.snapshot(record));
     this.runner.taskEnded(this);
   }
 
