@@ -415,7 +415,9 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
 
   #recordOutcome(attempt: Attempt, span: Span, startedAt: number, failed: boolean, error: unknown): void {
     const record = this.record;
-    const durationMs = Date.now() - startedAt;
+    // One clock reading for the attempt's duration and, when it ends the task, the record's endedAt.
+    const now = Date.now();
+    const durationMs = now - startedAt;
     // The attempt's last progress goes out before its span ends.
     this.#flushProgress();
     // Cancelled while it ran: whatever the task threw on seeing its signal (or its result, had it finished
@@ -424,7 +426,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     const cancelled = reason instanceof TaskCancelledError ? reason : undefined;
     this.runner.telemetry.endAttempt(span, this.name, durationMs, cancelled ?? (failed ? error : undefined));
     if (cancelled !== undefined) return this.#end('cancelled', cancelled, cancelled.reason, durationMs);
-    if (!failed) return this.#end('success', undefined, undefined, durationMs);
+    if (!failed) return this.#end('success', undefined, undefined, durationMs, now);
     if (attempt.aborted && attempt.abortReason instanceof TaskInterruptedError) {
       if (this.#requeuesInterrupted(error)) return this.release();
       return this.#end('interrupted', error, 'shutdown', durationMs);
@@ -553,8 +555,11 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
     const runner = this.runner;
     const safeFields = fields === undefined ? undefined : runner.redact(fields);
     const time = Date.now();
-    const entry: LogEntry = { time, level, message, attempt: attempt.attempt };
-    if (safeFields !== undefined) entry.fields = safeFields;
+    // Whole literals: a field added afterwards would give every kept entry a separate property store.
+    const entry: LogEntry =
+      safeFields === undefined
+        ? { time, level, message, attempt: attempt.attempt }
+        : { time, level, message, attempt: attempt.attempt, fields: safeFields };
     const logs = this.record.logs;
     // The first entry makes an array of exactly one (a push onto `[]` reserves 17 slots, kept by every
     // finished record in the history); later pushes grow it as usual.
@@ -660,10 +665,15 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   /** A throttled progress report has left for the span and observers: an engine's run sends it on (BullMQ's job). */
   protected progressEmitted(_value: number, _fields: Record<string, unknown> | undefined): void {}
 
-  #end(status: TaskStatus, error: unknown, reason: string | undefined, lastAttemptMs: number | undefined): void {
+  #end(
+    status: TaskStatus,
+    error: unknown,
+    reason: string | undefined,
+    lastAttemptMs: number | undefined,
+    endedAt = Date.now(),
+  ): void {
     const record = this.record;
     this.#set(FINAL, true);
-    const endedAt = Date.now();
     record.endedAt = endedAt;
     if (record.startedAt !== undefined) record.durationMs = endedAt - record.startedAt;
     // Assigned, never deleted (a deleted property turns a V8 object into a slow dictionary); not added when
