@@ -1,4 +1,3 @@
-import type { SpanContext } from '@opentelemetry/api';
 import { kWriteLog, type WriteLog } from './pino.js';
 import type {
   LifecycleEvent,
@@ -8,7 +7,6 @@ import type {
   ProgressEvent,
   TaskEvent,
   TaskObserver,
-  TaskRecord,
   TaskStatus,
 } from '../types.js';
 
@@ -133,21 +131,13 @@ export class ObserverChain {
    * The line `emitLog` would have the one log observer (a pinoObserver) write, from the attempt's parts; for
    * callers that saw `writesLogDirectly` and `wantsLog(level)`. A throw is reported as its `onLog`'s would be.
    */
-  writeLog(
-    level: LogLevel,
-    message: string,
-    fields: Record<string, unknown> | undefined,
-    record: Pick<TaskRecord, 'id' | 'name' | 'requestTraceId' | 'requestSpanId'>,
-    attempt: number,
-    tags: Readonly<Record<string, string>>,
-    spanContext: SpanContext,
-  ): void {
+  readonly writeLog: WriteLog = (level, message, fields, record, attempt, tags, spanContext) => {
     try {
       this.#writeLog!(level, message, fields, record, attempt, tags, spanContext);
     } catch (error) {
       this.#fail(this.#logObservers[0].observer, 'onLog', error);
     }
-  }
+  };
 
   emitProgress(event: ProgressEvent): void {
     this.#emit(this.#progressObservers, 'onProgress', event);
