@@ -16,44 +16,15 @@ let close = async (): Promise<void> => {};
 const app = new Koa();
 app.silent = true;
 
-if (variant === 'sqlite-by-hand') {
-  // What a user would write to persist a task by hand: its row inserted before the response (so an acknowledged
-  // task is on disk), updated when it has run. node:sqlite, WAL, synchronous=NORMAL, one statement per write.
-  const { DatabaseSync } = await import('node:sqlite');
-  const { randomUUID } = await import('node:crypto');
-  const dir = mkdtempSync(join(tmpdir(), 'bench-sqlite-'));
-  const db = new DatabaseSync(join(dir, 'tasks.db'));
-  db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL');
-  db.exec(
-    'CREATE TABLE tasks (id TEXT PRIMARY KEY, name TEXT, status TEXT, args TEXT, created_at INTEGER, ended_at INTEGER)',
-  );
-  const insert = db.prepare(
-    "INSERT INTO tasks (id, name, status, args, created_at) VALUES (?, 'work', 'pending', ?, ?)",
-  );
-  const finish = db.prepare("UPDATE tasks SET status = 'success', ended_at = ? WHERE id = ?");
-  let running = 0;
-  let idle: (() => void) | undefined;
-  app.use(async (ctx, next) => {
-    const id = randomUUID();
-    insert.run(id, JSON.stringify([1]), Date.now());
-    running++;
-    ctx.res.once('close', () => {
-      ran++;
-      finish.run(Date.now(), id);
-      if (--running === 0) idle?.();
-    });
-    await next();
-  });
-  drain = () => (running === 0 ? Promise.resolve() : new Promise<void>((resolve) => (idle = resolve)));
-  close = () => {
-    db.close();
-    rmSync(dir, { recursive: true, force: true });
-    return Promise.resolve();
-  };
-} else if (variant !== 'bare') {
+if (variant !== 'bare') {
   const { TaskManager } = await import('koa-taskflow');
   let store: TaskStore;
-  if (variant.startsWith('sqlite')) {
+  if (variant === 'sqlite-least') {
+    const { LeastSqliteStore } = await import('./least-sqlite-store.ts');
+    const dir = mkdtempSync(join(tmpdir(), 'bench-sqlite-'));
+    store = new LeastSqliteStore(join(dir, 'tasks.db'));
+    close = () => Promise.resolve(rmSync(dir, { recursive: true, force: true }));
+  } else if (variant.startsWith('sqlite')) {
     const { SqliteStore } = await import('koa-taskflow/sqlite');
     const dir = mkdtempSync(join(tmpdir(), 'bench-sqlite-'));
     store = new SqliteStore({

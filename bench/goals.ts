@@ -210,13 +210,13 @@ export const GOALS: readonly Goal[] = [
     issue: '#20',
   },
   {
-    what: '(floor) a task persisted by hand in SQLite ÷ bare Koa',
-    measure: capacity('sqlite-by-hand', 'bare'),
+    what: '(floor) the least a durable SQLite store does, written by hand as a TaskStore ÷ 1 untraced task/request in memory',
+    measure: capacity('sqlite-least', 'untraced'),
     direction: 'higher',
   },
   {
-    what: '(floor) SqliteStore ÷ a task persisted by hand in SQLite',
-    measure: capacity('sqlite', 'sqlite-by-hand'),
+    what: '(floor) SqliteStore ÷ that least store',
+    measure: capacity('sqlite', 'sqlite-least'),
     direction: 'higher',
   },
   {

@@ -146,9 +146,11 @@ export const VARIANTS: readonly Variant[] = [
     script: 'durable-server.ts',
   },
   {
-    name: 'sqlite-by-hand',
-    label: 'the same persisted by hand: INSERT before the response, UPDATE when done (node:sqlite, WAL, NORMAL)',
-    baseline: 'bare',
+    name: 'sqlite-least',
+    label:
+      'the least a durable SQLite store does, by hand (a TaskStore: the acceptances of a turn appended in one ' +
+      'transaction before the response, status changes upserted by task id in batches; no other index, no counts)',
+    baseline: 'untraced',
     tasks: true,
     script: 'durable-server.ts',
   },
