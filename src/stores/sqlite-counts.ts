@@ -44,11 +44,11 @@ export class CountChanges {
     if (ms !== null) change.sumMs += sign * ms;
   }
 
-  /** A row rewritten from `before` to `after`: counted again only when its name, status or duration changed. */
-  replace(before: Counted, after: Counted): void {
-    if (before.status === after.status && before.durationMs === after.durationMs && before.name === after.name) return;
+  /** A row rewritten (its name never changes) from `before`: counted again when its status or duration changed. */
+  replace(before: Counted, status: string, durationMs: number | null): void {
+    if (before.status === status && before.durationMs === durationMs) return;
     this.add(before, -1);
-    this.add(after, 1);
+    this.add({ name: before.name, status, durationMs }, 1);
   }
 
   /** Writes the gathered changes with `upsert()`'s statement (name, status, le, count, sum_ms) and forgets them. */

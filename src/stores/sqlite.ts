@@ -427,15 +427,15 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
       row.record,
       row.duration_ms,
     );
-    const after: Counted = { name: row.name, status: row.status, durationMs: row.duration_ms };
-    if (Number(changes) > 0) return this.#counts.add(after, 1);
+    if (Number(changes) > 0)
+      return this.#counts.add({ name: row.name, status: row.status, durationMs: row.duration_ms }, 1);
     const before = this.#statement(
       'SELECT name, status, duration_ms AS durationMs FROM taskflow_tasks WHERE id = ?',
     ).get(row.id) as unknown as Counted;
     this.#statement(
       'UPDATE taskflow_tasks SET status = ?, ended_at = ?, owner = ?, record = ?, duration_ms = ? WHERE id = ?',
     ).run(row.status, row.ended_at, row.owner, row.record, row.duration_ms, row.id);
-    this.#counts.replace(before, { ...after, name: before.name });
+    this.#counts.replace(before, row.status, row.duration_ms);
   }
 
   /** Readers fold first (a write, so only when there is something to fold): they see what was acknowledged. */
