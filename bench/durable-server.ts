@@ -19,10 +19,10 @@ app.silent = true;
 if (variant !== 'bare') {
   const { TaskManager } = await import('koa-taskflow');
   let store: TaskStore;
-  if (variant === 'sqlite-least') {
+  if (variant.startsWith('sqlite-least')) {
     const { LeastSqliteStore } = await import('./least-sqlite-store.ts');
     const dir = mkdtempSync(join(tmpdir(), 'bench-sqlite-'));
-    store = new LeastSqliteStore(join(dir, 'tasks.db'));
+    store = new LeastSqliteStore(join(dir, 'tasks.db'), { indexed: variant === 'sqlite-least-indexed' });
     close = () => Promise.resolve(rmSync(dir, { recursive: true, force: true }));
   } else if (variant.startsWith('sqlite')) {
     const { SqliteStore } = await import('koa-taskflow/sqlite');

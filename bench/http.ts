@@ -155,6 +155,15 @@ export const VARIANTS: readonly Variant[] = [
     script: 'durable-server.ts',
   },
   {
+    name: 'sqlite-least-indexed',
+    label:
+      'the same, plus what the admin reads of issue 16 need to stay fast as the history grows (indexes by ' +
+      'creation time, by status, by name and status; a count per name and status, kept in the same transaction)',
+    baseline: 'untraced',
+    tasks: true,
+    script: 'durable-server.ts',
+  },
+  {
     name: 'redis',
     label: '1 durable task/request: RedisStore (local redis-server)',
     baseline: 'bare',
