@@ -17,7 +17,14 @@ import {
 } from '@opentelemetry/semantic-conventions/incubating';
 import type Koa from 'koa';
 import pino from 'pino';
-import { getTaskContext, semconv, taskLog, type TaskManager, type TaskManagerOptions } from 'koa-taskflow';
+import {
+  getTaskContext,
+  semconv,
+  taskLog,
+  type TaskManager,
+  type TaskManagerOptions,
+  type TaskRecord,
+} from 'koa-taskflow';
 import { interruptEndlessTask } from './helpers/interrupt.js';
 import { capturePino } from './helpers/pino.js';
 import { inMemorySpans } from './helpers/otel.js';
@@ -173,6 +180,33 @@ describe('the request span', () => {
       { name: 'task.enqueued', attributes: { 'task.id': first, 'task.name': 'first' } },
       { name: 'task.enqueued', attributes: { 'task.id': second, 'task.name': 'second' } },
     ]);
+  });
+});
+
+describe('the record of a finished traced task', () => {
+  it('reads back as it ended: the same fields, in the same order, with the same values', async () => {
+    const { url, manager } = await traced((app, manager) => {
+      const work = manager.task(function work(n: number) {
+        taskLog('did the work', { n });
+      });
+      app.use((ctx) => {
+        const handle = ctx.tasks.afterResponse.schedule(work, 1);
+        ctx.body = handle.id;
+        // What the task's record was when it ended (the handle's copy), against what the store serves later.
+        void handle.done.then((record) => ended.set(handle.id, record));
+      });
+    });
+    const ended = new Map<string, TaskRecord>();
+    const id = await (await fetch(`${url}/`)).text();
+    await manager.drain();
+    await waitFor(() => ended.has(id), 5_000, 'done');
+    const atEnd = ended.get(id)!;
+    expect(atEnd).toMatchObject({ status: 'success', attempts: 1, traceId: expect.any(String) });
+    expect(atEnd.requestTraceId).toEqual(expect.any(String));
+    for (const served of [await manager.get(id), (await manager.list()).find((r) => r.id === id)]) {
+      expect(Object.keys(served!)).toEqual(Object.keys(atEnd));
+      expect(JSON.stringify(served)).toBe(JSON.stringify(atEnd));
+    }
   });
 });
 

@@ -306,6 +306,37 @@ describe('MemoryStore', () => {
     expect(queued).toHaveLength(3);
   });
 
+  it('serves a finished record as it ended: the same fields, in the same order, whatever its outcome', async () => {
+    const ended = new Map<string, TaskRecord>();
+    const { url, manager } = await startApp((app, manager) => {
+      const ok = manager.task(function ok() {});
+      const flaky = manager.task(
+        function flaky(n: number) {
+          if (n === 1) throw new Error('always');
+        },
+        { retries: 1, delay: 0 },
+      );
+      app.use((ctx) => {
+        const handles = [
+          ctx.tasks.afterResponse.schedule(ok),
+          ctx.tasks.with({ priority: 3, tags: { tenant: 'acme' } }).afterResponse.schedule(ok),
+          ctx.tasks.afterResponse.schedule(flaky, 1),
+        ];
+        for (const handle of handles) void handle.done.then((record) => ended.set(handle.id, record));
+        ctx.body = handles.map((h) => h.id);
+      });
+    });
+    const ids = (await (await fetch(`${url}/`)).json()) as string[];
+    await manager.drain();
+    await waitFor(() => ended.size === ids.length, 5_000, 'every done');
+    expect(ids.map((id) => ended.get(id)!.status)).toEqual(['success', 'success', 'failed']);
+    for (const id of ids) {
+      const served = await manager.get(id);
+      expect(Object.keys(served!)).toEqual(Object.keys(ended.get(id)!));
+      expect(JSON.stringify(served)).toBe(JSON.stringify(ended.get(id)));
+    }
+  });
+
   it('never drops an unfinished record even past the bound', async () => {
     const store = new MemoryStore({ maxRecords: 5 });
     const manager = createManager({ store, concurrency: 1 });
