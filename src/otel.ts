@@ -287,7 +287,13 @@ export class TaskTelemetry {
     this.#attempts.add(1, attributes.outcome[outcome]);
   }
 
+  // The last name asked for and its attributes: most attempts follow one of the same task, and comparing a
+  // name costs less than hashing it into the map.
+  #lastName: string | undefined;
+  #lastNames: NameAttributes | undefined;
+
   #names(taskName: string): NameAttributes {
+    if (taskName === this.#lastName) return this.#lastNames!;
     let attributes = this.#nameAttributes.get(taskName);
     if (attributes === undefined) {
       const outcome = (status: AttemptOutcome): Attributes => ({
@@ -307,6 +313,8 @@ export class TaskTelemetry {
       // Task names are few (registered functions); the bound only guards against names built per call.
       if (this.#nameAttributes.size < 1_000) this.#nameAttributes.set(taskName, attributes);
     }
+    this.#lastName = taskName;
+    this.#lastNames = attributes;
     return attributes;
   }
 }
