@@ -49,6 +49,7 @@ class EndedQueue {
  * (a "property array") made young and copied by the garbage collector as the record ages; the copy holds them
  * all in place, made where the history's long-lived records are made, so V8 may allocate it in the old
  * generation at once. The same fields in the same order, the same values; any other record is kept as it is.
+ * Two shapes: untraced outside a request, and traced in one (the common mixes).
  */
 function compactRecord(r: TaskRecord): TaskRecord {
   if (
@@ -67,50 +68,11 @@ function compactRecord(r: TaskRecord): TaskRecord {
   )
     return r;
   const { id, name, status, args, tags, attempts, maxAttempts, createdAt, logs, startedAt, endedAt, durationMs } = r;
-  if (r.requestTraceId !== undefined) {
-    const { requestTraceId, requestSpanId, requestTraceFlags } = r;
-    if (r.traceId === undefined)
-      return {
-        id,
-        name,
-        status,
-        args,
-        tags,
-        attempts,
-        maxAttempts,
-        createdAt,
-        logs,
-        requestTraceId,
-        requestSpanId,
-        requestTraceFlags,
-        startedAt,
-        endedAt,
-        durationMs,
-      };
-    const { traceId, spanId } = r;
-    return {
-      id,
-      name,
-      status,
-      args,
-      tags,
-      attempts,
-      maxAttempts,
-      createdAt,
-      logs,
-      requestTraceId,
-      requestSpanId,
-      requestTraceFlags,
-      startedAt,
-      traceId,
-      spanId,
-      endedAt,
-      durationMs,
-    };
-  }
-  if (r.traceId === undefined)
+  if (r.requestTraceId === undefined && r.traceId === undefined)
     return { id, name, status, args, tags, attempts, maxAttempts, createdAt, logs, startedAt, endedAt, durationMs };
-  const { traceId, spanId } = r;
+  // Traced, added in a request: the other two mixes (no request, or an attempt not recorded) are kept as they are.
+  if (r.requestTraceId === undefined || r.traceId === undefined) return r;
+  const { requestTraceId, requestSpanId, requestTraceFlags, traceId, spanId } = r;
   return {
     id,
     name,
@@ -121,6 +83,9 @@ function compactRecord(r: TaskRecord): TaskRecord {
     maxAttempts,
     createdAt,
     logs,
+    requestTraceId,
+    requestSpanId,
+    requestTraceFlags,
     startedAt,
     traceId,
     spanId,
