@@ -43,6 +43,38 @@ class EndedQueue {
   }
 }
 
+/** The fields compactRecord() copies (the traced ones only in its traced shape). */
+type CopiedField =
+  | 'id'
+  | 'name'
+  | 'status'
+  | 'args'
+  | 'tags'
+  | 'attempts'
+  | 'maxAttempts'
+  | 'createdAt'
+  | 'logs'
+  | 'startedAt'
+  | 'endedAt'
+  | 'durationMs'
+  | 'traceId'
+  | 'spanId'
+  | 'requestTraceId'
+  | 'requestSpanId'
+  | 'requestTraceFlags';
+/** The fields that, when set, keep the live record as it is. */
+type LiveField =
+  | 'error'
+  | 'priority'
+  | 'idempotencyKey'
+  | 'retryOf'
+  | 'options'
+  | 'stalls'
+  | 'progress'
+  | 'reason'
+  | 'cancelRequested'
+  | 'runAt';
+
 /**
  * A first-attempt success as one object, for the history: the live record got the fields a run sets after it
  * was made (startedAt, the span's ids, endedAt, durationMs), so V8 keeps them in a second, separate array
@@ -52,6 +84,10 @@ class EndedQueue {
  * Two shapes: untraced outside a request, and traced in one (the common mixes).
  */
 function compactRecord(r: TaskRecord): TaskRecord {
+  // Every field of a TaskRecord is either copied below or, when set, keeps the record live: a field added to
+  // TaskRecord and to neither list fails to compile here rather than vanishing from the history.
+  const handled: [Exclude<keyof TaskRecord, CopiedField | LiveField>] extends [never] ? true : never = true;
+  void handled;
   if (
     r.status !== 'success' ||
     r.attempts !== 1 ||
