@@ -198,6 +198,16 @@ export const GOALS: readonly Goal[] = [
     direction: 'higher',
   },
   {
+    what: '(floor) in process: the same id, record, map and AsyncLocalStorage.run with a queue of 16 by hand (no library), tasks/s ÷ p-queue',
+    measure: { kind: 'throughput', variant: 'least-contract', baseline: 'p-queue' },
+    direction: 'higher',
+  },
+  {
+    what: '(floor) in process: untraced tasks/s ÷ that queue by hand',
+    measure: { kind: 'throughput', variant: 'untraced', baseline: 'least-contract' },
+    direction: 'higher',
+  },
+  {
     what: '(floor) in process: the SDK alone, spans/s ÷ p-queue tasks/s',
     measure: { kind: 'throughput', variant: 'sdk-alone', baseline: 'p-queue' },
     direction: 'higher',
