@@ -97,20 +97,23 @@ const floorWork = (): Promise<void> => {
   if (floorContext.getStore() !== undefined) floorRan++;
   return noop();
 };
-function addFloorTask(): void {
+function newFloorRecord(): FloorRecord {
   const record: FloorRecord = { id: randomUUID(), status: 'pending', createdAt: Date.now(), endedAt: undefined };
   floorRecords.set(record.id, record);
-  void pqueue.add(() =>
-    floorContext.run(record, floorWork).then(() => {
-      record.status = 'success';
-      record.endedAt = Date.now();
-      // The oldest finished record goes (a ring of the last 2 000 finished ids).
-      const oldest = floorEnded[floorEndedAt];
-      if (oldest !== undefined) floorRecords.delete(oldest);
-      floorEnded[floorEndedAt] = record.id;
-      floorEndedAt = (floorEndedAt + 1) % floorEnded.length;
-    }),
-  );
+  return record;
+}
+function floorEnd(record: FloorRecord): void {
+  record.status = 'success';
+  record.endedAt = Date.now();
+  // The oldest finished record goes (a ring of the last 2 000 finished ids).
+  const oldest = floorEnded[floorEndedAt];
+  if (oldest !== undefined) floorRecords.delete(oldest);
+  floorEnded[floorEndedAt] = record.id;
+  floorEndedAt = (floorEndedAt + 1) % floorEnded.length;
+}
+function addFloorTask(): void {
+  const record = newFloorRecord();
+  void pqueue.add(() => floorContext.run(record, floorWork).then(() => floorEnd(record)));
 }
 
 // The least floor of the untraced goal: the same id, record, bounded map and context, with the least queue that
@@ -124,12 +127,7 @@ let leastIdle: (() => void) | undefined;
 function startLeast(record: FloorRecord): void {
   leastRunning++;
   void floorContext.run(record, floorWork).then(() => {
-    record.status = 'success';
-    record.endedAt = Date.now();
-    const oldest = floorEnded[floorEndedAt];
-    if (oldest !== undefined) floorRecords.delete(oldest);
-    floorEnded[floorEndedAt] = record.id;
-    floorEndedAt = (floorEndedAt + 1) % floorEnded.length;
+    floorEnd(record);
     leastRunning--;
     if (leastHead < leastWaiting.length) {
       const next = leastWaiting[leastHead];
@@ -142,8 +140,7 @@ function startLeast(record: FloorRecord): void {
   });
 }
 function addLeastTask(): void {
-  const record: FloorRecord = { id: randomUUID(), status: 'pending', createdAt: Date.now(), endedAt: undefined };
-  floorRecords.set(record.id, record);
+  const record = newFloorRecord();
   if (leastRunning < 16) startLeast(record);
   else leastWaiting.push(record);
 }
