@@ -26,8 +26,13 @@ export const ISOLATE_QUICK: IsolateConfig = { ROUNDS: 2, SECONDS: 1, RATE: rate,
 
 export const ISOLATE_VARIANTS = ['bare', 'thread', 'in-process', 'by-hand'] as const;
 
+/** A server's `/__stats`: answered once every task it was given has run. */
+async function statsOf(server: BenchServer): Promise<ServerStats & { mainCpuMicros: number }> {
+  return (await (await fetch(`${server.url}/__stats`)).json()) as ServerStats & { mainCpuMicros: number };
+}
+
 /**
- * The three servers stay up side by side and are measured in alternating bursts (the machine's other load
+ * The four servers stay up side by side and are measured in alternating bursts (the machine's other load
  * then weighs on each about equally): each round gives a p99 per server, and the ratio of a round is read from
  * that round's bursts alone.
  */
@@ -45,7 +50,7 @@ export async function runIsolateBench(config: IsolateConfig, log: (line: string)
       // is measured by its size in bytecodes rather than by its work), then 1 s at the bursts' rate with
       // 50 ms tasks (the pool's threads start and load the task's module).
       await autocannon({ url: `${server.url}/?warm`, connections: 10, amount: config.WARMUP });
-      await fetch(`${server.url}/__stats`);
+      await statsOf(server);
       await autocannon({ url: server.url, connections: 2, duration: 1, overallRate: config.RATE });
     }
     for (let round = 0; round < config.ROUNDS; round++) {
@@ -53,9 +58,7 @@ export async function runIsolateBench(config: IsolateConfig, log: (line: string)
       for (let i = 0; i < ISOLATE_VARIANTS.length; i++) {
         const variant = ISOLATE_VARIANTS[(i + round) % ISOLATE_VARIANTS.length];
         const server = servers.get(variant)!;
-        const stats = async () =>
-          (await (await fetch(`${server.url}/__stats`)).json()) as ServerStats & { mainCpuMicros: number };
-        const before = await stats();
+        const before = await statsOf(server);
         // Each response's own time, not autocannon's latency histogram: with `overallRate` that histogram
         // corrects for coordinated omission with an interval of 1 ms where each connection sends one request
         // a second, so a response of n ms is recorded n times (n, n − 1, …, 1), and it keeps whole
@@ -72,7 +75,7 @@ export async function runIsolateBench(config: IsolateConfig, log: (line: string)
           );
         });
         // Answers once every task has run: the next burst starts on an idle machine.
-        const after = await stats();
+        const after = await statsOf(server);
         const row: IsolateRow = {
           variant,
           p50: percentile(times, 50),
