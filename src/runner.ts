@@ -217,6 +217,32 @@ export class Runner implements RunHost {
     return true;
   }
 
+  // Requests whose response closed during this turn of the event loop: their tasks start together at its end
+  // (setImmediate), not each between two responses. The HTTP part of bench/ measures ~20% less CPU per
+  // request for a traced task so; the likely cause is that the HTTP code and the task code each stay warm.
+  #closed: { resume(): void }[] = [];
+  #closedSpare: { resume(): void }[] = [];
+
+  /** A request's response has closed: its after-response tasks start at the end of this turn of the event loop. */
+  responseClosed(sequence: { resume(): void }): void {
+    if (this.#closed.push(sequence) === 1) setImmediate(this.#resumeClosed);
+  }
+
+  readonly #resumeClosed = (): void => {
+    const closed = this.#closed;
+    this.#closed = this.#closedSpare;
+    for (let i = 0; i < closed.length; i++) {
+      try {
+        closed[i].resume();
+      } catch (error) {
+        // Nothing in starting a task is expected to throw; one that did must not keep the others waiting.
+        this.report('start of after-response tasks', error);
+      }
+    }
+    closed.length = 0;
+    this.#closedSpare = closed;
+  };
+
   /** An after-response task joins its request's sequence, which is told when it has ended. */
   sequenced(run: TaskRun, sequence: { ended(run: TaskRun): void }): void {
     run.sequence = sequence;

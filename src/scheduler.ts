@@ -1,3 +1,4 @@
+import { AsyncResource } from 'node:async_hooks';
 import type { ServerResponse } from 'node:http';
 import type { Acceptance, AcceptingRequest, TaskPhase } from './acceptance.js';
 import type { TaskQueueFullError } from './errors.js';
@@ -7,6 +8,8 @@ import type { Runner } from './runner.js';
 import type { TaskRun } from './task-run.js';
 
 export type { TaskHandle, TaskPhase };
+
+const RESPONSE_SCOPE = 'koa-taskflow.response';
 
 /**
  * A request's after-response tasks, run one after another in the order added, starting once the
@@ -21,6 +24,9 @@ class ResponseSequence {
   #started = false;
   #inFlight: TaskRun | undefined;
 
+  // The request's async context, held from its response's `close` until the tasks start.
+  #scope: AsyncResource | undefined;
+
   constructor(
     readonly runner: Runner,
     res: ServerResponse,
@@ -30,11 +36,21 @@ class ResponseSequence {
       return;
     }
     // One listener: a response emits `close` right after `finish` (next tick), and also when the client
-    // went away before it finished, where the tasks must still run.
+    // went away before it finished, where the tasks must still run. They start at the end of this turn
+    // of the event loop, with those of every other response that closed in it (see Runner.responseClosed).
     res.on('close', () => {
-      this.#started = true;
-      this.#pump();
+      this.#scope = new AsyncResource(RESPONSE_SCOPE);
+      this.runner.responseClosed(this);
     });
+  }
+
+  /** The turn its response closed in has ended: its tasks start, in the request's async context. */
+  resume(): void {
+    const scope = this.#scope;
+    if (scope === undefined) return;
+    this.#scope = undefined;
+    this.#started = true;
+    scope.runInAsyncScope(this.#pump, this);
   }
 
   push(run: TaskRun): void {

@@ -1,7 +1,9 @@
-import { request as httpRequest } from 'node:http';
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { InMemoryObserver, type TaskHandle } from 'koa-taskflow';
-import { deferred, startApp, waitFor } from './helpers/server.js';
+import { createManager, deferred, mountApp, onCleanup, startApp, waitFor } from './helpers/server.js';
 
 describe('after-response tasks (addTask)', () => {
   it('deliver the response while the task is still blocked, then run', async () => {
@@ -138,6 +140,86 @@ describe('after-response tasks (addTask)', () => {
     req.destroy();
     expect(await ran.promise).toBe('ran');
     await manager.drain();
+  });
+
+  it("start once the turn of the event loop their response closed in has ended, after the app's own close listeners", async () => {
+    const order: string[] = [];
+    const { url, manager } = await startApp((app) => {
+      app.use(async (ctx) => {
+        ctx.tasks.addTask(() => void order.push('task'));
+        // Registered after the manager's listener: it still runs first, and so do the microtasks it queues.
+        ctx.res.on('close', () => {
+          order.push('app close listener');
+          void Promise.resolve().then(() => order.push('its microtask'));
+          process.nextTick(() => order.push('its next tick'));
+        });
+        ctx.status = 204;
+      });
+    });
+    await fetch(url);
+    await manager.drain();
+    expect(order).toEqual(['app close listener', 'its next tick', 'its microtask', 'task']);
+  });
+
+  it("of concurrent requests each run in its own request's async context (the app's AsyncLocalStorage)", async () => {
+    const requestId = new AsyncLocalStorage<string>();
+    const seen: [string, string | undefined][] = [];
+    const ids = Array.from({ length: 12 }, (_, i) => `request-${i}`);
+    // Every handler waits for the last request, so the responses end together and close in the same turn.
+    const allArrived = deferred();
+    let arrived = 0;
+    const manager = createManager();
+    const app = mountApp(manager, (app) => {
+      app.use(async (ctx) => {
+        if (++arrived === ids.length) allArrived.resolve();
+        await allArrived.promise;
+        const id = requestId.getStore()!;
+        ctx.tasks.addTask(async (own: string) => {
+          seen.push([own, requestId.getStore()]);
+          await new Promise((r) => setTimeout(r, 1));
+          seen.push([own, requestId.getStore()]);
+        }, id);
+        ctx.tasks.addTask((own: string) => void seen.push([own, requestId.getStore()]), id);
+        ctx.status = 204;
+      });
+    });
+    await manager.start();
+    // The whole request in the store, response included, as HTTP instrumentation holds its span.
+    const handle = app.callback();
+    const server = createServer(
+      (req, res) => void requestId.run(String(req.headers['x-request-id']), handle, req, res),
+    );
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    onCleanup(
+      () =>
+        new Promise<void>((resolve) => {
+          server.closeAllConnections();
+          server.close(() => resolve());
+        }),
+    );
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
+    await Promise.all(ids.map((id) => fetch(url, { headers: { 'x-request-id': id } })));
+    await manager.drain();
+    expect(seen).toHaveLength(36);
+    for (const [own, store] of seen) expect(store).toBe(own);
+  });
+
+  it('still run when shutdown begins in the turn their response closed in', async () => {
+    const ran = deferred<string>();
+    let shutdown: Promise<void> | undefined;
+    const { url, manager } = await startApp((app) => {
+      app.use(async (ctx) => {
+        ctx.tasks.addTask(() => ran.resolve('ran'));
+        ctx.res.on('close', () => {
+          shutdown = manager.shutdown({ timeoutMs: 1_000 });
+        });
+        ctx.status = 204;
+      });
+    });
+    await fetch(url);
+    expect(await ran.promise).toBe('ran');
+    await waitFor(() => shutdown !== undefined, 5_000, 'shutdown to begin');
+    await shutdown;
   });
 });
 
