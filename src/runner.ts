@@ -1,3 +1,4 @@
+import { AsyncResource } from 'node:async_hooks';
 import type { ObserverChain } from './observers/chain.js';
 import type { ThreadPool } from './isolate.js';
 import type { TaskTelemetry } from './otel.js';
@@ -5,8 +6,10 @@ import type { Redactor } from './redact.js';
 import { TaskInterruptedError } from './errors.js';
 import { Limiter } from './limits.js';
 import { MAX_TIMER_MS } from './options.js';
-import type { RunHost, TaskRun } from './task-run.js';
+import type { RunHost, RunSequence, TaskRun } from './task-run.js';
 import { kSaveSoon, type TaskRecord, type TaskStore } from './types.js';
+
+const RUNNER_SCOPE = 'koa-taskflow.runner';
 
 /** Unset priority ranks in the middle, so 1–4 means "after ordinary work" and 6–10 "before it". */
 export const DEFAULT_PRIORITY = 5;
@@ -71,7 +74,7 @@ export class Runner implements RunHost {
   readonly #deps: RunnerDeps;
   readonly #queue = new PriorityQueue<TaskRun>();
   /** Tasks over their `limit` wait there, off the queue, and come back through #offer when their key allows. */
-  readonly #limiter = new Limiter((run) => this.#offer(run));
+  readonly #limiter = new Limiter((run) => this.#scopeOf(run).runInAsyncScope(this.#offer, this, run));
   /**
    * Shutdown is handing back or cancelling waiting tasks: one that its key admits meanwhile (another of the key
    * ended) is queued rather than started, so that the same pass hands it back or cancels it too.
@@ -88,6 +91,9 @@ export class Runner implements RunHost {
   #idleWaiters: (() => void)[] = [];
   /** Set once shutdown stops waiting: no more retries, nothing new starts but shielded tasks. */
   stopping = false;
+
+  /** The async context the manager was made in: where a task that waited starts, unless its request's is known. */
+  readonly #scope = new AsyncResource(RUNNER_SCOPE);
 
   constructor(deps: RunnerDeps) {
     this.#deps = deps;
@@ -244,7 +250,7 @@ export class Runner implements RunHost {
   };
 
   /** An after-response task joins its request's sequence, which is told when it has ended. */
-  sequenced(run: TaskRun, sequence: { ended(run: TaskRun): void }): void {
+  sequenced(run: TaskRun, sequence: RunSequence): void {
     run.sequence = sequence;
   }
 
@@ -393,7 +399,17 @@ export class Runner implements RunHost {
   #fillSlots(): void {
     while (this.#running < this.#deps.concurrency && this.#queue.size > 0) {
       const next = this.#queue.shift()!;
-      if (!next.isFinal) this.#start(next);
+      if (!next.isFinal) this.#scopeOf(next).runInAsyncScope(this.#start, this, next);
     }
+  }
+
+  /**
+   * Where a task that waited (for a slot, or for its `limit`) starts: its request's async context for an
+   * after-response task, else the one the manager was made in. Never that of the code that happens to free the
+   * slot, which is the end of another task, often another request's: the app's AsyncLocalStorage stores (a
+   * request id a logger reads) would be that request's.
+   */
+  #scopeOf(run: TaskRun): AsyncResource {
+    return run.sequence?.scope ?? this.#scope;
   }
 }

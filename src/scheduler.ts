@@ -5,7 +5,7 @@ import type { TaskQueueFullError } from './errors.js';
 import type { TaskHandle } from './handles.js';
 import { validateTaskOptions, mergeOptions, type TaskOptions } from './options.js';
 import type { Runner } from './runner.js';
-import type { TaskRun } from './task-run.js';
+import type { RunSequence, TaskRun } from './task-run.js';
 
 export type { TaskHandle, TaskPhase };
 
@@ -15,7 +15,7 @@ const RESPONSE_SCOPE = 'koa-taskflow.response';
  * A request's after-response tasks, run one after another in the order added, starting once the
  * response has been sent or the client has gone.
  */
-class ResponseSequence {
+class ResponseSequence implements RunSequence {
   // Most requests add one task: it is held alone, and an array is made for a second (a push onto `[]`
   // reserves 17 slots, 150 bytes allocated per request for one task).
   #first: TaskRun | undefined;
@@ -24,8 +24,8 @@ class ResponseSequence {
   #started = false;
   #inFlight: TaskRun | undefined;
 
-  // The request's async context, held from its response's `close` until the tasks start.
-  #scope: AsyncResource | undefined;
+  /** The request's async context, from its response's `close`: where its tasks start, whenever a slot frees. */
+  scope: AsyncResource | undefined;
 
   constructor(
     readonly runner: Runner,
@@ -39,18 +39,16 @@ class ResponseSequence {
     // went away before it finished, where the tasks must still run. They start at the end of this turn
     // of the event loop, with those of every other response that closed in it (see Runner.responseClosed).
     res.on('close', () => {
-      this.#scope = new AsyncResource(RESPONSE_SCOPE);
+      this.scope = new AsyncResource(RESPONSE_SCOPE);
       this.runner.responseClosed(this);
     });
   }
 
   /** The turn its response closed in has ended: its tasks start, in the request's async context. */
   resume(): void {
-    const scope = this.#scope;
-    if (scope === undefined) return;
-    this.#scope = undefined;
+    if (this.#started) return;
     this.#started = true;
-    scope.runInAsyncScope(this.#pump, this);
+    this.scope!.runInAsyncScope(this.#pump, this);
   }
 
   push(run: TaskRun): void {

@@ -1,3 +1,4 @@
+import type { AsyncResource } from 'node:async_hooks';
 import { INVALID_TRACEID, type Attributes, type Span, type SpanContext } from '@opentelemetry/api';
 import { Attempt, type AttemptOwner } from './attempt.js';
 import { TaskCancelledError, TaskInterruptedError, TaskStalledError, toErrorInfo } from './errors.js';
@@ -116,6 +117,14 @@ export interface RunHost {
   release(run: TaskRun): void;
 }
 
+/** The after-response tasks of one request, in order (the scheduler's ResponseSequence). */
+export interface RunSequence {
+  /** The request's async context, held from its response's `close`: where its tasks start, whenever a slot frees. */
+  readonly scope: AsyncResource | undefined;
+  /** One of its tasks has ended: the next may start. */
+  ended(run: TaskRun): void;
+}
+
 /** What few runs need (a retry's timer, a handle, progress reports, a previous attempt): one object, made on first use. */
 interface RunExtras {
   retryTimer: NodeJS.Timeout | undefined;
@@ -141,7 +150,7 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
   // The runner's bookkeeping, written by the Runner alone: the request sequence told when this task has
   // ended (after-response tasks), its list of unfinished runs, and (through the accessors below) the retry
   // timer, whether an attempt of this run holds a slot, and the write-ahead wait.
-  sequence: { ended(run: TaskRun): void } | undefined;
+  sequence: RunSequence | undefined;
   livePrev: TaskRun | undefined;
   liveNext: TaskRun | undefined;
   // The run's own state, written by this class alone.

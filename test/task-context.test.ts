@@ -139,6 +139,32 @@ describe('getTaskContext()', () => {
     await manager.drain();
     expect(seen.sort()).toEqual(['request-1 job', 'request-1 job', 'request-1 undefined', 'undefined undefined']);
   });
+
+  it.each([
+    ['a free slot', { concurrency: 1 }, {}],
+    ['its limit', { concurrency: 4 }, { name: 'per-tenant', limit: { concurrency: 1 } }],
+  ] as const)(
+    'starts a task that waited for %s in the context the manager was made in, not in that of the task whose end freed it',
+    async (_, managerOptions, taskOptions) => {
+      const appStorage = new AsyncLocalStorage<string>();
+      const manager = appStorage.run('where the manager was made', () => createManager(managerOptions));
+      const seen: string[] = [];
+      const job = (name: string) => async () => {
+        seen.push(`${name}: ${appStorage.getStore()}`);
+        await new Promise((r) => setTimeout(r, 5));
+        seen.push(`${name} after an await: ${appStorage.getStore()}`);
+      };
+      appStorage.run('request-a', () => manager.with(taskOptions).add(job('first')));
+      appStorage.run('request-b', () => manager.with(taskOptions).add(job('second')));
+      await manager.drain();
+      expect(seen).toEqual([
+        'first: request-a',
+        'first after an await: request-a',
+        'second: where the manager was made',
+        'second after an await: where the manager was made',
+      ]);
+    },
+  );
 });
 
 describe('taskLog()', () => {
