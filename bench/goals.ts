@@ -151,6 +151,11 @@ export const GOALS: readonly Goal[] = [
     direction: 'higher',
   },
   {
+    what: '(floor) 1 traced task/request ÷ that contract by hand with its tasks started as ours (together, at the end of the turn)',
+    measure: capacity('traced', 'handrolled-contract-batched'),
+    direction: 'higher',
+  },
+  {
     what: 'in process: ns per traced task ÷ (ns per span of the SDK alone + ns per untraced task)',
     measure: { kind: 'tracedCost', traced: 'traced', sdk: 'sdk-alone', untraced: 'untraced' },
     target: 1.0,

@@ -136,6 +136,14 @@ export const VARIANTS: readonly Variant[] = [
     baseline: 'koa-span',
     tasks: true,
   },
+  // The same, its tasks started as ours are: those of every response that closed in a turn of the event loop
+  // together at its end. What the traced goal reads once koa-taskflow's own way of starting them is taken away.
+  {
+    name: 'handrolled-contract-batched',
+    label: "hand-rolled, the traced contract's row with its tasks started together at the end of the turn",
+    baseline: 'koa-span',
+    tasks: true,
+  },
   { name: 'bullmq', label: 'BullMQ (real redis-server) on finish', baseline: 'bare', tasks: true, needsRedis: true },
   // The durable stores, served by bench/durable-server.ts (the durable part, bench/durable.ts, compares them all).
   {

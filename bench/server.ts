@@ -26,7 +26,9 @@ app.silent = true;
 
 // ── tracing for the traced variants: a real SDK with a batch processor whose exporter drops everything ──
 let tracer: Tracer | undefined;
-const traced = ['traced', 'koa-span', 'handrolled-otel', 'handrolled-contract'].includes(variant);
+const traced = ['traced', 'koa-span', 'handrolled-otel', 'handrolled-contract', 'handrolled-contract-batched'].includes(
+  variant,
+);
 if (traced) {
   const { droppingTracerProvider } = await import('./tracing.ts');
   trace.setGlobalTracerProvider(droppingTracerProvider());
@@ -75,9 +77,10 @@ type HandBody = (record: HandRecord, request: SpanContext | undefined) => Promis
  * (the last 10 000 finished, dropped oldest first, as MemoryStore does), the request's span context for a link,
  * the task started on the response's `close` under a concurrency limit of 16 with a queue, and its failure
  * caught into the record. `body(record, requestSpanContext)` runs the work; it resolves with the error or
- * undefined.
+ * undefined. `batched`: the tasks of every response that closed in a turn of the event loop start together at
+ * its end (one setImmediate), as koa-taskflow starts them, instead of each in its response's `close`.
  */
-function handrolledTasks(body: HandBody): void {
+function handrolledTasks(body: HandBody, batched = false): void {
   const records = new Map<string, HandRecord>();
   const ended: string[] = [];
   let endedHead = 0;
@@ -110,6 +113,14 @@ function handrolledTasks(body: HandBody): void {
       else if (running === 0) idle?.();
     });
   };
+  const startOrQueue = (record: HandRecord, request: SpanContext | undefined) =>
+    running < 16 ? start(record, request) : queue.push([record, request]);
+  let closed: [HandRecord, SpanContext | undefined][] = [];
+  const startClosed = () => {
+    const now = closed;
+    closed = [];
+    for (const [record, request] of now) startOrQueue(record, request);
+  };
   app.use(async (ctx, next) => {
     const id = randomUUID();
     const requestSpan = tracer && trace.getActiveSpan();
@@ -134,7 +145,11 @@ function handrolledTasks(body: HandBody): void {
       logs: NO_LOGS,
     };
     records.set(id, record);
-    ctx.res.once('close', () => (running < 16 ? start(record, request) : queue.push([record, request])));
+    if (!batched) ctx.res.once('close', () => startOrQueue(record, request));
+    else
+      ctx.res.once('close', () => {
+        if (closed.push([record, request]) === 1) setImmediate(startClosed);
+      });
     await next();
   });
   drain = () => (running === 0 ? Promise.resolve() : new Promise<void>((resolve) => (idle = resolve)));
@@ -219,7 +234,8 @@ switch (variant) {
     });
     break;
   }
-  case 'handrolled-contract': {
+  case 'handrolled-contract':
+  case 'handrolled-contract-batched': {
     // By hand, what the contract asks of one traced task beyond a span, an event and a log line: everything of
     // 'handrolled-record' below, plus the `task.enqueued` event on the request span, the attempt's
     // attributes (the request's ids among them), the span active while the work runs (so its own spans are
@@ -297,7 +313,7 @@ switch (variant) {
           return noop();
         })
         .then(() => done(undefined), done);
-    });
+    }, variant === 'handrolled-contract-batched');
     break;
   }
   case 'handrolled-record': {

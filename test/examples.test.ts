@@ -33,6 +33,16 @@ describe('examples/quickstart.js', () => {
   });
 });
 
+describe('examples/request-context.js', () => {
+  it("is shown in docs/api.md, and each order's task sees its own request id, the four that waited for a slot too", async () => {
+    const example = readFileSync('examples/request-context.js', 'utf8');
+    expect(readFileSync('docs/api.md', 'utf8')).toContain('```js\n' + example + '```');
+    const app = startNode('examples/request-context.js');
+    expect(await app.exited).toBe(0);
+    expect([...app.lines].sort()).toEqual([1, 2, 3, 4, 5, 6].map((n) => `order ${n}: request req-${n}`));
+  });
+});
+
 describe('examples/failure-alerts.js', () => {
   it('posts one Slack-style alert for the paying tenant only, and the debugging observer sees only warnings', async () => {
     const posts: { text: string; taskId: string }[] = [];
