@@ -4,7 +4,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { startNode } from './helpers/child.js';
+import { runShownExample, startNode } from './helpers/child.js';
 import { onCleanup } from './helpers/server.js';
 
 const run = promisify(execFile);
@@ -35,11 +35,8 @@ describe('examples/quickstart.js', () => {
 
 describe('examples/request-context.js', () => {
   it("is shown in docs/api.md, and each order's task sees its own request id, the four that waited for a slot too", async () => {
-    const example = readFileSync('examples/request-context.js', 'utf8');
-    expect(readFileSync('docs/api.md', 'utf8')).toContain('```js\n' + example + '```');
-    const app = startNode('examples/request-context.js');
-    expect(await app.exited).toBe(0);
-    expect([...app.lines].sort()).toEqual([1, 2, 3, 4, 5, 6].map((n) => `order ${n}: request req-${n}`));
+    const lines = await runShownExample('docs/api.md', 'examples/request-context.js');
+    expect(lines.sort()).toEqual([1, 2, 3, 4, 5, 6].map((n) => `order ${n}: request req-${n}`));
   });
 });
 

@@ -1,4 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { expect } from 'vitest';
 import { onCleanup } from './server.js';
 
 export interface Child {
@@ -67,4 +69,19 @@ export function startNode(
       });
     },
   };
+}
+
+/**
+ * A documented example: `doc` shows `example` byte for byte in a js block, and `node <example>` exits 0.
+ * Resolves with its stdout lines.
+ */
+export async function runShownExample(
+  doc: string,
+  example: string,
+  env: Record<string, string> = {},
+): Promise<string[]> {
+  expect(readFileSync(doc, 'utf8')).toContain('```js\n' + readFileSync(example, 'utf8') + '```');
+  const child = startNode(example, [], env);
+  expect(await child.exited).toBe(0);
+  return child.lines;
 }
