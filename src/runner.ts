@@ -226,27 +226,24 @@ export class Runner implements RunHost {
   // Requests whose response closed during this turn of the event loop: their tasks start together at its end
   // (setImmediate), not each between two responses. The HTTP part of bench/ measures ~20% less CPU per
   // request for a traced task so; the likely cause is that the HTTP code and the task code each stay warm.
-  #closed: { resume(): void }[] = [];
-  #closedSpare: { resume(): void }[] = [];
+  #closed: RunSequence[] = [];
 
   /** A request's response has closed: its after-response tasks start at the end of this turn of the event loop. */
-  responseClosed(sequence: { resume(): void }): void {
+  responseClosed(sequence: RunSequence): void {
     if (this.#closed.push(sequence) === 1) setImmediate(this.#resumeClosed);
   }
 
   readonly #resumeClosed = (): void => {
     const closed = this.#closed;
-    this.#closed = this.#closedSpare;
-    for (let i = 0; i < closed.length; i++) {
+    this.#closed = [];
+    for (const sequence of closed) {
       try {
-        closed[i].resume();
+        sequence.resume();
       } catch (error) {
         // Nothing in starting a task is expected to throw; one that did must not keep the others waiting.
         this.report('start of after-response tasks', error);
       }
     }
-    closed.length = 0;
-    this.#closedSpare = closed;
   };
 
   /** An after-response task joins its request's sequence, which is told when it has ended. */

@@ -123,6 +123,8 @@ export interface RunSequence {
   readonly scope: AsyncResource | undefined;
   /** One of its tasks has ended: the next may start. */
   ended(run: TaskRun): void;
+  /** The turn of the event loop its response closed in has ended: its tasks start. */
+  resume(): void;
 }
 
 /** What few runs need (a retry's timer, a handle, progress reports, a previous attempt): one object, made on first use. */
