@@ -1,9 +1,8 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { createServer, request as httpRequest } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { request as httpRequest } from 'node:http';
 import { describe, expect, it } from 'vitest';
 import { InMemoryObserver, type TaskHandle } from 'koa-taskflow';
-import { createManager, deferred, mountApp, onCleanup, startApp, waitFor } from './helpers/server.js';
+import { createManager, deferred, listen, mountApp, startApp, waitFor } from './helpers/server.js';
 
 describe('after-response tasks (addTask)', () => {
   it('deliver the response while the task is still blocked, then run', async () => {
@@ -186,19 +185,9 @@ describe('after-response tasks (addTask)', () => {
     });
     await manager.start();
     // The whole request in the store, response included, as HTTP instrumentation holds its span.
-    const handle = app.callback();
-    const server = createServer(
-      (req, res) => void requestId.run(String(req.headers['x-request-id']), handle, req, res),
+    const { url } = await listen(app, (handle, req, res) =>
+      requestId.run(String(req.headers['x-request-id']), handle, req, res),
     );
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    onCleanup(
-      () =>
-        new Promise<void>((resolve) => {
-          server.closeAllConnections();
-          server.close(() => resolve());
-        }),
-    );
-    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
     await Promise.all(ids.map((id) => fetch(url, { headers: { 'x-request-id': id } })));
     await manager.drain();
     expect(seen).toHaveLength(120);

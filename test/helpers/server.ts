@@ -1,5 +1,5 @@
 import type { AddressInfo } from 'node:net';
-import type { Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import Koa from 'koa';
 import { afterEach } from 'vitest';
 import { TaskManager, type TaskManagerOptions } from 'koa-taskflow';
@@ -54,9 +54,21 @@ export function mountApp(manager: TaskManager, setup: (app: Koa, manager: TaskMa
   return app;
 }
 
-/** Serve `app` on a loopback port; closed after the test. */
-export async function listen(app: Koa): Promise<{ server: Server; url: string }> {
-  const server = app.listen(0, '127.0.0.1');
+/**
+ * Serve `app` on a loopback port; closed after the test. `around` wraps each request's handling (an app's
+ * AsyncLocalStorage held over the whole request, response included, as HTTP instrumentation holds its span).
+ */
+export async function listen(
+  app: Koa,
+  around?: (handle: ReturnType<Koa['callback']>, req: IncomingMessage, res: ServerResponse) => Promise<void>,
+): Promise<{ server: Server; url: string }> {
+  let server: Server;
+  if (around === undefined) {
+    server = app.listen(0, '127.0.0.1');
+  } else {
+    const handle = app.callback();
+    server = createServer((req, res) => void around(handle, req, res)).listen(0, '127.0.0.1');
+  }
   await new Promise<void>((resolve) => server.once('listening', resolve));
   onCleanup(
     () =>
