@@ -1,10 +1,9 @@
 // The `limit` task option: per task name, or per value of a tag, a concurrency cap and a rate.
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { TaskManager, TaskQueueFullError, type TaskOptions } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
-import { startNode } from './helpers/child.js';
+import { runShownExample } from './helpers/child.js';
 import { getJson, untilReal } from './helpers/fake-clock.js';
 import { tempDir } from './helpers/files.js';
 import { createManager, deferred, onCleanup, startApp, waitFor } from './helpers/server.js';
@@ -345,13 +344,9 @@ describe('limit: durable stores', () => {
 
 describe('docs/api.md Limits', () => {
   it('shows examples/tenant-limits.js byte for byte, and running it keeps each tenant within its limit while the other starts at once', async () => {
-    const api = readFileSync('docs/api.md', 'utf8');
-    const example = readFileSync('examples/tenant-limits.js', 'utf8');
-    expect(api).toContain('```js\n' + example + '```');
-    const child = startNode('examples/tenant-limits.js');
-    expect(await child.exited).toBe(0);
-    expect(child.lines.slice(0, 3)).toEqual(['acme 1 started', 'acme 2 started', 'globex 1 started']);
-    expect(child.lines.filter((l) => l.endsWith('started'))).toHaveLength(7);
-    expect(child.lines.at(-1)).toBe('most running at once: {"acme":2,"globex":1}');
+    const lines = await runShownExample('docs/api.md', 'examples/tenant-limits.js');
+    expect(lines.slice(0, 3)).toEqual(['acme 1 started', 'acme 2 started', 'globex 1 started']);
+    expect(lines.filter((l) => l.endsWith('started'))).toHaveLength(7);
+    expect(lines.at(-1)).toBe('most running at once: {"acme":2,"globex":1}');
   });
 });

@@ -1,5 +1,5 @@
 // manager.repeat: one ordinary run per tick, once per tick across instances sharing a durable store.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Cron } from 'croner';
@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { getTaskContext, taskLog, TaskManager, TaskManagerClosedError, type TaskStore } from 'koa-taskflow';
 import { RedisStore } from 'koa-taskflow/redis';
 import { SqliteStore } from 'koa-taskflow/sqlite';
-import { startNode } from './helpers/child.js';
+import { runShownExample, startNode } from './helpers/child.js';
 import { durableFiles } from './helpers/durable-app.js';
 import { untilReal } from './helpers/fake-clock.js';
 import { tempDir } from './helpers/files.js';
@@ -324,11 +324,10 @@ console.log('armed');
 
 describe('examples/repeat.js', () => {
   it("is exactly the snippet of docs/api.md's Repeating tasks, and its two instances run each tick once", async () => {
-    const example = readFileSync('examples/repeat.js', 'utf8');
-    expect(readFileSync('docs/api.md', 'utf8')).toContain('```js\n' + example + '```');
-    const app = startNode('examples/repeat.js', [], { TASKS_DB: join(tempDir('taskflow-repeat-'), 'tasks.db') });
-    expect(await app.exited).toBe(0);
-    const ticks = app.lines.map((line) => /^tick (\S+) ran on [ab]$/.exec(line)?.[1]);
+    const lines = await runShownExample('docs/api.md', 'examples/repeat.js', {
+      TASKS_DB: join(tempDir('taskflow-repeat-'), 'tasks.db'),
+    });
+    const ticks = lines.map((line) => /^tick (\S+) ran on [ab]$/.exec(line)?.[1]);
     expect(ticks).not.toContain(undefined);
     expectOncePerTick(ticks as string[], 200, 3);
   });
