@@ -55,14 +55,14 @@ export interface BullmqConfig {
 
 /** `npm run bench`: about 1.5 minutes on a 2-core machine (the HTTP part's 1 round of 6 paired bursts). */
 export const BULLMQ_DEFAULT: BullmqConfig = {
-  web: { ...HTTP_DEFAULT, WARMUP_REQUESTS: 10_000, EVERY_VARIANT: true },
+  web: { ...HTTP_DEFAULT, BURSTS: 6, WARMUP_REQUESTS: 10_000, EVERY_VARIANT: true },
   ROUNDS: 3,
   WARMUP_JOBS: 300,
   JOBS: 1000,
 };
 /** `--full`: the HTTP part's 3 bursts and 3 rounds, 5 worker rounds of 3 000 jobs. */
 export const BULLMQ_FULL: BullmqConfig = {
-  web: { ...HTTP_DEFAULT, ROUNDS: 3, EVERY_VARIANT: true },
+  web: { ...HTTP_DEFAULT, ROUNDS: 3, BURSTS: 3, EVERY_VARIANT: true },
   ROUNDS: 5,
   WARMUP_JOBS: 500,
   JOBS: 3000,

@@ -6,7 +6,7 @@ import type { GrowthRead, GrowthRow, Ratio, Results } from './results.ts';
 export type Direction = 'higher' | 'lower';
 
 export type Measure =
-  /** HTTP: the baseline's CPU per request ÷ the variant's, from paired bursts of both servers side by side. */
+  /** HTTP: the baseline's CPU per request ÷ the variant's, from bursts of the same turn, the servers side by side. */
   | { kind: 'capacity'; variant: string; baseline: string }
   /** The durable part: the baseline's CPU per request ÷ the variant's, measured as `capacity` is. */
   | { kind: 'durable'; variant: string; baseline: string }

@@ -1,5 +1,5 @@
-// HTTP benchmark: every variant in one run, each compared with its baseline as a pair of servers alive side by
-// side, measured in alternating short bursts (see measurePair() below), ROUNDS rounds with fresh processes. For
+// HTTP benchmark: every variant in one run, each compared with its baseline, the servers compared alive side by
+// side and measured in short bursts taking turns (see measureGroup() below), ROUNDS rounds with fresh processes. For
 // each: req/s and latency (autocannon, loopback) and the server's CPU time per request *including the
 // background work the request caused* (process.cpuUsage() of the server before/after, read after draining).
 // Capacity ratio = baseline CPU per request ÷ variant CPU per request (≥ 1 means as cheap or cheaper).
@@ -44,13 +44,13 @@ const fromEnv = (config: HttpConfig): HttpConfig => ({
 });
 
 /**
- * `npm run bench`: the comparisons the goals read, 1 round of 6 paired bursts (about 4 minutes). The 20 000-request
- * warm-up is paid once per pair and round, so one round of 6 bursts gives the same 6 ratios as 2 rounds of 3 for
- * 2 fewer warm-ups and server starts per comparison (~1 minute).
+ * `npm run bench`: the comparisons the goals read, their servers in groups (GROUPS), 1 round of 10 turns of a
+ * burst each (about 3.5 minutes). The 20 000-request warm-up is paid once per server and round, so one round of
+ * 10 turns gives the same 10 ratios as 2 rounds of 5 for half the warm-ups and server starts.
  */
 export const HTTP_DEFAULT = fromEnv({
   ROUNDS: 1,
-  BURSTS: 6,
+  BURSTS: 10,
   SECONDS: 1,
   CONNECTIONS: 10,
   WARMUP_REQUESTS: 20_000,
@@ -195,19 +195,19 @@ async function measure(variant: Variant, server: BenchServer, config: HttpConfig
 }
 
 /**
- * A comparison: the baseline's server and the variant's, both started and warmed, then BURSTS bursts of each
- * in turn, the order alternating. This shared VM's speed drifts from one second to the next by more than the
- * differences being measured, so a ratio is only taken between two bursts a second apart.
+ * Servers compared with one another: all started and warmed, then BURSTS turns in which each serves one burst,
+ * the order rotating from turn to turn (with two, which side goes first alternates). This shared VM's speed
+ * drifts from one second to the next by more than the differences being measured, so a ratio is only taken
+ * between the bursts of one turn, a few seconds apart. Answers the samples by turn, then by server.
  */
-async function measurePair(
-  base: Variant,
-  variant: Variant,
+async function measureGroup(
+  members: readonly Variant[],
   redisPort: number | undefined,
   config: HttpConfig,
   round: number,
 ): Promise<Sample[][]> {
   const { BURSTS, CONNECTIONS, WARMUP_REQUESTS } = config;
-  const started = await Promise.allSettled([serve(base, redisPort), serve(variant, redisPort)]);
+  const started = await Promise.allSettled(members.map((v) => serve(v, redisPort)));
   const servers = started.filter((s) => s.status === 'fulfilled').map((s) => s.value);
   try {
     for (const s of started) if (s.status === 'rejected') throw s.reason;
@@ -215,12 +215,14 @@ async function measurePair(
       await autocannon({ url: server.url, connections: CONNECTIONS, amount: WARMUP_REQUESTS });
     const bursts: Sample[][] = [];
     for (let i = 0; i < BURSTS; i++) {
-      const pair: Sample[] = [];
-      // Which side goes first alternates, and starts on the other side in the next round: with an odd BURSTS
-      // each side still goes first as often as the other over two rounds.
-      for (const side of (i + round) % 2 === 0 ? [0, 1] : [1, 0])
-        pair[side] = await measure(side === 0 ? base : variant, servers[side], config);
-      bursts.push(pair);
+      const samples: Sample[] = [];
+      // Which server goes first rotates, and starts one further on in the next round: with an odd BURSTS two
+      // servers still each go first as often as the other over two rounds.
+      for (let k = 0; k < members.length; k++) {
+        const at = (i + round + k) % members.length;
+        samples[at] = await measure(members[at], servers[at], config);
+      }
+      bursts.push(samples);
     }
     return bursts;
   } finally {
@@ -238,11 +240,42 @@ function comparisons(variants: readonly Variant[], everyVariant: boolean): [stri
   return [...pairs.values()].filter(([base, name]) => names.has(base) && names.has(name));
 }
 
+/**
+ * The goals' rows measured together, so the ratios between ours, the same work by hand and the library it is
+ * held to come from the same bursts (read in one run, ours ÷ by hand × by hand ÷ library is ours ÷ library,
+ * rather than three comparisons made minutes apart).
+ */
+export const GROUPS: readonly (readonly string[])[] = [
+  ['bare', 'bare-again', 'busy-loop', 'mounted'],
+  ['koa-span', 'handrolled-contract', 'handrolled-contract-batched', 'traced'],
+  ['p-queue', 'handrolled-record', 'untraced'],
+  ['untraced', 'sqlite-least', 'sqlite-least-indexed', 'sqlite'],
+];
+
+interface ComparisonSet {
+  members: string[];
+  pairs: [string, string][];
+}
+
+/** The comparisons as the server sets that measure them: each pair in the first group holding both, else alone. */
+function comparisonSets(pairs: readonly [string, string][], groups: readonly (readonly string[])[]): ComparisonSet[] {
+  const left = [...pairs];
+  const sets: ComparisonSet[] = [];
+  for (const group of groups) {
+    const inGroup = left.filter(([base, name]) => group.includes(base) && group.includes(name));
+    if (inGroup.length === 0) continue;
+    for (const pair of inGroup) left.splice(left.indexOf(pair), 1);
+    sets.push({ members: group.filter((n) => inGroup.some((pair) => pair.includes(n))), pairs: inGroup });
+  }
+  return [...sets, ...left.map(([base, name]): ComparisonSet => ({ members: [base, name], pairs: [[base, name]] }))];
+}
+
 /** The HTTP part of `npm run bench`; the durable part is the same with its own `variants` (bench/durable.ts). */
 export async function runHttpBench(
   config: HttpConfig = HTTP_DEFAULT,
   log: (line: string) => void = console.log,
   all: readonly Variant[] = VARIANTS,
+  groups: readonly (readonly string[])[] = [],
 ): Promise<Omit<HttpResults, 'started' | 'nodeVersion' | 'machine' | 'load'>> {
   const { ROUNDS } = config;
   const redis = await startRedis();
@@ -252,28 +285,34 @@ export async function runHttpBench(
   if (!redis) log('redis-server not found: BullMQ and Redis variants skipped');
   const byName = new Map(variants.map((v) => [v.name, v]));
   const pairs = comparisons(variants, config.EVERY_VARIANT);
+  const sets = comparisonSets(pairs, groups);
   const samples = new Map<string, Sample[]>(variants.map((v) => [v.name, []]));
   const paired = new Map<string, number[]>(pairs.map(([base, name]) => [`${base}/${name}`, []]));
   try {
     for (let round = 0; round < ROUNDS; round++) {
-      for (let i = 0; i < pairs.length; i++) {
-        const [base, name] = pairs[(i + round) % pairs.length];
-        const bursts = await measurePair(byName.get(base)!, byName.get(name)!, redis?.port, config, round);
-        for (const [baseSample, sample] of bursts) {
-          samples.get(base)!.push(baseSample);
-          samples.get(name)!.push(sample);
-          paired.get(`${base}/${name}`)!.push(baseSample.cpuPerRequest / sample.cpuPerRequest);
-        }
-        if (process.env.VERBOSE)
-          log(bursts.map(([b, x]) => `${fmt(x.cpuPerRequest)}/${fmt(b.cpuPerRequest)}`).join(' '));
-        const cpu = (list: Sample[]) => fmt(median(list.map((x) => x.cpuPerRequest)));
-        const backlog = bursts.some(([, x]) => !x.allTasksRan) ? '  BACKLOG' : '';
-        log(
-          `round ${round + 1}/${ROUNDS} ${name.padEnd(22)} vs ${base.padEnd(20)} ` +
-            `${cpu(bursts.map((b) => b[1])).padStart(6)} vs ${cpu(bursts.map((b) => b[0])).padStart(6)} µs ` +
-            `CPU/req  ratio ` +
-            `${fmt(median(bursts.map(([b, x]) => b.cpuPerRequest / x.cpuPerRequest)), 2)}${backlog}`,
+      for (let i = 0; i < sets.length; i++) {
+        const { members, pairs: measured } = sets[(i + round) % sets.length];
+        const bursts = await measureGroup(
+          members.map((name) => byName.get(name)!),
+          redis?.port,
+          config,
+          round,
         );
+        members.forEach((name, at) => samples.get(name)!.push(...bursts.map((b) => b[at])));
+        for (const [base, name] of measured) {
+          const pair = bursts.map((b) => [b[members.indexOf(base)], b[members.indexOf(name)]] as const);
+          paired.get(`${base}/${name}`)!.push(...pair.map(([b, x]) => b.cpuPerRequest / x.cpuPerRequest));
+          if (process.env.VERBOSE)
+            log(pair.map(([b, x]) => `${fmt(x.cpuPerRequest)}/${fmt(b.cpuPerRequest)}`).join(' '));
+          const cpu = (list: Sample[]) => fmt(median(list.map((x) => x.cpuPerRequest)));
+          const backlog = pair.some(([, x]) => !x.allTasksRan) ? '  BACKLOG' : '';
+          log(
+            `round ${round + 1}/${ROUNDS} ${name.padEnd(22)} vs ${base.padEnd(20)} ` +
+              `${cpu(pair.map((b) => b[1])).padStart(6)} vs ${cpu(pair.map((b) => b[0])).padStart(6)} µs ` +
+              `CPU/req  ratio ` +
+              `${fmt(median(pair.map(([b, x]) => b.cpuPerRequest / x.cpuPerRequest)), 2)}${backlog}`,
+          );
+        }
       }
     }
   } finally {
@@ -307,7 +346,12 @@ export async function runHttpBench(
 }
 
 if (isMain(import.meta.url)) {
-  const { rows, ratios } = await runHttpBench(process.argv.includes('--full') ? HTTP_FULL : HTTP_DEFAULT);
+  const { rows, ratios } = await runHttpBench(
+    process.argv.includes('--full') ? HTTP_FULL : HTTP_DEFAULT,
+    console.log,
+    VARIANTS,
+    GROUPS,
+  );
   console.table(
     rows.map((r) => ({
       variant: r.name,

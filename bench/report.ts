@@ -189,13 +189,14 @@ export function resultsMarkdown(results: Results): string {
   const method = http
     ? `${runLine('HTTP', http)}.
 Autocannon on loopback, ${http.config.CONNECTIONS} connections. Every comparison (a variant against its baseline, and
-ours against the same work written by hand) runs **both servers side by side**, each in its own process, warmed
-${warmup(http.config)} (the 10 000-record history full and the JIT settled), then measured in ${http.config.BURSTS} bursts of
-${http.config.SECONDS} s each, taking turns, the side that goes first alternating; **${http.config.ROUNDS} rounds** with fresh
-processes, the order of the comparisons rotating. A ratio is only taken between two bursts a second apart, as a shared machine's speed drifts by more than
+ours against the same work written by hand) runs **its servers side by side**, each in its own process; the servers
+a group of goals reads (ours, the same work by hand, and the baseline they are held to) run together. Each is warmed
+${warmup(http.config)} (the 10 000-record history full and the JIT settled), then they are measured in ${http.config.BURSTS} turns, each
+server serving one ${http.config.SECONDS} s burst a turn, the one that goes first rotating; **${http.config.ROUNDS} rounds** with fresh
+processes, the order of the groups rotating. A ratio is only taken between two bursts of the same turn, seconds apart, as a shared machine's speed drifts by more than
 the differences measured. *µs CPU/request* is the server's \`process.cpuUsage()\` (all threads) over a burst's
 requests, read after the background work they caused has drained, divided by the request count (median of all the
-variant's bursts). *Capacity ratio* = baseline CPU/request ÷ variant CPU/request of two neighbouring bursts, median
+variant's bursts). *Capacity ratio* = baseline CPU/request ÷ variant CPU/request of the same turn, median
 over all of them: 1.00 costs the same as the baseline, 0.50 twice as much; *middle half* is the 25th to 75th
 percentile of those ratios.`
     : '';

@@ -36,7 +36,7 @@ export interface HttpResults extends RunInfo {
     EVERY_VARIANT?: boolean;
   };
   rows: HttpRow[];
-  /** Capacity ratios by `<baseline>/<variant>`: baseline CPU per request ÷ the variant's, paired bursts. */
+  /** Capacity ratios by `<baseline>/<variant>`: baseline CPU per request ÷ the variant's, bursts of the same turn. */
   ratios: Record<string, Ratio>;
 }
 

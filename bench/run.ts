@@ -25,7 +25,7 @@ import { parseArgs } from 'node:util';
 import { BULLMQ_DEFAULT, BULLMQ_FULL, BULLMQ_QUICK, runBullmqBench } from './bullmq.ts';
 import { DURABLE_VARIANTS } from './durable.ts';
 import { GROWTH_DEFAULT, GROWTH_FULL, GROWTH_QUICK, runGrowthBench } from './growth.ts';
-import { HTTP_DEFAULT, HTTP_FULL, HTTP_QUICK, runHttpBench } from './http.ts';
+import { GROUPS, HTTP_DEFAULT, HTTP_FULL, HTTP_QUICK, VARIANTS, runHttpBench } from './http.ts';
 import { ISOLATE_DEFAULT, ISOLATE_FULL, ISOLATE_QUICK, runIsolateBench } from './isolate.ts';
 import { beside, timedPart } from './lib.ts';
 import { writeReport } from './report.ts';
@@ -66,7 +66,7 @@ const results: Results = existsSync(out) ? readResults(out) : {};
 const http = size({ quick: HTTP_QUICK, default: HTTP_DEFAULT, full: HTTP_FULL });
 if (parts.includes('http')) {
   log('HTTP comparisons…');
-  results.http = await timedPart(() => runHttpBench(http, log));
+  results.http = await timedPart(() => runHttpBench(http, log, VARIANTS, GROUPS));
   writeResults(results, out);
 }
 if (parts.includes('durable')) {
