@@ -27,6 +27,8 @@ class LimitKey {
   intervalMs = 0;
   /** The tasks over the limit: a binary heap, higher priority first, then earlier arrival. */
   readonly waiting: Entry[] = [];
+  /** Entries of `waiting` whose run ended there: skipped when reached, or compacted away (see Limiter.release). */
+  dropped = 0;
   timer: NodeJS.Timeout | undefined;
 
   constructor(readonly id: string) {}
@@ -93,7 +95,7 @@ export class Limiter {
   /** Hands an admitted run to the runner: it starts when a slot is free and nothing ranks before it. */
   readonly #admit: (run: TaskRun) => void;
   #seq = 0;
-  /** Runs waiting in a key's queue (a cancelled one counts until its key looks at it again). */
+  /** Runs waiting in a key's queue. */
   waiting = 0;
   /** Someone awaits `drain()`: rate timers keep the process alive until it resolves. */
   #keepAlive = false;
@@ -140,10 +142,22 @@ export class Limiter {
   release(run: TaskRun): void {
     const entry = this.#entries.get(run);
     if (entry === undefined) return;
-    // Still in its key's queue (it ended while waiting): it is dropped when the key reaches it.
-    if (entry.queued) return;
     this.#entries.delete(run);
     const key = entry.key;
+    if (entry.queued) {
+      // It ended while waiting in its key's queue: skipped when the key reaches it, and the queue compacted once
+      // such entries are half of it, so that tasks added and cancelled behind a busy key cannot pile up.
+      entry.queued = false;
+      this.waiting--;
+      if (++key.dropped > 32 && key.dropped * 2 > key.waiting.length) {
+        // In place (a pump under way holds the array): sorted, the rest is a heap.
+        const kept = key.waiting.filter((e) => e.queued).sort((a, b) => (before(a, b) ? -1 : 1));
+        key.waiting.length = 0;
+        for (const e of kept) key.waiting.push(e);
+        key.dropped = 0;
+      }
+      return;
+    }
     key.active--;
     if (!entry.started) key.admitted--;
     this.#pump(key);
@@ -206,8 +220,15 @@ export class Limiter {
     const heap = key.waiting;
     while (heap.length > 0) {
       const head = heap[0];
-      if (head.run.isFinal) {
+      if (!head.queued) {
         heapPop(heap);
+        key.dropped--;
+        continue;
+      }
+      if (head.run.isFinal) {
+        // Ended and not released yet (its end is being told): released now, as dropped.
+        heapPop(heap);
+        head.queued = false;
         this.waiting--;
         this.#entries.delete(head.run);
         continue;

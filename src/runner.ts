@@ -16,7 +16,7 @@ export const DEFAULT_PRIORITY = 5;
 
 /** FIFO per priority level; higher levels first. O(1) push and shift. */
 class PriorityQueue<T> {
-  readonly #levels: T[][] = Array.from({ length: 11 }, () => []);
+  #levels: T[][] = Array.from({ length: 11 }, () => []);
   readonly #heads = new Array<number>(11).fill(0);
   size = 0;
 
@@ -43,6 +43,17 @@ class PriorityQueue<T> {
       return item;
     }
     return undefined;
+  }
+
+  /** Keep only the items `keep` accepts, in their order. */
+  filter(keep: (item: T) => boolean): void {
+    this.size = 0;
+    for (let p = 0; p <= 10; p++) {
+      const level = this.#levels[p].slice(this.#heads[p]).filter(keep);
+      this.#levels[p] = level;
+      this.#heads[p] = 0;
+      this.size += level.length;
+    }
   }
 }
 
@@ -73,6 +84,12 @@ export class Runner implements RunHost {
   readonly threads: ThreadPool;
   readonly #deps: RunnerDeps;
   readonly #queue = new PriorityQueue<TaskRun>();
+  /**
+   * Runs in `#queue` that ended there (cancelled while waiting for a slot): dropped when reached, and the queue
+   * is compacted once they are half of it, so that adding and cancelling tasks behind busy slots cannot grow it
+   * without bound (only unfinished tasks count towards `maxQueued`).
+   */
+  #dropped = 0;
   /** Tasks over their `limit` wait there, off the queue, and come back through #offer when their key allows. */
   readonly #limiter = new Limiter((run) => this.#scopeOf(run).runInAsyncScope(this.#offer, this, run));
   /**
@@ -105,7 +122,7 @@ export class Runner implements RunHost {
 
   /** Tasks waiting for a slot, or over their `limit`. */
   get queued(): number {
-    return this.#queue.size + this.#limiter.waiting;
+    return this.#queue.size - this.#dropped + this.#limiter.waiting;
   }
 
   get running(): number {
@@ -178,7 +195,10 @@ export class Runner implements RunHost {
   /** A task free to start (within its limit, if any): it starts when a slot is free and nothing ranks before it. */
   #offer(run: TaskRun): void {
     if (this.#running < this.#deps.concurrency && this.#queue.size === 0 && !this.#holdStarts) this.#start(run);
-    else this.#queue.push(run, run.options.priority ?? DEFAULT_PRIORITY);
+    else {
+      this.#queue.push(run, run.options.priority ?? DEFAULT_PRIORITY);
+      run.inQueue = true;
+    }
   }
 
   retryLater(run: TaskRun, waitMs: number): void {
@@ -200,6 +220,10 @@ export class Runner implements RunHost {
       run.retryTimer = undefined;
     }
     this.#leave(run);
+    if (run.inQueue && ++this.#dropped > 64 && this.#dropped * 2 > this.#queue.size) {
+      this.#queue.filter((queued) => !queued.isFinal);
+      this.#dropped = 0;
+    }
     // A task that ended while running (cancelled) holds its key until its attempt settles, as it holds its slot.
     if (run.options.limit !== undefined && !run.inSlot) this.#limiter.release(run);
     this.#deps.onTaskEnded?.(run.record);
@@ -396,7 +420,9 @@ export class Runner implements RunHost {
   #fillSlots(): void {
     while (this.#running < this.#deps.concurrency && this.#queue.size > 0) {
       const next = this.#queue.shift()!;
-      if (!next.isFinal) this.#scopeOf(next).runInAsyncScope(this.#start, this, next);
+      next.inQueue = false;
+      if (next.isFinal) this.#dropped--;
+      else this.#scopeOf(next).runInAsyncScope(this.#start, this, next);
     }
   }
 

@@ -143,6 +143,7 @@ const SUBMIT_AFTER_WRITE = 4;
 const IN_SLOT = 8;
 const NOT_STORED = 16;
 const FINAL = 32;
+const IN_QUEUE = 64;
 
 /**
  * One accepted task, from `pending` to a final status, across its attempts. The runner decides when it
@@ -229,6 +230,15 @@ export class TaskRun implements AttemptOwner, AttemptSpanInput {
 
   set inSlot(on: boolean) {
     this.#set(IN_SLOT, on);
+  }
+
+  /** The run is in the runner's queue, waiting for a slot (it stays there, dropped when reached, if it ends). */
+  get inQueue(): boolean {
+    return this.#flag(IN_QUEUE);
+  }
+
+  set inQueue(on: boolean) {
+    this.#set(IN_QUEUE, on);
   }
 
   /** Status changes are written to the store (false once the store refused the task or gave its key to another). */

@@ -1,10 +1,13 @@
 // manager.cancel(id, { reason? }): pending, delayed, limit-waiting and running tasks, from any instance
 // sharing a durable store, and the admin route POST {prefix}/:id/cancel.
 import { join } from 'node:path';
+import v8 from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import {
   getTaskContext,
   InMemoryObserver,
+  MemoryStore,
   TaskCancelledError,
   TaskManager,
   type TaskHandle,
@@ -191,6 +194,79 @@ describe('manager.cancel(id) in one process', () => {
     expect(records.find((r) => r.id === first.id)!.status).toBe('cancelled');
     expect(records.filter((r) => r.id !== first.id).every((r) => r.status === 'success')).toBe(true);
   });
+});
+
+describe('tasks cancelled while they wait for a slot or for their limit', () => {
+  // The two places a task waits in line: behind busy slots, and behind its `limit` key.
+  const waits = [
+    { where: 'a slot', options: {}, concurrency: 1 },
+    { where: 'its limit', options: { limit: { concurrency: 1 } }, concurrency: 16 },
+  ];
+
+  it.each(waits)(
+    'behind $where: they never run, and the rest start in priority order, first come first served, however many were cancelled',
+    async ({ options, concurrency }) => {
+      const started: string[] = [];
+      const release = deferred();
+      const manager = createManager({ concurrency, store: new MemoryStore({ maxRecords: 10 }) });
+      const job = manager.task(async function job(label: string) {
+        started.push(label);
+        if (label === 'holder') await release.promise;
+      }, options);
+      await manager.start();
+      manager.add(job, 'holder');
+      await waitFor(() => started.includes('holder'), 2_000, 'the holder');
+      const kept: string[] = [];
+      for (let i = 0; i < 300; i++) {
+        const priority = i % 3 === 0 ? 8 : 5;
+        const id = manager.with({ priority }).add(job, `t${i}`);
+        // Two of every three cancelled, enough to make the line compact itself several times.
+        if (i % 3 === 1) kept.push(`t${i}`);
+        else if (i % 3 === 2 || i % 9 !== 0) expect(await manager.cancel(id)).toBe(true);
+        else kept.push(`t${i}`);
+      }
+      expect(manager.queued).toBe(kept.length);
+      release.resolve();
+      await manager.drain();
+      const byPriority = [
+        ...kept.filter((l) => Number(l.slice(1)) % 3 === 0),
+        ...kept.filter((l) => Number(l.slice(1)) % 3 === 1),
+      ];
+      expect(started).toEqual(['holder', ...byPriority]);
+      expect(manager.queued).toBe(0);
+      await manager.shutdown();
+    },
+  );
+
+  it.each(waits)(
+    'behind $where: their arguments are let go, however many are added and cancelled',
+    async ({ options, concurrency }) => {
+      v8.setFlagsFromString('--expose-gc');
+      const gc = runInNewContext('gc') as () => void;
+      const release = deferred();
+      const manager = createManager({ concurrency, store: new MemoryStore({ maxRecords: 10 }) });
+      const job = manager.task(async function job(_payload?: object) {
+        await release.promise;
+      }, options);
+      await manager.start();
+      manager.add(job);
+      const refs: WeakRef<object>[] = [];
+      for (let i = 0; i < 2_000; i++) {
+        const payload = { blob: 'x'.repeat(100) + i };
+        refs.push(new WeakRef(payload));
+        await manager.cancel(manager.add(job, payload));
+      }
+      // A WeakRef's target is kept until the job that made or read it ends.
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      gc();
+      // Before the fix every one stayed in the line until a slot (or the key) freed; some may stay until the
+      // line next compacts itself.
+      expect(refs.filter((ref) => ref.deref() !== undefined).length).toBeLessThan(200);
+      expect(manager.queued).toBe(0);
+      release.resolve();
+      await manager.shutdown();
+    },
+  );
 });
 
 describe('manager.cancel(id) across instances sharing a durable store', () => {

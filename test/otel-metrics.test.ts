@@ -139,6 +139,29 @@ describe('metrics on the `koa-taskflow` meter', () => {
     expect(points((await read()).get('task.queue.depth'))).toEqual({ '-': 0 });
   });
 
+  it.each([
+    { where: 'a slot', options: {}, concurrency: 1 },
+    { where: 'their limit', options: { limit: { concurrency: 1 } }, concurrency: 4 },
+  ])(
+    '`task.queue.depth` stops counting tasks cancelled while they wait for $where',
+    async ({ options, concurrency }) => {
+      const { meterProvider, read } = meterWithReader();
+      const manager = createManager({ meterProvider, concurrency });
+      const release = deferred();
+      const job = manager.task(async function job() {
+        await release.promise;
+      }, options);
+      manager.add(job);
+      const waiting = Array.from({ length: 100 }, () => manager.add(job));
+      expect(points((await read()).get('task.queue.depth'))).toEqual({ '-': 100 });
+      for (const id of waiting.slice(0, 70)) await manager.cancel(id);
+      expect(points((await read()).get('task.queue.depth'))).toEqual({ '-': 30 });
+      release.resolve();
+      await manager.drain();
+      expect(points((await read()).get('task.queue.depth'))).toEqual({ '-': 0 });
+    },
+  );
+
   it('stop reporting the queue depth of a manager that was shut down', async () => {
     // Delta: a collection shows only what was observed since the previous one.
     const { meterProvider, read } = meterWithReader(AggregationTemporality.DELTA);
