@@ -128,7 +128,7 @@ export interface AbortMessage {
 
 // The part of Piscina used here, so that neither its types nor its module are needed unless a task is isolated.
 interface Pool {
-  run(task: ThreadTask): Promise<ThreadReply>;
+  run(task: ThreadTask, options: { signal: AbortSignal }): Promise<ThreadReply>;
   on(event: 'message', listener: (message: ThreadMessage) => void): void;
   destroy(): Promise<void>;
 }
@@ -148,6 +148,12 @@ const DEFAULT_NICE = 10;
 
 /** Threads above `minThreads` stay this long once idle, rather than piscina's 0 (a new thread per burst). */
 const IDLE_TIMEOUT_MS = 30_000;
+/**
+ * How long a running attempt has, once its signal aborted (a timeout, a cancel), to return before its thread is
+ * stopped: a task that ignores its signal (a CPU-bound loop) would otherwise keep the thread, and every task
+ * queued for it, for ever. Piscina starts another thread in its place.
+ */
+const THREAD_STOP_GRACE_MS = 1_000;
 
 const WORKER_URL = new URL('./isolate-worker.js', import.meta.url).href;
 
@@ -233,6 +239,10 @@ interface InFlight {
   received: number;
   /** Piscina's answer when it came before all the messages it counts (another port: no order between them). */
   reply: ThreadReply | undefined;
+  /** Aborted to stop the attempt's thread (piscina's signal: it ends the thread running the task). */
+  readonly stop: AbortController;
+  /** Armed once the attempt's signal aborted while it ran: stops its thread if it has not returned by then. */
+  stopTimer: NodeJS.Timeout | undefined;
 }
 
 /**
@@ -346,10 +356,12 @@ export class ThreadPool {
         onAbort: () => this.#abort(key, entry),
         received: 0,
         reply: undefined,
+        stop: new AbortController(),
+        stopTimer: undefined,
       };
       this.#inFlight.set(key, entry);
       signal.addEventListener('abort', entry.onAbort, { once: true });
-      pool.run(task).then(
+      pool.run(task, { signal: entry.stop.signal }).then(
         (reply) => {
           this.#freeSlot(slot);
           if (this.#inFlight.get(key) !== entry) return;
@@ -360,11 +372,14 @@ export class ThreadPool {
           this.#freeSlot(slot);
           if (this.#inFlight.get(key) !== entry) return;
           this.#settle(key, entry);
+          const why = entry.stop.signal.aborted
+            ? `was stopped: the task had not returned ${THREAD_STOP_GRACE_MS} ms after its signal aborted`
+            : `died (${(error as Error)?.message})`;
           reject(
-            new TaskflowError(
-              `the thread running task "${attempt.name}" died (${(error as Error)?.message}); the attempt failed, the app goes on`,
-              { code: 'ERR_TASK_THREAD_DIED', cause: error },
-            ),
+            new TaskflowError(`the thread running task "${attempt.name}" ${why}; the attempt failed, the app goes on`, {
+              code: 'ERR_TASK_THREAD_DIED',
+              cause: error,
+            }),
           );
         },
       );
@@ -415,6 +430,7 @@ export class ThreadPool {
   #settle(key: number, entry: InFlight): void {
     this.#inFlight.delete(key);
     entry.signal.removeEventListener('abort', entry.onAbort);
+    clearTimeout(entry.stopTimer);
   }
 
   #abort(key: number, entry: InFlight): void {
@@ -425,8 +441,12 @@ export class ThreadPool {
       entry.reject(reason);
       return;
     }
-    // Running: the task's own signal aborts in its thread (the attempt's outcome still comes from there).
+    // Running: the task's own signal aborts in its thread (the attempt's outcome still comes from there). A task
+    // that has not returned THREAD_STOP_GRACE_MS later has its thread stopped: its attempt has already ended on
+    // this side (a timeout or a cancel ends it at once), and the thread is wanted by the tasks behind it.
     this.#aborts!.postMessage({ key, reason: crossedError(reason) } satisfies AbortMessage);
+    entry.stopTimer = setTimeout(() => entry.stop.abort(), THREAD_STOP_GRACE_MS);
+    entry.stopTimer.unref();
   }
 
   /** A free state slot, QUEUED; -1 when MAX_SLOTS attempts are in flight. */

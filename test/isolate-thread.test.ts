@@ -168,6 +168,26 @@ describe("isolate: 'thread'", () => {
     });
   });
 
+  it.each([
+    { ended: 'timed out', task: 'spin' as const, args: [60_000] },
+    { ended: 'cancelled', task: 'hang' as const, args: [] },
+  ])(
+    'a task that ignores its signal once $ended has its thread stopped a second later: the tasks behind it run',
+    async ({ ended, task, args }) => {
+      const harness = await isolatedApp({}, { [task]: ended === 'timed out' ? { timeout: 300 } : {} });
+      await finished(harness, await post(harness, 'spin', [1]));
+      const stuck = await post(harness, task, args);
+      if (ended === 'cancelled') {
+        await waitFor(async () => (await harness.manager.get(stuck))?.status === 'running', 10_000, 'it to run');
+        expect(await harness.manager.cancel(stuck)).toBe(true);
+      }
+      // One thread: the next task gets it only once the stuck one's thread is stopped and replaced.
+      const next = await finished(harness, await post(harness, 'whereAmI', ['behind']));
+      expect(next.status).toBe('success');
+      expect((await harness.manager.get(stuck))!.status).toBe(ended === 'timed out' ? 'failed' : 'cancelled');
+    },
+  );
+
   it('a throw in the thread fails the attempt (its error type kept) and the main thread retries it', async () => {
     const harness = await isolatedApp({}, { flaky: { retries: 1 } });
     const id = await post(harness, 'flaky');
