@@ -6,7 +6,7 @@ import type { SpanStatus, TimeInput, Attributes } from '@opentelemetry/api';
 import type { Attempt } from './attempt.js';
 import { kLog, kProgress } from './context.js';
 import { TaskflowError } from './errors.js';
-import { optionError } from './options.js';
+import { checkKnownKeys, numberError, optionError } from './options.js';
 import type { LogLevel } from './types.js';
 
 /** The `threads` option of the TaskManager: the pool that runs `isolate: 'thread'` tasks. */
@@ -25,6 +25,13 @@ export interface ThreadPoolOptions {
 }
 
 const POOL_OPTIONS = new Set(['maxThreads', 'minThreads', 'resourceLimits', 'nice']);
+// worker_threads ignores a key it does not know: a misspelt limit would silently be no limit.
+const RESOURCE_LIMITS = new Set([
+  'maxYoungGenerationSizeMb',
+  'maxOldGenerationSizeMb',
+  'codeRangeSizeMb',
+  'stackSizeMb',
+]);
 
 /** The TaskManager's `threads` option: known keys, thread counts that are integers (maxThreads >= 1). */
 export function checkThreadPoolOptions(where: string, value: unknown): void {
@@ -32,10 +39,7 @@ export function checkThreadPoolOptions(where: string, value: unknown): void {
   if (value === null || typeof value !== 'object' || Array.isArray(value))
     throw optionError(where, 'threads', 'an object { maxThreads?, minThreads?, resourceLimits? }', value);
   const options = value as Record<string, unknown>;
-  for (const key of Object.keys(options)) {
-    if (!POOL_OPTIONS.has(key))
-      throw new TypeError(`${where}: unknown option "threads.${key}"; known are ${[...POOL_OPTIONS].join(', ')}`);
-  }
+  checkKnownKeys(where, options, POOL_OPTIONS, 'threads.');
   for (const [key, min, max] of [
     ['maxThreads', 1, Infinity],
     ['minThreads', 0, Infinity],
@@ -43,17 +47,17 @@ export function checkThreadPoolOptions(where: string, value: unknown): void {
   ] as const) {
     const count = options[key];
     if (count !== undefined && (!Number.isInteger(count) || (count as number) < min || (count as number) > max))
-      throw optionError(
+      throw numberError(
         where,
         `threads.${key}`,
         max === Infinity ? `an integer >= ${min}` : `an integer from ${min} to ${max}`,
         count,
-        typeof count === 'number' ? RangeError : TypeError,
       );
   }
   const limits = options.resourceLimits;
   if (limits !== undefined && (limits === null || typeof limits !== 'object'))
     throw optionError(where, 'threads.resourceLimits', 'an object (worker_threads ResourceLimits)', limits);
+  if (limits !== undefined) checkKnownKeys(where, limits, RESOURCE_LIMITS, 'threads.resourceLimits.');
 }
 
 /** What the pool gives each of its threads once (piscina's `workerData`). */
