@@ -5,7 +5,7 @@ import { BroadcastChannel, type ResourceLimits } from 'node:worker_threads';
 import type { SpanStatus, TimeInput, Attributes } from '@opentelemetry/api';
 import type { Attempt } from './attempt.js';
 import { kLog, kProgress } from './context.js';
-import { TaskflowError } from './errors.js';
+import { describedAs, TaskflowError, toErrorInfo, type ErrorInfo } from './errors.js';
 import { checkKnownKeys, numberError, optionError } from './options.js';
 import type { LogLevel } from './types.js';
 
@@ -97,11 +97,17 @@ export interface ThreadTask {
   };
 }
 
-/** An error as it crosses to the other thread: enough to rebuild one with the same name, message, code and stack. */
+/**
+ * What a task threw (or an abort's reason), as it crosses to the other thread. It is described where it was
+ * thrown, as `toErrorInfo` describes it there: the value's getters, `toString` and Proxy traps run in that
+ * thread, and a function or a symbol cannot be copied. The other side's record, span and log lines read that
+ * description, so a thrown string reads `{ type: 'string', … }` in a thread as in process.
+ */
 export interface CrossedError {
-  name: string;
-  message: string;
-  stack?: string;
+  info: ErrorInfo;
+  /** A thrown value that is not an Error, when structured clone copies it (a primitive, a plain object). */
+  copy?: { value: unknown };
+  /** An Error's string `code`, kept on the Error rebuilt from it. */
   code?: string;
 }
 
@@ -206,23 +212,47 @@ export function checkCloneable(where: string, name: string, args: readonly unkno
   }
 }
 
+/** Never throws: `error` is anything a task threw, read without trusting it. */
 export function crossedError(error: unknown): CrossedError {
-  if (error instanceof Error) {
-    const crossed: CrossedError = { name: error.name, message: error.message, stack: error.stack };
+  const info = toErrorInfo(error);
+  // A primitive crosses as itself (`undefined` then fails the attempt as on the main thread).
+  if (alwaysClones(error)) return { info, copy: { value: error } };
+  let isError = false;
+  try {
+    isError = error instanceof Error;
+  } catch {
+    // A Proxy whose getPrototypeOf trap throws: not an Error, and not copied below either.
+  }
+  if (!isError) {
+    try {
+      return { info, copy: { value: structuredClone(error) } };
+    } catch {
+      return { info };
+    }
+  }
+  const crossed: CrossedError = { info };
+  try {
     const code = (error as { code?: unknown }).code;
     if (typeof code === 'string') crossed.code = code;
-    return crossed;
+  } catch {
+    // A code getter that throws: no code.
   }
-  return { name: 'Error', message: `the task threw ${String(error)}` };
+  return crossed;
 }
 
-/** An error rebuilt on this side of the port: an Error whose name, message, code and stack are the thrower's. */
-export function rebuiltError(crossed: CrossedError): Error {
-  const error = new Error(crossed.message);
-  error.name = crossed.name;
-  if (crossed.stack !== undefined) error.stack = crossed.stack;
+/**
+ * What was thrown, on this side of the port: its copy, or an Error with the thrower's name, message, stack
+ * and code standing for it; `toErrorInfo` reads either as it was described where it was thrown.
+ */
+export function rebuiltError(crossed: CrossedError): unknown {
+  if (crossed.copy !== undefined) return describedAs(crossed.copy.value, crossed.info);
+  const { type, message, stack } = crossed.info;
+  const error = new Error(message);
+  error.name = type;
+  // A stand-in for a function or a symbol has no stack: not the one of this side's rebuilding.
+  error.stack = stack ?? `${type}: ${message}`;
   if (crossed.code !== undefined) (error as Error & { code: string }).code = crossed.code;
-  return error;
+  return describedAs(error, crossed.info);
 }
 
 /** One attempt in flight, from its dispatch to its outcome. */
