@@ -1,5 +1,8 @@
+import { checkKnownKeys, optionError } from './options.js';
 import type { Runner } from './runner.js';
 import type { CancelRequest, TaskStore } from './types.js';
+
+const CANCEL_OPTIONS = new Set(['reason']);
 
 /** The reason a cancelled task's record gets when `cancel(id)` is given none. */
 export const DEFAULT_CANCEL_REASON = 'cancelled';
@@ -33,9 +36,10 @@ export class Cancellation {
       throw new TypeError(
         `cancel: argument "options" must be an object, got ${options === null ? 'null' : typeof options}`,
       );
+    if (options !== undefined) checkKnownKeys('cancel', options, CANCEL_OPTIONS);
     const reason = options?.reason ?? DEFAULT_CANCEL_REASON;
     if (typeof reason !== 'string' || reason === '')
-      throw new TypeError(`cancel: option "reason" must be a non-empty string, got ${JSON.stringify(reason)}`);
+      throw optionError('cancel', 'reason', 'a non-empty string', reason);
     return this.#cancel(id, reason);
   }
 

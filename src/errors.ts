@@ -166,6 +166,19 @@ export interface ErrorInfo {
   stack?: string;
 }
 
+// Values standing for something thrown in another thread, with the description made there (describedAs).
+const described = new WeakMap<object, ErrorInfo>();
+
+/**
+ * Makes `toErrorInfo(value)` answer `info`: for the copy of a value a task threw in a worker thread, or the
+ * Error standing in for one that cannot be copied, described where it was thrown, so that its record, span
+ * and log lines read as they would had the task run on the main thread. Returns `value`.
+ */
+export function describedAs<T>(value: T, info: ErrorInfo): T {
+  if (value !== null && (typeof value === 'object' || typeof value === 'function')) described.set(value, info);
+  return value;
+}
+
 /** Longest `message` / `stack` kept from a thrown value (a task may throw a 100 MB string); the rest is cut with a marker. */
 export const MAX_ERROR_TEXT = 8 * 1024;
 
@@ -179,6 +192,9 @@ export function toErrorInfo(error: unknown): ErrorInfo {
     // String() works on every primitive, symbols included (a template literal would throw on those).
     return { type: error === null ? 'null' : typeof error, message: capText(String(error), MAX_ERROR_TEXT) };
   }
+  // A WeakMap lookup runs none of the value's code (no Proxy trap).
+  const known = described.get(error);
+  if (known !== undefined) return { ...known };
   if (!attempt(() => error instanceof Error, false)) {
     return {
       type: typeof error,

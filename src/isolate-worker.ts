@@ -180,8 +180,9 @@ const ABORT_REASONS: Record<string, { prototype: Error }> = {
 
 /** The main thread's abort reason, of the same class where it is ours: `signal.reason instanceof TaskTimeoutError`. */
 function abortReason(crossed: CrossedError): Error {
-  const error = rebuiltError(crossed);
-  const known = ABORT_REASONS[crossed.name];
+  // Always an Error: the main thread aborts with its own errors.
+  const error = rebuiltError(crossed) as Error;
+  const known = ABORT_REASONS[crossed.info.type];
   if (known !== undefined) Object.setPrototypeOf(error, known.prototype);
   return error;
 }

@@ -5,8 +5,8 @@ import { BroadcastChannel, type ResourceLimits } from 'node:worker_threads';
 import type { SpanStatus, TimeInput, Attributes } from '@opentelemetry/api';
 import type { Attempt } from './attempt.js';
 import { kLog, kProgress } from './context.js';
-import { TaskflowError } from './errors.js';
-import { optionError } from './options.js';
+import { describedAs, TaskflowError, toErrorInfo, type ErrorInfo } from './errors.js';
+import { checkKnownKeys, numberError, optionError } from './options.js';
 import type { LogLevel } from './types.js';
 
 /** The `threads` option of the TaskManager: the pool that runs `isolate: 'thread'` tasks. */
@@ -25,6 +25,13 @@ export interface ThreadPoolOptions {
 }
 
 const POOL_OPTIONS = new Set(['maxThreads', 'minThreads', 'resourceLimits', 'nice']);
+// worker_threads ignores a key it does not know: a misspelt limit would silently be no limit.
+const RESOURCE_LIMITS = new Set([
+  'maxYoungGenerationSizeMb',
+  'maxOldGenerationSizeMb',
+  'codeRangeSizeMb',
+  'stackSizeMb',
+]);
 
 /** The TaskManager's `threads` option: known keys, thread counts that are integers (maxThreads >= 1). */
 export function checkThreadPoolOptions(where: string, value: unknown): void {
@@ -32,10 +39,7 @@ export function checkThreadPoolOptions(where: string, value: unknown): void {
   if (value === null || typeof value !== 'object' || Array.isArray(value))
     throw optionError(where, 'threads', 'an object { maxThreads?, minThreads?, resourceLimits? }', value);
   const options = value as Record<string, unknown>;
-  for (const key of Object.keys(options)) {
-    if (!POOL_OPTIONS.has(key))
-      throw new TypeError(`${where}: unknown option "threads.${key}"; known are ${[...POOL_OPTIONS].join(', ')}`);
-  }
+  checkKnownKeys(where, options, POOL_OPTIONS, 'threads.');
   for (const [key, min, max] of [
     ['maxThreads', 1, Infinity],
     ['minThreads', 0, Infinity],
@@ -43,17 +47,17 @@ export function checkThreadPoolOptions(where: string, value: unknown): void {
   ] as const) {
     const count = options[key];
     if (count !== undefined && (!Number.isInteger(count) || (count as number) < min || (count as number) > max))
-      throw optionError(
+      throw numberError(
         where,
         `threads.${key}`,
         max === Infinity ? `an integer >= ${min}` : `an integer from ${min} to ${max}`,
         count,
-        typeof count === 'number' ? RangeError : TypeError,
       );
   }
   const limits = options.resourceLimits;
   if (limits !== undefined && (limits === null || typeof limits !== 'object'))
     throw optionError(where, 'threads.resourceLimits', 'an object (worker_threads ResourceLimits)', limits);
+  if (limits !== undefined) checkKnownKeys(where, limits, RESOURCE_LIMITS, 'threads.resourceLimits.');
 }
 
 /** What the pool gives each of its threads once (piscina's `workerData`). */
@@ -93,11 +97,17 @@ export interface ThreadTask {
   };
 }
 
-/** An error as it crosses to the other thread: enough to rebuild one with the same name, message, code and stack. */
+/**
+ * What a task threw (or an abort's reason), as it crosses to the other thread. It is described where it was
+ * thrown, as `toErrorInfo` describes it there: the value's getters, `toString` and Proxy traps run in that
+ * thread, and a function or a symbol cannot be copied. The other side's record, span and log lines read that
+ * description, so a thrown string reads `{ type: 'string', … }` in a thread as in process.
+ */
 export interface CrossedError {
-  name: string;
-  message: string;
-  stack?: string;
+  info: ErrorInfo;
+  /** A thrown value that is not an Error, when structured clone copies it (a primitive, a plain object). */
+  copy?: { value: unknown };
+  /** An Error's string `code`, kept on the Error rebuilt from it. */
   code?: string;
 }
 
@@ -208,23 +218,47 @@ export function checkCloneable(where: string, name: string, args: readonly unkno
   }
 }
 
+/** Never throws: `error` is anything a task threw, read without trusting it. */
 export function crossedError(error: unknown): CrossedError {
-  if (error instanceof Error) {
-    const crossed: CrossedError = { name: error.name, message: error.message, stack: error.stack };
+  const info = toErrorInfo(error);
+  // A primitive crosses as itself (`undefined` then fails the attempt as on the main thread).
+  if (alwaysClones(error)) return { info, copy: { value: error } };
+  let isError = false;
+  try {
+    isError = error instanceof Error;
+  } catch {
+    // A Proxy whose getPrototypeOf trap throws: not an Error, and not copied below either.
+  }
+  if (!isError) {
+    try {
+      return { info, copy: { value: structuredClone(error) } };
+    } catch {
+      return { info };
+    }
+  }
+  const crossed: CrossedError = { info };
+  try {
     const code = (error as { code?: unknown }).code;
     if (typeof code === 'string') crossed.code = code;
-    return crossed;
+  } catch {
+    // A code getter that throws: no code.
   }
-  return { name: 'Error', message: `the task threw ${String(error)}` };
+  return crossed;
 }
 
-/** An error rebuilt on this side of the port: an Error whose name, message, code and stack are the thrower's. */
-export function rebuiltError(crossed: CrossedError): Error {
-  const error = new Error(crossed.message);
-  error.name = crossed.name;
-  if (crossed.stack !== undefined) error.stack = crossed.stack;
+/**
+ * What was thrown, on this side of the port: its copy, or an Error with the thrower's name, message, stack
+ * and code standing for it; `toErrorInfo` reads either as it was described where it was thrown.
+ */
+export function rebuiltError(crossed: CrossedError): unknown {
+  if (crossed.copy !== undefined) return describedAs(crossed.copy.value, crossed.info);
+  const { type, message, stack } = crossed.info;
+  const error = new Error(message);
+  error.name = type;
+  // A stand-in for a function or a symbol has no stack: not the one of this side's rebuilding.
+  error.stack = stack ?? `${type}: ${message}`;
   if (crossed.code !== undefined) (error as Error & { code: string }).code = crossed.code;
-  return error;
+  return describedAs(error, crossed.info);
 }
 
 /** One attempt in flight, from its dispatch to its outcome. */

@@ -1,4 +1,11 @@
-import { optionError, validateTaskOptions, MAX_TIMER_MS, type TaskOptions } from './options.js';
+import {
+  checkKnownKeys,
+  numberError,
+  optionError,
+  validateTaskOptions,
+  MAX_TIMER_MS,
+  type TaskOptions,
+} from './options.js';
 import type { MeterProvider, TracerProvider } from '@opentelemetry/api';
 import { kEngine, type TaskEngine } from './engine.js';
 import { checkThreadPoolOptions, type ThreadPoolOptions } from './isolate.js';
@@ -89,25 +96,18 @@ export function checkMs(where: string, key: string, value: unknown, min: number,
     (typeof value === 'number' && value >= min && value <= MAX_TIMER_MS && (!integer || Number.isInteger(value)))
   )
     return;
-  throw optionError(
+  throw numberError(
     where,
     key,
     `${integer ? 'an integer' : 'a number'} from ${min} to ${MAX_TIMER_MS} (milliseconds)`,
     value,
-    typeof value === 'number' ? RangeError : TypeError,
   );
 }
 
 /** A count option: a positive integer, or `Infinity` for no bound. */
 function checkBound(where: string, key: string, value: unknown): void {
   if (value === undefined || value === Infinity || (Number.isInteger(value) && (value as number) >= 1)) return;
-  throw optionError(
-    where,
-    key,
-    'a positive integer or Infinity',
-    value,
-    typeof value === 'number' ? RangeError : TypeError,
-  );
+  throw numberError(where, key, 'a positive integer or Infinity', value);
 }
 
 /** An OpenTelemetry provider option: an object with its `method`. */
@@ -123,10 +123,7 @@ function checkProvider(where: string, key: string, value: unknown, kind: string,
 export function validateManagerOptions(options: TaskManagerOptions): void {
   const where = 'new TaskManager';
   if (options === null || typeof options !== 'object') throw new TypeError(`${where}: options must be an object`);
-  for (const key of Object.keys(options)) {
-    if (!MANAGER_OPTIONS.has(key))
-      throw new TypeError(`${where}: unknown option "${key}"; known options are ${[...MANAGER_OPTIONS].join(', ')}`);
-  }
+  checkKnownKeys(where, options, MANAGER_OPTIONS);
   const { concurrency, shutdownTimeoutMs, logger, store, observers, encryptionKey } = options;
   checkMs(where, 'leaseMs', options.leaseMs, 10, true);
   checkMs(where, 'orphanCheckMs', options.orphanCheckMs, 10, true);
@@ -137,13 +134,7 @@ export function validateManagerOptions(options: TaskManagerOptions): void {
   if (options.requeuePending !== undefined && typeof options.requeuePending !== 'boolean')
     throw optionError(where, 'requeuePending', 'a boolean', options.requeuePending);
   if (concurrency !== undefined && (!Number.isInteger(concurrency) || concurrency < 1)) {
-    throw optionError(
-      where,
-      'concurrency',
-      'an integer >= 1',
-      concurrency,
-      typeof concurrency === 'number' ? RangeError : TypeError,
-    );
+    throw numberError(where, 'concurrency', 'an integer >= 1', concurrency);
   }
   if (
     logger !== undefined &&

@@ -9,7 +9,7 @@ import type { TaskHandle } from './handles.js';
 import { checkMs, DEFAULT_MAX_QUEUED, validateManagerOptions, type TaskManagerOptions } from './manager-options.js';
 import { computeMetrics } from './metrics.js';
 import { taskMiddleware } from './middleware.js';
-import type { TaskOptions } from './options.js';
+import { checkKnownKeys, type TaskOptions } from './options.js';
 import { checkRepeat, startRepeat, type Repeating, type RepeatSchedule } from './repeat.js';
 import { TaskAdder } from './scheduler.js';
 import { compileFilter } from './stores/filter.js';
@@ -25,6 +25,8 @@ import {
 
 export { DEFAULT_MAX_QUEUED, type TaskManagerOptions };
 export type { TaskHandle };
+
+const SHUTDOWN_OPTIONS = new Set(['timeoutMs']);
 
 /**
  * The façade users hold: one per process (or per app); mount `middleware()` on the Koa app. It composes the
@@ -173,6 +175,7 @@ export class TaskManager {
       throw new TypeError(
         `shutdown: argument "options" must be an object, got ${options === null ? 'null' : typeof options}`,
       );
+    checkKnownKeys('shutdown', options, SHUTDOWN_OPTIONS);
     const timeoutMs = options.timeoutMs ?? this.#parts.shutdownTimeoutMs;
     checkMs('shutdown', 'timeoutMs', timeoutMs, 0, false);
     this.#shutdown ??= (async () => {

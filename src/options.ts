@@ -1,5 +1,6 @@
 import { isAbsolute } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { inspect } from 'node:util';
 import type { TaskLimit, TaskRecord } from './types.js';
 
 export type { TaskLimit };
@@ -147,13 +148,17 @@ const KNOWN_OPTIONS = new Set<string>([
 
 const BOOLEAN_OPTIONS = ['jitter', 'eager', 'shield', 'persist', 'requeueOnInterrupt', 'runOnError'] as const;
 
-function describe(value: unknown): string {
-  if (typeof value === 'string') return JSON.stringify(value);
-  if (typeof value === 'function') return 'a function';
+/**
+ * A value as an error message shows it: as it would be written in code (`NaN`, `-Infinity`, `1n`,
+ * `Symbol(x)`, `[Function: send]`, `Invalid Date`, `{ a: 1 }`), a string quoted. Never throws: the value may
+ * be anything a caller passed (a Proxy, an object whose inspection throws).
+ */
+export function describeValue(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 200 ? `${value.slice(0, 200)}…` : value);
   try {
-    return JSON.stringify(value) ?? String(value);
+    return inspect(value, { depth: 1, breakLength: Infinity, maxArrayLength: 10, maxStringLength: 200 });
   } catch {
-    return String(value);
+    return typeof value;
   }
 }
 
@@ -170,7 +175,23 @@ export function optionError(
   value: unknown,
   Kind: typeof TypeError | typeof RangeError = TypeError,
 ): Error {
-  return new Kind(`${where}: option "${option}" must be ${expected}, got ${describe(value)}`);
+  return new Kind(`${where}: option "${option}" must be ${expected}, got ${describeValue(value)}`);
+}
+
+/**
+ * The error for a value that should have been a number in some range: a number out of it (NaN and the
+ * infinities included) is a RangeError, a value of another type a TypeError.
+ */
+export function numberError(where: string, option: string, expected: string, value: unknown): Error {
+  return optionError(where, option, expected, value, typeof value === 'number' ? RangeError : TypeError);
+}
+
+/** Throws a TypeError naming the first key of `options` that is not in `known` (`prefix`: the nested option's path). */
+export function checkKnownKeys(where: string, options: object, known: ReadonlySet<string>, prefix = ''): void {
+  for (const key of Object.keys(options)) {
+    if (!known.has(key))
+      throw new TypeError(`${where}: unknown option "${prefix}${key}"; known options are ${[...known].join(', ')}`);
+  }
 }
 
 function checkNumber(
@@ -180,7 +201,7 @@ function checkNumber(
   { min = 0, integer = false, max = Infinity } = {},
 ): void {
   if (value === undefined) return;
-  if (typeof value !== 'number' || Number.isNaN(value)) throw optionError(where, option, 'a number', value);
+  if (typeof value !== 'number') throw optionError(where, option, 'a number', value);
   const expected = `${integer ? 'an integer' : 'a number'} ${max === Infinity ? `>= ${min}` : `from ${min} to ${max}`}`;
   if (!Number.isFinite(value) || (integer && !Number.isInteger(value)) || value < min || value > max) {
     throw optionError(where, option, expected, value, RangeError);
@@ -202,13 +223,10 @@ export function checkTags(where: string, tags: unknown, option = 'tags'): void {
 export function validateTaskOptions(where: string, options: unknown): asserts options is TaskOptions {
   if (options === undefined) return;
   if (options === null || typeof options !== 'object' || Array.isArray(options)) {
-    throw new TypeError(`${where}: options must be an object, got ${describe(options)}`);
+    throw new TypeError(`${where}: options must be an object, got ${describeValue(options)}`);
   }
   const o = options as Record<string, unknown>;
-  for (const key of Object.keys(o)) {
-    if (!KNOWN_OPTIONS.has(key))
-      throw new TypeError(`${where}: unknown option "${key}"; known options are ${[...KNOWN_OPTIONS].join(', ')}`);
-  }
+  checkKnownKeys(where, o, KNOWN_OPTIONS);
   if (o.name !== undefined && (typeof o.name !== 'string' || o.name.trim() === ''))
     throw optionError(where, 'name', 'a non-empty string', o.name);
   checkNumber(where, 'retries', o.retries, { integer: true });
@@ -257,13 +275,6 @@ export function validateTaskOptions(where: string, options: unknown): asserts op
 const LIMIT_KEYS = new Set(['by', 'concurrency', 'rate']);
 const RATE_KEYS = new Set(['max', 'intervalMs']);
 
-function checkKeys(where: string, option: string, value: object, known: Set<string>): void {
-  for (const key of Object.keys(value)) {
-    if (!known.has(key))
-      throw new TypeError(`${where}: unknown option "${option}.${key}"; known are ${[...known].join(', ')}`);
-  }
-}
-
 function isPlainObject(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
@@ -272,14 +283,14 @@ function checkLimit(where: string, limit: unknown): void {
   if (limit === undefined) return;
   if (!isPlainObject(limit))
     throw optionError(where, 'limit', 'an object { by?, concurrency?, rate?: { max, intervalMs } }', limit);
-  checkKeys(where, 'limit', limit, LIMIT_KEYS);
+  checkKnownKeys(where, limit, LIMIT_KEYS, 'limit.');
   if (limit.by !== undefined && (typeof limit.by !== 'string' || limit.by === ''))
     throw optionError(where, 'limit.by', 'a non-empty string (a tag name)', limit.by);
   checkNumber(where, 'limit.concurrency', limit.concurrency, { min: 1, integer: true });
   const { rate } = limit;
   if (rate !== undefined) {
     if (!isPlainObject(rate)) throw optionError(where, 'limit.rate', 'an object { max, intervalMs }', rate);
-    checkKeys(where, 'limit.rate', rate, RATE_KEYS);
+    checkKnownKeys(where, rate, RATE_KEYS, 'limit.rate.');
     if (rate.max === undefined) throw optionError(where, 'limit.rate.max', 'an integer >= 1', rate.max);
     if (rate.intervalMs === undefined)
       throw optionError(where, 'limit.rate.intervalMs', `a number from 1 to ${MAX_TIMER_MS}`, rate.intervalMs);
@@ -287,7 +298,9 @@ function checkLimit(where: string, limit: unknown): void {
     checkNumber(where, 'limit.rate.intervalMs', rate.intervalMs, { min: 1, max: MAX_TIMER_MS });
   }
   if (limit.concurrency === undefined && rate === undefined) {
-    throw new TypeError(`${where}: option "limit" must set "concurrency" or "rate" (or both), got ${describe(limit)}`);
+    throw new TypeError(
+      `${where}: option "limit" must set "concurrency" or "rate" (or both), got ${describeValue(limit)}`,
+    );
   }
 }
 

@@ -1,7 +1,14 @@
 // manager.repeat: one ordinary task run per tick of a schedule (`every` ms or a cron pattern), once per tick
 // across the instances sharing a durable store.
 import { Cron } from 'croner';
-import { MAX_TIMER_MS, optionError, validateTaskOptions, type TaskOptions } from './options.js';
+import {
+  checkKnownKeys,
+  MAX_TIMER_MS,
+  numberError,
+  optionError,
+  validateTaskOptions,
+  type TaskOptions,
+} from './options.js';
 import type { TaskFunction, TaskStore } from './types.js';
 
 /** When `manager.repeat` runs its task: every `every` ms, or on a cron pattern (in time zone `tz`). */
@@ -96,21 +103,17 @@ function cronTicks(pattern: string, tz: string | undefined): Ticks {
 function scheduleTicks(schedule: unknown): Ticks {
   if (schedule === null || typeof schedule !== 'object' || Array.isArray(schedule))
     throw new TypeError(`${WHERE}: argument "schedule" must be an object ({ every } or { cron, tz? })`);
-  for (const key of Object.keys(schedule)) {
-    if (!SCHEDULE_KEYS.has(key))
-      throw new TypeError(`${WHERE}: unknown option "${key}"; known options are ${[...SCHEDULE_KEYS].join(', ')}`);
-  }
+  checkKnownKeys(WHERE, schedule, SCHEDULE_KEYS);
   const { every, cron, tz } = schedule as RepeatSchedule;
   if ((every === undefined) === (cron === undefined))
     throw new TypeError(`${WHERE}: pass exactly one of options "every" (ms) and "cron" (a pattern)`);
   if (every !== undefined) {
     if (typeof every !== 'number' || !Number.isInteger(every) || every < 1 || every > MAX_TIMER_MS)
-      throw optionError(
+      throw numberError(
         WHERE,
         'every',
         `an integer from 1 to ${MAX_TIMER_MS} (milliseconds; for longer periods use "cron")`,
         every,
-        typeof every === 'number' ? RangeError : TypeError,
       );
     if (tz !== undefined)
       throw new TypeError(`${WHERE}: option "tz" applies to "cron" only ("every" ticks are aligned on the epoch)`);

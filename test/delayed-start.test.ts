@@ -189,7 +189,7 @@ describe('startAfter / runAt validation', () => {
       RangeError,
     ],
     ['infinite startAfter', { startAfter: Infinity }, /"startAfter"/, RangeError],
-    ['NaN startAfter', { startAfter: NaN }, /"startAfter" must be a number, got null/, TypeError],
+    ['NaN startAfter', { startAfter: NaN }, /"startAfter" must be a number from 0 to 2147483647, got NaN/, RangeError],
     [
       'string startAfter',
       { startAfter: '1000' as unknown as number },

@@ -198,6 +198,66 @@ describe("isolate: 'thread'", () => {
     expect(spans.map((s) => s.attributes['error.type'])).toEqual(['RangeError', undefined]);
   });
 
+  it('whatever the task throws reads in a thread as in process: record, span, pino line; onError gets a copy', async () => {
+    const kinds = [
+      'string',
+      'number',
+      'bigint',
+      'null',
+      'undefined',
+      'object',
+      'null-prototype object',
+      'object with its own toString',
+      'object whose toString throws',
+      'function',
+      'symbol',
+      'Proxy whose traps throw',
+      'Error with extra fields',
+      'Error subclass',
+      'Error whose message getter throws',
+    ];
+    const { logger, lines } = capturePino('info');
+    const handed = new Map<string, unknown>();
+    const onError = (error: unknown, record: TaskRecord): void => void handed.set(record.id, error);
+    const harness = await isolatedApp({ logger }, { throwValue: { onError } });
+    const ids = await Promise.all(
+      kinds.map(async (kind) => ({
+        kind,
+        inProcess: await post(harness, 'throwValue', [kind], '&inline=1'),
+        inThread: await post(harness, 'throwValue', [kind]),
+      })),
+    );
+    /** What users see of a failed task: its record's error, its span's, its pino line's. */
+    const seen = async (id: string) => {
+      const record = await finished(harness, id);
+      const { type, message, stack } = record.error!;
+      const span = exporter.getFinishedSpans().find((s) => s.attributes['task.id'] === id)!;
+      const exception = span.events.find((e) => e.name === 'exception')!.attributes!;
+      const line = lines.find((l) => (l.task as { id?: string } | undefined)?.id === id && l.status === 'failed')!;
+      return {
+        status: record.status,
+        error: { type, message, hasStack: stack !== undefined },
+        span: {
+          'error.type': span.attributes['error.type'],
+          status: span.status.message,
+          exception: [exception['exception.type'], exception['exception.message']],
+        },
+        pino: { type: (line.error as { type: string }).type, message: (line.error as { message: string }).message },
+      };
+    };
+    for (const { kind, inProcess, inThread } of ids) {
+      await finished(harness, inThread);
+      const expected = await seen(inProcess);
+      expect(expected.status, kind).toBe('failed');
+      expect(await seen(inThread), kind).toEqual(expected);
+    }
+    // What can be copied reaches onError as itself (a primitive) or as its copy (a plain object).
+    for (const { kind, inProcess, inThread } of ids.filter((k) =>
+      ['string', 'number', 'bigint', 'object'].includes(k.kind),
+    ))
+      expect(handed.get(inThread), kind).toEqual(handed.get(inProcess));
+  });
+
   it('an argument that cannot be cloned is refused at the addTask call, naming it; a result that cannot be is a failed attempt', async () => {
     const harness = await isolatedApp();
     const manager = harness.manager;

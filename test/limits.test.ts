@@ -235,7 +235,11 @@ describe('limit: options', () => {
     [{ concurrency: '2' }, /option "limit.concurrency" must be a number/, TypeError],
     [{ by: '', concurrency: 1 }, /option "limit.by" must be a non-empty string/, TypeError],
     [{ by: 3, concurrency: 1 }, /option "limit.by" must be a non-empty string/, TypeError],
-    [{ concurrency: 1, group: 'x' }, /unknown option "limit.group"; known are by, concurrency, rate/, TypeError],
+    [
+      { concurrency: 1, group: 'x' },
+      /unknown option "limit.group"; known options are by, concurrency, rate/,
+      TypeError,
+    ],
     [{ rate: 5 }, /option "limit.rate" must be an object/, TypeError],
     [{ rate: { max: 5 } }, /option "limit.rate.intervalMs" must be a number/, TypeError],
     [{ rate: { intervalMs: 1_000 } }, /option "limit.rate.max" must be an integer >= 1/, TypeError],
@@ -250,7 +254,7 @@ describe('limit: options', () => {
     ],
     [
       { rate: { max: 1, intervalMs: 10, burst: 2 } },
-      /unknown option "limit.rate.burst"; known are max, intervalMs/,
+      /unknown option "limit.rate.burst"; known options are max, intervalMs/,
       TypeError,
     ],
   ];

@@ -1,5 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { getTaskContext, TaskManager, filterObserver, MemoryStore, type TaskOptions } from 'koa-taskflow';
+import { bullmqEngine } from 'koa-taskflow/bullmq';
+import { RedisStore } from 'koa-taskflow/redis';
+import { SqliteStore } from 'koa-taskflow/sqlite';
 import { mergeOptions } from '../src/options.js';
 import { createManager, startApp } from './helpers/server.js';
 
@@ -282,6 +285,93 @@ describe('bad arguments', () => {
     await expect(manager.list({ limit: -1 })).rejects.toThrow(/"limit"/);
     await expect(manager.list({ since: 'yesterday' as never })).rejects.toThrow(/"since"/);
     expect(() => manager.shutdown({ timeoutMs: -5 })).toThrow(/"timeoutMs"/);
+  });
+});
+
+/** What `call` threw or rejected with; fails the test when it did neither. */
+async function refusal(call: () => unknown): Promise<Error> {
+  try {
+    await call();
+  } catch (error) {
+    return error as Error;
+  }
+  throw new Error('the call was accepted');
+}
+
+describe('every call taking options refuses an unknown option name, naming it', () => {
+  const manager = (): TaskManager => createManager();
+  it.each<[string, () => unknown, string]>([
+    ['task()', () => manager().task(function job() {}, { retires: 3 } as never), 'retires'],
+    ['with()', () => manager().with({ timout: 5 } as never), 'timout'],
+    ['repeat() schedule', () => manager().repeat(function tick() {}, { every: 1_000, at: 1 } as never), 'at'],
+    ['repeat() options', () => manager().repeat(function tick() {}, { every: 1_000 }, { retry: 1 } as never), 'retry'],
+    ['shutdown()', () => manager().shutdown({ timeout: 100 } as never), 'timeout'],
+    ['cancel()', () => manager().cancel('some-id', { reasn: 'x' } as never), 'reasn'],
+    ['list()', () => manager().list({ state: 'failed' } as never), 'state'],
+    ['admin()', () => manager().admin({ auth: 'none', colour: 'red' } as never), 'colour'],
+    ['new TaskManager()', () => new TaskManager({ concurency: 2 } as never), 'concurency'],
+    ['new TaskManager() threads', () => new TaskManager({ threads: { maxthreads: 2 } } as never), 'threads.maxthreads'],
+    [
+      'new TaskManager() threads.resourceLimits',
+      () => new TaskManager({ threads: { resourceLimits: { maxOldGenMb: 64 } } } as never),
+      'threads.resourceLimits.maxOldGenMb',
+    ],
+    ['new TaskManager() defaults', () => new TaskManager({ defaults: { retires: 1 } } as never), 'retires'],
+    ['new MemoryStore()', () => new MemoryStore({ maxrecords: 5 } as never), 'maxrecords'],
+    ['new SqliteStore()', () => new SqliteStore({ path: ':memory:', busyTimeout: 5 } as never), 'busyTimeout'],
+    ['new RedisStore()', () => new RedisStore({ url: 'redis://127.0.0.1:1' }, { prefx: 'app' } as never), 'prefx'],
+    ['filterObserver()', () => filterObserver({ name: 'job' } as never, {}), 'name'],
+    ['bullmqEngine()', () => bullmqEngine({ connection: {}, workers: 2 } as never), 'workers'],
+  ])('%s', async (_label, call, option) => {
+    const error = await refusal(call);
+    expect(error).toBeInstanceOf(TypeError);
+    expect(error.message).toMatch(new RegExp(`unknown option "${option.replaceAll('.', '\\.')}"; known options are `));
+  });
+
+  it('shutdown() with an unknown option throws before it begins: the manager still takes tasks', async () => {
+    const manager = createManager();
+    expect(() => manager.shutdown({ timeout: 100 } as never)).toThrow(TypeError);
+    let ran = false;
+    manager.add(() => {
+      ran = true;
+    });
+    await manager.drain();
+    expect(ran).toBe(true);
+  });
+});
+
+describe('a bad number option shows the value as given; a number is a RangeError, another type a TypeError', () => {
+  const entryPoints: [string, (value: unknown) => unknown][] = [
+    ['with() retries', (v) => createManager().with({ retries: v as number })],
+    ['task() timeout', (v) => createManager().task(function job() {}, { timeout: v as number })],
+    ['with() startAfter', (v) => createManager().with({ startAfter: v as number })],
+    ['with() limit.concurrency', (v) => createManager().with({ limit: { concurrency: v as number } })],
+    ['new TaskManager() concurrency', (v) => new TaskManager({ concurrency: v as number })],
+    ['new TaskManager() shutdownTimeoutMs', (v) => new TaskManager({ shutdownTimeoutMs: v as number })],
+    ['new TaskManager() threads.maxThreads', (v) => new TaskManager({ threads: { maxThreads: v as number } })],
+    ['shutdown() timeoutMs', (v) => createManager().shutdown({ timeoutMs: v as number })],
+    ['list() limit', (v) => createManager().list({ limit: v as number })],
+    ['repeat() every', (v) => createManager().repeat(function tick() {}, { every: v as number })],
+    ['new MemoryStore() maxRecords', (v) => new MemoryStore({ maxRecords: v as number })],
+    ['new SqliteStore() busyTimeoutMs', (v) => new SqliteStore({ path: ':memory:', busyTimeoutMs: v as number })],
+    ['new SqliteStore() retentionDays', (v) => new SqliteStore({ path: ':memory:', retentionDays: v as number })],
+  ];
+  const values: [unknown, string, ErrorConstructor][] = [
+    [NaN, 'NaN', RangeError],
+    [Infinity, 'Infinity', RangeError],
+    [-Infinity, '-Infinity', RangeError],
+    [1n, '1n', TypeError],
+    [Symbol('x'), 'Symbol(x)', TypeError],
+    [function send() {}, '[Function: send]', TypeError],
+    ['5', '"5"', TypeError],
+  ];
+  it.each(entryPoints)('%s', async (_label, use) => {
+    for (const [value, shown, Kind] of values) {
+      const error = await refusal(() => use(value));
+      expect(error, shown).toBeInstanceOf(Kind);
+      expect(error.message, shown).toMatch(/option "[\w.]+" must be /);
+      expect(error.message.endsWith(`, got ${shown}`), `${error.message} ends with "got ${shown}"`).toBe(true);
+    }
   });
 });
 

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { Context, Middleware } from 'koa';
 import { TaskQueueFullError, TaskStoreError } from '../errors.js';
 import type { AdminHost } from './host.js';
-import { optionError } from '../options.js';
+import { checkKnownKeys, numberError, optionError } from '../options.js';
 import { createAuthenticator, type AdminAuth } from './auth.js';
 import { dashboardHtml } from './dashboard.js';
 import { EventHub, type EventSource } from './events.js';
@@ -76,13 +76,7 @@ function integerOption(
   const value = options[key];
   if (value === undefined) return fallback;
   if (!Number.isInteger(value) || value < min || value > max) {
-    throw optionError(
-      WHERE,
-      key,
-      `an integer from ${min} to ${max}`,
-      value,
-      typeof value === 'number' ? RangeError : TypeError,
-    );
+    throw numberError(WHERE, key, `an integer from ${min} to ${max}`, value);
   }
   return value;
 }
@@ -168,10 +162,7 @@ export function createAdmin(manager: AdminHost, options: AdminOptions, engine?: 
       `${WHERE}: options are required, with at least "auth" (e.g. { auth: { token: process.env.ADMIN_TOKEN } }, or auth: 'none')`,
     );
   }
-  for (const key of Object.keys(options)) {
-    if (!ADMIN_OPTIONS.has(key))
-      throw new TypeError(`${WHERE}: unknown option "${key}"; known options are ${[...ADMIN_OPTIONS].join(', ')}`);
-  }
+  checkKnownKeys(WHERE, options, ADMIN_OPTIONS);
   const authenticate = createAuthenticator(options.auth);
   const prefix = checkPrefix(options.prefix ?? '/tasks');
   const traceUrl = checkTraceUrl(options.traceUrl);

@@ -9,7 +9,14 @@ import type { Redis } from 'ioredis';
 import { DEFAULT_CANCEL_REASON } from '../cancellation.js';
 import { kEngine, type EngineHooks, type EngineHost, type TaskEngine } from '../engine.js';
 import { TaskflowError, TaskInterruptedError } from '../errors.js';
-import { retryDelay, type ResolvedTaskOptions, type TaskOptions } from '../options.js';
+import {
+  checkKnownKeys,
+  numberError,
+  optionError,
+  retryDelay,
+  type ResolvedTaskOptions,
+  type TaskOptions,
+} from '../options.js';
 import type { Repeating, RepeatSchedule } from '../repeat.js';
 import type { TaskRun } from '../task-run.js';
 import { CancelChannel } from './cancel.js';
@@ -81,9 +88,7 @@ function loadBullMQ(): Promise<BullMQ> {
 function checkOptions(options: BullmqEngineOptions): void {
   const where = 'bullmqEngine';
   if (options === null || typeof options !== 'object') throw new TypeError(`${where}: options must be an object`);
-  for (const key of Object.keys(options))
-    if (!ENGINE_OPTIONS.has(key))
-      throw new TypeError(`${where}: unknown option "${key}"; known options are ${[...ENGINE_OPTIONS].join(', ')}`);
+  checkKnownKeys(where, options, ENGINE_OPTIONS);
   if (options.connection === null || typeof options.connection !== 'object')
     throw new TypeError(
       `${where}: option "connection" is required: ioredis options ({ host, port }) or an ioredis instance`,
@@ -92,17 +97,13 @@ function checkOptions(options: BullmqEngineOptions): void {
     options.queue !== undefined &&
     (typeof options.queue !== 'string' || options.queue === '' || options.queue.includes(':'))
   )
-    throw new TypeError(
-      `${where}: option "queue" must be a non-empty string without ":", got ${String(options.queue)}`,
-    );
+    throw optionError(where, 'queue', 'a non-empty string without ":"', options.queue);
   if (options.work !== undefined && typeof options.work !== 'boolean')
-    throw new TypeError(`${where}: option "work" must be a boolean, got ${typeof options.work}`);
+    throw optionError(where, 'work', 'a boolean', options.work);
   for (const key of ['concurrency', 'maxStalledCount', 'stalledIntervalMs', 'lockDurationMs'] as const) {
     const value = options[key];
     if (value !== undefined && (!Number.isInteger(value) || value < (key === 'maxStalledCount' ? 0 : 1)))
-      throw new RangeError(
-        `${where}: option "${key}" must be an integer >= ${key === 'maxStalledCount' ? 0 : 1}, got ${String(value)}`,
-      );
+      throw numberError(where, key, `an integer >= ${key === 'maxStalledCount' ? 0 : 1}`, value);
   }
 }
 

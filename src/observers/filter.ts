@@ -1,4 +1,4 @@
-import { checkTags } from '../options.js';
+import { checkKnownKeys, checkTags, describeValue } from '../options.js';
 import {
   LOG_LEVELS,
   TASK_STATUSES,
@@ -23,19 +23,21 @@ export interface ObserverFilter {
 }
 
 const WHERE = 'filterObserver';
+const FILTER_OPTIONS = new Set(['tags', 'names', 'minLevel', 'statuses']);
 
 /** Passes to `inner` only the events that match every given criterion. */
 export function filterObserver(filter: ObserverFilter, inner: TaskObserver): TaskObserver {
   if (filter === null || typeof filter !== 'object') throw new TypeError(`${WHERE}: filter must be an object`);
   if (inner === null || typeof inner !== 'object')
     throw new TypeError(`${WHERE}: the second argument must be an observer object`);
+  checkKnownKeys(WHERE, filter, FILTER_OPTIONS);
   checkTags(WHERE, filter.tags);
   if (filter.names !== undefined && (!Array.isArray(filter.names) || filter.names.some((n) => typeof n !== 'string'))) {
     throw new TypeError(`${WHERE}: option "names" must be an array of strings`);
   }
   if (filter.minLevel !== undefined && !LOG_LEVELS.includes(filter.minLevel)) {
     throw new RangeError(
-      `${WHERE}: option "minLevel" must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(filter.minLevel)}`,
+      `${WHERE}: option "minLevel" must be one of ${LOG_LEVELS.join(', ')}, got ${describeValue(filter.minLevel)}`,
     );
   }
   if (

@@ -1,4 +1,4 @@
-import { checkTags, optionError } from '../options.js';
+import { checkKnownKeys, checkTags, numberError, optionError } from '../options.js';
 import { TASK_STATUSES, type TaskFilter, type TaskRecord, type TaskStatus } from '../types.js';
 
 /** A filter checked once, in the shape stores match records against. */
@@ -13,12 +13,14 @@ export interface CompiledFilter {
 }
 
 const STATUSES: ReadonlySet<unknown> = new Set(TASK_STATUSES);
+const FILTER_KEYS = new Set(['status', 'name', 'tags', 'limit', 'since', 'before']);
 
 /** Checks every field (a TypeError/RangeError naming it), so a bad filter fails the same way in every store. */
 export function compileFilter(filter: TaskFilter | undefined, where = 'list'): CompiledFilter {
   const f = filter ?? {};
   if (typeof f !== 'object' || Array.isArray(f))
     throw new TypeError(`${where}: filter must be an object, got ${Array.isArray(f) ? 'an array' : typeof f}`);
+  checkKnownKeys(where, f, FILTER_KEYS);
   let statuses: Set<TaskStatus> | undefined;
   if (f.status !== undefined) {
     const given: unknown[] = Array.isArray(f.status) ? f.status : [f.status];
@@ -37,13 +39,7 @@ export function compileFilter(filter: TaskFilter | undefined, where = 'list'): C
   if (f.name !== undefined && typeof f.name !== 'string') throw optionError(where, 'name', 'a string', f.name);
   checkTags(where, f.tags);
   if (f.limit !== undefined && (!Number.isInteger(f.limit) || f.limit < 0)) {
-    throw optionError(
-      where,
-      'limit',
-      'a non-negative integer',
-      f.limit,
-      typeof f.limit === 'number' ? RangeError : TypeError,
-    );
+    throw numberError(where, 'limit', 'a non-negative integer', f.limit);
   }
   let since: number | undefined;
   if (f.since !== undefined) {

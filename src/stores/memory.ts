@@ -7,7 +7,10 @@ import {
   type TaskRecord,
   type TaskStore,
 } from '../types.js';
+import { checkKnownKeys, describeValue, numberError } from '../options.js';
 import { compileFilter, matchesFilter } from './filter.js';
+
+const MEMORY_STORE_OPTIONS = new Set(['maxRecords']);
 
 export interface MemoryStoreOptions {
   /**
@@ -145,12 +148,12 @@ export class MemoryStore implements TaskStore {
   readonly #deadIds = new Set<string>();
 
   constructor(options: MemoryStoreOptions = {}) {
+    if (options === null || typeof options !== 'object')
+      throw new TypeError(`MemoryStore: options must be an object, got ${describeValue(options)}`);
+    checkKnownKeys('MemoryStore', options, MEMORY_STORE_OPTIONS);
     const maxRecords = options.maxRecords ?? 10_000;
-    if (!Number.isInteger(maxRecords) || maxRecords < 1) {
-      throw new RangeError(
-        `MemoryStore: option "maxRecords" must be a positive integer, got ${JSON.stringify(options.maxRecords)}`,
-      );
-    }
+    if (!Number.isInteger(maxRecords) || maxRecords < 1)
+      throw numberError('MemoryStore', 'maxRecords', 'a positive integer', maxRecords);
     this.maxRecords = maxRecords;
   }
 

@@ -1,4 +1,5 @@
 import { TaskArgsDecryptionError, TaskStoreError } from '../errors.js';
+import { numberError } from '../options.js';
 import { TASK_STATUSES, type ArgsCipher, type TaskRecord } from '../types.js';
 import { openWithoutKey } from './args-cipher.js';
 
@@ -6,9 +7,8 @@ const DAY_MS = 86_400_000;
 
 export function validateRetentionDays(where: string, value: number | undefined): number {
   if (value === undefined) return 7;
-  if (typeof value !== 'number' || !(value > 0) || !Number.isFinite(value)) {
-    throw new RangeError(`${where}: option "retentionDays" must be a number > 0, got ${JSON.stringify(value)}`);
-  }
+  if (typeof value !== 'number' || !(value > 0) || !Number.isFinite(value))
+    throw numberError(where, 'retentionDays', 'a number > 0', value);
   return value;
 }
 
@@ -19,9 +19,11 @@ export function validateRetentionDays(where: string, value: number | undefined):
 export function validateFailedRetentionDays(where: string, value: number | undefined, retentionDays: number): number {
   if (value === undefined) return 2 * retentionDays;
   if (typeof value !== 'number' || !(value >= retentionDays) || !Number.isFinite(value)) {
-    throw new RangeError(
-      `${where}: option "failedRetentionDays" must be a number >= "retentionDays" (${retentionDays}): ` +
-        `failures are kept at least as long as successes, got ${JSON.stringify(value)}`,
+    throw numberError(
+      where,
+      'failedRetentionDays',
+      `a number >= "retentionDays" (${retentionDays}): failures are kept at least as long as successes`,
+      value,
     );
   }
   return value;

@@ -12,6 +12,7 @@ import type {
   TaskStatus,
   TaskStore,
 } from '../types.js';
+import { checkKnownKeys, optionError } from '../options.js';
 import { compileFilter, matchesFilter } from './filter.js';
 import { GroupCommittedStore, type OrphanBatch } from './durable-store.js';
 import type { WriteBatch } from './group-commit.js';
@@ -26,6 +27,8 @@ import {
 
 /** How to reach Redis: a URL (the store makes and closes its own client) or a client you own. */
 export type RedisConnection = ({ url: string } & RedisOptions) | { client: Redis };
+
+const REDIS_STORE_OPTIONS = new Set(['prefix', 'retentionDays', 'failedRetentionDays']);
 
 export interface RedisStoreOptions {
   /** Prefix of every key. Default `taskflow`. Instances sharing work must use the same prefix. */
@@ -381,9 +384,9 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     if (connection === null || typeof connection !== 'object')
       throw new TypeError(`${where}: the first argument must be { url } or { client }`);
     if (options === null || typeof options !== 'object') throw new TypeError(`${where}: options must be an object`);
+    checkKnownKeys(where, options, REDIS_STORE_OPTIONS);
     const { prefix = 'taskflow' } = options;
-    if (typeof prefix !== 'string' || prefix === '')
-      throw new TypeError(`${where}: option "prefix" must be a non-empty string, got ${JSON.stringify(prefix)}`);
+    if (typeof prefix !== 'string' || prefix === '') throw optionError(where, 'prefix', 'a non-empty string', prefix);
     this.prefix = prefix;
     this.retentionDays = validateRetentionDays(where, options.retentionDays);
     this.failedRetentionDays = validateFailedRetentionDays(where, options.failedRetentionDays, this.retentionDays);
@@ -399,8 +402,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
       this.#ownsClient = false;
     } else {
       const { url, ...redisOptions } = connection;
-      if (typeof url !== 'string' || url === '')
-        throw new TypeError(`${where}: option "url" must be a redis:// URL, got ${JSON.stringify(url)}`);
+      if (typeof url !== 'string' || url === '') throw optionError(where, 'url', 'a redis:// URL', url);
       // While Redis is unreachable a request is answered 503 at once rather than waiting for a reconnection:
       // nothing waits in ioredis's offline queue (#reachable), a command in flight when the connection drops
       // fails with it, a peer that stops answering is given up after socketTimeout; the client keeps

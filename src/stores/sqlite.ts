@@ -15,6 +15,7 @@ import {
   type TaskStatus,
   type TaskStore,
 } from '../types.js';
+import { checkKnownKeys, numberError, optionError } from '../options.js';
 import { compileFilter } from './filter.js';
 import { CountChanges, type Counted } from './sqlite-counts.js';
 import { GroupCommittedStore, type OrphanBatch } from './durable-store.js';
@@ -42,6 +43,8 @@ export interface SqliteStoreOptions {
 }
 
 export const SQLITE_SCHEMA_VERSION = MIGRATIONS.length;
+
+const SQLITE_STORE_OPTIONS = new Set(['path', 'synchronous', 'retentionDays', 'failedRetentionDays', 'busyTimeoutMs']);
 
 /** Retention runs at open and then this often (more often when records are kept less than twice as long). */
 const CLEANUP_EVERY_MS = 60_000;
@@ -86,17 +89,13 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     const where = 'SqliteStore';
     if (options === null || typeof options !== 'object')
       throw new TypeError(`${where}: options must be an object with a "path"`);
+    checkKnownKeys(where, options, SQLITE_STORE_OPTIONS);
     const { path, synchronous = 'NORMAL', busyTimeoutMs = 5_000 } = options;
-    if (typeof path !== 'string' || path === '')
-      throw new TypeError(`${where}: option "path" must be a non-empty file path, got ${JSON.stringify(path)}`);
+    if (typeof path !== 'string' || path === '') throw optionError(where, 'path', 'a non-empty file path', path);
     if (synchronous !== 'NORMAL' && synchronous !== 'FULL')
-      throw new TypeError(
-        `${where}: option "synchronous" must be "NORMAL" or "FULL", got ${JSON.stringify(synchronous)}`,
-      );
+      throw optionError(where, 'synchronous', '"NORMAL" or "FULL"', synchronous);
     if (!Number.isInteger(busyTimeoutMs) || busyTimeoutMs < 0)
-      throw new RangeError(
-        `${where}: option "busyTimeoutMs" must be an integer >= 0, got ${JSON.stringify(busyTimeoutMs)}`,
-      );
+      throw numberError(where, 'busyTimeoutMs', 'an integer >= 0', busyTimeoutMs);
     this.retentionDays = validateRetentionDays(where, options.retentionDays);
     this.failedRetentionDays = validateFailedRetentionDays(where, options.failedRetentionDays, this.retentionDays);
     this.path = path;
