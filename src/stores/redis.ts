@@ -440,7 +440,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     }
   }
 
-  async get(id: string): Promise<TaskRecord | undefined> {
+  protected async read(id: string): Promise<TaskRecord | undefined> {
     const found = (await this.#run(scripts.get, [this.prefix, id])) as StoredTask | null;
     if (found === null) return undefined;
     const [holder, json, kind] = found;
@@ -456,6 +456,8 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     const f = compileFilter(filter);
     if (f.limit === 0) return [];
     this.#reachable();
+    // This process's queued writes land first: a list shows what get() answers (see GroupCommittedStore.get).
+    await this.commit.flush();
     const p = this.prefix;
     const { walked, required } = await planIndexes(this.client, p, f, (key, value) => tagKey(p, key, value)).catch(
       unavailable,
@@ -497,6 +499,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
    */
   async metrics(): Promise<StoreMetrics> {
     this.#reachable();
+    await this.commit.flush();
     await this.#counted();
     const fields = await this.client.hgetall(`${this.prefix}:counts`).catch(unavailable);
     const counts: StatusCount[] = [];
