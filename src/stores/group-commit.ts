@@ -139,6 +139,15 @@ export class GroupCommit {
     return undefined;
   }
 
+  /**
+   * Write the open batch of status changes now and wait for the writes in flight: what a read of this
+   * process's own changes needs (list, metrics), without waiting behind the closed batches of a bulk save.
+   */
+  async flushChanges(): Promise<void> {
+    await this.#flush(this.#take(true));
+    await Promise.allSettled([...this.#inFlight]);
+  }
+
   /** Write what is queued now and wait for every write still in flight (drain, orphan checks, close). */
   async flush(): Promise<void> {
     const open = [this.#take(false), this.#take(true)].filter((batch) => batch !== undefined);

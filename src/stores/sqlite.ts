@@ -150,8 +150,8 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   async list(filter?: TaskFilter): Promise<TaskRecord[]> {
     const f = compileFilter(filter);
     if (f.limit === 0) return [];
-    // This process's queued writes land first: a list shows what get() answers (see GroupCommittedStore.get).
-    await this.commit.flush();
+    // This process's status changes land first: a list shows what get() answers (see GroupCommittedStore.get).
+    await this.commit.flushChanges();
     this.#foldLogIfAny();
     const out: TaskRecord[] = [];
     if (f.limit === Infinity) {
@@ -187,7 +187,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
    * so a record whose JSON is damaged still counts by its status and name.
    */
   async metrics(): Promise<StoreMetrics> {
-    await this.commit.flush();
+    await this.commit.flushChanges();
     this.#foldLogIfAny();
     const [rows] = await this.#all([
       { sql: 'SELECT name, status, le, count, sum_ms AS sumMs FROM taskflow_counts WHERE count > 0', params: [] },
