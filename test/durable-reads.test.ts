@@ -2,33 +2,13 @@
 // is what get(), list(), metrics(), retry() and the admin API answer at once, not what the store has until the
 // lazy group commit lands up to 50 ms later. And a by-id call with an alias (an id that lost its idempotency
 // key's claim to a task of another instance) acts on the holder, as get() answers the holder's record.
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { getTaskContext, type TaskHandle, type TaskManagerOptions, type TaskStore } from 'koa-taskflow';
-import { SqliteStore } from 'koa-taskflow/sqlite';
-import { RedisStore } from 'koa-taskflow/redis';
+import { getTaskContext, type TaskHandle, type TaskManagerOptions } from 'koa-taskflow';
 import { expectJson, startAdmin } from './helpers/admin.js';
-import { tempDir } from './helpers/files.js';
-import { startRedisServer } from './helpers/redis.js';
 import { createManager, deferred, startApp, waitFor } from './helpers/server.js';
+import { sharedStores } from './helpers/shared-stores.js';
 
-/** Each opens a fresh store and answers a function making another client of the same one. */
-const stores: [string, () => Promise<() => TaskStore>][] = [
-  [
-    'SqliteStore',
-    () => {
-      const path = join(tempDir('taskflow-reads-'), 'tasks.db');
-      return Promise.resolve(() => new SqliteStore({ path }));
-    },
-  ],
-  [
-    'RedisStore',
-    async () => {
-      const redis = await startRedisServer();
-      return () => new RedisStore({ url: redis.url }, { prefix: 'reads' });
-    },
-  ],
-];
+const stores = sharedStores('reads');
 
 /** Settles once `signal` aborts: a task body that honours its signal. */
 function aborted(signal: AbortSignal): Promise<void> {
