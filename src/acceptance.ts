@@ -182,7 +182,8 @@ export class Acceptance implements FollowSource {
       priority: record.priority,
       idempotencyKey: record.idempotencyKey,
     };
-    const result = this.accept('retry', registration.fn, record.args, overrides, 'now', undefined, id);
+    // `record.id`, not `id`: an alias (an id that lost its idempotency key's claim) retries its holder.
+    const result = this.accept('retry', registration.fn, record.args, overrides, 'now', undefined, record.id);
     return typeof result === 'string' ? result : result.id;
   }
 

@@ -43,16 +43,21 @@ export class Cancellation {
     return this.#cancel(id, reason);
   }
 
-  async #cancel(id: string, reason: string): Promise<boolean> {
+  async #cancel(id: string, reason: string, followed = false): Promise<boolean> {
     const live = this.#runner.live(id);
     if (live !== undefined) return live.cancelRequested(reason);
     if (this.#engine !== undefined) return this.#engine(id, reason);
     const store = this.#store;
-    if (store.durable !== true || store.requestCancel === undefined) return false;
+    if (store.durable !== true) return false;
     // This process's last status writes land first (an empty save joins the pending group commit): a task
     // that has just ended here is answered as finished, not given a request nobody will read.
     await store.save([]).catch(() => undefined);
-    return store.requestCancel(id, reason);
+    if (store.requestCancel !== undefined && (await store.requestCancel(id, reason))) return true;
+    if (followed) return false;
+    // An id that lost its idempotency key's claim (an alias) answers its holder's record in get(): cancelling
+    // it cancels the holder, wherever it runs, as the id it was given stands for that task.
+    const holder = (await store.get(id).catch(() => undefined))?.id;
+    return holder !== undefined && holder !== id && this.#cancel(holder, reason, true);
   }
 
   /** Cancel requests the store answered with a lease renewal: those of tasks live here end now. */

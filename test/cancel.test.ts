@@ -12,16 +12,14 @@ import {
   TaskManager,
   type TaskHandle,
   type TaskRecord,
-  type TaskStore,
 } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
-import { RedisStore } from 'koa-taskflow/redis';
 import { BasicTracerProvider, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { expectJson, startAdmin, TOKEN } from './helpers/admin.js';
 import { runShownExample } from './helpers/child.js';
 import { tempDir } from './helpers/files.js';
 import { inMemorySpans } from './helpers/otel.js';
-import { startRedisServer } from './helpers/redis.js';
+import { sharedStores } from './helpers/shared-stores.js';
 import { openSse } from './helpers/sse.js';
 import { createManager, deferred, onCleanup, startApp, waitFor } from './helpers/server.js';
 
@@ -270,22 +268,7 @@ describe('tasks cancelled while they wait for a slot or for their limit', () => 
 });
 
 describe('manager.cancel(id) across instances sharing a durable store', () => {
-  const stores: [string, () => Promise<() => TaskStore>][] = [
-    [
-      'SQLite',
-      () => {
-        const path = join(tempDir('taskflow-cancel-'), 'tasks.db');
-        return Promise.resolve(() => new SqliteStore({ path }));
-      },
-    ],
-    [
-      'Redis',
-      async () => {
-        const redis = await startRedisServer();
-        return () => new RedisStore({ url: redis.url }, { prefix: 'cancel' });
-      },
-    ],
-  ];
+  const stores = sharedStores('cancel');
 
   it.each(stores)(
     '%s: a running task and one pending in the queue of instance A, cancelled from instance B; A stops them within a lease renewal',

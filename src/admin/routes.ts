@@ -288,7 +288,8 @@ export class Retrier {
       const record = await this.manager.get(id);
       if (record === undefined) throw new AdminHttpError(404, `no task with id ${id}`);
       const existing = await this.#retriesOf([record]);
-      const retriedAs = existing.get(id);
+      // record.id: an alias (an id that lost its idempotency key's claim) stands for its holder.
+      const retriedAs = existing.get(record.id);
       if (retriedAs !== undefined)
         throw new AdminHttpError(
           409,

@@ -9,7 +9,7 @@ import {
   type TaskRecord,
 } from '../types.js';
 import { GroupCommit, MAX_BATCH_RECORDS, type WriteBatch } from './group-commit.js';
-import { parseRecord } from './records.js';
+import { parseRecord, serialiseRecord } from './records.js';
 
 /**
  * Orphans one `claimOrphans()` call takes at most, in batches of MAX_BATCH_RECORDS: a crash that left
@@ -45,6 +45,28 @@ export abstract class GroupCommittedStore {
     this.leaseMs = lease.leaseMs;
     this.argsCipher = lease.argsCipher;
     this.#lease = lease;
+  }
+
+  /**
+   * The record as this process last wrote it: one still queued for (or in) a group commit is answered as
+   * queued, not as the store has it until that write lands (up to LAZY_WRITE_MS later). An id that lost an
+   * idempotency claim answers its holder's record, that one too as queued here if it is.
+   */
+  async get(id: string): Promise<TaskRecord | undefined> {
+    const queued = this.queuedRecord(id);
+    if (queued !== undefined) return queued;
+    const stored = await this.read(id);
+    // Queued while the read was under way: newer than what it found.
+    return this.queuedRecord(stored?.id ?? id) ?? stored;
+  }
+
+  /** The stored record of `id` (an alias: its holder's), as get() answers it when nothing is queued here. */
+  protected abstract read(id: string): Promise<TaskRecord | undefined>;
+
+  /** A copy of the record a queued write holds, read back as the store would answer it once written. */
+  protected queuedRecord(id: string): TaskRecord | undefined {
+    const record = this.commit.queued(id);
+    return record && parseRecord(record.id, serialiseRecord(record));
   }
 
   /**

@@ -62,6 +62,8 @@ export class GroupCommit {
   /** Full batches, written in order by #drain (one at a time). */
   #closed: (PendingBatch | undefined)[] = [];
   #draining: Promise<void> | undefined;
+  /** Batches being written: their records are not the store's until the write has settled. */
+  readonly #writing = new Set<PendingBatch>();
 
   readonly #failure: (error: unknown, records: number) => unknown;
   readonly #maxRecords: number;
@@ -117,6 +119,35 @@ export class GroupCommit {
     return joined(parts);
   }
 
+  /**
+   * The record with this id that a write queued or in flight holds, if any: what the store will have once
+   * it lands (a record is serialised when its batch is written, so the newest entry is the one that counts).
+   * The store's reads answer it first, so a process reads its own writes. Nothing is kept for this beyond
+   * the batches themselves: an entry goes when its batch's write settles.
+   */
+  queued(id: string): TaskRecord | undefined {
+    const found = this.#lazy?.records.get(id) ?? this.#urgent?.records.get(id);
+    if (found !== undefined) return found;
+    for (let i = this.#closed.length - 1; i >= 0; i--) {
+      const record = this.#closed[i]?.records.get(id);
+      if (record !== undefined) return record;
+    }
+    for (const batch of this.#writing) {
+      const record = batch.records.get(id);
+      if (record !== undefined) return record;
+    }
+    return undefined;
+  }
+
+  /**
+   * Write the open batch of status changes now and wait for the writes in flight: what a read of this
+   * process's own changes needs (list, metrics), without waiting behind the closed batches of a bulk save.
+   */
+  async flushChanges(): Promise<void> {
+    await this.#flush(this.#take(true));
+    await Promise.allSettled([...this.#inFlight]);
+  }
+
   /** Write what is queued now and wait for every write still in flight (drain, orphan checks, close). */
   async flush(): Promise<void> {
     const open = [this.#take(false), this.#take(true)].filter((batch) => batch !== undefined);
@@ -169,8 +200,9 @@ export class GroupCommit {
     // #flush never throws (it settles its batch whatever happens), so every batch queued here is written.
     for (let i = 0; i < this.#closed.length; i++) {
       await new Promise((resolve) => setImmediate(resolve));
-      await this.#flush(this.#closed[i]);
+      const batch = this.#closed[i];
       this.#closed[i] = undefined;
+      await this.#flush(batch);
     }
     this.#closed = [];
     this.#draining = undefined;
@@ -180,6 +212,7 @@ export class GroupCommit {
   async #flush(batch: PendingBatch | undefined): Promise<void> {
     if (batch === undefined) return;
     let done: Promise<SaveResult> | undefined;
+    this.#writing.add(batch);
     try {
       const result = this.write({ records: [...batch.records.values()], released: batch.released, lazy: batch.lazy });
       if (!(result instanceof Promise)) return batch.settle.resolve(result);
@@ -189,6 +222,7 @@ export class GroupCommit {
     } catch (error) {
       batch.settle.reject(this.#typed(error, batch.records.size));
     } finally {
+      this.#writing.delete(batch);
       if (done !== undefined) this.#inFlight.delete(done);
     }
   }

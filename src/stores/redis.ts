@@ -442,7 +442,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     }
   }
 
-  async get(id: string): Promise<TaskRecord | undefined> {
+  protected async read(id: string): Promise<TaskRecord | undefined> {
     const found = (await this.#run(scripts.get, [this.prefix, id])) as StoredTask | null;
     if (found === null) return undefined;
     const [holder, json, kind] = found;
@@ -458,6 +458,8 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     const f = compileFilter(filter);
     if (f.limit === 0) return [];
     this.#reachable();
+    // This process's status changes land first: a list shows what get() answers (see GroupCommittedStore.get).
+    await this.commit.flushChanges();
     const p = this.prefix;
     const { walked, required } = await planIndexes(this.client, p, f, (key, value) => tagKey(p, key, value)).catch(
       unavailable,
@@ -499,6 +501,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
    */
   async metrics(): Promise<StoreMetrics> {
     this.#reachable();
+    await this.commit.flushChanges();
     await this.#counted();
     const fields = await this.client.hgetall(`${this.prefix}:counts`).catch(unavailable);
     const counts: StatusCount[] = [];

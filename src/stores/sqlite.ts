@@ -132,7 +132,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     this.#retentionTimer = setInterval(() => this.#expireSoon(), every).unref();
   }
 
-  async get(id: string): Promise<TaskRecord | undefined> {
+  protected async read(id: string): Promise<TaskRecord | undefined> {
     this.#foldLogIfAny();
     // An id that lost an idempotency claim follows the task holding the key.
     const row = this.#read(
@@ -149,6 +149,8 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
   async list(filter?: TaskFilter): Promise<TaskRecord[]> {
     const f = compileFilter(filter);
     if (f.limit === 0) return [];
+    // This process's status changes land first: a list shows what get() answers (see GroupCommittedStore.get).
+    await this.commit.flushChanges();
     this.#foldLogIfAny();
     const out: TaskRecord[] = [];
     if (f.limit === Infinity) {
@@ -184,6 +186,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
    * so a record whose JSON is damaged still counts by its status and name.
    */
   async metrics(): Promise<StoreMetrics> {
+    await this.commit.flushChanges();
     this.#foldLogIfAny();
     const [rows] = await this.#all([
       { sql: 'SELECT name, status, le, count, sum_ms AS sumMs FROM taskflow_counts WHERE count > 0', params: [] },
