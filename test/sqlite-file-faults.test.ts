@@ -1,6 +1,6 @@
 // What SqliteStore says when its file cannot be used (a TaskStoreError whose code says why, the file left as
 // it was), and what a full disk does to requests: 503s, and nothing acknowledged is lost.
-import { appendFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { describe, expect, it } from 'vitest';
@@ -105,6 +105,39 @@ describe('SqliteStore: a file it cannot use', () => {
       code: 'ERR_STORE_NEWER_SCHEMA',
       message: expect.stringContaining("schema version 5 is newer than this koa-taskflow's (4); upgrade koa-taskflow"),
     });
+  });
+
+  it("another application's database is refused whatever its user_version, and left as it was, byte for byte; an empty or a new file is adopted", async () => {
+    const dir = tempDir();
+    const users = "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT); INSERT INTO users VALUES (1, 'a@b.c')";
+    for (const [name, schema] of [
+      ['version-0.db', users],
+      ['version-3.db', `${users}; PRAGMA user_version = 3`],
+      ['view-only.db', 'CREATE VIEW answer AS SELECT 42 AS value'],
+    ]) {
+      // A rollback-journal database, as most applications' are: WAL mode would rewrite its header.
+      const path = join(dir, name);
+      exec(path, schema);
+      const before = readFileSync(path);
+      expect(openError(path), name).toMatchObject({ code: 'ERR_STORE_SCHEMA' });
+      expect(readFileSync(path).equals(before), `${name}: its bytes`).toBe(true);
+      expect([existsSync(`${path}-wal`), existsSync(`${path}-shm`)], `${name}: -wal and -shm files left`).toEqual([
+        false,
+        false,
+      ]);
+    }
+    expect(openError(join(dir, 'version-0.db')).message).toContain(
+      'it has a table "users": it is another application\'s database',
+    );
+
+    const empty = join(dir, 'empty.db');
+    writeFileSync(empty, '');
+    for (const path of [empty, join(dir, 'new.db')]) {
+      await storeFile(path);
+      const reopened = new SqliteStore({ path });
+      expect((await reopened.list()).map((r) => r.id)).toEqual(['a']);
+      await reopened.close();
+    }
   });
 
   it('a table dropped while the store is open: reads fail with ERR_STORE_SCHEMA, not a bare SQLite error', async () => {

@@ -104,6 +104,9 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     try {
       db = new Database(path);
       db.exec(`PRAGMA busy_timeout = ${busyTimeoutMs}`);
+      // Read first: a file the store refuses (another application's, a newer schema) is left byte for byte as
+      // it was, before WAL mode (which rewrites the header and leaves -wal and -shm files beside it).
+      checkSchema(db, path);
       const mode = db.prepare('PRAGMA journal_mode = WAL').get() as { journal_mode: string };
       if (mode.journal_mode !== 'wal' && path !== ':memory:')
         throw new Error(`could not switch to WAL mode (got ${mode.journal_mode})`);
@@ -691,32 +694,11 @@ function runtimeError(path: string, error: unknown): unknown {
 }
 
 function migrate(db: DatabaseSync, path: string): void {
-  // The version is read inside the write transaction: two processes opening a new file at once do not
-  // both create the schema.
+  // Checked again inside the write transaction: two processes opening a new file at once do not both
+  // create the schema.
   db.exec('BEGIN IMMEDIATE');
   try {
-    const { user_version: version } = db.prepare('PRAGMA user_version').get() as { user_version: number };
-    if (version > MIGRATIONS.length) {
-      throw new TaskStoreError(
-        `SqliteStore: cannot open "${path}": its schema version ${version} is newer than this ` +
-          `koa-taskflow's (${MIGRATIONS.length}); upgrade koa-taskflow (the file was not modified)`,
-        'ERR_STORE_NEWER_SCHEMA',
-      );
-    }
-    if (version === 0) {
-      // A fresh file, or someone else's database: ours must not clash with tables already there.
-      const clash = db.prepare("SELECT name FROM sqlite_master WHERE name LIKE 'taskflow\\_%' ESCAPE '\\'").get() as
-        { name: string } | undefined;
-      if (clash !== undefined)
-        throw schemaError(path, `it has a table "${clash.name}" but no koa-taskflow schema version`);
-    } else {
-      const missing = missingSchema(db, version);
-      if (missing !== undefined)
-        throw schemaError(
-          path,
-          `its koa-taskflow schema (version ${version}) has no ${missing}: it is damaged or is not a koa-taskflow database`,
-        );
-    }
+    const version = checkSchema(db, path);
     for (let v = version; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v]);
     if (version < MIGRATIONS.length) db.exec(`PRAGMA user_version = ${MIGRATIONS.length}`);
     db.exec('COMMIT');
@@ -757,6 +739,43 @@ function missingSchema(db: DatabaseSync, version: number): string | undefined {
       for (const migration of MIGRATIONS.slice(0, version)) fresh.exec(migration);
       expected = schemaOf(fresh);
       expectedSchemas.set(version, expected);
+/**
+ * The file's koa-taskflow schema version, read without writing anything; throws if the store must not use
+ * the file. A new or empty file (version 0, nothing in it) is adopted. Version 0 with anything in it is
+ * another application's database (the first migration sets the version in the transaction that creates our
+ * tables). A version above 0 must have every table, column and index of that version (see missingSchema).
+ */
+function checkSchema(db: DatabaseSync, path: string): number {
+  const { user_version: version } = db.prepare('PRAGMA user_version').get() as { user_version: number };
+  if (version > MIGRATIONS.length) {
+    throw new TaskStoreError(
+      `SqliteStore: cannot open "${path}": its schema version ${version} is newer than this ` +
+        `koa-taskflow's (${MIGRATIONS.length}); upgrade koa-taskflow (the file was not modified)`,
+      'ERR_STORE_NEWER_SCHEMA',
+    );
+  }
+  if (version === 0) {
+    // A table of ours is named first: it says more than whatever else is there.
+    const other = db
+      .prepare(
+        "SELECT type, name FROM sqlite_master ORDER BY name NOT LIKE 'taskflow\\_%' ESCAPE '\\', type <> 'table', name LIMIT 1",
+      )
+      .get() as { type: string; name: string } | undefined;
+    if (other?.name.startsWith('taskflow_'))
+      throw schemaError(path, `it has a ${other.type} "${other.name}" but no koa-taskflow schema version`);
+    if (other !== undefined)
+      throw schemaError(path, `it has a ${other.type} "${other.name}": it is another application's database`);
+  } else {
+    const missing = missingSchema(db, version);
+    if (missing !== undefined)
+      throw schemaError(
+        path,
+        `its koa-taskflow schema (version ${version}) has no ${missing}: it is damaged or is not a koa-taskflow database`,
+      );
+  }
+  return version;
+}
+
     } finally {
       fresh.close();
     }
