@@ -1,10 +1,10 @@
 // What SqliteStore says when its file cannot be used (a TaskStoreError whose code says why, the file left as
 // it was), and what a full disk does to requests: 503s, and nothing acknowledged is lost.
-import { appendFileSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { describe, expect, it } from 'vitest';
-import { TaskStoreError } from 'koa-taskflow';
+import { TaskStoreError, TaskStoreUnavailableError } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { mountTmpfs, readOnlyDirectory, tempDir } from './helpers/files.js';
 import { recordingLogger } from './helpers/logger.js';
@@ -159,6 +159,29 @@ describe('SqliteStore: a file it cannot use', () => {
     await expect(manager.start()).rejects.toMatchObject({ name: 'TaskStoreError', code: 'ERR_STORE_SCHEMA' });
   });
 
+  it('any other SQLite error, and a read that close() stopped, is a TaskflowError, not a bare SQLite error', async () => {
+    const path = join(tempDir(), 'tasks.db');
+    const store = new SqliteStore({ path });
+    onCleanup(() => store.close().catch(() => {}));
+    // A schema altered by hand (a trigger refusing writes): a constraint error, not one of the file.
+    exec(
+      path,
+      "CREATE TRIGGER refuse BEFORE INSERT ON taskflow_keys BEGIN SELECT RAISE(ABORT, 'refused by hand'); END",
+    );
+    const claim = store.claimKey('key', 'a');
+    await expect(claim).rejects.toBeInstanceOf(TaskStoreUnavailableError);
+    await expect(claim).rejects.toMatchObject({ message: expect.stringContaining('refused by hand') });
+
+    // list() runs on the store's worker thread, which close() stops.
+    const listing = store.list();
+    const closing = store.close();
+    await expect(listing).rejects.toMatchObject({
+      name: 'TaskStoreUnavailableError',
+      message: 'SqliteStore: the store is closed',
+    });
+    await closing;
+  });
+
   it('a read-only directory or filesystem: ERR_STORE_READ_ONLY, not "corrupt"', async (context) => {
     const readOnly = readOnlyDirectory((dir) => exec(join(dir, 'existing.db'), 'PRAGMA journal_mode = WAL'));
     if (readOnly === undefined) return context.skip('no way to make a read-only directory here');
@@ -225,5 +248,54 @@ describe('SqliteStore on a full disk', () => {
     onCleanup(() => reopened.close());
     const stored = await reopened.list();
     for (const id of acknowledged) expect(stored.find((r) => r.id === id)?.status, `task ${id}`).toBe('success');
+  });
+
+  it('shutdown() when the store cannot give up its lease: resolves, the store reports a TaskStoreUnavailableError and closes its file all the same', async (context) => {
+    const dir = tempDir('taskflow-full-');
+    if (!mountTmpfs(dir, 'size=1m')) return context.skip('this process may not mount a size-limited tmpfs');
+    const path = join(dir, 'tasks.db');
+    const store = new SqliteStore({ path });
+    const { errors, logger } = recordingLogger('name');
+    const manager = createManager({ store, logger });
+    const job = manager.task(function job(n: number) {
+      return n;
+    });
+    await manager.start();
+    const id = manager.add(job, 1);
+    await manager.drain();
+
+    const filler = join(dir, 'filler');
+    try {
+      for (;;) appendFileSync(filler, Buffer.alloc(4096));
+    } catch (error) {
+      expect((error as NodeJS.ErrnoException).code).toBe('ENOSPC');
+    }
+    // As the docs' `process.once('SIGTERM', () => manager.shutdown())` calls it: a rejection would crash the app.
+    await manager.shutdown();
+    expect(errors).toEqual(['koa-taskflow: store close at shutdown TaskStoreUnavailableError']);
+    const closing = store.close();
+    await expect(closing).rejects.toBeInstanceOf(TaskStoreUnavailableError);
+    await expect(closing).rejects.toMatchObject({
+      code: 'ERR_STORE_UNAVAILABLE',
+      message: expect.stringContaining('database or disk is full'),
+    });
+    await expect(store.get(id)).rejects.toMatchObject({
+      code: 'ERR_STORE_UNAVAILABLE',
+      message: expect.stringContaining('closed'),
+    });
+    const open = readdirSync('/proc/self/fd').flatMap((fd) => {
+      try {
+        return [readlinkSync(`/proc/self/fd/${fd}`)];
+      } catch {
+        return [];
+      }
+    });
+    expect(open.filter((file) => file.startsWith(dir))).toEqual([]);
+
+    // The owner row left behind is a crashed process's: the next store reads the file as it was.
+    rmSync(filler);
+    const reopened = new SqliteStore({ path });
+    onCleanup(() => reopened.close());
+    expect((await reopened.get(id))?.status).toBe('success');
   });
 });

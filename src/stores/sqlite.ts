@@ -208,7 +208,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     try {
       return await this.#worker.all(queries);
     } catch (error) {
-      throw runtimeError(this.path, error);
+      throw this.#workerError(error);
     }
   }
 
@@ -218,8 +218,21 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     try {
       await this.#worker.rows(query, (rows) => onRows(rows as Row[]));
     } catch (error) {
-      throw runtimeError(this.path, error);
+      throw this.#workerError(error);
     }
+  }
+
+  /**
+   * What a read on the worker thread failed with, as a TaskflowError: an SQLite error as on this thread; a
+   * read that close() stopped, or whose thread died, is an unavailable store.
+   */
+  #workerError(error: unknown): TaskflowError {
+    if (error instanceof TaskflowError) return error;
+    if (this.closed !== undefined)
+      return new TaskStoreUnavailableError('SqliteStore: the store is closed', { cause: error });
+    const mapped = runtimeError(this.path, error);
+    if (mapped instanceof TaskflowError) return mapped;
+    return new TaskStoreUnavailableError(`SqliteStore: "${this.path}": ${messageOf(error)}`, { cause: error });
   }
 
   async claimKey(key: string, id: string): Promise<string | undefined> {
@@ -295,13 +308,27 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     this.closed ??= (async () => {
       clearInterval(this.#retentionTimer);
       // A retention pass under way stops with the worker (its open batch rolls back); the next one resumes.
-      await this.#worker?.close();
-      await this.#retention;
-      await this.commit.flush();
-      this.#foldLogIfAny();
-      if (this.ownerId !== '') this.#statement('DELETE FROM taskflow_owners WHERE id = ?').run(this.ownerId);
+      let failure: { error: unknown } | undefined;
+      try {
+        await this.#worker?.close();
+        await this.#retention;
+        await this.commit.flush();
+        this.#foldLogIfAny();
+        // When this write fails (a full disk), the row stays behind as a crashed process's does: the lease
+        // expires and recovery in another instance or the next start claims this process's unfinished tasks.
+        if (this.ownerId !== '')
+          this.#read(() => this.#statement('DELETE FROM taskflow_owners WHERE id = ?').run(this.ownerId));
+      } catch (error) {
+        failure = { error };
+      }
+      // The file is closed whatever failed above; close() then rejects with the TaskflowError saying why.
       this.#statements.clear();
-      this.#db.close();
+      try {
+        this.#db.close();
+      } catch (error) {
+        failure ??= { error: runtimeError(this.path, error) };
+      }
+      if (failure !== undefined) throw failure.error;
     })();
     return this.closed;
   }
@@ -659,7 +686,8 @@ function writeDenied(path: string): string | undefined {
 /**
  * An SQLite error after the file was opened: a write that failed for a reason outside the store (a full
  * disk, an I/O error, a lock held too long, the file made read-only) is a TaskStoreUnavailableError (the
- * request gets a 503, the runner retries status writes); damage is a TaskStoreError. Others are as they were.
+ * request gets a 503, the runner retries status writes), as is any other SQLite error; damage and an altered
+ * schema are a TaskStoreError. What is not an SQLite error (a bug) is passed on as it is.
  */
 function runtimeError(path: string, error: unknown): unknown {
   if (error instanceof TaskflowError) return error;
@@ -690,6 +718,9 @@ function runtimeError(path: string, error: unknown): unknown {
       { cause: error },
     );
   }
+  // Any other SQLite error (a constraint of a schema altered by hand, a record too big for SQLite…): the
+  // store cannot take this call now, and the original is its cause.
+  if (code !== undefined) return new TaskStoreUnavailableError(`SqliteStore: "${path}": ${message}`, { cause: error });
   return error;
 }
 
@@ -708,37 +739,6 @@ function migrate(db: DatabaseSync, path: string): void {
   }
 }
 
-function schemaError(path: string, why: string): TaskStoreError {
-  return new TaskStoreError(
-    `SqliteStore: cannot open "${path}" as a task database: ${why}. Move it away (it was not modified) or choose another "path"`,
-    'ERR_STORE_SCHEMA',
-  );
-}
-
-const SCHEMA_OBJECTS = `SELECT m.type AS type, m.name AS name, p.name AS column FROM sqlite_master m LEFT JOIN pragma_table_info(m.name) p
-  WHERE m.name LIKE 'taskflow\\_%' ESCAPE '\\' AND m.type IN ('table', 'index')`;
-// By schema version: a file is checked against what its own version has, before it is migrated.
-const expectedSchemas = new Map<number, string[]>();
-
-function schemaOf(db: DatabaseSync): string[] {
-  return (db.prepare(SCHEMA_OBJECTS).all() as { type: string; name: string; column: string | null }[]).map((o) =>
-    o.type === 'table' ? `column "${o.column}" in table "${o.name}"` : `index "${o.name}"`,
-  );
-}
-
-/**
- * The first table, column or index of the schema at version `user_version` (as the migrations build it)
- * that the file lacks: a dropped table would otherwise surface later as "no such table" in the
- * middle of a request. Tables or indexes added by someone else are left alone.
- */
-function missingSchema(db: DatabaseSync, version: number): string | undefined {
-  let expected = expectedSchemas.get(version);
-  if (expected === undefined) {
-    const fresh = new Database(':memory:');
-    try {
-      for (const migration of MIGRATIONS.slice(0, version)) fresh.exec(migration);
-      expected = schemaOf(fresh);
-      expectedSchemas.set(version, expected);
 /**
  * The file's koa-taskflow schema version, read without writing anything; throws if the store must not use
  * the file. A new or empty file (version 0, nothing in it) is adopted. Version 0 with anything in it is
@@ -776,6 +776,37 @@ function checkSchema(db: DatabaseSync, path: string): number {
   return version;
 }
 
+function schemaError(path: string, why: string): TaskStoreError {
+  return new TaskStoreError(
+    `SqliteStore: cannot open "${path}" as a task database: ${why}. Move it away (it was not modified) or choose another "path"`,
+    'ERR_STORE_SCHEMA',
+  );
+}
+
+const SCHEMA_OBJECTS = `SELECT m.type AS type, m.name AS name, p.name AS column FROM sqlite_master m LEFT JOIN pragma_table_info(m.name) p
+  WHERE m.name LIKE 'taskflow\\_%' ESCAPE '\\' AND m.type IN ('table', 'index')`;
+// By schema version: a file is checked against what its own version has, before it is migrated.
+const expectedSchemas = new Map<number, string[]>();
+
+function schemaOf(db: DatabaseSync): string[] {
+  return (db.prepare(SCHEMA_OBJECTS).all() as { type: string; name: string; column: string | null }[]).map((o) =>
+    o.type === 'table' ? `column "${o.column}" in table "${o.name}"` : `index "${o.name}"`,
+  );
+}
+
+/**
+ * The first table, column or index of the schema at version `user_version` (as the migrations build it)
+ * that the file lacks: a dropped table would otherwise surface later as "no such table" in the
+ * middle of a request. Tables or indexes added by someone else are left alone.
+ */
+function missingSchema(db: DatabaseSync, version: number): string | undefined {
+  let expected = expectedSchemas.get(version);
+  if (expected === undefined) {
+    const fresh = new Database(':memory:');
+    try {
+      for (const migration of MIGRATIONS.slice(0, version)) fresh.exec(migration);
+      expected = schemaOf(fresh);
+      expectedSchemas.set(version, expected);
     } finally {
       fresh.close();
     }
