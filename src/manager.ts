@@ -191,7 +191,9 @@ export class TaskManager {
       this.#parts.telemetry.close();
       clearFallbackLogger(this);
       await this.#parts.chain.close(Math.min(timeoutMs, this.#parts.observerTimeoutMs) || 1);
-      await this.store.close();
+      // A store that could not give up its lease (a full disk) is closed all the same: reported, not a
+      // rejection at the SIGTERM handler that called shutdown() (docs/api.md).
+      await this.store.close().catch((error: unknown) => this.#parts.reporter.report('store close at shutdown', error));
     })();
     return this.#shutdown;
   }

@@ -1,10 +1,10 @@
 // What SqliteStore says when its file cannot be used (a TaskStoreError whose code says why, the file left as
 // it was), and what a full disk does to requests: 503s, and nothing acknowledged is lost.
-import { appendFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { describe, expect, it } from 'vitest';
-import { TaskStoreError } from 'koa-taskflow';
+import { TaskStoreError, TaskStoreUnavailableError } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { mountTmpfs, readOnlyDirectory, tempDir } from './helpers/files.js';
 import { recordingLogger } from './helpers/logger.js';
@@ -107,6 +107,39 @@ describe('SqliteStore: a file it cannot use', () => {
     });
   });
 
+  it("another application's database is refused whatever its user_version, and left as it was, byte for byte; an empty or a new file is adopted", async () => {
+    const dir = tempDir();
+    const users = "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT); INSERT INTO users VALUES (1, 'a@b.c')";
+    for (const [name, schema] of [
+      ['version-0.db', users],
+      ['version-3.db', `${users}; PRAGMA user_version = 3`],
+      ['view-only.db', 'CREATE VIEW answer AS SELECT 42 AS value'],
+    ]) {
+      // A rollback-journal database, as most applications' are: WAL mode would rewrite its header.
+      const path = join(dir, name);
+      exec(path, schema);
+      const before = readFileSync(path);
+      expect(openError(path), name).toMatchObject({ code: 'ERR_STORE_SCHEMA' });
+      expect(readFileSync(path).equals(before), `${name}: its bytes`).toBe(true);
+      expect([existsSync(`${path}-wal`), existsSync(`${path}-shm`)], `${name}: -wal and -shm files left`).toEqual([
+        false,
+        false,
+      ]);
+    }
+    expect(openError(join(dir, 'version-0.db')).message).toContain(
+      'it has a table "users": it is another application\'s database',
+    );
+
+    const empty = join(dir, 'empty.db');
+    writeFileSync(empty, '');
+    for (const path of [empty, join(dir, 'new.db')]) {
+      await storeFile(path);
+      const reopened = new SqliteStore({ path });
+      expect((await reopened.list()).map((r) => r.id)).toEqual(['a']);
+      await reopened.close();
+    }
+  });
+
   it('a table dropped while the store is open: reads fail with ERR_STORE_SCHEMA, not a bare SQLite error', async () => {
     const path = join(tempDir(), 'tasks.db');
     const store = new SqliteStore({ path });
@@ -124,6 +157,29 @@ describe('SqliteStore: a file it cannot use', () => {
       logger: { trace: noop, debug: noop, info: noop, warn: noop, error: noop, fatal: noop },
     });
     await expect(manager.start()).rejects.toMatchObject({ name: 'TaskStoreError', code: 'ERR_STORE_SCHEMA' });
+  });
+
+  it('any other SQLite error, and a read that close() stopped, is a TaskflowError, not a bare SQLite error', async () => {
+    const path = join(tempDir(), 'tasks.db');
+    const store = new SqliteStore({ path });
+    onCleanup(() => store.close().catch(() => {}));
+    // A schema altered by hand (a trigger refusing writes): a constraint error, not one of the file.
+    exec(
+      path,
+      "CREATE TRIGGER refuse BEFORE INSERT ON taskflow_keys BEGIN SELECT RAISE(ABORT, 'refused by hand'); END",
+    );
+    const claim = store.claimKey('key', 'a');
+    await expect(claim).rejects.toBeInstanceOf(TaskStoreUnavailableError);
+    await expect(claim).rejects.toMatchObject({ message: expect.stringContaining('refused by hand') });
+
+    // list() runs on the store's worker thread, which close() stops.
+    const listing = store.list();
+    const closing = store.close();
+    await expect(listing).rejects.toMatchObject({
+      name: 'TaskStoreUnavailableError',
+      message: 'SqliteStore: the store is closed',
+    });
+    await closing;
   });
 
   it('a read-only directory or filesystem: ERR_STORE_READ_ONLY, not "corrupt"', async (context) => {
@@ -192,5 +248,54 @@ describe('SqliteStore on a full disk', () => {
     onCleanup(() => reopened.close());
     const stored = await reopened.list();
     for (const id of acknowledged) expect(stored.find((r) => r.id === id)?.status, `task ${id}`).toBe('success');
+  });
+
+  it('shutdown() when the store cannot give up its lease: resolves, the store reports a TaskStoreUnavailableError and closes its file all the same', async (context) => {
+    const dir = tempDir('taskflow-full-');
+    if (!mountTmpfs(dir, 'size=1m')) return context.skip('this process may not mount a size-limited tmpfs');
+    const path = join(dir, 'tasks.db');
+    const store = new SqliteStore({ path });
+    const { errors, logger } = recordingLogger('name');
+    const manager = createManager({ store, logger });
+    const job = manager.task(function job(n: number) {
+      return n;
+    });
+    await manager.start();
+    const id = manager.add(job, 1);
+    await manager.drain();
+
+    const filler = join(dir, 'filler');
+    try {
+      for (;;) appendFileSync(filler, Buffer.alloc(4096));
+    } catch (error) {
+      expect((error as NodeJS.ErrnoException).code).toBe('ENOSPC');
+    }
+    // As the docs' `process.once('SIGTERM', () => manager.shutdown())` calls it: a rejection would crash the app.
+    await manager.shutdown();
+    expect(errors).toEqual(['koa-taskflow: store close at shutdown TaskStoreUnavailableError']);
+    const closing = store.close();
+    await expect(closing).rejects.toBeInstanceOf(TaskStoreUnavailableError);
+    await expect(closing).rejects.toMatchObject({
+      code: 'ERR_STORE_UNAVAILABLE',
+      message: expect.stringContaining('database or disk is full'),
+    });
+    await expect(store.get(id)).rejects.toMatchObject({
+      code: 'ERR_STORE_UNAVAILABLE',
+      message: expect.stringContaining('closed'),
+    });
+    const open = readdirSync('/proc/self/fd').flatMap((fd) => {
+      try {
+        return [readlinkSync(`/proc/self/fd/${fd}`)];
+      } catch {
+        return [];
+      }
+    });
+    expect(open.filter((file) => file.startsWith(dir))).toEqual([]);
+
+    // The owner row left behind is a crashed process's: the next store reads the file as it was.
+    rmSync(filler);
+    const reopened = new SqliteStore({ path });
+    onCleanup(() => reopened.close());
+    expect((await reopened.get(id))?.status).toBe('success');
   });
 });

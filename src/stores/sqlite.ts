@@ -103,6 +103,9 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     try {
       db = new Database(path);
       db.exec(`PRAGMA busy_timeout = ${busyTimeoutMs}`);
+      // Read first: a file the store refuses (another application's, a newer schema) is left byte for byte as
+      // it was, before WAL mode (which rewrites the header and leaves -wal and -shm files beside it).
+      checkSchema(db, path);
       const mode = db.prepare('PRAGMA journal_mode = WAL').get() as { journal_mode: string };
       if (mode.journal_mode !== 'wal' && path !== ':memory:')
         throw new Error(`could not switch to WAL mode (got ${mode.journal_mode})`);
@@ -207,7 +210,7 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     try {
       return await this.#worker.all(queries);
     } catch (error) {
-      throw runtimeError(this.path, error);
+      throw this.#workerError(error);
     }
   }
 
@@ -217,8 +220,21 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     try {
       await this.#worker.rows(query, (rows) => onRows(rows as Row[]));
     } catch (error) {
-      throw runtimeError(this.path, error);
+      throw this.#workerError(error);
     }
+  }
+
+  /**
+   * What a read on the worker thread failed with, as a TaskflowError: an SQLite error as on this thread; a
+   * read that close() stopped, or whose thread died, is an unavailable store.
+   */
+  #workerError(error: unknown): TaskflowError {
+    if (error instanceof TaskflowError) return error;
+    if (this.closed !== undefined)
+      return new TaskStoreUnavailableError('SqliteStore: the store is closed', { cause: error });
+    const mapped = runtimeError(this.path, error);
+    if (mapped instanceof TaskflowError) return mapped;
+    return new TaskStoreUnavailableError(`SqliteStore: "${this.path}": ${messageOf(error)}`, { cause: error });
   }
 
   async claimKey(key: string, id: string): Promise<string | undefined> {
@@ -294,13 +310,27 @@ export class SqliteStore extends GroupCommittedStore implements TaskStore {
     this.closed ??= (async () => {
       clearInterval(this.#retentionTimer);
       // A retention pass under way stops with the worker (its open batch rolls back); the next one resumes.
-      await this.#worker?.close();
-      await this.#retention;
-      await this.commit.flush();
-      this.#foldLogIfAny();
-      if (this.ownerId !== '') this.#statement('DELETE FROM taskflow_owners WHERE id = ?').run(this.ownerId);
+      let failure: { error: unknown } | undefined;
+      try {
+        await this.#worker?.close();
+        await this.#retention;
+        await this.commit.flush();
+        this.#foldLogIfAny();
+        // When this write fails (a full disk), the row stays behind as a crashed process's does: the lease
+        // expires and recovery in another instance or the next start claims this process's unfinished tasks.
+        if (this.ownerId !== '')
+          this.#read(() => this.#statement('DELETE FROM taskflow_owners WHERE id = ?').run(this.ownerId));
+      } catch (error) {
+        failure = { error };
+      }
+      // The file is closed whatever failed above; close() then rejects with the TaskflowError saying why.
       this.#statements.clear();
-      this.#db.close();
+      try {
+        this.#db.close();
+      } catch (error) {
+        failure ??= { error: runtimeError(this.path, error) };
+      }
+      if (failure !== undefined) throw failure.error;
     })();
     return this.closed;
   }
@@ -658,7 +688,8 @@ function writeDenied(path: string): string | undefined {
 /**
  * An SQLite error after the file was opened: a write that failed for a reason outside the store (a full
  * disk, an I/O error, a lock held too long, the file made read-only) is a TaskStoreUnavailableError (the
- * request gets a 503, the runner retries status writes); damage is a TaskStoreError. Others are as they were.
+ * request gets a 503, the runner retries status writes), as is any other SQLite error; damage and an altered
+ * schema are a TaskStoreError. What is not an SQLite error (a bug) is passed on as it is.
  */
 function runtimeError(path: string, error: unknown): unknown {
   if (error instanceof TaskflowError) return error;
@@ -689,36 +720,18 @@ function runtimeError(path: string, error: unknown): unknown {
       { cause: error },
     );
   }
+  // Any other SQLite error (a constraint of a schema altered by hand, a record too big for SQLite…): the
+  // store cannot take this call now, and the original is its cause.
+  if (code !== undefined) return new TaskStoreUnavailableError(`SqliteStore: "${path}": ${message}`, { cause: error });
   return error;
 }
 
 function migrate(db: DatabaseSync, path: string): void {
-  // The version is read inside the write transaction: two processes opening a new file at once do not
-  // both create the schema.
+  // Checked again inside the write transaction: two processes opening a new file at once do not both
+  // create the schema.
   db.exec('BEGIN IMMEDIATE');
   try {
-    const { user_version: version } = db.prepare('PRAGMA user_version').get() as { user_version: number };
-    if (version > MIGRATIONS.length) {
-      throw new TaskStoreError(
-        `SqliteStore: cannot open "${path}": its schema version ${version} is newer than this ` +
-          `koa-taskflow's (${MIGRATIONS.length}); upgrade koa-taskflow (the file was not modified)`,
-        'ERR_STORE_NEWER_SCHEMA',
-      );
-    }
-    if (version === 0) {
-      // A fresh file, or someone else's database: ours must not clash with tables already there.
-      const clash = db.prepare("SELECT name FROM sqlite_master WHERE name LIKE 'taskflow\\_%' ESCAPE '\\'").get() as
-        { name: string } | undefined;
-      if (clash !== undefined)
-        throw schemaError(path, `it has a table "${clash.name}" but no koa-taskflow schema version`);
-    } else {
-      const missing = missingSchema(db, version);
-      if (missing !== undefined)
-        throw schemaError(
-          path,
-          `its koa-taskflow schema (version ${version}) has no ${missing}: it is damaged or is not a koa-taskflow database`,
-        );
-    }
+    const version = checkSchema(db, path);
     for (let v = version; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v]);
     if (version < MIGRATIONS.length) db.exec(`PRAGMA user_version = ${MIGRATIONS.length}`);
     db.exec('COMMIT');
@@ -726,6 +739,43 @@ function migrate(db: DatabaseSync, path: string): void {
     if (db.isTransaction) db.exec('ROLLBACK');
     throw error;
   }
+}
+
+/**
+ * The file's koa-taskflow schema version, read without writing anything; throws if the store must not use
+ * the file. A new or empty file (version 0, nothing in it) is adopted. Version 0 with anything in it is
+ * another application's database (the first migration sets the version in the transaction that creates our
+ * tables). A version above 0 must have every table, column and index of that version (see missingSchema).
+ */
+function checkSchema(db: DatabaseSync, path: string): number {
+  const { user_version: version } = db.prepare('PRAGMA user_version').get() as { user_version: number };
+  if (version > MIGRATIONS.length) {
+    throw new TaskStoreError(
+      `SqliteStore: cannot open "${path}": its schema version ${version} is newer than this ` +
+        `koa-taskflow's (${MIGRATIONS.length}); upgrade koa-taskflow (the file was not modified)`,
+      'ERR_STORE_NEWER_SCHEMA',
+    );
+  }
+  if (version === 0) {
+    // A table of ours is named first: it says more than whatever else is there.
+    const other = db
+      .prepare(
+        "SELECT type, name FROM sqlite_master ORDER BY name NOT LIKE 'taskflow\\_%' ESCAPE '\\', type <> 'table', name LIMIT 1",
+      )
+      .get() as { type: string; name: string } | undefined;
+    if (other?.name.startsWith('taskflow_'))
+      throw schemaError(path, `it has a ${other.type} "${other.name}" but no koa-taskflow schema version`);
+    if (other !== undefined)
+      throw schemaError(path, `it has a ${other.type} "${other.name}": it is another application's database`);
+  } else {
+    const missing = missingSchema(db, version);
+    if (missing !== undefined)
+      throw schemaError(
+        path,
+        `its koa-taskflow schema (version ${version}) has no ${missing}: it is damaged or is not a koa-taskflow database`,
+      );
+  }
+  return version;
 }
 
 function schemaError(path: string, why: string): TaskStoreError {
