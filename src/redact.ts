@@ -65,7 +65,7 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
   let visited = 0;
   let walkedOnce: Map<object, unknown> | undefined;
 
-  function walk(value: unknown, depth: number, pathsHere: string[][]): unknown {
+  function walk(value: unknown, depth: number, pathsHere: string[][], key: string): unknown {
     if (value === null || typeof value !== 'object') return value;
     if (depth >= MAX_REDACT_DEPTH) return TOO_DEEP;
     if (ancestors.includes(value)) return CIRCULAR;
@@ -78,7 +78,7 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
     ancestors.push(value);
     let result: unknown;
     try {
-      result = walkObject(value, depth, pathsHere);
+      result = walkObject(value, depth, pathsHere, key);
     } catch {
       // A Proxy whose traps throw, a throwing getter, a revoked proxy: what cannot be read does not leave.
       result = UNREADABLE;
@@ -89,21 +89,33 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
     return result;
   }
 
-  function walkObject(value: object, depth: number, pathsHere: string[][]): unknown {
-    if (Array.isArray(value)) return mapCopyOnWrite(value, (item) => walk(item, depth + 1, pathsHere));
+  function walkObject(value: object, depth: number, pathsHere: string[][], key: string): unknown {
+    if (Array.isArray(value)) return mapCopyOnWrite(value, (item, i) => walk(item, depth + 1, pathsHere, String(i)));
     if (value instanceof Date || ArrayBuffer.isView(value)) return value;
+    // JSON (the admin API, pino, span attributes) writes what toJSON() returns, not the object's own keys:
+    // that is what is searched. One that throws is unreadable.
+    const toJSON = (value as { toJSON?: unknown }).toJSON;
+    if (typeof toJSON === 'function') {
+      const json: unknown = toJSON.call(value, key);
+      if (json !== value) return walk(json, depth + 1, pathsHere, key);
+    }
     let copy: Record<string, unknown> | undefined;
     const source = value as Record<string, unknown>;
-    for (const key of Object.keys(source)) {
-      const childPaths = pathsHere.length === 0 ? pathsHere : pathsHere.filter((p) => p[0] === key || p[0] === '*');
+    for (const name of Object.keys(source)) {
+      const childPaths = pathsHere.length === 0 ? pathsHere : pathsHere.filter((p) => p[0] === name || p[0] === '*');
       // A secret is masked without being read (its getter may be what throws).
-      if (secretKey(key) || childPaths.some((p) => p.length === 1)) {
-        (copy ??= { ...source })[key] = REDACTED;
+      if (secretKey(name) || childPaths.some((p) => p.length === 1)) {
+        (copy ??= { ...source })[name] = REDACTED;
         continue;
       }
-      const child = source[key];
-      const next = walk(child, depth + 1, childPaths.length === 0 ? childPaths : childPaths.map((p) => p.slice(1)));
-      if (next !== child) (copy ??= { ...source })[key] = next;
+      const child = source[name];
+      const next = walk(
+        child,
+        depth + 1,
+        childPaths.length === 0 ? childPaths : childPaths.map((p) => p.slice(1)),
+        name,
+      );
+      if (next !== child) (copy ??= { ...source })[name] = next;
     }
     return copy ?? value;
   }
@@ -120,7 +132,7 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
       for (const key in value) {
         if (secretKey(key)) return false;
         const child = (value as Record<string, unknown>)[key];
-        if (child !== null && typeof child === 'object') return false;
+        if (child !== null && (typeof child === 'object' || typeof child === 'function')) return false;
       }
     } catch {
       return false;
@@ -136,8 +148,8 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
     visited = 0;
     walkedOnce = undefined;
     try {
-      if (Array.isArray(value)) return mapCopyOnWrite(value, (item) => walk(item, 0, paths)) as T;
-      const result = walk(value, 0, paths);
+      if (Array.isArray(value)) return mapCopyOnWrite(value, (item, i) => walk(item, 0, paths, String(i))) as T;
+      const result = walk(value, 0, paths, '');
       // Log fields that cannot be read at all are not logged (taskLog never throws; its caller catches this).
       if (result === UNREADABLE && value !== UNREADABLE) throw new TypeError('the value cannot be read');
       return result as T;
@@ -154,10 +166,10 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
   return Object.assign(redact, { tags });
 }
 
-function mapCopyOnWrite(items: readonly unknown[], map: (item: unknown) => unknown): readonly unknown[] {
+function mapCopyOnWrite(items: readonly unknown[], map: (item: unknown, i: number) => unknown): readonly unknown[] {
   let copy: unknown[] | undefined;
   for (let i = 0; i < items.length; i++) {
-    const next = map(items[i]);
+    const next = map(items[i], i);
     if (next !== items[i]) (copy ??= items.slice())[i] = next;
   }
   return copy ?? items;

@@ -256,3 +256,46 @@ describe('redaction has no depth hole', () => {
     expect((await manager.list({ tags: { apiToken: 'SECRET-tag-token' } })).map((r) => r.id)).toEqual([id]);
   });
 });
+
+/** An object whose JSON is not its own keys: a private password, written out by toJSON(). */
+class Account {
+  readonly #password: string;
+  constructor(
+    readonly user: string,
+    password: string,
+  ) {
+    this.#password = password;
+  }
+  toJSON(): unknown {
+    return { user: this.user, password: this.#password };
+  }
+}
+
+describe('redaction searches what leaves, not only own keys', () => {
+  it('masks what toJSON() returns, at any depth, in args and log fields, in every output', async () => {
+    const traced = tracedPinoManager();
+    const { manager } = traced;
+    // toJSON() returning another object with toJSON(), below a plain object, inside an array.
+    const wrapped = { toJSON: () => ({ inner: new Account('visible-inner', 'SECRET-inner') }) };
+    const job = manager.task(async function accounts(_account: Account, _nested: unknown) {
+      taskLog('accounts', { account: new Account('visible-log', 'SECRET-log'), deep: { list: [wrapped] } });
+    });
+    const { id, outputs } = await runAndCollect(traced, () =>
+      manager.add(job, new Account('visible-arg', 'SECRET-arg'), nest(10, [wrapped])),
+    );
+    for (const [where, text] of Object.entries(outputs)) {
+      expect(text, where).not.toContain('SECRET');
+      expect(text, where).toContain('visible-log');
+      expect(text, where).toContain('visible-inner');
+    }
+    const record = (await manager.get(id))!;
+    expect(record.args).toEqual([
+      { user: 'visible-arg', password: REDACTED },
+      nest(10, [{ inner: { user: 'visible-inner', password: REDACTED } }]),
+    ]);
+    expect(record.logs[0].fields).toEqual({
+      account: { user: 'visible-log', password: REDACTED },
+      deep: { list: [{ inner: { user: 'visible-inner', password: REDACTED } }] },
+    });
+  });
+});
