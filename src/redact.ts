@@ -23,25 +23,27 @@ export interface Redactor {
   tags(tags: Readonly<Record<string, string>>): Readonly<Record<string, string>>;
 }
 
-const identity: Redactor = Object.assign(<T>(value: T): T => value, {
-  tags: (tags: Readonly<Record<string, string>>) => tags,
-});
-
 /**
  * Builds the function that masks secrets wherever args, log fields or tags leave a task. An entry with a
  * dot is a path from the top of each argument / fields object (`card.number`, `*` matches any key); one
- * without a dot is a key name matched at any depth. Copies only what it changes. Nothing passes through
+ * without a dot is a key name matched at any depth. Answers a copy, every object and array in it copied too:
+ * what leaves is the value as it was then, not what its owner makes of it later. Nothing passes through
  * unsearched: a part nested deeper than MAX_REDACT_DEPTH, a cycle or an unreadable value is replaced by a
  * marker, and the walk is bounded (no stack overflow, no exponential walk of shared parts).
  */
 export function createRedactor(option: RedactOption | undefined): Redactor {
-  if (option === false) return identity;
-  if (option !== undefined && (!Array.isArray(option) || option.some((p) => typeof p !== 'string' || p === ''))) {
+  // `false` masks nothing; what leaves is still a copy, with its cycles and unreadable parts replaced.
+  const masking = option !== false;
+  if (
+    masking &&
+    option !== undefined &&
+    (!Array.isArray(option) || option.some((p) => typeof p !== 'string' || p === ''))
+  ) {
     throw new TypeError('TaskManager: option "redact" must be an array of key names or dotted paths, or false');
   }
   const names = new Set<string>();
   const paths: string[][] = [];
-  for (const entry of option ?? []) {
+  for (const entry of masking ? (option ?? []) : []) {
     if (entry.includes('.')) paths.push(entry.split('.'));
     else names.add(entry.toLowerCase());
   }
@@ -51,7 +53,7 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
   const secretKey = (key: string): boolean => {
     let secret = judged.get(key);
     if (secret === undefined) {
-      secret = DEFAULT_SECRET_KEY.test(key) || names.has(key.toLowerCase());
+      secret = masking && (DEFAULT_SECRET_KEY.test(key) || names.has(key.toLowerCase()));
       if (judged.size < 4_096) judged.set(key, secret);
     }
     return secret;
@@ -90,8 +92,15 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
   }
 
   function walkObject(value: object, depth: number, pathsHere: string[][], key: string): unknown {
-    if (Array.isArray(value)) return mapCopyOnWrite(value, (item, i) => walk(item, depth + 1, pathsHere, String(i)));
-    if (value instanceof Date || ArrayBuffer.isView(value)) return value;
+    if (Array.isArray(value)) {
+      const copy = new Array<unknown>(value.length);
+      for (let i = 0; i < copy.length; i++) copy[i] = walk(value[i], depth + 1, pathsHere, String(i));
+      return copy;
+    }
+    if (types.isDate(value)) return new Date(value.getTime());
+    if (ArrayBuffer.isView(value)) return copyView(value);
+    // Immutable, or holding nothing JSON or the console writes: kept as they are.
+    if (types.isRegExp(value) || types.isBoxedPrimitive(value) || types.isPromise(value) || isWeak(value)) return value;
     // JSON (the admin API, pino, span attributes) writes what toJSON() returns, not the object's own keys:
     // that is what is searched. One that throws is unreadable.
     const toJSON = (value as { toJSON?: unknown }).toJSON;
@@ -99,30 +108,31 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
       const json: unknown = toJSON.call(value, key);
       if (json !== value) return walk(json, depth + 1, pathsHere, key);
     }
-    let copy: Record<string, unknown> | undefined;
+    const proto: unknown = Object.getPrototypeOf(value);
+    const copy = (proto === Object.prototype ? {} : Object.create(proto as object | null)) as Record<string, unknown>;
     const source = value as Record<string, unknown>;
     for (const name of Object.keys(source)) {
-      const childPaths = pathsHere.length === 0 ? pathsHere : pathsHere.filter((p) => p[0] === name || p[0] === '*');
-      // A secret is masked without being read (its getter may be what throws).
-      if (secretKey(name) || childPaths.some((p) => p.length === 1)) {
-        (copy ??= { ...source })[name] = REDACTED;
-        continue;
-      }
-      const child = source[name];
-      const next = walk(
-        child,
-        depth + 1,
-        childPaths.length === 0 ? childPaths : childPaths.map((p) => p.slice(1)),
-        name,
-      );
-      if (next !== child) (copy ??= { ...source })[name] = next;
+      const pathsBelow = below(name, pathsHere);
+      setOwn(copy, name, pathsBelow === undefined ? REDACTED : walk(source[name], depth + 1, pathsBelow, name));
     }
-    return copy ?? value;
+    return copy;
   }
 
   /**
-   * Log fields are most often a flat object of a few scalars under keys already judged: nothing to copy and
-   * nothing nested, so the walk (its ancestors, its copy-on-write) is skipped. Only for a plain object (not a
+   * The paths that continue below the key `name`, or undefined when its value is masked: a secret is masked
+   * without being read (its getter may be what throws).
+   */
+  function below(name: string, pathsHere: string[][]): string[][] | undefined {
+    if (secretKey(name)) return undefined;
+    if (pathsHere.length === 0) return pathsHere;
+    const childPaths = pathsHere.filter((p) => p[0] === name || p[0] === '*');
+    if (childPaths.some((p) => p.length === 1)) return undefined;
+    return childPaths.length === 0 ? childPaths : childPaths.map((p) => p.slice(1));
+  }
+
+  /**
+   * Log fields are most often a flat object of a few scalars under keys already judged: nothing to mask and
+   * nothing nested, so a shallow copy is all it takes and the walk (its ancestors, its markers) is skipped. Only for a plain object (not a
    * Proxy, whose traps the walk guards) whose every value is a scalar under a key that is not secret; anything
    * else, or a getter that throws, is left to the walk.
    */
@@ -142,13 +152,18 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
 
   // Paths start at each argument, so the argument list itself is walked item by item.
   const redact = <T>(value: T): T => {
-    if (value !== null && typeof value === 'object' && !Array.isArray(value) && flatAndClean(value)) return value;
+    if (value !== null && typeof value === 'object' && !Array.isArray(value) && flatAndClean(value))
+      return { ...value };
     const outerVisited = visited;
     const outerWalked = walkedOnce;
     visited = 0;
     walkedOnce = undefined;
     try {
-      if (Array.isArray(value)) return mapCopyOnWrite(value, (item, i) => walk(item, 0, paths, String(i))) as T;
+      if (Array.isArray(value)) {
+        const copy = new Array<unknown>(value.length);
+        for (let i = 0; i < copy.length; i++) copy[i] = walk(value[i], 0, paths, String(i));
+        return copy as T;
+      }
       const result = walk(value, 0, paths, '');
       // Log fields that cannot be read at all are not logged (taskLog never throws; its caller catches this).
       if (result === UNREADABLE && value !== UNREADABLE) throw new TypeError('the value cannot be read');
@@ -166,11 +181,20 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
   return Object.assign(redact, { tags });
 }
 
-function mapCopyOnWrite(items: readonly unknown[], map: (item: unknown, i: number) => unknown): readonly unknown[] {
-  let copy: unknown[] | undefined;
-  for (let i = 0; i < items.length; i++) {
-    const next = map(items[i], i);
-    if (next !== items[i]) (copy ??= items.slice())[i] = next;
-  }
-  return copy ?? items;
+/** An own property, also one named `__proto__` (an assignment would set the prototype instead). */
+function setOwn(target: Record<string, unknown>, name: string, value: unknown): void {
+  if (name === '__proto__')
+    Object.defineProperty(target, name, { value, enumerable: true, writable: true, configurable: true });
+  else target[name] = value;
+}
+
+/** A copy of binary data, of the same kind: what leaves is what it held when it left. */
+function copyView(view: ArrayBufferView): ArrayBufferView {
+  if (Buffer.isBuffer(view)) return Buffer.from(view);
+  if (types.isTypedArray(view)) return view.slice();
+  return new DataView(view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength));
+}
+
+function isWeak(value: object): boolean {
+  return types.isWeakMap(value) || types.isWeakSet(value) || value instanceof WeakRef;
 }

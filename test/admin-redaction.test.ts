@@ -2,7 +2,8 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { describe, expect, it, vi } from 'vitest';
-import { getTaskContext, REDACTED, taskLog, type TaskRecord } from 'koa-taskflow';
+import { getTaskContext, InMemoryObserver, REDACTED, taskLog, type TaskRecord } from 'koa-taskflow';
+import { SqliteStore } from 'koa-taskflow/sqlite';
 import { expectJson, startAdmin, TOKEN } from './helpers/admin.js';
 import { openSse } from './helpers/sse.js';
 import { createManager } from './helpers/server.js';
@@ -298,4 +299,44 @@ describe('redaction searches what leaves, not only own keys', () => {
       deep: { list: [{ inner: { user: 'visible-inner', password: REDACTED } }] },
     });
   });
+});
+
+describe('what leaves a task is the value as it was then', () => {
+  it.each([
+    ['MemoryStore', () => undefined],
+    ['SqliteStore', () => new SqliteStore({ path: ':memory:' })],
+  ])(
+    'log fields are kept as logged (%s): a change the task makes afterwards reaches no record, event or observer',
+    async (_, store) => {
+      const observer = new InMemoryObserver();
+      const traced = tracedPinoManager({ store: store(), observers: [observer] });
+      const { manager } = traced;
+      const job = manager.task(async function createUser(input: { profile: Record<string, unknown> }) {
+        const user: Record<string, unknown> = { email: 'visible-email', roles: ['reader'], profile: { city: 'Lyon' } };
+        taskLog('creating user', { user, step: 1 });
+        const flat: Record<string, unknown> = { email: 'visible-flat' };
+        taskLog('flat', flat);
+        // The very common next lines: the object logged gets its secret, and changes.
+        user.passwordHash = 'SECRET-hash';
+        (user.roles as string[]).push('SECRET-role');
+        (user.profile as Record<string, unknown>).city = 'SECRET-city';
+        user.email = 'SECRET-email';
+        flat.email = 'SECRET-flat';
+        // Args are the caller's objects (records show them as they are when read): masked whenever read.
+        input.profile.apiKey = 'SECRET-arg-key';
+      });
+      const { id, outputs } = await runAndCollect(traced, () => manager.add(job, { profile: {} }));
+      for (const [where, text] of Object.entries(outputs)) {
+        expect(text, where).not.toContain('SECRET');
+        expect(text, where).toContain('visible-email');
+      }
+      const logged = { user: { email: 'visible-email', roles: ['reader'], profile: { city: 'Lyon' } }, step: 1 };
+      const record = (await manager.get(id))!;
+      expect(record.logs.map((l) => l.fields)).toEqual([logged, { email: 'visible-flat' }]);
+      expect(observer.events.filter((e) => e.type === 'log').map((e) => e.fields)).toEqual([
+        logged,
+        { email: 'visible-flat' },
+      ]);
+    },
+  );
 });
