@@ -101,6 +101,7 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
     if (ArrayBuffer.isView(value)) return copyView(value);
     // Immutable, or holding nothing JSON or the console writes: kept as they are.
     if (types.isRegExp(value) || types.isBoxedPrimitive(value) || types.isPromise(value) || isWeak(value)) return value;
+    if (value instanceof Error || types.isNativeError(value)) return walkError(value, depth, pathsHere);
     // JSON (the admin API, pino, span attributes) writes what toJSON() returns, not the object's own keys:
     // that is what is searched. One that throws is unreadable.
     const toJSON = (value as { toJSON?: unknown }).toJSON;
@@ -116,6 +117,28 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
       setOwn(copy, name, pathsBelow === undefined ? REDACTED : walk(source[name], depth + 1, pathsBelow, name));
     }
     return copy;
+  }
+
+  /**
+   * An error stays an error (its prototype, so its type; its message, stack, code, cause, an AggregateError's
+   * errors: every own property, enumerable or not, searched), with only its secrets masked. Its JSON (the
+   * admin API, a field other than pino's `err`) is `errorJson`'s, not an own toJSON() of its class, which
+   * would write what was not searched.
+   */
+  function walkError(value: Error, depth: number, pathsHere: string[][]): Error {
+    const copy = Object.create(Object.getPrototypeOf(value) as object | null) as Record<string, unknown>;
+    const source = value as unknown as Record<string, unknown>;
+    for (const name of Object.getOwnPropertyNames(value)) {
+      const pathsBelow = below(name, pathsHere);
+      Object.defineProperty(copy, name, {
+        value: pathsBelow === undefined ? REDACTED : walk(source[name], depth + 1, pathsBelow, name),
+        enumerable: Object.prototype.propertyIsEnumerable.call(value, name),
+        writable: true,
+        configurable: true,
+      });
+    }
+    Object.defineProperty(copy, 'toJSON', { value: errorJson, writable: true, configurable: true });
+    return copy as unknown as Error;
   }
 
   /**
@@ -179,6 +202,15 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
     return copy ?? tagMap;
   };
   return Object.assign(redact, { tags });
+}
+
+/** The JSON of an error that left a task: what pino's `err` shows (type, message, stack), then its own fields. */
+function errorJson(this: Error & Record<string, unknown>): Record<string, unknown> {
+  const json: Record<string, unknown> = { type: this.name, message: this.message, stack: this.stack };
+  for (const name of Object.keys(this)) setOwn(json, name, this[name]);
+  if (this.cause !== undefined) json.cause = this.cause;
+  if (Array.isArray(this.errors)) json.errors = this.errors;
+  return json;
 }
 
 /** An own property, also one named `__proto__` (an assignment would set the prototype instead). */

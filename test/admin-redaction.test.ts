@@ -340,3 +340,80 @@ describe('what leaves a task is the value as it was then', () => {
     },
   );
 });
+
+describe('an error stays an error once its secrets are masked', () => {
+  it('keeps type, message, stack, code and cause; masks what its properties, cause and AggregateError errors hold', async () => {
+    const traced = tracedPinoManager();
+    const { manager, lines, exporter } = traced;
+    class HttpError extends Error {
+      code = 'ERR_BAD_RESPONSE';
+      // An HTTP client's error writes its request config, Authorization header included (as axios's does).
+      toJSON(): unknown {
+        return { message: this.message, config: this.config };
+      }
+      constructor(
+        message: string,
+        readonly config: unknown,
+        options?: ErrorOptions,
+      ) {
+        super(message, options);
+      }
+    }
+    const make = () => {
+      const cause = Object.assign(new Error('visible-cause'), { request: { headers: { cookie: 'SECRET-cookie' } } });
+      const inner = new HttpError(
+        'visible-401',
+        { url: '/charge', headers: { Authorization: 'SECRET-bearer' }, account: new Account('u', 'SECRET-acct') },
+        { cause },
+      );
+      return new AggregateError([inner], 'visible-all-failed');
+    };
+    const job = manager.task(async function callApi(_err: unknown) {
+      taskLog('call failed', { err: make(), failure: make().errors[0] as unknown });
+    });
+    const { id, outputs } = await runAndCollect(traced, () => manager.add(job, make()));
+    for (const [where, text] of Object.entries(outputs)) {
+      expect(text, where).not.toContain('SECRET');
+      expect(text, where).toContain('visible-all-failed');
+    }
+    // pino's err serializer: the type, message and stack kept; the nested errors searched.
+    const line = JSON.parse(lines.find((l) => l.includes('call failed'))!) as Record<string, Record<string, unknown>>;
+    expect(line.err).toMatchObject({
+      type: 'AggregateError',
+      message: 'visible-all-failed',
+      aggregateErrors: [
+        {
+          type: 'HttpError',
+          code: 'ERR_BAD_RESPONSE',
+          config: { url: '/charge', headers: { Authorization: REDACTED }, account: { password: REDACTED } },
+        },
+      ],
+    });
+    expect(line.err.stack).toMatch(/^AggregateError: visible-all-failed\n {4}at /);
+    // A span attribute reads as an error, not as the JSON of a plain object.
+    const event = exporter
+      .getFinishedSpans()
+      .flatMap((s) => s.events)
+      .find((e) => e.name === 'task.log')!;
+    expect(event.attributes).toMatchObject({
+      err: 'AggregateError: visible-all-failed',
+      failure: 'Error: visible-401',
+    });
+    // The record: an Error with its fields; served as JSON with type, message and stack.
+    const fields = (await manager.get(id))!.logs[0].fields as { err: AggregateError; failure: HttpError };
+    expect(fields.err).toBeInstanceOf(AggregateError);
+    expect(fields.failure).toBeInstanceOf(HttpError);
+    expect(fields.failure).toMatchObject({ message: 'visible-401', code: 'ERR_BAD_RESPONSE' });
+    expect((fields.failure.cause as Error).message).toBe('visible-cause');
+    expect(fields.failure.stack).toMatch(/^Error: visible-401\n/);
+    const served = JSON.parse(outputs['GET /tasks/:id']) as TaskRecord;
+    expect(served.logs[0].fields!.failure).toMatchObject({
+      type: 'Error',
+      message: 'visible-401',
+      code: 'ERR_BAD_RESPONSE',
+      config: { headers: { Authorization: REDACTED } },
+      cause: { type: 'Error', message: 'visible-cause', request: { headers: { cookie: REDACTED } } },
+    });
+    expect(served.args[0]).toMatchObject({ type: 'AggregateError', errors: [{ message: 'visible-401' }] });
+  });
+});
