@@ -102,6 +102,30 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
     // Immutable, or holding nothing JSON or the console writes: kept as they are.
     if (types.isRegExp(value) || types.isBoxedPrimitive(value) || types.isPromise(value) || isWeak(value)) return value;
     if (value instanceof Error || types.isNativeError(value)) return walkError(value, depth, pathsHere);
+    if (types.isMap(value)) {
+      const copy = new Map<unknown, unknown>();
+      for (const [name, child] of value) {
+        const pathsBelow = below(typeof name === 'string' ? name : '', pathsHere);
+        copy.set(
+          walk(name, depth + 1, [], ''),
+          pathsBelow === undefined ? REDACTED : walk(child, depth + 1, pathsBelow, String(name)),
+        );
+      }
+      return copy;
+    }
+    if (types.isSet(value)) {
+      const copy = new Set<unknown>();
+      for (const item of value) copy.add(walk(item, depth + 1, pathsHere, ''));
+      return copy;
+    }
+    // Written out by the console (and by util.inspect) entry by entry: their values are strings.
+    if (value instanceof Headers || value instanceof URLSearchParams) {
+      const copy = value instanceof Headers ? new Headers() : new URLSearchParams();
+      value.forEach((text: string, name: string) =>
+        copy.append(name, below(name, pathsHere) === undefined ? REDACTED : text),
+      );
+      return copy;
+    }
     // JSON (the admin API, pino, span attributes) writes what toJSON() returns, not the object's own keys:
     // that is what is searched. One that throws is unreadable.
     const toJSON = (value as { toJSON?: unknown }).toJSON;

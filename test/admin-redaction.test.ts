@@ -1,4 +1,5 @@
 import { Writable } from 'node:stream';
+import { inspect } from 'node:util';
 import pino from 'pino';
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { describe, expect, it, vi } from 'vitest';
@@ -415,5 +416,53 @@ describe('an error stays an error once its secrets are masked', () => {
       cause: { type: 'Error', message: 'visible-cause', request: { headers: { cookie: REDACTED } } },
     });
     expect(served.args[0]).toMatchObject({ type: 'AggregateError', errors: [{ message: 'visible-401' }] });
+  });
+});
+
+describe('collections are searched: Map, Set, Headers, URLSearchParams', () => {
+  const collections = () => ({
+    map: new Map<unknown, unknown>([
+      ['password', 'SECRET-map'],
+      ['nested', { apiKey: 'SECRET-map-nested', label: 'visible-map' }],
+      [{ token: 'SECRET-map-key' }, 'visible-object-key'],
+    ]),
+    set: new Set([{ secret: 'SECRET-set', label: 'visible-set' }]),
+    headers: new Headers({ authorization: 'Bearer SECRET-headers', accept: 'visible/json' }),
+    query: new URLSearchParams({ api_key: 'SECRET-query', page: 'visible-2' }),
+  });
+
+  it('in args and log fields: get() answers copies with the secrets masked, which print without them', async () => {
+    const manager = createManager();
+    const job = manager.task(async function collect(_c: unknown) {
+      taskLog('collections', collections());
+    });
+    const id = manager.add(job, collections());
+    await manager.drain();
+    const record = (await manager.get(id))!;
+    const printed = inspect(record, { depth: Infinity });
+    expect(printed).not.toContain('SECRET');
+    for (const visible of ['visible-map', 'visible-object-key', 'visible-set', 'visible/json', 'visible-2'])
+      expect(printed).toContain(visible);
+    for (const found of [record.args[0], record.logs[0].fields] as ReturnType<typeof collections>[]) {
+      expect(found.map.get('password')).toBe(REDACTED);
+      expect(found.map.get('nested')).toEqual({ apiKey: REDACTED, label: 'visible-map' });
+      expect([...found.set]).toEqual([{ secret: REDACTED, label: 'visible-set' }]);
+      expect(found.headers.get('authorization')).toBe(REDACTED);
+      expect(found.headers.get('accept')).toBe('visible/json');
+      expect(found.query.toString()).toBe('api_key=%5Bredacted%5D&page=visible-2');
+    }
+  });
+
+  it('in the fields of taskLog() outside a task, written to the console', async () => {
+    vi.resetModules();
+    const fresh = await import('../src/context.js');
+    const spy = vi.spyOn(console, 'info').mockImplementation(() => {});
+    fresh.taskLog('outside', collections());
+    expect(spy).toHaveBeenCalledTimes(1);
+    const printed = inspect(spy.mock.calls[0], { depth: Infinity });
+    spy.mockRestore();
+    expect(printed).not.toContain('SECRET');
+    expect(printed).toContain('visible-map');
+    expect(printed).toContain('visible/json');
   });
 });
