@@ -3,7 +3,7 @@ import { inspect } from 'node:util';
 import pino from 'pino';
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { describe, expect, it, vi } from 'vitest';
-import { getTaskContext, InMemoryObserver, REDACTED, taskLog, type TaskRecord } from 'koa-taskflow';
+import { getTaskContext, InMemoryObserver, MemoryStore, REDACTED, taskLog, type TaskRecord } from 'koa-taskflow';
 import { SqliteStore } from 'koa-taskflow/sqlite';
 import { expectJson, startAdmin, TOKEN } from './helpers/admin.js';
 import { openSse } from './helpers/sse.js';
@@ -464,5 +464,66 @@ describe('collections are searched: Map, Set, Headers, URLSearchParams', () => {
     expect(printed).not.toContain('SECRET');
     expect(printed).toContain('visible-map');
     expect(printed).toContain('visible/json');
+  });
+});
+
+/** A handle that refuses to be written out. */
+class Closed {
+  toJSON(): never {
+    throw new Error('connection is closed');
+  }
+}
+
+describe('one value that cannot be written out costs only itself', () => {
+  it('an arg or log field whose toJSON() throws is "[unreadable]"; the list and the record answer 200', async () => {
+    const manager = createManager();
+    const ok = manager.task(async function ok(_conn?: Closed) {});
+    const logs = manager.task(async function logsClosed() {
+      taskLog('using', { conn: new Closed(), note: 'visible-note' });
+    });
+    const { api } = await startAdmin({}, manager);
+    manager.add(ok);
+    const badArg = manager.add(ok, new Closed());
+    const badLog = manager.add(logs);
+    await manager.drain();
+    const list = await expectJson<{ tasks: TaskRecord[] }>(await api(''), 200);
+    expect(list.tasks).toHaveLength(3);
+    expect((await expectJson<TaskRecord>(await api(`/${badArg}`), 200)).args).toEqual(['[unreadable]']);
+    expect((await expectJson<TaskRecord>(await api(`/${badLog}`), 200)).logs[0].fields).toEqual({
+      conn: '[unreadable]',
+      note: 'visible-note',
+    });
+    expect((await expectJson<{ tasks: TaskRecord[] }>(await api('?name=ok'), 200)).tasks).toHaveLength(2);
+  });
+
+  it('also from a store that answers such a value (with redact: false), on the list and the record', async () => {
+    // A store of the app's own may answer anything in a record it kept.
+    class OddStore extends MemoryStore {
+      #odd = (record: TaskRecord): TaskRecord => ({
+        ...record,
+        logs: [{ ...record.logs[0], fields: { conn: new Closed(), n: 10n } }],
+      });
+      override async get(id: string) {
+        const record = await super.get(id);
+        return record && this.#odd(record);
+      }
+      override async list(filter?: Parameters<MemoryStore['list']>[0]) {
+        return (await super.list(filter)).map(this.#odd);
+      }
+    }
+    const manager = createManager({ store: new OddStore(), redact: false });
+    const job = manager.task(async function logsOnce() {
+      taskLog('once');
+    });
+    const { api } = await startAdmin({}, manager);
+    const id = manager.add(job);
+    manager.add(job);
+    await manager.drain();
+    const list = await expectJson<{ tasks: TaskRecord[] }>(await api(''), 200);
+    expect(list.tasks.map((t) => t.logs[0].fields)).toEqual([
+      { conn: '[unreadable]', n: '10' },
+      { conn: '[unreadable]', n: '10' },
+    ]);
+    expect((await expectJson<TaskRecord>(await api(`/${id}`), 200)).logs[0].message).toBe('once');
   });
 });
