@@ -16,6 +16,17 @@ export const DEFAULT_SECRET_KEY =
 
 export type RedactOption = string[] | false;
 
+/** Tags a Redactor masked → the tags it masked: a filter compares the values the task was given. */
+const maskedFrom = new WeakMap<object, Readonly<Record<string, string>>>();
+
+/**
+ * The value of tag `key` as the task was given it, also when `tags` are the masked ones its events carry: a
+ * filter on a secret-named tag matches as `list()`'s does, not against "[redacted]".
+ */
+export function givenTag(tags: Readonly<Record<string, string>>, key: string): string | undefined {
+  return (maskedFrom.get(tags) ?? tags)[key];
+}
+
 export interface Redactor {
   /** Args or log fields as they may leave a task: secrets masked, cycles and over-deep parts replaced. */
   <T>(value: T): T;
@@ -223,7 +234,9 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
   const tags = (tagMap: Readonly<Record<string, string>>): Readonly<Record<string, string>> => {
     let copy: Record<string, string> | undefined;
     for (const key in tagMap) if (secretKey(key)) (copy ??= { ...tagMap })[key] = REDACTED;
-    return copy ?? tagMap;
+    if (copy === undefined) return tagMap;
+    maskedFrom.set(copy, tagMap);
+    return copy;
   };
   return Object.assign(redact, { tags });
 }

@@ -527,3 +527,30 @@ describe('one value that cannot be written out costs only itself', () => {
     expect((await expectJson<TaskRecord>(await api(`/${id}`), 200)).logs[0].message).toBe('once');
   });
 });
+
+describe('a filter on a tag named like a secret matches the value the task was given', () => {
+  it('on the event stream as on GET /tasks, never "[redacted]", and the value is not sent', async () => {
+    const manager = createManager();
+    const job = manager.task(async function tenantJob() {});
+    const { api, base } = await startAdmin({}, manager);
+    const headers = { authorization: `Bearer ${TOKEN}` };
+    const real = await openSse(`${base}/events?tag.apiToken=SECRET-tenant-42`, headers);
+    const masked = await openSse(`${base}/events?tag.apiToken=${encodeURIComponent(REDACTED)}`, headers);
+    const tagged = manager.with({ tags: { apiToken: 'SECRET-tenant-42' } }).add(job);
+    manager.with({ tags: { apiToken: 'SECRET-other' } }).add(job);
+    // Its real value is "[redacted]": once the masked-value stream has its end, it has had every earlier event.
+    const literal = manager.with({ tags: { apiToken: REDACTED } }).add(job);
+    await manager.drain();
+    const ended = (id: string) => (messages: { data: string }[]) =>
+      messages.some((e) => e.data.includes(`"taskId":"${id}"`) && e.data.includes('"status":"success"'));
+    await real.until(ended(tagged));
+    await masked.until(ended(literal));
+    const ids = (stream: typeof real) =>
+      new Set(stream.messages.map((e) => (JSON.parse(e.data) as { taskId: string }).taskId));
+    expect(ids(real)).toEqual(new Set([tagged]));
+    expect(ids(masked)).toEqual(new Set([literal]));
+    expect(real.raw + masked.raw).not.toContain('SECRET');
+    const listed = await expectJson<{ tasks: TaskRecord[] }>(await api('?tag.apiToken=SECRET-tenant-42'), 200);
+    expect(listed.tasks.map((t) => t.id)).toEqual([tagged]);
+  });
+});

@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import type { Context } from 'koa';
-import { createRedactor } from '../redact.js';
+import { createRedactor, givenTag } from '../redact.js';
 import type { LifecycleEvent, LogEvent, ProgressEvent, TaskEvent, TaskObserver } from '../types.js';
 
 export interface EventStreamOptions {
@@ -128,7 +128,7 @@ export class EventHub {
     for (const client of this.#clients) {
       const { name, tags } = client.filter;
       if (name !== undefined && event.name !== name) continue;
-      if (tags.some(([key, value]) => event.tags[key] !== value)) continue;
+      if (tags.some(([key, value]) => givenTag(event.tags, key) !== value)) continue;
       if (client.missed !== undefined || this.#fallsBehind(client)) {
         client.missed = (client.missed ?? 0) + 1;
         continue;
