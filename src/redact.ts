@@ -16,6 +16,8 @@ export const DEFAULT_SECRET_KEY =
 
 export type RedactOption = string[] | false;
 
+const NOT_BUILT_IN = Symbol('not built in');
+
 /** Tags a Redactor masked → the tags it masked: a filter compares the values the task was given. */
 const maskedFrom = new WeakMap<object, Readonly<Record<string, string>>>();
 
@@ -108,6 +110,30 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
       for (let i = 0; i < copy.length; i++) copy[i] = walk(value[i], depth + 1, pathsHere, String(i));
       return copy;
     }
+    // Most objects in args and log fields are plain: only the others can be one of the kinds copied apart.
+    const proto: unknown = Object.getPrototypeOf(value);
+    if (proto !== Object.prototype && proto !== null) {
+      const copy = walkBuiltIn(value, depth, pathsHere);
+      if (copy !== NOT_BUILT_IN) return copy;
+    }
+    // JSON (the admin API, pino, span attributes) writes what toJSON() returns, not the object's own keys:
+    // that is what is searched. One that throws is unreadable.
+    const toJSON = (value as { toJSON?: unknown }).toJSON;
+    if (typeof toJSON === 'function') {
+      const json: unknown = toJSON.call(value, key);
+      if (json !== value) return walk(json, depth + 1, pathsHere, key);
+    }
+    const copy = (proto === Object.prototype ? {} : Object.create(proto as object | null)) as Record<string, unknown>;
+    const source = value as Record<string, unknown>;
+    for (const name of Object.keys(source)) {
+      const pathsBelow = below(name, pathsHere);
+      setOwn(copy, name, pathsBelow === undefined ? REDACTED : walk(source[name], depth + 1, pathsBelow, name));
+    }
+    return copy;
+  }
+
+  /** A copy of a built-in kind that is not walked by its keys (an error, a Map, a Date…); NOT_BUILT_IN otherwise. */
+  function walkBuiltIn(value: object, depth: number, pathsHere: string[][]): unknown {
     if (types.isDate(value)) return new Date(value.getTime());
     if (ArrayBuffer.isView(value)) return copyView(value);
     // Immutable, or holding nothing JSON or the console writes: kept as they are.
@@ -137,21 +163,7 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
       );
       return copy;
     }
-    // JSON (the admin API, pino, span attributes) writes what toJSON() returns, not the object's own keys:
-    // that is what is searched. One that throws is unreadable.
-    const toJSON = (value as { toJSON?: unknown }).toJSON;
-    if (typeof toJSON === 'function') {
-      const json: unknown = toJSON.call(value, key);
-      if (json !== value) return walk(json, depth + 1, pathsHere, key);
-    }
-    const proto: unknown = Object.getPrototypeOf(value);
-    const copy = (proto === Object.prototype ? {} : Object.create(proto as object | null)) as Record<string, unknown>;
-    const source = value as Record<string, unknown>;
-    for (const name of Object.keys(source)) {
-      const pathsBelow = below(name, pathsHere);
-      setOwn(copy, name, pathsBelow === undefined ? REDACTED : walk(source[name], depth + 1, pathsBelow, name));
-    }
-    return copy;
+    return NOT_BUILT_IN;
   }
 
   /**
@@ -190,9 +202,10 @@ export function createRedactor(option: RedactOption | undefined): Redactor {
 
   /**
    * Log fields are most often a flat object of a few scalars under keys already judged: nothing to mask and
-   * nothing nested, so a shallow copy is all it takes and the walk (its ancestors, its markers) is skipped. Only for a plain object (not a
-   * Proxy, whose traps the walk guards) whose every value is a scalar under a key that is not secret; anything
-   * else, or a getter that throws, is left to the walk.
+   * nothing nested, so a shallow copy is all it takes and the walk (its ancestors, its markers) is skipped.
+   * Only for a plain object (not a Proxy, whose traps the walk guards) whose every value is a scalar under a
+   * key that is not secret (a function may be its toJSON()); anything else, or a getter that throws, is left
+   * to the walk.
    */
   const flatAndClean = (value: object): boolean => {
     if (paths.length > 0 || types.isProxy(value) || Object.getPrototypeOf(value) !== Object.prototype) return false;
