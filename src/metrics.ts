@@ -55,7 +55,11 @@ export function metricsFrom(counts: Iterable<StatusCount>, successDurations: Ite
     named.push(duration);
   }
   const byName: Record<string, NameMetrics> = {};
-  for (const [name, named] of byNameCounts) byName[name] = summarise(named, byNameDurations.get(name) ?? []);
+  // Defined, not assigned: a task named "__proto__" would set the object's prototype instead of a key.
+  for (const [name, named] of byNameCounts) {
+    const value = summarise(named, byNameDurations.get(name) ?? []);
+    Object.defineProperty(byName, name, { value, enumerable: true, writable: true, configurable: true });
+  }
   return { ...summarise(all, allDurations), byName };
 }
 

@@ -339,7 +339,11 @@ export function moduleHref(where: string, value: unknown): string {
   );
 }
 
-/** `base` overlaid with the defined values of `over`; tags merged. Returns `base` itself when `over` adds nothing. */
+/**
+ * `base` overlaid with the defined values of `over`; tags merged. Returns `base` itself when `over` adds
+ * nothing. What it takes from `over` is copied (tags, `limit`, a `runAt` Date): options are fixed by the
+ * call that validated them, whatever their owner changes in its objects afterwards.
+ */
 export function mergeOptions(base: TaskOptions, over: TaskOptions | undefined): TaskOptions {
   if (over === undefined) return base;
   const merged: TaskOptions = { ...base };
@@ -348,16 +352,23 @@ export function mergeOptions(base: TaskOptions, over: TaskOptions | undefined): 
     const value = over[key];
     if (value === undefined) continue;
     changed = true;
-    if (key === 'tags')
-      merged.tags = base.tags
-        ? { ...base.tags, ...(value as Record<string, string>) }
-        : (value as Record<string, string>);
-    else (merged as Record<string, unknown>)[key] = value;
+    if (key === 'tags') merged.tags = { ...base.tags, ...(value as Record<string, string>) };
+    else (merged as Record<string, unknown>)[key] = fixed(value);
     // Two ways to say when the first attempt is due: a level that says it replaces what a lower one said.
     if (key === 'startAfter') delete merged.runAt;
     else if (key === 'runAt') delete merged.startAfter;
   }
   return changed ? merged : base;
+}
+
+/** An option's value as it was given: one its owner may change later (a Date, `limit`, a URL) is copied. */
+function fixed(value: unknown): unknown {
+  if (value instanceof Date) return new Date(value.getTime());
+  if (value instanceof URL) return new URL(value.href);
+  if (!isPlainObject(value)) return value;
+  const copy: Record<string, unknown> = { ...value };
+  if (isPlainObject(copy.rate)) copy.rate = { ...copy.rate };
+  return copy;
 }
 
 /** Fill in defaults. `fallbackName` is the registered or function name. */

@@ -36,7 +36,7 @@ export class TaskRegistry {
   readonly #byFunction = new WeakMap<TaskFunction, Registration>();
 
   constructor(defaults: TaskOptions | undefined) {
-    this.#defaults = defaults ?? {};
+    this.#defaults = mergeOptions({}, defaults);
   }
 
   register<F extends TaskFunction>(fn: F, options: TaskOptions): F {

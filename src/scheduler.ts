@@ -216,7 +216,8 @@ export class PhaseScheduler {
 export function withOptions(where: string, current: TaskOptions | undefined, options: TaskOptions): TaskOptions {
   validateTaskOptions(where, options);
   if (options === undefined) throw new TypeError(`${where}: options must be an object, got undefined`);
-  return current === undefined ? options : mergeOptions(current, options);
+  // A copy: the caller's object (reused in a loop, changed after) is not what later adds read.
+  return mergeOptions(current ?? {}, options);
 }
 
 /** Enqueue and answer with the id: the task's own, or the holder's on an idempotency-key hit. */

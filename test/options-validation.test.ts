@@ -399,3 +399,51 @@ describe('durations above the longest timer (2^31 − 1 ms, which Node turns int
     if (accepted instanceof TaskManager) await accepted.shutdown({ timeoutMs: 0 });
   });
 });
+
+describe('options are fixed by the call that received them', () => {
+  it('one tags object reused in a loop: each task keeps the tags of its own add', async () => {
+    const manager = createManager();
+    const job = manager.task(async function tenantJob(_tenant: string) {});
+    const tags: Record<string, string> = {};
+    const ids: string[] = [];
+    for (const tenant of ['acme', 'globex', 'initech']) {
+      tags.tenant = tenant;
+      ids.push(manager.with({ tags, startAfter: 20 }).add(job, tenant));
+    }
+    (tags as Record<string, unknown>).tenant = 12_345; // would have been refused by the add
+    await manager.drain();
+    const records = await Promise.all(ids.map((id) => manager.get(id)));
+    expect(records.map((r) => r!.tags)).toEqual([{ tenant: 'acme' }, { tenant: 'globex' }, { tenant: 'initech' }]);
+    expect((await manager.list({ tags: { tenant: 'acme' } })).map((r) => r.id)).toEqual([ids[0]]);
+  });
+
+  it('changing what was given to with(), task() or defaults afterwards changes no later add, unvalidated', async () => {
+    const defaults: TaskOptions = { tags: { service: 'api' } };
+    const manager = createManager({ defaults });
+    const registered: TaskOptions = { retries: 1, tags: { team: 'mail' } };
+    const attempts: number[] = [];
+    const job = manager.task(async function failing() {
+      attempts.push(getTaskContext()!.attempt);
+      throw new Error('fails');
+    }, registered);
+    const given: TaskOptions = { limit: { concurrency: 1 }, runAt: new Date(Date.now() + 10) };
+    const scheduler = manager.with(given);
+    Object.assign(given, { retries: Number.NaN, priority: 99, timeout: -1, tags: { tenant: 7 } });
+    given.limit!.concurrency = 0;
+    (given.runAt as Date).setTime(Number.NaN);
+    Object.assign(registered, { retries: Number.NaN });
+    registered.tags!.team = 'SECRET-changed';
+    defaults.tags!.service = 'changed';
+    const id = scheduler.add(job);
+    await manager.drain();
+    const record = (await manager.get(id))!;
+    expect(record).toMatchObject({
+      status: 'failed',
+      attempts: 2,
+      maxAttempts: 2,
+      tags: { service: 'api', team: 'mail' },
+    });
+    expect(record.priority).toBeUndefined();
+    expect(attempts).toEqual([1, 2]);
+  });
+});

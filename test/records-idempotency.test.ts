@@ -12,6 +12,7 @@ import {
 } from 'koa-taskflow';
 import { TaskCancelledError as InternalCancelledError } from '../src/errors.js';
 import { followingHandle } from '../src/handles.js';
+import { SqliteStore } from 'koa-taskflow/sqlite';
 import { createManager, deferred, startApp, waitFor } from './helpers/server.js';
 
 describe('idempotency keys', () => {
@@ -243,6 +244,20 @@ describe('records', () => {
     expect(metrics.byName.bad).toMatchObject({ total: 1, successRate: 0, avgDurationMs: null, p95DurationMs: null });
     expect(metrics.avgDurationMs).toBeGreaterThanOrEqual(0);
     expect(metrics.p95DurationMs).toBeGreaterThanOrEqual(0);
+  });
+
+  it.each([
+    ['MemoryStore', () => undefined],
+    ['SqliteStore', () => new SqliteStore({ path: ':memory:' })],
+  ])('metrics() counts a task named like an Object.prototype key under its name (%s)', async (_, store) => {
+    const manager = createManager({ store: store() });
+    const names = ['__proto__', 'constructor', 'toString'];
+    for (const name of names) manager.add(manager.task(async () => {}, { name }));
+    await manager.drain();
+    const { byName } = await manager.metrics();
+    expect(Object.keys(byName).sort()).toEqual(names.sort());
+    for (const name of names) expect(Object.getOwnPropertyDescriptor(byName, name)?.value).toMatchObject({ total: 1 });
+    expect(Object.getPrototypeOf(byName)).toBe(Object.prototype);
   });
 });
 

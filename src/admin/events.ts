@@ -1,5 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import type { Context } from 'koa';
+import { createRedactor, givenTag } from '../redact.js';
 import type { LifecycleEvent, LogEvent, ProgressEvent, TaskEvent, TaskObserver } from '../types.js';
 
 export interface EventStreamOptions {
@@ -127,7 +128,7 @@ export class EventHub {
     for (const client of this.#clients) {
       const { name, tags } = client.filter;
       if (name !== undefined && event.name !== name) continue;
-      if (tags.some(([key, value]) => event.tags[key] !== value)) continue;
+      if (tags.some(([key, value]) => givenTag(event.tags, key) !== value)) continue;
       if (client.missed !== undefined || this.#fallsBehind(client)) {
         client.missed = (client.missed ?? 0) + 1;
         continue;
@@ -173,26 +174,18 @@ export class EventHub {
   }
 }
 
+/** A copy that JSON can write: a toJSON() or getter that throws, a cycle, replaced by markers; nothing masked. */
+const writable = createRedactor(false);
+
 /**
- * JSON that cannot throw: task args and log fields are the user's values (a BigInt, a cycle). One
- * unserialisable value must not cost the whole answer, so it is replaced by a placeholder.
+ * JSON that cannot throw: task args and log fields are the user's values (a BigInt, a cycle, a toJSON() that
+ * throws). One unserialisable value must not cost the whole answer (a page of the list), so it is replaced
+ * by a placeholder.
  */
 export function safeJson(value: unknown, space?: number): string {
   try {
     return JSON.stringify(value, null, space);
   } catch {
-    const seen = new WeakSet<object>();
-    return JSON.stringify(
-      value,
-      (_key, v: unknown) => {
-        if (typeof v === 'bigint') return v.toString();
-        if (v !== null && typeof v === 'object') {
-          if (seen.has(v)) return '[circular]';
-          seen.add(v);
-        }
-        return v;
-      },
-      space,
-    );
+    return JSON.stringify(writable(value), (_key, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), space);
   }
 }
