@@ -3,7 +3,7 @@ import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { describe, expect, it } from 'vitest';
 import { RedisStore } from 'koa-taskflow/redis';
 import { TOKEN } from './helpers/admin.js';
-import { startRedisServer } from './helpers/redis.js';
+import { startRedisServer, type RedisServer } from './helpers/redis.js';
 import { onCleanup, startApp, waitFor } from './helpers/server.js';
 
 const quietLogger = () => {
@@ -103,5 +103,78 @@ describe('Redis down: fast failure and recovery', () => {
       10_000,
       'every acknowledged task recorded as a success',
     );
+  });
+});
+
+describe('Redis stalls past the client socketTimeout: writes that got no answer', () => {
+  /** An app adding `charge(order)` per request (`?order=`, with `?key=` as its idempotency key); its runs in `ran`. */
+  async function chargeApp(redis: RedisServer, prefix: string, ran: string[]) {
+    // A short socketTimeout (default 3 s) keeps the test fast: a stall past it is what the test is about.
+    const store = new RedisStore({ url: redis.url, socketTimeout: 300 }, { prefix });
+    const harness = await startApp(
+      (app, m) => {
+        const charge = m.task(async function charge(order: string) {
+          ran.push(order);
+        });
+        app.use(async (ctx) => {
+          const { order, key } = ctx.query as { order: string; key?: string };
+          const tasks = key === undefined ? ctx.tasks : ctx.tasks.with({ idempotencyKey: key });
+          ctx.body = { id: tasks.addTask(charge, order) };
+        });
+      },
+      { store, logger: quietLogger() },
+    );
+    const add = async (query: string) => {
+      const response = await fetch(`${harness.url}/?${query}`);
+      const body = await response.text();
+      return { status: response.status, id: response.ok ? (JSON.parse(body) as { id: string }).id : undefined };
+    };
+    return { ...harness, add };
+  }
+
+  it('a request answered 503 because Redis stalled leaves no task once Redis runs its write late: the refused tasks (keyed or not) never run, also after a restart, and a retry with the same idempotency key gets a task that runs', async () => {
+    const redis = await startRedisServer();
+    const ran: string[] = [];
+    const first = await chargeApp(redis, 'stall', ran);
+    // The save script is cached by Redis: the stalled EVALSHA runs when Redis goes on (NOSCRIPT would not).
+    expect((await first.add('order=warm-up')).status).toBe(200);
+    await waitFor(() => ran.includes('warm-up'), 5_000, 'the warm-up task to run');
+
+    redis.pause();
+    let refused: { status: number }[];
+    try {
+      // In flight together when the client gives up: one batch, one keyed task and one without a key.
+      refused = await Promise.all([first.add('order=order-42&key=order-42'), first.add('order=loose')]);
+    } finally {
+      redis.resume();
+    }
+    expect(refused.map((r) => r.status)).toEqual([503, 503]);
+
+    // The client retries with the same key as soon as the app answers again: it gets a task of its own, which runs.
+    let retry = { status: 0, id: undefined as string | undefined };
+    await waitFor(
+      async () => (retry = await first.add('order=order-42&key=order-42')).status === 200,
+      10_000,
+      'a retry to be acknowledged',
+    );
+    await waitFor(
+      async () => (await first.manager.get(retry.id!))?.status === 'success',
+      5_000,
+      'the retry to run to its end',
+    );
+    const records = await first.manager.list({});
+    expect(records.map((r) => [r.args[0], r.status]).sort()).toEqual([
+      ['order-42', 'success'],
+      ['warm-up', 'success'],
+    ]);
+    expect((await first.manager.get(retry.id!))?.id).toBe(retry.id);
+
+    // A restart claims what the first process left: nothing of the refused requests is there to run.
+    await first.manager.shutdown();
+    const second = await chargeApp(redis, 'stall', ran);
+    await second.manager.drain();
+    expect((await second.add('order=after-restart')).status).toBe(200);
+    await waitFor(() => ran.includes('after-restart'), 5_000, 'a task after the restart to run');
+    expect(ran.sort()).toEqual(['after-restart', 'order-42', 'warm-up']);
   });
 });

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
 import { TaskStoreUnavailableError } from '../errors.js';
 import { metricsFromBuckets, type DurationBucket, type StatusCount } from '../metrics.js';
@@ -46,6 +46,8 @@ export interface RedisStoreOptions {
 //   p:ended         zset of finished ids by endedAt (retention); p:dead the same for failed and interrupted ones
 //                   (kept failedRetentionDays)
 //   p:k:<key>       the id holding an idempotency key;  p:a:<id>  alias of an id that lost a claim (expires)
+//   p:x:<batch>     a save batch its writer gave up on (no answer in time): the SAVE script ignores it (expires);
+//                   a task hash's field b names the batch that created it (see SETTLE)
 //   p:o:<owner>     an owner's lease (expires unless renewed); p:owners  set of owners; p:u:<owner> their unfinished ids
 //                   (p:u: with no owner: work handed back at shutdown)
 //   p:counts        hash kept by the scripts that write records, for metrics(): s:<status>:<name> how many records,
@@ -84,7 +86,9 @@ end
 `;
 
 const SAVE = `${COUNT}
-local p, me, lease, aliasTtl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local p, me, lease, aliasTtl, batch = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+-- Its writer got no answer in time and has settled it already (SETTLE): a late copy writes nothing.
+if redis.call('EXISTS', p .. ':x:' .. batch) == 1 then return {} end
 -- The first write to an empty prefix: every record from here on is counted as it is written, so there is
 -- no older history to count (metrics() would otherwise walk all of it once, the first time it is called).
 if redis.call('ZCARD', p .. ':created') == 0 then redis.call('SET', p .. ':counts:v', '1') end
@@ -93,7 +97,7 @@ if me ~= '' then
   redis.call('SADD', p .. ':owners', me)
 end
 local dups = {}
-local i = 5
+local i = 6
 while i <= #ARGV do
   local id, status, created, ended, name, ikey, tags, released, json, ms =
     ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], tonumber(ARGV[i + 9])
@@ -118,6 +122,7 @@ while i <= #ARGV do
       if not skip then redis.call('SET', kk, id) end
     end
     if not skip then
+      redis.call('HSET', tk, 'b', batch)
       redis.call('ZADD', p .. ':created', created, id)
       redis.call('ZADD', p .. ':n:' .. name, created, id)
       for k, v in pairs(cjson.decode(tags)) do
@@ -266,13 +271,9 @@ if holder then return read(holder) end
 return false
 `;
 
-// One batch of a retention pass: up to SWEEP_BATCH expired ids of each of p:ended and p:dead. Successes past
-// their cutoff are deleted; a dead letter found among them (a record that ended before p:dead existed) moves
-// to p:dead with its end time, to be deleted at the older failed cutoff. Returns 1 if a set gave a full
-// batch (more may be expired), 0 when both are done.
-const CLEANUP = `${COUNT}
-local p, cutoff, failedCutoff, batch = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local function delete(id, r)
+// delete(p, id, r): a task's hash (r its decoded record) with its index entries, its counts and its key if it holds it.
+const DELETE = `${COUNT}
+local function delete(p, id, r)
   local tk = p .. ':t:' .. id
   local held = redis.call('HMGET', tk, 'status', 'c')
   if held[2] and type(r.name) == 'string' then count(p, r.name, held[1], r.durationMs, -1) end
@@ -289,6 +290,14 @@ local function delete(id, r)
   end
   redis.call('DEL', p .. ':t:' .. id)
 end
+`;
+
+// One batch of a retention pass: up to SWEEP_BATCH expired ids of each of p:ended and p:dead. Successes past
+// their cutoff are deleted; a dead letter found among them (a record that ended before p:dead existed) moves
+// to p:dead with its end time, to be deleted at the older failed cutoff. Returns 1 if a set gave a full
+// batch (more may be expired), 0 when both are done.
+const CLEANUP = `${DELETE}
+local p, cutoff, failedCutoff, batch = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local more = 0
 for _, set in ipairs({ 'ended', 'dead' }) do
   local key = p .. ':' .. set
@@ -305,7 +314,7 @@ for _, set in ipairs({ 'ended', 'dead' }) do
       if set == 'ended' and (r.status == 'failed' or r.status == 'interrupted') then
         redis.call('ZADD', p .. ':dead', ids[i + 1], id)
       else
-        delete(id, r)
+        delete(p, id, r)
       end
     end
     redis.call('ZREM', key, id)
@@ -313,6 +322,33 @@ for _, set in ipairs({ 'ended', 'dead' }) do
   if #ids / 2 >= batch then more = 1 end
 end
 return more
+`;
+
+// A save batch whose writer got no answer (a timeout, a lost connection: Redis may have run it, or may run it
+// still) and refused its tasks: ARGV[4..] are groups {batch, n, the n ids it wrote}. Each batch is marked given
+// up on (p:x:, so a copy of it that reaches Redis later writes nothing), and each task it created that is
+// still pending with this owner (field b) is deleted with its key: as if the write had never happened.
+const SETTLE = `${DELETE}
+local p, me, ttl = ARGV[1], ARGV[2], ARGV[3]
+local i = 4
+while i <= #ARGV do
+  local batch, n = ARGV[i], tonumber(ARGV[i + 1])
+  redis.call('SET', p .. ':x:' .. batch, '1', 'PX', ttl)
+  for j = i + 2, i + 1 + n do
+    local id = ARGV[j]
+    local tk = p .. ':t:' .. id
+    if redis.call('TYPE', tk).ok == 'hash' then
+      local held = redis.call('HMGET', tk, 'status', 'owner', 'b', 'record')
+      local ok, r = pcall(cjson.decode, held[4] or '')
+      if held[1] == 'pending' and held[2] == me and held[3] == batch and ok and type(r) == 'table' then
+        redis.call('SREM', p .. ':u:' .. me, id)
+        delete(p, id, r)
+      end
+    end
+  end
+  i = i + 2 + n
+end
+return 0
 `;
 
 // Counts the given records that are not counted yet (written before p:counts existed); see #counted().
@@ -345,6 +381,7 @@ const scripts = {
   claimOrphans: new Script(CLAIM_ORPHANS),
   get: new Script(GET),
   cleanup: new Script(CLEANUP),
+  settle: new Script(SETTLE),
   countRecords: new Script(COUNT_RECORDS),
   requestCancel: new Script(REQUEST_CANCEL),
   renewLease: new Script(RENEW_LEASE),
@@ -356,6 +393,11 @@ const SWEEP_BATCH = 200;
 /** claimOrphans() waits for this many batches of a pass at most; a longer pass goes on in the background. */
 const SWEEP_AWAITED_BATCHES = 50;
 const DAY_MS = 86_400_000;
+/**
+ * How long a settled batch is remembered (p:x:): longer than a copy of it can take to reach Redis (a packet the
+ * kernel still retransmits after the client gave up, for minutes at most).
+ */
+const GIVEN_UP_MS = 3_600_000;
 
 /**
  * A durable store shared by many instances through one Redis (not Redis Cluster). Records are JSON in a
@@ -377,6 +419,12 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   #triedToConnect = false;
   /** Settles once every record in Redis is counted in p:counts (see #counted()). */
   #counting: Promise<void> | undefined;
+  /** Save batches sent that got no answer: settled (SETTLE) before this store sends anything else. */
+  readonly #unanswered: { batch: string; ids: string[] }[] = [];
+  #settling: Promise<void> | undefined;
+  /** Save batches are named by this store's prefix and a count (field b of the tasks they create). */
+  readonly #batchPrefix = randomBytes(6).toString('base64url');
+  #batches = 0;
 
   constructor(connection: RedisConnection, options: RedisStoreOptions = {}) {
     super();
@@ -421,6 +469,8 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     }
     if (this.client.status === 'ready') this.#triedToConnect = true;
     else for (const event of ['ready', 'close']) this.client.once(event, () => (this.#triedToConnect = true));
+    // Back after a batch got no answer: settled at once, whether or not anything else is sent.
+    this.client.on('ready', () => void this.#settle().catch(() => {}));
     // Every minute, or every retentionDays / 2 when shorter (as SqliteStore). On its own timer, so a store
     // whose manager never claims orphans (requeuePending: false) still sweeps; recovery sweeps too when due.
     this.#sweepEveryMs = Math.max(250, Math.min(CLEANUP_EVERY_MS, (this.retentionDays * DAY_MS) / 2));
@@ -442,6 +492,37 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     }
   }
 
+  /**
+   * #reachable(), then the save batches that got no answer are settled first: a command sent after them
+   * (a retry's write, a get, a list) never sees what Redis may have written of them after the client gave up.
+   */
+  async #ready(): Promise<void> {
+    this.#reachable();
+    if (this.#unanswered.length > 0) await this.#settle();
+  }
+
+  /**
+   * SETTLE the batches that got no answer, a few at a time; a batch stays until a call settling it is answered
+   * (settling again is harmless). Sent straight to Redis, not through #run, which waits for it.
+   */
+  #settle(): Promise<void> {
+    if (this.#unanswered.length === 0) return Promise.resolve();
+    this.#settling ??= (async () => {
+      try {
+        while (this.#unanswered.length > 0) {
+          const taken = this.#unanswered.slice(0, 10);
+          const argv = [this.prefix, this.ownerId, String(GIVEN_UP_MS)];
+          for (const { batch, ids } of taken) argv.push(batch, String(ids.length), ...ids);
+          await this.#send(scripts.settle, argv).catch(unavailable);
+          this.#unanswered.splice(0, taken.length);
+        }
+      } finally {
+        this.#settling = undefined;
+      }
+    })();
+    return this.#settling;
+  }
+
   protected async read(id: string): Promise<TaskRecord | undefined> {
     const found = (await this.#run(scripts.get, [this.prefix, id])) as StoredTask | null;
     if (found === null) return undefined;
@@ -457,7 +538,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   async list(filter?: TaskFilter): Promise<TaskRecord[]> {
     const f = compileFilter(filter);
     if (f.limit === 0) return [];
-    this.#reachable();
+    await this.#ready();
     // This process's status changes land first: a list shows what get() answers (see GroupCommittedStore.get).
     await this.commit.flushChanges();
     const p = this.prefix;
@@ -500,7 +581,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
    * p95 an estimate within its bucket.
    */
   async metrics(): Promise<StoreMetrics> {
-    this.#reachable();
+    await this.#ready();
     await this.commit.flushChanges();
     await this.#counted();
     const fields = await this.client.hgetall(`${this.prefix}:counts`).catch(unavailable);
@@ -646,6 +727,8 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     this.closed ??= (async () => {
       try {
         await this.commit.flush();
+        // Before the lease goes: a task left pending by a batch that got no answer would be claimed and run.
+        await this.#settle().catch(() => {});
         if (this.ownerId !== '' && this.client.status === 'ready')
           await this.client.del(`${this.prefix}:o:${this.ownerId}`);
       } finally {
@@ -656,7 +739,8 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   }
 
   protected async write({ records, released }: WriteBatch): Promise<SaveResult> {
-    const args: (string | number)[] = [this.prefix, this.ownerId, this.leaseMs, this.retentionDays * DAY_MS];
+    const batch = `${this.#batchPrefix}.${(++this.#batches).toString(36)}`;
+    const args: (string | number)[] = [this.prefix, this.ownerId, this.leaseMs, this.retentionDays * DAY_MS, batch];
     for (const r of records) {
       args.push(
         r.id,
@@ -671,25 +755,37 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
         successDuration(r),
       );
     }
-    const dups = (await this.#run(scripts.save, args)) as string[];
+    // No answer (socketTimeout, the connection lost): Redis may have run the script, or may run it still,
+    // while its tasks are refused (503). The batch is settled once Redis answers again, before anything else.
+    const unanswered = () => this.#unanswered.push({ batch, ids: records.map((r) => r.id) });
+    const dups = (await this.#run(scripts.save, args, unanswered)) as string[];
     if (dups.length === 0) return undefined;
     const map = new Map<string, string>();
     for (let i = 0; i < dups.length; i += 2) map.set(dups[i], dups[i + 1]);
     return map;
   }
 
-  async #run(script: Script, args: (string | number)[]): Promise<unknown> {
-    this.#reachable();
+  /** `unanswered` is called when the script was sent and got no answer from Redis (not a reply refusing it). */
+  async #run(script: Script, args: (string | number)[], unanswered?: () => void): Promise<unknown> {
+    await this.#ready();
+    try {
+      return await this.#send(script, args.map(String));
+    } catch (error) {
+      if (unanswered !== undefined && !(error instanceof Error && error.name === 'ReplyError')) unanswered();
+      return unavailable(error);
+    }
+  }
+
+  async #send(script: Script, argv: string[]): Promise<unknown> {
     // As one array (ioredis flattens it), never spread: a spread's arguments live on the stack, and a batch
     // of a few thousand records overflowed it ("Maximum call stack size exceeded").
-    const argv = args.map(String);
     try {
       return await this.client.evalsha(script.sha, 0, argv);
     } catch (error) {
       // First use on this server (or after SCRIPT FLUSH): send the source once; Redis caches it by sha.
       if (error instanceof Error && error.message.startsWith('NOSCRIPT'))
-        return this.client.eval(script.source, 0, argv).catch(unavailable);
-      return unavailable(error);
+        return this.client.eval(script.source, 0, argv);
+      throw error;
     }
   }
 }

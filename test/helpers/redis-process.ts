@@ -11,6 +11,10 @@ export interface RedisServer {
   stop(): Promise<void>;
   /** Start it again on the same port and data directory. */
   start(): Promise<void>;
+  /** Stall it (SIGSTOP): connections stay open, commands wait unanswered in its socket buffers. */
+  pause(): void;
+  /** Let a stalled server go on (SIGCONT): it runs what was sent to it meanwhile. */
+  resume(): void;
 }
 
 export interface RedisServerOptions {
@@ -61,6 +65,7 @@ export async function spawnRedisServer({ dir, persistence }: RedisServerOptions)
   const durability =
     persistence === 'always' ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no'];
   let child: ChildProcess | undefined;
+  let paused = false;
   const server: RedisServer = {
     port,
     url: `redis://127.0.0.1:${port}`,
@@ -77,8 +82,17 @@ export async function spawnRedisServer({ dir, persistence }: RedisServerOptions)
       if (running === undefined || running.exitCode !== null) return;
       await new Promise<void>((resolve) => {
         running.once('exit', () => resolve());
+        // A stopped process gets its SIGTERM only once it goes on.
+        if (paused) running.kill('SIGCONT');
+        paused = false;
         running.kill('SIGTERM');
       });
+    },
+    pause() {
+      paused = child?.kill('SIGSTOP') === true;
+    },
+    resume() {
+      if (child?.kill('SIGCONT') === true) paused = false;
     },
   };
   await server.start();
