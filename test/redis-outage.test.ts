@@ -1,9 +1,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { describe, expect, it } from 'vitest';
 import { RedisStore } from 'koa-taskflow/redis';
 import { TOKEN } from './helpers/admin.js';
-import { startRedisServer, type RedisServer } from './helpers/redis.js';
+import { startRedisServer } from './helpers/redis.js';
 import { onCleanup, startApp, waitFor } from './helpers/server.js';
 
 const quietLogger = () => {
@@ -108,9 +109,9 @@ describe('Redis down: fast failure and recovery', () => {
 
 describe('Redis stalls past the client socketTimeout: writes that got no answer', () => {
   /** An app adding `charge(order)` per request (`?order=`, with `?key=` as its idempotency key); its runs in `ran`. */
-  async function chargeApp(redis: RedisServer, prefix: string, ran: string[]) {
+  async function chargeApp(url: string, prefix: string, ran: string[]) {
     // A short socketTimeout (default 3 s) keeps the test fast: a stall past it is what the test is about.
-    const store = new RedisStore({ url: redis.url, socketTimeout: 300 }, { prefix });
+    const store = new RedisStore({ url, socketTimeout: 300 }, { prefix });
     const harness = await startApp(
       (app, m) => {
         const charge = m.task(async function charge(order: string) {
@@ -129,16 +130,17 @@ describe('Redis stalls past the client socketTimeout: writes that got no answer'
       const body = await response.text();
       return { status: response.status, id: response.ok ? (JSON.parse(body) as { id: string }).id : undefined };
     };
-    return { ...harness, add };
+    return { ...harness, store, add };
   }
 
   it('a request answered 503 because Redis stalled leaves no task once Redis runs its write late: the refused tasks (keyed or not) never run, also after a restart, and a retry with the same idempotency key gets a task that runs', async () => {
     const redis = await startRedisServer();
     const ran: string[] = [];
-    const first = await chargeApp(redis, 'stall', ran);
+    const first = await chargeApp(redis.url, 'stall', ran);
     // The save script is cached by Redis: the stalled EVALSHA runs when Redis goes on (NOSCRIPT would not).
     expect((await first.add('order=warm-up')).status).toBe(200);
     await waitFor(() => ran.includes('warm-up'), 5_000, 'the warm-up task to run');
+    await first.store.save([]); // its end written
 
     redis.pause();
     let refused: { status: number }[];
@@ -171,10 +173,95 @@ describe('Redis stalls past the client socketTimeout: writes that got no answer'
 
     // A restart claims what the first process left: nothing of the refused requests is there to run.
     await first.manager.shutdown();
-    const second = await chargeApp(redis, 'stall', ran);
+    const second = await chargeApp(redis.url, 'stall', ran);
     await second.manager.drain();
     expect((await second.add('order=after-restart')).status).toBe(200);
     await waitFor(() => ran.includes('after-restart'), 5_000, 'a task after the restart to run');
     expect(ran.sort()).toEqual(['after-restart', 'order-42', 'warm-up']);
   });
+
+  it('a late copy of a batch that got no answer (held on the way to Redis until after the client gave up, reconnected and was answered again) writes nothing: the refused tasks never run, also after a restart', async () => {
+    const redis = await startRedisServer();
+    const proxy = await redisProxy(redis.port);
+    const ran: string[] = [];
+    const first = await chargeApp(proxy.url, 'late', ran);
+    expect((await first.add('order=warm-up')).status).toBe(200);
+    await waitFor(() => ran.includes('warm-up'), 5_000, 'the warm-up task to run');
+    await first.store.save([]); // its end written
+
+    proxy.hold();
+    const refused = await Promise.all([first.add('order=order-7&key=order-7'), first.add('order=loose')]);
+    expect(refused.map((r) => r.status)).toEqual([503, 503]);
+    let retry = { status: 0, id: undefined as string | undefined };
+    await waitFor(
+      async () => (retry = await first.add('order=order-7&key=order-7')).status === 200,
+      10_000,
+      'a retry to be acknowledged',
+    );
+    await waitFor(
+      async () => (await first.manager.get(retry.id!))?.status === 'success',
+      5_000,
+      'the retry to run to its end',
+    );
+    // The refused batch reaches Redis now, after the process heard from Redis again.
+    await proxy.release();
+    const records = await first.manager.list({});
+    expect(records.map((r) => [r.args[0], r.status]).sort()).toEqual([
+      ['order-7', 'success'],
+      ['warm-up', 'success'],
+    ]);
+
+    await first.manager.shutdown();
+    const second = await chargeApp(redis.url, 'late', ran);
+    await second.manager.drain();
+    expect((await second.add('order=after-restart')).status).toBe(200);
+    await waitFor(() => ran.includes('after-restart'), 5_000, 'a task after the restart to run');
+    expect(ran.sort()).toEqual(['after-restart', 'order-7', 'warm-up']);
+  });
 });
+
+/**
+ * A TCP proxy to a local Redis. `hold()` keeps what the connections open now send from reaching Redis (later
+ * connections go through); `release()` sends it (even for a connection its client has closed since) and
+ * resolves once Redis has answered it.
+ */
+async function redisProxy(port: number): Promise<{ url: string; hold(): void; release(): Promise<void> }> {
+  const links: { client: Socket; upstream: Socket; held: Buffer[] | undefined }[] = [];
+  const server = createServer((client) => {
+    const upstream = connect(port, '127.0.0.1');
+    const link = { client, upstream, held: undefined as Buffer[] | undefined };
+    links.push(link);
+    client.on('data', (chunk: Buffer) => (link.held !== undefined ? link.held.push(chunk) : upstream.write(chunk)));
+    upstream.on('data', (chunk: Buffer) => client.destroyed || client.write(chunk));
+    client.on('close', () => link.held === undefined && upstream.end());
+    upstream.on('close', () => client.destroy());
+    client.on('error', () => {});
+    upstream.on('error', () => {});
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  onCleanup(async () => {
+    for (const { client, upstream } of links) {
+      client.destroy();
+      upstream.destroy();
+    }
+    await new Promise((resolve) => server.close(resolve));
+  });
+  return {
+    url: `redis://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    hold() {
+      for (const link of links) if (!link.client.destroyed) link.held = [];
+    },
+    async release() {
+      const answered: Promise<unknown>[] = [];
+      for (const link of links) {
+        const chunks = link.held ?? [];
+        link.held = undefined;
+        if (chunks.length === 0) continue;
+        answered.push(new Promise((resolve) => link.upstream.once('data', resolve)));
+        for (const chunk of chunks) link.upstream.write(chunk);
+      }
+      await Promise.all(answered);
+      for (const link of links) if (link.client.destroyed) link.upstream.end();
+    },
+  };
+}
