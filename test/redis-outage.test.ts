@@ -109,9 +109,9 @@ describe('Redis down: fast failure and recovery', () => {
 
 describe('Redis stalls past the client socketTimeout: writes that got no answer', () => {
   /** An app adding `charge(order)` per request (`?order=`, with `?key=` as its idempotency key); its runs in `ran`. */
-  async function chargeApp(url: string, prefix: string, ran: string[]) {
+  async function chargeApp(url: string, prefix: string, ran: string[], socketTimeout = 300) {
     // A short socketTimeout (default 3 s) keeps the test fast: a stall past it is what the test is about.
-    const store = new RedisStore({ url, socketTimeout: 300 }, { prefix });
+    const store = new RedisStore({ url, socketTimeout }, { prefix });
     const harness = await startApp(
       (app, m) => {
         const charge = m.task(async function charge(order: string) {
@@ -123,7 +123,7 @@ describe('Redis stalls past the client socketTimeout: writes that got no answer'
           ctx.body = { id: tasks.addTask(charge, order) };
         });
       },
-      { store, logger: quietLogger() },
+      { store, logger: quietLogger(), orphanCheckMs: 100 },
     );
     const add = async (query: string) => {
       const response = await fetch(`${harness.url}/?${query}`);
@@ -218,20 +218,62 @@ describe('Redis stalls past the client socketTimeout: writes that got no answer'
     await waitFor(() => ran.includes('after-restart'), 5_000, 'a task after the restart to run');
     expect(ran.sort()).toEqual(['after-restart', 'order-7', 'warm-up']);
   });
+
+  it('a retry acknowledged by another instance with the task a late batch created (same idempotency key) runs to its end: the task is handed back rather than deleted, and runs once', async () => {
+    const redis = await startRedisServer();
+    const ran: string[] = [];
+    const first = await chargeApp(redis.url, 'both', ran);
+    // The other instance gives up only after 3 s: its write waits out the stall. Through a proxy that tells
+    // when its write has reached Redis.
+    const proxy = await redisProxy(redis.port);
+    const other = await chargeApp(proxy.url, 'both', ran, 3_000);
+    expect((await first.add('order=warm-up')).status).toBe(200);
+    await waitFor(() => ran.includes('warm-up'), 5_000, 'the warm-up task to run');
+    await first.store.save([]);
+
+    redis.pause();
+    let retry: Promise<{ status: number; id?: string }>;
+    try {
+      expect((await first.add('order=order-9&key=order-9')).status).toBe(503);
+      // The client retries on the other instance while Redis still stalls: Redis runs it right after the
+      // refused batch, and answers it with the task that batch created.
+      retry = other.add('order=order-9&key=order-9');
+      await waitFor(() => proxy.seen('order-9'), 5_000, 'the retry write to be sent');
+    } finally {
+      redis.resume();
+    }
+    const acknowledged = await retry;
+    expect(acknowledged.status).toBe(200);
+    await waitFor(
+      async () => (await other.manager.get(acknowledged.id!))?.status === 'success',
+      10_000,
+      'the acknowledged retry to run to its end',
+    );
+    await first.manager.drain();
+    await other.manager.drain();
+    expect(ran.filter((order) => order === 'order-9')).toEqual(['order-9']);
+  });
 });
 
 /**
- * A TCP proxy to a local Redis. `hold()` keeps what the connections open now send from reaching Redis (later
+ * A TCP proxy to a local Redis; `seen(text)` tells whether `text` was sent through it. `hold()` keeps what the connections open now send from reaching Redis (later
  * connections go through); `release()` sends it (even for a connection its client has closed since) and
  * resolves once Redis has answered it.
  */
-async function redisProxy(port: number): Promise<{ url: string; hold(): void; release(): Promise<void> }> {
+async function redisProxy(
+  port: number,
+): Promise<{ url: string; hold(): void; release(): Promise<void>; seen(text: string): boolean }> {
+  let sent = '';
   const links: { client: Socket; upstream: Socket; held: Buffer[] | undefined }[] = [];
   const server = createServer((client) => {
     const upstream = connect(port, '127.0.0.1');
     const link = { client, upstream, held: undefined as Buffer[] | undefined };
     links.push(link);
-    client.on('data', (chunk: Buffer) => (link.held !== undefined ? link.held.push(chunk) : upstream.write(chunk)));
+    client.on('data', (chunk: Buffer) => {
+      if (link.held !== undefined) return link.held.push(chunk);
+      sent = (sent + chunk.toString()).slice(-100_000);
+      upstream.write(chunk);
+    });
     upstream.on('data', (chunk: Buffer) => client.destroyed || client.write(chunk));
     client.on('close', () => link.held === undefined && upstream.end());
     upstream.on('close', () => client.destroy());
@@ -248,6 +290,7 @@ async function redisProxy(port: number): Promise<{ url: string; hold(): void; re
   });
   return {
     url: `redis://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    seen: (text) => sent.includes(text),
     hold() {
       for (const link of links) if (!link.client.destroyed) link.held = [];
     },

@@ -114,6 +114,9 @@ while i <= #ARGV do
         local held = redis.call('HGET', p .. ':t:' .. holder, 'status')
         if held and held ~= 'failed' then
           redis.call('SET', p .. ':a:' .. id, holder, 'PX', aliasTtl)
+          -- The holder answers another batch's add (f:<batch>): SETTLE does not take it back from under it.
+          local hk = p .. ':t:' .. holder
+          if held == 'pending' and redis.call('HGET', hk, 'b') ~= batch then redis.call('HSET', hk, 'f:' .. batch, '1') end
           dups[#dups + 1] = id
           dups[#dups + 1] = holder
           skip = true
@@ -325,28 +328,50 @@ return more
 `;
 
 // A save batch whose writer got no answer (a timeout, a lost connection: Redis may have run it, or may run it
-// still) and refused its tasks: ARGV[4..] are groups {batch, n, the n ids it wrote}. Each batch is marked given
-// up on (p:x:, so a copy of it that reaches Redis later writes nothing), and each task it created that is
-// still pending with this owner (field b) is deleted with its key: as if the write had never happened.
+// still) and refused its tasks: ARGV[4..] are groups {batch, n, the n ids it wrote}, every such batch of this
+// owner. Each batch is marked given up on (p:x:, so a copy of it that reaches Redis later writes nothing), and
+// each task it created (field b) still pending with this owner is deleted with its key, as if the write had
+// never happened; unless an add of another batch that was not given up on was answered with it (the same
+// idempotency key, another instance, while Redis ran the late batch): that one was acknowledged, so the task
+// is handed back, unowned, for the next orphan check to run.
 const SETTLE = `${DELETE}
 local p, me, ttl = ARGV[1], ARGV[2], ARGV[3]
+local batches = {}
 local i = 4
 while i <= #ARGV do
   local batch, n = ARGV[i], tonumber(ARGV[i + 1])
+  batches[#batches + 1] = {batch, i + 2, i + 1 + n}
   redis.call('SET', p .. ':x:' .. batch, '1', 'PX', ttl)
+  -- A given-up add answered with an existing task does not keep that task.
   for j = i + 2, i + 1 + n do
+    local holder = redis.call('GET', p .. ':a:' .. ARGV[j])
+    if holder then redis.call('HDEL', p .. ':t:' .. holder, 'f:' .. batch) end
+  end
+  i = i + 2 + n
+end
+for _, b in ipairs(batches) do
+  local batch = b[1]
+  for j = b[2], b[3] do
     local id = ARGV[j]
     local tk = p .. ':t:' .. id
     if redis.call('TYPE', tk).ok == 'hash' then
       local held = redis.call('HMGET', tk, 'status', 'owner', 'b', 'record')
       local ok, r = pcall(cjson.decode, held[4] or '')
       if held[1] == 'pending' and held[2] == me and held[3] == batch and ok and type(r) == 'table' then
+        local followed = false
+        for _, field in ipairs(redis.call('HKEYS', tk)) do
+          if string.sub(field, 1, 2) == 'f:' then followed = true end
+        end
         redis.call('SREM', p .. ':u:' .. me, id)
-        delete(p, id, r)
+        if followed then
+          redis.call('HSET', tk, 'owner', '')
+          redis.call('SADD', p .. ':u:', id)
+        else
+          delete(p, id, r)
+        end
       end
     end
   end
-  i = i + 2 + n
 end
 return 0
 `;
@@ -502,15 +527,16 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   }
 
   /**
-   * SETTLE the batches that got no answer, a few at a time; a batch stays until a call settling it is answered
-   * (settling again is harmless). Sent straight to Redis, not through #run, which waits for it.
+   * SETTLE the batches that got no answer; a batch stays until a call settling it is answered (settling again
+   * is harmless). Sent straight to Redis, not through #run, which waits for it.
    */
   #settle(): Promise<void> {
     if (this.#unanswered.length === 0) return Promise.resolve();
     this.#settling ??= (async () => {
       try {
         while (this.#unanswered.length > 0) {
-          const taken = this.#unanswered.slice(0, 10);
+          // All of them in one call: a task kept by a follower's batch is kept only if that batch was answered.
+          const taken = this.#unanswered.slice();
           const argv = [this.prefix, this.ownerId, String(GIVEN_UP_MS)];
           for (const { batch, ids } of taken) argv.push(batch, String(ids.length), ...ids);
           await this.#send(scripts.settle, argv).catch(unavailable);
