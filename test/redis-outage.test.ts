@@ -1,11 +1,13 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import type { TaskRecord } from 'koa-taskflow';
 import { RedisStore } from 'koa-taskflow/redis';
 import { TOKEN } from './helpers/admin.js';
 import { startRedisServer } from './helpers/redis.js';
-import { onCleanup, startApp, waitFor } from './helpers/server.js';
+import { createManager, onCleanup, startApp, waitFor } from './helpers/server.js';
 
 const quietLogger = () => {
   const noop = () => {};
@@ -253,6 +255,53 @@ describe('Redis stalls past the client socketTimeout: writes that got no answer'
     await other.manager.drain();
     expect(ran.filter((order) => order === 'order-9')).toEqual(['order-9']);
   });
+
+  it.each(['the late claim runs before the process hears from Redis again', 'it runs after'])(
+    'an orphan claim that got no answer takes nothing from under the live process that made it (%s): the tasks left behind run',
+    async (order) => {
+      const redis = await startRedisServer();
+      const proxy = await redisProxy(redis.port);
+      // Work a process left behind: pending records whose owner is gone (its lease given up at close).
+      const gone = new RedisStore({ url: redis.url }, { prefix: 'claims' });
+      gone.attach({ ownerId: 'gone', leaseMs: 60_000 });
+      await gone.claimOrphans('gone', 60_000); // the claim script cached: a late EVALSHA runs (not NOSCRIPT)
+      const left = ['left-1', 'left-2'].map((arg): TaskRecord => ({
+        ...{ id: randomUUID(), name: 'charge', status: 'pending', args: [arg], tags: {} },
+        ...{ attempts: 0, maxAttempts: 1, createdAt: Date.now(), logs: [] },
+      }));
+      await gone.save(left);
+      await gone.close();
+
+      // Reconnecting a second after the claim is given up: the held claim reaches Redis first, or (released
+      // only once the client has settled) after.
+      const retryStrategy = () => 1_000;
+      const store = new RedisStore({ url: proxy.url, socketTimeout: 300, retryStrategy }, { prefix: 'claims' });
+      const manager = createManager({ store, logger: quietLogger(), orphanCheckMs: 100 });
+      const ran: string[] = [];
+      manager.task(async function charge(arg: string) {
+        ran.push(arg);
+      });
+      await waitFor(() => store.client.status === 'ready', 5_000, 'the client to connect');
+      proxy.hold();
+      await expect(manager.start()).rejects.toThrow(/unreachable/);
+      if (order === 'it runs after') {
+        await waitFor(() => store.client.status === 'ready', 5_000, 'the client to reconnect');
+        await store.list({ limit: 1 }); // settled first
+      }
+      await proxy.release();
+      await waitFor(
+        () =>
+          manager.start().then(
+            () => true,
+            () => false,
+          ),
+        5_000,
+        'start() to succeed once Redis answers',
+      );
+      await waitFor(() => ran.length === 2, 5_000, 'the tasks left behind to run');
+      expect(ran.sort()).toEqual(['left-1', 'left-2']);
+    },
+  );
 });
 
 /**

@@ -46,8 +46,9 @@ export interface RedisStoreOptions {
 //   p:ended         zset of finished ids by endedAt (retention); p:dead the same for failed and interrupted ones
 //                   (kept failedRetentionDays)
 //   p:k:<key>       the id holding an idempotency key;  p:a:<id>  alias of an id that lost a claim (expires)
-//   p:x:<batch>     a save batch its writer gave up on (no answer in time): the SAVE script ignores it (expires);
-//                   a task hash's field b names the batch that created it (see SETTLE)
+//   p:x:<batch>     a save batch or orphan claim its caller gave up on (no answer in time): its script does
+//                   nothing if it comes later (expires); a task hash's field b names the batch that created it,
+//                   y the claim that took it, f:<batch> a batch answered with it (see SETTLE)
 //   p:o:<owner>     an owner's lease (expires unless renewed); p:owners  set of owners; p:u:<owner> their unfinished ids
 //                   (p:u: with no owner: work handed back at shutdown)
 //   p:counts        hash kept by the scripts that write records, for metrics(): s:<status>:<name> how many records,
@@ -189,7 +190,9 @@ return false
 // At most ARGV[4] task ids are taken (popped) from the dead owners' sets per call; an owner is forgotten once
 // its set is empty. Returns {ids taken, claimed}: fewer taken than the limit means none is left.
 const CLAIM_ORPHANS = `
-local p, me, lease, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local p, me, lease, limit, batch = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+-- Its caller got no answer in time and has settled it already (SETTLE): a late copy claims nothing.
+if redis.call('EXISTS', p .. ':x:' .. batch) == 1 then return {0, {}} end
 redis.call('SET', p .. ':o:' .. me, '1', 'PX', lease)
 redis.call('SADD', p .. ':owners', me)
 local claimed = {}
@@ -210,7 +213,7 @@ for _, owner in ipairs(owners) do
       if kind == 'hash' then
         local status = redis.call('HGET', tk, 'status')
         if status == 'pending' or status == 'running' then
-          redis.call('HSET', tk, 'owner', me)
+          redis.call('HSET', tk, 'owner', me, 'y', batch)
           redis.call('SADD', p .. ':u:' .. me, id)
           local held = redis.call('HMGET', tk, 'record', 'cancel')
           claimed[#claimed + 1] = {id, held[1], kind, held[2]}
@@ -329,7 +332,7 @@ return more
 
 // A save batch whose writer got no answer (a timeout, a lost connection: Redis may have run it, or may run it
 // still) and refused its tasks: ARGV[4..] are groups {batch, n, the n ids it wrote}, every such batch of this
-// owner. Each batch is marked given up on (p:x:, so a copy of it that reaches Redis later writes nothing), and
+// owner; n = -1 for an orphan claim that got no answer, whose tasks (field y) are handed back, unowned. Each batch is marked given up on (p:x:, so a copy of it that reaches Redis later writes nothing), and
 // each task it created (field b) still pending with this owner is deleted with its key, as if the write had
 // never happened; unless an add of another batch that was not given up on was answered with it (the same
 // idempotency key, another instance, while Redis ran the late batch): that one was acknowledged, so the task
@@ -338,10 +341,24 @@ const SETTLE = `${DELETE}
 local p, me, ttl = ARGV[1], ARGV[2], ARGV[3]
 local batches = {}
 local i = 4
+local mine = p .. ':u:' .. me
 while i <= #ARGV do
   local batch, n = ARGV[i], tonumber(ARGV[i + 1])
-  batches[#batches + 1] = {batch, i + 2, i + 1 + n}
   redis.call('SET', p .. ':x:' .. batch, '1', 'PX', ttl)
+  if n < 0 then
+    -- What the claim took is this owner's, unknown to it: the next orphan check (of any instance) takes it.
+    for _, id in ipairs(redis.call('SMEMBERS', mine)) do
+      local tk = p .. ':t:' .. id
+      if redis.call('TYPE', tk).ok == 'hash' and redis.call('HGET', tk, 'y') == batch then
+        redis.call('SREM', mine, id)
+        redis.call('SADD', p .. ':u:', id)
+        redis.call('HSET', tk, 'owner', '')
+      end
+    end
+    n = 0
+  else
+    batches[#batches + 1] = {batch, i + 2, i + 1 + n}
+  end
   -- A given-up add answered with an existing task does not keep that task.
   for j = i + 2, i + 1 + n do
     local holder = redis.call('GET', p .. ':a:' .. ARGV[j])
@@ -362,7 +379,7 @@ for _, b in ipairs(batches) do
         for _, field in ipairs(redis.call('HKEYS', tk)) do
           if string.sub(field, 1, 2) == 'f:' then followed = true end
         end
-        redis.call('SREM', p .. ':u:' .. me, id)
+        redis.call('SREM', mine, id)
         if followed then
           redis.call('HSET', tk, 'owner', '')
           redis.call('SADD', p .. ':u:', id)
@@ -445,9 +462,9 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   /** Settles once every record in Redis is counted in p:counts (see #counted()). */
   #counting: Promise<void> | undefined;
   /** Save batches sent that got no answer: settled (SETTLE) before this store sends anything else. */
-  readonly #unanswered: { batch: string; ids: string[] }[] = [];
+  readonly #unanswered: { batch: string; ids: string[] | undefined }[] = [];
   #settling: Promise<void> | undefined;
-  /** Save batches are named by this store's prefix and a count (field b of the tasks they create). */
+  /** Save batches and orphan claims are named by this store's prefix and a count (fields b and y of tasks). */
   readonly #batchPrefix = randomBytes(6).toString('base64url');
   #batches = 0;
 
@@ -538,7 +555,9 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
           // All of them in one call: a task kept by a follower's batch is kept only if that batch was answered.
           const taken = this.#unanswered.slice();
           const argv = [this.prefix, this.ownerId, String(GIVEN_UP_MS)];
-          for (const { batch, ids } of taken) argv.push(batch, String(ids.length), ...ids);
+          for (const { batch, ids } of taken)
+            if (ids === undefined) argv.push(batch, '-1');
+            else argv.push(batch, String(ids.length), ...ids);
           await this.#send(scripts.settle, argv).catch(unavailable);
           this.#unanswered.splice(0, taken.length);
         }
@@ -673,10 +692,11 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
 
   /** One Lua call: at most `limit` orphans (one call taking 100 000 ran past the client's socket timeout). */
   async #claimOrphanBatch(ownerId: string, leaseMs: number, limit: number): Promise<OrphanBatch> {
-    const [taken, claimed] = (await this.#run(scripts.claimOrphans, [this.prefix, ownerId, leaseMs, limit])) as [
-      number,
-      StoredTask[],
-    ];
+    const batch = this.#batchName();
+    // No answer: Redis may have run the claim (or may still): what it took is handed back when settled.
+    const unanswered = () => this.#unanswered.push({ batch, ids: undefined });
+    const args = [this.prefix, ownerId, leaseMs, limit, batch];
+    const [taken, claimed] = (await this.#run(scripts.claimOrphans, args, unanswered)) as [number, StoredTask[]];
     // A record that cannot be read stays claimed by this owner, untouched: it is reported once and not
     // looked at again until this owner is gone.
     const records: TaskRecord[] = [];
@@ -765,7 +785,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   }
 
   protected async write({ records, released }: WriteBatch): Promise<SaveResult> {
-    const batch = `${this.#batchPrefix}.${(++this.#batches).toString(36)}`;
+    const batch = this.#batchName();
     const args: (string | number)[] = [this.prefix, this.ownerId, this.leaseMs, this.retentionDays * DAY_MS, batch];
     for (const r of records) {
       args.push(
@@ -792,6 +812,10 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   }
 
   /** `unanswered` is called when the script was sent and got no answer from Redis (not a reply refusing it). */
+  #batchName(): string {
+    return `${this.#batchPrefix}.${(++this.#batches).toString(36)}`;
+  }
+
   async #run(script: Script, args: (string | number)[], unanswered?: () => void): Promise<unknown> {
     await this.#ready();
     try {
