@@ -332,11 +332,12 @@ return more
 
 // A save batch whose writer got no answer (a timeout, a lost connection: Redis may have run it, or may run it
 // still) and refused its tasks: ARGV[4..] are groups {batch, n, the n ids it wrote}, every such batch of this
-// owner; n = -1 for an orphan claim that got no answer, whose tasks (field y) are handed back, unowned. Each batch is marked given up on (p:x:, so a copy of it that reaches Redis later writes nothing), and
-// each task it created (field b) still pending with this owner is deleted with its key, as if the write had
-// never happened; unless an add of another batch that was not given up on was answered with it (the same
-// idempotency key, another instance, while Redis ran the late batch): that one was acknowledged, so the task
-// is handed back, unowned, for the next orphan check to run.
+// owner; n = -1 for an orphan claim that got no answer, whose tasks (field y) are handed back, unowned. Each
+// is marked given up on (p:x:, so a copy of it that reaches Redis later does nothing), and each task a batch
+// created (field b) still pending with this owner is deleted with its key, as if the write had never happened;
+// unless an add of another batch that was not given up on was answered with it (the same idempotency key,
+// another instance, while Redis ran the late batch): that one was acknowledged, so the task is handed back,
+// unowned, for the next orphan check to run.
 const SETTLE = `${DELETE}
 local p, me, ttl = ARGV[1], ARGV[2], ARGV[3]
 local batches = {}
@@ -461,7 +462,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   #triedToConnect = false;
   /** Settles once every record in Redis is counted in p:counts (see #counted()). */
   #counting: Promise<void> | undefined;
-  /** Save batches sent that got no answer: settled (SETTLE) before this store sends anything else. */
+  /** Save batches and orphan claims sent that got no answer: settled (SETTLE) before this store sends anything else. */
   readonly #unanswered: { batch: string; ids: string[] | undefined }[] = [];
   #settling: Promise<void> | undefined;
   /** Save batches and orphan claims are named by this store's prefix and a count (fields b and y of tasks). */
@@ -535,7 +536,7 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
   }
 
   /**
-   * #reachable(), then the save batches that got no answer are settled first: a command sent after them
+   * #reachable(), then the batches and claims that got no answer are settled first: a command sent after them
    * (a retry's write, a get, a list) never sees what Redis may have written of them after the client gave up.
    */
   async #ready(): Promise<void> {
@@ -811,11 +812,11 @@ export class RedisStore extends GroupCommittedStore implements TaskStore {
     return map;
   }
 
-  /** `unanswered` is called when the script was sent and got no answer from Redis (not a reply refusing it). */
   #batchName(): string {
     return `${this.#batchPrefix}.${(++this.#batches).toString(36)}`;
   }
 
+  /** `unanswered` is called when the script was sent and got no answer from Redis (not a reply refusing it). */
   async #run(script: Script, args: (string | number)[], unanswered?: () => void): Promise<unknown> {
     await this.#ready();
     try {
