@@ -135,91 +135,62 @@ describe('Redis stalls past the client socketTimeout: writes that got no answer'
     return { ...harness, store, add };
   }
 
-  it('a request answered 503 because Redis stalled leaves no task once Redis runs its write late: the refused tasks (keyed or not) never run, also after a restart, and a retry with the same idempotency key gets a task that runs', async () => {
-    const redis = await startRedisServer();
-    const ran: string[] = [];
-    const first = await chargeApp(redis.url, 'stall', ran);
-    // The save script is cached by Redis: the stalled EVALSHA runs when Redis goes on (NOSCRIPT would not).
-    expect((await first.add('order=warm-up')).status).toBe(200);
-    await waitFor(() => ran.includes('warm-up'), 5_000, 'the warm-up task to run');
-    await first.store.save([]); // its end written
+  it.each([
+    ['Redis runs it when it goes on: a stalled server', 'stalled'],
+    ['a copy of it reaches Redis after the process heard from Redis again: held on the way', 'held'],
+  ])(
+    'a request answered 503 because its write got no answer leaves no task (%s): the refused tasks (keyed or not) never run, also after a restart, and a retry with the same idempotency key gets a task that runs',
+    async (_, how) => {
+      const redis = await startRedisServer();
+      const proxy = await redisProxy(redis.port);
+      const ran: string[] = [];
+      const first = await chargeApp(how === 'held' ? proxy.url : redis.url, how, ran);
+      // The save script is cached by Redis: the late EVALSHA runs (a NOSCRIPT would write nothing).
+      expect((await first.add('order=warm-up')).status).toBe(200);
+      await waitFor(() => ran.includes('warm-up'), 5_000, 'the warm-up task to run');
+      await first.store.save([]); // its end written
 
-    redis.pause();
-    let refused: { status: number }[];
-    try {
-      // In flight together when the client gives up: one batch, one keyed task and one without a key.
-      refused = await Promise.all([first.add('order=order-42&key=order-42'), first.add('order=loose')]);
-    } finally {
-      redis.resume();
-    }
-    expect(refused.map((r) => r.status)).toEqual([503, 503]);
+      if (how === 'held') proxy.hold();
+      else redis.pause();
+      let refused: { status: number }[];
+      try {
+        // In flight together when the client gives up: one batch, one keyed task and one without a key.
+        refused = await Promise.all([first.add('order=order-42&key=order-42'), first.add('order=loose')]);
+      } finally {
+        if (how === 'stalled') redis.resume();
+      }
+      expect(refused.map((r) => r.status)).toEqual([503, 503]);
 
-    // The client retries with the same key as soon as the app answers again: it gets a task of its own, which runs.
-    let retry = { status: 0, id: undefined as string | undefined };
-    await waitFor(
-      async () => (retry = await first.add('order=order-42&key=order-42')).status === 200,
-      10_000,
-      'a retry to be acknowledged',
-    );
-    await waitFor(
-      async () => (await first.manager.get(retry.id!))?.status === 'success',
-      5_000,
-      'the retry to run to its end',
-    );
-    const records = await first.manager.list({});
-    expect(records.map((r) => [r.args[0], r.status]).sort()).toEqual([
-      ['order-42', 'success'],
-      ['warm-up', 'success'],
-    ]);
-    expect((await first.manager.get(retry.id!))?.id).toBe(retry.id);
+      // The client retries with the same key once the app answers again: it gets a task of its own, which runs.
+      let retry = { status: 0, id: undefined as string | undefined };
+      await waitFor(
+        async () => (retry = await first.add('order=order-42&key=order-42')).status === 200,
+        10_000,
+        'a retry to be acknowledged',
+      );
+      await waitFor(
+        async () => (await first.manager.get(retry.id!))?.status === 'success',
+        5_000,
+        'the retry to run to its end',
+      );
+      // The refused batch reaches Redis only now.
+      if (how === 'held') await proxy.release();
+      const records = await first.manager.list({});
+      expect(records.map((r) => [r.args[0], r.status]).sort()).toEqual([
+        ['order-42', 'success'],
+        ['warm-up', 'success'],
+      ]);
+      expect((await first.manager.get(retry.id!))?.id).toBe(retry.id);
 
-    // A restart claims what the first process left: nothing of the refused requests is there to run.
-    await first.manager.shutdown();
-    const second = await chargeApp(redis.url, 'stall', ran);
-    await second.manager.drain();
-    expect((await second.add('order=after-restart')).status).toBe(200);
-    await waitFor(() => ran.includes('after-restart'), 5_000, 'a task after the restart to run');
-    expect(ran.sort()).toEqual(['after-restart', 'order-42', 'warm-up']);
-  });
-
-  it('a late copy of a batch that got no answer (held on the way to Redis until after the client gave up, reconnected and was answered again) writes nothing: the refused tasks never run, also after a restart', async () => {
-    const redis = await startRedisServer();
-    const proxy = await redisProxy(redis.port);
-    const ran: string[] = [];
-    const first = await chargeApp(proxy.url, 'late', ran);
-    expect((await first.add('order=warm-up')).status).toBe(200);
-    await waitFor(() => ran.includes('warm-up'), 5_000, 'the warm-up task to run');
-    await first.store.save([]); // its end written
-
-    proxy.hold();
-    const refused = await Promise.all([first.add('order=order-7&key=order-7'), first.add('order=loose')]);
-    expect(refused.map((r) => r.status)).toEqual([503, 503]);
-    let retry = { status: 0, id: undefined as string | undefined };
-    await waitFor(
-      async () => (retry = await first.add('order=order-7&key=order-7')).status === 200,
-      10_000,
-      'a retry to be acknowledged',
-    );
-    await waitFor(
-      async () => (await first.manager.get(retry.id!))?.status === 'success',
-      5_000,
-      'the retry to run to its end',
-    );
-    // The refused batch reaches Redis now, after the process heard from Redis again.
-    await proxy.release();
-    const records = await first.manager.list({});
-    expect(records.map((r) => [r.args[0], r.status]).sort()).toEqual([
-      ['order-7', 'success'],
-      ['warm-up', 'success'],
-    ]);
-
-    await first.manager.shutdown();
-    const second = await chargeApp(redis.url, 'late', ran);
-    await second.manager.drain();
-    expect((await second.add('order=after-restart')).status).toBe(200);
-    await waitFor(() => ran.includes('after-restart'), 5_000, 'a task after the restart to run');
-    expect(ran.sort()).toEqual(['after-restart', 'order-7', 'warm-up']);
-  });
+      // A restart claims what the first process left: nothing of the refused requests is there to run.
+      await first.manager.shutdown();
+      const second = await chargeApp(redis.url, how, ran);
+      await second.manager.drain();
+      expect((await second.add('order=after-restart')).status).toBe(200);
+      await waitFor(() => ran.includes('after-restart'), 5_000, 'a task after the restart to run');
+      expect(ran.sort()).toEqual(['after-restart', 'order-42', 'warm-up']);
+    },
+  );
 
   it('a retry acknowledged by another instance with the task a late batch created (same idempotency key) runs to its end: the task is handed back rather than deleted, and runs once', async () => {
     const redis = await startRedisServer();
@@ -289,15 +260,8 @@ describe('Redis stalls past the client socketTimeout: writes that got no answer'
         await store.list({ limit: 1 }); // settled first
       }
       await proxy.release();
-      await waitFor(
-        () =>
-          manager.start().then(
-            () => true,
-            () => false,
-          ),
-        5_000,
-        'start() to succeed once Redis answers',
-      );
+      await waitFor(() => store.client.status === 'ready', 5_000, 'the client to reconnect');
+      await manager.start();
       await waitFor(() => ran.length === 2, 5_000, 'the tasks left behind to run');
       expect(ran.sort()).toEqual(['left-1', 'left-2']);
     },
