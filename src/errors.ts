@@ -195,17 +195,17 @@ export function toErrorInfo(error: unknown): ErrorInfo {
   // A WeakMap lookup runs none of the value's code (no Proxy trap).
   const known = described.get(error);
   if (known !== undefined) return { ...known };
-  if (!attempt(() => error instanceof Error, false)) {
+  if (!readOr(() => error instanceof Error, false)) {
     return {
       type: typeof error,
       // eslint-disable-next-line @typescript-eslint/no-base-to-string -- a thrown object's toString() is its message
-      message: capText(attempt(() => String(error), undefined) ?? unprintable(error), MAX_ERROR_TEXT),
+      message: capText(readOr(() => String(error), undefined) ?? unprintable(error), MAX_ERROR_TEXT),
     };
   }
   const e = error as Error;
   const type = textOf(() => e.name) || textOf(() => e.constructor.name) || 'Error';
   const message =
-    attempt(
+    readOr(
       () => (typeof e.message === 'string' ? e.message : e.message === undefined ? '' : String(e.message)),
       undefined,
     ) ?? '[unreadable message]';
@@ -222,14 +222,19 @@ export function toErrorInfo(error: unknown): ErrorInfo {
  * value itself (an `onError` that threw a Proxy must still be reported).
  */
 export function toSafeError(error: unknown): Error {
-  const info = toErrorInfo(error);
-  const safe = new Error(info.message);
-  safe.name = info.type;
-  safe.stack = info.stack ?? `${info.type}: ${info.message}`;
-  return safe;
+  return errorFromInfo(toErrorInfo(error));
 }
 
-function attempt<T, F>(read: () => T, fallback: F): T | F {
+/** A plain Error with the type, message and stack of `info` (a one-line stack of the two when it has none). */
+export function errorFromInfo(info: ErrorInfo): Error {
+  const error = new Error(info.message);
+  error.name = info.type;
+  error.stack = info.stack ?? `${info.type}: ${info.message}`;
+  return error;
+}
+
+/** What `read` answers, or `fallback` when it throws: a value read without trusting it (getters, Proxy traps). */
+export function readOr<T, F>(read: () => T, fallback: F): T | F {
   try {
     return read();
   } catch {
@@ -239,7 +244,7 @@ function attempt<T, F>(read: () => T, fallback: F): T | F {
 
 /** A string property read without trusting it: '' when it throws or is not a string. */
 function textOf(read: () => unknown): string {
-  const value = attempt(read, undefined);
+  const value = readOr(read, undefined);
   return typeof value === 'string' ? value : '';
 }
 
@@ -247,7 +252,7 @@ function unprintable(value: object): string {
   // '[object Object]' → 'Object'; a Proxy is not asked at all (every trap may throw).
   const tag = types.isProxy(value)
     ? 'Proxy'
-    : attempt(() => Object.prototype.toString.call(value).slice(8, -1), typeof value);
+    : readOr(() => Object.prototype.toString.call(value).slice(8, -1), typeof value);
   return `[unprintable ${tag}]`;
 }
 

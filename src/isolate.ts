@@ -5,7 +5,7 @@ import { BroadcastChannel, type ResourceLimits } from 'node:worker_threads';
 import type { SpanStatus, TimeInput, Attributes } from '@opentelemetry/api';
 import type { Attempt } from './attempt.js';
 import { kLog, kProgress } from './context.js';
-import { describedAs, TaskflowError, toErrorInfo, type ErrorInfo } from './errors.js';
+import { describedAs, errorFromInfo, readOr, TaskflowError, toErrorInfo, type ErrorInfo } from './errors.js';
 import { checkKnownKeys, numberError, optionError } from './options.js';
 import type { LogLevel } from './types.js';
 
@@ -223,27 +223,14 @@ export function crossedError(error: unknown): CrossedError {
   const info = toErrorInfo(error);
   // A primitive crosses as itself (`undefined` then fails the attempt as on the main thread).
   if (alwaysClones(error)) return { info, copy: { value: error } };
-  let isError = false;
-  try {
-    isError = error instanceof Error;
-  } catch {
-    // A Proxy whose getPrototypeOf trap throws: not an Error, and not copied below either.
+  // A Proxy whose getPrototypeOf trap throws is not an Error, and is not copied either.
+  if (!readOr(() => error instanceof Error, false)) {
+    const copy = readOr(() => ({ value: structuredClone(error) }), undefined);
+    return copy === undefined ? { info } : { info, copy };
   }
-  if (!isError) {
-    try {
-      return { info, copy: { value: structuredClone(error) } };
-    } catch {
-      return { info };
-    }
-  }
-  const crossed: CrossedError = { info };
-  try {
-    const code = (error as { code?: unknown }).code;
-    if (typeof code === 'string') crossed.code = code;
-  } catch {
-    // A code getter that throws: no code.
-  }
-  return crossed;
+  // A code getter that throws: no code.
+  const code = readOr(() => (error as { code?: unknown }).code, undefined);
+  return typeof code === 'string' ? { info, code } : { info };
 }
 
 /**
@@ -252,11 +239,8 @@ export function crossedError(error: unknown): CrossedError {
  */
 export function rebuiltError(crossed: CrossedError): unknown {
   if (crossed.copy !== undefined) return describedAs(crossed.copy.value, crossed.info);
-  const { type, message, stack } = crossed.info;
-  const error = new Error(message);
-  error.name = type;
-  // A stand-in for a function or a symbol has no stack: not the one of this side's rebuilding.
-  error.stack = stack ?? `${type}: ${message}`;
+  // A stand-in for a function or a symbol has no stack: given a one-line one, not this side's rebuilding.
+  const error = errorFromInfo(crossed.info);
   if (crossed.code !== undefined) (error as Error & { code: string }).code = crossed.code;
   return describedAs(error, crossed.info);
 }
